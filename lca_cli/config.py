@@ -1,0 +1,292 @@
+"""The run config: frozen dataclasses, TOML loading, CLI overrides and strict validation.
+
+A config (``lca.toml`` in the run directory, or ``--config FILE``) says how to rebuild the model, the fixed
+evaluation set(s) and the loss; ``[compute]`` holds defaults for every ``lca compute`` flag (a flag wins).
+Unknown keys are an error: a typo must not silently change what is computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lca_cli.errors import ConfigError
+
+__all__ = [
+    "LOSS_NAMES",
+    "ComputeOptions",
+    "Config",
+    "FactorySpec",
+    "import_factory",
+    "load_config",
+    "parse_config",
+]
+
+LOSS_NAMES = ("cross_entropy", "mse", "nll", "bce_with_logits")
+METHODS = ("rk4", "euler")
+BN_MODES = ("batch", "running")
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class FactorySpec:
+    """An importable callable (``"pkg.module:function"``) and its keyword arguments."""
+
+    factory: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form, for the store's attributes."""
+        return {"factory": self.factory, "kwargs": dict(self.kwargs)}
+
+
+@dataclass(frozen=True)
+class ComputeOptions:
+    """Settings of ``lca compute``; every field is also a CLI flag (dashes for underscores).
+
+    Attributes:
+        method: ``"rk4"`` (adaptive composite Simpson, what the paper calls RK4) or ``"euler"`` (first order).
+        tolerance: Absolute part of the per-pair tolerance on the residual, in loss units.
+        rtol: Relative part: a pair passes when ``|residual| <= tolerance + rtol * |ΔL|``.
+        max_splits: Cap on sub-intervals (power of two >= 2); 2 is plain Simpson with no refinement.
+        batch_size: Evaluation chunk size (samples per forward pass).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:i"``.
+        dtype: dtype the network runs in; sums are always accumulated in float64.
+        bn_mode: ``"batch"`` (statistics of each evaluation chunk, as in the paper) or ``"running"``
+            (the checkpoints' running statistics, interpolated along the segment and allocated separately).
+        allow_tf32: Allow TF32 matmuls/convolutions on GPU (faster, less accurate; off by default).
+        compile: Use ``torch.compile`` on the model (opt-in).
+        rows_per_chunk: Rows per store chunk along the iteration axis (0 = choose from the row size).
+
+    """
+
+    method: str = "rk4"
+    tolerance: float = 1e-7
+    rtol: float = 1e-4
+    max_splits: int = 32
+    batch_size: int = 1024
+    device: str = "auto"
+    dtype: str = "float32"
+    bn_mode: str = "batch"
+    allow_tf32: bool = False
+    compile: bool = False
+    rows_per_chunk: int = 0
+
+    def validate(self) -> ComputeOptions:
+        """Check every value, raising :class:`~lca_cli.errors.UsageError` on the first bad one.
+
+        Returns:
+            ``self``, for chaining.
+
+        """
+        from lca_cli.errors import UsageError
+
+        def bad(key: str, why: str) -> UsageError:
+            return UsageError(f"--{key.replace('_', '-')}: {why}")
+
+        if self.method not in METHODS:
+            raise bad("method", f"{self.method!r} is not one of {', '.join(METHODS)}")
+        if not (self.tolerance >= 0) or not (self.rtol >= 0):
+            raise bad("tolerance", "tolerance and rtol must be >= 0")
+        ms = self.max_splits
+        if ms < 2 or ms & (ms - 1):
+            raise bad("max_splits", f"{ms} is not a power of two >= 2 (2 = plain Simpson)")
+        if self.batch_size < 1:
+            raise bad("batch_size", f"{self.batch_size} must be >= 1")
+        if self.dtype not in DTYPES:
+            raise bad("dtype", f"{self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.bn_mode not in BN_MODES:
+            raise bad("bn_mode", f"{self.bn_mode!r} is not one of {', '.join(BN_MODES)}")
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise bad("device", f"{dev!r} is not auto, cpu, cuda or cuda:N")
+        if self.rows_per_chunk < 0:
+            raise bad("rows_per_chunk", "must be >= 0")
+        return self
+
+    def result_settings(self) -> dict[str, Any]:
+        """The settings that change the numbers in a store (a resumed run must use the same ones)."""
+        keys = ("method", "tolerance", "rtol", "max_splits", "batch_size", "dtype", "bn_mode", "allow_tf32")
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass(frozen=True)
+class Config:
+    """A resolved run config.
+
+    Attributes:
+        model: Factory building the ``torch.nn.Module``.
+        data: Evaluation sets by name (a single ``[data]`` table is the set ``"train"``).
+        loss_name: A built-in loss name, or None when ``loss_factory`` is given.
+        loss_factory: Custom ``(outputs, targets) -> mean loss`` callable, or None.
+        compute: Options of ``lca compute``.
+        base_dir: Directory factories are imported from (the config file's), or None.
+        train: The optional ``[train]`` table, used only by training scripts.
+
+    """
+
+    model: FactorySpec
+    data: Mapping[str, FactorySpec]
+    loss_name: str | None = "cross_entropy"
+    loss_factory: str | None = None
+    compute: ComputeOptions = field(default_factory=ComputeOptions)
+    base_dir: Path | None = None
+    train: Mapping[str, Any] = field(default_factory=dict)
+
+    def identity(self) -> dict[str, Any]:
+        """What defines the numbers of a store: model, data, loss and result-changing compute settings."""
+        return {
+            "model": self.model.to_dict(),
+            "data": {k: v.to_dict() for k, v in self.data.items()},
+            "loss": {"name": self.loss_name, "factory": self.loss_factory},
+            "compute": self.compute.result_settings(),
+        }
+
+    def with_overrides(self, **overrides: Any) -> Config:
+        """Copy with ``[compute]`` fields replaced by the given non-None values (CLI flags win)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self, compute=dataclasses.replace(self.compute, **given))
+
+
+def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str, source: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(unknown)} in {where} (allowed: {', '.join(sorted(allowed))})"
+        )
+
+
+def _factory(table: Any, where: str, source: str) -> FactorySpec:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{source}: {where} must be a table with a 'factory' key")
+    _check_keys(table, {"factory", "kwargs"}, where, source)
+    fac = table.get("factory")
+    if not isinstance(fac, str) or ":" not in fac:
+        raise ConfigError(f"{source}: {where}.factory must be a string like 'my_pkg.module:function'")
+    kwargs = table.get("kwargs", {})
+    if not isinstance(kwargs, Mapping):
+        raise ConfigError(f"{source}: {where}.kwargs must be a table")
+    return FactorySpec(fac, dict(kwargs))
+
+
+def parse_config(raw: Mapping[str, Any], source: str = "<config>", base_dir: Path | None = None) -> Config:
+    """Validate a parsed TOML document and build a :class:`Config`.
+
+    Args:
+        raw: The parsed TOML.
+        source: Name used in messages (the file path).
+        base_dir: Directory factories are imported from.
+
+    Returns:
+        The config.
+
+    Raises:
+        ConfigError: On unknown keys, missing tables or malformed values.
+
+    """
+    _check_keys(raw, {"model", "data", "loss", "compute", "train"}, "the top level", source)
+    if "model" not in raw:
+        raise ConfigError(f"{source}: missing [model] table (factory = 'pkg.module:build')")
+    if "data" not in raw:
+        raise ConfigError(f"{source}: missing [data] table (factory = 'pkg.module:eval_set')")
+    model = _factory(raw["model"], "[model]", source)
+    data_raw = raw["data"]
+    if not isinstance(data_raw, Mapping):
+        raise ConfigError(f"{source}: [data] must be a table")
+    if "factory" in data_raw:
+        data = {"train": _factory(data_raw, "[data]", source)}
+    else:
+        if not data_raw:
+            raise ConfigError(f"{source}: [data] is empty; give factory = ... or [data.train], [data.val]")
+        data = {name: _factory(t, f"[data.{name}]", source) for name, t in data_raw.items()}
+        for name in data:
+            if not name.isidentifier():
+                raise ConfigError(f"{source}: evaluation set name {name!r} must be an identifier")
+    loss_raw = raw.get("loss", {"name": "cross_entropy"})
+    if not isinstance(loss_raw, Mapping):
+        raise ConfigError(f"{source}: [loss] must be a table")
+    _check_keys(loss_raw, {"name", "factory"}, "[loss]", source)
+    loss_name, loss_factory = loss_raw.get("name"), loss_raw.get("factory")
+    if (loss_name is None) == (loss_factory is None):
+        raise ConfigError(f"{source}: [loss] needs exactly one of name = ... or factory = ...")
+    if loss_name is not None and loss_name not in LOSS_NAMES:
+        raise ConfigError(f"{source}: [loss] name {loss_name!r} is not one of {', '.join(LOSS_NAMES)}")
+    if loss_factory is not None and (not isinstance(loss_factory, str) or ":" not in loss_factory):
+        raise ConfigError(f"{source}: [loss] factory must be a string like 'pkg.module:loss_fn'")
+    comp_raw = raw.get("compute", {})
+    if not isinstance(comp_raw, Mapping):
+        raise ConfigError(f"{source}: [compute] must be a table")
+    known = {f.name for f in dataclasses.fields(ComputeOptions)}
+    _check_keys(comp_raw, known, "[compute]", source)
+    try:
+        compute = ComputeOptions(**comp_raw)
+    except TypeError as exc:
+        raise ConfigError(f"{source}: [compute]: {exc}") from None
+    train = raw.get("train", {})
+    if not isinstance(train, Mapping):
+        raise ConfigError(f"{source}: [train] must be a table")
+    return Config(model, data, loss_name, loss_factory, compute, base_dir, dict(train))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The config, with ``base_dir`` set to the file's directory.
+
+    Raises:
+        ConfigError: If the file is missing, is not valid TOML, or fails validation.
+
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found; pass --config FILE or write lca.toml in the run directory")
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid TOML ({exc})") from None
+    return parse_config(raw, str(p), p.resolve().parent)
+
+
+def import_factory(spec: str, base_dir: Path | None = None) -> Callable[..., Any]:
+    """Import ``"pkg.module:attr"``, looking in ``base_dir``, the current directory and ``PYTHONPATH``.
+
+    Args:
+        spec: The factory reference.
+        base_dir: Extra directory to search first (the config file's directory).
+
+    Returns:
+        The callable.
+
+    Raises:
+        ConfigError: If the module or attribute cannot be imported or is not callable.
+
+    """
+    module_name, _, attr = spec.partition(":")
+    extra = [str(d) for d in (base_dir, Path.cwd()) if d is not None]
+    added = [d for d in extra if d not in sys.path]
+    sys.path[:0] = added
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # an import can fail with any exception; report it as a config problem
+        raise ConfigError(f"factory {spec!r}: cannot import module {module_name!r} ({exc})") from None
+    finally:
+        for d in added:
+            sys.path.remove(d)
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"factory {spec!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"factory {spec!r} is not callable")
+    return obj

@@ -1,0 +1,77 @@
+"""The one error hierarchy of ``lca``; every user-facing failure is an :class:`LcaError`.
+
+Each class carries the process exit code the CLI uses for it, so the mapping lives here and
+``cli.main`` only has to catch :class:`LcaError`. Messages are one line: what is wrong, the file, key or
+tensor at fault, and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class LcaError(Exception):
+    """Base class of every error ``lca`` reports to a user (exit code 1)."""
+
+    exit_code: int = 1
+
+
+class UsageError(LcaError, ValueError):
+    """A command-line option or argument has a bad value (exit code 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(LcaError, ValueError):
+    """The TOML config is missing, malformed, has unknown keys or a factory that cannot be used (exit 3)."""
+
+    exit_code = 3
+
+
+class RunDirError(LcaError, FileNotFoundError):
+    """The run directory is missing or holds fewer than two checkpoints (exit code 4)."""
+
+    exit_code = 4
+
+
+class CheckpointError(LcaError, ValueError):
+    """A checkpoint is corrupt, truncated, or does not match the model's tensors (exit code 5)."""
+
+    exit_code = 5
+
+
+class StoreError(LcaError, ValueError):
+    """A path is not an lca store, or the store belongs to another model, config or run (exit code 6)."""
+
+    exit_code = 6
+
+
+class NumericalError(LcaError, ArithmeticError):
+    """The loss or its gradient is not finite at some checkpoint (exit code 7)."""
+
+    exit_code = 7
+
+
+class ToleranceError(LcaError):
+    """``--strict`` was given and some pairs stayed over tolerance at the split cap (exit code 8)."""
+
+    exit_code = 8
+
+
+#: Exit code when the user interrupts a command (Ctrl-C); the store stays resumable.
+EXIT_INTERRUPTED = 130
+
+#: Exit code for an unexpected internal error (a bug: the traceback is printed).
+EXIT_INTERNAL = 70
+
+EXIT_CODES: dict[str, int] = {
+    "ok": 0,
+    "error": LcaError.exit_code,
+    "usage": UsageError.exit_code,
+    "config": ConfigError.exit_code,
+    "run_dir": RunDirError.exit_code,
+    "checkpoint": CheckpointError.exit_code,
+    "store": StoreError.exit_code,
+    "numerical": NumericalError.exit_code,
+    "tolerance": ToleranceError.exit_code,
+    "internal": EXIT_INTERNAL,
+    "interrupted": EXIT_INTERRUPTED,
+}

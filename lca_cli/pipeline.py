@@ -1,0 +1,589 @@
+"""Walk the checkpoint pairs of a run, compute their LCA rows, and write them to the store.
+
+The work is cut into *blocks*: runs of consecutive pairs that are not done yet, cut at the store's row
+chunks. A block depends only on its own checkpoints and writes only its own rows, so blocks could go to
+independent workers; inside one process they run in order and the end gradient of one block is reused as
+the start of the next when they are contiguous. Checkpoints are read ahead in a background thread and
+finished blocks are written by a background writer, so that the two gradients per pair dominate the time.
+
+Memory is bounded by a few point vectors (``(P + B,)`` float64), the gradient sums of the integrator, one
+block of float32 rows and the evaluation set: never all checkpoints, never all rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lca_cli.checkpoints import CheckpointRef, check_state_dict, find_checkpoints, read_checkpoint
+from lca_cli.config import Config, import_factory
+from lca_cli.errors import ConfigError, RunDirError, StoreError, UsageError
+from lca_cli.integrate import Evaluation, integrate_pair
+from lca_cli.layout import Layout
+from lca_cli.objective import (
+    EvalSet,
+    Objective,
+    builtin_loss,
+    interpolated_buffer_names,
+    make_chunks,
+    prepare_model,
+    split_state,
+)
+from lca_cli.store import BlockRows, LcaStore
+
+__all__ = [
+    "CheckpointLoader",
+    "ComputeResult",
+    "PairEngine",
+    "build_engine",
+    "compute",
+    "plan_blocks",
+    "resolve_device",
+]
+
+#: ``progress(pairs_done_this_run, pairs_to_do)``, called after every pair.
+ProgressFn = Callable[[int, int], None]
+
+
+def resolve_device(spec: str) -> torch.device:
+    """Turn ``--device`` into a torch device.
+
+    Args:
+        spec: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:i``.
+
+    Returns:
+        The device.
+
+    Raises:
+        UsageError: If CUDA is asked for but not available, or the index does not exist.
+
+    """
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {spec}: CUDA is not available here; use --device cpu or auto")
+        dev = torch.device(spec)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        return dev
+    return torch.device(spec)
+
+
+def plan_blocks(done: np.ndarray, rows_per_chunk: int) -> list[range]:
+    """Cut the not-done pairs into blocks of consecutive pairs that do not cross a row chunk.
+
+    Args:
+        done: ``(T,)`` bool mask of finished pairs.
+        rows_per_chunk: Rows per store chunk.
+
+    Returns:
+        Blocks in increasing order; their union is exactly the not-done pairs.
+
+    """
+    blocks: list[range] = []
+    start: int | None = None
+    for t in range(len(done) + 1):
+        boundary = t % rows_per_chunk == 0
+        if start is not None and (t == len(done) or done[t] or boundary):
+            blocks.append(range(start, t))
+            start = None
+        if t < len(done) and not done[t] and start is None:
+            start = t
+    return blocks
+
+
+class CheckpointLoader:
+    """Reads checkpoints by index, ahead of use, in a background thread.
+
+    Args:
+        refs: The run's checkpoints in step order.
+        expected: ``name -> shape`` of the model's ``state_dict()`` (every checkpoint is checked).
+        vlayout: Layout of the point vector.
+        device: Compute device.
+        ahead: How many checkpoints to read ahead.
+
+    """
+
+    def __init__(
+        self,
+        refs: Sequence[CheckpointRef],
+        expected: Mapping[str, tuple[int, ...]],
+        vlayout: Layout,
+        device: torch.device,
+        ahead: int = 2,
+    ) -> None:
+        self.refs = list(refs)
+        self.expected = dict(expected)
+        self.vlayout = vlayout
+        self.device = device
+        self.ahead = ahead
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lca-read")
+        self._futures: dict[int, Future[tuple[torch.Tensor, dict[str, torch.Tensor]]]] = {}
+
+    def _load(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        ref = self.refs[i]
+        state = read_checkpoint(ref)
+        check_state_dict(state, self.expected, ref.path)
+        if self.device.type == "cuda":
+            state = {k: t.pin_memory() for k, t in state.items()}
+        return split_state(state, self.vlayout, self.device)
+
+    def get(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Point vector and fixed tensors of checkpoint ``i``; schedules the next ones.
+
+        Args:
+            i: Checkpoint index.
+
+        Returns:
+            ``(v, fixed)`` on the compute device.
+
+        """
+        for j in range(i, min(len(self.refs), i + 1 + self.ahead)):
+            if j not in self._futures:
+                self._futures[j] = self._pool.submit(self._load, j)
+        for j in [j for j in self._futures if j < i]:
+            self._futures.pop(j).cancel()
+        return self._futures.pop(i).result()
+
+    def close(self) -> None:
+        """Stop the reader thread."""
+        for f in self._futures.values():
+            f.cancel()
+        self._pool.shutdown(wait=True)
+
+
+@dataclass
+class _Cache:
+    """The end of the last pair computed: reused as the start of the next one when contiguous."""
+
+    index: int
+    v: torch.Tensor
+    fixed: dict[str, torch.Tensor]
+    evals: dict[str, Evaluation]
+
+
+@dataclass
+class PairEngine:
+    """Everything needed to turn checkpoint pairs into LCA rows on one device.
+
+    Attributes:
+        layout: Parameter layout (P columns).
+        vlayout: Point-vector layout: parameters, then interpolated buffers (B more entries).
+        objectives: One objective per evaluation set.
+        method: ``"rk4"`` or ``"euler"``.
+        max_splits: Cap on sub-intervals.
+        tolerance: Absolute residual tolerance.
+        rtol: Relative residual tolerance.
+        device: Compute device.
+
+    """
+
+    layout: Layout
+    vlayout: Layout
+    objectives: dict[str, Objective]
+    method: str
+    max_splits: int
+    tolerance: float
+    rtol: float
+    device: torch.device
+    _col2tensor: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Column -> tensor index, for per-tensor sums with one index_add per row.
+        sizes = torch.tensor([p.numel for p in self.layout.params], device=self.device)
+        self._col2tensor = torch.repeat_interleave(torch.arange(len(sizes), device=self.device), sizes)
+
+    def _evaluate(self, name: str, v: torch.Tensor, fixed: Mapping[str, torch.Tensor]) -> Evaluation:
+        return Evaluation(*self.objectives[name].value_and_grad(v, fixed))
+
+    def run_block(
+        self,
+        block: range,
+        loader: CheckpointLoader,
+        steps: Sequence[int],
+        cache: _Cache | None = None,
+        on_pair: Callable[[], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> tuple[dict[str, BlockRows], _Cache | None]:
+        """Compute the rows of one block of pairs.
+
+        Args:
+            block: Pair indices ``t`` (pair t goes from checkpoint t to t + 1).
+            loader: Checkpoint reader.
+            steps: Steps of all checkpoints (for messages).
+            cache: End of the previous block, reused when it is checkpoint ``block.start``.
+            on_pair: Called after each pair.
+            stop: When set, the block ends early after the current pair (its finished rows are returned).
+
+        Returns:
+            ``(rows per set, cache for the next block)``; rows may be fewer than ``len(block)`` if stopped.
+
+        """
+        n_params, k = self.layout.size, len(self.layout.params)
+        names = list(self.objectives)
+        rows: dict[str, dict[str, list[Any]]] = {s: {} for s in names}
+        if cache is None or cache.index != block.start:
+            v0, fixed0 = loader.get(block.start)
+            cache = _Cache(block.start, v0, fixed0, {s: self._evaluate(s, v0, fixed0) for s in names})
+        count = 0
+        for t in block:
+            v1, fixed1 = loader.get(t + 1)
+            delta = v1 - cache.v  # (D,) float64, exact difference of the stored values
+            evals_end: dict[str, Evaluation] = {}
+            for s in names:
+                obj, v0, fixed0 = self.objectives[s], cache.v, cache.fixed
+
+                def point(
+                    x: float, obj: Objective = obj, v0: torch.Tensor = v0, d: torch.Tensor = delta, fx: Any = fixed0
+                ) -> Any:
+                    return obj.value_and_grad(v0 + x * d, fx)
+
+                res = integrate_pair(
+                    point,
+                    delta,
+                    cache.evals[s],
+                    self._evaluate(s, v1, fixed1),
+                    method=self.method,
+                    max_splits=self.max_splits,
+                    tolerance=self.tolerance,
+                    rtol=self.rtol,
+                    label=f"steps {steps[t]} -> {steps[t + 1]} (set {s})",
+                )
+                evals_end[s] = res.end
+                lca_p = res.lca[:n_params]  # (P,) parameters; res.lca[n_params:] are the buffers
+                r = rows[s]
+                r.setdefault("lca", []).append(lca_p.to(torch.float32).cpu().numpy())
+                r.setdefault("tensor_lca", []).append(
+                    torch.zeros(k, dtype=torch.float64, device=lca_p.device).index_add_(0, self._col2tensor, lca_p)
+                )
+                r.setdefault("tensor_helped", []).append(
+                    torch.zeros(k, dtype=torch.int64, device=lca_p.device).index_add_(
+                        0, self._col2tensor, (lca_p < 0).to(torch.int64)
+                    )
+                )
+                r.setdefault("tensor_hurt", []).append(
+                    torch.zeros(k, dtype=torch.int64, device=lca_p.device).index_add_(
+                        0, self._col2tensor, (lca_p > 0).to(torch.int64)
+                    )
+                )
+                r.setdefault("buffer_lca", []).append(float(res.lca[n_params:].sum()))
+                r.setdefault("loss", [res.loss0] if not r.get("loss") else r["loss"]).append(res.loss1)
+                r.setdefault("residual", []).append(res.residual)
+                r.setdefault("splits", []).append(res.splits)
+                r.setdefault("flagged", []).append(res.flagged)
+            cache = _Cache(t + 1, v1, fixed1, evals_end)
+            count += 1
+            if on_pair is not None:
+                on_pair()
+            if stop is not None and stop.is_set():
+                break
+        out = {}
+        for s in names:
+            r = rows[s]
+            if count == 0:
+                continue
+            out[s] = BlockRows(
+                start=block.start,
+                lca=np.stack(r["lca"]),
+                loss=np.asarray(r["loss"], dtype=np.float64),
+                residual=np.asarray(r["residual"], dtype=np.float64),
+                splits=np.asarray(r["splits"], dtype=np.int32),
+                flagged=np.asarray(r["flagged"], dtype=bool),
+                tensor_lca=torch.stack(r["tensor_lca"]).cpu().numpy(),
+                tensor_helped=torch.stack(r["tensor_helped"]).cpu().numpy(),
+                tensor_hurt=torch.stack(r["tensor_hurt"]).cpu().numpy(),
+                buffer_lca=np.asarray(r["buffer_lca"], dtype=np.float64),
+            )
+        return out, cache
+
+
+def build_engine(config: Config, device: torch.device) -> tuple[PairEngine, dict[str, Any], dict[str, tuple[int, ...]]]:
+    """Build the model, evaluation sets and objectives a config describes.
+
+    Args:
+        config: The resolved config.
+        device: Compute device.
+
+    Returns:
+        ``(engine, evaluation details for the store, expected state_dict shapes)``.
+
+    Raises:
+        ConfigError: If a factory fails or returns something unusable.
+
+    """
+    opts = config.compute
+    dtype = torch.float64 if opts.dtype == "float64" else torch.float32
+    build = import_factory(config.model.factory, config.base_dir)
+    try:
+        model = build(**config.model.kwargs)
+    except Exception as exc:
+        raise ConfigError(f"[model] factory {config.model.factory!r} failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"[model] factory {config.model.factory!r} returned {type(model).__name__}, not a Module")
+    model = prepare_model(model, opts.bn_mode).to(device=device, dtype=dtype)
+    layout = Layout.from_module(model)
+    if layout.size == 0:
+        raise ConfigError(f"[model] factory {config.model.factory!r} built a model with no parameters")
+    buffers = dict(model.named_buffers())
+    buf_names = interpolated_buffer_names(model, opts.bn_mode)
+    vlayout = Layout.from_shapes(
+        [(p.name, p.shape) for p in layout.params] + [(n, tuple(buffers[n].shape)) for n in buf_names]
+    )
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if config.loss_factory:
+        loss_fn = import_factory(config.loss_factory, config.base_dir)
+    else:
+        assert config.loss_name is not None
+        loss_fn = builtin_loss(config.loss_name)
+    forward = None
+    if opts.compile:
+        from torch.func import functional_call
+
+        forward = torch.compile(lambda tensors, x: functional_call(model, dict(tensors), (x,)))
+    objectives, evaluation = {}, {}
+    for name, spec in config.data.items():
+        fn = import_factory(spec.factory, config.base_dir)
+        try:
+            data = fn(**spec.kwargs)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"[data.{name}] factory {spec.factory!r} failed: {type(exc).__name__}: {exc}") from exc
+        evalset: EvalSet = make_chunks(name, data, opts.batch_size, device, dtype)
+        objectives[name] = Objective(model, vlayout, evalset, loss_fn, dtype, forward)
+        sizes = evalset.chunk_sizes
+        evaluation[name] = {
+            "n_samples": evalset.n_samples,
+            "batch_size": opts.batch_size,
+            "n_chunks": len(sizes),
+            "last_chunk": sizes[-1],
+        }
+    engine = PairEngine(layout, vlayout, objectives, opts.method, opts.max_splits, opts.tolerance, opts.rtol, device)
+    details = {
+        "sets": evaluation,
+        "bn_mode": opts.bn_mode,
+        "dtype": opts.dtype,
+        "accumulation": "float64",
+        "buffers": [{"name": n, "shape": list(buffers[n].shape)} for n in buf_names],
+        "dropout": "off (model.eval())",
+    }
+    return engine, details, expected
+
+
+@dataclass(frozen=True)
+class ComputeResult:
+    """What a ``compute`` call did.
+
+    Attributes:
+        store: Store path.
+        n_pairs: Pairs in the store (T).
+        computed: Pairs computed by this call.
+        skipped: Pairs already done before this call.
+        flagged: Per set, the steps (start of the pair) still over tolerance at the cap.
+        max_abs_residual: Per set, the largest |residual| over all done pairs.
+        seconds: Wall time of the pair loop.
+        device: Device used.
+        interrupted: True when stopped early (Ctrl-C); finished rows are saved.
+
+    """
+
+    store: Path
+    n_pairs: int
+    computed: int
+    skipped: int
+    flagged: dict[str, list[int]]
+    max_abs_residual: dict[str, float]
+    seconds: float
+    device: str
+    interrupted: bool = False
+
+
+def _normalise(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+class _Writer:
+    """Writes finished blocks to the store from a background thread, in submission order."""
+
+    def __init__(self, store: LcaStore) -> None:
+        self.store = store
+        self._q: queue.Queue[dict[str, BlockRows] | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="lca-write", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue
+            try:
+                for s, rows in item.items():
+                    self.store.write_block(s, rows)
+            except BaseException as exc:  # surfaced in the main thread by submit/close
+                self._error = exc
+
+    def submit(self, rows: dict[str, BlockRows]) -> None:
+        if self._error is not None:
+            raise self._error
+        if rows:
+            self._q.put(rows)
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+@contextlib.contextmanager
+def _tf32(allow: bool) -> Iterator[None]:
+    # cuDNN convolutions default to TF32 on Ampere+; LCA wants strict fp32 unless asked.
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def _open_or_create(
+    out: Path,
+    config: Config,
+    engine: PairEngine,
+    details: dict[str, Any],
+    steps: list[int],
+    overwrite: bool,
+    device: torch.device,
+) -> tuple[LcaStore, int]:
+    identity = _normalise(config.identity())
+    if out.exists() and not overwrite:
+        store = LcaStore.open(out, mode="r+")
+        if _normalise(store.attrs.get("identity")) != identity or store.layout != engine.layout:
+            raise StoreError(
+                f"{out} was computed from another model, data, loss or compute settings than this config; "
+                "pass --overwrite to replace it, or --out to write elsewhere"
+            )
+        if store.sets != list(engine.objectives):
+            raise StoreError(f"{out} holds sets {store.sets}, the config {list(engine.objectives)}; use --overwrite")
+        store.extend(steps)
+        done_before = int(store.done().sum())
+        store.update_attrs({"updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(device)})
+        return store, done_before
+    opts = config.compute
+    attrs = {
+        "method": opts.method,
+        "tolerance": opts.tolerance,
+        "rtol": opts.rtol,
+        "max_splits": opts.max_splits,
+        "identity": identity,
+        "config": _normalise({**config.identity(), "base_dir": str(config.base_dir) if config.base_dir else None}),
+        "evaluation": details,
+        "device": str(device),
+        "torch_version": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    store = LcaStore.create(
+        out,
+        layout=engine.layout,
+        sets=list(engine.objectives),
+        steps=steps,
+        attrs=attrs,
+        rows_per_chunk=opts.rows_per_chunk,
+    )
+    return store, 0
+
+
+def compute(
+    run_dir: str | Path,
+    config: Config,
+    out: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+    stop: threading.Event | None = None,
+) -> ComputeResult:
+    """Compute (or resume, or extend) the LCA store of a run.
+
+    Args:
+        run_dir: Directory of checkpoints.
+        config: Resolved config (``config.compute`` holds the options).
+        out: Store path (default ``RUN_DIR/lca.zarr``).
+        overwrite: Replace an existing store instead of resuming it.
+        progress: Called after every pair with ``(done, total)`` for this call.
+        stop: When set (e.g. on Ctrl-C), finish the current pair, save finished rows and return.
+
+    Returns:
+        What was done.
+
+    Raises:
+        LcaError: For every user-facing problem (see :mod:`lca_cli.errors`).
+
+    """
+    opts = config.compute.validate()
+    run = Path(run_dir)
+    refs = find_checkpoints(run)
+    if len(refs) < 2:
+        raise RunDirError(
+            f"{run} holds {len(refs)} checkpoint(s); LCA needs at least two (*.safetensors, one per iteration)"
+        )
+    device = resolve_device(opts.device)
+    out_path = Path(out) if out is not None else run / "lca.zarr"
+    with _tf32(opts.allow_tf32):
+        engine, details, expected = build_engine(config, device)
+        steps = [r.step for r in refs]
+        store, _ = _open_or_create(out_path, config, engine, details, steps, overwrite, device)
+        done = store.done()
+        skipped = int(done.sum())
+        blocks = plan_blocks(done, store.rows_per_chunk)
+        total = sum(len(b) for b in blocks)
+        loader = CheckpointLoader(refs, expected, engine.vlayout, device)
+        writer = _Writer(store)
+        computed = 0
+
+        def tick() -> None:
+            nonlocal computed
+            computed += 1
+            if progress is not None:
+                progress(computed, total)
+
+        t0 = time.perf_counter()
+        cache = None
+        interrupted = False
+        try:
+            for block in blocks:
+                rows, cache = engine.run_block(block, loader, steps, cache, tick, stop)
+                writer.submit(rows)
+                if stop is not None and stop.is_set():
+                    interrupted = True
+                    break
+        finally:
+            loader.close()
+            writer.close()
+        seconds = time.perf_counter() - t0
+
+    flagged, max_res = {}, {}
+    done_all = store.done()
+    for s in store.sets:
+        f = store.read(s, "flagged") & done_all
+        flagged[s] = [int(x) for x in store.steps[:-1][f]]
+        res = store.read(s, "residual")[done_all]
+        max_res[s] = float(np.abs(res).max()) if res.size else 0.0
+    return ComputeResult(
+        out_path, store.n_pairs, computed, skipped, flagged, max_res, seconds, str(device), interrupted
+    )

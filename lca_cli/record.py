@@ -1,0 +1,248 @@
+"""The training-side writer: one checkpoint per step, atomically, plus the run's ``lca.toml``.
+
+Usage in a training loop::
+
+    from lca_cli.record import CheckpointWriter
+
+    with CheckpointWriter("runs/exp1") as ckpt:
+        ckpt.write_config(model="my_pkg.models:build", data="my_pkg.data:eval_set", loss="cross_entropy")
+        ckpt.save(model, step=0)                 # the initial weights
+        for step in range(1, n_steps + 1):
+            train_one_step(model)
+            ckpt.save(model, step)
+
+``save`` costs the loop one device-to-host copy of the ``state_dict``; serialisation and the disk write
+happen in a background thread (``background=False`` writes synchronously). Each file is written to a hidden
+temporary file in the same directory and renamed into place, so a reader never sees a partial checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lca_cli.errors import LcaError
+
+__all__ = ["CheckpointWriter", "checkpoint_name", "dump_toml", "write_run_config"]
+
+
+def checkpoint_name(step: int, digits: int = 8) -> str:
+    """File name of a step's checkpoint, e.g. ``step_00000042.safetensors``.
+
+    Args:
+        step: Training step (>= 0).
+        digits: Zero padding, so that names also sort by step.
+
+    Returns:
+        The file name.
+
+    """
+    return f"step_{step:0{digits}d}.safetensors"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        if not value:
+            return "{}"
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else _toml_value(key)
+
+
+def dump_toml(doc: Mapping[str, Mapping[str, Any]]) -> str:
+    """Write a two-level document (tables of plain values; nested maps become inline tables) as TOML.
+
+    Args:
+        doc: ``{table: {key: value}}``; a table name may be dotted (``"data.val"``).
+
+    Returns:
+        TOML text that :mod:`tomllib` reads back to the same values.
+
+    """
+    lines: list[str] = []
+    for table, body in doc.items():
+        lines.append(f"[{table}]")
+        lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in body.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_run_config(
+    run_dir: str | Path,
+    *,
+    model: str,
+    data: str | Mapping[str, str | Mapping[str, Any]],
+    loss: str = "cross_entropy",
+    model_kwargs: Mapping[str, Any] | None = None,
+    data_kwargs: Mapping[str, Any] | None = None,
+    compute: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``RUN_DIR/lca.toml`` describing how to rebuild the model, the evaluation set(s) and the loss.
+
+    Args:
+        run_dir: The run directory (created if needed).
+        model: Model factory, ``"pkg.module:function"``.
+        data: One data factory (the set ``train``), or ``{set name: factory}`` / ``{set name:
+            {"factory": ..., "kwargs": {...}}}`` for several sets.
+        loss: A built-in loss name (``cross_entropy``, ``mse``, ``nll``, ``bce_with_logits``) or a
+            ``"pkg.module:function"`` factory.
+        model_kwargs: Keyword arguments for the model factory.
+        data_kwargs: Keyword arguments for a single data factory.
+        compute: Defaults for ``lca compute`` flags (``[compute]``).
+
+    Returns:
+        The path written.
+
+    """
+    doc: dict[str, dict[str, Any]] = {"model": {"factory": model, "kwargs": dict(model_kwargs or {})}}
+    if isinstance(data, str):
+        doc["data"] = {"factory": data, "kwargs": dict(data_kwargs or {})}
+    else:
+        for name, spec in data.items():
+            if isinstance(spec, str):
+                doc[f"data.{name}"] = {"factory": spec, "kwargs": {}}
+            else:
+                doc[f"data.{name}"] = {"factory": spec["factory"], "kwargs": dict(spec.get("kwargs", {}))}
+    doc["loss"] = {"factory": loss} if ":" in loss else {"name": loss}
+    if compute:
+        doc["compute"] = dict(compute)
+    root = Path(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "lca.toml"
+    _atomic_write_bytes(path, dump_toml(doc).encode())
+    return path
+
+
+def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class CheckpointWriter:
+    """Saves a checkpoint per training step into a run directory.
+
+    Args:
+        run_dir: The run directory (created if needed).
+        background: Serialise and write in a background thread (the loop pays only the host copy).
+        max_pending: Checkpoints that may wait for the writer before ``save`` blocks (bounds memory).
+        digits: Zero padding of the step in file names.
+
+    """
+
+    def __init__(self, run_dir: str | Path, *, background: bool = True, max_pending: int = 2, digits: int = 8) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.digits = digits
+        self._error: BaseException | None = None
+        self._queue: queue.Queue[tuple[int, dict[str, torch.Tensor]] | None] | None = None
+        self._thread: threading.Thread | None = None
+        if background:
+            self._queue = queue.Queue(maxsize=max_pending)
+            self._thread = threading.Thread(target=self._loop, name="lca-checkpoint-writer", daemon=True)
+            self._thread.start()
+
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write_config(self, **kwargs: Any) -> Path:
+        """Write the run's ``lca.toml``; see :func:`write_run_config` for the arguments."""
+        return write_run_config(self.run_dir, **kwargs)
+
+    def save(self, model: torch.nn.Module | Mapping[str, torch.Tensor], step: int) -> Path:
+        """Save the model's ``state_dict`` as the checkpoint of ``step``.
+
+        Args:
+            model: A module (its ``state_dict()`` is saved) or a ``name -> tensor`` map.
+            step: Training step; stored in the file's metadata and its name.
+
+        Returns:
+            The checkpoint's final path (it may still be in flight when writing in the background;
+            :meth:`flush` or :meth:`close` waits for it).
+
+        Raises:
+            LcaError: If an earlier background write failed.
+
+        """
+        if self._error is not None:
+            raise LcaError(f"checkpoint writer failed earlier: {self._error}") from self._error
+        state = model.state_dict() if isinstance(model, torch.nn.Module) else model
+        # The one device-to-host copy; a copy also for CPU tensors, because training mutates them in place.
+        host = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+        path = self.run_dir / checkpoint_name(step, self.digits)
+        if self._queue is None:
+            self._write(step, host)
+        else:
+            self._queue.put((step, host))
+        return path
+
+    def _write(self, step: int, host: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        final = self.run_dir / checkpoint_name(step, self.digits)
+        tmp = final.with_name(f".{final.name}.partial")
+        save_file(host, str(tmp), metadata={"step": str(step)})
+        os.replace(tmp, final)
+
+    def _loop(self) -> None:
+        assert self._queue is not None
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    self._write(*item)
+            except BaseException as exc:  # reported on the next save/flush/close
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every checkpoint saved so far is on disk.
+
+        Raises:
+            LcaError: If a background write failed.
+
+        """
+        if self._queue is not None:
+            self._queue.join()
+        if self._error is not None:
+            raise LcaError(f"checkpoint writer failed: {self._error}") from self._error
+
+    def close(self) -> None:
+        """Flush and stop the background thread."""
+        if self._queue is not None and self._thread is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise LcaError(f"checkpoint writer failed: {self._error}") from self._error

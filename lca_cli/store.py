@@ -1,0 +1,372 @@
+"""The Zarr store: the interface between computing and reporting.
+
+Layout (Zarr format 3 group)::
+
+    STORE/                   attrs: format_version, lca_cli_version, params, method, tolerance, rtol,
+                             max_splits, config, identity, evaluation, sets, buffers, helped_rule, ...
+      steps         int64   (T+1,)    step of each checkpoint
+      <set>/                          one group per evaluation set
+        lca           float32 (T, P)  LCA of parameter p over steps[t] -> steps[t+1] (loss units)
+        loss          float64 (T+1,)  loss on the set at each checkpoint
+        residual      float64 (T,)    (loss[t+1] - loss[t]) - sum_p lca[t, p] - buffer_lca[t]
+        splits        int32   (T,)    sub-intervals used (1 for euler)
+        flagged       bool    (T,)    residual still over tolerance at the cap
+        done          bool    (T,)    row t is complete (written last: resume trusts only this)
+        tensor_lca    float64 (T, K)  per-tensor sums of the float64 LCA row (K = number of tensors)
+        tensor_helped int64   (T, K)  per-tensor count of parameters with LCA < 0
+        tensor_hurt   int64   (T, K)  per-tensor count of parameters with LCA > 0
+        buffer_lca    float64 (T,)    share of BatchNorm running statistics (bn_mode = running), else 0
+
+Rows are written in blocks aligned with ``lca``'s row chunks; ``done`` is written after everything else
+of a block, so a run killed at any point leaves a store that a rerun completes. Zarr's local store writes
+each chunk file atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import zarr
+import zarr.errors
+
+from lca_cli import __version__
+from lca_cli.errors import StoreError
+from lca_cli.layout import Layout
+
+__all__ = ["FORMAT_VERSION", "HELPED_RULE", "BlockRows", "LcaStore", "choose_rows_per_chunk"]
+
+FORMAT_VERSION = 1
+HELPED_RULE = (
+    "a parameter helped on an iteration when its LCA < 0 and hurt when LCA > 0; exact zeros (parameters "
+    "that did not move or have zero gradient, e.g. constant input pixels) count as neither, and helped "
+    "fractions are helped / (helped + hurt)"
+)
+#: Target size of one ``lca`` chunk; a few MiB keeps reads at disk speed and writes cheap.
+CHUNK_BYTES = 4 << 20
+#: Columns per ``lca`` chunk at most (very wide models get column chunks too).
+MAX_CHUNK_COLS = 1 << 22
+#: Rows per chunk of the small per-iteration arrays.
+SMALL_ROWS = 4096
+#: Codec of ``lca``; measured by scripts/bench_store.py (see BENCHMARKS.md).
+LCA_COMPRESSORS: Any = None
+
+_PER_SET_1D = {
+    "residual": ("float64", 0.0),
+    "splits": ("int32", 0),
+    "flagged": ("bool", False),
+    "done": ("bool", False),
+    "buffer_lca": ("float64", 0.0),
+}
+_PER_SET_TENSOR = {"tensor_lca": ("float64", 0.0), "tensor_helped": ("int64", 0), "tensor_hurt": ("int64", 0)}
+
+
+def choose_rows_per_chunk(n_params: int, requested: int = 0) -> int:
+    """Rows per ``lca`` chunk: ``requested`` when given, else about :data:`CHUNK_BYTES` per chunk.
+
+    Args:
+        n_params: Number of parameters P (row length).
+        requested: Explicit choice (0 = automatic).
+
+    Returns:
+        A positive row count.
+
+    """
+    if requested > 0:
+        return requested
+    row_bytes = 4 * max(1, min(n_params, MAX_CHUNK_COLS))
+    return int(min(1024, max(1, CHUNK_BYTES // row_bytes)))
+
+
+@dataclass(frozen=True)
+class BlockRows:
+    """Rows ``start .. start + k - 1`` of one set, ready to write.
+
+    Attributes:
+        start: First pair index t.
+        lca: float32 ``(k, P)``.
+        loss: float64 ``(k + 1,)``: losses at checkpoints ``start .. start + k``.
+        residual: float64 ``(k,)``.
+        splits: int32 ``(k,)``.
+        flagged: bool ``(k,)``.
+        tensor_lca: float64 ``(k, K)``.
+        tensor_helped: int64 ``(k, K)``.
+        tensor_hurt: int64 ``(k, K)``.
+        buffer_lca: float64 ``(k,)``.
+
+    """
+
+    start: int
+    lca: np.ndarray
+    loss: np.ndarray
+    residual: np.ndarray
+    splits: np.ndarray
+    flagged: np.ndarray
+    tensor_lca: np.ndarray
+    tensor_helped: np.ndarray
+    tensor_hurt: np.ndarray
+    buffer_lca: np.ndarray
+
+    @property
+    def count(self) -> int:
+        """Number of rows k."""
+        return int(self.lca.shape[0])
+
+
+class LcaStore:
+    """An lca Zarr store, opened for reading or for computing into.
+
+    Use :meth:`create` or :meth:`open`; never the constructor directly.
+    """
+
+    def __init__(self, path: Path, group: zarr.Group) -> None:
+        self.path = path
+        self.group = group
+        self.attrs: dict[str, Any] = dict(group.attrs)
+        self.layout = Layout.from_attrs(self.attrs["params"])
+        self.sets: list[str] = list(self.attrs["sets"])
+
+    # -- creation and opening -------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        *,
+        layout: Layout,
+        sets: Sequence[str],
+        steps: Sequence[int],
+        attrs: dict[str, Any],
+        rows_per_chunk: int = 0,
+    ) -> LcaStore:
+        """Create a new, empty store (overwriting whatever is at ``path``).
+
+        Args:
+            path: Store directory.
+            layout: Parameter layout (the ``lca`` row).
+            sets: Evaluation set names.
+            steps: Checkpoint steps, length T + 1.
+            attrs: Extra attributes (method, tolerance, config, evaluation details...).
+            rows_per_chunk: Rows per ``lca`` chunk (0 = automatic).
+
+        Returns:
+            The store, open for writing.
+
+        """
+        p = Path(path)
+        group = zarr.open_group(str(p), mode="w", zarr_format=3)
+        n_pairs = len(steps) - 1
+        rows = choose_rows_per_chunk(layout.size, rows_per_chunk)
+        k = len(layout.params)
+        all_attrs = {
+            **attrs,
+            "format_version": FORMAT_VERSION,
+            "lca_cli_version": __version__,
+            "params": layout.to_attrs(),
+            "sets": list(sets),
+            "rows_per_chunk": rows,
+            "helped_rule": HELPED_RULE,
+        }
+        group.attrs.update(all_attrs)
+        st = group.create_array(
+            "steps", shape=(len(steps),), chunks=(SMALL_ROWS,), dtype="int64", fill_value=-1, compressors=None
+        )
+        st[:] = np.asarray(steps, dtype=np.int64)
+        cols = max(1, min(layout.size, MAX_CHUNK_COLS))
+        for name in sets:
+            sub = group.require_group(name)
+            sub.create_array(
+                "lca",
+                shape=(n_pairs, layout.size),
+                chunks=(rows, cols),
+                dtype="float32",
+                fill_value=0.0,
+                compressors=LCA_COMPRESSORS,
+                dimension_names=("iteration", "parameter"),
+            )
+            sub.create_array(
+                "loss", shape=(n_pairs + 1,), chunks=(SMALL_ROWS,), dtype="float64", fill_value=np.nan,
+                compressors=None, dimension_names=("checkpoint",),
+            )  # fmt: skip
+            for arr, (dtype, fill) in _PER_SET_1D.items():
+                sub.create_array(
+                    arr, shape=(n_pairs,), chunks=(SMALL_ROWS,), dtype=dtype, fill_value=fill,
+                    compressors=None, dimension_names=("iteration",),
+                )  # fmt: skip
+            for arr, (dtype, fill) in _PER_SET_TENSOR.items():
+                sub.create_array(
+                    arr, shape=(n_pairs, k), chunks=(SMALL_ROWS, max(1, k)), dtype=dtype, fill_value=fill,
+                    compressors=None, dimension_names=("iteration", "tensor"),
+                )  # fmt: skip
+        return cls(p, group)
+
+    @classmethod
+    def open(cls, path: str | Path, mode: Literal["r", "r+"] = "r") -> LcaStore:
+        """Open an existing store.
+
+        Args:
+            path: Store directory.
+            mode: ``"r"`` to read, ``"r+"`` to compute into it.
+
+        Returns:
+            The store.
+
+        Raises:
+            StoreError: If ``path`` does not exist or is not an lca store of a known format version.
+
+        """
+        p = Path(path)
+        if not p.exists():
+            raise StoreError(f"{p} does not exist; run `lca compute RUN_DIR --out {p}` first")
+        try:
+            group = zarr.open_group(str(p), mode=mode)
+        except (zarr.errors.GroupNotFoundError, FileNotFoundError, ValueError, KeyError) as exc:
+            raise StoreError(f"{p} is not an lca store (no Zarr group there: {exc})") from None
+        attrs = dict(group.attrs)
+        version: Any = attrs.get("format_version")
+        if "params" not in attrs or "sets" not in attrs or version is None:
+            raise StoreError(f"{p} is a Zarr group but not an lca store (no lca attributes)")
+        if int(version) > FORMAT_VERSION:
+            raise StoreError(f"{p} has store format {version}, newer than this lca ({FORMAT_VERSION}); upgrade lca-cli")
+        store = cls(p, group)
+        store._check_arrays()
+        return store
+
+    def _check_arrays(self) -> None:
+        names = {"steps"} | {f"{s}/{a}" for s in self.sets for a in ("lca", "loss", "done")}
+        for name in sorted(names):
+            try:
+                self.group[name]
+            except KeyError:
+                raise StoreError(f"{self.path}: array {name!r} is missing; the store is damaged") from None
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    @property
+    def steps(self) -> np.ndarray:
+        """Checkpoint steps, shape ``(T + 1,)``."""
+        return np.asarray(self._steps_array()[:])
+
+    def _steps_array(self) -> zarr.Array:
+        node = self.group["steps"]
+        assert isinstance(node, zarr.Array)
+        return node
+
+    @property
+    def n_pairs(self) -> int:
+        """Number of pairs T (rows of ``lca``)."""
+        return int(self._steps_array().shape[0]) - 1
+
+    @property
+    def rows_per_chunk(self) -> int:
+        """Rows per ``lca`` chunk."""
+        return int(self.array(self.sets[0], "lca").chunks[0])
+
+    def array(self, set_name: str, name: str) -> zarr.Array:
+        """One array of one set (``lca``, ``loss``, ``residual``, ...).
+
+        Args:
+            set_name: Evaluation set.
+            name: Array name.
+
+        Returns:
+            The Zarr array (lazy: index it to read).
+
+        Raises:
+            StoreError: If the set or array does not exist.
+
+        """
+        if set_name not in self.sets:
+            raise StoreError(f"{self.path}: no evaluation set {set_name!r} (sets: {', '.join(self.sets)})")
+        node = self.group[f"{set_name}/{name}"]
+        assert isinstance(node, zarr.Array)
+        return node
+
+    def read(self, set_name: str, name: str) -> np.ndarray:
+        """Read a whole small array (not ``lca``) into memory."""
+        return np.asarray(self.array(set_name, name)[:])
+
+    def done(self, set_name: str | None = None) -> np.ndarray:
+        """Done mask ``(T,)``; for ``None``, rows done in every set."""
+        names = [set_name] if set_name else self.sets
+        masks = [self.read(s, "done").astype(bool) for s in names]
+        return np.logical_and.reduce(masks) if masks else np.zeros(self.n_pairs, bool)
+
+    def iter_lca(self, set_name: str, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Stream ``lca`` rows ``start..stop`` chunk by chunk (never the whole array at once).
+
+        Args:
+            set_name: Evaluation set.
+            start: First row.
+            stop: One past the last row (default T).
+
+        Yields:
+            ``(first_row, rows)`` with ``rows`` float32 ``(r, P)`` aligned to chunk boundaries.
+
+        """
+        arr = self.array(set_name, "lca")
+        stop = arr.shape[0] if stop is None else stop
+        step = arr.chunks[0]
+        t = start
+        while t < stop:
+            end = min(stop, (t // step + 1) * step)
+            yield t, np.asarray(arr[t:end])
+            t = end
+
+    # -- writing --------------------------------------------------------------------------------------
+
+    def update_attrs(self, attrs: dict[str, Any]) -> None:
+        """Merge attributes into the store's root."""
+        self.group.attrs.update(attrs)
+        self.attrs.update(attrs)
+
+    def extend(self, steps: Sequence[int]) -> None:
+        """Grow the store to new checkpoints (append); the stored steps must be a prefix of ``steps``.
+
+        Arrays are grown first and ``steps`` last, so an interruption leaves the old, consistent store
+        (longer arrays are harmless: rows past ``steps`` are never marked done).
+
+        Args:
+            steps: All checkpoint steps now in the run.
+
+        Raises:
+            StoreError: If the stored steps are not a prefix of ``steps``.
+
+        """
+        old = self.steps
+        new = np.asarray(steps, dtype=np.int64)
+        if len(new) < len(old) or not np.array_equal(new[: len(old)], old):
+            raise StoreError(
+                f"{self.path} was computed over steps {old[0]}..{old[-1]} ({len(old)} checkpoints) and the run's "
+                "checkpoints no longer start with them; use --overwrite to recompute from scratch"
+            )
+        if len(new) == len(old):
+            return
+        n_pairs = len(new) - 1
+        for s in self.sets:
+            for name in ("lca", *_PER_SET_1D, *_PER_SET_TENSOR):
+                arr = self.array(s, name)
+                arr.resize((n_pairs, *arr.shape[1:]))
+            self.array(s, "loss").resize((n_pairs + 1,))
+        st = self.group["steps"]
+        assert isinstance(st, zarr.Array)
+        st.resize((len(new),))
+        st[len(old) :] = new[len(old) :]
+
+    def write_block(self, set_name: str, rows: BlockRows) -> None:
+        """Write a block of rows of one set; ``done`` last.
+
+        Args:
+            set_name: Evaluation set.
+            rows: The rows.
+
+        """
+        a, b = rows.start, rows.start + rows.count
+        self.array(set_name, "lca")[a:b] = rows.lca
+        self.array(set_name, "loss")[a : b + 1] = rows.loss
+        for name in ("residual", "splits", "flagged", "buffer_lca", *_PER_SET_TENSOR):
+            self.array(set_name, name)[a:b] = getattr(rows, name)
+        self.array(set_name, "done")[a:b] = True
