@@ -1,0 +1,368 @@
+"""The ``lca`` command line: parse, call one library function, render. Nothing else.
+
+Data goes to stdout; progress, warnings and errors go to stderr. Every :class:`~lca_cli.errors.LcaError`
+becomes one ``Error: ...`` line and its exit code, in :func:`main` only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import sys
+import threading
+import traceback
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from lca_cli import __version__
+from lca_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, LcaError, ToleranceError
+
+__all__ = ["cli", "main"]
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0 success               2 bad option value    3 config error
+  4 run directory error   5 checkpoint error    6 store error
+  7 non-finite loss       8 over tolerance (--strict)
+  70 internal error (a bug; traceback shown)    130 interrupted (store resumable)"""
+
+
+def _err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=EXIT_CODES_HELP,
+)
+@click.version_option(__version__, prog_name="lca")
+def cli() -> None:
+    """Loss Change Allocation: which parameters did the learning, from saved checkpoints.
+
+    \b
+    Typical use:
+      lca compute runs/exp1                       # checkpoints -> runs/exp1/lca.zarr
+      lca summarize runs/exp1/lca.zarr --by layer # who helped, who hurt
+      lca report runs/exp1/lca.zarr --out exp1.html
+
+    Each iteration's loss change L(θ_t+1) - L(θ_t) on a fixed evaluation set is split exactly among the
+    parameters (negative LCA = helped, positive = hurt), by integrating the gradient along the straight
+    segment between consecutive checkpoints.
+    """
+
+
+def _compute_options(f: Any) -> Any:
+    opts = [
+        click.option(
+            "--method",
+            type=click.Choice(["rk4", "euler"]),
+            help="rk4: adaptive composite Simpson (the paper's 'RK4'; default). euler: first order, for comparison.",
+        ),
+        click.option(
+            "--tolerance",
+            type=float,
+            help="Absolute residual tolerance per pair, in loss units [default 1e-7]. A pair passes when "
+            "|residual| <= tolerance + rtol*|ΔL|; otherwise its sub-intervals are doubled.",
+        ),
+        click.option("--rtol", type=float, help="Relative residual tolerance per pair [default 1e-4]."),
+        click.option(
+            "--max-splits",
+            type=int,
+            help="Cap on sub-intervals (power of two) [default 32]; 2 = plain Simpson, no refinement.",
+        ),
+        click.option("--batch-size", type=int, help="Evaluation chunk size in samples [default 1024]."),
+        click.option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N [default auto]."),
+        click.option("--dtype", type=click.Choice(["float32", "float64"]), help="Network dtype [default float32]."),
+        click.option(
+            "--bn-mode",
+            type=click.Choice(["batch", "running"]),
+            help="BatchNorm: batch = statistics of each evaluation chunk (the paper; default); running = "
+            "checkpoint running statistics, interpolated, their share stored as buffer_lca.",
+        ),
+        click.option(
+            "--allow-tf32/--no-allow-tf32", default=None, help="Allow TF32 on GPU (faster, less exact) [off]."
+        ),
+        click.option("--compile/--no-compile", default=None, help="torch.compile the model (opt-in) [off]."),
+        click.option("--rows-per-chunk", type=int, help="Store rows per chunk (0 = about 4 MiB per chunk)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+class _Progress:
+    """A rich progress bar on stderr with pairs/s and ETA."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("[bold]lca compute"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("pairs"),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self._progress.__enter__()
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._progress is None:
+            return
+        if self._task is None:
+            self._task = self._progress.add_task("compute", total=total, rate="")
+        task = self._progress.tasks[0]
+        speed = task.speed
+        self._progress.update(self._task, completed=done, rate=f"{speed:.2f}/s" if speed else "")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(None, None, None)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config TOML [RUN_DIR/lca.toml].")
+@click.option("--out", type=click.Path(path_type=Path), help="Store path [RUN_DIR/lca.zarr].")
+@_compute_options
+@click.option("--overwrite", is_flag=True, help="Replace an existing store instead of resuming/appending to it.")
+@click.option("--strict", is_flag=True, help="Exit with code 8 when any pair stays over tolerance at the cap.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON result object on stdout (for scripts).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary on stderr (warnings still shown).")
+def compute(
+    run_dir: Path,
+    config_path: Path | None,
+    out: Path | None,
+    overwrite: bool,
+    strict: bool,
+    as_json: bool,
+    quiet: bool,
+    **flags: Any,
+) -> None:
+    """Compute the LCA of every consecutive checkpoint pair of RUN_DIR into a Zarr store.
+
+    RUN_DIR holds one *.safetensors checkpoint per iteration (ordered by their "step" metadata, else the
+    digits in the file name) and lca.toml, which says how to rebuild the model, the fixed evaluation
+    set(s) and the loss (see README). Flags override the config's [compute] table.
+
+    Rerunning on an existing store resumes: finished pairs are never recomputed and checkpoints that
+    arrived since are appended (safe for cron). Ctrl-C stops after the current pair and keeps every
+    finished row; run the same command again to continue.
+    """
+    from lca_cli.config import load_config
+    from lca_cli.pipeline import compute as run_compute
+
+    config = load_config(config_path or run_dir / "lca.toml")
+    config = config.with_overrides(**flags)
+    config.compute.validate()
+    stop = threading.Event()
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        _err("Interrupted: finishing the current pair and saving finished rows (Ctrl-C again to abort)...")
+
+    previous = (
+        signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
+    )
+    try:
+        with _Progress(enabled=not quiet) as progress:
+            result = run_compute(run_dir, config, out, overwrite=overwrite, progress=progress, stop=stop)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+    flagged_total = sum(len(v) for v in result.flagged.values())
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "store": str(result.store),
+                    "pairs": result.n_pairs,
+                    "computed": result.computed,
+                    "skipped": result.skipped,
+                    "flagged": result.flagged,
+                    "max_abs_residual": result.max_abs_residual,
+                    "seconds": round(result.seconds, 3),
+                    "device": result.device,
+                    "interrupted": result.interrupted,
+                }
+            )
+        )
+    if not quiet:
+        rate = result.computed / result.seconds if result.seconds > 0 else 0.0
+        _err(
+            f"{result.store}: {result.computed} pair(s) computed, {result.skipped} already done, "
+            f"{result.n_pairs} in total ({rate:.2f} pairs/s on {result.device})"
+        )
+    if flagged_total:
+        worst = ", ".join(f"{s}: {len(v)}" for s, v in result.flagged.items() if v)
+        first = next(v for v in result.flagged.values() if v)[:5]
+        _err(
+            f"Warning: {flagged_total} pair(s) still over tolerance at {config.compute.max_splits} sub-intervals "
+            f"({worst}; first steps {first}); see `lca summarize {result.store} --by iteration`"
+        )
+    if result.interrupted:
+        _err(f"Interrupted: {result.store} is resumable; rerun the same command to continue.")
+        sys.exit(EXIT_INTERRUPTED)
+    if strict and flagged_total:
+        raise ToleranceError(f"{flagged_total} pair(s) over tolerance (--strict)")
+
+
+def _render_table(summary: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    h = summary.header
+    console = Console(soft_wrap=False)
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, bool):
+            return "yes" if v else ""
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    helped = (
+        f"{h['helped_fraction_mean']:.3f} ± {h['helped_fraction_sd']:.3f}"
+        if h["helped_fraction_mean"] is not None
+        else "-"
+    )
+    lines = [
+        f"[bold]{h['store']}[/bold]  set [bold]{h['set']}[/bold]  steps {fmt(h['first_step'])}..{fmt(h['last_step'])}"
+        f"  ({h['iterations']} of {h['iterations_total']} iterations, {h['parameters']:,} parameters)",
+        f"ΔL {h['delta_loss']:.6g}   Σ LCA {h['sum_lca']:.6g}"
+        + (f"   buffers {h['buffer_lca']:.3g}" if h["buffer_lca"] else "")
+        + f"   max |residual| {h['max_abs_residual']:.3g}   flagged pairs {h['flagged']}",
+        f"helped fraction per iteration {helped}  (exact zeros excluded)",
+    ]
+    for line in lines:
+        console.print(line, highlight=False)
+    table = Table(show_header=True, header_style="bold")
+    for col in summary.columns:
+        table.add_column(col, justify="left" if col == "name" else "right")
+    for row in summary.rows:
+        table.add_row(*(fmt(row.get(c)) for c in summary.columns))
+    console.print(table)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--by", type=click.Choice(["layer", "tensor", "neuron", "iteration"]), default="layer", show_default=True,
+              help="layer = parameter name minus its last component; neuron = output unit (dim 0).")  # fmt: skip
+@click.option("--set", "set_name", help="Evaluation set [train, else the first].")
+@click.option("--steps", help="Window of iterations by start step, A:B (half-open; either end optional).")
+@click.option("--top", type=int, help="Show only the first N rows (after sorting).")
+@click.option("--sort", type=click.Choice(["model", "helped", "hurt", "abs"]),
+              help="model order (default; neurons: helped), most helpful first, most harmful first, or by |LCA|.")  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+def summarize(
+    store: Path, by: str, set_name: str | None, steps: str | None, top: int | None, sort: str | None, fmt: str
+) -> None:
+    """Summarise an LCA store: totals and who helped (LCA < 0) or hurt (LCA > 0).
+
+    The header gives the total loss change ΔL, the sum of all LCA (equal to ΔL up to the residual), the
+    largest |residual|, the pairs flagged over tolerance, and the mean ± sd fraction of parameters that
+    helped per iteration (parameters with LCA exactly 0 count as neither). Rows give, per group, its
+    parameter count, LCA (loss units), share of the total Σ LCA and helped fraction (over its non-zero
+    entries). --format json prints one object {"header", "columns", "rows"}; csv prints the rows only.
+    """
+    from lca_cli.reduce import parse_window
+    from lca_cli.reduce import summarize as run_summarize
+    from lca_cli.store import LcaStore
+
+    summary = run_summarize(
+        LcaStore.open(store), by=by, set_name=set_name, window=parse_window(steps), top=top, sort=sort
+    )
+    if fmt == "json":
+        click.echo(json.dumps(summary.to_dict(), indent=1))
+    elif fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=summary.columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(summary.rows)
+    else:
+        _render_table(summary)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="HTML page to write.")
+@click.option("--set", "set_name", help="Evaluation set [train, else the first].")
+@click.option("--steps", help="Window of iterations by start step, A:B.")
+@click.option("--png-dir", type=click.Path(path_type=Path), help="Where the PNG figures go [<OUT stem>_files/].")
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
+def report(store: Path, out: Path, set_name: str | None, steps: str | None, png_dir: Path | None, quiet: bool) -> None:
+    """Write a self-contained HTML report (and PNG figures) of an LCA store.
+
+    Views: true vs reconstructed loss with residuals; per-layer totals split into helped and hurt; the
+    fraction of parameters helping per iteration and its histograms; cumulative LCA per layer (train
+    beside held-out sets); neuron x iteration heat maps; trajectories of the most helpful, most harmful
+    and random parameters; and a synchronisation view of per-layer learning peaks. The page needs no
+    network to open. Needs matplotlib: pip install 'lca-cli[report]'.
+    """
+    from lca_cli.reduce import parse_window
+    from lca_cli.report import write_report
+
+    window = parse_window(steps)
+    result = write_report(
+        store,
+        out,
+        set_name=set_name,
+        steps=(window.start, window.stop),
+        png_dir=png_dir,
+        progress=None if quiet else _err,
+    )
+    click.echo(str(result.html))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``lca`` console script: maps errors to one line and an exit code."""
+    try:
+        cli.main(args=argv, prog_name="lca", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        _err("Aborted.")
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        _err("Interrupted; finished rows are saved and a rerun resumes.")
+        sys.exit(EXIT_INTERRUPTED)
+    except LcaError as exc:
+        _err(f"Error: {exc}")
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception:
+        traceback.print_exc()
+        _err("Error: internal error in lca (a bug); please report it with the traceback above.")
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(0)
