@@ -41,7 +41,7 @@ def _err(message: str) -> None:
 )
 @click.version_option(__version__, prog_name="lca")
 def cli() -> None:
-    """Loss Change Allocation: which parameters did the learning, from saved checkpoints.
+    r"""Loss Change Allocation: which parameters did the learning, from saved checkpoints.
 
     \b
     Typical use:
@@ -280,7 +280,8 @@ def _render_table(summary: Any) -> None:
 @click.option("--steps", help="Window of iterations by start step, A:B (half-open; either end optional).")
 @click.option("--top", type=int, help="Show only the first N rows (after sorting).")
 @click.option("--sort", type=click.Choice(["model", "helped", "hurt", "abs"]),
-              help="model order (default; neurons: helped), most helpful first, most harmful first, or by |LCA|.")  # fmt: skip
+              help="model order (default; neurons: helped), most helpful first, most harmful first, "
+              "or by |LCA|.")  # fmt: skip
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 def summarize(
     store: Path, by: str, set_name: str | None, steps: str | None, top: int | None, sort: str | None, fmt: str

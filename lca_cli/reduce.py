@@ -54,8 +54,8 @@ def parse_window(text: str | None) -> Window:
     parts = text.split(":")
     try:
         if len(parts) == 1:
-            a = int(parts[0])
-            return Window(a, a + 1)
+            only = int(parts[0])
+            return Window(only, only + 1)
         if len(parts) == 2:
             a = int(parts[0]) if parts[0].strip() else None
             b = int(parts[1]) if parts[1].strip() else None

@@ -1,0 +1,67 @@
+"""Tiny training runs written to a temporary directory, for CLI and reduction tests.
+
+The model and data factories live in a module written next to the checkpoints, so the run's lca.toml
+imports them from its own directory, exactly as a user's run would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lca_cli.record import CheckpointWriter
+
+FACTORIES = """
+import torch
+
+def model(hidden=12, features=6, classes=3):
+    g = torch.Generator().manual_seed(0)
+    net = torch.nn.Sequential()
+    net.add_module("fc1", torch.nn.Linear(features, hidden))
+    net.add_module("act", torch.nn.Tanh())
+    net.add_module("fc2", torch.nn.Linear(hidden, classes))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return net
+
+def data(n=150, features=6, classes=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=g)
+    y = (x[:, :classes].argmax(dim=1)).long()
+    return x, y
+"""
+
+
+def make_tiny_run(root: Path, steps: int = 12, lr: float = 0.3, name: str = "run") -> Path:
+    """Train a 6-12-3 tanh MLP for ``steps`` SGD steps, a checkpoint per step, and write lca.toml.
+
+    Args:
+        root: Parent directory.
+        steps: Number of training steps (checkpoints = steps + 1).
+        lr: Learning rate (momentum 0.9).
+        name: Run directory name.
+
+    Returns:
+        The run directory.
+    """
+    run = root / name
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "tinyfactories.py").write_text(FACTORIES)
+    namespace: dict[str, object] = {}
+    exec(compile(FACTORIES, "tinyfactories", "exec"), namespace)
+    net = namespace["model"]()  # type: ignore[operator]
+    x, y = namespace["data"]()  # type: ignore[operator]
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    g = torch.Generator().manual_seed(2)
+    with CheckpointWriter(run) as writer:
+        writer.write_config(model="tinyfactories:model", data="tinyfactories:data", loss="cross_entropy")
+        writer.save(net, 0)
+        for step in range(1, steps + 1):
+            idx = torch.randint(0, x.shape[0], (32,), generator=g)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
+            opt.step()
+            writer.save(net, step)
+    return run

@@ -1,0 +1,289 @@
+"""The CLI contract: help, stdout vs stderr, exit codes, one-line errors, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from runs import make_tiny_run
+from safetensors.torch import load_file, save_file
+
+from lca_cli.cli import main
+from lca_cli.errors import EXIT_CODES
+from lca_cli.store import LcaStore
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    code = info.value.code
+    return (code if isinstance(code, int) else 1), out, err
+
+
+@pytest.fixture(scope="module")
+def computed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = make_tiny_run(tmp_path_factory.mktemp("cli"), steps=12)
+    with pytest.raises(SystemExit) as info:
+        main(["compute", str(run), "--quiet"])
+    assert info.value.code == 0
+    return run
+
+
+def assert_one_line_error(code: int, out: str, err: str, expected: str, *needles: str) -> None:
+    assert code == EXIT_CODES[expected], (code, err)
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("Error: ")
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.mark.parametrize("command", [[], ["compute"], ["summarize"], ["report"]])
+def test_help_for_every_command(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    code, out, err = run_cli(capsys, *command, "--help")
+    assert code == 0 and err == ""
+    assert "Usage: lca" in out
+    assert "Exit codes" in out
+
+
+def test_compute_options_documented(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run_cli(capsys, "compute", "--help")
+    for flag in ("--method", "--tolerance", "--rtol", "--max-splits", "--batch-size", "--device", "--out", "--config"):
+        assert flag in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and "lca" in out
+
+
+def test_compute_then_resume_stdout_is_clean(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    run = make_tiny_run(tmp_path, steps=6)
+    code, out, err = run_cli(capsys, "compute", run, "--quiet")
+    assert code == 0 and out == "" and err == ""
+    code, out, err = run_cli(capsys, "compute", run, "--json", "--quiet")
+    assert code == 0 and err == ""
+    result = json.loads(out)
+    assert result["computed"] == 0 and result["skipped"] == 6 and result["pairs"] == 6
+
+
+def test_compute_reports_progress_on_stderr(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    run = make_tiny_run(tmp_path, steps=4)
+    code, out, err = run_cli(capsys, "compute", run)
+    assert code == 0 and out == ""
+    assert "4 pair(s) computed" in err
+
+
+def test_summarize_json_sums_equal_direct_sums(capsys: pytest.CaptureFixture[str], computed_run: Path) -> None:
+    store = LcaStore.open(computed_run / "lca.zarr")
+    lca = np.asarray(store.array("train", "lca")[:], dtype=np.float64)
+    layout = store.layout
+    for by, groups in (
+        ("tensor", [(p.name, [p]) for p in layout.params]),
+        ("layer", [("fc1", layout.params[:2]), ("fc2", layout.params[2:])]),
+    ):
+        code, out, _ = run_cli(capsys, "summarize", computed_run / "lca.zarr", "--by", by, "--format", "json")
+        assert code == 0
+        rows = {r["name"]: r for r in json.loads(out)["rows"]}
+        for name, params in groups:
+            direct = sum(lca[:, p.offset : p.stop].sum() for p in params)
+            # float32 storage vs float64 per-tensor sums: agreement to float32 rounding of each entry.
+            assert rows[name]["lca"] == pytest.approx(direct, rel=1e-5, abs=1e-7)
+            assert rows[name]["parameters"] == sum(p.numel for p in params)
+
+
+def test_summarize_header_conserves(capsys: pytest.CaptureFixture[str], computed_run: Path) -> None:
+    _code, out, _ = run_cli(capsys, "summarize", computed_run / "lca.zarr", "--format", "json")
+    header = json.loads(out)["header"]
+    assert header["iterations"] == 12
+    assert header["sum_lca"] == pytest.approx(header["delta_loss"], rel=1e-3)
+    assert 0.0 < header["helped_fraction_mean"] < 1.0
+
+
+def test_summarize_neuron_and_iteration(capsys: pytest.CaptureFixture[str], computed_run: Path) -> None:
+    store = LcaStore.open(computed_run / "lca.zarr")
+    lca = np.asarray(store.array("train", "lca")[:], dtype=np.float64)
+    code, out, _ = run_cli(capsys, "summarize", computed_run / "lca.zarr", "--by", "neuron", "--format", "json")
+    assert code == 0
+    rows = {r["name"]: r for r in json.loads(out)["rows"]}
+    assert len(rows) == 12 + 3  # fc1 has 12 output units, fc2 has 3
+    w = store.layout.params[0]  # fc1.weight (12, 6), then fc1.bias (12,)
+    b = store.layout.params[1]
+    unit3 = lca[:, w.offset + 3 * 6 : w.offset + 4 * 6].sum() + lca[:, b.offset + 3].sum()
+    assert rows["fc1[3]"]["lca"] == pytest.approx(unit3, rel=1e-5, abs=1e-8)
+    assert rows["fc1[3]"]["parameters"] == 7
+    _code, out, _ = run_cli(
+        capsys, "summarize", computed_run / "lca.zarr", "--by", "iteration", "--steps", "2:5", "--format", "csv"
+    )
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("name,step,next_step,delta_loss,lca")
+    assert [line.split(",")[1] for line in lines[1:]] == ["2", "3", "4"]
+
+
+def test_summarize_top_and_sort(capsys: pytest.CaptureFixture[str], computed_run: Path) -> None:
+    _code, out, _ = run_cli(
+        capsys, "summarize", computed_run / "lca.zarr", "--by", "tensor", "--sort", "hurt", "--top", "2",
+        "--format", "json",
+    )  # fmt: skip
+    rows = json.loads(out)["rows"]
+    assert len(rows) == 2 and rows[0]["lca"] >= rows[1]["lca"]
+
+
+def test_summarize_table_renders(capsys: pytest.CaptureFixture[str], computed_run: Path) -> None:
+    code, out, err = run_cli(capsys, "summarize", computed_run / "lca.zarr")
+    assert code == 0 and err == ""
+    assert "fc1" in out and "fc2" in out and "helped fraction" in out
+
+
+# -- errors: one line, the right exit code, no traceback ---------------------------------------------------
+
+
+def test_missing_run_dir(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "lca.toml").write_text("")
+    code, out, err = run_cli(capsys, "compute", tmp_path / "nope", "--config", tmp_path / "lca.toml")
+    # An empty config is the first problem found.
+    assert_one_line_error(code, out, err, "config")
+
+
+def test_missing_run_dir_with_valid_config(
+    capsys: pytest.CaptureFixture[str], computed_run: Path, tmp_path: Path
+) -> None:
+    code, out, err = run_cli(capsys, "compute", tmp_path / "nope", "--config", computed_run / "lca.toml")
+    assert_one_line_error(code, out, err, "run_dir", "does not exist")
+
+
+def test_single_checkpoint(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    run = make_tiny_run(tmp_path, steps=1)
+    (run / "step_00000001.safetensors").unlink()
+    code, out, err = run_cli(capsys, "compute", run)
+    assert_one_line_error(code, out, err, "run_dir", "1 checkpoint")
+
+
+def test_truncated_checkpoint(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    run = make_tiny_run(tmp_path, steps=3)
+    path = run / "step_00000002.safetensors"
+    path.write_bytes(path.read_bytes()[:-40])
+    code, out, err = run_cli(capsys, "compute", run, "--quiet")
+    assert_one_line_error(code, out, err, "checkpoint", "step_00000002")
+
+
+def test_mismatched_tensors_are_listed(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    run = make_tiny_run(tmp_path, steps=3)
+    path = run / "step_00000001.safetensors"
+    state = load_file(str(path))
+    del state["fc2.bias"]
+    state["extra.weight"] = torch.zeros(2)
+    state["fc1.weight"] = torch.zeros(3, 3)
+    save_file(state, str(path), metadata={"step": "1"})
+    code, out, err = run_cli(capsys, "compute", run, "--quiet")
+    assert_one_line_error(code, out, err, "checkpoint", "missing: fc2.bias", "unexpected: extra.weight", "fc1.weight")
+
+
+def test_unknown_config_key(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    run = make_tiny_run(tmp_path, steps=2)
+    text = (run / "lca.toml").read_text().replace("[loss]", "[loss]\nreduction = 'sum'")
+    (run / "lca.toml").write_text(text)
+    code, out, err = run_cli(capsys, "compute", run)
+    assert_one_line_error(code, out, err, "config", "reduction", "[loss]")
+
+
+def test_factory_cannot_be_imported(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    run = make_tiny_run(tmp_path, steps=2)
+    text = (run / "lca.toml").read_text().replace("tinyfactories:model", "no_such_module_xyz:model")
+    (run / "lca.toml").write_text(text)
+    code, out, err = run_cli(capsys, "compute", run)
+    assert_one_line_error(code, out, err, "config", "no_such_module_xyz")
+
+
+def test_non_finite_loss(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    run = make_tiny_run(tmp_path, steps=3)
+    path = run / "step_00000002.safetensors"
+    state = load_file(str(path))
+    state["fc2.bias"] = torch.full_like(state["fc2.bias"], float("nan"))
+    save_file(state, str(path), metadata={"step": "2"})
+    code, out, err = run_cli(capsys, "compute", run, "--quiet")
+    assert_one_line_error(code, out, err, "numerical", "nan")
+
+
+def test_not_a_store(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run_cli(capsys, "summarize", tmp_path)
+    assert_one_line_error(code, out, err, "store", "not an lca store")
+    code, out, err = run_cli(capsys, "summarize", tmp_path / "missing.zarr")
+    assert_one_line_error(code, out, err, "store", "does not exist")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--max-splits", "3"], "--max-splits"),
+        (["--tolerance", "-1"], "--tolerance"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--device", "tpu"], "--device"),
+    ],
+)
+def test_bad_option_values(
+    capsys: pytest.CaptureFixture[str], computed_run: Path, args: list[str], needle: str
+) -> None:
+    code, out, err = run_cli(capsys, "compute", computed_run, *args)
+    assert_one_line_error(code, out, err, "usage", needle)
+
+
+def test_bad_choice_is_a_usage_error(capsys: pytest.CaptureFixture[str], computed_run: Path) -> None:
+    code, out, err = run_cli(capsys, "summarize", computed_run / "lca.zarr", "--by", "planet")
+    assert code == EXIT_CODES["usage"] and out == "" and "Traceback" not in err
+
+
+def test_bad_steps_window(capsys: pytest.CaptureFixture[str], computed_run: Path) -> None:
+    code, out, err = run_cli(capsys, "summarize", computed_run / "lca.zarr", "--steps", "5:2")
+    assert_one_line_error(code, out, err, "usage", "--steps")
+
+
+def test_unknown_set(capsys: pytest.CaptureFixture[str], computed_run: Path) -> None:
+    code, out, err = run_cli(capsys, "summarize", computed_run / "lca.zarr", "--set", "val")
+    assert_one_line_error(code, out, err, "store", "val")
+
+
+def test_store_from_another_config_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    run = make_tiny_run(tmp_path, steps=3)
+    assert run_cli(capsys, "compute", run, "--quiet")[0] == 0
+    code, out, err = run_cli(capsys, "compute", run, "--quiet", "--max-splits", "4")
+    assert_one_line_error(code, out, err, "store", "--overwrite")
+    code, out, err = run_cli(capsys, "compute", run, "--quiet", "--max-splits", "4", "--overwrite")
+    assert code == 0
+
+
+def test_strict_exit_code_when_flagged(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    run = make_tiny_run(tmp_path, steps=3)
+    # Euler never meets a zero tolerance: every pair is flagged, and --strict turns that into exit 8.
+    code, _out, err = run_cli(
+        capsys, "compute", run, "--quiet", "--method", "euler", "--tolerance", "0", "--rtol", "0", "--strict"
+    )
+    assert code == EXIT_CODES["tolerance"]
+    assert "Warning: 3 pair(s) still over tolerance" in err
+    assert err.strip().splitlines()[-1].startswith("Error: ")
+
+
+def test_append_new_checkpoints(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    full = make_tiny_run(tmp_path, steps=8, name="full")
+    part = tmp_path / "part"
+    part.mkdir()
+    for f in full.iterdir():
+        if f.suffix != ".safetensors" or int(f.stem.split("_")[1]) <= 4:
+            shutil.copy(f, part / f.name)
+    assert run_cli(capsys, "compute", part, "--quiet")[0] == 0
+    for f in full.glob("*.safetensors"):
+        shutil.copy(f, part / f.name)
+    _code, out, _ = run_cli(capsys, "compute", part, "--quiet", "--json")
+    assert json.loads(out)["computed"] == 4
+    assert run_cli(capsys, "compute", full, "--quiet")[0] == 0
+    a = LcaStore.open(part / "lca.zarr")
+    b = LcaStore.open(full / "lca.zarr")
+    np.testing.assert_array_equal(a.array("train", "lca")[:], b.array("train", "lca")[:])
+    np.testing.assert_array_equal(a.steps, b.steps)
