@@ -1,0 +1,777 @@
+"""Streaming reductions behind ``lca report``: numpy arrays computed from a store, no plotting.
+
+Every function here reads the big ``lca`` array only through :meth:`LcaStore.iter_lca` (one row chunk at a
+time) and keeps at most ``O(P)`` per-parameter accumulators, ``O(T x layers)`` per-iteration series,
+``O(bins x neurons)`` heat-map matrices and ``O(T x k)`` trajectories of ``k`` chosen parameters: memory
+never grows with ``T x P``. The small per-iteration arrays (``loss``, ``residual``, ``tensor_lca``, ...)
+are read whole.
+
+Only iterations whose ``done`` flag is set count; a window of steps ``[A, B)`` selects iterations by
+the step they *start* from. The result of that choice is a :class:`Selection`, which every other function
+takes.
+
+Conventions: LCA < 0 means a parameter *helped* (lowered the loss), LCA > 0 that it *hurt*; "learning" of
+a layer on an iteration is ``-LCA`` of the layer, so that peaks of learning are iterations on which the
+loss dropped most because of that layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lca_cli.errors import StoreError, UsageError
+from lca_cli.layout import Layout
+from lca_cli.store import LcaStore
+
+__all__ = [
+    "LossCurves",
+    "NeuronMap",
+    "ParameterStats",
+    "Selection",
+    "SyncResult",
+    "bin_edges",
+    "cumulative",
+    "detect_peaks",
+    "helped_fraction_per_iteration",
+    "layer_series",
+    "loss_curves",
+    "neuron_groups",
+    "parameter_label",
+    "peak_overlap",
+    "rank_neuron_groups",
+    "scan_parameters",
+    "scan_selected",
+    "select_parameters",
+    "select_rows",
+    "synchronisation",
+]
+
+#: ``progress(message)``: one line describing the streaming pass under way.
+Progress = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------------------------------------
+# which iterations count
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The iterations of one set that a report covers.
+
+    Attributes:
+        set_name: Evaluation set.
+        rows: int64 ``(n,)``: pair indices t, increasing, all done and inside the window.
+        start: First row of the window (``rows`` lie in ``start .. stop - 1``).
+        stop: One past the last row of the window.
+        steps: All checkpoint steps of the store, ``(T + 1,)``.
+        window: The step window ``(A, B)`` asked for (None = open end).
+
+    """
+
+    set_name: str
+    rows: np.ndarray
+    start: int
+    stop: int
+    steps: np.ndarray
+    window: tuple[int | None, int | None] = (None, None)
+
+    @property
+    def n(self) -> int:
+        """Number of iterations that count."""
+        return int(self.rows.shape[0])
+
+    @property
+    def start_steps(self) -> np.ndarray:
+        """Step each counted iteration starts from, ``(n,)``."""
+        return self.steps[self.rows]
+
+    @property
+    def end_steps(self) -> np.ndarray:
+        """Step each counted iteration ends at, ``(n,)``."""
+        return self.steps[self.rows + 1]
+
+    @property
+    def n_skipped(self) -> int:
+        """Iterations inside the window that are not done (excluded everywhere)."""
+        return (self.stop - self.start) - self.n
+
+
+def select_rows(store: LcaStore, set_name: str, steps: tuple[int | None, int | None] | None = None) -> Selection:
+    """Choose the iterations of ``set_name`` that start at a step in ``[A, B)`` and are done.
+
+    Args:
+        store: The store.
+        set_name: Evaluation set.
+        steps: ``(A, B)``; None (or a None end) leaves that end open.
+
+    Returns:
+        The selection.
+
+    Raises:
+        UsageError: If the set does not exist, ``A >= B``, or no iteration starts inside the window.
+        StoreError: If no iteration inside the window is done yet.
+
+    """
+    if set_name not in store.sets:
+        raise UsageError(f"--set {set_name}: {store.path} has no such evaluation set (sets: {', '.join(store.sets)})")
+    lo, hi = steps if steps is not None else (None, None)
+    if lo is not None and hi is not None and lo >= hi:
+        raise UsageError(f"--steps {lo}:{hi}: the window is empty (A must be < B)")
+    all_steps = store.steps
+    starts = all_steps[:-1]
+    # steps are increasing, so the window is a contiguous range of rows.
+    a = 0 if lo is None else int(np.searchsorted(starts, lo, side="left"))
+    b = len(starts) if hi is None else int(np.searchsorted(starts, hi, side="left"))
+    if b <= a:
+        raise UsageError(
+            f"--steps {'' if lo is None else lo}:{'' if hi is None else hi}: no iteration starts in that window "
+            f"(the store's iterations start at steps {int(starts[0]) if len(starts) else '-'}.."
+            f"{int(starts[-1]) if len(starts) else '-'})"
+        )
+    done = store.read(set_name, "done").astype(bool)[: len(starts)]
+    rows = a + np.flatnonzero(done[a:b])
+    if rows.size == 0:
+        raise StoreError(
+            f"{store.path}: no finished iteration of set {set_name!r} in steps {int(starts[a])}..{int(starts[b - 1])}; "
+            "run `lca compute` first"
+        )
+    return Selection(set_name, rows.astype(np.int64), a, b, all_steps, (lo, hi))
+
+
+# --------------------------------------------------------------------------------------------------------
+# per-iteration series from the small arrays
+
+
+@dataclass(frozen=True)
+class LossCurves:
+    """True and reconstructed loss of a selection, and the per-iteration residual.
+
+    Attributes:
+        steps: Checkpoint steps of the curve, ``(n + 1,)`` when the selection is contiguous (a segment
+            break repeats nothing: each counted iteration contributes its end point, each segment also its
+            start point).
+        true_loss: Loss on the set at those checkpoints.
+        reconstructed: Loss at the start of each contiguous run of counted iterations plus the cumulative
+            allocated change (sum of LCA + buffer share) since then; equals ``true_loss`` up to the
+            cumulative residual.
+        segment: Index of the contiguous run each point belongs to.
+        residual: ``(n,)`` residual per counted iteration (loss units).
+        flagged: ``(n,)`` bool, residual still over tolerance at the split cap.
+        splits: ``(n,)`` sub-intervals used.
+        lca_sum: ``(n,)`` sum of LCA over all parameters per iteration.
+        buffer_lca: ``(n,)`` share of BatchNorm running statistics per iteration (0 unless ``bn_mode=running``).
+        delta_loss: ``(n,)`` true loss change per iteration.
+
+    """
+
+    steps: np.ndarray
+    true_loss: np.ndarray
+    reconstructed: np.ndarray
+    segment: np.ndarray
+    residual: np.ndarray
+    flagged: np.ndarray
+    splits: np.ndarray
+    lca_sum: np.ndarray
+    buffer_lca: np.ndarray
+    delta_loss: np.ndarray
+
+
+def loss_curves(store: LcaStore, sel: Selection) -> LossCurves:
+    """True loss vs loss rebuilt from the allocations, per contiguous run of counted iterations.
+
+    Args:
+        store: The store.
+        sel: The iterations.
+
+    Returns:
+        The curves.
+
+    """
+    s, rows = sel.set_name, sel.rows
+    loss = store.read(s, "loss").astype(np.float64)
+    lca_sum = store.read(s, "tensor_lca")[rows].sum(axis=1)
+    buf = store.read(s, "buffer_lca")[rows].astype(np.float64)
+    residual = store.read(s, "residual")[rows].astype(np.float64)
+    flagged = store.read(s, "flagged")[rows].astype(bool)
+    splits = store.read(s, "splits")[rows].astype(np.int64)
+    delta = loss[rows + 1] - loss[rows]
+    # A new segment starts wherever the previous counted iteration is not the one just before.
+    breaks = np.ones(len(rows), dtype=bool)
+    breaks[1:] = rows[1:] != rows[:-1] + 1
+    seg_of_row = np.cumsum(breaks) - 1
+    pts_steps, pts_true, pts_rec, pts_seg = [], [], [], []
+    allocated = lca_sum + buf
+    for g in range(int(seg_of_row[-1]) + 1 if len(rows) else 0):
+        idx = np.flatnonzero(seg_of_row == g)
+        r = rows[idx]
+        first = int(r[0])
+        pts_steps.append(sel.steps[np.concatenate([[first], r + 1])])
+        pts_true.append(loss[np.concatenate([[first], r + 1])])
+        pts_rec.append(loss[first] + np.concatenate([[0.0], np.cumsum(allocated[idx])]))
+        pts_seg.append(np.full(len(r) + 1, g, dtype=np.int64))
+    return LossCurves(
+        steps=np.concatenate(pts_steps),
+        true_loss=np.concatenate(pts_true),
+        reconstructed=np.concatenate(pts_rec),
+        segment=np.concatenate(pts_seg),
+        residual=residual,
+        flagged=flagged,
+        splits=splits,
+        lca_sum=lca_sum,
+        buffer_lca=buf,
+        delta_loss=delta,
+    )
+
+
+def layer_series(store: LcaStore, sel: Selection) -> tuple[list[str], np.ndarray]:
+    """LCA of each layer on each counted iteration, from the per-tensor sums (no streaming).
+
+    Args:
+        store: The store.
+        sel: The iterations.
+
+    Returns:
+        ``(layer names, values)`` with ``values`` float64 ``(n, L)`` in loss units.
+
+    """
+    layout = store.layout
+    tensor = store.read(sel.set_name, "tensor_lca")[sel.rows].astype(np.float64)  # (n, K)
+    layers = layout.layers()
+    out = np.zeros((sel.n, len(layers)), dtype=np.float64)
+    for li, (_, idx) in enumerate(layers):
+        out[:, li] = tensor[:, idx].sum(axis=1)
+    return [name for name, _ in layers], out
+
+
+def helped_fraction_per_iteration(store: LcaStore, sel: Selection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fraction of parameters that helped on each iteration: helped / (helped + hurt); exact zeros excluded.
+
+    Args:
+        store: The store.
+        sel: The iterations.
+
+    Returns:
+        ``(fraction, helped, hurt)``: float64 ``(n,)`` (NaN where no parameter moved the loss) and the two
+        int64 ``(n,)`` counts summed over tensors.
+
+    """
+    helped = store.read(sel.set_name, "tensor_helped")[sel.rows].sum(axis=1).astype(np.int64)
+    hurt = store.read(sel.set_name, "tensor_hurt")[sel.rows].sum(axis=1).astype(np.int64)
+    total = helped + hurt
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(total > 0, helped / np.maximum(total, 1), np.nan)
+    return frac, helped, hurt
+
+
+def cumulative(values: np.ndarray) -> np.ndarray:
+    """Cumulative sums along axis 0 with a leading zero row: ``(n, ...) -> (n + 1, ...)``.
+
+    Args:
+        values: Per-iteration values.
+
+    Returns:
+        ``out[0] = 0``, ``out[i] = values[:i].sum(0)``.
+
+    """
+    v = np.asarray(values, dtype=np.float64)
+    return np.concatenate([np.zeros((1, *v.shape[1:])), np.cumsum(v, axis=0)], axis=0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# binning
+
+
+def bin_edges(n: int, max_bins: int) -> np.ndarray:
+    """Split ``0..n-1`` into at most ``max_bins`` contiguous, nearly equal bins.
+
+    Args:
+        n: Number of items (>= 0).
+        max_bins: Bin cap (>= 1).
+
+    Returns:
+        int64 edges ``(b + 1,)`` with ``edges[0] = 0``, ``edges[-1] = n``, strictly increasing;
+        ``b = min(n, max_bins)``.
+
+    """
+    b = max(1, min(n, max_bins)) if n > 0 else 0
+    if b == 0:
+        return np.zeros(1, dtype=np.int64)
+    return (np.arange(b + 1, dtype=np.int64) * n) // b
+
+
+# --------------------------------------------------------------------------------------------------------
+# the streaming passes over ``lca``
+
+
+def _iter_selected(
+    store: LcaStore, sel: Selection, label: str, progress: Progress | None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(positions in sel.rows, rows)`` chunk by chunk, with rows that do not count dropped."""
+    if sel.n == 0:
+        return
+    seen, reported = 0, -1
+    # Stream only from the first to the last counted row: the window's ends may be unfinished.
+    for t0, block in store.iter_lca(sel.set_name, int(sel.rows[0]), int(sel.rows[-1]) + 1):
+        t = np.arange(t0, t0 + block.shape[0])
+        pos = np.minimum(np.searchsorted(sel.rows, t), sel.n - 1)
+        keep = sel.rows[pos] == t
+        if not keep.any():
+            continue
+        rows = block if keep.all() else block[keep]
+        seen += int(keep.sum())
+        if progress is not None and (10 * seen) // sel.n > reported:  # about every 10%
+            reported = (10 * seen) // sel.n
+            progress(f"{label}: {seen}/{sel.n} iterations")
+        yield pos[keep], rows
+
+
+@dataclass
+class ParameterStats:
+    """Per-parameter sums and counts over the counted iterations (first streaming pass).
+
+    Attributes:
+        neg: float64 ``(P,)``: sum of the negative parts of LCA (helping; <= 0).
+        pos: float64 ``(P,)``: sum of the positive parts (hurting; >= 0).
+        helped: int64 ``(P,)``: iterations with LCA < 0.
+        hurt: int64 ``(P,)``: iterations with LCA > 0.
+        n_iterations: Iterations counted.
+
+    """
+
+    neg: np.ndarray
+    pos: np.ndarray
+    helped: np.ndarray
+    hurt: np.ndarray
+    n_iterations: int = 0
+
+    @classmethod
+    def zeros(cls, n_params: int) -> ParameterStats:
+        """Empty accumulators for ``n_params`` parameters."""
+        return cls(
+            np.zeros(n_params, np.float64),
+            np.zeros(n_params, np.float64),
+            np.zeros(n_params, np.int64),
+            np.zeros(n_params, np.int64),
+        )
+
+    def add(self, rows: np.ndarray) -> None:
+        """Accumulate a block of LCA rows ``(r, P)``."""
+        self.neg += np.minimum(rows, 0).sum(axis=0, dtype=np.float64)
+        self.pos += np.maximum(rows, 0).sum(axis=0, dtype=np.float64)
+        self.helped += np.count_nonzero(rows < 0, axis=0)
+        self.hurt += np.count_nonzero(rows > 0, axis=0)
+        self.n_iterations += int(rows.shape[0])
+
+    @property
+    def total(self) -> np.ndarray:
+        """Net LCA per parameter, ``(P,)``."""
+        return self.neg + self.pos
+
+    @property
+    def helped_fraction(self) -> np.ndarray:
+        """Fraction of its nonzero iterations on which each parameter helped; NaN if it never moved the loss."""
+        n = self.helped + self.hurt
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n > 0, self.helped / np.maximum(n, 1), np.nan)
+
+    def by_layer(self, layout: Layout) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Sum the negative and positive parts over each layer's parameters.
+
+        Args:
+            layout: The store's layout.
+
+        Returns:
+            ``(layer names, neg (L,), pos (L,))``.
+
+        """
+        layers = layout.layers()
+        neg = np.zeros(len(layers))
+        pos = np.zeros(len(layers))
+        for li, (_, idx) in enumerate(layers):
+            for i in idx:
+                p = layout.params[i]
+                neg[li] += self.neg[p.offset : p.stop].sum()
+                pos[li] += self.pos[p.offset : p.stop].sum()
+        return [name for name, _ in layers], neg, pos
+
+
+def scan_parameters(store: LcaStore, sel: Selection, progress: Progress | None = None) -> ParameterStats:
+    """First streaming pass: per-parameter negative/positive sums and helped/hurt counts.
+
+    Args:
+        store: The store.
+        sel: The iterations.
+        progress: Optional progress callback.
+
+    Returns:
+        The accumulated statistics.
+
+    """
+    stats = ParameterStats.zeros(store.layout.size)
+    for _, rows in _iter_selected(store, sel, "pass 1/2 (per-parameter totals)", progress):
+        stats.add(rows)
+    return stats
+
+
+def neuron_groups(layout: Layout) -> list[tuple[str, list[tuple[int, int]]]]:
+    """The neuron groups of a layout (``Layout.neurons()``): ``[(name, [(tensor index, dim-0 size)])]``."""
+    return layout.neurons()
+
+
+def rank_neuron_groups(layout: Layout, stats: ParameterStats) -> list[tuple[int, float]]:
+    """Order neuron groups (layers) by their total absolute allocation ``sum_t sum_p |LCA|``.
+
+    Args:
+        layout: The store's layout.
+        stats: First-pass statistics (``pos - neg`` is the per-parameter ``sum_t |LCA|``).
+
+    Returns:
+        ``[(group index into layout.neurons(), sum |LCA|)]``, largest first.
+
+    """
+    absolute = stats.pos - stats.neg
+    out = []
+    for gi, (_, members) in enumerate(layout.neurons()):
+        spans = [layout.params[i] for i, _ in members]
+        out.append((gi, float(sum(absolute[p.offset : p.stop].sum() for p in spans))))
+    return sorted(out, key=lambda x: -x[1])
+
+
+@dataclass
+class NeuronMap:
+    """LCA of one layer's neurons over iterations, binned (sums: loss units).
+
+    Attributes:
+        name: Layer (or tensor) name.
+        n_neurons: Output units of the layer.
+        matrix: float64 ``(neuron bins, iteration bins)``: LCA summed over the neurons and iterations of each
+            bin.
+        neuron_edges: ``(neuron bins + 1,)``, unit indices.
+        iteration_edges: ``(iteration bins + 1,)``, positions into the selection's rows.
+        step_edges: ``(iteration bins + 1,)``: start step of each bin's first iteration, and the end step of
+            the last iteration.
+
+    """
+
+    name: str
+    n_neurons: int
+    matrix: np.ndarray
+    neuron_edges: np.ndarray
+    iteration_edges: np.ndarray
+    step_edges: np.ndarray
+
+
+def _neuron_sums(rows: np.ndarray, layout: Layout, members: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Per-neuron sums of a block of rows: ``(r, P) -> (r, n0)`` float64."""
+    r = rows.shape[0]
+    out: np.ndarray | None = None
+    for ti, n0 in members:
+        p = layout.params[ti]
+        part = rows[:, p.offset : p.stop].reshape(r, n0, -1).sum(axis=2, dtype=np.float64)
+        out = part if out is None else out + part
+    assert out is not None
+    return out
+
+
+def scan_selected(
+    store: LcaStore,
+    sel: Selection,
+    columns: Sequence[int] | np.ndarray = (),
+    groups: Sequence[int] = (),
+    *,
+    max_bins: int = 400,
+    max_neurons: int = 200,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, list[NeuronMap]]:
+    """Second streaming pass: per-iteration LCA of chosen parameters and binned neuron x iteration maps.
+
+    Args:
+        store: The store.
+        sel: The iterations.
+        columns: Flat parameter indices whose per-iteration LCA to keep.
+        groups: Indices into ``layout.neurons()`` of the layers to map.
+        max_bins: Cap on iteration bins of the maps.
+        max_neurons: Cap on neuron bins (consecutive units are summed beyond it).
+        progress: Optional progress callback.
+
+    Returns:
+        ``(trajectories, maps)``: float64 ``(n, len(columns))`` LCA per iteration (not cumulated) and one
+        :class:`NeuronMap` per group, in the order given.
+
+    """
+    layout = store.layout
+    cols = np.asarray(list(columns), dtype=np.int64)
+    traj = np.zeros((sel.n, len(cols)), dtype=np.float64)
+    all_groups = layout.neurons()
+    it_edges = bin_edges(sel.n, max_bins)
+    n_bins = len(it_edges) - 1
+    bin_of_pos = np.repeat(np.arange(n_bins), np.diff(it_edges))
+    step_edges = np.concatenate([sel.start_steps[it_edges[:-1]], sel.end_steps[-1:]]) if sel.n else np.zeros(1)
+    maps: list[NeuronMap] = []
+    members: list[list[tuple[int, int]]] = []
+    for gi in groups:
+        name, group = all_groups[gi]
+        n0 = group[0][1]
+        ne = bin_edges(n0, max_neurons)
+        maps.append(NeuronMap(name, n0, np.zeros((len(ne) - 1, n_bins)), ne, it_edges, step_edges))
+        members.append(list(group))
+    if len(cols) == 0 and not maps:
+        return traj, maps
+    for pos, rows in _iter_selected(store, sel, "pass 2/2 (trajectories, heat maps)", progress):
+        if len(cols):
+            traj[pos] = rows[:, cols]
+        bins = bin_of_pos[pos]
+        for m, group in zip(maps, members, strict=True):
+            per_neuron = _neuron_sums(rows, layout, group)  # (r, n0)
+            per_bin = np.add.reduceat(per_neuron, m.neuron_edges[:-1], axis=1)  # (r, neuron bins)
+            np.add.at(m.matrix.T, bins, per_bin)
+    return traj, maps
+
+
+# --------------------------------------------------------------------------------------------------------
+# choosing parameters
+
+
+def select_parameters(
+    stats: ParameterStats, k_best: int = 5, k_worst: int = 5, k_random: int = 5, seed: int = 0
+) -> tuple[np.ndarray, list[str]]:
+    """The most helpful (most negative total), most harmful (most positive total) and random parameters.
+
+    Random ones are drawn with ``numpy.random.default_rng(seed)`` among parameters that moved the loss at
+    least once and are not already chosen. Fewer are returned when the model is small.
+
+    Args:
+        stats: First-pass statistics.
+        k_best: Number of most helpful parameters.
+        k_worst: Number of most harmful parameters.
+        k_random: Number of random parameters.
+        seed: Seed of the random draw.
+
+    Returns:
+        ``(columns, kinds)``: flat indices and ``"helpful" | "harmful" | "random"`` for each.
+
+    """
+    total = stats.total
+    order = np.argsort(total, kind="stable")
+    best = [int(i) for i in order[:k_best] if total[i] < 0]
+    worst = [int(i) for i in order[::-1][:k_worst] if total[i] > 0 and int(i) not in best]
+    chosen = set(best) | set(worst)
+    moved = np.flatnonzero((stats.helped + stats.hurt) > 0)
+    pool = np.setdiff1d(moved, np.fromiter(chosen, dtype=np.int64, count=len(chosen)))
+    rng = np.random.default_rng(seed)
+    rand = sorted(int(i) for i in rng.choice(pool, size=min(k_random, len(pool)), replace=False)) if len(pool) else []
+    cols = np.asarray(best + worst + rand, dtype=np.int64)
+    kinds = ["helpful"] * len(best) + ["harmful"] * len(worst) + ["random"] * len(rand)
+    return cols, kinds
+
+
+def parameter_label(layout: Layout, column: int) -> str:
+    """Name of a flat parameter index as ``tensor[i, j, ...]``.
+
+    Args:
+        layout: The store's layout.
+        column: Flat index in ``0..P-1``.
+
+    Returns:
+        For example ``"fc1.weight[3, 17]"`` (a scalar tensor gives its bare name).
+
+    Raises:
+        IndexError: If ``column`` is out of range.
+
+    """
+    for p in layout.params:
+        if p.offset <= column < p.stop:
+            if not p.shape:
+                return p.name
+            idx = np.unravel_index(column - p.offset, p.shape)
+            return f"{p.name}[{', '.join(str(int(i)) for i in idx)}]"
+    raise IndexError(f"parameter index {column} outside 0..{layout.size - 1}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# peaks and synchronisation
+
+
+def detect_peaks(x: np.ndarray, k_sd: float = 1.0, window: int | None = None) -> np.ndarray:
+    """Peaks of a series: local maxima that rise above ``mean + k_sd * sd``.
+
+    A local maximum is strictly above the previous value and at least the next (the first point of a
+    plateau); the series' ends count with their one neighbour. NaNs are never peaks. With ``window=None``
+    the mean and sd are those of the whole series; with ``window=w`` they are taken over the ``2w + 1``
+    iterations centred on each point (clipped at the ends), so that a slow trend shared by all layers
+    (everything learns most early in training) does not decide where the peaks are.
+
+    Args:
+        x: Series ``(n,)``.
+        k_sd: Threshold in standard deviations above the mean.
+        window: Half-width of the local window, or None for a global threshold.
+
+    Returns:
+        int64 indices of the peaks, increasing.
+
+    """
+    v = np.asarray(x, dtype=np.float64)
+    finite = np.isfinite(v)
+    if v.size == 0 or not finite.any():
+        return np.zeros(0, np.int64)
+    if window is None:
+        thr: np.ndarray | float = float(np.mean(v[finite]) + k_sd * np.std(v[finite]))
+    else:
+        # Rolling mean and sd over [i - w, i + w] from prefix sums (NaNs left out).
+        z = np.where(finite, v, 0.0)
+        c1 = np.concatenate([[0.0], np.cumsum(z)])
+        c2 = np.concatenate([[0.0], np.cumsum(z * z)])
+        cn = np.concatenate([[0], np.cumsum(finite)])
+        i = np.arange(v.size)
+        lo, hi = np.maximum(0, i - window), np.minimum(v.size, i + window + 1)
+        cnt = np.maximum(cn[hi] - cn[lo], 1)
+        mean = (c1[hi] - c1[lo]) / cnt
+        var = np.maximum((c2[hi] - c2[lo]) / cnt - mean * mean, 0.0)
+        thr = mean + k_sd * np.sqrt(var)
+    w = np.where(finite, v, -np.inf)
+    padded = np.concatenate([[-np.inf], w, [-np.inf]])
+    mid = padded[1:-1]
+    is_peak = (mid > padded[:-2]) & (mid >= padded[2:]) & (mid > thr) & finite
+    return np.flatnonzero(is_peak).astype(np.int64)
+
+
+def _dilate(b: np.ndarray, tol: int) -> np.ndarray:
+    """Circular dilation of boolean rows ``(L, n)`` by ``±tol`` positions."""
+    out = b.copy()
+    for d in range(1, tol + 1):
+        out |= np.roll(b, d, axis=1) | np.roll(b, -d, axis=1)
+    return out
+
+
+def _overlap_from_indicators(b: np.ndarray, d: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean tolerant Jaccard over layer pairs from peak indicators ``b`` and their dilations ``d``."""
+    k = b.sum(axis=1).astype(np.float64)  # peaks per layer
+    m = b.astype(np.float32) @ d.astype(np.float32).T  # m[a, c]: peaks of a with a peak of c within tol
+    matched = 0.5 * (m + m.T)
+    denom = k[:, None] + k[None, :] - matched
+    with np.errstate(invalid="ignore", divide="ignore"):
+        jac = np.where((k[:, None] > 0) & (k[None, :] > 0), matched / denom, np.nan)
+    iu = np.triu_indices(len(k), 1)
+    vals = jac[iu]
+    mean = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+    return mean, jac
+
+
+def _indicators(peaks: Sequence[np.ndarray], n: int) -> np.ndarray:
+    b = np.zeros((len(peaks), n), dtype=bool)
+    for i, p in enumerate(peaks):
+        b[i, np.asarray(p, dtype=np.int64)] = True
+    return b
+
+
+def peak_overlap(peaks: Sequence[np.ndarray], n: int, tolerance: int = 1) -> tuple[float, np.ndarray]:
+    """How often peaks of different layers coincide: mean over layer pairs of a tolerant Jaccard index.
+
+    For layers ``a`` and ``c`` with peak sets ``A`` and ``C``, ``m_ac`` = number of peaks of ``A`` with a
+    peak of ``C`` within ``±tolerance`` iterations (distances circular, as for the shuffled baseline),
+    ``m = (m_ac + m_ca) / 2`` and ``J = m / (|A| + |C| - m)``; ``J = 1`` for identical trains and 0 when no
+    peak is near another. Pairs where a layer has no peak are left out.
+
+    Args:
+        peaks: Peak indices per layer.
+        n: Length of the series.
+        tolerance: Allowed offset in iterations.
+
+    Returns:
+        ``(mean J over pairs (NaN if no pair counts), J matrix (L, L) with NaN diagonal entries
+        where a layer has no peak)``.
+
+    """
+    b = _indicators(peaks, n)
+    return _overlap_from_indicators(b, _dilate(b, tolerance))
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """Synchronisation of per-layer learning peaks against a circular-shift baseline.
+
+    Attributes:
+        observed: Mean tolerant Jaccard over layer pairs (see :func:`peak_overlap`).
+        baseline_mean: Mean of the statistic over shuffles.
+        baseline_sd: Its standard deviation.
+        p_value: ``(1 + #{baseline >= observed}) / (1 + shuffles)``.
+        n_shuffles: Shuffles drawn.
+        tolerance: Allowed offset in iterations.
+        pairs: Layer pairs that counted (both layers with at least one peak).
+        matrix: ``(L, L)`` pairwise index.
+        baseline: ``(n_shuffles,)`` the shuffled statistics.
+
+    """
+
+    observed: float
+    baseline_mean: float
+    baseline_sd: float
+    p_value: float
+    n_shuffles: int
+    tolerance: int
+    pairs: int
+    matrix: np.ndarray
+    baseline: np.ndarray
+
+    @property
+    def ratio(self) -> float:
+        """Observed over baseline mean (NaN when the baseline is 0)."""
+        return self.observed / self.baseline_mean if self.baseline_mean > 0 else float("nan")
+
+
+def synchronisation(
+    peaks: Sequence[np.ndarray], n: int, *, tolerance: int = 1, n_shuffles: int = 1000, seed: int = 0
+) -> SyncResult:
+    """Observed peak overlap vs a baseline that circularly shifts each layer's peak train independently.
+
+    A circular shift keeps each layer's number of peaks and their spacing, and destroys only their
+    alignment with other layers, so the baseline answers: how much overlap would trains with these
+    rates and rhythms show by chance? The shuffle count is cut (to no fewer than 100) when layers x
+    iterations is so large that 1000 would take more than a few seconds.
+
+    Args:
+        peaks: Peak indices per layer (each in ``0..n-1``).
+        n: Length of the series.
+        tolerance: Allowed offset in iterations.
+        n_shuffles: Shuffles to draw.
+        seed: Seed of ``numpy.random.default_rng``.
+
+    Returns:
+        The statistic, its baseline and a permutation p-value.
+
+    """
+    b = _indicators(peaks, n)
+    d = _dilate(b, tolerance)
+    observed, matrix = _overlap_from_indicators(b, d)
+    n_layers = len(peaks)
+    pairs = int(np.isfinite(matrix[np.triu_indices(n_layers, 1)]).sum())
+    # Each shuffle costs one (L, n) x (n, L) product; keep the whole baseline within ~2e10 operations.
+    budget = int(2e10 // max(1, n_layers * n_layers * max(n, 1)))
+    shuffles = int(max(min(n_shuffles, 100), min(n_shuffles, budget)))
+    if pairs == 0 or n == 0:
+        nan = float("nan")
+        return SyncResult(observed, nan, nan, nan, 0, tolerance, pairs, matrix, np.zeros(0))
+    rng = np.random.default_rng(seed)
+    base = np.empty(shuffles)
+    cols = np.arange(n)
+    for s in range(shuffles):
+        off = rng.integers(0, n, size=n_layers)
+        idx = (cols[None, :] - off[:, None]) % n  # shifting b and its dilation alike (dilation is circular)
+        rows = np.arange(n_layers)[:, None]
+        base[s], _ = _overlap_from_indicators(b[rows, idx], d[rows, idx])
+    base_ok = base[np.isfinite(base)]
+    p = (1 + int(np.sum(base_ok >= observed - 1e-12))) / (1 + len(base_ok))
+    return SyncResult(
+        observed=observed,
+        baseline_mean=float(base_ok.mean()) if len(base_ok) else float("nan"),
+        baseline_sd=float(base_ok.std(ddof=1)) if len(base_ok) > 1 else float("nan"),
+        p_value=float(p),
+        n_shuffles=shuffles,
+        tolerance=tolerance,
+        pairs=pairs,
+        matrix=matrix,
+        baseline=base,
+    )
