@@ -224,6 +224,12 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>", base_dir: Pat
         raise ConfigError(f"{source}: [compute] must be a table")
     known = {f.name for f in dataclasses.fields(ComputeOptions)}
     _check_keys(comp_raw, known, "[compute]", source)
+    for f in dataclasses.fields(ComputeOptions):
+        # TOML values have types; a wrong one (max_splits = "8") would crash validate() with a TypeError.
+        want, value = type(f.default), comp_raw.get(f.name, f.default)
+        ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
+        if not ok and not (want is float and isinstance(value, int) and not isinstance(value, bool)):
+            raise ConfigError(f"{source}: [compute] {f.name} = {value!r} must be a {want.__name__}")
     try:
         compute = ComputeOptions(**comp_raw)
     except TypeError as exc:
