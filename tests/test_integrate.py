@@ -1,0 +1,237 @@
+"""The pair integrator: exactness, refinement with point reuse, Euler, flags and numerical errors."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import reference
+import torch
+
+from lca_cli.errors import NumericalError
+from lca_cli.integrate import Evaluation, integrate_pair, within_tolerance
+from lca_cli.layout import Layout
+from lca_cli.objective import Objective, builtin_loss, make_chunks, prepare_model
+
+
+class Counted:
+    """A ``point`` function over an analytic objective that records every ``s`` it is asked for."""
+
+    def __init__(self, loss, grad, v0: torch.Tensor, delta: torch.Tensor) -> None:
+        self.loss, self.grad, self.v0, self.delta = loss, grad, v0, delta
+        self.calls: list[float] = []
+
+    def at(self, s: float) -> Evaluation:
+        v = self.v0 + s * self.delta
+        return Evaluation(self.loss(v), self.grad(v))
+
+    def __call__(self, s: float) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls.append(s)
+        e = self.at(s)
+        return e.loss, e.grad
+
+
+def power_objective(k: int):
+    """``L(v) = sum(c_i v_i^k) / k``: gradient ``c_i v_i^(k-1)``, so the integrand dL/ds has degree k - 1."""
+    c = torch.tensor([1.0, -0.5, 2.0, 0.25], dtype=torch.float64)
+    return (lambda v: (c * v**k).sum() / k), (lambda v: c * v ** (k - 1))
+
+
+def exp_objective():
+    c = torch.tensor([0.3, -1.0, 0.7, 1.5], dtype=torch.float64)
+    return (lambda v: torch.exp(c * v).sum()), (lambda v: c * torch.exp(c * v))
+
+
+V0 = torch.tensor([0.5, -1.0, 0.25, 2.0], dtype=torch.float64)
+DELTA = torch.tensor([0.8, 0.6, -1.2, -0.9], dtype=torch.float64)
+
+
+def run(obj, *, end: bool = False, **kw):
+    loss, grad = obj
+    point = Counted(loss, grad, V0, DELTA)
+    start = point.at(0.0)
+    res = integrate_pair(point, DELTA, start, point.at(1.0) if end else None, **kw)
+    return res, point
+
+
+def exact_lca(k: int) -> torch.Tensor:
+    # Per coordinate: Δ_i ∫ c_i (v0_i + sΔ_i)^(k-1) ds = c_i ((v1_i)^k - (v0_i)^k) / k.
+    c = torch.tensor([1.0, -0.5, 2.0, 0.25], dtype=torch.float64)
+    return c * ((V0 + DELTA) ** k - V0**k) / k
+
+
+def test_quadratic_loss_is_exact_with_plain_simpson() -> None:
+    res, point = run(power_objective(2), max_splits=32, tolerance=1e-14)
+    assert res.splits == 2 and not res.flagged
+    assert point.calls == [1.0, 0.5]
+    torch.testing.assert_close(res.lca, exact_lca(2), rtol=1e-14, atol=1e-15)
+    assert abs(res.residual) <= 1e-14 * abs(res.loss1 - res.loss0)
+
+
+def test_quartic_loss_simpson_exact_trapezoid_not() -> None:
+    # A quartic loss has a cubic integrand: Simpson (n = 2) is exact, the trapezoid rule is not.
+    res, _ = run(power_objective(4), max_splits=2)
+    torch.testing.assert_close(res.lca, exact_lca(4), rtol=1e-13, atol=1e-14)
+    _loss, grad = power_objective(4)
+    trapezoid = DELTA * (grad(V0) + grad(V0 + DELTA)) / 2
+    assert (trapezoid - exact_lca(4)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("obj", [power_objective(6), exp_objective()], ids=["sextic", "exp"])
+def test_refinement_converges_when_simpson_is_not_exact(obj) -> None:
+    errors = []
+    for cap in (2, 4, 8, 16, 32):
+        res, _ = run(obj, max_splits=cap, tolerance=0.0, rtol=0.0)
+        assert res.splits == cap and res.flagged  # zero tolerance: always refined to the cap
+        errors.append(abs(res.residual))
+    assert errors[0] > 1e-6  # Simpson n = 2 is visibly not exact here
+    for coarse, fine in itertools.pairwise(errors):
+        assert fine < coarse / 8  # fourth order: ~16x per doubling
+    assert errors[-1] < 1e-4 * errors[0]  # 2 -> 32 sub-intervals: ~16^4 smaller
+
+
+def test_refinement_against_reference_weights() -> None:
+    # The integrator's running sums equal composite Simpson with independently computed weights.
+    loss, grad = exp_objective()
+    for n in (2, 4, 8, 16):
+        res, _ = run((loss, grad), max_splits=n, tolerance=0.0)
+        points, weights = reference.simpson_weights(n)
+        integral = sum(float(w) * grad(V0 + float(s) * DELTA) for s, w in zip(points, weights, strict=True))
+        torch.testing.assert_close(res.lca, DELTA * integral, rtol=1e-14, atol=1e-15)
+
+
+def test_refinement_reuses_points() -> None:
+    res, point = run(exp_objective(), max_splits=16, tolerance=0.0)
+    # n = 2 costs the end point + the midpoint; each doubling to 2n costs n new (odd) points only.
+    assert point.calls[:2] == [1.0, 0.5]
+    assert point.calls[2:4] == [0.25, 0.75]
+    assert point.calls[4:8] == [k / 8 for k in (1, 3, 5, 7)]
+    assert point.calls[8:] == [k / 16 for k in range(1, 16, 2)]
+    assert len(point.calls) == 1 + 1 + 2 + 4 + 8
+    assert len(set(point.calls)) == len(point.calls)  # no point is evaluated twice
+    assert 0.0 not in point.calls  # the start is reused, never recomputed
+    assert res.splits == 16
+
+
+def test_known_end_is_not_recomputed() -> None:
+    _, point = run(exp_objective(), end=True, max_splits=4, tolerance=0.0)
+    assert point.calls == [0.5, 0.25, 0.75]
+
+
+def test_stops_as_soon_as_within_tolerance() -> None:
+    loss, grad = exp_objective()
+    residuals = {}
+    for cap in (2, 4, 8):
+        residuals[cap], _ = run((loss, grad), max_splits=cap, tolerance=0.0)
+    tol = abs(residuals[4].residual) * 1.01  # n = 4 passes, n = 2 does not
+    assert abs(residuals[2].residual) > tol
+    res, point = run((loss, grad), max_splits=32, tolerance=tol)
+    assert res.splits == 4 and not res.flagged and len(point.calls) == 4
+    assert res.residual == residuals[4].residual
+
+
+def test_relative_tolerance_part() -> None:
+    res2, _ = run(exp_objective(), max_splits=2, tolerance=0.0)
+    dl = res2.loss1 - res2.loss0
+    rtol = abs(res2.residual) / abs(dl) * 1.01
+    res, _ = run(exp_objective(), max_splits=32, tolerance=0.0, rtol=rtol)
+    assert res.splits == 2 and not res.flagged
+
+
+def test_flagged_at_the_cap() -> None:
+    res, point = run(exp_objective(), max_splits=8, tolerance=1e-300)
+    assert res.flagged and res.splits == 8
+    assert len(point.calls) == 1 + 1 + 2 + 4
+    # The residual is still the exact bookkeeping value.
+    assert res.residual == pytest.approx((res.loss1 - res.loss0) - float(res.lca.sum()), abs=1e-15)
+
+
+def test_plain_simpson_cap_never_refines() -> None:
+    res, point = run(exp_objective(), max_splits=2, tolerance=0.0)
+    assert res.splits == 2 and res.flagged and point.calls == [1.0, 0.5]
+
+
+def test_euler_is_delta_times_start_gradient() -> None:
+    loss, grad = exp_objective()
+    res, point = run((loss, grad), method="euler", tolerance=1e9)
+    assert torch.equal(res.lca, DELTA * grad(V0))
+    assert res.splits == 1 and not res.flagged
+    assert point.calls == [1.0]  # only the end loss (for the residual), no interior point
+    assert res.residual == pytest.approx(float(loss(V0 + DELTA) - loss(V0)) - float(res.lca.sum()), abs=1e-14)
+    flagged, _ = run((loss, grad), method="euler", tolerance=0.0)
+    assert flagged.flagged  # Euler is checked against the tolerance too, never refined
+
+
+def test_end_evaluation_is_returned_for_reuse() -> None:
+    res, point = run(exp_objective(), max_splits=2)
+    expected = point.at(1.0)
+    assert torch.equal(res.end.grad, expected.grad) and float(res.end.loss) == float(expected.loss)
+    assert res.loss1 == float(expected.loss) and res.loss0 == float(point.at(0.0).loss)
+
+
+def test_unknown_method() -> None:
+    with pytest.raises(ValueError, match="unknown method"):
+        run(exp_objective(), method="rk5")
+
+
+@pytest.mark.parametrize("where", ["start", "end", "interior"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_loss_is_a_numerical_error(where: str, bad: float) -> None:
+    loss, grad = exp_objective()
+
+    def point(s: float) -> tuple[torch.Tensor, torch.Tensor]:
+        v = V0 + s * DELTA
+        value = loss(v)
+        if (where == "end" and s == 1.0) or (where == "interior" and s == 0.25):
+            value = torch.tensor(bad, dtype=torch.float64)
+        return value, grad(v)
+
+    start = Evaluation(torch.tensor(bad, dtype=torch.float64) if where == "start" else loss(V0), grad(V0))
+    with pytest.raises(NumericalError, match="steps 3 -> 4"):
+        integrate_pair(point, DELTA, start, max_splits=4, tolerance=0.0, label="steps 3 -> 4")
+
+
+def test_within_tolerance() -> None:
+    assert within_tolerance(1e-3, 0.0, 1e-3, 0.0)
+    assert not within_tolerance(-2e-3, 0.0, 1e-3, 0.0)
+    assert within_tolerance(-2e-3, -10.0, 1e-3, 1e-4)
+    assert not within_tolerance(math.nan, 1.0, 1.0, 1.0)
+
+
+def test_linear_regression_mse_float64_matches_reference() -> None:
+    """A quadratic objective through the real Objective: Simpson n = 2 conserves to ~1e-12 and equals the reference."""
+    model = reference.linear_model(seed=0)
+    x, y = reference.regression(n=50)
+    net = prepare_model(reference.linear_model(seed=0), "batch").double()
+    layout = Layout.from_module(net)
+    obj = Objective(
+        net,
+        layout,
+        make_chunks("train", (x, y), 16, torch.device("cpu"), torch.float64),
+        builtin_loss("mse"),
+        torch.float64,
+    )
+    g = torch.Generator().manual_seed(3)
+    state0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state1 = {k: v + 0.5 * torch.randn(v.shape, generator=g) for k, v in state0.items()}
+    v0, v1 = layout.flatten(state0), layout.flatten(state1)
+    delta = v1 - v0
+    calls: list[float] = []
+
+    def point(s: float) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(s)
+        return obj.value_and_grad(v0 + s * delta, {})
+
+    res = integrate_pair(
+        point, delta, Evaluation(*obj.value_and_grad(v0, {})), max_splits=32, tolerance=1e-12, rtol=1e-12
+    )
+    dl = res.loss1 - res.loss0
+    assert res.splits == 2 and not res.flagged and calls == [1.0, 0.5]
+    assert abs(res.residual) <= 1e-12 * abs(dl)
+    # The reference takes a factory too; it builds its own float64 copy.
+    ref = reference.reference_pair(reference.linear_model, state0, state1, x, y, reference.ref_loss("mse"), n=32)
+    assert abs(res.loss0 - ref.loss0) <= 1e-13 * abs(ref.loss0)
+    assert abs(res.loss1 - ref.loss1) <= 1e-13 * abs(ref.loss1)
+    err = reference.relative_l1(res.lca.numpy(), ref.lca)
+    assert err < 1e-12

@@ -1,0 +1,468 @@
+"""End to end: ``pipeline.compute`` on tiny trained runs against the float64 reference (tests/reference.py).
+
+Measured on the runs of conftest.py (16 SGD-momentum steps, 12 for the CNN; float32 network unless said),
+relative L1 error ``sum |lca - ref| / sum |ref|`` against a 32-sub-interval float64 reference:
+
+    model      default settings   same rule as the reference (cap 32, tol 0)   reference's own error
+               (f32 and f64)      f32         f64 (float32 `lca` storage)        (32 vs 128 intervals)
+    tanh MLP   7.6e-5             4.5e-8      2.2e-8                             4e-9
+    ReLU MLP   8.3e-4             7.0e-8      2.2e-8                             2.0e-4
+    ReLU CNN   2.7e-4             5.0e-8      2.1e-8                             7.4e-4
+    linreg     1.5e-7             4.2e-8      2.4e-8                             3e-16
+
+Default settings are tolerance 1e-7 + rtol 1e-4 on the residual, cap 32. Their error is almost all
+quadrature error accepted by that tolerance (a float64 network gives the same figures); float32 gradient
+noise is ~5e-8. The bounds below leave a margin of 3x or more over these figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import reference
+import torch
+from conftest import RunCache, copy_run
+from safetensors.torch import load_file, save_file
+
+from lca_cli.config import Config, FactorySpec
+from lca_cli.errors import CheckpointError, NumericalError, RunDirError, StoreError
+from lca_cli.pipeline import ComputeResult, compute
+from lca_cli.store import LcaStore
+
+# -- named tolerances ----------------------------------------------------------------------------------
+
+#: Default settings, float32 network, vs the 32-interval reference: quadrature error at the default
+#: tolerance (rtol 1e-4 on the residual) dominates; measured 7.6e-5 (tanh), 8.3e-4 (ReLU MLP),
+#: 2.7e-4 (CNN). ReLU/max-pool nets are piecewise smooth, so Simpson converges slowly there and the
+#: reference itself is only good to ~2e-4 (ReLU MLP) / ~7e-4 (CNN) (measured 32 vs 128 sub-intervals).
+DEFAULT_F32_VS_REF = {"tanh_mlp": 3e-4, "relu_mlp": 3e-3, "cnn": 3e-3}
+#: Same rule as the reference (cap 32, zero tolerance), float32 network: float32 gradient noise only;
+#: measured 4.5e-8 (tanh), 7.0e-8 (ReLU MLP).
+SAME_RULE_F32_VS_REF = 2e-6
+#: Same rule, float64 network, comparing the float32 ``lca`` array: its rounding (2^-24 = 6e-8 per entry,
+#: ~2e-8 on average) is all that is left; measured 2.2e-8.
+SAME_RULE_F64_LCA32_VS_REF = 1e-7
+#: Same rule, float64 network, comparing the float64 per-tensor sums: only float64 rounding
+#: (chunked vs full-batch sums) remains.
+SAME_RULE_F64_TENSOR_VS_REF = 1e-9
+#: The issue's requirement for linear regression + MSE (quadratic: Simpson is exact), float32 network;
+#: measured worst pair 6.1e-6.
+LINREG_CONSERVATION = 1e-5
+#: Rounding allowance when re-summing a float32 ``lca`` row: half an ulp per entry.
+F32_ROUNDING = 2.0**-24
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+def run_compute(run_dir: Path, config: Config, out: Path, **kw) -> tuple[ComputeResult, LcaStore]:
+    result = compute(run_dir, config, out, **kw)
+    return result, LcaStore.open(out)
+
+
+def snapshot(store: LcaStore) -> dict[str, np.ndarray]:
+    """Every array of every set, read whole (the stores here are tiny)."""
+    out = {"steps": store.steps}
+    for s in store.sets:
+        for name in (
+            "lca",
+            "loss",
+            "residual",
+            "splits",
+            "flagged",
+            "done",
+            "tensor_lca",
+            "tensor_helped",
+            "tensor_hurt",
+            "buffer_lca",
+        ):
+            out[f"{s}/{name}"] = np.asarray(store.array(s, name)[:])
+    return out
+
+
+def assert_same_store(a: LcaStore, b: LcaStore) -> None:
+    """Bitwise equality of every array (computation is deterministic on CPU with one thread)."""
+    sa, sb = snapshot(a), snapshot(b)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert np.array_equal(sa[k], sb[k], equal_nan=True), k
+
+
+def tensor_sums(lca: np.ndarray, store: LcaStore) -> np.ndarray:
+    """Per-tensor sums ``(T, K)`` of a ``(T, P)`` array, in float64."""
+    return np.stack([lca[:, p.offset : p.stop].astype(np.float64).sum(1) for p in store.layout.params], 1)
+
+
+def check_conservation(store: LcaStore, set_name: str = "train") -> None:
+    """|ΔL - Σ lca| within the tolerance the store claims, for every pair it does not flag."""
+    tol, rtol = store.attrs["tolerance"], store.attrs["rtol"]
+    loss = store.read(set_name, "loss")
+    dl = np.diff(loss)
+    residual = store.read(set_name, "residual")
+    flagged = store.read(set_name, "flagged")
+    tensor_lca = store.read(set_name, "tensor_lca")
+    lca = np.asarray(store.array(set_name, "lca")[:], dtype=np.float64)
+    # The stored residual is the bookkeeping of the float64 row.
+    np.testing.assert_allclose(
+        dl - tensor_lca.sum(1) - store.read(set_name, "buffer_lca"), residual, rtol=0, atol=1e-12
+    )
+    allowed = tol + rtol * np.abs(dl)
+    ok = ~flagged
+    assert ok.any()
+    assert np.all(np.abs(residual[ok]) <= allowed[ok])
+    # Flags are honest: every flagged pair is over tolerance at the cap.
+    assert np.all(np.abs(residual[flagged]) > allowed[flagged])
+    assert np.all(store.read(set_name, "splits")[flagged] == store.attrs["max_splits"])
+    # Independently, from the float32 rows themselves (plus their rounding).
+    from_rows = np.abs(dl - store.read(set_name, "buffer_lca") - lca.sum(1))
+    assert np.all(from_rows[ok] <= allowed[ok] + F32_ROUNDING * np.abs(lca[ok]).sum(1))
+
+
+# -- accuracy against the reference --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["tanh_mlp", "relu_mlp", pytest.param("cnn", marks=pytest.mark.slow)])
+def test_default_settings_match_reference(kind: str, runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run(kind)
+    ref = runs.reference(kind)
+    result, store = run_compute(run_dir, config, tmp_path / "s.zarr")
+    lca = np.asarray(store.array("train", "lca")[:])
+    assert lca.dtype == np.float32 and lca.shape == ref.lca.shape
+    assert result.computed == store.n_pairs == ref.lca.shape[0] and result.skipped == 0
+    assert store.done().all()
+    err = reference.relative_l1(lca, ref.lca)
+    assert err <= DEFAULT_F32_VS_REF[kind], err
+    # Losses: float32 network accumulated in float64, vs pure float64.
+    np.testing.assert_allclose(store.read("train", "loss"), ref.loss, rtol=1e-6, atol=1e-7)
+    check_conservation(store)
+    assert sorted(result.flagged["train"]) == sorted(store.steps[:-1][store.read("train", "flagged")].tolist())
+
+
+@pytest.mark.parametrize(
+    ("kind", "dtypes"),
+    [
+        ("tanh_mlp", ("float32", "float64")),
+        ("relu_mlp", ("float32", "float64")),
+        pytest.param("cnn", ("float64",), marks=pytest.mark.slow),
+    ],
+)
+def test_same_rule_as_reference(kind: str, dtypes: tuple[str, ...], runs: RunCache, tmp_path: Path) -> None:
+    """Cap 32 and zero tolerance is the reference's own rule: only floating-point differences remain."""
+    run_dir, config = runs.run(kind)
+    ref = runs.reference(kind)
+    for dtype in dtypes:
+        opts = {"dtype": dtype, "max_splits": 32, "tolerance": 0.0, "rtol": 0.0}
+        _, store = run_compute(run_dir, config.with_overrides(**opts), tmp_path / f"{dtype}.zarr")
+        assert (store.read("train", "splits") == 32).all()
+        lca = np.asarray(store.array("train", "lca")[:])
+        err = reference.relative_l1(lca, ref.lca)
+        ref_tensor = tensor_sums(ref.lca, store)
+        tensor_err = float(np.abs(store.read("train", "tensor_lca") - ref_tensor).sum() / np.abs(ref_tensor).sum())
+        if dtype == "float32":
+            assert err <= SAME_RULE_F32_VS_REF, err
+        else:
+            assert err <= SAME_RULE_F64_LCA32_VS_REF, err
+            assert tensor_err <= SAME_RULE_F64_TENSOR_VS_REF, tensor_err
+            np.testing.assert_allclose(store.read("train", "loss"), ref.loss, rtol=1e-13)
+            residual = np.diff(ref.loss) - ref_tensor.sum(1)
+            np.testing.assert_allclose(store.read("train", "residual"), residual, rtol=0, atol=1e-12)
+
+
+def test_float64_tiny_tolerance_agrees_with_reference(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("tanh_mlp")
+    ref = runs.reference("tanh_mlp")
+    _, store = run_compute(
+        run_dir, config.with_overrides(dtype="float64", tolerance=1e-12, rtol=1e-12), tmp_path / "s.zarr"
+    )
+    ref_tensor = tensor_sums(ref.lca, store)
+    tensor_err = float(np.abs(store.read("train", "tensor_lca") - ref_tensor).sum() / np.abs(ref_tensor).sum())
+    assert tensor_err <= 1e-8, tensor_err  # the tanh MLP is smooth: cap-32 and cap-16 Simpson differ by ~1e-9
+    assert reference.relative_l1(np.asarray(store.array("train", "lca")[:]), ref.lca) <= SAME_RULE_F64_LCA32_VS_REF
+
+
+def test_linear_regression_conserves_in_float32(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("linreg")
+    ref = runs.reference("linreg")
+    _, store = run_compute(run_dir, config, tmp_path / "s.zarr")
+    dl = np.diff(store.read("train", "loss"))
+    rel = np.abs(store.read("train", "residual")) / np.abs(dl)
+    assert rel.max() <= LINREG_CONSERVATION, rel.max()
+    assert not store.read("train", "flagged").any()
+    assert (store.read("train", "splits") == 2).all()  # quadratic: plain Simpson already passes
+    assert reference.relative_l1(np.asarray(store.array("train", "lca")[:]), ref.lca) <= 1e-6
+    check_conservation(store)
+
+
+def test_euler_is_much_worse_than_rk4(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("relu_mlp")
+    ref = runs.reference("relu_mlp")
+    _, rk4 = run_compute(run_dir, config, tmp_path / "rk4.zarr")
+    result, euler = run_compute(run_dir, config.with_overrides(method="euler"), tmp_path / "euler.zarr")
+    err_rk4 = reference.relative_l1(np.asarray(rk4.array("train", "lca")[:]), ref.lca)
+    err_euler = reference.relative_l1(np.asarray(euler.array("train", "lca")[:]), ref.lca)
+    assert err_euler > 5 * err_rk4, (err_euler, err_rk4)  # measured: ~0.26 vs 8.3e-4
+    assert (euler.read("train", "splits") == 1).all()
+    assert euler.attrs["method"] == "euler"
+    # Euler's residual is honest bookkeeping too.
+    dl = np.diff(euler.read("train", "loss"))
+    np.testing.assert_allclose(
+        euler.read("train", "residual"), dl - euler.read("train", "tensor_lca").sum(1), atol=1e-12
+    )
+    assert len(result.flagged["train"]) > 0
+
+
+# -- store contents --------------------------------------------------------------------------------------
+
+
+def test_per_tensor_sums_and_counts(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("relu_mlp")
+    _, store = run_compute(run_dir, config, tmp_path / "s.zarr")
+    lca = np.asarray(store.array("train", "lca")[:])
+    tl = store.read("train", "tensor_lca")
+    names = [n for n, _ in reference.relu_mlp().named_parameters()]
+    assert store.layout.names == names
+    assert tl.shape == (store.n_pairs, len(names))
+    # tensor_lca sums the float64 row; the stored row is float32: agree up to float32 rounding.
+    direct = tensor_sums(lca, store)
+    bound = (
+        F32_ROUNDING
+        * np.abs(lca).astype(np.float64)
+        @ np.stack([np.isin(np.arange(store.layout.size), np.arange(p.offset, p.stop)) for p in store.layout.params], 1)
+    )
+    assert np.all(np.abs(tl - direct) <= bound + 1e-30)
+    for name, op in (("tensor_helped", np.less), ("tensor_hurt", np.greater)):
+        counts = np.stack([op(lca[:, p.offset : p.stop], 0).sum(1) for p in store.layout.params], 1)
+        assert np.array_equal(store.read("train", name), counts), name
+    helped, hurt = store.read("train", "tensor_helped"), store.read("train", "tensor_hurt")
+    sizes = np.array([p.numel for p in store.layout.params])
+    assert np.all(helped + hurt <= sizes)
+    assert np.all(store.read("train", "buffer_lca") == 0.0)  # no BatchNorm: nothing allocated to buffers
+
+
+def test_store_attributes(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("tanh_mlp")
+    _, store = run_compute(run_dir, config.with_overrides(batch_size=64, max_splits=8), tmp_path / "s.zarr")
+    a = store.attrs
+    assert a["format_version"] == 1 and a["method"] == "rk4" and a["max_splits"] == 8
+    assert a["tolerance"] == config.compute.tolerance and a["rtol"] == config.compute.rtol
+    assert a["sets"] == ["train"]
+    ev = a["evaluation"]
+    assert ev["sets"]["train"] == {"n_samples": 200, "batch_size": 64, "n_chunks": 4, "last_chunk": 8}
+    assert ev["bn_mode"] == "batch" and ev["dtype"] == "float32" and ev["accumulation"] == "float64"
+    assert a["identity"]["model"] == {"factory": "reference:tanh_mlp", "kwargs": {"seed": 0}}
+    assert a["identity"]["compute"]["batch_size"] == 64
+    assert [p["name"] for p in a["params"]] == [n for n, _ in reference.tanh_mlp().named_parameters()]
+    assert store.steps.tolist() == list(range(17))
+
+
+def test_batchnorm_modes(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("bn_mlp")
+    # "running": the checkpoints' statistics move along the segment; their share goes to buffer_lca.
+    _, running = run_compute(run_dir, config.with_overrides(bn_mode="running"), tmp_path / "r.zarr")
+    ev = running.attrs["evaluation"]
+    assert ev["bn_mode"] == "running"
+    assert [b["name"] for b in ev["buffers"]] == ["1.running_mean", "1.running_var"]
+    assert np.abs(running.read("train", "buffer_lca")).max() > 0
+    check_conservation(running)  # includes buffer_lca in the bookkeeping
+    # "batch": chunk statistics, no buffer share; the chunk size is part of the result (and recorded).
+    _, b50 = run_compute(run_dir, config.with_overrides(batch_size=50), tmp_path / "b50.zarr")
+    _, b200 = run_compute(run_dir, config.with_overrides(batch_size=200), tmp_path / "b200.zarr")
+    assert np.all(b50.read("train", "buffer_lca") == 0)
+    assert b50.attrs["evaluation"]["sets"]["train"]["batch_size"] == 50
+    assert not np.allclose(b50.read("train", "loss"), b200.read("train", "loss"), rtol=1e-4)
+    check_conservation(b50)
+    check_conservation(b200)
+
+
+@pytest.mark.xfail(
+    raises=RuntimeError,
+    strict=True,
+    reason="BUG: --dtype float64 with BatchNorm (bn_mode=batch): float32 running buffers reach the float64 "
+    "network uncast (lca_cli/objective.py split_state/value_and_grad); see test_objective",
+)
+def test_batchnorm_float64_network(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("bn_mlp")
+    _, store = run_compute(run_dir, config.with_overrides(dtype="float64"), tmp_path / "s.zarr")
+    check_conservation(store)
+
+
+# -- resume, append, interruption, overwrite -------------------------------------------------------------
+
+
+def test_append_new_checkpoints(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("tanh_mlp")
+    config = config.with_overrides(rows_per_chunk=4)  # several row chunks; the append starts mid-chunk
+    _, full = run_compute(run_dir, config, tmp_path / "full.zarr")
+    n_pairs = full.n_pairs
+
+    names = sorted(p.name for p in run_dir.glob("*.safetensors"))
+    part = copy_run(run_dir, tmp_path / "part", files=names[:10])
+    ticks: list[tuple[int, int]] = []
+    first, store = run_compute(part, config, tmp_path / "inc.zarr", progress=lambda d, t: ticks.append((d, t)))
+    assert first.n_pairs == first.computed == 9 and store.done().all()
+    assert ticks == [(i, 9) for i in range(1, 10)]
+
+    copy_run(run_dir, part)  # the rest of the checkpoints arrive
+    ticks.clear()
+    second, store = run_compute(part, config, tmp_path / "inc.zarr", progress=lambda d, t: ticks.append((d, t)))
+    assert second.skipped == 9 and second.computed == n_pairs - 9 == len(ticks)
+    assert ticks[-1] == (n_pairs - 9, n_pairs - 9)
+    assert_same_store(store, full)  # bitwise: a fresh start at checkpoint 9 gives the same numbers as reuse
+
+    third, _ = run_compute(part, config, tmp_path / "inc.zarr")
+    assert third.computed == 0 and third.skipped == n_pairs  # nothing finished is ever recomputed
+
+
+def test_interrupt_and_resume(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("tanh_mlp")
+    config = config.with_overrides(rows_per_chunk=4)
+    _, full = run_compute(run_dir, config, tmp_path / "full.zarr")
+    stop = threading.Event()
+
+    def progress(done: int, total: int) -> None:
+        if done == 6:
+            stop.set()  # as a Ctrl-C handler would, from inside the loop
+
+    result, store = run_compute(run_dir, config, tmp_path / "s.zarr", progress=progress, stop=stop)
+    assert result.interrupted and result.computed == 6
+    done = store.done()
+    assert done.sum() == 6 < store.n_pairs and done[:6].all()
+    # Rows not done stay at their fill values.
+    assert np.all(np.asarray(store.array("train", "lca")[6:]) == 0)
+
+    ticks: list[int] = []
+    resumed, store = run_compute(run_dir, config, tmp_path / "s.zarr", progress=lambda d, t: ticks.append(d))
+    assert not resumed.interrupted and resumed.skipped == 6 and resumed.computed == len(ticks) == store.n_pairs - 6
+    assert_same_store(store, full)
+
+
+def test_stop_already_set_computes_one_pair(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("tanh_mlp")
+    stop = threading.Event()
+    stop.set()
+    result, store = run_compute(run_dir, config, tmp_path / "s.zarr", stop=stop)
+    assert result.interrupted and result.computed == 1 and store.done().sum() == 1
+
+
+def test_other_config_needs_overwrite(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("tanh_mlp")
+    out = tmp_path / "s.zarr"
+    run_compute(run_dir, config, out)
+    other_model = dataclasses.replace(config, model=FactorySpec("reference:tanh_mlp", {"seed": 1}))
+    for other in (other_model, config.with_overrides(max_splits=4), config.with_overrides(batch_size=50)):
+        with pytest.raises(StoreError, match="--overwrite"):
+            compute(run_dir, other, out)
+    # Settings that do not change the numbers are not part of the identity.
+    assert compute(run_dir, config.with_overrides(rows_per_chunk=3, device="cpu"), out).computed == 0
+    result, store = run_compute(run_dir, other_model, out, overwrite=True)
+    assert result.computed == store.n_pairs and result.skipped == 0
+    assert store.attrs["identity"]["model"]["kwargs"] == {"seed": 1}
+
+
+def test_run_with_rewritten_history_is_refused(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("tanh_mlp")
+    part = copy_run(run_dir, tmp_path / "run")
+    out = tmp_path / "s.zarr"
+    compute(part, config, out)
+    (part / "step_00000000.safetensors").unlink()  # the steps no longer start with the stored ones
+    with pytest.raises(StoreError, match="overwrite"):
+        compute(part, config, out)
+
+
+def test_default_out_is_in_the_run_dir(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("linreg")
+    part = copy_run(run_dir, tmp_path / "run", files=[f"step_0000000{i}.safetensors" for i in range(4)])
+    result = compute(part, config)
+    assert result.store == part / "lca.zarr" and LcaStore.open(part / "lca.zarr").n_pairs == 3
+
+
+# -- several evaluation sets -----------------------------------------------------------------------------
+
+
+def test_two_sets_in_one_pass_equal_two_runs(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("tanh_mlp")
+    train = FactorySpec("reference:blobs", {})
+    val = FactorySpec("reference:blobs", {"n": 120, "seed": 7})
+    both = dataclasses.replace(config, data={"train": train, "val": val})
+    _, store = run_compute(run_dir, both, tmp_path / "both.zarr")
+    assert store.sets == ["train", "val"]
+    assert store.attrs["evaluation"]["sets"]["val"]["n_samples"] == 120
+    _, only_train = run_compute(run_dir, dataclasses.replace(config, data={"train": train}), tmp_path / "t.zarr")
+    _, only_val = run_compute(run_dir, dataclasses.replace(config, data={"val": val}), tmp_path / "v.zarr")
+    a, t, v = snapshot(store), snapshot(only_train), snapshot(only_val)
+    for key, value in a.items():
+        single = t if key.startswith("train/") or key == "steps" else v
+        assert np.array_equal(value, single[key], equal_nan=True), key
+    assert not np.array_equal(a["train/lca"], a["val/lca"])
+    check_conservation(store, "val")
+
+
+# -- errors through compute -------------------------------------------------------------------------------
+
+
+def test_single_checkpoint_is_a_run_dir_error(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("linreg")
+    part = copy_run(run_dir, tmp_path / "run", files=["step_00000000.safetensors"])
+    with pytest.raises(RunDirError, match="1 checkpoint"):
+        compute(part, config)
+    with pytest.raises(RunDirError):
+        compute(tmp_path / "missing", config)
+
+
+def test_truncated_checkpoint(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("linreg")
+    part = copy_run(run_dir, tmp_path / "run")
+    bad = part / "step_00000005.safetensors"
+    bad.write_bytes(bad.read_bytes()[:-8])  # header intact, data short
+    with pytest.raises(CheckpointError, match="step_00000005"):
+        compute(part, config, tmp_path / "s.zarr")
+    bad.write_bytes(b"")  # empty file
+    with pytest.raises(CheckpointError, match="step_00000005"):
+        compute(part, config, tmp_path / "s.zarr")
+
+
+def test_checkpoint_with_missing_tensor(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("tanh_mlp")
+    part = copy_run(run_dir, tmp_path / "run", files=[f"step_0000000{i}.safetensors" for i in range(4)])
+    path = part / "step_00000002.safetensors"
+    state = load_file(str(path))
+    del state["2.bias"]
+    state["2.scale"] = torch.ones(1)
+    save_file(state, str(path), metadata={"step": "2"})
+    with pytest.raises(CheckpointError, match=r"step_00000002.*missing: 2\.bias.*unexpected: 2\.scale"):
+        compute(part, config, tmp_path / "s.zarr")
+
+
+def test_nan_weights_are_a_numerical_error(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("tanh_mlp")
+    part = copy_run(run_dir, tmp_path / "run", files=[f"step_0000000{i}.safetensors" for i in range(4)])
+    path = part / "step_00000003.safetensors"
+    state = load_file(str(path))
+    state["0.weight"][0, 0] = float("nan")
+    save_file(state, str(path), metadata={"step": "3"})
+    with pytest.raises(NumericalError, match="steps 2 -> 3"):
+        compute(part, config, tmp_path / "s.zarr")
+
+
+def test_failure_keeps_finished_blocks_and_rerun_completes(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("linreg")
+    config = config.with_overrides(rows_per_chunk=2)
+    part = copy_run(run_dir, tmp_path / "run")
+    path = part / "step_00000005.safetensors"
+    state = load_file(str(path))
+    state["weight"].fill_(float("inf"))
+    save_file(state, str(path), metadata={"step": "5"})
+    out = tmp_path / "s.zarr"
+    with pytest.raises(NumericalError, match="steps 4 -> 5"):
+        compute(part, config, out)
+    assert LcaStore.open(out).done().tolist()[:6] == [True] * 4 + [False] * 2  # whole blocks before it are kept
+    shutil.copy2(run_dir / path.name, path)  # repaired: the rerun completes the store
+    result, store = run_compute(part, config, out)
+    assert result.skipped == 4 and store.done().all()
+    _, full = run_compute(run_dir, config, tmp_path / "full.zarr")
+    assert_same_store(store, full)

@@ -1,0 +1,257 @@
+"""The Zarr store contract: create/open/extend/write round trips, streaming reads, block planning."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lca_cli import __version__
+from lca_cli.errors import StoreError
+from lca_cli.layout import Layout
+from lca_cli.pipeline import plan_blocks
+from lca_cli.store import FORMAT_VERSION, HELPED_RULE, BlockRows, LcaStore, choose_rows_per_chunk
+
+LAYOUT = Layout.from_shapes([("fc1.weight", (3, 2)), ("fc1.bias", (3,)), ("fc2.weight", (1, 3))])
+P, K = LAYOUT.size, len(LAYOUT.params)
+
+
+def make_rows(start: int, k: int, seed: int = 0) -> BlockRows:
+    rng = np.random.default_rng(seed + start)
+    lca = rng.standard_normal((k, P)).astype(np.float32)
+    tensor_lca = np.stack([lca[:, p.offset : p.stop].astype(np.float64).sum(1) for p in LAYOUT.params], 1)
+    return BlockRows(
+        start=start,
+        lca=lca,
+        loss=rng.random(k + 1),
+        residual=rng.standard_normal(k) * 1e-9,
+        splits=np.full(k, 4, dtype=np.int32),
+        flagged=rng.random(k) < 0.3,
+        tensor_lca=tensor_lca,
+        tensor_helped=np.stack([(lca[:, p.offset : p.stop] < 0).sum(1) for p in LAYOUT.params], 1),
+        tensor_hurt=np.stack([(lca[:, p.offset : p.stop] > 0).sum(1) for p in LAYOUT.params], 1),
+        buffer_lca=np.zeros(k),
+    )
+
+
+def new_store(path: Path, n_ckpt: int = 11, sets=("train",), rows_per_chunk: int = 3) -> LcaStore:
+    return LcaStore.create(
+        path,
+        layout=LAYOUT,
+        sets=list(sets),
+        steps=list(range(0, 10 * n_ckpt, 10)),
+        attrs={"method": "rk4", "tolerance": 1e-7, "config": {"model": {"factory": "a:b"}}},
+        rows_per_chunk=rows_per_chunk,
+    )
+
+
+def test_create_attrs_and_arrays(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "s.zarr", sets=("train", "val"))
+    a = store.attrs
+    assert a["format_version"] == FORMAT_VERSION == 1
+    assert a["lca_cli_version"] == __version__
+    assert a["params"] == [
+        {"name": "fc1.weight", "shape": [3, 2], "offset": 0},
+        {"name": "fc1.bias", "shape": [3], "offset": 6},
+        {"name": "fc2.weight", "shape": [1, 3], "offset": 9},
+    ]
+    assert a["sets"] == ["train", "val"] and a["method"] == "rk4" and a["config"] == {"model": {"factory": "a:b"}}
+    assert a["helped_rule"] == HELPED_RULE and a["rows_per_chunk"] == 3
+    assert store.n_pairs == 10 and store.steps.tolist() == list(range(0, 110, 10))
+    assert store.steps.dtype == np.int64
+    assert store.layout == LAYOUT and store.rows_per_chunk == 3
+    shapes = {
+        "lca": ((10, P), np.float32, ("iteration", "parameter")),
+        "loss": ((11,), np.float64, ("checkpoint",)),
+        "residual": ((10,), np.float64, ("iteration",)),
+        "splits": ((10,), np.int32, ("iteration",)),
+        "flagged": ((10,), np.bool_, ("iteration",)),
+        "done": ((10,), np.bool_, ("iteration",)),
+        "buffer_lca": ((10,), np.float64, ("iteration",)),
+        "tensor_lca": ((10, K), np.float64, ("iteration", "tensor")),
+        "tensor_helped": ((10, K), np.int64, ("iteration", "tensor")),
+        "tensor_hurt": ((10, K), np.int64, ("iteration", "tensor")),
+    }
+    for s in ("train", "val"):
+        for name, (shape, dtype, dims) in shapes.items():
+            arr = store.array(s, name)
+            assert arr.shape == shape and arr.dtype == dtype, name
+            assert tuple(arr.metadata.dimension_names) == dims, name
+    assert store.array("train", "lca").chunks == (3, P)
+    assert not store.done().any()
+    assert np.isnan(store.read("train", "loss")).all()  # nothing computed yet
+
+
+def test_plain_zarr_reader_sees_the_contract(tmp_path: Path) -> None:
+    new_store(tmp_path / "s.zarr").write_block("train", make_rows(0, 3))
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    assert group.metadata.zarr_format == 3
+    assert group["train/lca"].shape == (10, P)
+    assert group["steps"][:].tolist() == list(range(0, 110, 10))
+
+
+def test_write_block_round_trip(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "s.zarr")
+    a, b = make_rows(0, 3), make_rows(3, 2)
+    store.write_block("train", a)
+    store.write_block("train", b)
+    again = LcaStore.open(tmp_path / "s.zarr")
+    assert again.done().tolist() == [True] * 5 + [False] * 5
+    lca = np.asarray(again.array("train", "lca")[:5])
+    np.testing.assert_array_equal(lca, np.concatenate([a.lca, b.lca]))
+    np.testing.assert_array_equal(again.read("train", "loss")[:6], np.concatenate([a.loss[:3], b.loss]))
+    for name in ("residual", "splits", "flagged", "tensor_lca", "tensor_helped", "tensor_hurt", "buffer_lca"):
+        np.testing.assert_array_equal(
+            again.read("train", name)[:5], np.concatenate([getattr(a, name), getattr(b, name)])
+        )
+    assert np.all(np.asarray(again.array("train", "lca")[5:]) == 0)
+    assert b.count == 2
+
+
+def test_done_mask_over_sets(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "s.zarr", sets=("train", "val"))
+    store.write_block("train", make_rows(0, 3))
+    store.write_block("val", make_rows(0, 2))
+    assert store.done("train").sum() == 3 and store.done("val").sum() == 2
+    assert store.done().tolist()[:3] == [True, True, False]  # done in every set
+
+
+def test_update_attrs(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "s.zarr")
+    store.update_attrs({"device": "cpu"})
+    assert store.attrs["device"] == "cpu" and LcaStore.open(tmp_path / "s.zarr").attrs["device"] == "cpu"
+
+
+def test_open_errors(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        LcaStore.open(tmp_path / "missing.zarr")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "file.txt").write_text("x")
+    with pytest.raises(StoreError, match="not an lca store"):
+        LcaStore.open(plain)
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w", zarr_format=3).attrs["x"] = 1
+    with pytest.raises(StoreError, match="not an lca store"):
+        LcaStore.open(tmp_path / "other.zarr")
+    with pytest.raises(StoreError):
+        LcaStore.open(plain / "file.txt")
+
+
+def test_open_newer_format_and_damaged(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "s.zarr")
+    store.update_attrs({"format_version": FORMAT_VERSION + 1})
+    with pytest.raises(StoreError, match="newer"):
+        LcaStore.open(tmp_path / "s.zarr")
+    store = new_store(tmp_path / "d.zarr")
+    del store.group["train/done"]
+    with pytest.raises(StoreError, match="damaged"):
+        LcaStore.open(tmp_path / "d.zarr")
+
+
+def test_unknown_set(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no evaluation set 'val'"):
+        new_store(tmp_path / "s.zarr").array("val", "lca")
+
+
+def test_extend_appends_and_keeps_rows(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "s.zarr", n_ckpt=5)  # 4 pairs; the last chunk [3, 6) is partial
+    rows = make_rows(0, 4)
+    store.write_block("train", rows)
+    store.extend(list(range(0, 50, 10)))  # same steps: nothing to do
+    assert store.n_pairs == 4
+    store.extend(list(range(0, 90, 10)))
+    again = LcaStore.open(tmp_path / "s.zarr", mode="r+")
+    assert again.n_pairs == 8 and again.steps.tolist() == list(range(0, 90, 10))
+    assert again.array("train", "lca").shape == (8, P) and again.array("train", "loss").shape == (9,)
+    assert again.array("train", "tensor_lca").shape == (8, K)
+    assert again.done().tolist() == [True] * 4 + [False] * 4
+    np.testing.assert_array_equal(np.asarray(again.array("train", "lca")[:4]), rows.lca)
+    np.testing.assert_array_equal(again.read("train", "loss")[:5], rows.loss)
+    again.write_block("train", make_rows(4, 4))
+    assert again.done().all()
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [0, 10, 20],  # shorter
+        [0, 10, 20, 31, 40, 50],  # a stored step changed
+        [10, 20, 30, 40, 50, 60],  # shifted
+    ],
+)
+def test_extend_with_non_prefix_is_refused(tmp_path: Path, steps: list[int]) -> None:
+    store = new_store(tmp_path / "s.zarr", n_ckpt=5)
+    with pytest.raises(StoreError, match="--overwrite"):
+        store.extend(steps)
+    assert store.n_pairs == 4
+
+
+def test_iter_lca_chunk_aligned(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "s.zarr", rows_per_chunk=3)
+    for start in range(0, 10, 3):
+        store.write_block("train", make_rows(start, min(3, 10 - start)))
+    full = np.asarray(store.array("train", "lca")[:])
+    blocks = list(store.iter_lca("train", 2, 10))
+    assert [(t, r.shape[0]) for t, r in blocks] == [(2, 1), (3, 3), (6, 3), (9, 1)]
+    np.testing.assert_array_equal(np.concatenate([r for _, r in blocks]), full[2:10])
+    assert all(r.dtype == np.float32 for _, r in blocks)
+    assert [(t, r.shape[0]) for t, r in store.iter_lca("train")] == [(0, 3), (3, 3), (6, 3), (9, 1)]
+    assert list(store.iter_lca("train", 4, 4)) == []
+    assert [(t, r.shape[0]) for t, r in store.iter_lca("train", 4, 5)] == [(4, 1)]
+
+
+_WINDOW_STORES: dict[int, LcaStore] = {}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 12), st.integers(0, 12), st.integers(1, 5))
+def test_iter_lca_covers_any_window(tmp_path_factory: pytest.TempPathFactory, start: int, stop: int, rows: int) -> None:
+    start, stop = min(start, stop), max(start, stop)
+    if rows not in _WINDOW_STORES:  # one (empty, read-only) store per chunking, shared by the examples
+        _WINDOW_STORES[rows] = new_store(tmp_path_factory.mktemp("w") / "s.zarr", n_ckpt=13, rows_per_chunk=rows)
+    store = _WINDOW_STORES[rows]
+    covered = []
+    for t, block in store.iter_lca("train", start, stop):
+        assert t == start or t % rows == 0  # every block but the first starts on a chunk boundary
+        assert (t // rows) == ((t + block.shape[0] - 1) // rows)  # and never crosses one
+        covered.extend(range(t, t + block.shape[0]))
+    assert covered == list(range(start, stop))
+
+
+def test_choose_rows_per_chunk() -> None:
+    assert choose_rows_per_chunk(100, 7) == 7
+    assert choose_rows_per_chunk(10) == 1024  # small rows: capped
+    assert choose_rows_per_chunk(1 << 20) == 1  # a 4 MiB row: one row per chunk
+    assert choose_rows_per_chunk(1 << 16) == 16
+    assert choose_rows_per_chunk(1 << 30) == 1
+
+
+# -- plan_blocks (lca_cli.pipeline) -----------------------------------------------------------------------
+
+
+def test_plan_blocks_examples() -> None:
+    done = np.array([True, False, False, False, False, True, False, False, False, False])
+    assert plan_blocks(done, 4) == [range(1, 4), range(4, 5), range(6, 8), range(8, 10)]
+    assert plan_blocks(np.zeros(5, bool), 1024) == [range(0, 5)]
+    assert plan_blocks(np.ones(5, bool), 2) == []
+    assert plan_blocks(np.zeros(0, bool), 3) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.booleans(), max_size=40), st.integers(1, 9))
+def test_plan_blocks_property(done_list: list[bool], rows: int) -> None:
+    done = np.array(done_list, dtype=bool)
+    blocks = plan_blocks(done, rows)
+    covered = [t for b in blocks for t in b]
+    assert covered == [t for t in range(len(done)) if not done[t]]  # union == not done, in order, no overlap
+    for b in blocks:
+        assert len(b) > 0 and b.step == 1
+        assert b.start // rows == (b.stop - 1) // rows  # never crosses a chunk boundary
+    # Maximal: two blocks touch only at a chunk boundary.
+    for a, b in itertools.pairwise(blocks):
+        assert a.stop < b.start or b.start % rows == 0
