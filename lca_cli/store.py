@@ -343,14 +343,18 @@ class LcaStore:
                 f"{self.path} was computed over steps {old[0]}..{old[-1]} ({len(old)} checkpoints) and the run's "
                 "checkpoints no longer start with them; use --overwrite to recompute from scratch"
             )
-        if len(new) == len(old):
-            return
         n_pairs = len(new) - 1
         for s in self.sets:
+            # Also when no step is new: a run killed inside an earlier extend left arrays longer than steps,
+            # and a done mask longer than T would make the pipeline plan pairs past the last checkpoint.
             for name in ("lca", *_PER_SET_1D, *_PER_SET_TENSOR):
                 arr = self.array(s, name)
-                arr.resize((n_pairs, *arr.shape[1:]))
-            self.array(s, "loss").resize((n_pairs + 1,))
+                if arr.shape[0] != n_pairs:
+                    arr.resize((n_pairs, *arr.shape[1:]))
+            if self.array(s, "loss").shape[0] != n_pairs + 1:
+                self.array(s, "loss").resize((n_pairs + 1,))
+        if len(new) == len(old):
+            return
         st = self.group["steps"]
         assert isinstance(st, zarr.Array)
         st.resize((len(new),))
