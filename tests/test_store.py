@@ -176,6 +176,23 @@ def test_extend_appends_and_keeps_rows(tmp_path: Path) -> None:
     assert again.done().all()
 
 
+def test_extend_heals_an_interrupted_extend(tmp_path: Path) -> None:
+    """A run killed between growing the arrays and writing ``steps`` leaves arrays longer than T."""
+    store = new_store(tmp_path / "s.zarr", n_ckpt=5)
+    store.write_block("train", make_rows(0, 4))
+    for name in ("lca", "residual", "splits", "flagged", "done", "buffer_lca", "tensor_lca", "tensor_helped"):
+        arr = store.array("train", name)
+        arr.resize((7, *arr.shape[1:]))  # killed here: steps still says 5 checkpoints
+    again = LcaStore.open(tmp_path / "s.zarr", mode="r+")
+    assert again.n_pairs == 4
+    again.extend(list(range(0, 50, 10)))  # the rerun sees the same checkpoints
+    assert len(again.done()) == again.n_pairs == 4 and again.done().all()
+    assert again.array("train", "lca").shape == (4, P) and again.array("train", "tensor_hurt").shape == (4, K)
+    assert plan_blocks(again.done(), again.rows_per_chunk) == []
+    again.extend(list(range(0, 70, 10)))  # and later ones append normally
+    assert again.n_pairs == 6 and again.done().tolist() == [True] * 4 + [False] * 2
+
+
 @pytest.mark.parametrize(
     "steps",
     [
