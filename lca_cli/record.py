@@ -200,7 +200,10 @@ class CheckpointWriter:
         host = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
         path = self.run_dir / checkpoint_name(step, self.digits)
         if self._queue is None:
-            self._write(step, host)
+            try:
+                self._write(step, host)
+            except OSError as exc:
+                raise LcaError(f"cannot write checkpoint {path}: {exc}") from exc
         else:
             self._queue.put((step, host))
         return path
