@@ -213,8 +213,12 @@ class CheckpointWriter:
 
         final = self.run_dir / checkpoint_name(step, self.digits)
         tmp = final.with_name(f".{final.name}.partial")
-        save_file(host, str(tmp), metadata={"step": str(step)})
-        os.replace(tmp, final)
+        try:
+            save_file(host, str(tmp), metadata={"step": str(step)})
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # never leave a half-written file behind, even a hidden one
+            raise
 
     def _loop(self) -> None:
         assert self._queue is not None
