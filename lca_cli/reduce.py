@@ -123,9 +123,9 @@ class Summary:
 def _header(store: LcaStore, set_name: str, mask: np.ndarray, window: Window) -> dict[str, Any]:
     loss = store.read(set_name, "loss")
     dl = loss[1:] - loss[:-1]
-    tensor_lca = np.asarray(store.array(set_name, "tensor_lca")[:])[mask]  # (t, K)
-    helped = np.asarray(store.array(set_name, "tensor_helped")[:])[mask].sum(axis=1)
-    hurt = np.asarray(store.array(set_name, "tensor_hurt")[:])[mask].sum(axis=1)
+    tensor_lca = store.read(set_name, "tensor_lca")[mask]  # (t, K)
+    helped = store.read(set_name, "tensor_helped")[mask].sum(axis=1)
+    hurt = store.read(set_name, "tensor_hurt")[mask].sum(axis=1)
     frac = _fraction(helped, hurt)
     frac = frac[~np.isnan(frac)]
     residual = store.read(set_name, "residual")[mask]
@@ -178,9 +178,9 @@ def _group_rows(
 
 def _by_tensor_or_layer(store: LcaStore, set_name: str, mask: np.ndarray, by: str) -> list[dict[str, Any]]:
     layout = store.layout
-    tl = np.asarray(store.array(set_name, "tensor_lca")[:])[mask].sum(axis=0)  # (K,)
-    th = np.asarray(store.array(set_name, "tensor_helped")[:])[mask].sum(axis=0)
-    tu = np.asarray(store.array(set_name, "tensor_hurt")[:])[mask].sum(axis=0)
+    tl = store.read(set_name, "tensor_lca")[mask].sum(axis=0)  # (K,)
+    th = store.read(set_name, "tensor_helped")[mask].sum(axis=0)
+    tu = store.read(set_name, "tensor_hurt")[mask].sum(axis=0)
     sizes = np.array([p.numel for p in layout.params])
     total = float(tl.sum())
     if by == "tensor":
@@ -253,9 +253,9 @@ def _by_neuron(store: LcaStore, set_name: str, mask: np.ndarray) -> list[dict[st
 def _by_iteration(store: LcaStore, set_name: str, mask: np.ndarray) -> list[dict[str, Any]]:
     loss = store.read(set_name, "loss")
     steps = store.steps
-    tl = np.asarray(store.array(set_name, "tensor_lca")[:]).sum(axis=1)
-    helped = np.asarray(store.array(set_name, "tensor_helped")[:]).sum(axis=1)
-    hurt = np.asarray(store.array(set_name, "tensor_hurt")[:]).sum(axis=1)
+    tl = store.read(set_name, "tensor_lca").sum(axis=1)
+    helped = store.read(set_name, "tensor_helped").sum(axis=1)
+    hurt = store.read(set_name, "tensor_hurt").sum(axis=1)
     frac = _fraction(helped, hurt)
     residual = store.read(set_name, "residual")
     splits = store.read(set_name, "splits")

@@ -11,6 +11,7 @@ Layout (Zarr format 3 group)::
         residual      float64 (T,)    (loss[t+1] - loss[t]) - sum_p lca[t, p] - buffer_lca[t]
         splits        int32   (T,)    sub-intervals used (1 for euler)
         flagged       bool    (T,)    residual still over tolerance at the cap
+        l1_change     float64 (T,)    relative L1 change of the row at the last refinement (accuracy indicator)
         done          bool    (T,)    row t is complete (written last: resume trusts only this)
         tensor_lca    float64 (T, K)  per-tensor sums of the float64 LCA row (K = number of tensors)
         tensor_helped int64   (T, K)  per-tensor count of parameters with LCA < 0
@@ -58,6 +59,7 @@ _PER_SET_1D = {
     "residual": ("float64", 0.0),
     "splits": ("int32", 0),
     "flagged": ("bool", False),
+    "l1_change": ("float64", np.nan),
     "done": ("bool", False),
     "buffer_lca": ("float64", 0.0),
 }
@@ -96,6 +98,7 @@ class BlockRows:
         tensor_helped: int64 ``(k, K)``.
         tensor_hurt: int64 ``(k, K)``.
         buffer_lca: float64 ``(k,)``.
+        l1_change: float64 ``(k,)``, or None when not measured (stored as NaN).
 
     """
 
@@ -109,6 +112,7 @@ class BlockRows:
     tensor_helped: np.ndarray
     tensor_hurt: np.ndarray
     buffer_lca: np.ndarray
+    l1_change: np.ndarray | None = None
 
     @property
     def count(self) -> int:
@@ -286,8 +290,14 @@ class LcaStore:
         return node
 
     def read(self, set_name: str, name: str) -> np.ndarray:
-        """Read a whole small array (not ``lca``) into memory."""
-        return np.asarray(self.array(set_name, name)[:])
+        """Read a whole small per-iteration array (not ``lca``) into memory.
+
+        Rows past the stored steps (left by an interrupted append, until ``compute`` heals it) are cut off, so
+        readers always see ``T`` rows (``T + 1`` for ``loss``).
+        """
+        arr = self.array(set_name, name)
+        n = self.n_pairs + (1 if name == "loss" else 0)
+        return np.asarray(arr[: min(n, arr.shape[0])])
 
     def done(self, set_name: str | None = None) -> np.ndarray:
         """Done mask ``(T,)``; for ``None``, rows done in every set."""
@@ -373,4 +383,5 @@ class LcaStore:
         self.array(set_name, "loss")[a : b + 1] = rows.loss
         for name in ("residual", "splits", "flagged", "buffer_lca", *_PER_SET_TENSOR):
             self.array(set_name, name)[a:b] = getattr(rows, name)
+        self.array(set_name, "l1_change")[a:b] = np.nan if rows.l1_change is None else rows.l1_change
         self.array(set_name, "done")[a:b] = True
