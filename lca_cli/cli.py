@@ -65,10 +65,17 @@ def _compute_options(f: Any) -> Any:
         click.option(
             "--tolerance",
             type=float,
-            help="Absolute residual tolerance per pair, in loss units [default 1e-7]. A pair passes when "
-            "|residual| <= tolerance + rtol*|ΔL|; otherwise its sub-intervals are doubled.",
+            help="Absolute residual tolerance per pair, in loss units [default 1e-9 in float64, 1e-7 in "
+            "float32]. A pair passes when |residual| <= tolerance + rtol*|ΔL|; otherwise its sub-intervals "
+            "are doubled.",
         ),
         click.option("--rtol", type=float, help="Relative residual tolerance per pair [default 1e-4]."),
+        click.option(
+            "--l1-tol",
+            type=float,
+            help="Also refine until the last doubling changed the row by at most this relative L1 amount "
+            "(per-parameter accuracy, which the residual cannot see) [default 0 = off].",
+        ),
         click.option(
             "--max-splits",
             type=int,
@@ -76,7 +83,11 @@ def _compute_options(f: Any) -> Any:
         ),
         click.option("--batch-size", type=int, help="Evaluation chunk size in samples [default 1024]."),
         click.option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N [default auto]."),
-        click.option("--dtype", type=click.Choice(["float32", "float64"]), help="Network dtype [default float32]."),
+        click.option(
+            "--dtype",
+            type=click.Choice(["auto", "float32", "float64"]),
+            help="Network dtype; sums are float64 either way [default auto: float64 on CPU, float32 on CUDA].",
+        ),
         click.option(
             "--bn-mode",
             type=click.Choice(["batch", "running"]),
@@ -88,6 +99,7 @@ def _compute_options(f: Any) -> Any:
         ),
         click.option("--compile/--no-compile", default=None, help="torch.compile the model (opt-in) [off]."),
         click.option("--rows-per-chunk", type=int, help="Store rows per chunk (0 = about 4 MiB per chunk)."),
+        click.option("--threads", type=int, help="CPU threads for torch (0 = torch's default; 1 suits small models)."),
     ]
     for opt in reversed(opts):
         f = opt(f)

@@ -31,7 +31,9 @@ __all__ = [
 LOSS_NAMES = ("cross_entropy", "mse", "nll", "bce_with_logits")
 METHODS = ("rk4", "euler")
 BN_MODES = ("batch", "running")
-DTYPES = ("float32", "float64")
+DTYPES = ("auto", "float32", "float64")
+#: Absolute residual tolerance used when none is given, by network dtype (about 10x its loss rounding noise).
+DEFAULT_ATOL = {"float64": 1e-9, "float32": 1e-7}
 
 
 @dataclass(frozen=True)
@@ -52,31 +54,40 @@ class ComputeOptions:
 
     Attributes:
         method: ``"rk4"`` (adaptive composite Simpson, what the paper calls RK4) or ``"euler"`` (first order).
-        tolerance: Absolute part of the per-pair tolerance on the residual, in loss units.
+        tolerance: Absolute part of the per-pair tolerance on the residual, in loss units; None = by dtype
+            (:data:`DEFAULT_ATOL`).
         rtol: Relative part: a pair passes when ``|residual| <= tolerance + rtol * |ΔL|``.
+        l1_tol: Optional per-parameter criterion: also refine until the last doubling moved the row by at
+            most this relative L1 amount (0 = off). See :func:`lca_cli.integrate.integrate_pair`.
         max_splits: Cap on sub-intervals (power of two >= 2); 2 is plain Simpson with no refinement.
         batch_size: Evaluation chunk size (samples per forward pass).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:i"``.
-        dtype: dtype the network runs in; sums are always accumulated in float64.
+        dtype: dtype the network runs in (sums are always accumulated in float64). ``"auto"``: float64 on
+            CPU, where small nets are overhead-bound and float32 loss rounding (~1e-7 L) would swamp late-training
+            loss changes in the residual check; float32 on CUDA.
         bn_mode: ``"batch"`` (statistics of each evaluation chunk, as in the paper) or ``"running"``
             (the checkpoints' running statistics, interpolated along the segment and allocated separately).
         allow_tf32: Allow TF32 matmuls/convolutions on GPU (faster, less accurate; off by default).
         compile: Use ``torch.compile`` on the model (opt-in).
         rows_per_chunk: Rows per store chunk along the iteration axis (0 = choose from the row size).
+        threads: CPU threads for torch (0 = torch's default). 1 is often faster for small models and on busy
+            machines, where OpenMP threads wait for each other.
 
     """
 
     method: str = "rk4"
-    tolerance: float = 1e-7
+    tolerance: float | None = None
     rtol: float = 1e-4
+    l1_tol: float = 0.0
     max_splits: int = 32
     batch_size: int = 1024
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "auto"
     bn_mode: str = "batch"
     allow_tf32: bool = False
     compile: bool = False
     rows_per_chunk: int = 0
+    threads: int = 0
 
     def validate(self) -> ComputeOptions:
         """Check every value, raising :class:`~lca_cli.errors.UsageError` on the first bad one.
@@ -92,8 +103,14 @@ class ComputeOptions:
 
         if self.method not in METHODS:
             raise bad("method", f"{self.method!r} is not one of {', '.join(METHODS)}")
-        if not (self.tolerance >= 0) or not (self.rtol >= 0):
-            raise bad("tolerance", "tolerance and rtol must be >= 0")
+        if self.tolerance is not None and not (self.tolerance >= 0):
+            raise bad("tolerance", f"{self.tolerance} must be >= 0")
+        if not (self.rtol >= 0):
+            raise bad("rtol", f"{self.rtol} must be >= 0")
+        if not (self.l1_tol >= 0):
+            raise bad("l1_tol", f"{self.l1_tol} must be >= 0 (0 = off)")
+        if self.threads < 0:
+            raise bad("threads", f"{self.threads} must be >= 0 (0 = torch's default)")
         ms = self.max_splits
         if ms < 2 or ms & (ms - 1):
             raise bad("max_splits", f"{ms} is not a power of two >= 2 (2 = plain Simpson)")
@@ -110,9 +127,25 @@ class ComputeOptions:
             raise bad("rows_per_chunk", "must be >= 0")
         return self
 
+    def resolved(self, device_type: str) -> ComputeOptions:
+        """Replace the automatic choices (``dtype="auto"``, ``tolerance=None``) by concrete values.
+
+        Args:
+            device_type: ``"cpu"`` or ``"cuda"`` (the resolved device's type).
+
+        Returns:
+            A copy with a concrete dtype and tolerance.
+
+        """
+        dtype = self.dtype if self.dtype != "auto" else ("float32" if device_type == "cuda" else "float64")
+        tol = self.tolerance if self.tolerance is not None else DEFAULT_ATOL[dtype]
+        return dataclasses.replace(self, dtype=dtype, tolerance=tol)
+
     def result_settings(self) -> dict[str, Any]:
         """The settings that change the numbers in a store (a resumed run must use the same ones)."""
-        keys = ("method", "tolerance", "rtol", "max_splits", "batch_size", "dtype", "bn_mode", "allow_tf32")
+        keys = (
+            "method", "tolerance", "rtol", "l1_tol", "max_splits", "batch_size", "dtype", "bn_mode", "allow_tf32",
+        )  # fmt: skip
         return {k: getattr(self, k) for k in keys}
 
 
@@ -152,6 +185,14 @@ class Config:
         """Copy with ``[compute]`` fields replaced by the given non-None values (CLI flags win)."""
         given = {k: v for k, v in overrides.items() if v is not None}
         return dataclasses.replace(self, compute=dataclasses.replace(self.compute, **given))
+
+
+#: The TOML type of each [compute] key (ints are accepted for floats).
+_COMPUTE_TYPES: dict[str, type] = {
+    "method": str, "tolerance": float, "rtol": float, "l1_tol": float, "max_splits": int, "batch_size": int,
+    "device": str, "dtype": str, "bn_mode": str, "allow_tf32": bool, "compile": bool, "rows_per_chunk": int,
+    "threads": int,
+}  # fmt: skip
 
 
 def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str, source: str) -> None:
@@ -224,12 +265,12 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>", base_dir: Pat
         raise ConfigError(f"{source}: [compute] must be a table")
     known = {f.name for f in dataclasses.fields(ComputeOptions)}
     _check_keys(comp_raw, known, "[compute]", source)
-    for f in dataclasses.fields(ComputeOptions):
+    for name, value in comp_raw.items():
         # TOML values have types; a wrong one (max_splits = "8") would crash validate() with a TypeError.
-        want, value = type(f.default), comp_raw.get(f.name, f.default)
+        want = _COMPUTE_TYPES[name]
         ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
         if not ok and not (want is float and isinstance(value, int) and not isinstance(value, bool)):
-            raise ConfigError(f"{source}: [compute] {f.name} = {value!r} must be a {want.__name__}")
+            raise ConfigError(f"{source}: [compute] {name} = {value!r} must be a {want.__name__}")
     try:
         compute = ComputeOptions(**comp_raw)
     except TypeError as exc:

@@ -47,6 +47,9 @@ class PairResult:
         loss1: Loss at the end checkpoint.
         residual: ``(loss1 - loss0) - Σ lca`` (exact up to float64 rounding of the sums).
         splits: Sub-intervals used (1 for Euler).
+        l1_change: ``||lca_n - lca_{n/2}||_1 / ||lca_n||_1``: how much the last refinement moved the row (the
+            coarser rule at n = 2, and for Euler, is the trapezoid rule on the two endpoint gradients). A
+            per-parameter accuracy indicator that, unlike the residual, errors of opposite sign cannot hide.
         flagged: True when the residual is still over tolerance (at the cap for Simpson; always
             checked, never refined, for Euler).
         end: The end point's evaluation, to be reused as the next pair's start.
@@ -60,6 +63,7 @@ class PairResult:
     splits: int
     flagged: bool
     end: Evaluation
+    l1_change: float = float("nan")
 
 
 def within_tolerance(residual: float, delta_loss: float, tolerance: float, rtol: float) -> bool:
@@ -76,6 +80,11 @@ def within_tolerance(residual: float, delta_loss: float, tolerance: float, rtol:
 
     """
     return abs(residual) <= tolerance + rtol * abs(delta_loss)
+
+
+def _l1_change(fine: torch.Tensor, coarse: torch.Tensor) -> float:
+    norm = float(fine.abs().sum())
+    return float((fine - coarse).abs().sum()) / norm if norm > 0 else 0.0
 
 
 def _finite(loss: torch.Tensor, what: str) -> float:
@@ -95,6 +104,7 @@ def integrate_pair(
     max_splits: int = 32,
     tolerance: float = 0.0,
     rtol: float = 0.0,
+    l1_tol: float = 0.0,
     label: str = "pair",
 ) -> PairResult:
     """Allocate one pair's loss change to the coordinates of ``Δ``.
@@ -108,6 +118,8 @@ def integrate_pair(
         max_splits: Cap on sub-intervals for ``"rk4"`` (power of two >= 2).
         tolerance: Absolute residual tolerance.
         rtol: Relative residual tolerance.
+        l1_tol: When > 0, a pair also needs ``l1_change <= l1_tol`` to stop refining (per-parameter accuracy;
+            residual errors of opposite sign can cancel, these cannot). 0 disables it.
         label: Names the pair in error messages (e.g. ``"steps 4 -> 5"``).
 
     Returns:
@@ -123,14 +135,17 @@ def integrate_pair(
     loss1 = _finite(end.loss, f"the end of {label}")
     dl = loss1 - loss0
 
+    ends = start.grad + end.grad  # (D,) weight-1 points
+    coarse = delta * ends / 2.0  # (D,) trapezoid rule: the comparison for Euler and for n = 2
     if method == "euler":
         lca = delta * start.grad
         residual = dl - float(lca.sum())
-        return PairResult(lca, loss0, loss1, residual, 1, not within_tolerance(residual, dl, tolerance, rtol), end)
+        change = _l1_change(lca, coarse)
+        ok = within_tolerance(residual, dl, tolerance, rtol) and (l1_tol <= 0 or change <= l1_tol)
+        return PairResult(lca, loss0, loss1, residual, 1, not ok, end, change)
     if method != "rk4":
         raise ValueError(f"unknown method {method!r}")
 
-    ends = start.grad + end.grad  # (D,) weight-1 points
     even = torch.zeros_like(ends)  # (D,) weight-2 interior points
     odd = torch.zeros_like(ends)  # (D,) weight-4 points, filled below
     n = 1  # the next loop turns n into 2 first: the plain-Simpson midpoint is the first "new odd point"
@@ -144,6 +159,8 @@ def integrate_pair(
         n *= 2
         lca = delta * (ends + 4.0 * odd + 2.0 * even) / (3.0 * n)
         residual = dl - float(lca.sum())
-        ok = within_tolerance(residual, dl, tolerance, rtol)
+        change = _l1_change(lca, coarse)
+        ok = within_tolerance(residual, dl, tolerance, rtol) and (l1_tol <= 0 or change <= l1_tol)
         if ok or n >= max_splits:
-            return PairResult(lca, loss0, loss1, residual, n, not ok, end)
+            return PairResult(lca, loss0, loss1, residual, n, not ok, end, change)
+        coarse = lca

@@ -72,6 +72,8 @@ def test_compute_then_resume_stdout_is_clean(capsys: pytest.CaptureFixture[str],
     assert code == 0 and err == ""
     result = json.loads(out)
     assert result["computed"] == 0 and result["skipped"] == 6 and result["pairs"] == 6
+    l1 = LcaStore.open(run / "lca.zarr").read("train", "l1_change")
+    assert l1.shape == (6,) and np.isfinite(l1).all() and (l1 >= 0).all()
 
 
 def test_compute_reports_progress_on_stderr(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ def test_minimal_config_defaults() -> None:
     assert cfg.loss_name == "cross_entropy" and cfg.loss_factory is None
     assert cfg.compute == ComputeOptions()
     assert cfg.base_dir is None
-    assert cfg.compute.method == "rk4" and cfg.compute.max_splits == 32 and cfg.compute.dtype == "float32"
+    assert cfg.compute.method == "rk4" and cfg.compute.max_splits == 32 and cfg.compute.dtype == "auto"
 
 
 def test_load_config_full(tmp_path: Path) -> None:
@@ -165,7 +165,9 @@ def test_result_settings_define_identity() -> None:
         ("method", "rk5", "--method"),
         ("tolerance", -1.0, "--tolerance"),
         ("tolerance", float("nan"), "--tolerance"),
-        ("rtol", -1e-3, "--tolerance"),
+        ("rtol", -1e-3, "--rtol"),
+        ("l1_tol", -1e-3, "--l1-tol"),
+        ("threads", -1, "--threads"),
         ("max_splits", 6, "--max-splits"),
         ("max_splits", 1, "--max-splits"),
         ("batch_size", 0, "--batch-size"),
@@ -256,3 +258,13 @@ def test_import_factory_reference_module() -> None:
     import reference
 
     assert import_factory("reference:tanh_mlp") is reference.tanh_mlp
+
+
+def test_resolved_picks_dtype_and_tolerance_by_device() -> None:
+    auto = ComputeOptions()
+    assert auto.dtype == "auto" and auto.tolerance is None
+    cpu, cuda = auto.resolved("cpu"), auto.resolved("cuda")
+    assert (cpu.dtype, cpu.tolerance) == ("float64", 1e-9)
+    assert (cuda.dtype, cuda.tolerance) == ("float32", 1e-7)
+    explicit = dataclasses.replace(auto, dtype="float32", tolerance=1e-5).resolved("cpu")
+    assert (explicit.dtype, explicit.tolerance) == ("float32", 1e-5)

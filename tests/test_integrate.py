@@ -235,3 +235,38 @@ def test_linear_regression_mse_float64_matches_reference() -> None:
     assert abs(res.loss1 - ref.loss1) <= 1e-13 * abs(ref.loss1)
     err = reference.relative_l1(res.lca.numpy(), ref.lca)
     assert err < 1e-12
+
+
+def _kinked_point(v0: torch.Tensor, delta: torch.Tensor):  # type: ignore[no-untyped-def]
+    # L(v) = sum max(v, 0)^2: the gradient 2 max(v, 0) has a kink where a coordinate crosses 0 (like ReLU).
+    def point(s: float) -> tuple[torch.Tensor, torch.Tensor]:
+        v = v0 + s * delta
+        return (v.clamp(min=0) ** 2).sum(), 2 * v.clamp(min=0)
+
+    return point
+
+
+def test_l1_change_is_recorded_and_l1_tol_refines_further() -> None:
+    v0 = torch.tensor([-1.0, -0.5, 0.3], dtype=torch.float64)
+    delta = torch.tensor([2.0, 1.7, -0.9], dtype=torch.float64)
+    point = _kinked_point(v0, delta)
+    start = Evaluation(*point(0.0))
+    loose = integrate_pair(point, delta, start, method="rk4", max_splits=64, tolerance=1e-3, rtol=0.0)
+    strict = integrate_pair(point, delta, start, method="rk4", max_splits=64, tolerance=1e-3, rtol=0.0, l1_tol=1e-4)
+    assert loose.l1_change > 1e-4  # the residual passed, but the row was still moving
+    assert strict.splits > loose.splits
+    assert strict.l1_change <= 1e-4 and not strict.flagged
+    # Exact per-coordinate integrals: coordinate i contributes max(v_i(1), 0)^2 - max(v_i(0), 0)^2.
+    exact = (v0 + delta).clamp(min=0) ** 2 - v0.clamp(min=0) ** 2
+    assert torch.allclose(strict.lca, exact, atol=1e-3)
+    assert (strict.lca - exact).abs().sum() < (loose.lca - exact).abs().sum()
+
+
+def test_euler_l1_change_compares_with_trapezoid() -> None:
+    v0 = torch.tensor([0.2, 0.4], dtype=torch.float64)
+    delta = torch.tensor([0.5, -0.1], dtype=torch.float64)
+    point = _kinked_point(v0, delta)
+    res = integrate_pair(point, delta, Evaluation(*point(0.0)), method="euler")
+    g0, g1 = point(0.0)[1], point(1.0)[1]
+    euler, trap = delta * g0, delta * (g0 + g1) / 2
+    assert res.l1_change == pytest.approx(float((euler - trap).abs().sum() / euler.abs().sum()))

@@ -137,11 +137,6 @@ def test_batch_mode_uses_chunk_statistics() -> None:
     assert losses[10] == pytest.approx(manual, rel=1e-6)
 
 
-@pytest.mark.xfail(
-    raises=RuntimeError,
-    strict=True,
-    reason="BUG: float32 BatchNorm buffers in `fixed` are not cast to the network dtype (dtype=float64, bn_mode=batch)",
-)
 def test_batch_mode_float64_network_with_float32_checkpoint() -> None:
     model = trained_bn_model()  # float32 checkpoint, as training writes it
     obj, v, fixed = build_objective(copy.deepcopy(model), DATA, 25, torch.float64)

@@ -249,11 +249,14 @@ def test_store_attributes(runs: RunCache, tmp_path: Path) -> None:
     _, store = run_compute(run_dir, config.with_overrides(batch_size=64, max_splits=8), tmp_path / "s.zarr")
     a = store.attrs
     assert a["format_version"] == 1 and a["method"] == "rk4" and a["max_splits"] == 8
-    assert a["tolerance"] == config.compute.tolerance and a["rtol"] == config.compute.rtol
+    # Automatic choices are recorded resolved: on CPU, dtype "auto" is float64 with its absolute tolerance.
+    resolved = config.compute.resolved("cpu")
+    assert a["tolerance"] == resolved.tolerance == 1e-9 and a["rtol"] == config.compute.rtol
+    assert a["evaluation"]["dtype"] == "float64" and a["identity"]["compute"]["dtype"] == "float64"
     assert a["sets"] == ["train"]
     ev = a["evaluation"]
     assert ev["sets"]["train"] == {"n_samples": 200, "batch_size": 64, "n_chunks": 4, "last_chunk": 8}
-    assert ev["bn_mode"] == "batch" and ev["dtype"] == "float32" and ev["accumulation"] == "float64"
+    assert ev["bn_mode"] == "batch" and ev["dtype"] == "float64" and ev["accumulation"] == "float64"
     assert a["identity"]["model"] == {"factory": "reference:tanh_mlp", "kwargs": {"seed": 0}}
     assert a["identity"]["compute"]["batch_size"] == 64
     assert [p["name"] for p in a["params"]] == [n for n, _ in reference.tanh_mlp().named_parameters()]
@@ -279,12 +282,6 @@ def test_batchnorm_modes(runs: RunCache, tmp_path: Path) -> None:
     check_conservation(b200)
 
 
-@pytest.mark.xfail(
-    raises=RuntimeError,
-    strict=True,
-    reason="BUG: --dtype float64 with BatchNorm (bn_mode=batch): float32 running buffers reach the float64 "
-    "network uncast (lca_cli/objective.py split_state/value_and_grad); see test_objective",
-)
 def test_batchnorm_float64_network(runs: RunCache, tmp_path: Path) -> None:
     run_dir, config = runs.run("bn_mlp")
     _, store = run_compute(run_dir, config.with_overrides(dtype="float64"), tmp_path / "s.zarr")
