@@ -16,13 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lca_cli.errors import ConfigError
+from lca_cli.errors import ConfigError, LcaError
 
 __all__ = [
     "LOSS_NAMES",
     "ComputeOptions",
     "Config",
     "FactorySpec",
+    "build_model",
+    "call_factory",
     "import_factory",
     "load_config",
     "parse_config",
@@ -302,6 +304,53 @@ def load_config(path: str | Path) -> Config:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: not valid TOML ({exc})") from None
     return parse_config(raw, str(p), p.resolve().parent)
+
+
+def call_factory(spec: FactorySpec, base_dir: Path | None, where: str) -> Any:
+    """Import a factory and call it with its kwargs; any failure becomes a one-line :class:`ConfigError`.
+
+    Args:
+        spec: The factory and its keyword arguments.
+        base_dir: Extra import directory (the config file's).
+        where: The table it comes from, for messages (``"[model]"``, ``"[data.val]"``...).
+
+    Returns:
+        Whatever the factory returns.
+
+    Raises:
+        ConfigError: If it cannot be imported or raises.
+
+    """
+    fn = import_factory(spec.factory, base_dir)
+    try:
+        return fn(**spec.kwargs)
+    except LcaError:
+        raise
+    except Exception as exc:  # a user factory can fail in any way; report it as a config problem
+        raise ConfigError(f"{where} factory {spec.factory!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def build_model(config: Config) -> Any:
+    """Build the config's model (a fresh ``torch.nn.Module``).
+
+    Args:
+        config: The config.
+
+    Returns:
+        The module.
+
+    Raises:
+        ConfigError: If the factory fails or does not return a module with parameters.
+
+    """
+    import torch
+
+    model = call_factory(config.model, config.base_dir, "[model]")
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"[model] factory {config.model.factory!r} returned {type(model).__name__}, not a Module")
+    if not any(True for _ in model.parameters()):
+        raise ConfigError(f"[model] factory {config.model.factory!r} built a model with no parameters")
+    return model
 
 
 def import_factory(spec: str, base_dir: Path | None = None) -> Callable[..., Any]:

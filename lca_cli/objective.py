@@ -21,13 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from lca_cli.config import Config, import_factory
 from lca_cli.errors import ConfigError
 from lca_cli.layout import Layout
 
 __all__ = [
     "EvalSet",
     "Objective",
+    "as_tensors",
     "builtin_loss",
+    "config_loss",
     "interpolated_buffer_names",
     "make_chunks",
     "prepare_model",
@@ -75,6 +78,23 @@ def builtin_loss(name: str) -> LossFn:
     return table[name]
 
 
+def config_loss(config: Config) -> LossFn:
+    """The config's loss: its ``[loss] factory`` if given, else the built-in ``[loss] name``.
+
+    Args:
+        config: The config.
+
+    Returns:
+        A mean loss ``(outputs, targets) -> scalar``.
+
+    """
+    if config.loss_factory:
+        fn: LossFn = import_factory(config.loss_factory, config.base_dir)
+        return fn
+    assert config.loss_name is not None
+    return builtin_loss(config.loss_name)
+
+
 @dataclass(frozen=True)
 class EvalSet:
     """A fixed evaluation set split into chunks, in order.
@@ -94,6 +114,41 @@ class EvalSet:
     def chunk_sizes(self) -> list[int]:
         """Samples per chunk."""
         return [int(x.shape[0]) for x, _ in self.chunks]
+
+
+def as_tensors(data: object, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalise a data factory's result to ``(inputs, targets)`` tensors in index order.
+
+    Args:
+        data: ``(inputs, targets)`` tensors with equal first dimension, or a map-style dataset of
+            ``(input, target)`` items (stacked in index order).
+        where: Names the data in messages.
+
+    Returns:
+        ``(inputs, targets)``.
+
+    Raises:
+        ConfigError: If the data has an unsupported form, mismatched lengths, or no samples.
+
+    """
+    if isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        inputs, targets = data
+    elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        items = [data[i] for i in range(len(data))]
+        if not items:
+            raise ConfigError(f"{where} is empty")
+        inputs = torch.stack([torch.as_tensor(it[0]) for it in items])
+        targets = torch.stack([torch.as_tensor(it[1]) for it in items])
+    else:
+        raise ConfigError(
+            f"{where}: the factory returned {type(data).__name__}; expected (inputs, targets) tensors or a "
+            "map-style Dataset"
+        )
+    if inputs.shape[0] != targets.shape[0]:
+        raise ConfigError(f"{where}: {inputs.shape[0]} inputs but {targets.shape[0]} targets")
+    if inputs.shape[0] == 0:
+        raise ConfigError(f"{where} is empty")
+    return inputs, targets
 
 
 def make_chunks(name: str, data: object, batch_size: int, device: torch.device, dtype: torch.dtype) -> EvalSet:
@@ -116,24 +171,8 @@ def make_chunks(name: str, data: object, batch_size: int, device: torch.device, 
         ConfigError: If the data has an unsupported form, mismatched lengths, or no samples.
 
     """
-    if isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        inputs, targets = data
-    elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
-        items = [data[i] for i in range(len(data))]
-        if not items:
-            raise ConfigError(f"evaluation set {name!r} is empty")
-        inputs = torch.stack([torch.as_tensor(it[0]) for it in items])
-        targets = torch.stack([torch.as_tensor(it[1]) for it in items])
-    else:
-        raise ConfigError(
-            f"data factory for set {name!r} returned {type(data).__name__}; "
-            "expected (inputs, targets) tensors or a map-style Dataset"
-        )
-    if inputs.shape[0] != targets.shape[0]:
-        raise ConfigError(f"evaluation set {name!r}: {inputs.shape[0]} inputs but {targets.shape[0]} targets")
+    inputs, targets = as_tensors(data, f"evaluation set {name!r}")
     n = int(inputs.shape[0])
-    if n == 0:
-        raise ConfigError(f"evaluation set {name!r} is empty")
     if inputs.is_floating_point():
         inputs = inputs.to(dtype)
     if targets.is_floating_point():

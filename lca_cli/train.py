@@ -38,10 +38,10 @@ from typing import Any
 
 import torch
 
-from lca_cli.config import ComputeOptions, Config, FactorySpec, import_factory, load_config
+from lca_cli.config import ComputeOptions, Config, FactorySpec, build_model, call_factory, load_config
 from lca_cli.errors import ConfigError, NumericalError, RunDirError, UsageError
 from lca_cli.layout import layer_name
-from lca_cli.objective import builtin_loss
+from lca_cli.objective import as_tensors, config_loss
 from lca_cli.record import CheckpointWriter
 
 __all__ = [
@@ -223,26 +223,7 @@ def load_training_data(config: Config, opts: TrainOptions) -> tuple[torch.Tensor
                 "name the training data in [train] data = { factory = ..., kwargs = {...} }"
             )
         spec, where = config.data["train"], "[data.train]"
-    fn = import_factory(spec.factory, config.base_dir)
-    try:
-        data = fn(**spec.kwargs)
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"{where} factory {spec.factory!r} failed: {type(exc).__name__}: {exc}") from exc
-    if isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        inputs, targets = data
-    elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
-        items = [data[i] for i in range(len(data))]
-        if not items:
-            raise ConfigError(f"{where}: the training data is empty")
-        inputs = torch.stack([torch.as_tensor(it[0]) for it in items])
-        targets = torch.stack([torch.as_tensor(it[1]) for it in items])
-    else:
-        raise ConfigError(f"{where} returned {type(data).__name__}; expected (inputs, targets) or a Dataset")
-    if inputs.shape[0] != targets.shape[0] or inputs.shape[0] == 0:
-        raise ConfigError(f"{where}: {inputs.shape[0]} inputs and {targets.shape[0]} targets (need equal, > 0)")
-    return inputs, targets
+    return as_tensors(call_factory(spec, config.base_dir, where), f"{where} (training data)")
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -349,20 +330,8 @@ def train_run(
     run = Path(run_dir)
 
     # Build everything before touching the run directory, so a config error leaves it as it was.
-    build = import_factory(cfg.model.factory, cfg.base_dir)
-    try:
-        model = build(**cfg.model.kwargs)
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"[model] factory {cfg.model.factory!r} failed: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(model, torch.nn.Module):
-        raise ConfigError(f"[model] factory {cfg.model.factory!r} returned {type(model).__name__}, not a Module")
-    if cfg.loss_factory:
-        loss_fn = import_factory(cfg.loss_factory, cfg.base_dir)
-    else:
-        assert cfg.loss_name is not None
-        loss_fn = builtin_loss(cfg.loss_name)
+    model = build_model(cfg)
+    loss_fn = config_loss(cfg)
     inputs, targets = load_training_data(cfg, opts)
     names = [n for n, _ in model.named_parameters()]
     frozen = set(frozen_parameter_names(names, opts.freeze))
