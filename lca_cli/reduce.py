@@ -260,6 +260,7 @@ def _by_iteration(store: LcaStore, set_name: str, mask: np.ndarray) -> list[dict
     residual = store.read(set_name, "residual")
     splits = store.read(set_name, "splits")
     flagged = store.read(set_name, "flagged")
+    l1_change = store.read(set_name, "l1_change")
     return [
         {
             "name": str(int(steps[t])),
@@ -270,6 +271,7 @@ def _by_iteration(store: LcaStore, set_name: str, mask: np.ndarray) -> list[dict
             "residual": float(residual[t]),
             "splits": int(splits[t]),
             "flagged": bool(flagged[t]),
+            "l1_change": _num(l1_change[t]),
             "helped_fraction": _num(frac[t]),
         }
         for t in np.flatnonzero(mask)
@@ -277,7 +279,17 @@ def _by_iteration(store: LcaStore, set_name: str, mask: np.ndarray) -> list[dict
 
 
 _COLUMNS = {
-    "iteration": ["step", "next_step", "delta_loss", "lca", "residual", "splits", "flagged", "helped_fraction"],
+    "iteration": [
+        "step",
+        "next_step",
+        "delta_loss",
+        "lca",
+        "residual",
+        "splits",
+        "flagged",
+        "l1_change",
+        "helped_fraction",
+    ],
 }
 _GROUP_COLUMNS = ["name", "parameters", "lca", "share", "helped_fraction"]
 
