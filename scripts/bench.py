@@ -1,0 +1,683 @@
+#!/usr/bin/env python
+"""Benchmark ``lca compute`` against its floor and a naive script, side by side in one run.
+
+For each size it generates a run (a few SGD steps written with :class:`lca_cli.record.CheckpointWriter`)
+in a temporary directory, then measures, each in a fresh child process (so that peak memory is the
+child's own), alternating the three in every round so that a noisy machine hurts them alike:
+
+* ``floor``: the two full-evaluation-set gradients per pair alone (forward + backward over every chunk,
+  ``.backward()`` into ``.grad``), nothing else: what Simpson with end-point reuse cannot avoid.
+* ``compute``: :func:`lca_cli.pipeline.compute` (the library behind ``lca compute``), store writing
+  included, timed around the whole call (model and data building, store creation, every pair).
+* ``naive``: the script a user would write: per pair, load both checkpoints, ``load_state_dict`` three
+  times (start, midpoint, end), three full gradients, no reuse, no overlap, rows into a ``.npy``.
+
+It prints per-pair times, pairs/s, the ratios compute/floor and compute/naive (median of the per-round
+ratios) and each child's peak memory (VmHWM; on CUDA also the peak allocated device memory).
+``--memory`` adds the memory-scaling check: peak RSS of ``compute`` over 30 and 300 pairs (MNIST-FC).
+
+Usage::
+
+    python scripts/bench.py                       # all sizes, defaults (several minutes on 2 cores)
+    python scripts/bench.py --quick               # seconds: tiny sets, 3 pairs, one round (smoke test)
+    python scripts/bench.py --sizes mnist_fc --pairs 40 --rounds 5
+    python scripts/bench.py --sizes mnist_fc --memory
+    python scripts/bench.py --device cuda --sizes mnist_fc --samples 55000 --pairs 300
+
+``--json FILE`` writes every measurement for later comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+if str(REPO) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+KINDS = ("floor", "compute", "naive")
+#: Ablations of ``compute`` (opt-in with ``--kinds``): without read-ahead, with the store written in the loop.
+ABLATIONS = ("compute-noprefetch", "compute-syncwrite")
+
+
+# --------------------------------------------------------------------------------------------------------
+# sizes: model and data factories (importable as "bench:build_model" / "bench:load_data" by lca configs)
+
+
+@dataclass(frozen=True)
+class Size:
+    """One benchmark case."""
+
+    name: str
+    samples: int  # evaluation-set size
+    batch_size: int  # evaluation chunk
+    pairs: int  # default number of pairs
+    input_shape: tuple[int, ...]
+    classes: int = 10
+    quick_samples: int = 256
+    description: str = ""
+    dtype: str = "float32"  # what the network runs in, for all three kinds
+
+
+SIZES: dict[str, Size] = {
+    "small": Size("small", 2000, 1024, 100, (64,), 10, 256, "MLP 64-32-10 (2,410 params), 2k samples"),
+    "mnist_fc": Size("mnist_fc", 10000, 1024, 40, (784,), 10, 1000, "MLP 784-100-50-10 ReLU (84,060), 10k samples"),
+    "resnet20": Size("resnet20", 2000, 500, 3, (3, 32, 32), 10, 64, "ResNet-20 (273,066), 2k CIFAR-shaped samples"),
+}
+
+
+def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+class _Block(nn.Module):
+    """ResNet-20 basic block, Keras/LCA variant: biased 3x3 convs, 1x1 projection on downsampling."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = (
+            nn.Identity() if stride == 1 and c_in == c_out else nn.Conv2d(c_in, c_out, 1, stride=stride)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class _ResNet20(nn.Module):
+    """Local stand-in for ``lca_cli.zoo.models.resnet20`` (same 273,066 parameters)."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, c_in = [], 16
+        for c_out, stride in ((16, 1), (32, 2), (64, 2)):
+            layers.append(
+                nn.Sequential(*[_Block(c_in if k == 0 else c_out, c_out, stride if k == 0 else 1) for k in range(3)])
+            )
+            c_in = c_out
+        self.layer1, self.layer2, self.layer3 = layers
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+
+def _mlp(widths: Sequence[int]) -> nn.Module:
+    layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
+    for k in range(1, len(widths)):
+        layers[f"fc{k}"] = nn.Linear(widths[k - 1], widths[k])
+        if k < len(widths) - 1:
+            layers[f"act{k}"] = nn.ReLU()
+    return nn.Sequential(layers)
+
+
+def build_model(size: str, seed: int = 0) -> nn.Module:
+    """Model factory of a size (config: ``factory = "bench:build_model"``)."""
+    if size == "small":
+        return _seeded(seed, lambda: _mlp([64, 32, 10]))
+    if size == "mnist_fc":
+        return _seeded(seed, lambda: _mlp([784, 100, 50, 10]))
+    if size == "resnet20":
+        try:
+            from lca_cli.zoo.models import resnet20
+        except ImportError:
+            return _seeded(seed, _ResNet20)
+        return resnet20(seed=seed)
+    raise ValueError(f"unknown size {size!r}")
+
+
+def make_data(spec: Size, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-dependent random inputs in [0, 1] (learnable, so SGD checkpoints move the loss)."""
+    gen = torch.Generator().manual_seed(seed)
+    protos = torch.rand(spec.classes, *spec.input_shape, generator=gen)
+    labels = torch.randint(0, spec.classes, (n,), generator=gen)
+    x = 0.5 * protos[labels] + 0.5 * torch.rand(n, *spec.input_shape, generator=gen)
+    return x.contiguous(), labels
+
+
+def load_data(path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Data factory (config: ``factory = "bench:load_data"``): the evaluation set saved by the parent."""
+    blob = np.load(path)
+    return torch.from_numpy(blob["x"]), torch.from_numpy(blob["y"])
+
+
+# --------------------------------------------------------------------------------------------------------
+# the run: a few SGD steps, one checkpoint each
+
+
+def make_run(spec: Size, run_dir: Path, n_ckpt: int, samples: int, seed: int = 0) -> Path:
+    """Write ``n_ckpt`` checkpoints of SGD (momentum 0.9, batch 128) and the evaluation set; return its path."""
+    from lca_cli.record import CheckpointWriter
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    x, y = make_data(spec, samples, seed)
+    data_path = run_dir.parent / f"{spec.name}_{samples}.npz"
+    if not data_path.exists():
+        np.savez(data_path, x=x.numpy(), y=y.numpy())
+    model = build_model(spec.name, seed)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with CheckpointWriter(run_dir) as ckpt:
+        ckpt.save(model, 0)
+        for step in range(1, n_ckpt):
+            idx = torch.randint(0, samples, (min(128, samples),), generator=gen)
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+            ckpt.save(model, step)
+    return data_path
+
+
+def link_prefix(src: Path, dst: Path, n_ckpt: int) -> None:
+    """A run directory holding the first ``n_ckpt`` checkpoints of ``src`` (symlinks)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for p in sorted(src.glob("*.safetensors"))[:n_ckpt]:
+        (dst / p.name).symlink_to(p)
+
+
+# --------------------------------------------------------------------------------------------------------
+# the three measurements (each runs in a child process)
+
+
+def _peak_rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _chunks(
+    x: torch.Tensor, y: torch.Tensor, batch: int, device: torch.device, dtype: str = "float32"
+) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    x, y, n = x.to(device, getattr(torch, dtype)), y.to(device), x.shape[0]
+    return [(x[i : i + batch], y[i : i + batch], min(batch, n - i) / n) for i in range(0, n, batch)]
+
+
+def _prepared_model(spec: Size, device: torch.device) -> nn.Module:
+    # Same evaluation form as lca: dropout off, BatchNorm on batch statistics (the default bn_mode).
+    model = build_model(spec.name).to(device, getattr(torch, spec.dtype))
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train()
+    return model
+
+
+def run_floor(spec: Size, run_dir: Path, data_path: Path, device: torch.device) -> dict[str, Any]:
+    """Two full-set gradients per pair, nothing else."""
+    from safetensors.torch import load_file
+
+    files = sorted(run_dir.glob("*.safetensors"))
+    n_pairs = len(files) - 1
+    model = _prepared_model(spec, device)
+    x, y = load_data(str(data_path))
+    chunks = _chunks(x, y, spec.batch_size, device, spec.dtype)
+    names = [n for n, _ in model.named_parameters()]
+    points = [load_file(str(f)) for f in files[: min(len(files), 4)]]  # a few points, reused cyclically
+    params = dict(model.named_parameters())
+    _sync(device)
+    t0 = time.perf_counter()
+    for t in range(n_pairs):
+        for k in range(2):
+            state = points[(2 * t + k) % len(points)]
+            with torch.no_grad():
+                for n in names:
+                    params[n].copy_(state[n], non_blocking=True)
+            model.zero_grad(set_to_none=False)
+            for xc, yc, w in chunks:
+                (F.cross_entropy(model(xc), yc) * w).backward()
+    _sync(device)
+    return {"seconds": time.perf_counter() - t0, "pairs": n_pairs}
+
+
+@contextlib.contextmanager
+def _ablation(variant: str) -> Iterator[None]:
+    """Switch off one overlap of the pipeline (for ``compute-noprefetch`` / ``compute-syncwrite``)."""
+    import lca_cli.pipeline as pl
+
+    if variant == "noprefetch":
+        defaults = pl.CheckpointLoader.__init__.__defaults__
+        pl.CheckpointLoader.__init__.__defaults__ = (0,)  # ahead=0: each checkpoint read when needed
+        try:
+            yield
+        finally:
+            pl.CheckpointLoader.__init__.__defaults__ = defaults
+    elif variant == "syncwrite":
+
+        class SyncWriter:
+            def __init__(self, store: Any) -> None:
+                self.store = store
+
+            def submit(self, rows: dict[str, Any]) -> None:
+                for name, block in rows.items():
+                    self.store.write_block(name, block)
+
+            def close(self) -> None:
+                pass
+
+        writer = pl._Writer
+        pl._Writer = SyncWriter  # type: ignore[assignment,misc]
+        try:
+            yield
+        finally:
+            pl._Writer = writer  # type: ignore[misc]
+    else:
+        yield
+
+
+def run_compute(
+    spec: Size,
+    run_dir: Path,
+    data_path: Path,
+    device: torch.device,
+    max_splits: int,
+    extra: dict[str, Any],
+    variant: str = "",
+) -> dict[str, Any]:
+    """``lca_cli.pipeline.compute`` into a fresh store, timed around the whole call."""
+    from lca_cli.config import ComputeOptions, Config, FactorySpec
+    from lca_cli.pipeline import compute
+
+    opts = ComputeOptions(
+        method="rk4",
+        max_splits=max_splits,
+        batch_size=spec.batch_size,
+        device=str(device),
+        dtype=spec.dtype,
+        **extra,
+    )
+    config = Config(
+        model=FactorySpec("bench:build_model", {"size": spec.name}),
+        data={"train": FactorySpec("bench:load_data", {"path": str(data_path)})},
+        loss_name="cross_entropy",
+        compute=opts,
+        base_dir=SCRIPTS,
+    )
+    out = run_dir.parent / f"{run_dir.name}.lca.zarr"
+    _sync(device)
+    t0 = time.perf_counter()
+    with _ablation(variant):
+        res = compute(run_dir, config, out, overwrite=True)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    return {
+        "seconds": seconds,
+        "loop_seconds": res.seconds,
+        "pairs": res.computed,
+        "max_abs_residual": max(res.max_abs_residual.values()),
+    }
+
+
+def run_naive(spec: Size, run_dir: Path, data_path: Path, device: torch.device) -> dict[str, Any]:
+    """What a user would write: three gradients per pair through load_state_dict, no reuse, no overlap."""
+    from safetensors.torch import load_file
+
+    files = sorted(run_dir.glob("*.safetensors"))
+    n_pairs = len(files) - 1
+    model = _prepared_model(spec, device)
+    x, y = load_data(str(data_path))
+    chunks = _chunks(x, y, spec.batch_size, device, spec.dtype)
+    names = [n for n, _ in model.named_parameters()]
+    n_params = sum(p.numel() for p in model.parameters())
+    out = np.lib.format.open_memmap(
+        run_dir.parent / f"{run_dir.name}.naive.npy", mode="w+", dtype=np.float32, shape=(n_pairs, n_params)
+    )
+
+    def loss_and_grad(state: dict[str, torch.Tensor]) -> tuple[float, torch.Tensor]:
+        model.load_state_dict(state)
+        model.zero_grad()
+        total = 0.0
+        for xc, yc, w in chunks:
+            loss = F.cross_entropy(model(xc), yc) * w
+            loss.backward()
+            total += loss.item()
+        return total, torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double()  # type: ignore[union-attr]
+
+    _sync(device)
+    t0 = time.perf_counter()
+    for t in range(n_pairs):
+        s0, s1 = load_file(str(files[t])), load_file(str(files[t + 1]))
+        mid = {k: (v + s1[k]) / 2 if v.is_floating_point() else v for k, v in s0.items()}
+        _, g0 = loss_and_grad(s0)
+        _, gm = loss_and_grad(mid)
+        _, g1 = loss_and_grad(s1)
+        delta = torch.cat([(s1[n] - s0[n]).reshape(-1) for n in names]).double().to(device)
+        out[t] = (delta * (g0 + 4 * gm + g1) / 6).float().cpu().numpy()
+    out.flush()
+    _sync(device)
+    return {"seconds": time.perf_counter() - t0, "pairs": n_pairs}
+
+
+def _measure(
+    kind: str, spec: Size, run_dir: Path, data: Path, device: torch.device, args: argparse.Namespace
+) -> dict[str, Any]:
+    c0 = time.process_time()
+    if kind == "floor":
+        res = run_floor(spec, run_dir, data, device)
+    elif kind.startswith("compute"):
+        variant = kind.partition("-")[2]
+        res = run_compute(spec, run_dir, data, device, args.max_splits, json.loads(args.compute_options), variant)
+    else:
+        res = run_naive(spec, run_dir, data, device)
+    res["cpu_seconds"] = time.process_time() - c0  # all threads of the process
+    return res
+
+
+def child_main(args: argparse.Namespace) -> None:
+    """Run measurements in this (child) process and print them as one JSON line.
+
+    ``--child time``: ``rounds`` rounds of every kind, the order rotated each round, after one untimed
+    warm-up of each (first-call costs: thread pools, allocator, kernels). ``--child KIND``: one kind once,
+    for its peak memory (VmHWM of this process; on CUDA also the peak allocated device memory).
+    """
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = _spec(args.size, args.quick, args.samples, args.batch_size, args.dtype)
+    device = torch.device(args.device)
+    run_dir, data = Path(args.run_dir), Path(args.data)
+    if args.child == "time":
+        kinds = [k for k in (*KINDS, *ABLATIONS) if k in args.kinds.split(",")]
+        warm = run_dir.parent / f"{run_dir.name}_warm"
+        if not warm.exists():
+            link_prefix(run_dir, warm, 2)
+        for kind in kinds:
+            _measure(kind, spec, warm, data, device, args)
+        out: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+        for r in range(args.rounds):
+            for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
+                res = _measure(kind, spec, run_dir, data, device, args)
+                out[kind].append(res)
+                print(f"  round {r + 1} {kind:8s} {res['seconds'] / res['pairs']:.4f} s/pair "
+                      f"(cpu {res['cpu_seconds'] / res['pairs']:.4f})", file=sys.stderr, flush=True)  # fmt: skip
+        print("BENCH " + json.dumps(out), flush=True)
+        return
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    res = _measure(args.child, spec, run_dir, data, device, args)
+    res["peak_rss_mib"] = _peak_rss_mib()
+    if device.type == "cuda":
+        res["peak_device_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    print("BENCH " + json.dumps(res), flush=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# orchestration and summary
+
+
+@dataclass
+class Case:
+    """Measurements of one size: timing rounds, and one peak-memory run per kind."""
+
+    size: str
+    description: str
+    pairs: int
+    samples: int
+    rounds: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    memory: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """Median over rounds of the per-round ratio a/b (each round measures both close in time)."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def summarize_case(case: Case) -> dict[str, Any]:
+    """Per-pair times (min over rounds), pairs/s, ratios and peak memory of one case.
+
+    Ratios are given two ways: of the minima over rounds (the least disturbed run of each: robust on a
+    shared machine) and the median of per-round ratios.
+    """
+    out: dict[str, Any] = {"size": case.size, "pairs": case.pairs, "samples": case.samples}
+    per_pair = {k: [r["seconds"] / r["pairs"] for r in v] for k, v in case.rounds.items() if v}
+    cpu = {k: [r["cpu_seconds"] / r["pairs"] for r in v] for k, v in case.rounds.items() if v}
+    for k, v in per_pair.items():
+        out[f"{k}_s_per_pair"] = min(v)
+        out[f"{k}_s_per_pair_median"] = statistics.median(v)
+        out[f"{k}_cpu_s_per_pair"] = min(cpu[k])
+    for k, r in case.memory.items():
+        out[f"{k}_peak_rss_mib"] = r["peak_rss_mib"]
+        if "peak_device_mib" in r:
+            out[f"{k}_peak_device_mib"] = r["peak_device_mib"]
+    if "compute" in per_pair:
+        out["compute_pairs_per_s"] = 1.0 / out["compute_s_per_pair"]
+        out["compute_loop_s_per_pair"] = min(r["loop_seconds"] / r["pairs"] for r in case.rounds["compute"])
+        out["max_abs_residual"] = max(r["max_abs_residual"] for r in case.rounds["compute"])
+        for base in ("floor", "naive"):
+            if base in per_pair:
+                out[f"compute_over_{base}"] = out["compute_s_per_pair"] / out[f"{base}_s_per_pair"]
+                out[f"compute_over_{base}_median"] = paired_ratio(per_pair["compute"], per_pair[base])
+                out[f"compute_over_{base}_cpu"] = out["compute_cpu_s_per_pair"] / out[f"{base}_cpu_s_per_pair"]
+        for k in ABLATIONS:
+            if k in per_pair:
+                out[f"{k}_over_compute"] = out[f"{k}_s_per_pair"] / out["compute_s_per_pair"]
+                out[f"{k}_over_compute_median"] = paired_ratio(per_pair[k], per_pair["compute"])
+    return out
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of case summaries."""
+    head = (
+        "| size | pairs | floor s/pair | compute s/pair | naive s/pair | compute/floor | compute/naive "
+        "| compute pairs/s | peak RSS MiB floor / compute / naive |"
+    )
+    lines = [head, "|" + "---|" * 9]
+
+    def f(r: dict[str, Any], k: str, fmt: str) -> str:
+        return format(r[k], fmt) if k in r else "-"
+
+    def ratio(r: dict[str, Any], base: str) -> str:
+        k = f"compute_over_{base}"
+        if k not in r:
+            return "-"
+        return f"{r[k]:.3f} (median {r[k + '_median']:.3f}, cpu {r[k + '_cpu']:.3f})"
+
+    for r in rows:
+        mem = " / ".join(f(r, f"{k}_peak_rss_mib", ".0f") for k in KINDS)
+        lines.append(
+            f"| {r['size']} | {r['pairs']} | {f(r, 'floor_s_per_pair', '.4f')} | {f(r, 'compute_s_per_pair', '.4f')} "
+            f"| {f(r, 'naive_s_per_pair', '.4f')} | {ratio(r, 'floor')} | {ratio(r, 'naive')} "
+            f"| {f(r, 'compute_pairs_per_s', '.2f')} | {mem} |"
+        )
+    return "\n".join(lines)
+
+
+def _spec(name: str, quick: bool, samples: int | None, batch_size: int | None, dtype: str = "float32") -> Size:
+    base = SIZES[name]
+    n = samples or (base.quick_samples if quick else base.samples)
+    return Size(base.name, n, batch_size or base.batch_size, base.pairs, base.input_shape, base.classes,
+                base.quick_samples, base.description, dtype)  # fmt: skip
+
+
+def _child(args: argparse.Namespace, kind: str, size: str, run_dir: Path, data: Path, rounds: int = 1) -> Any:
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()), "--child", kind, "--size", size, "--run-dir", str(run_dir),
+        "--data", str(data), "--device", args.device, "--max-splits", str(args.max_splits),
+        "--compute-options", args.compute_options, "--rounds", str(rounds), "--kinds", args.kinds,
+        "--threads", str(args.threads), "--dtype", args.dtype,
+    ]  # fmt: skip
+    if args.quick:
+        cmd.append("--quick")
+    if args.samples:
+        cmd += ["--samples", str(args.samples)]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{kind} {size} failed (exit {proc.returncode}); see its stderr above")
+    return json.loads(lines[-1][6:])
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="small,mnist_fc,resnet20", help=f"comma-separated, of {', '.join(SIZES)}")
+    p.add_argument("--pairs", type=int, default=0, help="pairs per size (default: per size; 3 with --quick)")
+    p.add_argument("--rounds", type=int, default=0, help="timing rounds (default 5; 1 with --quick)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads in the children (default: torch's)")
+    p.add_argument("--no-peak", action="store_true", help="skip the per-kind peak-memory runs")
+    p.add_argument("--quick", action="store_true", help="tiny evaluation sets, 3 pairs, one round (seconds)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--samples", type=int, default=0, help="evaluation-set size (default: per size)")
+    p.add_argument("--batch-size", type=int, default=0, help="evaluation chunk (default: per size)")
+    p.add_argument("--max-splits", type=int, default=2, help="cap on sub-intervals (2 = plain Simpson)")
+    p.add_argument(
+        "--dtype", default="float32", choices=("float32", "float64"), help="network dtype of all three kinds"
+    )
+    p.add_argument(
+        "--kinds", default=",".join(KINDS), help=f"which of {','.join(KINDS + ABLATIONS)} to run (ablations: opt-in)"
+    )
+    p.add_argument("--compute-options", default="{}", help="extra ComputeOptions as JSON, e.g. '{\"compile\": true}'")
+    p.add_argument("--memory", action="store_true", help="also: peak RSS of compute over 30 vs 300 pairs (MNIST-FC)")
+    p.add_argument("--memory-pairs", default="30,300", help="pair counts of --memory")
+    p.add_argument("--json", type=Path, help="write all measurements here")
+    p.add_argument("--keep", type=Path, help="generate runs here and keep them (default: a temp dir, deleted)")
+    # internal: one measurement in a child process
+    p.add_argument("--child", choices=(*KINDS, *ABLATIONS, "time"), help=argparse.SUPPRESS)
+    p.add_argument("--size", help=argparse.SUPPRESS)
+    p.add_argument("--run-dir", help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        child_main(args)
+        return 0
+    args.rounds = args.rounds or (1 if args.quick else 5)
+
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        p.error(f"unknown size(s) {unknown}; known: {list(SIZES)}")
+    kinds = [k for k in KINDS if k in args.kinds.split(",")]
+    rounds = args.rounds
+    info = machine()
+    print(f"# lca bench {info['date']} on {info['cpu']} ({info['cores']} cores, torch {info['torch']}, "
+          f"{info['torch_threads']} threads), device {args.device}, max_splits {args.max_splits}, "
+          f"{rounds} round(s)", file=sys.stderr)  # fmt: skip
+
+    tmp_ctx = tempfile.TemporaryDirectory(prefix="lca-bench-") if args.keep is None else None
+    root = Path(tmp_ctx.name) if tmp_ctx else args.keep
+    assert root is not None
+    summaries, cases, memory = [], [], {}
+    try:
+        for name in sizes:
+            spec = _spec(name, args.quick, args.samples, args.batch_size, args.dtype)
+            pairs = args.pairs or (3 if args.quick else spec.pairs)
+            run_dir = root / f"{name}_run"
+            t0 = time.perf_counter()
+            data = make_run(spec, run_dir, pairs + 1, spec.samples)
+            print(f"{name}: {spec.description}; {pairs} pairs, {spec.samples} samples, batch {spec.batch_size} "
+                  f"(run generated in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)  # fmt: skip
+            case = Case(name, spec.description, pairs, spec.samples)
+            case.rounds = _child(args, "time", name, run_dir, data, rounds)
+            for kind in [] if args.no_peak else kinds:
+                case.memory[kind] = _child(args, kind, name, run_dir, data)
+                print(f"  peak memory {kind:8s} {case.memory[kind]['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+            cases.append(case)
+            summaries.append(summarize_case(case))
+        if args.memory:
+            spec = _spec("mnist_fc", args.quick, args.samples, args.batch_size, args.dtype)
+            counts = [int(c) for c in args.memory_pairs.split(",")]
+            big = root / "mem_run"
+            data = make_run(spec, big, max(counts) + 1, spec.samples)
+            for c in counts:
+                d = root / f"mem_{c}"
+                link_prefix(big, d, c + 1)
+                res = _child(args, "compute", "mnist_fc", d, data)
+                memory[c] = res
+                print(f"  memory: {c} pairs: peak RSS {res['peak_rss_mib']:.1f} MiB, "
+                      f"{res['seconds'] / res['pairs']:.4f} s/pair", file=sys.stderr)  # fmt: skip
+    finally:
+        if tmp_ctx is not None:
+            tmp_ctx.cleanup()
+
+    print(format_table(summaries))
+    for s in summaries:
+        extra = f", loop only {s['compute_loop_s_per_pair']:.4f} s/pair" if "compute_loop_s_per_pair" in s else ""
+        res = f", max |residual| {s['max_abs_residual']:.2e}" if "max_abs_residual" in s else ""
+        print(f"{s['size']}: {SIZES[s['size']].description}{extra}{res}")
+        for k in ABLATIONS:
+            if f"{k}_over_compute" in s:
+                print(f"  {k}/compute: {s[f'{k}_over_compute']:.3f} (median {s[f'{k}_over_compute_median']:.3f})")
+    if memory:
+        lo, hi = min(memory), max(memory)
+        ratio = memory[hi]["peak_rss_mib"] / memory[lo]["peak_rss_mib"]
+        print(f"peak RSS of compute (mnist_fc): {lo} pairs {memory[lo]['peak_rss_mib']:.1f} MiB, "
+              f"{hi} pairs {memory[hi]['peak_rss_mib']:.1f} MiB, ratio {ratio:.3f}")  # fmt: skip
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": info,
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "summary": summaries,
+                    "cases": [asdict(c) for c in cases],
+                    "memory": memory,
+                },
+                indent=1,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
