@@ -46,13 +46,19 @@ HELPED_RULE = (
     "that did not move or have zero gradient, e.g. constant input pixels) count as neither, and helped "
     "fractions are helped / (helped + hurt)"
 )
-#: Target size of one ``lca`` chunk; a few MiB keeps reads at disk speed and writes cheap.
-CHUNK_BYTES = 4 << 20
+#: Target size of one ``lca`` chunk (scripts/bench_store.py, BENCHMARKS.md). Each block write also rewrites
+#: the small per-row arrays (loss, residual, ...), 15-30 ms whatever the block's size, so larger chunks cut
+#: the writer's cost per row (MNIST-FC: 3.3 ms at 4 MiB, 1.1-1.5 at 8, 0.7-1.0 at 16) and speed streaming
+#: reads; but up to three blocks are in memory while computing, so peak memory grows with the chunk (30 vs
+#: 300 MNIST-FC pairs: 1.04x at 8 MiB, 1.10x at 16 MiB). 8 MiB: 24 MNIST-FC rows, 7 ResNet-20 rows.
+CHUNK_BYTES = 8 << 20
 #: Columns per ``lca`` chunk at most (very wide models get column chunks too).
 MAX_CHUNK_COLS = 1 << 22
 #: Rows per chunk of the small per-iteration arrays.
 SMALL_ROWS = 4096
-#: Codec of ``lca``; measured by scripts/bench_store.py (see BENCHMARKS.md).
+#: Codec of ``lca``: none. Measured by scripts/bench_store.py (BENCHMARKS.md): LCA values have full-entropy
+#: mantissas, so compression saves little (lz4 0.92x, zstd 0.87x, blosc-lz4 with bitshuffle 0.83x of the raw
+#: size) and costs write and read speed (zarr's default zstd: reads about 2x slower than uncompressed).
 LCA_COMPRESSORS: Any = None
 
 _PER_SET_1D = {

@@ -15,7 +15,7 @@ from lca_cli import __version__
 from lca_cli.errors import StoreError
 from lca_cli.layout import Layout
 from lca_cli.pipeline import plan_blocks
-from lca_cli.store import FORMAT_VERSION, HELPED_RULE, BlockRows, LcaStore, choose_rows_per_chunk
+from lca_cli.store import CHUNK_BYTES, FORMAT_VERSION, HELPED_RULE, BlockRows, LcaStore, choose_rows_per_chunk
 
 LAYOUT = Layout.from_shapes([("fc1.weight", (3, 2)), ("fc1.bias", (3,)), ("fc2.weight", (1, 3))])
 P, K = LAYOUT.size, len(LAYOUT.params)
@@ -243,8 +243,8 @@ def test_iter_lca_covers_any_window(tmp_path_factory: pytest.TempPathFactory, st
 def test_choose_rows_per_chunk() -> None:
     assert choose_rows_per_chunk(100, 7) == 7
     assert choose_rows_per_chunk(10) == 1024  # small rows: capped
-    assert choose_rows_per_chunk(1 << 20) == 1  # a 4 MiB row: one row per chunk
-    assert choose_rows_per_chunk(1 << 16) == 16
+    assert choose_rows_per_chunk(CHUNK_BYTES // 4) == 1  # a row of one chunk's size: one row per chunk
+    assert choose_rows_per_chunk(1 << 16) == CHUNK_BYTES // (4 << 16)
     assert choose_rows_per_chunk(1 << 30) == 1
 
 
