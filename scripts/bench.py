@@ -284,12 +284,14 @@ def _ablation(variant: str) -> Iterator[None]:
     elif variant == "syncwrite":
 
         class SyncWriter:
-            def __init__(self, store: Any) -> None:
-                self.store = store
+            def __init__(self, store: Any, buffers: Any = None) -> None:
+                self.store, self.buffers = store, buffers
 
             def submit(self, rows: dict[str, Any]) -> None:
                 for name, block in rows.items():
                     self.store.write_block(name, block)
+                    if self.buffers is not None:
+                        self.buffers.give(block.lca)
 
             def close(self) -> None:
                 pass
@@ -547,6 +549,70 @@ def _child(args: argparse.Namespace, kind: str, size: str, run_dir: Path, data: 
     return json.loads(lines[-1][6:])
 
 
+def vmap_check(spec: Size, device: torch.device, reps: int = 10) -> dict[str, Any]:
+    """Two points (midpoint and endpoint of a pair) evaluated separately vs in one ``torch.func.vmap`` pass.
+
+    The decision record for batching several parameter points: the library evaluates points one at a time;
+    this measures whether a batched pass would pay here (same chunks, float64 accumulation in both).
+    """
+    from torch.func import functional_call, grad_and_value, vmap
+
+    from lca_cli.layout import Layout
+    from lca_cli.objective import Objective, builtin_loss, make_chunks, prepare_model
+
+    dtype = getattr(torch, spec.dtype)
+    x, y = make_data(spec, spec.samples)
+    model = prepare_model(build_model(spec.name), "batch").to(device, dtype)
+    layout = Layout.from_module(model)
+    evalset = make_chunks("train", (x, y), spec.batch_size, device, dtype)
+    obj = Objective(model, layout, evalset, builtin_loss("cross_entropy"), dtype)
+    v1 = layout.flatten(dict(model.named_parameters()), torch.float64)
+    v2 = v1 + 1e-3 * torch.randn_like(v1)
+    fixed = {k: b for k, b in model.named_buffers()}
+    weights = [xc.shape[0] / spec.samples for xc, _ in evalset.chunks]
+
+    def chunk_loss(flat: torch.Tensor, xc: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:
+        tensors = {**fixed, **layout.unflatten(flat)}
+        return F.cross_entropy(functional_call(model, tensors, (xc,)), yc)
+
+    batched_fn = vmap(grad_and_value(chunk_loss), in_dims=(0, None, None))
+
+    def separate() -> tuple[torch.Tensor, torch.Tensor]:
+        (l1, g1), (l2, g2) = obj.value_and_grad(v1, fixed), obj.value_and_grad(v2, fixed)
+        return torch.stack([l1, l2]), torch.stack([g1, g2])
+
+    def batched() -> tuple[torch.Tensor, torch.Tensor]:
+        points = torch.stack([v1, v2]).to(dtype)
+        loss = torch.zeros(2, dtype=torch.float64, device=device)
+        grad = torch.zeros(points.shape, dtype=torch.float64, device=device)
+        for (xc, yc), w in zip(evalset.chunks, weights, strict=True):
+            g, val = batched_fn(points, xc, yc)
+            grad.add_(g.detach(), alpha=w)
+            loss.add_(val.detach().double() * w)
+        return loss, grad
+
+    try:
+        loss_s, gs = separate()
+        loss_b, gb = batched()
+    except Exception as exc:  # e.g. train-mode BatchNorm writing its buffers inside vmap
+        return {"size": spec.name, "error": f"{type(exc).__name__}: {exc}"[:200]}
+    err = float((gb - gs).abs().max() / gs.abs().max())
+    loss_err = float((loss_b - loss_s).abs().max())
+    times: dict[str, list[float]] = {"separate": [], "batched": []}
+    for r in range(reps):
+        for name, fn in (
+            (("separate", separate), ("batched", batched)) if r % 2 else (("batched", batched), ("separate", separate))
+        ):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    sep, bat = min(times["separate"]), min(times["batched"])
+    return {"size": spec.name, "separate_ms": 1e3 * sep, "batched_ms": 1e3 * bat, "batched_over_separate": bat / sep,
+            "max_rel_grad_diff": err, "max_loss_diff": loss_err}  # fmt: skip
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     cpu = platform.processor()
@@ -591,6 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--memory", action="store_true", help="also: peak RSS of compute over 30 vs 300 pairs (MNIST-FC)")
     p.add_argument("--memory-pairs", default="30,300", help="pair counts of --memory")
     p.add_argument("--json", type=Path, help="write all measurements here")
+    p.add_argument("--vmap-check", action="store_true", help="only: 2 points separately vs one vmap pass, per size")
     p.add_argument("--keep", type=Path, help="generate runs here and keep them (default: a temp dir, deleted)")
     # internal: one measurement in a child process
     p.add_argument("--child", choices=(*KINDS, *ABLATIONS, "time"), help=argparse.SUPPRESS)
@@ -607,6 +674,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         p.error(f"unknown size(s) {unknown}; known: {list(SIZES)}")
+    if args.vmap_check:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        for name in sizes:
+            spec = _spec(name, args.quick, args.samples, args.batch_size, args.dtype)
+            r = vmap_check(spec, torch.device(args.device), 3 if args.quick else 10)
+            print(json.dumps(r))
+        return 0
     kinds = [k for k in KINDS if k in args.kinds.split(",")]
     rounds = args.rounds
     info = machine()

@@ -287,6 +287,8 @@ def test_bench_quick_runs_end_to_end(tmp_path: Path) -> None:
             "--no-peak",
             "--threads",
             "1",
+            "--kinds",
+            "floor,compute,naive,compute-noprefetch,compute-syncwrite",
             "--json",
             str(out),
         ],
@@ -301,3 +303,12 @@ def test_bench_quick_runs_end_to_end(tmp_path: Path) -> None:
 
     summary = json.loads(out.read_text())["summary"][0]
     assert summary["compute_over_floor"] > 0 and summary["max_abs_residual"] < 1e-3
+    assert summary["compute-noprefetch_over_compute"] > 0 and summary["compute-syncwrite_over_compute"] > 0
+
+
+def test_bench_vmap_check_batches_two_points_equal_to_separate(bench: ModuleType) -> None:
+    torch.set_num_threads(1)
+    spec = bench._spec("small", True, 96, 40)  # three chunks, the last smaller
+    r = bench.vmap_check(spec, CPU, reps=1)
+    assert r["max_rel_grad_diff"] < 1e-6 and r["max_loss_diff"] < 1e-6
+    assert r["batched_ms"] > 0 and r["separate_ms"] > 0
