@@ -402,6 +402,23 @@ class _ChunkLoop(torch.nn.Module):
         fn(self.model)
 
 
+def _flatten_into(out: torch.Tensor, state: Mapping[str, torch.Tensor], vlayout: Layout) -> None:
+    """Copy (casting exactly) the layout's tensors into the float64 CPU vector ``out``, without torch kernels.
+
+    This runs in the checkpoint reader's thread. A torch copy there of a tensor above the parallel grain size
+    starts a second OpenMP team in that thread; on a 2-core machine its threads spin against the compute
+    threads (measured on MNIST-FC: lca compute 1.44x the floor with it, 1.12x with the read done inline).
+    numpy casts single-threaded; dtypes numpy lacks (bfloat16) fall back to torch.
+    """
+    flat = out.numpy()
+    for p in vlayout.params:
+        t = state[p.name].detach().reshape(-1)
+        try:
+            flat[p.offset : p.stop] = t.numpy()
+        except TypeError:  # no numpy dtype (bfloat16)
+            out[p.offset : p.stop].copy_(t)
+
+
 def split_state(
     state: Mapping[str, torch.Tensor], vlayout: Layout, device: torch.device
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -418,13 +435,11 @@ def split_state(
 
     """
     names = set(vlayout.names)
-    if device.type == "cuda":
-        # Flatten straight into pinned memory, so that the copy to the device is truly asynchronous (from pageable
-        # memory it is not); the caching host allocator keeps the buffer alive until the copy is done.
-        host = torch.empty(vlayout.size, dtype=torch.float64, pin_memory=True)
-        torch.cat([state[p.name].reshape(-1).to(torch.float64) for p in vlayout.params], out=host)
-        v = host.to(device, non_blocking=True)
-    else:
-        v = vlayout.flatten(state, torch.float64).to(device)
+    # On CUDA the vector is flattened straight into pinned memory, so that the copy to the device is truly
+    # asynchronous (from pageable memory it is not); the caching host allocator keeps the buffer alive until the
+    # copy is done.
+    host = torch.empty(vlayout.size, dtype=torch.float64, pin_memory=device.type == "cuda")
+    _flatten_into(host, state, vlayout)
+    v = host.to(device, non_blocking=True)
     fixed = {k: t.to(device, non_blocking=True) for k, t in state.items() if k not in names}
     return v, fixed

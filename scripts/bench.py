@@ -81,7 +81,7 @@ class Size:
 
 SIZES: dict[str, Size] = {
     "small": Size("small", 2000, 1024, 100, (64,), 10, 256, "MLP 64-32-10 (2,410 params), 2k samples"),
-    "mnist_fc": Size("mnist_fc", 10000, 1024, 40, (784,), 10, 1000, "MLP 784-100-50-10 ReLU (84,060), 10k samples"),
+    "mnist_fc": Size("mnist_fc", 10000, 1024, 100, (784,), 10, 1000, "MLP 784-100-50-10 ReLU (84,060), 10k samples"),
     "resnet20": Size("resnet20", 2000, 500, 3, (3, 32, 32), 10, 64, "ResNet-20 (273,066), 2k CIFAR-shaped samples"),
 }
 
