@@ -98,7 +98,7 @@ def _compute_options(f: Any) -> Any:
             "--allow-tf32/--no-allow-tf32", default=None, help="Allow TF32 on GPU (faster, less exact) [off]."
         ),
         click.option("--compile/--no-compile", default=None, help="torch.compile the model (opt-in) [off]."),
-        click.option("--rows-per-chunk", type=int, help="Store rows per chunk (0 = about 4 MiB per chunk)."),
+        click.option("--rows-per-chunk", type=int, help="Store rows per chunk (0 = about 8 MiB per chunk)."),
         click.option("--threads", type=int, help="CPU threads for torch (0 = torch's default; 1 suits small models)."),
     ]
     for opt in reversed(opts):
