@@ -437,12 +437,16 @@ class _BlockBuffers:
     def give(self, array: np.ndarray) -> None:
         base = array.base if isinstance(array.base, np.ndarray) else array
         with self._lock:
-            if len(self._free) < 4:
+            if len(self._free) < 8:  # two blocks per set in use at most (see _Writer); a bound all the same
                 self._free.append(base)
 
 
 class _Writer:
-    """Writes finished blocks to the store from a background thread, in submission order."""
+    """Writes finished blocks to the store from a background thread, in submission order.
+
+    ``submit`` first waits until the previous block is written, so at most two blocks are in memory: the one
+    being written and the one being computed (the write, ~0.1 s, overlaps the next block's pairs, seconds).
+    """
 
     def __init__(self, store: LcaStore, buffers: _BlockBuffers | None = None) -> None:
         self.store = store
@@ -455,19 +459,22 @@ class _Writer:
     def _run(self) -> None:
         while True:
             item = self._q.get()
-            if item is None:
-                return
-            if self._error is not None:
-                continue
             try:
+                if item is None:
+                    return
+                if self._error is not None:
+                    continue
                 for s, rows in item.items():
                     self.store.write_block(s, rows)
                     if self.buffers is not None:
                         self.buffers.give(rows.lca)
             except BaseException as exc:  # surfaced in the main thread by submit/close
                 self._error = exc
+            finally:
+                self._q.task_done()
 
     def submit(self, rows: dict[str, BlockRows]) -> None:
+        self._q.join()  # the previous block is written
         if self._error is not None:
             raise self._error
         if rows:
