@@ -134,3 +134,32 @@ def run_factory(tmp_path: Path) -> Callable[..., tuple[Path, Config]]:
         return make_run(tmp_path, kind, steps, **kwargs)
 
     return factory
+
+
+@pytest.fixture
+def lca_read_spy(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A function that, once called, fails any read of ``lca`` outside ``LcaStore.iter_lca`` (call it after
+    building the store) and returns ``{"calls": iter_lca passes started}``, updated as the test runs."""
+    from lca_cli.store import LcaStore
+
+    def arm() -> dict[str, int]:
+        monkeypatch.setattr(LcaStore, "iter_lca", iter_lca)
+        monkeypatch.setattr(LcaStore, "array", array)
+        return state
+
+    state = {"depth": 0, "calls": 0}
+    orig_iter, orig_array = LcaStore.iter_lca, LcaStore.array
+
+    def iter_lca(self, *a, **k):  # type: ignore[no-untyped-def]
+        state["depth"] += 1
+        state["calls"] += 1
+        try:
+            yield from orig_iter(self, *a, **k)
+        finally:
+            state["depth"] -= 1
+
+    def array(self, set_name, name):  # type: ignore[no-untyped-def]
+        assert name != "lca" or state["depth"] > 0, "lca read outside iter_lca"
+        return orig_array(self, set_name, name)
+
+    return arm

@@ -12,7 +12,6 @@ import pytest
 from test_views import make_store
 
 from lca_cli.errors import LcaError, StoreError, UsageError
-from lca_cli.store import LcaStore
 
 pytest.importorskip("matplotlib")
 
@@ -68,36 +67,20 @@ def test_report_two_sets_many_chunks(tmp_path: Path) -> None:
     assert any("pass 1/2" in m for m in messages) and any("pass 2/2" in m for m in messages)
 
 
-def test_report_window_set_and_streaming_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_report_window_set_and_streaming_only(tmp_path: Path, lca_read_spy) -> None:  # type: ignore[no-untyped-def]
     import matplotlib
 
     done = np.ones(50, bool)
     done[[12, 13]] = False
     _, full, _ = make_store(tmp_path / "s.zarr", sets=("train", "val"), done_rows=done, step_size=10, rows_per_chunk=4)
-    inside = {"depth": 0, "calls": 0}
-    orig_iter, orig_array = LcaStore.iter_lca, LcaStore.array
-
-    def iter_lca(self, *a, **k):
-        inside["depth"] += 1
-        inside["calls"] += 1
-        try:
-            yield from orig_iter(self, *a, **k)
-        finally:
-            inside["depth"] -= 1
-
-    def array(self, set_name, name):
-        assert name != "lca" or inside["depth"] > 0, "lca read outside iter_lca"
-        return orig_array(self, set_name, name)
-
-    monkeypatch.setattr(LcaStore, "iter_lca", iter_lca)
-    monkeypatch.setattr(LcaStore, "array", array)
     before = dict(matplotlib.rcParams)
+    spy = lca_read_spy()
     result = write_report(
         tmp_path / "s.zarr", tmp_path / "w.html", set_name="val", steps=(100, 300), seed=3, heatmap_layers=0,
         png_dir=tmp_path / "figs",
     )  # fmt: skip
     assert dict(matplotlib.rcParams) == before  # style applied in a context only
-    assert inside["calls"] == 2  # exactly two streaming passes over lca
+    assert spy["calls"] == 2  # exactly two streaming passes over lca
     _check_page(result, 6)  # no heat map view
     assert all(p.parent == tmp_path / "figs" for p in result.pngs)
     nb = result.numbers

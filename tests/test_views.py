@@ -334,24 +334,9 @@ def test_synchronisation_identical_vs_independent() -> None:
     assert empty.n_shuffles == 0 and np.isnan(empty.p_value)
 
 
-def test_views_stream_only_through_iter_lca(store3, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_views_stream_only_through_iter_lca(store3, lca_read_spy) -> None:  # type: ignore[no-untyped-def]
     store, _, _ = store3
-    inside = {"depth": 0}
-    orig_iter, orig_array = LcaStore.iter_lca, LcaStore.array
-
-    def iter_lca(self, *a, **k):
-        inside["depth"] += 1
-        try:
-            yield from orig_iter(self, *a, **k)
-        finally:
-            inside["depth"] -= 1
-
-    def array(self, set_name, name):
-        assert name != "lca" or inside["depth"] > 0, "lca read outside iter_lca"
-        return orig_array(self, set_name, name)
-
-    monkeypatch.setattr(LcaStore, "iter_lca", iter_lca)
-    monkeypatch.setattr(LcaStore, "array", array)
+    lca_read_spy()
     sel = select_rows(store, "train")
     stats = scan_parameters(store, sel)
     scan_selected(store, sel, [1, 2], [0, 1])
