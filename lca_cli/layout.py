@@ -9,10 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported lazily: reading a store (`lca summarize`, `lca report`) never needs it
+    import torch
 
 __all__ = ["Layout", "ParamInfo", "layer_name"]
 
@@ -160,17 +162,20 @@ class Layout:
                     out.append((self.params[i].name, [(i, shape[0] if shape else 1)]))
         return out
 
-    def flatten(self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    def flatten(self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
         """Concatenate named tensors into one flat vector in layout order.
 
         Args:
             tensors: ``name -> tensor`` with at least every layout name, of matching shapes.
-            dtype: dtype of the result.
+            dtype: dtype of the result (default float64).
 
         Returns:
             Flat vector of shape ``(P,)`` on the tensors' device.
 
         """
+        import torch
+
+        dtype = torch.float64 if dtype is None else dtype
         return torch.cat([tensors[p.name].reshape(-1).to(dtype) for p in self.params])
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:

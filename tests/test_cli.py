@@ -109,6 +109,25 @@ def test_summarize_header_conserves(capsys: pytest.CaptureFixture[str], computed
     assert 0.0 < header["helped_fraction_mean"] < 1.0
 
 
+def test_summarize_does_not_import_torch(computed_run: Path) -> None:
+    # Reading a store is for cron jobs and quick looks: importing torch (~2-3 s here) would triple the cost of
+    # `lca summarize` on a small store. Checked in a fresh interpreter, every grouping.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, contextlib, io\n"
+        "from lca_cli.cli import main\n"
+        "for by in ('layer', 'tensor', 'neuron', 'iteration'):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        f"        main(['summarize', {str(computed_run / 'lca.zarr')!r}, '--by', by])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
 def test_summarize_neuron_and_iteration(capsys: pytest.CaptureFixture[str], computed_run: Path) -> None:
     store = LcaStore.open(computed_run / "lca.zarr")
     lca = np.asarray(store.array("train", "lca")[:], dtype=np.float64)
