@@ -83,8 +83,8 @@ def within_tolerance(residual: float, delta_loss: float, tolerance: float, rtol:
 
 
 def _l1_change(fine: torch.Tensor, coarse: torch.Tensor) -> float:
-    norm = float(fine.abs().sum())
-    return float((fine - coarse).abs().sum()) / norm if norm > 0 else 0.0
+    norm = float(torch.linalg.vector_norm(fine, 1))
+    return float(torch.dist(fine, coarse, 1)) / norm if norm > 0 else 0.0
 
 
 def _finite(loss: torch.Tensor, what: str) -> float:
@@ -135,8 +135,11 @@ def integrate_pair(
     loss1 = _finite(end.loss, f"the end of {label}")
     dl = loss1 - loss0
 
+    # The (D,) vector work below is a handful of passes per pair (about 1% of a pair for an MNIST-FC-sized
+    # net on CPU): kept to in-place ops and fused kernels. Results are bitwise those of the plain formulas
+    # (the factors 4 and 2 are exact, so ``add(a, b, alpha=4)`` rounds exactly like ``a + 4 * b``).
     ends = start.grad + end.grad  # (D,) weight-1 points
-    coarse = delta * ends / 2.0  # (D,) trapezoid rule: the comparison for Euler and for n = 2
+    coarse = torch.mul(delta, ends).div_(2.0)  # (D,) trapezoid rule: the comparison for Euler and for n = 2
     if method == "euler":
         lca = delta * start.grad
         residual = dl - float(lca.sum())
@@ -146,18 +149,23 @@ def integrate_pair(
     if method != "rk4":
         raise ValueError(f"unknown method {method!r}")
 
-    even = torch.zeros_like(ends)  # (D,) weight-2 interior points
-    odd = torch.zeros_like(ends)  # (D,) weight-4 points, filled below
+    even: torch.Tensor | None = None  # (D,) weight-2 interior points (none at n = 2)
+    odd: torch.Tensor | None = None  # (D,) weight-4 points
     n = 1  # the next loop turns n into 2 first: the plain-Simpson midpoint is the first "new odd point"
     while True:
-        even += odd
-        odd.zero_()
+        if odd is not None:
+            even = odd if even is None else even + odd  # never in place: odd may be the caller's tensor
+        odd = None
         for s in new_points(n):
             loss_s, grad_s = point(float(s))
             _finite(loss_s, f"s = {float(s):g} inside {label}")
-            odd += grad_s
+            odd = grad_s if odd is None else odd + grad_s
+        assert odd is not None
         n *= 2
-        lca = delta * (ends + 4.0 * odd + 2.0 * even) / (3.0 * n)
+        weighted = torch.add(ends, odd, alpha=4.0)  # ends + 4 odd (+ 2 even): Simpson's weights
+        if even is not None:
+            weighted.add_(even, alpha=2.0)
+        lca = weighted.mul_(delta).div_(3.0 * n)
         residual = dl - float(lca.sum())
         change = _l1_change(lca, coarse)
         ok = within_tolerance(residual, dl, tolerance, rtol) and (l1_tol <= 0 or change <= l1_tol)

@@ -101,6 +101,37 @@ def test_refinement_against_reference_weights() -> None:
         torch.testing.assert_close(res.lca, DELTA * integral, rtol=1e-14, atol=1e-15)
 
 
+def test_running_sums_bitwise_and_caller_gradients_untouched() -> None:
+    # The in-place, fused vector work equals the plain formula (ends + 4 odd + 2 even) Δ / (3n) bit for bit,
+    # and never writes into the gradients the point function hands out (they may be cached by the caller).
+    loss, grad = exp_objective()
+    handed: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def point(s: float) -> tuple[torch.Tensor, torch.Tensor]:
+        g = grad(V0 + s * DELTA)
+        handed.append((g, g.clone()))
+        return loss(V0 + s * DELTA), g
+
+    start = Evaluation(loss(V0), grad(V0))
+    start_copy = start.grad.clone()
+    for n in (2, 4, 8):
+        handed.clear()
+        res = integrate_pair(point, DELTA, start, max_splits=n, tolerance=0.0)
+        gs = {0.0: start.grad, **{k / n: grad(V0 + (k / n) * DELTA) for k in range(1, n + 1)}}
+        ends = gs[0.0] + gs[1.0]
+        odd, even = torch.zeros_like(ends), torch.zeros_like(ends)
+        m = 1
+        while m < n:  # the same accumulation order as the integrator: odd points of each level in turn
+            even = even + odd
+            odd = torch.zeros_like(ends)
+            for k in range(1, 2 * m, 2):
+                odd = odd + gs[k / (2 * m)]
+            m *= 2
+        assert torch.equal(res.lca, DELTA * (ends + 4.0 * odd + 2.0 * even) / (3.0 * n))
+        assert all(torch.equal(g, copy) for g, copy in handed)
+        assert torch.equal(start.grad, start_copy)
+
+
 def test_refinement_reuses_points() -> None:
     res, point = run(exp_objective(), max_splits=16, tolerance=0.0)
     # n = 2 costs the end point + the midpoint; each doubling to 2n costs n new (odd) points only.
