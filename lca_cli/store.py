@@ -26,6 +26,7 @@ each chunk file atomically (temporary file, then rename).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +53,10 @@ HELPED_RULE = (
 #: reads; but up to three blocks are in memory while computing, so peak memory grows with the chunk (30 vs
 #: 300 MNIST-FC pairs: 1.04x at 8 MiB, 1.10x at 16 MiB). 8 MiB: 24 MNIST-FC rows, 7 ResNet-20 rows.
 CHUNK_BYTES = 8 << 20
+#: Bytes of ``lca`` rows per read request when streaming (:meth:`LcaStore.iter_lca`): whole chunks, about this
+#: many. Measured on a 1.5 GB store (BENCHMARKS.md): one 8 MiB chunk per request streamed at 83% of the disk's
+#: cold read speed, 8 chunks per request at 100%.
+READ_BYTES = 32 << 20
 #: Columns per ``lca`` chunk at most (very wide models get column chunks too).
 MAX_CHUNK_COLS = 1 << 22
 #: Rows per chunk of the small per-iteration arrays.
@@ -138,6 +143,10 @@ class LcaStore:
         self.attrs: dict[str, Any] = dict(group.attrs)
         self.layout = Layout.from_attrs(self.attrs["params"])
         self.sets: list[str] = list(self.attrs["sets"])
+        # Array handles by path. Looking a node up in a Zarr v3 group reads and parses its zarr.json (~1 ms):
+        # paid once per array instead of on every write of a block (11 lookups) or read. A handle stays valid
+        # across ``resize``, which updates its metadata in place.
+        self._nodes: dict[str, zarr.Array] = {}
 
     # -- creation and opening -------------------------------------------------------------------------
 
@@ -261,8 +270,14 @@ class LcaStore:
         return np.asarray(self._steps_array()[:])
 
     def _steps_array(self) -> zarr.Array:
-        node = self.group["steps"]
-        assert isinstance(node, zarr.Array)
+        return self._node("steps")
+
+    def _node(self, key: str) -> zarr.Array:
+        node = self._nodes.get(key)
+        if node is None:
+            found = self.group[key]
+            assert isinstance(found, zarr.Array)
+            node = self._nodes[key] = found
         return node
 
     @property
@@ -291,9 +306,7 @@ class LcaStore:
         """
         if set_name not in self.sets:
             raise StoreError(f"{self.path}: no evaluation set {set_name!r} (sets: {', '.join(self.sets)})")
-        node = self.group[f"{set_name}/{name}"]
-        assert isinstance(node, zarr.Array)
-        return node
+        return self._node(f"{set_name}/{name}")
 
     def read(self, set_name: str, name: str) -> np.ndarray:
         """Read a whole small per-iteration array (not ``lca``) into memory.
@@ -311,26 +324,61 @@ class LcaStore:
         masks = [self.read(s, "done").astype(bool) for s in names]
         return np.logical_and.reduce(masks) if masks else np.zeros(self.n_pairs, bool)
 
-    def iter_lca(self, set_name: str, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_lca(
+        self, set_name: str, start: int = 0, stop: int | None = None, *, read_ahead: bool = True
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """Stream ``lca`` rows ``start..stop`` chunk by chunk (never the whole array at once).
+
+        Rows are read in requests of several chunks (about :data:`READ_BYTES`; Zarr reads a request's chunks
+        concurrently), and with ``read_ahead`` the next request is read in a background thread while the
+        caller works on the current one. Memory is bounded by two requests, whatever the store's length.
 
         Args:
             set_name: Evaluation set.
             start: First row.
             stop: One past the last row (default T).
+            read_ahead: Read the next request while the caller processes this one.
 
         Yields:
-            ``(first_row, rows)`` with ``rows`` float32 ``(r, P)`` aligned to chunk boundaries.
+            ``(first_row, rows)`` with ``rows`` float32 ``(r, P)``, never crossing a row-chunk boundary (views
+            into the request's array: copy them to keep them past the next step).
 
         """
         arr = self.array(set_name, "lca")
         stop = arr.shape[0] if stop is None else stop
-        step = arr.chunks[0]
+        step = int(arr.chunks[0])
+        per_request = step * max(1, READ_BYTES // max(1, step * 4 * int(arr.shape[1])))
+        spans: list[tuple[int, int]] = []
         t = start
         while t < stop:
-            end = min(stop, (t // step + 1) * step)
-            yield t, np.asarray(arr[t:end])
+            end = min(stop, (t // per_request + 1) * per_request)
+            spans.append((t, end))
             t = end
+
+        def read(span: tuple[int, int]) -> np.ndarray:
+            return np.asarray(arr[span[0] : span[1]])
+
+        def pieces(first: int, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+            t = first
+            while t < first + rows.shape[0]:
+                end = min(first + rows.shape[0], (t // step + 1) * step)
+                yield t, rows[t - first : end - first]
+                t = end
+
+        if not read_ahead or len(spans) < 2:
+            for span in spans:
+                yield from pieces(span[0], read(span))
+            return
+        # One reader thread, one request in flight. Leaving the loop early (break, error) waits for the
+        # in-flight read to finish, then the thread exits.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lca-stream") as pool:
+            pending = pool.submit(read, spans[0])
+            for i, span in enumerate(spans):
+                rows = pending.result()
+                if i + 1 < len(spans):
+                    pending = pool.submit(read, spans[i + 1])
+                yield from pieces(span[0], rows)
+                del rows
 
     # -- writing --------------------------------------------------------------------------------------
 
@@ -371,8 +419,7 @@ class LcaStore:
                 self.array(s, "loss").resize((n_pairs + 1,))
         if len(new) == len(old):
             return
-        st = self.group["steps"]
-        assert isinstance(st, zarr.Array)
+        st = self._steps_array()
         st.resize((len(new),))
         st[len(old) :] = new[len(old) :]
 

@@ -222,6 +222,35 @@ def test_iter_lca_chunk_aligned(tmp_path: Path) -> None:
     assert [(t, r.shape[0]) for t, r in store.iter_lca("train", 4, 5)] == [(4, 1)]
 
 
+@pytest.mark.parametrize("request_chunks", [1, 2, 5])
+def test_iter_lca_read_ahead_same_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request_chunks: int) -> None:
+    # Requests of 1, 2 or 5 chunks (several requests, so the background reader runs): the same chunk-aligned
+    # blocks and values as reading without read-ahead, for windows that start and end inside chunks.
+    import threading
+
+    import lca_cli.store as store_mod
+
+    store = new_store(tmp_path / "s.zarr", n_ckpt=15, rows_per_chunk=3)
+    for start in range(0, 14, 3):
+        store.write_block("train", make_rows(start, min(3, 14 - start), seed=start))
+    monkeypatch.setattr(store_mod, "READ_BYTES", request_chunks * 3 * 4 * store.layout.size)
+    full = np.asarray(store.array("train", "lca")[:])
+    for start, stop in [(0, 14), (2, 13), (4, 5), (7, 7)]:
+        plain = [(t, r.copy()) for t, r in store.iter_lca("train", start, stop, read_ahead=False)]
+        ahead = [(t, r.copy()) for t, r in store.iter_lca("train", start, stop)]
+        assert [t for t, _ in ahead] == [t for t, _ in plain]
+        for (t, a), (_, b) in zip(ahead, plain, strict=True):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a, full[t : t + a.shape[0]])
+            assert a.shape[0] <= 3 and (t == start or t % 3 == 0)
+        assert sum(r.shape[0] for _, r in ahead) == stop - start
+    # Leaving early stops the reader thread (no thread left behind).
+    it = store.iter_lca("train")
+    next(it)
+    it.close()
+    assert not [th for th in threading.enumerate() if th.name.startswith("lca-stream")]
+
+
 _WINDOW_STORES: dict[int, LcaStore] = {}
 
 
