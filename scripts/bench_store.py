@@ -126,9 +126,21 @@ def make_store(path: Path, cols: int, n_rows: int, compressors: Any, chunk_bytes
         store_mod.LCA_COMPRESSORS, store_mod.CHUNK_BYTES = old
 
 
-def block_rows(start: int, lca: np.ndarray) -> BlockRows:
-    """A block as the pipeline hands it to the writer (one tensor)."""
+def layout_for(cols: int) -> Layout:
+    """The layout of a zoo model with ``cols`` parameters (ResNet-20, MNIST-FC), else one tensor ``w``."""
+    from lca_cli.zoo.models import fc_mnist, resnet20
+
+    for build in (resnet20, fc_mnist):
+        layout = Layout.from_module(build())
+        if layout.size == cols:
+            return layout
+    return Layout.from_shapes([("w", (cols,))])
+
+
+def block_rows(start: int, lca: np.ndarray, layout: Layout | None = None) -> BlockRows:
+    """A block as the pipeline hands it to the writer (per-tensor sums over ``layout``'s tensors)."""
     k = lca.shape[0]
+    bounds = [(p.offset, p.stop) for p in layout.params] if layout else [(0, lca.shape[1])]
     return BlockRows(
         start=start,
         lca=lca,
@@ -136,9 +148,9 @@ def block_rows(start: int, lca: np.ndarray) -> BlockRows:
         residual=np.zeros(k),
         splits=np.full(k, 2, np.int32),
         flagged=np.zeros(k, bool),
-        tensor_lca=lca.sum(1, dtype=np.float64)[:, None],
-        tensor_helped=(lca < 0).sum(1)[:, None],
-        tensor_hurt=(lca > 0).sum(1)[:, None],
+        tensor_lca=np.stack([lca[:, a:b].sum(1, dtype=np.float64) for a, b in bounds], axis=1),
+        tensor_helped=np.stack([(lca[:, a:b] < 0).sum(1) for a, b in bounds], axis=1),
+        tensor_hurt=np.stack([(lca[:, a:b] > 0).sum(1) for a, b in bounds], axis=1),
         buffer_lca=np.zeros(k),
     )
 
@@ -164,11 +176,11 @@ def write_all(store: LcaStore, args: argparse.Namespace, cols: int, n_rows: int)
     }
 
 
-def read_all(store: LcaStore) -> tuple[float, float]:
+def read_all(store: LcaStore, read_ahead: bool = True) -> tuple[float, float]:
     """One streaming pass (per-column sum); returns (seconds, checksum)."""
     t0 = time.perf_counter()
     acc: np.ndarray | None = None
-    for _, rows in store.iter_lca("train"):
+    for _, rows in store.iter_lca("train", read_ahead=read_ahead):
         s = rows.sum(0, dtype=np.float64)
         acc = s if acc is None else acc + s
     return time.perf_counter() - t0, float(acc.sum()) if acc is not None else 0.0
@@ -247,8 +259,8 @@ def _peak_rss_mib() -> float:
 
 def child_stream(path: Path, mode: str) -> None:
     """One pass in this (child) process; prints seconds, bytes and peak RSS as JSON."""
-    if mode == "iter_lca":
-        seconds, check = read_all(LcaStore.open(path))
+    if mode.startswith("iter_lca"):
+        seconds, check = read_all(LcaStore.open(path), read_ahead=mode == "iter_lca")
         nbytes = du(path / "train" / "lca")
     else:  # raw: read every chunk file of lca, in row order
         files = sorted(p for p in (path / "train" / "lca").rglob("*") if p.is_file())
@@ -270,6 +282,23 @@ def run_child(path: Path, mode: str) -> dict[str, Any]:
     return dict(json.loads(line[6:]))
 
 
+def run_cli(args: Sequence[str]) -> dict[str, Any]:
+    """``lca ARGS`` as a user runs it (a fresh process, start-up included): wall seconds and peak RSS."""
+    cmd = [sys.executable, "-c", "import sys; from lca_cli.cli import main; sys.argv[0] = 'lca'; main()", *args]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"lca {' '.join(args)} failed with exit code {proc.returncode}")
+    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024}
+
+
+#: Store attributes ``lca summarize`` reports in its header (as ``lca compute`` writes them).
+STORE_ATTRS: dict[str, Any] = {"method": "rk4", "tolerance": 1e-7, "rtol": 1e-4, "l1_tol": 0.0, "max_splits": 32}
+
+
 def summarize_mode(args: argparse.Namespace) -> dict[str, Any]:
     """Write ``--values`` float32 values with the store's defaults, stream them, delete the store."""
     cols = int(args.params.split(",")[-1])
@@ -284,31 +313,35 @@ def summarize_mode(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="lca-bench-summarize-", dir=base))
     try:
         path = tmp / "big.zarr"
-        layout = Layout.from_shapes([("w", (cols,))])
-        store = LcaStore.create(path, layout=layout, sets=["train"], steps=list(range(n_rows + 1)), attrs={})
+        layout = layout_for(cols)
+        store = LcaStore.create(path, layout=layout, sets=["train"], steps=list(range(n_rows + 1)), attrs=STORE_ATTRS)
         rpc = store.rows_per_chunk
         src = rows_source(args, cols, rpc)
         t0 = time.perf_counter()
         for start in range(0, n_rows, rpc):
             block = next(src)[: min(rpc, n_rows - start)]
-            store.write_block("train", block_rows(start, block))
+            store.write_block("train", block_rows(start, block, layout))
         write_s = time.perf_counter() - t0
         on_disk = du(path / "train" / "lca")
         print(f"  written in {write_s:.1f} s ({raw / write_s / 1e9:.2f} GB/s), {on_disk / 1e9:.2f} GB on disk, "
-              f"{rpc} rows per chunk", file=sys.stderr)  # fmt: skip
+              f"{rpc} rows per chunk, {len(layout.params)} tensors", file=sys.stderr)  # fmt: skip
         out: dict[str, Any] = {"values": n_rows * cols, "rows": n_rows, "params": cols, "rows_per_chunk": rpc,
                                "raw_bytes": raw, "disk_bytes": on_disk, "write_GBps": raw / write_s / 1e9}  # fmt: skip
         for temp in ("cold", "warm"):
-            for mode in ("raw", "iter_lca"):
+            for mode in ("raw", "iter_lca_noahead", "iter_lca", "summarize_layer", "summarize_neuron"):
                 if temp == "cold":
                     drop_cache(path)
-                r = run_child(path, mode)
-                out[f"{mode}_{temp}_GBps"] = (
-                    raw / r["seconds"] / 1e9 if mode == "iter_lca" else r["bytes"] / r["seconds"] / 1e9
-                )
+                if mode.startswith("summarize_"):
+                    by = mode.partition("_")[2]
+                    r = run_cli(["summarize", str(path), "--by", by, "--format", "json"])
+                    r["bytes"] = raw
+                else:
+                    r = run_child(path, mode)
+                gbps = (raw if mode != "raw" else r["bytes"]) / r["seconds"] / 1e9
+                out[f"{mode}_{temp}_GBps"], out[f"{mode}_{temp}_seconds"] = gbps, r["seconds"]
                 out[f"{mode}_{temp}_peak_rss_mib"] = r["peak_rss_mib"]
-                gbps, rss = out[f"{mode}_{temp}_GBps"], r["peak_rss_mib"]
-                print(f"  {temp:4s} {mode:8s} {gbps:.2f} GB/s, peak RSS {rss:.0f} MiB", file=sys.stderr)
+                print(f"  {temp:4s} {mode:16s} {r['seconds']:7.2f} s  {gbps:.2f} GB/s of lca, "
+                      f"peak RSS {r['peak_rss_mib']:.0f} MiB", file=sys.stderr, flush=True)  # fmt: skip
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
