@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from lca_cli.errors import UsageError
-from lca_cli.store import HELPED_RULE, LcaStore
+from lca_cli.store import HELPED_RULE, LcaStore, column_counts
 
 __all__ = ["BY_CHOICES", "SORT_CHOICES", "Summary", "Window", "parse_window", "summarize", "window_mask"]
 
@@ -237,8 +237,9 @@ def _by_neuron(store: LcaStore, set_name: str, mask: np.ndarray) -> list[dict[st
                 continue
             b = block[keep]  # (r, P) float32
             colsum += b.sum(axis=0, dtype=np.float64)
-            colhelped += (b < 0).sum(axis=0)
-            colhurt += (b > 0).sum(axis=0)
+            helped, hurt = column_counts(b)
+            colhelped += helped
+            colhurt += hurt
     total = float(colsum.sum())
     return _group_rows(
         names,

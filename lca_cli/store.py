@@ -39,7 +39,7 @@ from lca_cli import __version__
 from lca_cli.errors import StoreError
 from lca_cli.layout import Layout
 
-__all__ = ["FORMAT_VERSION", "HELPED_RULE", "BlockRows", "LcaStore", "choose_rows_per_chunk"]
+__all__ = ["FORMAT_VERSION", "HELPED_RULE", "BlockRows", "LcaStore", "choose_rows_per_chunk", "column_counts"]
 
 FORMAT_VERSION = 1
 HELPED_RULE = (
@@ -75,6 +75,23 @@ _PER_SET_1D = {
     "buffer_lca": ("float64", 0.0),
 }
 _PER_SET_TENSOR = {"tensor_lca": ("float64", 0.0), "tensor_helped": ("int64", 0), "tensor_hurt": ("int64", 0)}
+
+
+def column_counts(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of a block of LCA rows, the rows that helped (< 0) and hurt (> 0) (see :data:`HELPED_RULE`).
+
+    Args:
+        rows: float ``(r, P)``.
+
+    Returns:
+        ``(helped, hurt)``: int32 ``(P,)`` each.
+
+    """
+    # Summing the comparison's bytes as uint8 into int32 is ~2.5x faster than a bool sum or count_nonzero along
+    # axis 0 (numpy widens every element to int64): `lca summarize --by neuron` is bound by this reduction.
+    helped = (rows < 0).view(np.uint8).sum(axis=0, dtype=np.int32)
+    hurt = (rows > 0).view(np.uint8).sum(axis=0, dtype=np.int32)
+    return helped, hurt
 
 
 def choose_rows_per_chunk(n_params: int, requested: int = 0) -> int:

@@ -24,7 +24,7 @@ import numpy as np
 
 from lca_cli.errors import StoreError, UsageError
 from lca_cli.layout import Layout
-from lca_cli.store import LcaStore
+from lca_cli.store import LcaStore, column_counts
 
 __all__ = [
     "LossCurves",
@@ -361,8 +361,9 @@ class ParameterStats:
         """Accumulate a block of LCA rows ``(r, P)``."""
         self.neg += np.minimum(rows, 0).sum(axis=0, dtype=np.float64)
         self.pos += np.maximum(rows, 0).sum(axis=0, dtype=np.float64)
-        self.helped += np.count_nonzero(rows < 0, axis=0)
-        self.hurt += np.count_nonzero(rows > 0, axis=0)
+        helped, hurt = column_counts(rows)
+        self.helped += helped
+        self.hurt += hurt
         self.n_iterations += int(rows.shape[0])
 
     @property

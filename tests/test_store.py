@@ -15,7 +15,15 @@ from lca_cli import __version__
 from lca_cli.errors import StoreError
 from lca_cli.layout import Layout
 from lca_cli.pipeline import plan_blocks
-from lca_cli.store import CHUNK_BYTES, FORMAT_VERSION, HELPED_RULE, BlockRows, LcaStore, choose_rows_per_chunk
+from lca_cli.store import (
+    CHUNK_BYTES,
+    FORMAT_VERSION,
+    HELPED_RULE,
+    BlockRows,
+    LcaStore,
+    choose_rows_per_chunk,
+    column_counts,
+)
 
 LAYOUT = Layout.from_shapes([("fc1.weight", (3, 2)), ("fc1.bias", (3,)), ("fc2.weight", (1, 3))])
 P, K = LAYOUT.size, len(LAYOUT.params)
@@ -267,6 +275,19 @@ def test_iter_lca_covers_any_window(tmp_path_factory: pytest.TempPathFactory, st
         assert (t // rows) == ((t + block.shape[0] - 1) // rows)  # and never crosses one
         covered.extend(range(t, t + block.shape[0]))
     assert covered == list(range(start, stop))
+
+
+def test_column_counts_match_plain_counts() -> None:
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((300, 17)).astype(np.float32)
+    rows[rng.random(rows.shape) < 0.2] = 0.0  # exact zeros count as neither
+    rows[:, 0] = -1.0  # a column that helped on every row (300 > 255: a uint8 accumulator would wrap)
+    helped, hurt = column_counts(rows)
+    np.testing.assert_array_equal(helped, (rows < 0).sum(axis=0))
+    np.testing.assert_array_equal(hurt, (rows > 0).sum(axis=0))
+    assert helped[0] == 300 and hurt[0] == 0
+    empty = column_counts(np.zeros((0, 4), np.float32))
+    assert [a.tolist() for a in empty] == [[0] * 4, [0] * 4]
 
 
 def test_choose_rows_per_chunk() -> None:
