@@ -288,6 +288,7 @@ class Objective:
         ]
         # Chunk weights n_c / N as exact float64 scalars: the mean over all samples, never a mean of means.
         self._weights = [x.shape[0] / evalset.n_samples for x, _ in evalset.chunks]
+        self._weights_on: dict[torch.device, torch.Tensor] = {}
 
     def _state(self, flat: torch.Tensor, fixed: Mapping[str, torch.Tensor], leaves: bool) -> dict[str, torch.Tensor]:
         # Floating buffers follow the network's dtype (a float32 checkpoint in a float64 network, or back);
@@ -346,9 +347,9 @@ class Objective:
             flat = flat.clone()  # never hand out views of the caller's vector
         tensors = self._state(flat, fixed, leaves=True)
         leaves = [tensors[name] for name in self.vlayout.names]
-        loss = torch.zeros((), dtype=torch.float64, device=flat.device)
         grad = torch.zeros(flat.shape, dtype=torch.float64, device=flat.device)
         grad_views = list(self.vlayout.unflatten(grad).values())  # float64 views, one per leaf
+        chunk_losses: list[torch.Tensor] = []
 
         def accumulate(out: torch.Tensor, y: torch.Tensor, w: float) -> None:
             chunk_loss = self.loss_fn(out, y)
@@ -356,10 +357,20 @@ class Objective:
             # Weight in float64 after the cast (the add promotes, exactly like adding g.double()): scaling in
             # float32 would round each chunk's contribution. One fused multi-tensor add, no (D,) temporaries.
             torch._foreach_add_(grad_views, gs, alpha=w)
-            loss.add_(chunk_loss.detach().double() * w)
+            # The loss is weighted and summed once per point below: three scalar ops per chunk here measured
+            # ~2% of an MNIST-FC gradient on CPU.
+            chunk_losses.append(chunk_loss.detach())
 
         self._each_chunk(tensors, accumulate, flat.device)
+        loss = (torch.stack(chunk_losses).double() * self._weight_tensor(flat.device)).sum()
         return loss, grad
+
+    def _weight_tensor(self, device: torch.device) -> torch.Tensor:
+        """The chunk weights ``n_c / N`` as a float64 ``(C,)`` tensor on ``device`` (cached)."""
+        cached = self._weights_on.get(device)
+        if cached is None:
+            cached = self._weights_on[device] = torch.tensor(self._weights, dtype=torch.float64, device=device)
+        return cached
 
     def value(self, v: torch.Tensor, fixed: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Loss only (no gradient), as a float64 scalar tensor on the device.
