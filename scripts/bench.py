@@ -408,10 +408,24 @@ def _measure(
     return res
 
 
+def round_order(kinds: Sequence[str], r: int) -> list[str]:
+    """The order of the kinds in round ``r``: ``floor`` and ``compute`` always back to back.
+
+    The machine's speed drifts over tens of seconds (other jobs on the host), so the ratio compute/floor of a
+    round is taken between neighbours; which of the two goes first, and whether the other kinds run before or
+    after them, alternates over every four rounds so that neither gains from the order.
+    """
+    pair = [k for k in ("floor", "compute") if k in kinds]
+    others = [k for k in kinds if k not in pair]
+    if r % 4 in (1, 2):
+        pair = pair[::-1]
+    return pair + others if r % 4 in (0, 2) else others + pair
+
+
 def child_main(args: argparse.Namespace) -> None:
     """Run measurements in this (child) process and print them as one JSON line.
 
-    ``--child time``: ``rounds`` rounds of every kind, the order rotated each round, after one untimed
+    ``--child time``: ``rounds`` rounds of every kind in :func:`round_order`, after one untimed
     warm-up of each (first-call costs: thread pools, allocator, kernels). ``--child KIND``: one kind once,
     for its peak memory (VmHWM of this process; on CUDA also the peak allocated device memory).
     """
@@ -429,7 +443,7 @@ def child_main(args: argparse.Namespace) -> None:
             _measure(kind, spec, warm, data, device, args)
         out: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
         for r in range(args.rounds):
-            for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
+            for kind in round_order(kinds, r):
                 res = _measure(kind, spec, run_dir, data, device, args)
                 out[kind].append(res)
                 print(f"  round {r + 1} {kind:8s} {res['seconds'] / res['pairs']:.4f} s/pair "

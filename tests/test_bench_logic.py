@@ -233,6 +233,18 @@ def test_bench_summary_ratios(bench: ModuleType) -> None:
     assert "- / 300 / -" in table
 
 
+def test_bench_round_order_keeps_floor_and_compute_adjacent(bench: ModuleType) -> None:
+    kinds = ["floor", "compute", "naive"]
+    orders = [bench.round_order(kinds, r) for r in range(8)]
+    for order in orders:
+        assert sorted(order) == sorted(kinds)
+        assert abs(order.index("floor") - order.index("compute")) == 1
+    firsts = [min(("floor", "compute"), key=o.index) for o in orders[:4]]
+    assert firsts.count("floor") == firsts.count("compute") == 2  # each goes first half of the time
+    assert sum(o[0] == "naive" for o in orders[:4]) == 2  # the others run before as often as after
+    assert bench.round_order(["floor", "compute", "naive", "compute-syncwrite"], 1)[-2:] == ["compute", "floor"]
+
+
 def test_bench_generates_a_run_and_links_a_prefix(bench: ModuleType, tmp_path: Path) -> None:
     from lca_cli.checkpoints import find_checkpoints
 
