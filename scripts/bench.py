@@ -23,6 +23,7 @@ Usage::
     python scripts/bench.py --sizes mnist_fc --pairs 40 --rounds 5
     python scripts/bench.py --sizes mnist_fc --memory
     python scripts/bench.py --device cuda --sizes mnist_fc --samples 55000 --pairs 300
+    python scripts/bench.py --per-gradient --sizes mnist_fc   # one gradient vs the floor's, 60 alternations
 
 ``--json FILE`` writes every measurement for later comparison.
 """
@@ -631,6 +632,52 @@ def vmap_check(spec: Size, device: torch.device, reps: int = 10) -> dict[str, An
             "max_rel_grad_diff": err, "max_loss_diff": loss_err}  # fmt: skip
 
 
+def per_gradient(spec: Size, device: torch.device, reps: int = 60) -> dict[str, Any]:
+    """One full-set gradient of the library against one of the floor, alternating ``reps`` times in one process.
+
+    Each measurement takes tens of milliseconds, so neighbours see the same machine: this isolates the cost of
+    :meth:`lca_cli.objective.Objective.value_and_grad` (float64 accumulation, functional evaluation) from the
+    drift that makes whole runs (seconds each) noisy on a shared host. The median of the per-pair ratios is
+    reported.
+    """
+    from lca_cli.layout import Layout
+    from lca_cli.objective import Objective, builtin_loss, make_chunks, prepare_model
+
+    dtype = getattr(torch, spec.dtype)
+    x, y = make_data(spec, spec.samples)
+    floor_model = _prepared_model(spec, device)
+    chunks = _chunks(x, y, spec.batch_size, device, spec.dtype)
+    model = prepare_model(build_model(spec.name), "batch").to(device, dtype)
+    layout = Layout.from_module(model)
+    obj = Objective(model, layout, make_chunks("train", (x, y), spec.batch_size, device, dtype),
+                    builtin_loss("cross_entropy"), dtype)  # fmt: skip
+    v = layout.flatten(dict(model.named_parameters()), torch.float64)
+    fixed = {k: b.clone() for k, b in model.named_buffers()}
+
+    def floor() -> None:
+        floor_model.zero_grad(set_to_none=False)
+        for xc, yc, w in chunks:
+            (F.cross_entropy(floor_model(xc), yc) * w).backward()
+
+    def library() -> None:
+        obj.value_and_grad(v, fixed)
+
+    times: dict[str, list[float]] = {"floor": [], "library": []}
+    floor()  # warm-up (thread pools, allocator)
+    library()
+    for r in range(reps):
+        for name, fn in (("floor", floor), ("library", library)) if r % 2 else (("library", library), ("floor", floor)):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    ratios = [a / b for a, b in zip(times["library"], times["floor"], strict=True)]
+    return {"size": spec.name, "reps": reps, "floor_ms": 1e3 * statistics.median(times["floor"]),
+            "library_ms": 1e3 * statistics.median(times["library"]), "ratio_median": statistics.median(ratios),
+            "ratio_q1_q3": [float(q) for q in np.quantile(ratios, [0.25, 0.75])]}  # fmt: skip
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     cpu = platform.processor()
@@ -676,6 +723,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--memory-pairs", default="30,300", help="pair counts of --memory")
     p.add_argument("--json", type=Path, help="write all measurements here")
     p.add_argument("--vmap-check", action="store_true", help="only: 2 points separately vs one vmap pass, per size")
+    p.add_argument(
+        "--per-gradient",
+        action="store_true",
+        help="only: one library gradient vs one floor gradient, alternated --rounds times (default 60)",
+    )
     p.add_argument("--keep", type=Path, help="generate runs here and keep them (default: a temp dir, deleted)")
     # internal: one measurement in a child process
     p.add_argument("--child", choices=(*KINDS, *ABLATIONS, "time"), help=argparse.SUPPRESS)
@@ -692,12 +744,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         p.error(f"unknown size(s) {unknown}; known: {list(SIZES)}")
-    if args.vmap_check:
+    if args.vmap_check or args.per_gradient:
         if args.threads:
             torch.set_num_threads(args.threads)
         for name in sizes:
             spec = _spec(name, args.quick, args.samples, args.batch_size, args.dtype)
-            r = vmap_check(spec, torch.device(args.device), 3 if args.quick else 10)
+            if args.vmap_check:
+                r = vmap_check(spec, torch.device(args.device), 3 if args.quick else 10)
+            else:
+                r = per_gradient(spec, torch.device(args.device), args.rounds or (4 if args.quick else 60))
             print(json.dumps(r))
         return 0
     kinds = [k for k in KINDS if k in args.kinds.split(",")]

@@ -15,7 +15,8 @@
 #      extrapolated to 4,500 pairs (target < 30 minutes);
 #   4. TF32 on vs off on ResNet-20 (speed, and the residuals it costs);
 #   5. two points in one torch.func.vmap pass vs separately (small MLP, MNIST-FC), to decide batching on GPU;
-#   6. --compile on MNIST-FC.
+#   6. --compile on MNIST-FC;
+#   7. one library gradient vs one floor gradient, alternated (MNIST-FC, 55k samples, 1,024-sample chunks).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-gpu-results}}"
@@ -68,6 +69,8 @@ step vmap 60 $B --vmap-check --sizes small,mnist_fc --samples 55000 --batch-size
 # 6. torch.compile
 step mnist55k_compile 120 $B --sizes mnist_fc --samples 55000 --batch-size 55000 --pairs 300 --rounds 1 \
     --kinds compute --compute-options '{"compile": true}' --json "$OUT_DIR/mnist55k_compile.json"
+# 7. the library's gradient against the floor's, alternated (float64 accumulation on the device)
+step per_gradient 40 $B --per-gradient --sizes mnist_fc --samples 55000 --batch-size 1024 --rounds 20
 
 "$PY" - "$OUT_DIR" <<'PY' | tee -a "$OUT_DIR/summary.log"
 import json, sys

@@ -324,3 +324,12 @@ def test_bench_vmap_check_batches_two_points_equal_to_separate(bench: ModuleType
     r = bench.vmap_check(spec, CPU, reps=1)
     assert r["max_rel_grad_diff"] < 1e-6 and r["max_loss_diff"] < 1e-6
     assert r["batched_ms"] > 0 and r["separate_ms"] > 0
+
+
+def test_bench_per_gradient_reports_interleaved_ratios(bench: ModuleType) -> None:
+    torch.set_num_threads(1)
+    spec = bench._spec("small", True, 96, 40)
+    r = bench.per_gradient(spec, CPU, reps=4)
+    assert r["reps"] == 4 and r["floor_ms"] > 0 and r["library_ms"] > 0
+    q1, q3 = r["ratio_q1_q3"]
+    assert 0 < q1 <= r["ratio_median"] <= q3
