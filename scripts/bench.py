@@ -12,8 +12,9 @@ child's own), alternating the three in every round so that a noisy machine hurts
 * ``naive``: the script a user would write: per pair, load both checkpoints, ``load_state_dict`` three
   times (start, midpoint, end), three full gradients, no reuse, no overlap, rows into a ``.npy``.
 
-It prints per-pair times, pairs/s, the ratios compute/floor and compute/naive (median of the per-round
-ratios) and each child's peak memory (VmHWM; on CUDA also the peak allocated device memory).
+It prints per-pair times, pairs/s, the ratios compute/floor and compute/naive (the median of the per-round
+ratios, with their range, the ratio of the minima and the CPU-time ratio) and each child's peak memory (VmHWM;
+on CUDA also the peak allocated device memory).
 ``--memory`` adds the memory-scaling check: peak RSS of ``compute`` over 30 and 300 pairs (MNIST-FC).
 
 Usage::
@@ -484,8 +485,9 @@ def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
 def summarize_case(case: Case) -> dict[str, Any]:
     """Per-pair times (min over rounds), pairs/s, ratios and peak memory of one case.
 
-    Ratios are given two ways: of the minima over rounds (the least disturbed run of each: robust on a
-    shared machine) and the median of per-round ratios.
+    The headline ratio is the median over rounds of the per-round ratio (the two kinds run back to back, so
+    each ratio sees one state of the machine; see :func:`round_order`), with the range of the per-round
+    ratios; the ratio of the minima over rounds and the median per-round ratio of CPU times are given too.
     """
     out: dict[str, Any] = {"size": case.size, "pairs": case.pairs, "samples": case.samples}
     per_pair = {k: [r["seconds"] / r["pairs"] for r in v] for k, v in case.rounds.items() if v}
@@ -506,7 +508,10 @@ def summarize_case(case: Case) -> dict[str, Any]:
             if base in per_pair:
                 out[f"compute_over_{base}"] = out["compute_s_per_pair"] / out[f"{base}_s_per_pair"]
                 out[f"compute_over_{base}_median"] = paired_ratio(per_pair["compute"], per_pair[base])
-                out[f"compute_over_{base}_cpu"] = out["compute_cpu_s_per_pair"] / out[f"{base}_cpu_s_per_pair"]
+                out[f"compute_over_{base}_rounds"] = [
+                    a / b for a, b in zip(per_pair["compute"], per_pair[base], strict=True)
+                ]
+                out[f"compute_over_{base}_cpu"] = paired_ratio(cpu["compute"], cpu[base])
         for k in ABLATIONS:
             if k in per_pair:
                 out[f"{k}_over_compute"] = out[f"{k}_s_per_pair"] / out["compute_s_per_pair"]
@@ -517,7 +522,8 @@ def summarize_case(case: Case) -> dict[str, Any]:
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table of case summaries."""
     head = (
-        "| size | pairs | floor s/pair | compute s/pair | naive s/pair | compute/floor | compute/naive "
+        "| size | pairs | floor s/pair | compute s/pair | naive s/pair | compute/floor (median of rounds) "
+        "| compute/naive (median of rounds) "
         "| compute pairs/s | peak RSS MiB floor / compute / naive |"
     )
     lines = [head, "|" + "---|" * 9]
@@ -529,7 +535,11 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         k = f"compute_over_{base}"
         if k not in r:
             return "-"
-        return f"{r[k]:.3f} (median {r[k + '_median']:.3f}, cpu {r[k + '_cpu']:.3f})"
+        rounds = r.get(k + "_rounds") or [r[k]]
+        return (
+            f"{r[k + '_median']:.3f} (rounds {min(rounds):.2f}-{max(rounds):.2f}; minima {r[k]:.3f}; "
+            f"cpu {r[k + '_cpu']:.3f})"
+        )
 
     for r in rows:
         mem = " / ".join(f(r, f"{k}_peak_rss_mib", ".0f") for k in KINDS)

@@ -258,7 +258,13 @@ def _peak_rss_mib() -> float:
 
 
 def child_stream(path: Path, mode: str) -> None:
-    """One pass in this (child) process; prints seconds, bytes and peak RSS as JSON."""
+    """One pass in this (child) process; prints seconds, bytes and peak RSS as JSON.
+
+    ``iter_lca@N`` streams with read requests of N MiB instead of :data:`lca_cli.store.READ_BYTES`.
+    """
+    mode, _, read_mib = mode.partition("@")
+    if read_mib:
+        store_mod.READ_BYTES = int(float(read_mib) * 2**20)
     if mode.startswith("summarize_"):  # the CLI command, in this process (VmHWM is this process's own)
         import contextlib
 
@@ -324,7 +330,8 @@ def summarize_mode(args: argparse.Namespace) -> dict[str, Any]:
         out: dict[str, Any] = {"values": n_rows * cols, "rows": n_rows, "params": cols, "rows_per_chunk": rpc,
                                "raw_bytes": raw, "disk_bytes": on_disk, "write_GBps": raw / write_s / 1e9}  # fmt: skip
         for temp in ("cold", "warm"):
-            for mode in ("raw", "iter_lca_noahead", "iter_lca", "summarize_layer", "summarize_neuron"):
+            extra = [f"iter_lca@{m}" for m in args.read_mib.split(",")] if args.read_mib else []
+            for mode in ("raw", "iter_lca_noahead", "iter_lca", *extra, "summarize_layer", "summarize_neuron"):
                 if temp == "cold":
                     drop_cache(path)
                 t0 = time.perf_counter()
@@ -354,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="16 MiB per case, 2 codecs, 2 chunk sizes")
     p.add_argument("--summarize", action="store_true", help="the large streaming pass instead of the grid")
     p.add_argument("--values", type=float, default=1e9, help="values of the --summarize store")
+    p.add_argument("--read-mib", default="", help="--summarize: also stream with these read request sizes (MiB)")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--child-stream", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -229,7 +229,7 @@ def test_bench_summary_ratios(bench: ModuleType) -> None:
     assert s["compute_loop_s_per_pair"] == pytest.approx(0.1)
     assert s["max_abs_residual"] == 2e-6
     table = bench.format_table([s])
-    assert "| mnist_fc | 10 |" in table and "1.100 (median 1.100, cpu 1.200)" in table
+    assert "| mnist_fc | 10 |" in table and "1.100 (rounds 1.10-1.10; minima 1.100; cpu 1.200)" in table
     assert "- / 300 / -" in table
 
 
