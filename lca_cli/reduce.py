@@ -235,7 +235,7 @@ def _by_neuron(store: LcaStore, set_name: str, mask: np.ndarray) -> list[dict[st
             keep = mask[first : first + block.shape[0]]
             if not keep.any():
                 continue
-            b = block[keep]  # (r, P) float32
+            b = block if keep.all() else block[keep]  # (r, P) float32; a mask copies, so only when needed
             colsum += b.sum(axis=0, dtype=np.float64)
             helped, hurt = column_counts(b)
             colhelped += helped
