@@ -359,7 +359,7 @@ class Objective:
             torch._foreach_add_(grad_views, gs, alpha=w)
             # The loss is weighted and summed once per point below: three scalar ops per chunk here measured
             # ~2% of an MNIST-FC gradient on CPU.
-            chunk_losses.append(chunk_loss.detach())
+            chunk_losses.append(chunk_loss.detach().reshape(()))  # a (1,)-shaped custom loss must not broadcast
 
         self._each_chunk(tensors, accumulate, flat.device)
         loss = (torch.stack(chunk_losses).double() * self._weight_tensor(flat.device)).sum()

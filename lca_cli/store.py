@@ -54,8 +54,8 @@ HELPED_RULE = (
 #: 300 MNIST-FC pairs: 1.04x at 8 MiB, 1.10x at 16 MiB). 8 MiB: 24 MNIST-FC rows, 7 ResNet-20 rows.
 CHUNK_BYTES = 8 << 20
 #: Bytes of ``lca`` rows per read request when streaming (:meth:`LcaStore.iter_lca`): whole chunks, about this
-#: many. Measured on a 1.5 GB store (BENCHMARKS.md): one 8 MiB chunk per request streamed at 83% of the disk's
-#: cold read speed, 8 chunks per request at 100%.
+#: many. Measured (BENCHMARKS.md) with one request in flight: 0.89 / 0.67 GB/s cold on 2 / 4 GB stores (103% /
+#: 82% of the raw file read), ahead of 8, 64 and 128 MiB requests cold and warm; 0.57-0.63 without read-ahead.
 READ_BYTES = 32 << 20
 #: Columns per ``lca`` chunk at most (very wide models get column chunks too).
 MAX_CHUNK_COLS = 1 << 22
@@ -358,7 +358,7 @@ class LcaStore:
 
         Yields:
             ``(first_row, rows)`` with ``rows`` float32 ``(r, P)``, never crossing a row-chunk boundary (views
-            into the request's array: copy them to keep them past the next step).
+            into the request's array: holding one keeps that whole request in memory).
 
         """
         arr = self.array(set_name, "lca")

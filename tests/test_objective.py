@@ -177,6 +177,18 @@ def test_running_mode_buffer_gradient_matches_finite_differences() -> None:
     assert grad[n_params:].abs().max() > 1e-4  # the buffers really do move the loss
 
 
+def test_single_element_custom_loss_is_summed_like_a_scalar() -> None:
+    # A custom [loss] factory may return a (1,)-shaped loss: the chunk losses must still sum to one scalar
+    # (stacked (C, 1) losses times (C,) weights would broadcast to a (C, C) sum).
+    obj, v, fixed = build_objective(reference.tanh_mlp(seed=1), DATA, 7, torch.float64)
+    loss, grad = obj.value_and_grad(v, fixed)
+    scalar_loss = obj.loss_fn
+    obj.loss_fn = lambda out, y: scalar_loss(out, y).reshape(1)
+    loss1, grad1 = obj.value_and_grad(v, fixed)
+    assert loss1.shape == () and float(loss1) == pytest.approx(float(loss), rel=1e-15)
+    assert torch.equal(grad1, grad)
+
+
 def test_builtin_losses() -> None:
     out = torch.tensor([[0.5], [1.5], [-1.0]], dtype=torch.float64)
     y = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
