@@ -50,8 +50,9 @@ HELPED_RULE = (
 #: Target size of one ``lca`` chunk (scripts/bench_store.py, BENCHMARKS.md). Each block write also rewrites
 #: the small per-row arrays (loss, residual, ...), 15-30 ms whatever the block's size, so larger chunks cut
 #: the writer's cost per row (MNIST-FC: 3.3 ms at 4 MiB, 1.1-1.5 at 8, 0.7-1.0 at 16) and speed streaming
-#: reads; but up to three blocks are in memory while computing, so peak memory grows with the chunk (30 vs
-#: 300 MNIST-FC pairs: 1.04x at 8 MiB, 1.10x at 16 MiB). 8 MiB: 24 MNIST-FC rows, 7 ResNet-20 rows.
+#: reads; but two blocks are in memory while computing (the one being written and the one being computed), so
+#: peak memory grows with the chunk (30 vs 300 MNIST-FC pairs, measured with up to three blocks in flight:
+#: 1.04x at 8 MiB, 1.10x at 16 MiB; with two, 1.03x at 8 MiB). 8 MiB: 24 MNIST-FC rows, 7 ResNet-20 rows.
 CHUNK_BYTES = 8 << 20
 #: Bytes of ``lca`` rows per read request when streaming (:meth:`LcaStore.iter_lca`): whole chunks, about this
 #: many. Measured (BENCHMARKS.md) with one request in flight: 0.89 / 0.67 GB/s cold on 2 / 4 GB stores (103% /

@@ -245,16 +245,29 @@ def _prepared_model(spec: Size, device: torch.device) -> nn.Module:
     return model
 
 
+def _script_setup(
+    spec: Size, run_dir: Path, data_path: Path, device: torch.device
+) -> tuple[list[Path], nn.Module, list[tuple[torch.Tensor, torch.Tensor, float]], list[str]]:
+    """What the floor and the naive script start from: checkpoint files, model, evaluation chunks, names."""
+    model = _prepared_model(spec, device)
+    x, y = load_data(str(data_path))
+    chunks = _chunks(x, y, spec.batch_size, device, spec.dtype)
+    return sorted(run_dir.glob("*.safetensors")), model, chunks, [n for n, _ in model.named_parameters()]
+
+
+def floor_gradient(model: nn.Module, chunks: Sequence[tuple[torch.Tensor, torch.Tensor, float]]) -> None:
+    """One full-set gradient the plain way: weighted chunk losses backpropagated into float32 ``.grad``."""
+    model.zero_grad(set_to_none=False)
+    for xc, yc, w in chunks:
+        (F.cross_entropy(model(xc), yc) * w).backward()
+
+
 def run_floor(spec: Size, run_dir: Path, data_path: Path, device: torch.device) -> dict[str, Any]:
     """Two full-set gradients per pair, nothing else."""
     from safetensors.torch import load_file
 
-    files = sorted(run_dir.glob("*.safetensors"))
+    files, model, chunks, names = _script_setup(spec, run_dir, data_path, device)
     n_pairs = len(files) - 1
-    model = _prepared_model(spec, device)
-    x, y = load_data(str(data_path))
-    chunks = _chunks(x, y, spec.batch_size, device, spec.dtype)
-    names = [n for n, _ in model.named_parameters()]
     points = [load_file(str(f)) for f in files[: min(len(files), 4)]]  # a few points, reused cyclically
     params = dict(model.named_parameters())
     _sync(device)
@@ -265,9 +278,7 @@ def run_floor(spec: Size, run_dir: Path, data_path: Path, device: torch.device) 
             with torch.no_grad():
                 for n in names:
                     params[n].copy_(state[n], non_blocking=True)
-            model.zero_grad(set_to_none=False)
-            for xc, yc, w in chunks:
-                (F.cross_entropy(model(xc), yc) * w).backward()
+            floor_gradient(model, chunks)
     _sync(device)
     return {"seconds": time.perf_counter() - t0, "pairs": n_pairs}
 
@@ -359,12 +370,8 @@ def run_naive(spec: Size, run_dir: Path, data_path: Path, device: torch.device) 
     """What a user would write: three gradients per pair through load_state_dict, no reuse, no overlap."""
     from safetensors.torch import load_file
 
-    files = sorted(run_dir.glob("*.safetensors"))
+    files, model, chunks, names = _script_setup(spec, run_dir, data_path, device)
     n_pairs = len(files) - 1
-    model = _prepared_model(spec, device)
-    x, y = load_data(str(data_path))
-    chunks = _chunks(x, y, spec.batch_size, device, spec.dtype)
-    names = [n for n, _ in model.named_parameters()]
     n_params = sum(p.numel() for p in model.parameters())
     out = np.lib.format.open_memmap(
         run_dir.parent / f"{run_dir.name}.naive.npy", mode="w+", dtype=np.float32, shape=(n_pairs, n_params)
@@ -665,9 +672,7 @@ def per_gradient(spec: Size, device: torch.device, reps: int = 60) -> dict[str, 
     fixed = {k: b.clone() for k, b in model.named_buffers()}
 
     def floor() -> None:
-        floor_model.zero_grad(set_to_none=False)
-        for xc, yc, w in chunks:
-            (F.cross_entropy(floor_model(xc), yc) * w).backward()
+        floor_gradient(floor_model, chunks)
 
     def library() -> None:
         obj.value_and_grad(v, fixed)
