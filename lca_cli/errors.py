@@ -56,8 +56,27 @@ class ToleranceError(LcaError):
     exit_code = 8
 
 
+class StoreBusyError(LcaError):
+    """Another ``lca compute`` is working on the same store (exit code 9); nothing was changed."""
+
+    exit_code = 9
+
+
+class StorageError(LcaError, OSError):
+    """The file system refused a write: disk full, read-only, permission denied (exit code 10).
+
+    Finished rows are kept; free space or fix permissions and rerun to resume.
+    """
+
+    exit_code = 10
+
+
 #: Exit code when the user interrupts a command (Ctrl-C); the store stays resumable.
 EXIT_INTERRUPTED = 130
+
+#: Exit codes for SIGTERM and SIGHUP (128 + signal number, as shells report them): handled like Ctrl-C.
+EXIT_SIGTERM = 143
+EXIT_SIGHUP = 129
 
 #: Exit code for an unexpected internal error (a bug: the traceback is printed).
 EXIT_INTERNAL = 70
@@ -72,6 +91,10 @@ EXIT_CODES: dict[str, int] = {
     "store": StoreError.exit_code,
     "numerical": NumericalError.exit_code,
     "tolerance": ToleranceError.exit_code,
+    "busy": StoreBusyError.exit_code,
+    "storage": StorageError.exit_code,
     "internal": EXIT_INTERNAL,
     "interrupted": EXIT_INTERRUPTED,
+    "sigterm": EXIT_SIGTERM,
+    "sighup": EXIT_SIGHUP,
 }
