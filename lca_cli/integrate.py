@@ -1,29 +1,45 @@
 """One checkpoint pair -> one LCA row, its residual and the number of sub-intervals used.
 
 Along the segment ``v(s) = v0 + s Δ`` the gradient theorem gives
-``L(v1) - L(v0) = Σ_i Δ_i ∫_0^1 ∂_i L(v(s)) ds``; LCA_i is the i-th term. The integral is composite Simpson
-with adaptive doubling: start at n = 2 (points 0, 1/2, 1), and while the residual
-``r = (L1 - L0) - Σ LCA`` exceeds ``tolerance + rtol |L1 - L0|`` double n up to ``max_splits``, evaluating only
-the new odd points. The gradient at s = 1 is returned so that the next pair reuses it as its s = 0 gradient:
-Simpson then costs two new gradients per pair.
+``L(v1) - L(v0) = Σ_i Δ_i ∫_0^1 ∂_i L(v(s)) ds``; LCA_i is the i-th term. The integral is composite Simpson,
+starting from plain Simpson (points 0, 1/2, 1). The gradient at s = 1 is returned so that the next pair reuses
+it as its s = 0 gradient: plain Simpson then costs two new gradients per pair. Two ways to refine:
 
-Instead of keeping every gradient, three running sums are kept (shapes ``(D,)``, float64):
-``ends = g(0) + g(1)``, ``odd`` (points of weight 4) and ``even`` (interior points of weight 2). Doubling n
-turns every old odd point into an even one and adds the new points as odd ones:
-``I_n = (ends + 4 odd + 2 even) / (3 n)``.
+``refine="local"`` (the default): adaptive Simpson on *panels* (one Simpson step each, see
+:mod:`lca_cli.quadrature`), depth first, left to right. Every panel ``[a, b]`` with midpoint ``m`` has a
+per-parameter error indicator that costs no gradient: the L1 norm of the difference between Simpson and the
+trapezoid rule on its halves, ``|Δ (2 g(m) - g(a) - g(b))|_1 (b - a) / 12``, and an exact lower bound of its
+per-parameter L1 error, the panel's residual ``|L(b) - L(a) - Σ_i lca_i|``. The larger of the two is the panel's
+estimate. A panel is accepted when its estimate fits its share ``(b - a) l1_tol |lca_2|_1`` of the pair's
+budget (``lca_2`` the plain-Simpson row) plus what earlier panels left unused; otherwise it is split into its
+halves (two new gradients) down to width ``2 / max_splits``. On ReLU networks, whose gradient jumps wherever
+a unit changes sign along the segment, Simpson converges only at first order and such jumps are spread over
+the whole segment, so this spends gradients on the pairs and the parts of segments where the row still moves.
+Measured against a float64 reference (BENCHMARKS.md), the indicator tracks the real per-parameter error of
+ReLU nets within a factor of about 2 and over-estimates smooth nets, whose rows it then accepts after one split.
+
+``refine="doubling"`` (the scheme of lca 0.x): double the number of uniform sub-intervals while the residual
+``r = (L1 - L0) - Σ LCA`` exceeds ``tolerance + rtol |L1 - L0|`` (and, with ``l1_tol``, while the last doubling
+moved the row by more than ``l1_tol`` in relative L1), evaluating only the new odd points. Three running sums
+are kept (shapes ``(D,)``, float64): ``ends = g(0) + g(1)``, ``odd`` (points of weight 4) and ``even``
+(interior points of weight 2); ``I_n = (ends + 4 odd + 2 even) / (3 n)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 
 from lca_cli.errors import NumericalError
-from lca_cli.quadrature import new_points
+from lca_cli.quadrature import new_points, split_points
 
-__all__ = ["Evaluation", "PairResult", "integrate_pair", "within_tolerance"]
+__all__ = ["REFINE_SCHEMES", "Evaluation", "PairResult", "integrate_pair", "residual_budget", "within_tolerance"]
+
+#: How sub-intervals are refined: split only the panels whose error estimate is large, or double them all.
+REFINE_SCHEMES = ("local", "doubling")
 
 #: ``s -> (loss, grad)`` at ``v0 + s Δ``: float64 scalar tensor and float64 ``(D,)`` tensor.
 PointFn = Callable[[float], tuple[torch.Tensor, torch.Tensor]]
@@ -46,12 +62,14 @@ class PairResult:
         loss0: Loss at the start checkpoint.
         loss1: Loss at the end checkpoint.
         residual: ``(loss1 - loss0) - Σ lca`` (exact up to float64 rounding of the sums).
-        splits: Sub-intervals used (1 for Euler).
-        l1_change: ``||lca_n - lca_{n/2}||_1 / ||lca_n||_1``: how much the last refinement moved the row (the
-            coarser rule at n = 2, and for Euler, is the trapezoid rule on the two endpoint gradients). A
-            per-parameter accuracy indicator that, unlike the residual, errors of opposite sign cannot hide.
-        flagged: True when the residual is still over tolerance (at the cap for Simpson; always
-            checked, never refined, for Euler).
+        splits: Sub-intervals used (1 for Euler); with the end point reused, also the gradients the pair cost.
+        l1_change: A per-parameter accuracy indicator relative to ``||lca||_1`` that, unlike the residual, errors
+            of opposite sign cannot hide. ``"local"``: the sum over the accepted panels of their error estimates
+            (see the module docstring). ``"doubling"``: ``||lca_n - lca_{n/2}||_1 / ||lca_n||_1``, how much the
+            last doubling moved the row (the coarser rule at n = 2, and for Euler, is the trapezoid rule on the
+            two endpoint gradients).
+        flagged: True when the residual proves the pair over its tolerance (at the cap for Simpson; always
+            checked, never refined, for Euler). See :func:`residual_budget`.
         end: The end point's evaluation, to be reused as the next pair's start.
 
     """
@@ -82,6 +100,34 @@ def within_tolerance(residual: float, delta_loss: float, tolerance: float, rtol:
     return abs(residual) <= tolerance + rtol * abs(delta_loss)
 
 
+def residual_budget(
+    delta_loss: float, l1_norm: float, tolerance: float | None, rtol: float | None, l1_tol: float
+) -> float:
+    """The largest residual a finished pair may have before it is flagged.
+
+    The residual ``ΔL - Σ lca`` is the sum of the per-parameter errors, so ``|residual| <= ||error||_1``: a
+    residual above ``l1_tol ||lca||_1`` proves the row misses the per-parameter target. An explicit residual
+    tolerance (``tolerance`` and/or ``rtol`` given) is checked as well.
+
+    Args:
+        delta_loss: The pair's loss change.
+        l1_norm: ``||lca||_1`` of the pair's row.
+        tolerance: Absolute residual tolerance, or None when not given.
+        rtol: Relative residual tolerance (times ``|ΔL|``), or None when not given.
+        l1_tol: Per-parameter target relative to ``||lca||_1`` (0 = none).
+
+    Returns:
+        The budget; 0 when no tolerance of any kind is given (every nonzero residual is then over it).
+
+    """
+    budgets = []
+    if tolerance is not None or rtol is not None:
+        budgets.append((tolerance or 0.0) + (rtol or 0.0) * abs(delta_loss))
+    if l1_tol > 0:
+        budgets.append(l1_tol * l1_norm)
+    return min(budgets) if budgets else 0.0
+
+
 def _l1_change(fine: torch.Tensor, coarse: torch.Tensor) -> float:
     norm = float(torch.linalg.vector_norm(fine, 1))
     return float(torch.dist(fine, coarse, 1)) / norm if norm > 0 else 0.0
@@ -101,9 +147,10 @@ def integrate_pair(
     end: Evaluation | None = None,
     *,
     method: str = "rk4",
+    refine: str = "local",
     max_splits: int = 32,
-    tolerance: float = 0.0,
-    rtol: float = 0.0,
+    tolerance: float | None = None,
+    rtol: float | None = None,
     l1_tol: float = 0.0,
     label: str = "pair",
 ) -> PairResult:
@@ -115,11 +162,13 @@ def integrate_pair(
         start: Evaluation at s = 0 (reused from the previous pair's end when contiguous).
         end: Evaluation at s = 1 when already known; computed otherwise.
         method: ``"rk4"`` (adaptive composite Simpson) or ``"euler"`` (gradient at s = 0 only).
+        refine: ``"local"`` (split only the panels whose error estimate is large) or ``"doubling"`` (double
+            every sub-interval); see the module docstring.
         max_splits: Cap on sub-intervals for ``"rk4"`` (power of two >= 2).
-        tolerance: Absolute residual tolerance.
-        rtol: Relative residual tolerance.
-        l1_tol: When > 0, a pair also needs ``l1_change <= l1_tol`` to stop refining (per-parameter accuracy;
-            residual errors of opposite sign can cancel, these cannot). 0 disables it.
+        tolerance: Absolute residual tolerance, or None for none (``"doubling"`` then uses 0).
+        rtol: Relative residual tolerance, or None for none (``"doubling"`` then uses 0).
+        l1_tol: Per-parameter target: the estimated L1 error of the row relative to ``||lca||_1`` (``"local"``),
+            or the relative L1 change of the last doubling (``"doubling"``); 0 disables it.
         label: Names the pair in error messages (e.g. ``"steps 4 -> 5"``).
 
     Returns:
@@ -127,6 +176,7 @@ def integrate_pair(
 
     Raises:
         NumericalError: If a loss along the segment is not finite.
+        ValueError: For an unknown ``method`` or ``refine``.
 
     """
     loss0 = _finite(start.loss, f"the start of {label}")
@@ -134,6 +184,12 @@ def integrate_pair(
         end = Evaluation(*point(1.0))
     loss1 = _finite(end.loss, f"the end of {label}")
     dl = loss1 - loss0
+    if method not in ("rk4", "euler"):
+        raise ValueError(f"unknown method {method!r}")
+    if method == "rk4" and refine == "local":
+        return _integrate_local(point, delta, start, end, loss0, loss1, max_splits, tolerance, rtol, l1_tol, label)
+    if refine not in REFINE_SCHEMES:
+        raise ValueError(f"unknown refine scheme {refine!r}")
 
     # The (D,) vector work below is a handful of passes per pair (about 1% of a pair for an MNIST-FC-sized
     # net on CPU): kept to in-place ops and fused kernels. Results are bitwise those of the plain formulas
@@ -144,10 +200,10 @@ def integrate_pair(
         lca = delta * start.grad
         residual = dl - float(lca.sum())
         change = _l1_change(lca, coarse)
-        ok = within_tolerance(residual, dl, tolerance, rtol) and (l1_tol <= 0 or change <= l1_tol)
+        budget = residual_budget(dl, float(torch.linalg.vector_norm(lca, 1)), tolerance, rtol, l1_tol)
+        ok = abs(residual) <= budget and (l1_tol <= 0 or change <= l1_tol)
         return PairResult(lca, loss0, loss1, residual, 1, not ok, end, change)
-    if method != "rk4":
-        raise ValueError(f"unknown method {method!r}")
+    atol_d, rtol_d = tolerance or 0.0, rtol or 0.0
 
     even: torch.Tensor | None = None  # (D,) weight-2 interior points (none at n = 2)
     odd: torch.Tensor | None = None  # (D,) weight-4 points
@@ -168,7 +224,88 @@ def integrate_pair(
         lca = weighted.mul_(delta).div_(3.0 * n)
         residual = dl - float(lca.sum())
         change = _l1_change(lca, coarse)
-        ok = within_tolerance(residual, dl, tolerance, rtol) and (l1_tol <= 0 or change <= l1_tol)
+        ok = within_tolerance(residual, dl, atol_d, rtol_d) and (l1_tol <= 0 or change <= l1_tol)
         if ok or n >= max_splits:
             return PairResult(lca, loss0, loss1, residual, n, not ok, end, change)
         coarse = lca
+
+
+@dataclass(frozen=True)
+class _Point:
+    """A point of the segment with its (finite) loss and gradient."""
+
+    s: Fraction
+    loss: float
+    grad: torch.Tensor
+
+
+def _integrate_local(
+    point: PointFn,
+    delta: torch.Tensor,
+    start: Evaluation,
+    end: Evaluation,
+    loss0: float,
+    loss1: float,
+    max_splits: int,
+    tolerance: float | None,
+    rtol: float | None,
+    l1_tol: float,
+    label: str,
+) -> PairResult:
+    """Local adaptive Simpson, depth first (see the module docstring).
+
+    Memory: the pending right halves on the stack, at most ``log2(max_splits)`` panels of three gradients with
+    shared ends, besides a handful of ``(D,)`` temporaries per panel.
+    """
+
+    def evaluate(s: Fraction) -> _Point:
+        loss_s, grad_s = point(float(s))
+        return _Point(s, _finite(loss_s, f"s = {float(s):g} inside {label}"), grad_s)
+
+    dl = loss1 - loss0
+    min_width = Fraction(2, max_splits)
+    # Per-parameter test when l1_tol > 0; residual test when a residual tolerance is given, or when nothing is
+    # (no tolerance of any kind: refine to the cap, as doubling does with zero tolerances).
+    explicit = tolerance is not None or rtol is not None
+    res_tol = (tolerance or 0.0) + (rtol or 0.0) * abs(dl) if explicit else (float("inf") if l1_tol > 0 else 0.0)
+    mid = evaluate(Fraction(1, 2))
+    stack = [(_Point(Fraction(0), loss0, start.grad), mid, _Point(Fraction(1), loss1, end.grad))]
+    lca: torch.Tensor | None = None  # (D,) running sum of the accepted panels' rows
+    budget: float | None = None  # l1_tol |lca_2|_1, fixed by the plain-Simpson row (the first panel)
+    bank = res_bank = 0.0  # budget left unused by the panels accepted so far
+    estimate = 0.0
+    splits = 0
+    while stack:
+        left, centre, right = stack.pop()
+        width = right.s - left.s
+        ends = left.grad + right.grad  # (D,)
+        # (D,) Δ (2 g_m - g_a - g_b): Simpson minus the trapezoid rule on the halves, times 12 / width.
+        second = torch.mul(centre.grad, 2.0).sub_(ends).mul_(delta)
+        indicator = float(torch.linalg.vector_norm(second, 1)) * float(width) / 12.0
+        del second
+        # (D,) the panel's row: (g_a + 4 g_m + g_b) Δ w / 6 (w is dyadic: the product by w is exact)
+        row = ends.add_(centre.grad, alpha=4.0).mul_(delta).mul_(float(width)).div_(6.0)
+        panel_res = abs((right.loss - left.loss) - float(row.sum()))
+        if budget is None:
+            budget = l1_tol * float(torch.linalg.vector_norm(row, 1)) if l1_tol > 0 else float("inf")
+        est = max(indicator, panel_res)
+        share, res_share = budget * float(width), res_tol * float(width)
+        ok = est <= share + bank and panel_res <= res_share + res_bank
+        if ok or width <= min_width:
+            lca = row if lca is None else lca.add_(row)
+            splits += 2
+            estimate += est
+            if ok:
+                bank += share - est
+                res_bank += res_share - panel_res
+            continue
+        q1, q3 = split_points(left.s, right.s)
+        first, second_q = evaluate(q1), evaluate(q3)
+        stack.append((centre, second_q, right))  # popped after the left half: left to right
+        stack.append((left, first, centre))
+    assert lca is not None
+    residual = dl - float(lca.sum())
+    norm = float(torch.linalg.vector_norm(lca, 1))
+    flagged = abs(residual) > residual_budget(dl, norm, tolerance, rtol, l1_tol)
+    change = estimate / norm if norm > 0 else 0.0
+    return PairResult(lca, loss0, loss1, residual, splits, flagged, end, change)

@@ -8,13 +8,31 @@ Composite Simpson with ``n`` sub-intervals (``n`` even) uses points ``k / n`` fo
 ``(1, 4, 2, 4, ..., 2, 4, 1) / (3 n)``. Doubling ``n`` keeps every old point (they become the even points
 of the finer rule) and adds the ``n`` new odd points ``(2 j + 1) / (2 n)``: that is what makes adaptive
 refinement cheap, since only the new odd points need a gradient.
+
+Local refinement works on *panels*: a panel ``[a, b]`` is one Simpson step with points ``a, (a + b) / 2, b``
+and weights ``(1, 4, 1) (b - a) / 6``. Splitting it into its two halves keeps its three points and adds the
+midpoints of the halves, ``(3 a + b) / 4`` and ``(a + 3 b) / 4``. Any set of panels that tiles [0, 1] is a
+composite Simpson rule (:func:`panel_rule`); splitting every panel of the uniform rule with ``n``
+sub-intervals gives the uniform rule with ``2 n``. The same three points also give the trapezoid rule on the
+panel's two halves, weights ``(1, 2, 1) (b - a) / 4``: the difference of the two rules,
+``(2 g(m) - g(a) - g(b)) (b - a) / 12``, is the local error indicator of the integrator.
 """
 
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 
-__all__ = ["euler_rule", "new_points", "refinement_schedule", "simpson_rule", "trapezoid_rule"]
+__all__ = [
+    "euler_rule",
+    "new_points",
+    "panel_rule",
+    "panel_trapezoid_rule",
+    "refinement_schedule",
+    "simpson_rule",
+    "split_points",
+    "trapezoid_rule",
+]
 
 
 def _check_even(n: int) -> None:
@@ -106,3 +124,82 @@ def refinement_schedule(max_splits: int) -> list[int]:
         out.append(n)
         n *= 2
     return out
+
+
+def _check_panels(panels: list[tuple[Fraction, Fraction]]) -> None:
+    if not panels:
+        raise ValueError("no panels")
+    ordered = sorted(panels)
+    if ordered[0][0] != 0 or ordered[-1][1] != 1:
+        raise ValueError(f"panels must tile [0, 1], got {ordered}")
+    for (_, b), (c, _) in itertools.pairwise(ordered):
+        if b != c:
+            raise ValueError(f"panels must tile [0, 1] without gaps or overlaps, got {ordered}")
+    if any(a >= b for a, b in ordered):
+        raise ValueError(f"every panel needs a < b, got {ordered}")
+
+
+def _merge(terms: dict[Fraction, Fraction]) -> tuple[list[Fraction], list[Fraction]]:
+    points = sorted(terms)
+    return points, [terms[s] for s in points]
+
+
+def panel_rule(panels: list[tuple[Fraction, Fraction]]) -> tuple[list[Fraction], list[Fraction]]:
+    """Composite Simpson rule on panels ``[a, b]`` of any widths that tile [0, 1].
+
+    Args:
+        panels: ``(a, b)`` pairs, in any order; together they must cover [0, 1] exactly once.
+
+    Returns:
+        ``(points, weights)`` in increasing order of points: every panel contributes ``(1, 4, 1) (b - a) / 6`` at
+        ``a, (a + b) / 2, b``; shared endpoints add up. The weights sum to exactly 1.
+
+    Raises:
+        ValueError: If the panels do not tile [0, 1].
+
+    """
+    _check_panels(panels)
+    terms: dict[Fraction, Fraction] = {}
+    for a, b in panels:
+        w = b - a
+        for s, c in ((a, 1), ((a + b) / 2, 4), (b, 1)):
+            terms[s] = terms.get(s, Fraction(0)) + c * w / 6
+    return _merge(terms)
+
+
+def panel_trapezoid_rule(panels: list[tuple[Fraction, Fraction]]) -> tuple[list[Fraction], list[Fraction]]:
+    """Composite trapezoid rule on the halves of the same panels (the integrator's comparison rule).
+
+    Args:
+        panels: ``(a, b)`` pairs tiling [0, 1].
+
+    Returns:
+        ``(points, weights)``: every panel contributes ``(1, 2, 1) (b - a) / 4`` at ``a, (a + b) / 2, b``.
+
+    Raises:
+        ValueError: If the panels do not tile [0, 1].
+
+    """
+    _check_panels(panels)
+    terms: dict[Fraction, Fraction] = {}
+    for a, b in panels:
+        w = b - a
+        for s, c in ((a, 1), ((a + b) / 2, 2), (b, 1)):
+            terms[s] = terms.get(s, Fraction(0)) + c * w / 4
+    return _merge(terms)
+
+
+def split_points(a: Fraction, b: Fraction) -> tuple[Fraction, Fraction]:
+    """The two points that splitting panel ``[a, b]`` into its halves adds (the halves' midpoints).
+
+    Args:
+        a: Left end.
+        b: Right end (``b > a``).
+
+    Returns:
+        ``((3 a + b) / 4, (a + 3 b) / 4)``.
+
+    """
+    if not a < b:
+        raise ValueError(f"need a < b, got [{a}, {b}]")
+    return (3 * a + b) / 4, (a + 3 * b) / 4

@@ -48,6 +48,7 @@ DELTA = torch.tensor([0.8, 0.6, -1.2, -0.9], dtype=torch.float64)
 
 
 def run(obj, *, end: bool = False, **kw):
+    kw.setdefault("refine", "doubling")  # the doubling scheme's tests; the local scheme's use run_local
     loss, grad = obj
     point = Counted(loss, grad, V0, DELTA)
     start = point.at(0.0)
@@ -116,7 +117,7 @@ def test_running_sums_bitwise_and_caller_gradients_untouched() -> None:
     start_copy = start.grad.clone()
     for n in (2, 4, 8):
         handed.clear()
-        res = integrate_pair(point, DELTA, start, max_splits=n, tolerance=0.0)
+        res = integrate_pair(point, DELTA, start, refine="doubling", max_splits=n, tolerance=0.0)
         gs = {0.0: start.grad, **{k / n: grad(V0 + (k / n) * DELTA) for k in range(1, n + 1)}}
         ends = gs[0.0] + gs[1.0]
         odd, even = torch.zeros_like(ends), torch.zeros_like(ends)
@@ -282,8 +283,9 @@ def test_l1_change_is_recorded_and_l1_tol_refines_further() -> None:
     delta = torch.tensor([2.0, 1.7, -0.9], dtype=torch.float64)
     point = _kinked_point(v0, delta)
     start = Evaluation(*point(0.0))
-    loose = integrate_pair(point, delta, start, method="rk4", max_splits=64, tolerance=1e-3, rtol=0.0)
-    strict = integrate_pair(point, delta, start, method="rk4", max_splits=64, tolerance=1e-3, rtol=0.0, l1_tol=1e-4)
+    kw = {"method": "rk4", "refine": "doubling", "max_splits": 64, "tolerance": 1e-3, "rtol": 0.0}
+    loose = integrate_pair(point, delta, start, **kw)
+    strict = integrate_pair(point, delta, start, **kw, l1_tol=1e-4)
     assert loose.l1_change > 1e-4  # the residual passed, but the row was still moving
     assert strict.splits > loose.splits
     assert strict.l1_change <= 1e-4 and not strict.flagged
