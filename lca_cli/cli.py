@@ -55,6 +55,23 @@ def cli() -> None:
     """
 
 
+class _ThreadsType(click.ParamType):
+    """``auto`` or a non-negative integer."""
+
+    name = "auto|N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not auto or an integer", param, ctx)
+
+
+_THREADS = _ThreadsType()
+
+
 def _compute_options(f: Any) -> Any:
     opts = [
         click.option(
@@ -63,18 +80,28 @@ def _compute_options(f: Any) -> Any:
             help="rk4: adaptive composite Simpson (the paper's 'RK4'; default). euler: first order, for comparison.",
         ),
         click.option(
-            "--tolerance",
-            type=float,
-            help="Absolute residual tolerance per pair, in loss units [default 1e-9 in float64, 1e-7 in "
-            "float32]. A pair passes when |residual| <= tolerance + rtol*|ΔL|; otherwise its sub-intervals "
-            "are doubled.",
+            "--refine",
+            type=click.Choice(["local", "doubling"]),
+            help="local: split only the sub-intervals whose per-parameter error estimate is large (default). "
+            "doubling: double every sub-interval while the residual is over tolerance (lca 0.1).",
         ),
-        click.option("--rtol", type=float, help="Relative residual tolerance per pair [default 1e-4]."),
         click.option(
             "--l1-tol",
             type=float,
-            help="Also refine until the last doubling changed the row by at most this relative L1 amount "
-            "(per-parameter accuracy, which the residual cannot see) [default 0 = off].",
+            help="Per-parameter accuracy target: refine until a row's estimated L1 error is at most this times "
+            "its L1 norm, so the run's relative L1 error per parameter is about this too [default 1e-3; "
+            "--refine doubling: 0 = off, else the relative L1 change of the last doubling].",
+        ),
+        click.option(
+            "--tolerance",
+            type=float,
+            help="Absolute residual tolerance per pair, in loss units: also refine until |residual| <= tolerance "
+            "+ rtol*|ΔL| [default: none; --refine doubling: 1e-9 in float64, 1e-7 in float32].",
+        ),
+        click.option(
+            "--rtol",
+            type=float,
+            help="Relative residual tolerance per pair (see --tolerance) [default: none; --refine doubling: 1e-4].",
         ),
         click.option(
             "--max-splits",
@@ -86,7 +113,7 @@ def _compute_options(f: Any) -> Any:
         click.option(
             "--dtype",
             type=click.Choice(["auto", "float32", "float64"]),
-            help="Network dtype; sums are float64 either way [default auto: float64 on CPU, float32 on CUDA].",
+            help="Network dtype; sums are float64 either way [default auto: the checkpoints' dtype].",
         ),
         click.option(
             "--bn-mode",
@@ -99,7 +126,12 @@ def _compute_options(f: Any) -> Any:
         ),
         click.option("--compile/--no-compile", default=None, help="torch.compile the model (opt-in) [off]."),
         click.option("--rows-per-chunk", type=int, help="Store rows per chunk (0 = about 8 MiB per chunk)."),
-        click.option("--threads", type=int, help="CPU threads for torch (0 = torch's default; 1 suits small models)."),
+        click.option(
+            "--threads",
+            type=_THREADS,
+            help="CPU threads for torch: auto = time one thread against every usable core at start-up (and "
+            "again when pairs slow down) and keep the faster; N fixes the count; 0 = torch's default [auto].",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -161,7 +193,12 @@ class _Progress:
 @click.option("--out", type=click.Path(path_type=Path), help="Store path [RUN_DIR/lca.zarr].")
 @_compute_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing store instead of resuming/appending to it.")
-@click.option("--strict", is_flag=True, help="Exit with code 8 when any pair stays over tolerance at the cap.")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit with code 8 when a pair computed by this call stays over tolerance at the cap (pairs flagged by "
+    "earlier calls are reported, not judged again).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON result object on stdout (for scripts).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary on stderr (warnings still shown).")
 def compute(
@@ -203,46 +240,71 @@ def compute(
     )
     try:
         with _Progress(enabled=not quiet) as progress:
-            result = run_compute(run_dir, config, out, overwrite=overwrite, progress=progress, stop=stop)
+            result = run_compute(
+                run_dir, config, out, overwrite=overwrite, progress=progress, stop=stop, log=None if quiet else _err
+            )
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
 
-    flagged_total = sum(len(v) for v in result.flagged.values())
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "store": str(result.store),
-                    "pairs": result.n_pairs,
-                    "computed": result.computed,
-                    "skipped": result.skipped,
-                    "flagged": result.flagged,
-                    "max_abs_residual": result.max_abs_residual,
-                    "seconds": round(result.seconds, 3),
-                    "device": result.device,
-                    "interrupted": result.interrupted,
-                }
-            )
-        )
+        click.echo(json.dumps(_result_json(result)))
     if not quiet:
         rate = result.computed / result.seconds if result.seconds > 0 else 0.0
         _err(
             f"{result.store}: {result.computed} pair(s) computed, {result.skipped} already done, "
             f"{result.n_pairs} in total ({rate:.2f} pairs/s on {result.device})"
         )
-    if flagged_total:
-        worst = ", ".join(f"{s}: {len(v)}" for s, v in result.flagged.items() if v)
-        first = next(v for v in result.flagged.values() if v)[:5]
-        _err(
-            f"Warning: {flagged_total} pair(s) still over tolerance at {config.compute.max_splits} sub-intervals "
-            f"({worst}; first steps {first}); see `lca summarize {result.store} --by iteration`"
-        )
+    for line in _flag_warnings(result):
+        _err(line)
     if result.interrupted:
         _err(f"Interrupted: {result.store} is resumable; rerun the same command to continue.")
         sys.exit(EXIT_INTERRUPTED)
-    if strict and flagged_total:
-        raise ToleranceError(f"{flagged_total} pair(s) over tolerance (--strict)")
+    new_flagged = sum(len(a.flagged_new) for a in result.accuracy.values())
+    if strict and new_flagged:
+        raise ToleranceError(f"{new_flagged} pair(s) computed by this call over tolerance (--strict)")
+
+
+def _result_json(result: Any) -> dict[str, Any]:
+    """The ``--json`` object of ``lca compute``: counts, flags per set (cumulative, and this call's), settings."""
+    acc = {s: a.to_dict() for s, a in result.accuracy.items()}
+    return {
+        "store": str(result.store),
+        "pairs": result.n_pairs,
+        "computed": result.computed,
+        "skipped": result.skipped,
+        "flagged": {s: a["flagged"] for s, a in acc.items()},
+        "flagged_new": {s: a["flagged_new"] for s, a in acc.items()},
+        "accuracy": acc,
+        "max_abs_residual": result.max_abs_residual,
+        "settings": result.settings,
+        "threads": result.threads,
+        "seconds": round(result.seconds, 3),
+        "device": result.device,
+        "interrupted": result.interrupted,
+    }
+
+
+def _flag_warnings(result: Any) -> list[str]:
+    """Warnings for sets with flagged pairs: counts, the worst residual on the run's scale, the fix."""
+    lines = []
+    for s, a in result.accuracy.items():
+        if not a.flagged:
+            continue
+        scale = (
+            f"{abs(a.worst_residual) / a.mean_abs_delta:.2g}x the run's mean |ΔL| per pair ({a.mean_abs_delta:.3g})"
+            if a.mean_abs_delta > 0
+            else "the loss never moved"
+        )
+        own = f", {abs(a.worst_residual / a.worst_delta):.2g}x its own |ΔL|" if a.worst_delta else ""
+        fix = a.suggestion(result.settings)
+        lines.append(
+            f"Warning: set {s}: {len(a.flagged)} pair(s) over tolerance ({len(a.flagged_new)} computed now; first "
+            f"steps {a.flagged[:5]}); the worst, step {a.worst_step} at {a.worst_splits} sub-interval(s), has "
+            f"|residual| {abs(a.worst_residual):.3g} = {scale}{own}; the run conserves to {a.conservation:.2g} "
+            "of Σ|ΔL|" + (f"; {fix}" if fix else "") + f"; see `lca summarize {result.store} --by iteration`"
+        )
+    return lines
 
 
 def _render_table(summary: Any) -> None:

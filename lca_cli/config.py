@@ -19,23 +19,37 @@ from typing import Any
 from lca_cli.errors import ConfigError, LcaError
 
 __all__ = [
+    "DEFAULT_L1_TOL",
     "LOSS_NAMES",
+    "REFINES",
     "ComputeOptions",
     "Config",
     "FactorySpec",
     "build_model",
     "call_factory",
     "import_factory",
+    "legacy_identity",
     "load_config",
     "parse_config",
+    "settings_mismatch",
 ]
 
 LOSS_NAMES = ("cross_entropy", "mse", "nll", "bce_with_logits")
 METHODS = ("rk4", "euler")
 BN_MODES = ("batch", "running")
 DTYPES = ("auto", "float32", "float64")
-#: Absolute residual tolerance used when none is given, by network dtype (about 10x its loss rounding noise).
+#: How refinement picks sub-intervals (see :mod:`lca_cli.integrate`): split only the panels whose error estimate
+#: is large, or double them all (the only scheme before lca 0.2; stores without a ``refine`` setting used it).
+REFINES = ("local", "doubling")
+#: ``refine`` of a store made before the setting existed.
+LEGACY_REFINE = "doubling"
+#: Per-parameter accuracy target of ``refine="local"``: the estimated L1 error of each row relative to its L1 norm,
+#: so that the run's relative L1 error per parameter is about this too (BENCHMARKS.md, "Accuracy").
+DEFAULT_L1_TOL = 1e-3
+#: ``refine="doubling"`` defaults (lca 0.1): absolute residual tolerance by network dtype (about 10x its loss
+#: rounding noise) and the relative part.
 DEFAULT_ATOL = {"float64": 1e-9, "float32": 1e-7}
+DOUBLING_RTOL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -56,31 +70,37 @@ class ComputeOptions:
 
     Attributes:
         method: ``"rk4"`` (adaptive composite Simpson, what the paper calls RK4) or ``"euler"`` (first order).
-        tolerance: Absolute part of the per-pair tolerance on the residual, in loss units; None = by dtype
-            (:data:`DEFAULT_ATOL`).
-        rtol: Relative part: a pair passes when ``|residual| <= tolerance + rtol * |ΔL|``.
-        l1_tol: Optional per-parameter criterion: also refine until the last doubling moved the row by at
-            most this relative L1 amount (0 = off). See :func:`lca_cli.integrate.integrate_pair`.
+        refine: ``"local"`` (split only the sub-intervals whose per-parameter error estimate is large) or
+            ``"doubling"`` (double every sub-interval while the residual is over tolerance; lca 0.1).
+        tolerance: Absolute residual tolerance per pair, in loss units, or None. ``"local"``: None means no
+            residual criterion besides ``l1_tol``; ``"doubling"``: None means :data:`DEFAULT_ATOL` by dtype.
+        rtol: Relative residual tolerance (times ``|ΔL|``), or None (``"doubling"``: :data:`DOUBLING_RTOL`). When
+            either is given, a pair also needs ``|residual| <= tolerance + rtol |ΔL|``.
+        l1_tol: Per-parameter target, relative L1: ``"local"`` refines until the row's estimated L1 error is at
+            most ``l1_tol ||lca||_1``; ``"doubling"`` until the last doubling moved the row by at most this much.
+            None: :data:`DEFAULT_L1_TOL` for ``"local"``, 0 (off) for ``"doubling"``.
         max_splits: Cap on sub-intervals (power of two >= 2); 2 is plain Simpson with no refinement.
         batch_size: Evaluation chunk size (samples per forward pass).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:i"``.
-        dtype: dtype the network runs in (sums are always accumulated in float64). ``"auto"``: float64 on
-            CPU, where small nets are overhead-bound and float32 loss rounding (~1e-7 L) would swamp late-training
-            loss changes in the residual check; float32 on CUDA.
+        dtype: dtype the network runs in (sums are always accumulated in float64). ``"auto"``: the checkpoints'
+            dtype (float64 when every floating tensor of the first checkpoint is float64, else float32), on every
+            device: a float32 network gave the same per-parameter error as a float64 one on every net measured,
+            at about half the cost on CPU.
         bn_mode: ``"batch"`` (statistics of each evaluation chunk, as in the paper) or ``"running"``
             (the checkpoints' running statistics, interpolated along the segment and allocated separately).
         allow_tf32: Allow TF32 matmuls/convolutions on GPU (faster, less accurate; off by default).
         compile: Use ``torch.compile`` on the model (opt-in).
         rows_per_chunk: Rows per store chunk along the iteration axis (0 = choose from the row size).
-        threads: CPU threads for torch (0 = torch's default). 1 is often faster for small models and on busy
-            machines, where OpenMP threads wait for each other.
+        threads: CPU threads for torch: ``"auto"`` (measure one thread against all usable cores at start-up and
+            again when pairs slow down; see :mod:`lca_cli.tuning`), a count >= 1, or 0 for torch's default.
 
     """
 
     method: str = "rk4"
+    refine: str = "local"
     tolerance: float | None = None
-    rtol: float = 1e-4
-    l1_tol: float = 0.0
+    rtol: float | None = None
+    l1_tol: float | None = None
     max_splits: int = 32
     batch_size: int = 1024
     device: str = "auto"
@@ -89,7 +109,7 @@ class ComputeOptions:
     allow_tf32: bool = False
     compile: bool = False
     rows_per_chunk: int = 0
-    threads: int = 0
+    threads: int | str = "auto"
 
     def validate(self) -> ComputeOptions:
         """Check every value, raising :class:`~lca_cli.errors.UsageError` on the first bad one.
@@ -105,14 +125,17 @@ class ComputeOptions:
 
         if self.method not in METHODS:
             raise bad("method", f"{self.method!r} is not one of {', '.join(METHODS)}")
+        if self.refine not in REFINES:
+            raise bad("refine", f"{self.refine!r} is not one of {', '.join(REFINES)}")
         if self.tolerance is not None and not (self.tolerance >= 0):
             raise bad("tolerance", f"{self.tolerance} must be >= 0")
-        if not (self.rtol >= 0):
+        if self.rtol is not None and not (self.rtol >= 0):
             raise bad("rtol", f"{self.rtol} must be >= 0")
-        if not (self.l1_tol >= 0):
+        if self.l1_tol is not None and not (self.l1_tol >= 0):
             raise bad("l1_tol", f"{self.l1_tol} must be >= 0 (0 = off)")
-        if self.threads < 0:
-            raise bad("threads", f"{self.threads} must be >= 0 (0 = torch's default)")
+        th = self.threads
+        if th != "auto" and (isinstance(th, bool) or not isinstance(th, int) or th < 0):
+            raise bad("threads", f"{th!r} must be auto or a count >= 1 (0 = torch's default)")
         ms = self.max_splits
         if ms < 2 or ms & (ms - 1):
             raise bad("max_splits", f"{ms} is not a power of two >= 2 (2 = plain Simpson)")
@@ -129,24 +152,34 @@ class ComputeOptions:
             raise bad("rows_per_chunk", "must be >= 0")
         return self
 
-    def resolved(self, device_type: str) -> ComputeOptions:
-        """Replace the automatic choices (``dtype="auto"``, ``tolerance=None``) by concrete values.
+    def resolved(self, device_type: str, checkpoint_dtype: str = "float32") -> ComputeOptions:
+        """Replace the automatic choices (``dtype="auto"``, tolerances left None) by concrete values.
 
         Args:
-            device_type: ``"cpu"`` or ``"cuda"`` (the resolved device's type).
+            device_type: ``"cpu"`` or ``"cuda"`` (the resolved device's type; no choice depends on it today).
+            checkpoint_dtype: ``"float32"`` or ``"float64"``: what ``dtype="auto"`` becomes (see
+                :func:`lca_cli.tuning.checkpoint_dtype`).
 
         Returns:
-            A copy with a concrete dtype and tolerance.
+            A copy with a concrete dtype and the scheme's default tolerances (``"local"`` keeps an absent residual
+            tolerance as None: it has none unless asked).
 
         """
-        dtype = self.dtype if self.dtype != "auto" else ("float32" if device_type == "cuda" else "float64")
-        tol = self.tolerance if self.tolerance is not None else DEFAULT_ATOL[dtype]
-        return dataclasses.replace(self, dtype=dtype, tolerance=tol)
+        del device_type  # the dtype follows the checkpoints on every device (issue 9)
+        dtype = self.dtype if self.dtype != "auto" else checkpoint_dtype
+        if self.refine == "doubling":
+            tol = self.tolerance if self.tolerance is not None else DEFAULT_ATOL[dtype]
+            rtol = self.rtol if self.rtol is not None else DOUBLING_RTOL
+            l1 = self.l1_tol if self.l1_tol is not None else 0.0
+            return dataclasses.replace(self, dtype=dtype, tolerance=tol, rtol=rtol, l1_tol=l1)
+        l1 = self.l1_tol if self.l1_tol is not None else DEFAULT_L1_TOL
+        return dataclasses.replace(self, dtype=dtype, l1_tol=l1)
 
     def result_settings(self) -> dict[str, Any]:
         """The settings that change the numbers in a store (a resumed run must use the same ones)."""
         keys = (
-            "method", "tolerance", "rtol", "l1_tol", "max_splits", "batch_size", "dtype", "bn_mode", "allow_tf32",
+            "method", "refine", "tolerance", "rtol", "l1_tol", "max_splits", "batch_size", "dtype", "bn_mode",
+            "allow_tf32",
         )  # fmt: skip
         return {k: getattr(self, k) for k in keys}
 
@@ -189,11 +222,66 @@ class Config:
         return dataclasses.replace(self, compute=dataclasses.replace(self.compute, **given))
 
 
-#: The TOML type of each [compute] key (ints are accepted for floats).
+def legacy_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """A store's recorded identity with the result settings added since it was made, at their old values.
+
+    Args:
+        identity: The store's ``identity`` attribute.
+
+    Returns:
+        A copy whose ``compute`` table has every current key (a store made before ``refine`` existed used
+        doubling).
+
+    """
+    compute = dict(identity.get("compute") or {})
+    compute.setdefault("refine", LEGACY_REFINE)
+    return {**identity, "compute": compute}
+
+
+def _flag_value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def settings_mismatch(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
+    """Which compute settings differ between a store and this call, and the flags that keep using the store.
+
+    Args:
+        stored: The store's identity (after :func:`legacy_identity`).
+        current: This call's identity (:meth:`Config.identity`).
+
+    Returns:
+        One line for an error message, or None when something other than compute settings differs (model,
+        data or loss: the store belongs to another run) or nothing does.
+
+    """
+    if {k: v for k, v in stored.items() if k != "compute"} != {k: v for k, v in current.items() if k != "compute"}:
+        return None
+    old, new = dict(stored.get("compute") or {}), dict(current.get("compute") or {})
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if not keys:
+        return None
+    diffs, flags = [], []
+    for k in keys:
+        was, now = old.get(k), new.get(k)
+        diffs.append(f"{k} {was!r} (this call: {now!r})")
+        flag = "--" + k.replace("_", "-")
+        if isinstance(was, bool):
+            flags.append(flag if was else f"--no-{k.replace('_', '-')}")
+        elif was is None:
+            flags.append(f"no {flag}")
+        else:
+            flags.append(f"{flag} {_flag_value(was)}")
+    return (
+        f"other result-changing settings: {'; '.join(diffs)}. To keep appending to it with the settings it was "
+        f"made with, pass {' '.join(flags)}; or pass --overwrite to recompute it with the new ones"
+    )
+
+
+#: The TOML type of each [compute] key (ints are accepted for floats; threads is "auto" or an int).
 _COMPUTE_TYPES: dict[str, type] = {
-    "method": str, "tolerance": float, "rtol": float, "l1_tol": float, "max_splits": int, "batch_size": int,
-    "device": str, "dtype": str, "bn_mode": str, "allow_tf32": bool, "compile": bool, "rows_per_chunk": int,
-    "threads": int,
+    "method": str, "refine": str, "tolerance": float, "rtol": float, "l1_tol": float, "max_splits": int,
+    "batch_size": int, "device": str, "dtype": str, "bn_mode": str, "allow_tf32": bool, "compile": bool,
+    "rows_per_chunk": int, "threads": int,
 }  # fmt: skip
 
 
@@ -270,6 +358,8 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>", base_dir: Pat
     for name, value in comp_raw.items():
         # TOML values have types; a wrong one (max_splits = "8") would crash validate() with a TypeError.
         want = _COMPUTE_TYPES[name]
+        if name == "threads" and value == "auto":
+            continue
         ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
         if not ok and not (want is float and isinstance(value, int) and not isinstance(value, bool)):
             raise ConfigError(f"{source}: [compute] {name} = {value!r} must be a {want.__name__}")

@@ -290,6 +290,20 @@ class Objective:
         self._weights = [x.shape[0] / evalset.n_samples for x, _ in evalset.chunks]
         self._weights_on: dict[torch.device, torch.Tensor] = {}
 
+    def head(self, chunks: int = 1) -> Objective:
+        """The same objective over the first ``chunks`` evaluation chunks only (a cheap, representative probe).
+
+        Args:
+            chunks: How many leading chunks to keep (at least 1).
+
+        Returns:
+            A new objective sharing the model, layout, loss and forward.
+
+        """
+        kept = self.evalset.chunks[: max(1, chunks)]
+        subset = EvalSet(self.evalset.name, kept, sum(int(x.shape[0]) for x, _ in kept))
+        return Objective(self.model, self.vlayout, subset, self.loss_fn, self.dtype, self._custom_forward)
+
     def _state(self, flat: torch.Tensor, fixed: Mapping[str, torch.Tensor], leaves: bool) -> dict[str, torch.Tensor]:
         # Floating buffers follow the network's dtype (a float32 checkpoint in a float64 network, or back);
         # ``to`` copies when it casts, and train-mode BatchNorm writes into its running buffers, so those get a

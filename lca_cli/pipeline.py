@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import queue
 import threading
 import time
@@ -27,8 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from lca_cli.accuracy import SetAccuracy, set_accuracy
 from lca_cli.checkpoints import CheckpointRef, check_state_dict, find_checkpoints, read_checkpoint
-from lca_cli.config import Config, build_model, call_factory
+from lca_cli.config import Config, build_model, call_factory, legacy_identity, settings_mismatch
 from lca_cli.errors import RunDirError, StoreError, UsageError
 from lca_cli.integrate import Evaluation, integrate_pair
 from lca_cli.layout import Layout
@@ -42,6 +44,7 @@ from lca_cli.objective import (
     split_state,
 )
 from lca_cli.store import BlockRows, LcaStore
+from lca_cli.tuning import ThreadTuner, checkpoint_dtype, usable_cores
 
 __all__ = [
     "CheckpointLoader",
@@ -55,6 +58,8 @@ __all__ = [
 
 #: ``progress(pairs_done_this_run, pairs_to_do)``, called after every pair.
 ProgressFn = Callable[[int, int], None]
+#: Receives one-line notes on stderr-worthy choices (the thread count chosen by ``--threads auto``).
+LogFn = Callable[[str], None]
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -184,10 +189,12 @@ class PairEngine:
         objectives: One objective per evaluation set.
         method: ``"rk4"`` or ``"euler"``.
         max_splits: Cap on sub-intervals.
-        tolerance: Absolute residual tolerance.
-        rtol: Relative residual tolerance.
+        tolerance: Absolute residual tolerance, or None (see :class:`~lca_cli.config.ComputeOptions`).
+        rtol: Relative residual tolerance, or None.
         device: Compute device.
-        l1_tol: Optional per-parameter refinement criterion (0 = off).
+        l1_tol: Per-parameter accuracy target (0 = off).
+        refine: ``"local"`` or ``"doubling"``.
+        gradients: Gradients computed so far (every pair's sub-intervals, summed over sets), for the thread tuner.
 
     """
 
@@ -196,10 +203,12 @@ class PairEngine:
     objectives: dict[str, Objective]
     method: str
     max_splits: int
-    tolerance: float
-    rtol: float
+    tolerance: float | None
+    rtol: float | None
     device: torch.device
     l1_tol: float = 0.0
+    refine: str = "local"
+    gradients: int = 0
     _bounds: list[tuple[int, int]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -270,6 +279,7 @@ class PairEngine:
                     cache.evals[s],
                     self._evaluate(s, v1, fixed1),
                     method=self.method,
+                    refine=self.refine,
                     max_splits=self.max_splits,
                     tolerance=self.tolerance,
                     rtol=self.rtol,
@@ -277,6 +287,7 @@ class PairEngine:
                     label=f"steps {steps[t]} -> {steps[t + 1]} (set {s})",
                 )
                 evals_end[s] = res.end
+                self.gradients += res.splits
                 lca_p = res.lca[:n_params]  # (P,) parameters; res.lca[n_params:] are the buffers
                 torch.from_numpy(rows32[s][i]).copy_(lca_p)
                 r = per_pair[s]
@@ -368,10 +379,11 @@ def build_engine(config: Config, device: torch.device) -> tuple[PairEngine, dict
             "n_chunks": len(sizes),
             "last_chunk": sizes[-1],
         }
-    assert opts.tolerance is not None  # resolved above
+    assert opts.l1_tol is not None  # resolved above
     engine = PairEngine(
-        layout, vlayout, objectives, opts.method, opts.max_splits, opts.tolerance, opts.rtol, device, opts.l1_tol
-    )
+        layout, vlayout, objectives, opts.method, opts.max_splits, opts.tolerance, opts.rtol, device, opts.l1_tol,
+        opts.refine,
+    )  # fmt: skip
     details = {
         "sets": evaluation,
         "bn_mode": opts.bn_mode,
@@ -397,6 +409,9 @@ class ComputeResult:
         seconds: Wall time of the pair loop.
         device: Device used.
         interrupted: True when stopped early (Ctrl-C); finished rows are saved.
+        accuracy: Per set, conservation, flags (all, and this call's) and the worst flagged pair.
+        settings: The resolved result settings the store holds (method, refine, tolerances, dtype, ...).
+        threads: torch's intra-op thread count at the end (chosen by measurement with ``--threads auto``).
 
     """
 
@@ -409,6 +424,9 @@ class ComputeResult:
     seconds: float
     device: str
     interrupted: bool = False
+    accuracy: dict[str, SetAccuracy] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    threads: int = 0
 
 
 def _normalise(obj: Any) -> Any:
@@ -488,15 +506,37 @@ class _Writer:
 
 
 @contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    # torch's intra-op thread count is process-global: set it for this call only.
+def _threads(n: int | str) -> Iterator[None]:
+    # torch's intra-op thread count is process-global: set it for this call only ("auto" is set later, by
+    # _choose_threads, inside this context).
     old = torch.get_num_threads()
-    if n > 0:
+    if isinstance(n, int) and n > 0:
         torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def _choose_threads(engine: PairEngine, threads: int | str, log: LogFn | None) -> ThreadTuner | None:
+    """``--threads auto`` on CPU: time one evaluation chunk at one thread and at every usable core.
+
+    Returns the tuner (for re-checks when pairs slow down), or None when the count is fixed: an explicit
+    ``--threads``, a CUDA device (CPU threads do not carry the work there) or ``OMP_NUM_THREADS`` set by the user.
+    """
+    if threads != "auto" or engine.device.type != "cpu":
+        return None
+    if os.environ.get("OMP_NUM_THREADS"):
+        if log is not None:
+            log(f"threads: {torch.get_num_threads()} (OMP_NUM_THREADS)")
+        return None
+    obj = next(iter(engine.objectives.values()))
+    head = obj.head(1)
+    model_state = {k: t.detach().cpu() for k, t in obj.model.state_dict().items()}
+    v, fixed = split_state(model_state, engine.vlayout, engine.device)
+    tuner = ThreadTuner(lambda: head.value_and_grad(v, fixed), [1, usable_cores()], log)
+    tuner.choose()
+    return tuner
 
 
 @contextlib.contextmanager
@@ -523,7 +563,11 @@ def _open_or_create(
     identity = _normalise(config.identity())
     if out.exists() and not overwrite:
         store = LcaStore.open(out, mode="r+")
-        if _normalise(store.attrs.get("identity")) != identity or store.layout != engine.layout:
+        stored = _normalise(legacy_identity(store.attrs.get("identity") or {}))
+        if stored != identity or store.layout != engine.layout:
+            differ = settings_mismatch(stored, identity) if store.layout == engine.layout else None
+            if differ:  # only result-changing compute settings differ: say which, and how to keep the store
+                raise StoreError(f"{out} was computed with {differ}")
             raise StoreError(
                 f"{out} was computed from another model, data, loss or compute settings than this config; "
                 "pass --overwrite to replace it, or --out to write elsewhere"
@@ -537,6 +581,7 @@ def _open_or_create(
     opts = config.compute
     attrs = {
         "method": opts.method,
+        "refine": opts.refine,
         "tolerance": opts.tolerance,
         "rtol": opts.rtol,
         "l1_tol": opts.l1_tol,
@@ -567,6 +612,7 @@ def compute(
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     stop: threading.Event | None = None,
+    log: LogFn | None = None,
 ) -> ComputeResult:
     """Compute (or resume, or extend) the LCA store of a run.
 
@@ -577,6 +623,7 @@ def compute(
         overwrite: Replace an existing store instead of resuming it.
         progress: Called after every pair with ``(done, total)`` for this call.
         stop: When set (e.g. on Ctrl-C), finish the current pair, save finished rows and return.
+        log: Receives one-line notes (the thread count ``--threads auto`` chose).
 
     Returns:
         What was done.
@@ -593,8 +640,10 @@ def compute(
             f"{run} holds {len(refs)} checkpoint(s); LCA needs at least two (*.safetensors, one per iteration)"
         )
     device = resolve_device(config.compute.device)
-    # Concrete dtype and tolerance for this device: they are what the store records and a resume must match.
-    opts = config.compute.resolved(device.type)
+    # Concrete dtype and tolerances: they are what the store records and a resume must match. dtype "auto" is
+    # the checkpoints' own dtype.
+    ckpt_dtype = checkpoint_dtype(read_checkpoint(refs[0])) if config.compute.dtype == "auto" else "float32"
+    opts = config.compute.resolved(device.type, ckpt_dtype)
     config = dataclasses.replace(config, compute=opts)
     out_path = Path(out) if out is not None else run / "lca.zarr"
     with _tf32(opts.allow_tf32), _threads(opts.threads):
@@ -605,14 +654,19 @@ def compute(
         skipped = int(done.sum())
         blocks = plan_blocks(done, store.rows_per_chunk)
         total = sum(len(b) for b in blocks)
+        tuner = _choose_threads(engine, opts.threads, log) if total else None
         loader = CheckpointLoader(refs, expected, engine.vlayout, device)
         buffers = _BlockBuffers()
         writer = _Writer(store, buffers)
         computed = 0
+        last_time, last_gradients = time.perf_counter(), engine.gradients
 
         def tick() -> None:
-            nonlocal computed
+            nonlocal computed, last_time, last_gradients
             computed += 1
+            if tuner is not None:  # seconds per gradient of this pair: a sudden slowdown re-checks the threads
+                tuner.observe(time.perf_counter() - last_time, engine.gradients - last_gradients)
+                last_time, last_gradients = time.perf_counter(), engine.gradients
             if progress is not None:
                 progress(computed, total)
 
@@ -630,14 +684,41 @@ def compute(
             loader.close()
             writer.close()
         seconds = time.perf_counter() - t0
+        threads_used = torch.get_num_threads()
 
-    flagged, max_res = {}, {}
+    new = np.zeros(store.n_pairs, dtype=bool)
+    for b in blocks:
+        new[b.start : b.stop] = True
+    accuracy = _accuracy(store, new)
+    flagged = {s: a.flagged for s, a in accuracy.items()}
+    max_res = {}
     done_all = store.done()
     for s in store.sets:
-        f = store.read(s, "flagged") & done_all
-        flagged[s] = [int(x) for x in store.steps[:-1][f]]
         res = store.read(s, "residual")[done_all]
         max_res[s] = float(np.abs(res).max()) if res.size else 0.0
     return ComputeResult(
-        out_path, store.n_pairs, computed, skipped, flagged, max_res, seconds, str(device), interrupted
-    )
+        out_path, store.n_pairs, computed, skipped, flagged, max_res, seconds, str(device), interrupted,
+        accuracy, opts.result_settings(), threads_used,
+    )  # fmt: skip
+
+
+def _accuracy(store: LcaStore, new: np.ndarray) -> dict[str, SetAccuracy]:
+    """Per set, :func:`~lca_cli.accuracy.set_accuracy` over the store's done pairs (``new``: this call's)."""
+    done = store.done()
+    out = {}
+    for s in store.sets:
+
+        def row_l1(t: int, s: str = s) -> float:
+            return float(np.abs(np.asarray(store.array(s, "lca")[t], dtype=np.float64)).sum())
+
+        out[s] = set_accuracy(
+            store.steps,
+            store.read(s, "loss"),
+            store.read(s, "residual"),
+            store.read(s, "flagged"),
+            store.read(s, "splits"),
+            done,
+            new & done,
+            row_l1,
+        )
+    return out

@@ -287,8 +287,32 @@ def test_strict_exit_code_when_flagged(capsys: pytest.CaptureFixture[str], tmp_p
         capsys, "compute", run, "--quiet", "--method", "euler", "--tolerance", "0", "--rtol", "0", "--strict"
     )
     assert code == EXIT_CODES["tolerance"]
-    assert "Warning: 3 pair(s) still over tolerance" in err
+    warning = next(line for line in err.splitlines() if line.startswith("Warning: "))
+    assert "3 pair(s) over tolerance (3 computed now" in warning
+    # The warning puts the worst residual on the run's scale and names a setting that would fix it.
+    assert "the run's mean |ΔL| per pair" in warning and "--tolerance" in warning
     assert err.strip().splitlines()[-1].startswith("Error: ")
+
+
+def test_strict_judges_only_this_calls_pairs(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    run = make_tiny_run(tmp_path, steps=4)
+    flags = ["--quiet", "--json", "--method", "euler", "--tolerance", "0", "--rtol", "0", "--l1-tol", "0"]
+    code, out, _ = run_cli(capsys, "compute", run, *flags, "--strict")
+    assert code == EXIT_CODES["tolerance"]  # Euler misses a zero tolerance on every pair that moves
+    first = json.loads(out)
+    assert first["flagged"] == first["flagged_new"] == {"train": [0, 1, 2, 3]}
+    # Training stops moving: four more checkpoints equal to the last one. Their pairs conserve exactly.
+    last = load_file(str(run / "step_00000004.safetensors"))
+    for step in range(5, 9):
+        save_file(last, str(run / f"step_{step:08d}.safetensors"), metadata={"step": str(step)})
+    code, out, err = run_cli(capsys, "compute", run, *flags, "--strict")
+    assert code == 0, err  # the new pairs pass; the old flags are reported, not judged again
+    second = json.loads(out)
+    assert second["computed"] == 4 and second["flagged_new"] == {"train": []}
+    assert second["flagged"] == first["flagged"]  # the JSON keeps the cumulative list ...
+    acc = second["accuracy"]["train"]
+    assert acc["flagged_count"] == 4 and acc["flagged_new_count"] == 0 and not acc["lists_cut"]  # ... whole
+    assert "Warning: set train: 4 pair(s) over tolerance (0 computed now" in err
 
 
 def test_append_new_checkpoints(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

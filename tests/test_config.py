@@ -260,11 +260,18 @@ def test_import_factory_reference_module() -> None:
     assert import_factory("reference:tanh_mlp") is reference.tanh_mlp
 
 
-def test_resolved_picks_dtype_and_tolerance_by_device() -> None:
+def test_resolved_picks_dtype_from_the_checkpoints_and_tolerances_by_scheme() -> None:
     auto = ComputeOptions()
-    assert auto.dtype == "auto" and auto.tolerance is None
-    cpu, cuda = auto.resolved("cpu"), auto.resolved("cuda")
-    assert (cpu.dtype, cpu.tolerance) == ("float64", 1e-9)
-    assert (cuda.dtype, cuda.tolerance) == ("float32", 1e-7)
-    explicit = dataclasses.replace(auto, dtype="float32", tolerance=1e-5).resolved("cpu")
-    assert (explicit.dtype, explicit.tolerance) == ("float32", 1e-5)
+    assert (auto.dtype, auto.refine, auto.tolerance, auto.rtol, auto.l1_tol) == ("auto", "local", None, None, None)
+    for device in ("cpu", "cuda"):  # the dtype follows the checkpoints on every device
+        assert auto.resolved(device, "float32").dtype == "float32"
+        assert auto.resolved(device, "float64").dtype == "float64"
+    local = auto.resolved("cpu", "float32")
+    assert (local.tolerance, local.rtol, local.l1_tol) == (None, None, 1e-3)
+    # The doubling scheme keeps lca 0.1's defaults, so an old store resumes with --refine doubling --dtype float64.
+    doubling = dataclasses.replace(auto, refine="doubling")
+    d64, d32 = doubling.resolved("cpu", "float64"), doubling.resolved("cpu", "float32")
+    assert (d64.tolerance, d64.rtol, d64.l1_tol) == (1e-9, 1e-4, 0.0)
+    assert (d32.tolerance, d32.rtol, d32.l1_tol) == (1e-7, 1e-4, 0.0)
+    explicit = dataclasses.replace(auto, dtype="float64", tolerance=1e-5, l1_tol=0.0).resolved("cpu", "float32")
+    assert (explicit.dtype, explicit.tolerance, explicit.rtol, explicit.l1_tol) == ("float64", 1e-5, None, 0.0)
