@@ -239,6 +239,8 @@ def legacy_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _flag_value(value: Any) -> str:
+    if value is None:
+        return "none"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -260,10 +262,16 @@ def settings_mismatch(stored: Mapping[str, Any], current: Mapping[str, Any]) -> 
     keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if not keys:
         return None
+    # Flags the store's refine scheme and dtype already imply (doubling brings lca 0.1's tolerances) are left out.
+    implied: dict[str, Any] = {}
+    if old.get("refine") in REFINES and old.get("dtype") in DTYPES[1:]:
+        implied = ComputeOptions(refine=old["refine"]).resolved("cpu", old["dtype"]).result_settings()
     diffs, flags = [], []
     for k in keys:
         was, now = old.get(k), new.get(k)
-        diffs.append(f"{k} {was!r} (this call: {now!r})")
+        diffs.append(f"{k} {_flag_value(was)} (this call: {_flag_value(now)})")
+        if k not in ("refine", "dtype") and k in implied and implied[k] == was:
+            continue
         flag = "--" + k.replace("_", "-")
         if isinstance(was, bool):
             flags.append(flag if was else f"--no-{k.replace('_', '-')}")

@@ -280,6 +280,34 @@ def test_store_from_another_config_is_refused(capsys: pytest.CaptureFixture[str]
     assert code == 0
 
 
+def test_store_made_with_old_defaults(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # lca 0.1's defaults were doubling to rtol 1e-4 with a float64 network on CPU, and its stores have no
+    # 'refine' setting: make such a store, then strip the setting as the old version never wrote it.
+    run = make_tiny_run(tmp_path, steps=6)
+    stash = tmp_path / "later"
+    stash.mkdir()
+    for step in (5, 6):
+        shutil.move(run / f"step_{step:08d}.safetensors", stash)
+    assert run_cli(capsys, "compute", run, "--quiet", "--refine", "doubling", "--dtype", "float64")[0] == 0
+    store = LcaStore.open(run / "lca.zarr", mode="r+")
+    identity = store.attrs["identity"]
+    del identity["compute"]["refine"]
+    store.update_attrs({"identity": identity})
+    for f in stash.iterdir():
+        shutil.move(f, run / f.name)
+    # New defaults: refused in one line that names the settings that differ and the flags that keep the store.
+    code, out, err = run_cli(capsys, "compute", run, "--quiet")
+    assert_one_line_error(code, out, err, "store", "refine doubling (this call: local)")
+    assert "dtype float64 (this call: float32)" in err
+    assert "pass --dtype float64 --refine doubling;" in err and "--overwrite" in err
+    # Those flags resume it: only the two new pairs are computed, with the settings it was made with.
+    code, out, err = run_cli(capsys, "compute", run, "--quiet", "--json", "--dtype", "float64", "--refine", "doubling")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["computed"] == 2 and result["skipped"] == 4
+    assert result["settings"]["tolerance"] == 1e-9 and result["settings"]["rtol"] == 1e-4
+
+
 def test_strict_exit_code_when_flagged(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     run = make_tiny_run(tmp_path, steps=3)
     # Euler never meets a zero tolerance: every pair is flagged, and --strict turns that into exit 8.

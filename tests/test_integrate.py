@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import itertools
 import math
+from fractions import Fraction
 
 import pytest
 import reference
 import torch
 
 from lca_cli.errors import NumericalError
-from lca_cli.integrate import Evaluation, integrate_pair, within_tolerance
+from lca_cli.integrate import Evaluation, integrate_pair, residual_budget, within_tolerance
 from lca_cli.layout import Layout
 from lca_cli.objective import Objective, builtin_loss, make_chunks, prepare_model
+from lca_cli.quadrature import panel_rule
 
 
 class Counted:
@@ -303,3 +305,130 @@ def test_euler_l1_change_compares_with_trapezoid() -> None:
     g0, g1 = point(0.0)[1], point(1.0)[1]
     euler, trap = delta * g0, delta * (g0 + g1) / 2
     assert res.l1_change == pytest.approx(float((euler - trap).abs().sum() / euler.abs().sum()))
+
+
+# -- the local scheme ------------------------------------------------------------------------------------
+
+
+def run_local(obj, **kw):  # type: ignore[no-untyped-def]
+    loss, grad = obj
+    point = Counted(loss, grad, V0, DELTA)
+    res = integrate_pair(point, DELTA, point.at(0.0), refine="local", **kw)
+    return res, point
+
+
+def panels_of(calls: list[float]) -> list[tuple[Fraction, Fraction]]:
+    """The local scheme's panels from the points it evaluated: consecutive (end, mid, end) triples."""
+    pts = sorted({Fraction(0), *(Fraction(s) for s in calls)})
+    assert len(pts) % 2 == 1
+    return [(pts[k], pts[k + 2]) for k in range(0, len(pts) - 1, 2)]
+
+
+def test_local_quadratic_is_plain_simpson() -> None:
+    # A quadratic loss has a linear gradient: Simpson and the trapezoid rule on the halves agree, the
+    # indicator is zero, and plain Simpson (two gradients) is accepted whatever the target.
+    res, point = run_local(power_objective(2), max_splits=32, l1_tol=1e-12)
+    assert res.splits == 2 and not res.flagged and point.calls == [1.0, 0.5]
+    torch.testing.assert_close(res.lca, exact_lca(2), rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("cap", [2, 4, 8, 16])
+def test_local_without_tolerance_refines_everything_to_the_cap(cap: int) -> None:
+    # No tolerance of any kind: every panel is split down to the cap, which is uniform composite Simpson.
+    loss, grad = exp_objective()
+    res, point = run_local((loss, grad), max_splits=cap, l1_tol=0.0)
+    assert res.splits == cap and res.flagged
+    assert len(point.calls) == cap and len(set(point.calls)) == cap and 0.0 not in point.calls
+    points, weights = reference.simpson_weights(cap)
+    integral = sum(float(w) * grad(V0 + float(s) * DELTA) for s, w in zip(points, weights, strict=True))
+    torch.testing.assert_close(res.lca, DELTA * integral, rtol=1e-14, atol=1e-15)
+
+
+def _one_kink(s_star: float):  # type: ignore[no-untyped-def]
+    # L(v) = sum max(v - c, 0)^2 / 2 on one coordinate that crosses c at s = s_star: a gradient kink there
+    # (like a ReLU unit changing sign), smooth elsewhere. The other coordinates are quadratic.
+    v0 = torch.tensor([-s_star, 0.3, -0.2, 0.1], dtype=torch.float64)
+    delta = torch.tensor([1.0, 0.25, 0.5, -0.4], dtype=torch.float64)
+    w = torch.tensor([1.0, 0.5, 0.25, 2.0], dtype=torch.float64)
+
+    def loss_grad(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kinked = torch.cat([v[:1].clamp(min=0), v[1:]])
+        return (w * kinked**2).sum() / 2, w * kinked
+
+    exact = w * ((v0 + delta).clamp(min=0) ** 2 - v0.clamp(min=0) ** 2) / 2
+    exact[1:] = w[1:] * ((v0 + delta)[1:] ** 2 - v0[1:] ** 2) / 2
+    return v0, delta, loss_grad, exact
+
+
+def test_local_refines_around_a_kink_and_sums_exactly_its_panels() -> None:
+    v0, delta, loss_grad, exact = _one_kink(0.3)
+    calls: list[float] = []
+
+    def point(s: float) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(s)
+        return loss_grad(v0 + s * delta)
+
+    start = Evaluation(*loss_grad(v0))
+    res = integrate_pair(point, delta, start, refine="local", max_splits=64, l1_tol=1e-4)
+    assert not res.flagged and res.l1_change <= 1e-4
+    assert res.splits == len(calls)  # sub-intervals = gradients (the end point included, the start reused)
+    panels = panels_of(calls)
+    widths = {b - a for a, b in panels}
+    assert len(widths) > 1  # refined locally: panels of several widths
+    narrow = [(a, b) for a, b in panels if b - a == min(widths)]
+    assert any(a <= 0.3 <= b for a, b in narrow)  # the narrowest panels hold the kink ...
+    assert all(abs(a - Fraction(3, 10)) <= 4 * (b - a) for a, b in narrow)  # ... and stay next to it
+    # The row is exactly the composite Simpson rule of those panels (exact Fraction weights).
+    points, weights = panel_rule(panels)
+    integral = sum(float(w) * loss_grad(v0 + float(s) * delta)[1] for s, w in zip(points, weights, strict=True))
+    torch.testing.assert_close(res.lca, delta * integral, rtol=1e-13, atol=1e-15)
+    # And it is accurate: the per-parameter error is within the target it claims (here, 1e-4 relative L1).
+    assert float((res.lca - exact).abs().sum()) <= 1e-4 * float(exact.abs().sum())
+    # Uniform doubling to the same accuracy costs more gradients.
+    uniform = integrate_pair(point, delta, start, refine="doubling", max_splits=64, tolerance=0.0, l1_tol=1e-4)
+    assert uniform.splits > res.splits
+
+
+def test_local_residual_is_a_lower_bound_and_flags() -> None:
+    # At the cap the estimate may stay over l1_tol; the pair is flagged only when the residual proves it.
+    v0, delta, loss_grad, _ = _one_kink(0.3)
+    point = lambda s: loss_grad(v0 + s * delta)  # noqa: E731
+    start = Evaluation(*loss_grad(v0))
+    res = integrate_pair(point, delta, start, refine="local", max_splits=2, l1_tol=1e-9)
+    norm = float(res.lca.abs().sum())
+    assert res.splits == 2 and res.l1_change > 1e-9
+    assert res.flagged == (abs(res.residual) > residual_budget(res.loss1 - res.loss0, norm, None, None, 1e-9))
+    assert res.flagged  # this kink's residual is far over 1e-9 of the row
+    # The estimate includes the residual: it is never below |residual| / ||lca||_1.
+    assert res.l1_change >= abs(res.residual) / norm
+
+
+def test_local_explicit_residual_tolerance() -> None:
+    loss, grad = exp_objective()
+    plain, _ = run_local((loss, grad), max_splits=2, l1_tol=0.0)
+    tol = abs(plain.residual) / 100
+    res, point = run_local((loss, grad), max_splits=64, tolerance=tol, l1_tol=0.0)
+    assert abs(res.residual) <= tol and not res.flagged and res.splits > 2
+    assert len(set(point.calls)) == len(point.calls) == res.splits
+
+
+def test_local_leaves_caller_gradients_untouched() -> None:
+    loss, grad = exp_objective()
+    handed: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def point(s: float) -> tuple[torch.Tensor, torch.Tensor]:
+        g = grad(V0 + s * DELTA)
+        handed.append((g, g.clone()))
+        return loss(V0 + s * DELTA), g
+
+    start = Evaluation(loss(V0), grad(V0))
+    start_copy = start.grad.clone()
+    res = integrate_pair(point, DELTA, start, refine="local", max_splits=16, l1_tol=0.0)
+    assert res.splits == 16
+    assert all(torch.equal(g, copy) for g, copy in handed)
+    assert torch.equal(start.grad, start_copy)
+
+
+def test_unknown_refine_scheme() -> None:
+    with pytest.raises(ValueError, match="unknown refine"):
+        run(exp_objective(), refine="bisect")

@@ -8,7 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lca_cli.quadrature import euler_rule, new_points, refinement_schedule, simpson_rule, trapezoid_rule
+from lca_cli.quadrature import (
+    euler_rule,
+    new_points,
+    panel_rule,
+    panel_trapezoid_rule,
+    refinement_schedule,
+    simpson_rule,
+    split_points,
+    trapezoid_rule,
+)
 
 
 def integrate(rule: tuple[list[Fr], list[Fr]], f) -> Fr:
@@ -136,3 +145,56 @@ def test_trapezoid_differs_from_simpson_on_cubics(n: int) -> None:
 
 def test_euler_is_left_endpoint() -> None:
     assert integrate(euler_rule(), cubic) == cubic(Fr(0))
+
+
+# Panels: the local scheme's tables.
+
+
+def test_panel_rule_literal_non_uniform() -> None:
+    # [0, 1/2] (w 1/2), [1/2, 3/4] and [3/4, 1] (w 1/4): (1, 4, 1) w / 6 per panel, shared ends added.
+    points, weights = panel_rule([(Fr(3, 4), Fr(1)), (Fr(0), Fr(1, 2)), (Fr(1, 2), Fr(3, 4))])
+    assert points == [Fr(0), Fr(1, 4), Fr(1, 2), Fr(5, 8), Fr(3, 4), Fr(7, 8), Fr(1)]
+    assert weights == [Fr(1, 12), Fr(4, 12), Fr(3, 24), Fr(4, 24), Fr(2, 24), Fr(4, 24), Fr(1, 24)]
+    assert sum(weights) == 1
+
+
+def test_uniform_panels_are_composite_simpson_and_trapezoid() -> None:
+    for n in (2, 4, 8):
+        panels = [(Fr(2 * k, n), Fr(2 * k + 2, n)) for k in range(n // 2)]
+        assert panel_rule(panels) == simpson_rule(n)
+        assert panel_trapezoid_rule(panels) == trapezoid_rule(n)
+
+
+def test_split_points_literal() -> None:
+    assert split_points(Fr(0), Fr(1)) == (Fr(1, 4), Fr(3, 4))
+    assert split_points(Fr(1, 2), Fr(1)) == (Fr(5, 8), Fr(7, 8))
+    assert split_points(Fr(1, 4), Fr(1, 2)) == (Fr(5, 16), Fr(7, 16))
+    with pytest.raises(ValueError):
+        split_points(Fr(1, 2), Fr(1, 2))
+
+
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=6))
+def test_any_split_sequence_tiles_and_is_exact_on_cubics(choices: list[int]) -> None:
+    # Split panels in any order: the panels still tile [0, 1], the rule integrates cubics exactly, and the
+    # points are the old ones plus exactly the two split_points of the split panel.
+    panels = [(Fr(0), Fr(1))]
+    for c in choices:
+        a, b = panels.pop(c % len(panels))
+        m = (a + b) / 2
+        before = set(panel_rule([*panels, (a, b)])[0])
+        panels += [(a, m), (m, b)]
+        after = set(panel_rule(panels)[0])
+        assert after - before == set(split_points(a, b))
+    exact = Fr(3, 4) - Fr(2, 3) + Fr(1, 2) - 7
+    assert integrate(panel_rule(panels), cubic) == exact
+    assert sum(panel_rule(panels)[1]) == 1 == sum(panel_trapezoid_rule(panels)[1])
+
+
+@pytest.mark.parametrize(
+    "panels",
+    [[], [(Fr(0), Fr(1, 2))], [(Fr(0), Fr(1, 2)), (Fr(1, 4), Fr(1))], [(Fr(0), Fr(1, 2)), (Fr(3, 4), Fr(1))]],
+    ids=["none", "short", "overlap", "gap"],
+)
+def test_panels_must_tile(panels: list[tuple[Fr, Fr]]) -> None:
+    with pytest.raises(ValueError):
+        panel_rule(panels)
