@@ -36,13 +36,16 @@ torch.set_num_threads(1)
 
 
 def train_run(run_dir: Path, kind: str, steps: int | None = None, seed: int = 0, background: bool = True) -> Path:
-    """Train ``kind`` for ``steps`` SGD-with-momentum steps, writing ``steps + 1`` checkpoints and lca.toml."""
+    """Train ``kind`` for ``steps`` steps (SGD with momentum, or Adam), writing ``steps + 1`` checkpoints, lca.toml."""
     spec = reference.RUN_KINDS[kind]
     steps = spec.get("steps", DEFAULT_STEPS) if steps is None else steps
     model = getattr(reference, spec["model"])(seed=seed)
-    x, y = getattr(reference, spec["data"])()
+    x, y = getattr(reference, spec["data"])(**spec.get("data_kwargs", {}))
     loss_fn = reference.ref_loss(spec["loss"])
-    opt = torch.optim.SGD(model.parameters(), lr=spec["lr"], momentum=0.9)
+    if spec.get("optimizer", "sgd") == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=spec["lr"])
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=spec["lr"], momentum=0.9)
     batch = spec["batch"]
     g = torch.Generator().manual_seed(seed + 1)
     with CheckpointWriter(run_dir, background=background) as ckpt:
@@ -51,6 +54,7 @@ def train_run(run_dir: Path, kind: str, steps: int | None = None, seed: int = 0,
             data=f"reference:{spec['data']}",
             loss=spec["loss"],
             model_kwargs={"seed": seed},
+            data_kwargs=spec.get("data_kwargs", {}),
         )
         ckpt.save(model, step=0)
         for step in range(1, steps + 1):
@@ -95,7 +99,7 @@ def reference_for(run_dir: Path, kind: str, n: int = 32, seed: int = 0) -> Refer
     """Compute the reference LCA of a run written by :func:`train_run`."""
     spec = reference.RUN_KINDS[kind]
     model = getattr(reference, spec["model"])(seed=seed)
-    x, y = getattr(reference, spec["data"])()
+    x, y = getattr(reference, spec["data"])(**spec.get("data_kwargs", {}))
     lca, loss = reference.reference_run(model, load_states(run_dir), x, y, reference.ref_loss(spec["loss"]), n)
     return Reference(lca, loss)
 

@@ -297,4 +297,25 @@ RUN_KINDS: dict[str, dict] = {
         "batch": 32,
         "steps": 12,  # convolutions are the slow part of the suite: fewer pairs
     },
+    # The accuracy contract's public cases (issue 9): ReLU nets trained with Adam on evaluation sets large enough
+    # for their kinks to be many and small, as in real runs. Plain Simpson misses 1e-3 per parameter on both.
+    "relu_mlp_adam": {
+        "model": "relu_mlp",
+        "data": "blobs",
+        "data_kwargs": {"n": 1000},
+        "loss": "cross_entropy",
+        "optimizer": "adam",
+        "lr": 2e-3,
+        "batch": 64,
+    },
+    "cnn_adam": {
+        "model": "relu_cnn",
+        "data": "images",
+        "data_kwargs": {"n": 512},
+        "loss": "cross_entropy",
+        "optimizer": "adam",
+        "lr": 5e-4,
+        "batch": 64,
+        "steps": 12,
+    },
 }
