@@ -7,8 +7,9 @@ float32 (gradients are still accumulated in float64), a float64 one in float64.
 pass is timed at one thread and at every usable core, alternately, and the faster count is kept. On a machine
 that other jobs share, OpenMP threads wait for each other at every parallel region while a busy core runs
 someone else, and one thread was measured 10-28x faster than torch's default of one thread per core; on an
-idle machine the cores help large chunks. The choice is checked again when a pair suddenly takes much longer
-per gradient than the pairs before it (another job started), at most every :data:`RECHECK_MIN_SECONDS`.
+idle machine the cores help large chunks. The choice is checked again when pairs suddenly take much longer
+per gradient than the first pairs after the last check (another job started), at most every
+:data:`RECHECK_MIN_SECONDS`, and every :data:`PERIODIC_SECONDS` of compute (the machine may have become idle).
 
 Float reductions may round differently with another number of threads, so rows computed at different counts
 can differ in their last bits (BENCHMARKS.md, "Threads"); an explicit ``--threads N`` fixes the count.
@@ -26,12 +27,15 @@ import torch
 
 __all__ = ["ThreadTuner", "checkpoint_dtype", "usable_cores"]
 
-#: A re-check happens when a pair's seconds per gradient exceed this multiple of the median of recent pairs.
+#: A re-check happens when the last :data:`SLOW_PAIRS` pairs each took more than this multiple of the baseline
+#: (seconds per gradient: the median of the first :data:`WINDOW` pairs after the last check) ...
 SLOWDOWN = 2.0
-#: Pairs whose time is remembered for that median.
-WINDOW = 8
-#: Never re-check more often than this (seconds of compute since the last check).
+SLOW_PAIRS = 3
+WINDOW = 5
+#: ... and at least this many seconds of compute passed since the last check.
 RECHECK_MIN_SECONDS = 20.0
+#: The choice is also re-checked after this many seconds of compute (the machine may have become idle).
+PERIODIC_SECONDS = 600.0
 #: The probe is timed until every candidate has this many timings, or ...
 MAX_TIMINGS = 3
 #: ... until this many seconds were spent timing (every candidate gets at least one timing after its warm-up).
@@ -83,7 +87,8 @@ class ThreadTuner:
     clock: Callable[[], float] = time.perf_counter
     chosen: int = 0
     timings: dict[int, float] = field(default_factory=dict)
-    _recent: list[float] = field(default_factory=list)
+    _first: list[float] = field(default_factory=list)  # seconds per gradient of the first pairs after a check
+    _slow: int = 0  # consecutive pairs over SLOWDOWN x the baseline
     _since_check: float = 0.0
 
     def choose(self, reason: str = "start-up") -> int:
@@ -123,7 +128,8 @@ class ThreadTuner:
         changed = choice != self.chosen
         self.chosen = choice
         torch.set_num_threads(choice)
-        self._recent.clear()
+        self._first.clear()
+        self._slow = 0
         self._since_check = 0.0
         if self.log is not None and (changed or reason == "start-up"):
             detail = ", ".join(f"{1e3 * t:.1f} ms at {n}" for n, t in self.timings.items())
@@ -131,7 +137,7 @@ class ThreadTuner:
         return choice
 
     def observe(self, seconds: float, gradients: int) -> bool:
-        """Record one pair's time; re-choose when it is much slower per gradient than the recent pairs.
+        """Record one pair's time; re-choose when pairs became much slower per gradient, or periodically.
 
         Args:
             seconds: Wall time of the pair.
@@ -143,10 +149,15 @@ class ThreadTuner:
         """
         per = seconds / max(1, gradients)
         self._since_check += seconds
-        slow = len(self._recent) >= 3 and per > SLOWDOWN * statistics.median(self._recent)
-        self._recent.append(per)
-        del self._recent[:-WINDOW]
-        if slow and self._since_check >= RECHECK_MIN_SECONDS:
+        if len(self._first) < WINDOW:
+            self._first.append(per)
+            return False
+        baseline = statistics.median(self._first)
+        self._slow = self._slow + 1 if per > SLOWDOWN * baseline else 0
+        if self._slow >= SLOW_PAIRS and self._since_check >= RECHECK_MIN_SECONDS:
             self.choose("re-checked after a slowdown")
+            return True
+        if self._since_check >= PERIODIC_SECONDS:
+            self.choose("re-checked periodically")
             return True
         return False
