@@ -58,7 +58,7 @@ REPO = SCRIPTS.parent
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-KINDS = ("floor", "compute", "naive")
+KINDS = ("floor", "compute", "default", "naive")
 #: Ablations of ``compute`` (opt-in with ``--kinds``): without read-ahead, with the store written in the loop.
 ABLATIONS = ("compute-noprefetch", "compute-syncwrite")
 
@@ -85,6 +85,9 @@ class Size:
 SIZES: dict[str, Size] = {
     "small": Size("small", 2000, 1024, 100, (64,), 10, 256, "MLP 64-32-10 (2,410 params), 2k samples"),
     "mnist_fc": Size("mnist_fc", 10000, 1024, 100, (784,), 10, 1000, "MLP 784-100-50-10 ReLU (84,060), 10k samples"),
+    # The ~2k-sample case of issue 9: an evaluation set of the size of scikit-learn's digits, where the fixed
+    # per-pair work (vector passes, functional state, the reader) is a visible share of a ~30 ms pair.
+    "wide": Size("wide", 1797, 1024, 300, (64,), 10, 256, "MLP 64-512-512-10 ReLU (301,066), 1,797 samples"),
     "resnet20": Size("resnet20", 2000, 500, 3, (3, 32, 32), 10, 64, "ResNet-20 (273,066), 2k CIFAR-shaped samples"),
 }
 
@@ -150,6 +153,8 @@ def build_model(size: str, seed: int = 0) -> nn.Module:
         return _seeded(seed, lambda: _mlp([64, 32, 10]))
     if size == "mnist_fc":
         return _seeded(seed, lambda: _mlp([784, 100, 50, 10]))
+    if size == "wide":
+        return _seeded(seed, lambda: _mlp([64, 512, 512, 10]))
     if size == "resnet20":
         try:
             from lca_cli.zoo.models import resnet20
@@ -329,18 +334,27 @@ def run_compute(
     extra: dict[str, Any],
     variant: str = "",
 ) -> dict[str, Any]:
-    """``lca_cli.pipeline.compute`` into a fresh store, timed around the whole call."""
+    """``lca_cli.pipeline.compute`` into a fresh store, timed around the whole call.
+
+    ``variant`` ``"default"`` is ``lca compute`` without flags (local refinement to its accuracy target, the
+    checkpoints' dtype, ``--threads auto``); the others run Simpson only (``max_splits``) in the size's dtype at
+    the process's thread count, the fixed-cost comparison with the floor.
+    """
     from lca_cli.config import ComputeOptions, Config, FactorySpec
     from lca_cli.pipeline import compute
 
-    opts = ComputeOptions(
-        method="rk4",
-        max_splits=max_splits,
-        batch_size=spec.batch_size,
-        device=str(device),
-        dtype=spec.dtype,
-        **extra,
-    )
+    if variant == "default":
+        opts = ComputeOptions(batch_size=spec.batch_size, device=str(device))
+    else:
+        opts = ComputeOptions(
+            method="rk4",
+            max_splits=max_splits,
+            batch_size=spec.batch_size,
+            device=str(device),
+            dtype=spec.dtype,
+            threads=torch.get_num_threads(),
+            **extra,
+        )
     config = Config(
         model=FactorySpec("bench:build_model", {"size": spec.name}),
         data={"train": FactorySpec("bench:load_data", {"path": str(data_path)})},
@@ -352,17 +366,21 @@ def run_compute(
     # A first `lca compute` of a run writes a new store: remove the last round's before timing (replacing it
     # with --overwrite deletes its files inside the call, ~50 ms that a user computing a run once never pays).
     shutil.rmtree(out, ignore_errors=True)
+    before = torch.get_num_threads()
     _sync(device)
     t0 = time.perf_counter()
     with _ablation(variant):
         res = compute(run_dir, config, out, overwrite=True)
     _sync(device)
     seconds = time.perf_counter() - t0
+    torch.set_num_threads(before)
     return {
         "seconds": seconds,
         "loop_seconds": res.seconds,
         "pairs": res.computed,
         "max_abs_residual": max(res.max_abs_residual.values()),
+        "gradients_per_pair": statistics.mean(a.mean_splits for a in res.accuracy.values()),
+        "threads": res.threads,
     }
 
 
@@ -411,6 +429,8 @@ def _measure(
     elif kind.startswith("compute"):
         variant = kind.partition("-")[2]
         res = run_compute(spec, run_dir, data, device, args.max_splits, json.loads(args.compute_options), variant)
+    elif kind == "default":
+        res = run_compute(spec, run_dir, data, device, args.max_splits, {}, "default")
     else:
         res = run_naive(spec, run_dir, data, device)
     res["cpu_seconds"] = time.process_time() - c0  # all threads of the process
@@ -418,16 +438,19 @@ def _measure(
 
 
 def round_order(kinds: Sequence[str], r: int) -> list[str]:
-    """The order of the kinds in round ``r``: ``floor`` and ``compute`` always back to back.
+    """The order of the kinds in round ``r``: ``floor`` next to ``compute`` (and to ``default``) in every round.
 
-    The machine's speed drifts over tens of seconds (other jobs on the host), so the ratio compute/floor of a
-    round is taken between neighbours; which of the two goes first, and whether the other kinds run before or
-    after them, alternates over every four rounds so that neither gains from the order.
+    The machine's speed drifts over tens of seconds (other jobs on the host), so each ratio to the floor is taken
+    between neighbours; which one goes first, and whether the other kinds run before or after them, alternates
+    over every four rounds so that neither gains from the order.
     """
     pair = [k for k in ("floor", "compute") if k in kinds]
-    others = [k for k in kinds if k not in pair]
     if r % 4 in (1, 2):
         pair = pair[::-1]
+    if "default" in kinds and "floor" in kinds:  # floor in the middle: next to both
+        pair = [k for k in pair if k != "floor"]
+        pair = [*pair, "floor", "default"] if r % 2 == 0 else ["default", "floor", *pair]
+    others = [k for k in kinds if k not in pair]
     return pair + others if r % 4 in (0, 2) else others + pair
 
 
@@ -443,6 +466,9 @@ def child_main(args: argparse.Namespace) -> None:
     spec = _spec(args.size, args.quick, args.samples, args.batch_size, args.dtype)
     device = torch.device(args.device)
     run_dir, data = Path(args.run_dir), Path(args.data)
+    if args.child == "busy":
+        print("BENCH " + json.dumps(run_busy(spec, run_dir, data, device, args.rounds)), flush=True)
+        return
     if args.child == "time":
         kinds = [k for k in (*KINDS, *ABLATIONS) if k in args.kinds.split(",")]
         warm = run_dir.parent / f"{run_dir.name}_warm"
@@ -511,18 +537,21 @@ def summarize_case(case: Case) -> dict[str, Any]:
         out["compute_pairs_per_s"] = 1.0 / out["compute_s_per_pair"]
         out["compute_loop_s_per_pair"] = min(r["loop_seconds"] / r["pairs"] for r in case.rounds["compute"])
         out["max_abs_residual"] = max(r["max_abs_residual"] for r in case.rounds["compute"])
-        for base in ("floor", "naive"):
-            if base in per_pair:
-                out[f"compute_over_{base}"] = out["compute_s_per_pair"] / out[f"{base}_s_per_pair"]
-                out[f"compute_over_{base}_median"] = paired_ratio(per_pair["compute"], per_pair[base])
-                out[f"compute_over_{base}_rounds"] = [
-                    a / b for a, b in zip(per_pair["compute"], per_pair[base], strict=True)
-                ]
-                out[f"compute_over_{base}_cpu"] = paired_ratio(cpu["compute"], cpu[base])
         for k in ABLATIONS:
             if k in per_pair:
                 out[f"{k}_over_compute"] = out[f"{k}_s_per_pair"] / out["compute_s_per_pair"]
                 out[f"{k}_over_compute_median"] = paired_ratio(per_pair[k], per_pair["compute"])
+    if "default" in per_pair:
+        out["default_gradients_per_pair"] = statistics.mean(r["gradients_per_pair"] for r in case.rounds["default"])
+        out["default_threads"] = sorted({r["threads"] for r in case.rounds["default"]})
+    for kind in ("compute", "default"):
+        for base in ("floor", "naive"):
+            if kind in per_pair and base in per_pair:
+                k = f"{kind}_over_{base}"
+                out[k] = out[f"{kind}_s_per_pair"] / out[f"{base}_s_per_pair"]
+                out[k + "_median"] = paired_ratio(per_pair[kind], per_pair[base])
+                out[k + "_rounds"] = [a / b for a, b in zip(per_pair[kind], per_pair[base], strict=True)]
+                out[k + "_cpu"] = paired_ratio(cpu[kind], cpu[base])
     return out
 
 
@@ -530,16 +559,16 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table of case summaries."""
     head = (
         "| size | pairs | floor s/pair | compute s/pair | naive s/pair | compute/floor (median of rounds) "
-        "| compute/naive (median of rounds) "
-        "| compute pairs/s | peak RSS MiB floor / compute / naive |"
+        "| compute/naive (median of rounds) | default/floor (gradients per pair; threads) "
+        "| compute pairs/s | peak RSS MiB floor / compute / default / naive |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
 
     def f(r: dict[str, Any], k: str, fmt: str) -> str:
         return format(r[k], fmt) if k in r else "-"
 
-    def ratio(r: dict[str, Any], base: str) -> str:
-        k = f"compute_over_{base}"
+    def ratio(r: dict[str, Any], kind: str, base: str) -> str:
+        k = f"{kind}_over_{base}"
         if k not in r:
             return "-"
         rounds = r.get(k + "_rounds") or [r[k]]
@@ -550,10 +579,13 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
     for r in rows:
         mem = " / ".join(f(r, f"{k}_peak_rss_mib", ".0f") for k in KINDS)
+        default = ratio(r, "default", "floor")
+        if "default_gradients_per_pair" in r:
+            default += f" ({r['default_gradients_per_pair']:.2f}; {r['default_threads']})"
         lines.append(
             f"| {r['size']} | {r['pairs']} | {f(r, 'floor_s_per_pair', '.4f')} | {f(r, 'compute_s_per_pair', '.4f')} "
-            f"| {f(r, 'naive_s_per_pair', '.4f')} | {ratio(r, 'floor')} | {ratio(r, 'naive')} "
-            f"| {f(r, 'compute_pairs_per_s', '.2f')} | {mem} |"
+            f"| {f(r, 'naive_s_per_pair', '.4f')} | {ratio(r, 'compute', 'floor')} | {ratio(r, 'compute', 'naive')} "
+            f"| {default} | {f(r, 'compute_pairs_per_s', '.2f')} | {mem} |"
         )
     return "\n".join(lines)
 
@@ -693,6 +725,173 @@ def per_gradient(spec: Size, device: torch.device, reps: int = 60) -> dict[str, 
             "ratio_q1_q3": [float(q) for q in np.quantile(ratios, [0.25, 0.75])]}  # fmt: skip
 
 
+# --------------------------------------------------------------------------------------------------------
+# --busy: the thread choice with another CPU-bound job on every core
+
+
+def busy_workers(n: int) -> list[subprocess.Popen[bytes]]:
+    """Start ``n`` CPU-bound processes (a Python busy loop each): another job on every core."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def stop_workers(workers: Sequence[subprocess.Popen[bytes]]) -> None:
+    """Stop the processes :func:`busy_workers` started (by their own handles, nothing else)."""
+    for w in workers:
+        w.terminate()
+    for w in workers:
+        w.wait(timeout=30)
+
+
+def busy_settings(cores: int) -> list[int | str]:
+    """``--threads`` values the busy bench compares: auto, and every explicit count up to the cores."""
+    return ["auto", *range(1, cores + 1)]
+
+
+def run_busy(spec: Size, run_dir: Path, data: Path, device: torch.device, rounds: int) -> dict[str, Any]:
+    """``lca compute`` (defaults) at every ``--threads`` setting, alternating, ``rounds`` times (child process)."""
+    settings = busy_settings(_usable_cores())
+    times: dict[str, list[float]] = {str(t): [] for t in settings}
+    chosen: list[int] = []
+    warm = run_dir.parent / f"{run_dir.name}_warm"
+    if not warm.exists():
+        link_prefix(run_dir, warm, 2)
+    run_compute(spec, warm, data, device, 2, {"threads": 1}, "default")
+    for r in range(rounds):
+        order = settings if r % 2 == 0 else settings[::-1]
+        for t in order:
+            res = run_compute(spec, run_dir, data, device, 2, {"threads": t}, "default")
+            times[str(t)].append(res["seconds"] / res["pairs"])
+            if t == "auto":
+                chosen.append(res["threads"])
+            print(f"  round {r + 1} threads {t!s:4s} {times[str(t)][-1]:.4f} s/pair", file=sys.stderr, flush=True)
+    return {"times": times, "chosen": chosen}
+
+
+def summarize_busy(size: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Median s/pair per setting and auto over the best explicit setting (median of per-round ratios)."""
+    times = result["times"]
+    explicit = [k for k in times if k != "auto"]
+    best = min(explicit, key=lambda k: statistics.median(times[k]))
+    rounds = [a / min(times[k][i] for k in explicit) for i, a in enumerate(times["auto"])]
+    return {
+        "size": size,
+        "s_per_pair": {k: statistics.median(v) for k, v in times.items()},
+        "best_explicit": best,
+        "auto_over_best": statistics.median(a / b for a, b in zip(times["auto"], times[best], strict=True)),
+        "auto_over_best_of_round": statistics.median(rounds),
+        "auto_chose": sorted(set(result["chosen"])),
+    }
+
+
+def _usable_cores() -> int:
+    from lca_cli.tuning import usable_cores
+
+    return usable_cores()
+
+
+# --------------------------------------------------------------------------------------------------------
+# --accuracy: the defaults against the tests' float64 reference, on ordinary runs
+
+
+def _accuracy_config(model: str, mkw: dict[str, Any], optimizer: str, lr: float, flatten: bool) -> dict[str, Any]:
+    return {
+        "model": {"factory": f"lca_cli.zoo.models:{model}", "kwargs": mkw},
+        "data": {"train": {"factory": "lca_cli.zoo.data:digits", "kwargs": {"split": "train", "flatten": flatten}}},
+        "loss": {"name": "cross_entropy"},
+        "train": {"iterations": 200, "batch_size": 128, "optimizer": optimizer, "lr": lr, "seed": 0},
+    }
+
+
+_MLP = {"in_features": 64, "hidden": [32], "out_features": 10, "seed": 0}
+_CNN = {"in_channels": 1, "size": 8, "channels": [8, 16], "classes": 10, "hidden": 32, "seed": 0}
+#: Ordinary runs on scikit-learn's digits (1,500 training samples, the evaluation set too): tanh and ReLU MLPs
+#: and a ReLU + max-pool CNN, SGD (momentum 0.9) and Adam, 200 steps of batch 128: early and late training.
+ACCURACY_CASES: dict[str, dict[str, Any]] = {
+    "relu_mlp_adam": _accuracy_config("mlp", {**_MLP, "activation": "relu"}, "adam", 1e-3, True),
+    "relu_mlp_sgd": _accuracy_config("mlp", {**_MLP, "activation": "relu"}, "sgd", 0.1, True),
+    "wide_relu_adam": _accuracy_config("mlp", {**_MLP, "hidden": [128, 128], "activation": "relu"}, "adam", 1e-3, True),
+    "tanh_mlp_sgd": _accuracy_config("mlp", {**_MLP, "activation": "tanh"}, "sgd", 0.1, True),
+    "cnn_adam": _accuracy_config("small_cnn", _CNN, "adam", 2e-3, False),
+    "cnn_sgd": _accuracy_config("small_cnn", _CNN, "sgd", 0.05, False),
+}
+#: The settings compared: the defaults, plain Simpson, lca 0.1's defaults and its residual-only loosening.
+ACCURACY_VARIANTS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "plain Simpson (--max-splits 2)": {"max_splits": 2},
+    "lca 0.1 defaults (--refine doubling --dtype float64)": {"refine": "doubling", "dtype": "float64"},
+    "doubling, --rtol 1e-3 (float32)": {"refine": "doubling", "rtol": 1e-3},
+}
+
+
+def accuracy_case(name: str, root: Path, pairs: int, threads: int | str) -> list[dict[str, Any]]:
+    """Train one case, compute it with every variant, and compare with the 32-sub-interval float64 reference."""
+    from safetensors.torch import load_file
+
+    from lca_cli.config import build_model, call_factory, parse_config
+    from lca_cli.pipeline import compute
+    from lca_cli.store import LcaStore
+    from lca_cli.train import train_run
+
+    sys.path.insert(0, str(REPO / "tests"))
+    import reference  # the tests' slow, obviously-correct float64 code
+
+    raw = ACCURACY_CASES[name]
+    raw = {**raw, "train": {**raw["train"], "iterations": pairs}}
+    config = parse_config(raw, name)
+    run = train_run(config, root / name, overwrite=True)
+    states = [load_file(str(p)) for p in sorted(run.glob("step_*.safetensors"))]
+    x, y = call_factory(config.data["train"], None, "[data.train]")
+    t0 = time.perf_counter()
+    ref_lca, ref_loss = reference.reference_run(
+        lambda: build_model(config), states, x, y, reference.ref_loss("cross_entropy"), 32
+    )
+    ref_seconds = time.perf_counter() - t0
+    half = len(ref_lca) // 2
+    rows = []
+    for variant, over in ACCURACY_VARIANTS.items():
+        out = root / f"{name}.zarr"
+        shutil.rmtree(out, ignore_errors=True)
+        cfg = config.with_overrides(threads=threads, **over)
+        t0 = time.perf_counter()
+        result = compute(run, cfg, out)
+        seconds = time.perf_counter() - t0
+        store = LcaStore.open(out)
+        lca = np.asarray(store.array("train", "lca")[:], dtype=np.float64)
+        per_pair = np.abs(lca - ref_lca).sum(1) / np.abs(ref_lca).sum(1)
+        dl = np.abs(np.diff(store.read("train", "loss"))).sum()
+        rows.append({
+            "case": name, "variant": variant, "pairs": len(lca),
+            "rel_l1": reference.relative_l1(lca, ref_lca),
+            "rel_l1_early": reference.relative_l1(lca[:half], ref_lca[:half]),
+            "rel_l1_late": reference.relative_l1(lca[half:], ref_lca[half:]),
+            "worst_pair": float(per_pair.max()),
+            "conservation": float(np.abs(store.read("train", "residual")).sum() / dl),
+            "flagged": int(store.read("train", "flagged").sum()),
+            "gradients_per_pair": float(store.read("train", "splits").mean()),
+            "seconds": seconds, "threads": result.threads, "reference_seconds": ref_seconds,
+            "max_loss_diff": float(np.abs(store.read("train", "loss") - ref_loss).max()),
+        })  # fmt: skip
+        print(f"  {name}: {variant}: relative L1 {rows[-1]['rel_l1']:.2e}, {rows[-1]['gradients_per_pair']:.2f} "
+              f"gradients/pair, {seconds:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
+    return rows
+
+
+def accuracy_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of :func:`accuracy_case` rows."""
+    lines = [
+        "| run | setting | gradients / pair | relative L1 (all; first half; second half; worst pair) "
+        "| Σ\\|r\\| / Σ\\|ΔL\\| | flagged | s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['variant']} | {r['gradients_per_pair']:.2f} | {r['rel_l1']:.2e}; "
+            f"{r['rel_l1_early']:.2e}; {r['rel_l1_late']:.2e}; {r['worst_pair']:.1e} | {r['conservation']:.1e} "
+            f"| {r['flagged']} | {r['seconds']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     cpu = platform.processor()
@@ -743,9 +942,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="only: one library gradient vs one floor gradient, alternated --rounds times (default 60)",
     )
+    p.add_argument(
+        "--busy",
+        action="store_true",
+        help="only: lca compute (defaults) at --threads auto and every explicit count, with a CPU-bound job on "
+        "every core",
+    )
+    p.add_argument(
+        "--accuracy",
+        action="store_true",
+        help="only: the defaults against the float64 reference on ordinary runs (--cases; --pairs, default 200)",
+    )
+    p.add_argument("--cases", default=",".join(ACCURACY_CASES), help="--accuracy cases, comma-separated")
     p.add_argument("--keep", type=Path, help="generate runs here and keep them (default: a temp dir, deleted)")
     # internal: one measurement in a child process
-    p.add_argument("--child", choices=(*KINDS, *ABLATIONS, "time"), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=(*KINDS, *ABLATIONS, "time", "busy"), help=argparse.SUPPRESS)
     p.add_argument("--size", help=argparse.SUPPRESS)
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
@@ -759,6 +970,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         p.error(f"unknown size(s) {unknown}; known: {list(SIZES)}")
+    if args.accuracy:
+        return accuracy_main(args)
+    if args.busy:
+        return busy_main(args, sizes)
     if args.vmap_check or args.per_gradient:
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -839,6 +1054,68 @@ def main(argv: Sequence[str] | None = None) -> int:
                 indent=1,
             )
         )
+    return 0
+
+
+def accuracy_main(args: argparse.Namespace) -> int:
+    """``--accuracy``: every case, every variant, one table."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = machine()
+    print(f"# lca bench --accuracy {info['date']} on {info['cpu']} ({info['cores']} cores, torch {info['torch']})",
+          file=sys.stderr)  # fmt: skip
+    tmp_ctx = tempfile.TemporaryDirectory(prefix="lca-acc-") if args.keep is None else None
+    root = Path(tmp_ctx.name) if tmp_ctx else args.keep
+    assert root is not None
+    rows: list[dict[str, Any]] = []
+    try:
+        for name in [c.strip() for c in args.cases.split(",") if c.strip()]:
+            if name not in ACCURACY_CASES:
+                raise SystemExit(f"unknown case {name!r}; known: {', '.join(ACCURACY_CASES)}")
+            rows += accuracy_case(name, root, args.pairs or (4 if args.quick else 200), args.threads or "auto")
+    finally:
+        if tmp_ctx is not None:
+            tmp_ctx.cleanup()
+    print(accuracy_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "accuracy": rows}, indent=1))
+    return 0
+
+
+def busy_main(args: argparse.Namespace, sizes: Sequence[str]) -> int:
+    """``--busy``: per size, a child times every ``--threads`` setting while busy loops hold every core."""
+    rounds = args.rounds
+    info = machine()
+    cores = _usable_cores()
+    print(f"# lca bench --busy {info['date']} on {info['cpu']} ({cores} usable cores, a busy loop on each), "
+          f"{rounds} round(s)", file=sys.stderr)  # fmt: skip
+    tmp_ctx = tempfile.TemporaryDirectory(prefix="lca-busy-") if args.keep is None else None
+    root = Path(tmp_ctx.name) if tmp_ctx else args.keep
+    assert root is not None
+    out = []
+    try:
+        for name in sizes:
+            spec = _spec(name, args.quick, args.samples, args.batch_size, args.dtype)
+            pairs = args.pairs or (3 if args.quick else min(spec.pairs, 30))
+            run_dir = root / f"{name}_run"
+            data = make_run(spec, run_dir, pairs + 1, spec.samples)
+            workers = busy_workers(cores)
+            try:
+                res = _child(args, "busy", name, run_dir, data, rounds)
+            finally:
+                stop_workers(workers)
+            out.append(summarize_busy(name, res))
+    finally:
+        if tmp_ctx is not None:
+            tmp_ctx.cleanup()
+    print("| size | s/pair by --threads (median) | auto chose | auto / best explicit (median of rounds) |")
+    print("|---|---|---|---|")
+    for r in out:
+        per = ", ".join(f"{k}: {v:.4f}" for k, v in r["s_per_pair"].items())
+        print(f"| {r['size']} | {per} | {r['auto_chose']} | {r['auto_over_best']:.3f} (best: {r['best_explicit']}; "
+              f"vs the best of each round {r['auto_over_best_of_round']:.3f}) |")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "busy": out}, indent=1))
     return 0
 
 

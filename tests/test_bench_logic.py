@@ -243,6 +243,13 @@ def test_bench_round_order_keeps_floor_and_compute_adjacent(bench: ModuleType) -
     assert firsts.count("floor") == firsts.count("compute") == 2  # each goes first half of the time
     assert sum(o[0] == "naive" for o in orders[:4]) == 2  # the others run before as often as after
     assert bench.round_order(["floor", "compute", "naive", "compute-syncwrite"], 1)[-2:] == ["compute", "floor"]
+    # With the default path measured too, the floor sits between compute and default, both neighbours.
+    kinds = ["floor", "compute", "default", "naive"]
+    for r in range(8):
+        order = bench.round_order(kinds, r)
+        assert sorted(order) == sorted(kinds)
+        f = order.index("floor")
+        assert {order[f - 1], order[f + 1]} == {"compute", "default"}
 
 
 def test_bench_generates_a_run_and_links_a_prefix(bench: ModuleType, tmp_path: Path) -> None:
