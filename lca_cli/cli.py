@@ -83,7 +83,7 @@ def _compute_options(f: Any) -> Any:
             "--refine",
             type=click.Choice(["local", "doubling"]),
             help="local: split only the sub-intervals whose per-parameter error estimate is large (default). "
-            "doubling: double every sub-interval while the residual is over tolerance (lca 0.1).",
+            "doubling: double every sub-interval while the residual is over tolerance (the former default).",
         ),
         click.option(
             "--l1-tol",

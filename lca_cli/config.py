@@ -39,15 +39,15 @@ METHODS = ("rk4", "euler")
 BN_MODES = ("batch", "running")
 DTYPES = ("auto", "float32", "float64")
 #: How refinement picks sub-intervals (see :mod:`lca_cli.integrate`): split only the panels whose error estimate
-#: is large, or double them all (the only scheme before lca 0.2; stores without a ``refine`` setting used it).
+#: is large, or double them all (the only scheme before ``refine`` existed: stores without the setting used it).
 REFINES = ("local", "doubling")
 #: ``refine`` of a store made before the setting existed.
 LEGACY_REFINE = "doubling"
 #: Per-parameter accuracy target of ``refine="local"``: the estimated L1 error of each row relative to its L1 norm,
 #: so that the run's relative L1 error per parameter is about this too (BENCHMARKS.md, "Accuracy").
 DEFAULT_L1_TOL = 1e-3
-#: ``refine="doubling"`` defaults (lca 0.1): absolute residual tolerance by network dtype (about 10x its loss
-#: rounding noise) and the relative part.
+#: ``refine="doubling"`` defaults (the former defaults): absolute residual tolerance by network dtype (about 10x
+#: its loss rounding noise) and the relative part.
 DEFAULT_ATOL = {"float64": 1e-9, "float32": 1e-7}
 DOUBLING_RTOL = 1e-4
 
@@ -71,7 +71,7 @@ class ComputeOptions:
     Attributes:
         method: ``"rk4"`` (adaptive composite Simpson, what the paper calls RK4) or ``"euler"`` (first order).
         refine: ``"local"`` (split only the sub-intervals whose per-parameter error estimate is large) or
-            ``"doubling"`` (double every sub-interval while the residual is over tolerance; lca 0.1).
+            ``"doubling"`` (double every sub-interval while the residual is over tolerance; the former default).
         tolerance: Absolute residual tolerance per pair, in loss units, or None. ``"local"``: None means no
             residual criterion besides ``l1_tol``; ``"doubling"``: None means :data:`DEFAULT_ATOL` by dtype.
         rtol: Relative residual tolerance (times ``|ΔL|``), or None (``"doubling"``: :data:`DOUBLING_RTOL`). When
@@ -262,7 +262,7 @@ def settings_mismatch(stored: Mapping[str, Any], current: Mapping[str, Any]) -> 
     keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if not keys:
         return None
-    # Flags the store's refine scheme and dtype already imply (doubling brings lca 0.1's tolerances) are left out.
+    # Flags the store's refine scheme and dtype already imply (doubling brings the former tolerances) are left out.
     implied: dict[str, Any] = {}
     if old.get("refine") in REFINES and old.get("dtype") in DTYPES[1:]:
         implied = ComputeOptions(refine=old["refine"]).resolved("cpu", old["dtype"]).result_settings()

@@ -18,7 +18,7 @@ at first order; the residual, in which errors of opposite sign cancel, understat
 5-10 times, so refining on it either stops too early or runs to the cap. The indicator tracks it (BENCHMARKS.md)
 and over-estimates smooth nets, whose rows it then accepts after one split.
 
-``refine="doubling"`` (the scheme of lca 0.x): double the number of uniform sub-intervals while the residual
+``refine="doubling"`` (the former default): double the number of uniform sub-intervals while the residual
 ``r = (L1 - L0) - Σ LCA`` exceeds ``tolerance + rtol |L1 - L0|`` (and, with ``l1_tol``, while the last doubling
 moved the row by more than ``l1_tol`` in relative L1), evaluating only the new odd points. Three running sums
 are kept (shapes ``(D,)``, float64): ``ends = g(0) + g(1)``, ``odd`` (points of weight 4) and ``even``

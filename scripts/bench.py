@@ -814,13 +814,13 @@ ACCURACY_CASES: dict[str, dict[str, Any]] = {
     "cnn_adam": _accuracy_config("small_cnn", _CNN, "adam", 2e-3, False),
     "cnn_sgd": _accuracy_config("small_cnn", _CNN, "sgd", 0.05, False),
 }
-#: The settings compared: the defaults (and in a float64 network), plain Simpson, lca 0.1's defaults and its
+#: The settings compared: the defaults (and in a float64 network), plain Simpson, the former defaults and their
 #: residual-only loosening.
 ACCURACY_VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "defaults, --dtype float64": {"dtype": "float64"},
     "plain Simpson (--max-splits 2)": {"max_splits": 2},
-    "lca 0.1 defaults (--refine doubling --dtype float64)": {"refine": "doubling", "dtype": "float64"},
+    "former defaults (--refine doubling --dtype float64)": {"refine": "doubling", "dtype": "float64"},
     "doubling, --rtol 1e-3 (float32)": {"refine": "doubling", "rtol": 1e-3},
 }
 

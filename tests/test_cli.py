@@ -281,7 +281,7 @@ def test_store_from_another_config_is_refused(capsys: pytest.CaptureFixture[str]
 
 
 def test_store_made_with_old_defaults(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    # lca 0.1's defaults were doubling to rtol 1e-4 with a float64 network on CPU, and its stores have no
+    # The former defaults were doubling to rtol 1e-4 with a float64 network on CPU, and its stores have no
     # 'refine' setting: make such a store, then strip the setting as the old version never wrote it.
     run = make_tiny_run(tmp_path, steps=6)
     stash = tmp_path / "later"

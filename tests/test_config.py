@@ -268,7 +268,7 @@ def test_resolved_picks_dtype_from_the_checkpoints_and_tolerances_by_scheme() ->
         assert auto.resolved(device, "float64").dtype == "float64"
     local = auto.resolved("cpu", "float32")
     assert (local.tolerance, local.rtol, local.l1_tol) == (None, None, 1e-3)
-    # The doubling scheme keeps lca 0.1's defaults, so an old store resumes with --refine doubling --dtype float64.
+    # The doubling scheme keeps the former defaults, so an old store resumes with --refine doubling --dtype float64.
     doubling = dataclasses.replace(auto, refine="doubling")
     d64, d32 = doubling.resolved("cpu", "float64"), doubling.resolved("cpu", "float32")
     assert (d64.tolerance, d64.rtol, d64.l1_tol) == (1e-9, 1e-4, 0.0)

@@ -161,7 +161,7 @@ def test_defaults_meet_the_accuracy_contract(kind: str, runs: RunCache, tmp_path
     """ReLU nets trained with Adam: plain Simpson misses the contract, the defaults meet it at <= 5 gradients.
 
     Measured (float32 network, 1 thread): relu_mlp_adam plain 1.66e-3, defaults 8.6e-4 at 4.0 gradients per
-    pair (lca 0.1's defaults: 6.3 for 6.7e-4); cnn_adam plain 1.64e-3, defaults 8.7e-4 at 3.8 (6.3 for 6.3e-4).
+    pair (the former defaults: 6.3 for 6.7e-4); cnn_adam plain 1.64e-3, defaults 8.7e-4 at 3.8 (6.3 for 6.3e-4).
     """
     run_dir, config = runs.run(kind)
     ref = runs.reference(kind)
