@@ -59,8 +59,9 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
 KINDS = ("floor", "compute", "default", "naive")
-#: Ablations of ``compute`` (opt-in with ``--kinds``): without read-ahead, with the store written in the loop.
-ABLATIONS = ("compute-noprefetch", "compute-syncwrite")
+#: Ablations of ``compute`` (opt-in with ``--kinds``): without read-ahead, with the store written in the loop, and
+#: with a float64 network (against the float32 floor: what ``--dtype float64`` costs).
+ABLATIONS = ("compute-noprefetch", "compute-syncwrite", "compute-float64")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -347,13 +348,15 @@ def run_compute(
         opts = ComputeOptions(batch_size=spec.batch_size, device=str(device))
     else:
         opts = ComputeOptions(
-            method="rk4",
-            max_splits=max_splits,
-            batch_size=spec.batch_size,
-            device=str(device),
-            dtype=spec.dtype,
-            threads=torch.get_num_threads(),
-            **extra,
+            **{
+                "method": "rk4",
+                "max_splits": max_splits,
+                "batch_size": spec.batch_size,
+                "device": str(device),
+                "dtype": "float64" if variant == "float64" else spec.dtype,
+                "threads": torch.get_num_threads(),
+                **extra,
+            }
         )
     config = Config(
         model=FactorySpec("bench:build_model", {"size": spec.name}),
