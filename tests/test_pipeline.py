@@ -68,10 +68,14 @@ def run_compute(run_dir: Path, config: Config, out: Path, **kw) -> tuple[Compute
 def snapshot(store: LcaStore) -> dict[str, np.ndarray]:
     """Every array of every set, read whole (the stores here are tiny)."""
     out = {"steps": store.steps}
+    if store.fingerprints is not None:
+        out["fingerprint"] = store.fingerprints
     for s in store.sets:
         for name in (
             "lca",
             "loss",
+            "loss_end",
+            "l1_change",
             "residual",
             "splits",
             "flagged",
@@ -248,7 +252,7 @@ def test_store_attributes(runs: RunCache, tmp_path: Path) -> None:
     run_dir, config = runs.run("tanh_mlp")
     _, store = run_compute(run_dir, config.with_overrides(batch_size=64, max_splits=8), tmp_path / "s.zarr")
     a = store.attrs
-    assert a["format_version"] == 1 and a["method"] == "rk4" and a["max_splits"] == 8
+    assert a["format_version"] == 2 and a["method"] == "rk4" and a["max_splits"] == 8
     # Automatic choices are recorded resolved: on CPU, dtype "auto" is float64 with its absolute tolerance.
     resolved = config.compute.resolved("cpu")
     assert a["tolerance"] == resolved.tolerance == 1e-9 and a["rtol"] == config.compute.rtol
@@ -363,12 +367,54 @@ def test_other_config_needs_overwrite(runs: RunCache, tmp_path: Path) -> None:
 
 def test_run_with_rewritten_history_is_refused(runs: RunCache, tmp_path: Path) -> None:
     run_dir, config = runs.run("tanh_mlp")
-    part = copy_run(run_dir, tmp_path / "run")
+    names = sorted(p.name for p in run_dir.glob("*.safetensors"))
+    part = copy_run(run_dir, tmp_path / "run", files=names[::2])  # steps 0, 2, 4, ...
     out = tmp_path / "s.zarr"
     compute(part, config, out)
-    (part / "step_00000000.safetensors").unlink()  # the steps no longer start with the stored ones
-    with pytest.raises(StoreError, match="overwrite"):
+    shutil.copy2(run_dir / names[3], part / names[3])  # a checkpoint appears between stored steps
+    with pytest.raises(StoreError, match=r"step 3 .*history changed"):
         compute(part, config, out)
+
+
+def test_rotation_keeps_rows_and_appends(runs: RunCache, tmp_path: Path) -> None:
+    """Keep-last-N rotation: old checkpoints deleted after their rows were stored, new ones arriving."""
+    run_dir, config = runs.run("tanh_mlp")
+    config = config.with_overrides(rows_per_chunk=4)
+    _, full = run_compute(run_dir, config, tmp_path / "full.zarr")
+    names = sorted(p.name for p in run_dir.glob("*.safetensors"))
+    part = copy_run(run_dir, tmp_path / "run", files=names[:8])
+    out = tmp_path / "s.zarr"
+    compute(part, config, out)
+    for name in names[:6]:
+        (part / name).unlink()  # the trainer keeps the last two
+    copy_run(run_dir, part, files=names[8:])
+    result, store = run_compute(part, config, out)
+    assert result.skipped == 7 and result.computed == len(names) - 8
+    assert_same_store(store, full)
+    # A pair still to compute whose start was deleted cannot be computed: refused, naming the step.
+    part2 = copy_run(run_dir, tmp_path / "run2", files=names[:8])
+    compute(part2, config, tmp_path / "s2.zarr")
+    (part2 / names[7]).unlink()
+    copy_run(run_dir, part2, files=names[8:])
+    with pytest.raises(StoreError, match=r"need checkpoints that are gone .*first: step 7"):
+        compute(part2, config, tmp_path / "s2.zarr")
+
+
+def test_store_of_another_run_with_the_same_config_is_refused(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("linreg")
+    other = tmp_path / "other"
+    from conftest import train_run
+
+    train_run(other, "linreg", seed=5)  # same lca.toml (model factory, data, loss), other weights
+    names = sorted(p.name for p in run_dir.glob("*.safetensors"))
+    part = copy_run(run_dir, tmp_path / "run", files=names[:6])
+    out = tmp_path / "s.zarr"
+    compute(part, config, out)
+    for p in sorted(other.glob("*.safetensors")):  # retrained into the same folder
+        shutil.copy2(p, part / p.name)
+    with pytest.raises(StoreError, match="other checkpoints"):
+        compute(part, config, out)
+    assert LcaStore.open(out).n_pairs == 5  # untouched
 
 
 def test_default_out_is_in_the_run_dir(runs: RunCache, tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ def new_store(path: Path, n_ckpt: int = 11, sets=("train",), rows_per_chunk: int
 def test_create_attrs_and_arrays(tmp_path: Path) -> None:
     store = new_store(tmp_path / "s.zarr", sets=("train", "val"))
     a = store.attrs
-    assert a["format_version"] == FORMAT_VERSION == 1
+    assert a["format_version"] == FORMAT_VERSION == 2 and a["n_checkpoints"] == 11 and a["checksum"] == "crc32c"
     assert a["lca_cli_version"] == __version__
     assert a["params"] == [
         {"name": "fc1.weight", "shape": [3, 2], "offset": 0},
