@@ -1,9 +1,10 @@
 """Exclusive claims with a lease: the store lock (one ``lca compute`` per store) and, later, per-block claims.
 
-A claim is a small file created with ``O_CREAT | O_EXCL`` (atomic on local file systems and on NFS v3 and
-later), holding who holds it: a random token, pid, host, boot and pid-namespace id, the process's start time,
-and a heartbeat time rewritten every :data:`HEARTBEAT_SECONDS` by a background thread (:class:`Keeper`). A
-claim is *stale*, and may be taken over, when its holder is certainly dead:
+A claim is a small file written under a temporary name and linked into place with ``link(2)``, which fails
+when the claim exists (atomic on local file systems and on NFS: the classic NFS-safe lock). It records who
+holds it: a random token, pid, host, boot and pid-namespace id, the process's start time, and a heartbeat
+time rewritten every :data:`HEARTBEAT_SECONDS` by a background thread (:class:`Keeper`). A claim is
+*stale*, and may be taken over, when its holder is certainly dead:
 
 * on the same machine (same host, boot and pid namespace), when its pid no longer runs or now belongs to a
   process started at another time (pid reuse): at once;
@@ -28,6 +29,7 @@ import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -173,22 +175,38 @@ class Lease:
             now = time.time()
             holder = Holder(me, os.getpid(), socket.gethostname(), _machine(), _process_start(os.getpid()),
                             now, now, purpose)  # fmt: skip
-            try:
-                with storage_errors(f"cannot create the lock {path}"):
-                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
-            except FileExistsError:
-                cls._take_over_if_stale(path, what, me, lease)
-                continue
+            # Written complete under a temporary name, then linked into place: link(2) fails if the claim
+            # exists (atomic, NFS included), and a claim file is never seen empty or half-written.
+            temp = path.with_name(f"{path.name}.tmp-{me}")
+            with storage_errors(f"cannot create the lock {path}"):
+                fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
             try:
                 with storage_errors(f"cannot write the lock {path}"):
                     os.pwrite(fd, holder.encode(), 0)
                     os.fsync(fd)
+                try:
+                    os.link(temp, path)
+                except FileExistsError:
+                    os.close(fd)
+                    fd = -1
+                    cls._take_over_if_stale(path, what, me, lease)
+                    continue
+                except FileNotFoundError:  # our temporary file was cleaned up by the holder: try again
+                    os.close(fd)
+                    fd = -1
+                    continue
             except BaseException:
-                os.close(fd)
-                with contextlib.suppress(OSError):
-                    path.unlink()
+                if fd >= 0:
+                    os.close(fd)
                 raise
-            return cls(path, fd, holder, lease)
+            finally:
+                with contextlib.suppress(OSError):
+                    temp.unlink()
+            lease_obj = cls(path, fd, holder, lease)
+            for other in path.parent.glob(f"{glob_escape(path.name)}.tmp-*"):  # left by killed processes
+                with contextlib.suppress(OSError):
+                    other.unlink()
+            return lease_obj
         raise StoreBusyError(f"{what}: could not take the lock {path} (other processes keep taking it); retry")
 
     @staticmethod
@@ -201,7 +219,7 @@ class Lease:
         now = time.time()
         holder = Holder.decode(raw)
         if holder is None:
-            # Empty or torn: a holder killed between creating and writing it, or one being written now.
+            # Claims are linked into place complete, so this is a heartbeat being written (or a damaged file).
             if now - mtime < 5.0:
                 raise StoreBusyError(f"{what} is being locked by another process ({path}); retry in a few seconds")
         elif holder.alive(mtime, now, lease):

@@ -194,14 +194,16 @@ def _check_file(path: Path, size: int | None, checksum: bool) -> str | None:
     try:
         if not checksum:
             actual = path.stat().st_size
-            return None if size is None or actual == size else f"truncated ({actual} of {size} bytes)"
+            if size is None or actual == size:
+                return None
+            return f"{'truncated' if actual < size else 'wrong size'} ({actual} of {size} bytes)"
         data = path.read_bytes()
     except FileNotFoundError:
         return "missing"
     except OSError as exc:
         return f"unreadable ({exc.strerror})"
     if size is not None and len(data) != size:
-        return f"wrong size ({len(data)} of {size} bytes)"
+        return f"{'truncated' if len(data) < size else 'wrong size'} ({len(data)} of {size} bytes)"
     import google_crc32c  # zarr's own checksum implementation (a dependency of zarr)
 
     crc = np.uint32(google_crc32c.value(data[:-4])).tobytes()

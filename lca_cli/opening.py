@@ -40,6 +40,7 @@ from lca_cli.placement import (
     fsync_paths,
     inspect_path,
     new_token,
+    remove_stale_sibling,
     remove_store,
     sibling,
     stale_siblings,
@@ -292,15 +293,14 @@ def _prepare_locked(
 ) -> Target:
     # Holding the lock, nothing else works on this store: siblings left by a killed run are ours to clean.
     for stale in stale_siblings(out):
-        if inspect_path(stale).replaceable:
-            remove_store(stale)
+        remove_stale_sibling(stale)
     state = inspect_path(out)  # again: another process may have finished creating it meanwhile
     if state.kind == "foreign":
         raise StoreError(f"{out} is not an lca store (it holds {state.detail}); choose another --out")
     if state.kind == "store" and not overwrite:
         store = LcaStore.open(out, mode="r+", check=False, durable=durable)
-        _check_same(store, identity, layout, sets)
         store.require_current()
+        _check_same(store, identity, layout, sets)
         with storage_errors(f"writing {out}"):
             remove_partial_files(out)
         repaired: dict[str, list[int]] = {}

@@ -335,7 +335,7 @@ class PairEngine:
             if stop is not None and stop.is_set():
                 if not stop_seen:
                     stop_seen.append(time.monotonic())
-                elif time.monotonic() - stop_seen[0] > STOP_GRACE_SECONDS:
+                elif time.monotonic() - stop_seen[0] >= STOP_GRACE_SECONDS:
                     raise _Abandoned
 
         try:
@@ -370,6 +370,7 @@ class PairEngine:
                         calls[0] += 1
                         return obj.value_and_grad(v0 + x * d, fx)
 
+                    check_stop()
                     res = integrate_pair(
                         point,
                         delta,

@@ -35,6 +35,7 @@ __all__ = [
     "fsync_tree",
     "inspect_path",
     "new_token",
+    "remove_stale_sibling",
     "remove_store",
     "sibling",
     "stale_siblings",
@@ -108,6 +109,16 @@ def _fsync_one(path: Path) -> None:
 
 
 _FSYNC_POOL: ThreadPoolExecutor | None = None
+
+
+def _forget_pool_after_fork() -> None:
+    # A forked child has none of the parent's threads: a pool created before the fork would never run work.
+    global _FSYNC_POOL
+    _FSYNC_POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def fsync_paths(paths: Iterable[Path], parents: bool = True) -> None:
@@ -253,12 +264,20 @@ SET_ARRAYS = frozenset(
 TOP_ARRAYS = frozenset({"steps", "fingerprint"})
 
 
+def _node_type(folder: Path) -> str | None:
+    try:
+        meta = json.loads((folder / "zarr.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta.get("node_type") if isinstance(meta, dict) else None
+
+
 def _lca_vocabulary(root: Path) -> str | None:
     """The first node under a Zarr group that an lca store would not hold, or None."""
     for top in root.iterdir():
         if top.name == "zarr.json" or top.name in TOP_ARRAYS or top.name.endswith(".partial"):
             continue
-        if not top.is_dir():
+        if not top.is_dir() or _node_type(top) != "group":
             return top.name
         for child in top.iterdir():
             if child.name not in SET_ARRAYS and child.name != "zarr.json" and not child.name.endswith(".partial"):
@@ -318,6 +337,22 @@ def inspect_path(path: Path) -> PathState:
     if _has_done_rows(path):
         return PathState("store", "damaged")
     return PathState("half")
+
+
+def remove_stale_sibling(path: Path) -> bool:
+    """Delete a hidden sibling left by a killed ``lca compute`` if it holds only Zarr files.
+
+    Call only while holding the store's lock (see :func:`stale_siblings`).
+
+    Returns:
+        Whether it was deleted.
+
+    """
+    if not path.name.startswith(".") or ".lca-" not in path.name or _zarr_files_only(path) is not None:
+        return False
+    with storage_errors(f"deleting {path}"):
+        shutil.rmtree(path)
+    return True
 
 
 def remove_store(path: Path) -> None:

@@ -275,8 +275,8 @@ class LcaStore:
         cols = max(1, min(layout.size, MAX_CHUNK_COLS))
         small = _codecs()
         with storage_errors(f"cannot create {p}"):
-            group = zarr.open_group(str(p), mode="w-", zarr_format=3)
-            group.attrs.update(all_attrs)
+            # The attributes go into the group's first zarr.json: a creation killed later is recognisable.
+            group = zarr.create_group(str(p), zarr_format=3, attributes=all_attrs)
             st = group.create_array(
                 "steps", shape=(len(steps),), chunks=(SMALL_ROWS,), dtype="int64", fill_value=-1, compressors=small,
                 dimension_names=("checkpoint",), config={"write_empty_chunks": True},
@@ -374,6 +374,18 @@ class LcaStore:
         return sorted(names)
 
     def _check_arrays(self) -> None:
+        for name in self.sets:
+            try:
+                found = self.group[name]
+            except KeyError:
+                raise StoreError(f"{self.path}: evaluation set {name!r} is missing; the store is damaged") from None
+            except Exception as exc:
+                raise StoreError(
+                    f"{self.path}: the metadata of set {name!r} cannot be read ({type(exc).__name__}); the store "
+                    "is damaged"
+                ) from None
+            if not isinstance(found, zarr.Group):
+                raise StoreError(f"{self.path}: {name!r} is not a group; the store is damaged")
         for name in self._required():
             try:
                 self._node(name)

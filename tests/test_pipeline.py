@@ -509,3 +509,79 @@ def test_failure_keeps_finished_blocks_and_rerun_completes(runs: RunCache, tmp_p
     assert result.skipped == 4 and store.done().all()
     _, full = run_compute(run_dir, config, tmp_path / "full.zarr")
     assert_same_store(store, full)
+
+
+# -- keeping finished rows: errors, stops, long blocks ---------------------------------------------------
+
+
+def test_an_error_at_pair_k_keeps_the_pairs_before_it(runs: RunCache, tmp_path: Path) -> None:
+    """One block holds every pair (default chunking): a NaN at step 5 used to lose all of them."""
+    run_dir, config = runs.run("linreg")
+    part = copy_run(run_dir, tmp_path / "run")
+    path = part / "step_00000005.safetensors"
+    state = load_file(str(path))
+    state["weight"].fill_(float("nan"))
+    save_file(state, str(path), metadata={"step": "5"})
+    out = tmp_path / "s.zarr"
+    with pytest.raises(NumericalError, match="steps 4 -> 5"):
+        compute(part, config, out)
+    store = LcaStore.open(out)
+    assert store.rows_per_chunk > store.n_pairs and store.done().tolist()[:6] == [True] * 4 + [False] * 2
+    shutil.copy2(run_dir / path.name, path)  # fixed: the rerun continues the block where it stopped
+    result, store = run_compute(part, config, out)
+    assert result.skipped == 4
+    _, full = run_compute(run_dir, config, tmp_path / "full.zarr")
+    assert_same_store(store, full)
+
+
+def test_rows_become_visible_while_a_block_runs(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("tanh_mlp")
+    out = tmp_path / "s.zarr"
+    seen: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        if done > 1:  # what `lca summarize` sees meanwhile (the writer may be one flush behind)
+            seen.append(int(LcaStore.open(out).done().sum()))
+
+    compute(run_dir, config, out, progress=progress, flush_seconds=0.0)
+    assert LcaStore.open(out).rows_per_chunk > 16  # all in one block
+    assert seen[-1] >= 14 and seen == sorted(seen), seen
+    _, full = run_compute(run_dir, config, tmp_path / "full.zarr")  # flushing changes no byte
+    assert_same_store(LcaStore.open(out), full)
+
+
+def test_a_stop_abandons_a_pair_still_running_after_the_grace(
+    runs: RunCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lca_cli.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "STOP_GRACE_SECONDS", 0.0)
+    run_dir, config = runs.run("tanh_mlp")
+    stop = threading.Event()
+    stop.set()  # a SIGTERM that came before the first pair ended
+    result, store = run_compute(run_dir, config, tmp_path / "s.zarr", stop=stop)
+    assert result.interrupted and result.computed == 0 and not store.done().any()
+    stop.clear()
+    result, store = run_compute(run_dir, config, tmp_path / "s.zarr")
+    assert result.computed == store.n_pairs
+
+
+def test_overwrite_swaps_in_the_new_store_at_its_first_rows(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("tanh_mlp")
+    out = tmp_path / "s.zarr"
+    compute(run_dir, config, out)
+    other = config.with_overrides(max_splits=4)
+    stop = threading.Event()
+    stop.set()  # one pair, then stop: that pair's row is the new store's first
+    result, store = run_compute(run_dir, other, out, overwrite=True, stop=stop)
+    assert result.interrupted and store.attrs["max_splits"] == 4 and store.done().sum() == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]  # the old store is gone, no sibling left
+
+
+def test_store_of_format_1_is_refused_for_computing(runs: RunCache, tmp_path: Path) -> None:
+    from test_store import make_format1_store, make_rows
+
+    run_dir, config = runs.run("tanh_mlp")
+    make_format1_store(tmp_path / "old.zarr", make_rows(0, 3))
+    with pytest.raises(StoreError, match="older lca"):
+        compute(run_dir, config, tmp_path / "old.zarr")
