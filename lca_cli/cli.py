@@ -391,8 +391,9 @@ def verify(store: Path, as_json: bool) -> None:
 
     Reads the whole store once. Prints what was checked and, per evaluation set, the damaged rows (rows
     of missing, truncated or garbled chunks); exits 6 when anything is damaged. `lca compute RUN_DIR
-    --out STORE --repair` recomputes exactly those rows while their checkpoints exist. (`summarize`,
-    `report` and `compute` run a cheap version of this check, without reading the data, every time.)
+    --out STORE --repair` recomputes exactly those rows while their checkpoints exist. (`compute`,
+    `summarize` and `report` run a cheap version of this check every time: a chunk missing for a done
+    row is an error, and every read verifies checksums.)
     """
     from lca_cli.integrity import verify as run_verify
     from lca_cli.store import LcaStore

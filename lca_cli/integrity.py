@@ -4,8 +4,10 @@ Every chunk a done row needs must exist with its exact size (chunks are uncompre
 :meth:`LcaStore.chunk_size`) and, in format 2, end with a CRC-32C checksum of its bytes. A missing chunk
 never reads as fill values (zeros) without notice:
 
-* :func:`quick_check` (at the start of ``summarize``, ``report`` and ``compute``) looks at every needed
-  chunk's existence and size: one ``stat`` per chunk, no data read;
+* :func:`quick_check` (at the start of ``compute``, and of reading a format-1 store) looks at every chunk a
+  done row needs: present (and, without checksums, of its size), no data read. Reading a format-2 store
+  (``summarize``, ``report``) checks the same for each array it reads, when it reads it
+  (:meth:`LcaStore.read`, :meth:`LcaStore.iter_lca` before streaming), and every read verifies checksums;
 * :func:`verify` (``lca verify``) also reads every chunk and checks its checksum (format 1, which has none:
   decodes it);
 * :func:`prepare_repair` (``lca compute --repair``) marks the rows of damaged chunks not done and deletes

@@ -332,7 +332,8 @@ class LcaStore:
             path: Store directory.
             mode: ``"r"`` to read, ``"r+"`` to compute into it.
             check: Run the cheap integrity check (:func:`lca_cli.integrity.quick_check`: every chunk a done
-                row needs exists and has its size); default: when reading.
+                row needs exists and has its size) now; default: when reading a format-1 store. Format-2
+                reads check what they read: a chunk missing for a done row is an error, never fill values.
             durable: See :meth:`create`.
 
         Returns:
@@ -367,7 +368,9 @@ class LcaStore:
         except Exception as exc:
             raise StoreError(f"{p}: its attributes are damaged ({type(exc).__name__}: {exc})") from None
         store._check_arrays()
-        if check if check is not None else mode == "r":
+        # Format 2 checks lazily what is read (a missing chunk of a done row is found by the read itself,
+        # and checksums catch the rest); format 1 has no checksums: its chunks are checked up front.
+        if check if check is not None else (mode == "r" and store.format_version < 2):
             from lca_cli.integrity import quick_check
 
             quick_check(store)
@@ -524,7 +527,7 @@ class LcaStore:
         pairs has 500 chunks per array; Zarr spends ~0.3 ms on each, reading them directly ~0.06 ms
         (measured: 0.15 s against 0.03 s per array), which keeps ``lca summarize --by layer`` fast. The
         checksum is verified exactly as Zarr's ``crc32c`` codec does; a missing chunk reads as the fill
-        value, as in Zarr (the integrity check makes sure no done row has one missing).
+        value, as in Zarr, unless a done row is in it (then :class:`StoreError`).
         """
         arr = self._node(node)
         meta = arr.metadata
@@ -548,28 +551,61 @@ class LcaStore:
         tail = "" if arr.ndim == 1 else "/0"
         out = np.empty((n, *arr.shape[1:]), dtype=arr.dtype)
 
-        def one(i: int) -> None:
+        def one(i: int) -> bool:
             a, b = i * rows, min((i + 1) * rows, n)
             try:
                 with open(f"{base}/{i}{tail}", "rb") as f:
                     raw = f.read()
             except FileNotFoundError:
                 out[a:b] = arr.fill_value
-                return
+                return False
             if np.uint32(google_crc32c.value(raw[:-4])).tobytes() != raw[-4:]:
                 raise ValueError(f"chunk {i}: stored and computed checksum do not match")
             chunk = np.frombuffer(raw, dtype=dtype, count=rows * width)
             out[a:b] = chunk.reshape((rows, width) if arr.ndim == 2 else (rows,))[: b - a]
+            return True
 
         chunks = range(-(-n // rows))
-        if len(chunks) < 32:
-            for i in chunks:
-                one(i)
-        else:  # opens and reads release the GIL: a few threads overlap the system calls
+
+        def some(part: range) -> list[int]:
+            return [i for i in part if not one(i)]
+
+        if len(chunks) < 64:
+            missing = some(chunks)
+        else:  # opens and reads release the GIL: a few threads, each on a quarter of the chunks
             with ThreadPoolExecutor(max_workers=4, thread_name_prefix="lca-read-small") as pool:
-                for _ in pool.map(one, chunks):
-                    pass
+                missing = [i for part in pool.map(some, [chunks[k::4] for k in range(4)]) for i in part]
+        if missing and not node.endswith("/done"):  # a missing done chunk only means "not done"
+            self._require_chunks(node, missing, rows)
         return out
+
+    def _require_chunks(self, node: str, missing: Sequence[int], rows: int) -> None:
+        """Raise if any of these missing row chunks of a set's array holds a done row."""
+        set_name = node.rsplit("/", 1)[0]
+        done = self.read(set_name, "done").astype(bool)
+        for i in missing:
+            first = min(i * rows, len(done))
+            hit = np.flatnonzero(done[first : (i + 1) * rows])
+            if node.endswith("/loss") and not hit.size and i * rows == len(done) and len(done) and done[-1]:
+                continue  # loss[T] alone in its chunk: loss_end of the last row holds it
+            if hit.size:
+                raise StoreError(
+                    f"{self.path} is damaged: {node} chunk {i} is missing but rows {first + hit[0]}..{first + hit[-1]} "
+                    f"are marked done; `lca verify {self.path}` lists the damage and `lca compute RUN_DIR --out "
+                    "STORE --repair` recomputes it"
+                )
+
+    def _check_lca_chunks(self, set_name: str, start: int, stop: int) -> None:
+        """Raise if an ``lca`` chunk holding a done row in ``start..stop`` is missing (before streaming)."""
+        arr = self.array(set_name, "lca")
+        step = int(arr.chunks[0])
+        done = self.read(set_name, "done").astype(bool)[start:stop]
+        need = sorted({(start + int(t)) // step for t in np.flatnonzero(done)})
+        ncols = max(1, -(-int(arr.shape[1]) // int(arr.chunks[1])))
+        base = os.path.join(self.path, set_name, "lca", "c")
+        missing = [i for i in need if not all(os.path.exists(f"{base}/{i}/{j}") for j in range(ncols))]
+        if missing:
+            self._require_chunks(f"{set_name}/lca", missing, step)
 
     def done(self, set_name: str | None = None) -> np.ndarray:
         """Done mask ``(T,)``; for ``None``, rows done in every set."""
@@ -602,6 +638,8 @@ class LcaStore:
         """
         arr = self.array(set_name, "lca")
         stop = min(arr.shape[0], self.n_pairs) if stop is None else stop
+        if start < stop:
+            self._check_lca_chunks(set_name, start, stop)
         step = int(arr.chunks[0])
         per_request = step * max(1, READ_BYTES // max(1, step * 4 * int(arr.shape[1])))
         spans: list[tuple[int, int]] = []

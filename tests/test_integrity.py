@@ -78,8 +78,8 @@ def test_damage_is_detected_and_repaired(
         path.write_bytes(path.read_bytes()[:-9])
     else:
         garble(path)
-    # A garbled lca chunk passes the cheap check (right size); only what reads it (--by neuron) meets it.
-    for by in ("neuron",) if chunk == "train/lca/c/1/0" else ("layer", "neuron", "iteration"):
+    # Reads check what they read: --by layer and iteration read the per-tensor arrays, --by neuron streams lca.
+    for by in ("neuron",) if "/lca/" in chunk else ("layer", "neuron", "iteration"):
         code, out, err = run_cli(capsys, "summarize", store, "--by", by)
         one_line(code, err, "store", "damaged")
         assert out == ""
@@ -130,6 +130,11 @@ def test_missing_chunk_of_a_row_not_done_is_fine(damaged: tuple[Path, Path, Path
     s = LcaStore.open(store)
     assert s.done().tolist() == [True] * 8 + [False] * 2
     assert verify(s).ok
+    assert sum(rows.shape[0] for _, rows in s.iter_lca("train")) == 10  # not done: fill values, no error
+    (store / "train" / "lca" / "c" / "1" / "0").unlink()
+    with pytest.raises(StoreError, match=r"train/lca chunk 1 is missing but rows 4\.\.7 are marked done"):
+        next(LcaStore.open(store).iter_lca("train", 2))  # found before anything is streamed
+    assert len(list(LcaStore.open(store).iter_lca("train", 8))) == 1  # rows not needing it stream fine
 
 
 def test_damaged_steps_cannot_be_repaired(capsys: pytest.CaptureFixture[str], damaged: tuple[Path, Path, Path]) -> None:
