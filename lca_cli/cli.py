@@ -36,7 +36,8 @@ __all__ = ["cli", "main"]
 
 EXIT_CODES_HELP = """\b
 Exit codes:
-  0 success               2 bad option value    3 config error
+  0 success   1 other error (e.g. report without matplotlib)
+  2 bad option value      3 config error
   4 run directory error   5 checkpoint error
   6 store error (not an lca store, another run's or config's, damaged)
   7 non-finite loss       8 over tolerance (--strict)

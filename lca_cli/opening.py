@@ -114,13 +114,15 @@ class Target:
 def _swap_in(new: Path, out: Path) -> None:
     with storage_errors(f"replacing {out}"):
         if exchange(new, out):
-            remove_store(new)  # now the old store
+            old = new  # the exchange put the old store where the new one was built
         else:
             old = sibling(out, "old", new_token())
             os.rename(out, old)
             os.rename(new, out)
-            remove_store(old)
         fsync_paths([out], parents=True)
+        # Someone may have put a file into the old store meanwhile: then it stays, as a hidden sibling.
+        with contextlib.suppress(StoreError):
+            remove_store(old)
 
 
 def _move_into_place(new: Path, out: Path, kind: str) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lca_cli.errors import StorageError
+from lca_cli.errors import StorageError, StoreError
 
 __all__ = [
     "PathState",
@@ -359,12 +359,13 @@ def remove_store(path: Path) -> None:
     """Delete a store lca created (call only for a :attr:`PathState.replaceable` path, under its lock).
 
     Raises:
+        StoreError: If it is not (any more) something lca may delete.
         StorageError: If the file system refuses.
 
     """
     state = inspect_path(path)
     if not state.replaceable:  # checked again here: never delete what lca did not create
-        raise AssertionError(f"refusing to delete {path}: {state}")
+        raise StoreError(f"refusing to delete {path}: it holds {state.detail or state.kind}, which lca did not create")
     if state.kind == "missing":
         return
     with storage_errors(f"deleting {path}"):
