@@ -52,3 +52,15 @@ def test_nothing_to_do_is_one_line() -> None:
     time.sleep(0.05)
     progress.finish(info(0, total=0))
     assert len(lines) == 1 and "0 pair(s) to compute (50 already done)" in lines[0]
+
+
+def test_bar_progress_runs(capsys) -> None:  # type: ignore[no-untyped-def]
+    from lca_cli.progress import BarProgress
+
+    bar = BarProgress()
+    bar.start(info(0, total=3, elapsed=0.0))
+    for k in (1, 2, 3):
+        bar.update(info(k, total=3, flagged=1))
+    bar.finish(info(3, total=3))
+    err = capsys.readouterr().err
+    assert "lca compute" in err and "3/3" in err and "1 flagged" in err
