@@ -54,8 +54,9 @@ def _scan(root: Path, unsafe_pickle: bool) -> tuple[list[CheckpointRef], list[st
         raise CheckpointError(
             f"{root}: shard files without an index ({listing(shards, 3)}); keep *.index.json beside them"
         )
+    has_folders = bool(refs)  # so far, refs holds the step folders only
     for path in files:
-        if refs and last_digits(path.stem) is None and not _LAST.match(path.name):
+        if has_folders and last_digits(path.stem) is None and not _LAST.match(path.name):
             skipped.append(path.name)  # e.g. a Trainer's final model.safetensors beside checkpoint-N/ folders
             continue
         refs.append(CheckpointRef(path, file_step(path, unsafe_pickle)))
@@ -80,7 +81,7 @@ def _dedupe(refs: list[CheckpointRef]) -> list[CheckpointRef]:
 
 
 def find_checkpoints(
-    run_dir: str | Path, *, unsafe_pickle: bool = False, notes: list[str] | None = None
+    run_dir: str | Path, *, unsafe_pickle: bool = False, notes: list[str] | None = None, nested: bool = True
 ) -> list[CheckpointRef]:
     """List a run's checkpoints ordered by step.
 
@@ -88,6 +89,7 @@ def find_checkpoints(
         run_dir: The run directory.
         unsafe_pickle: Allow torch files that need pickle (only to read a ``.ckpt`` file's step record).
         notes: When given, receives one-line notes about what was skipped or where checkpoints were found.
+        nested: Look in sub-folders when ``run_dir`` itself holds none.
 
     Returns:
         Checkpoints sorted by step (may hold fewer than two; callers decide what that means).
@@ -103,7 +105,7 @@ def find_checkpoints(
     refs, skipped = _scan(root, unsafe_pickle)
     if skipped and notes is not None:
         notes.append(f"ignored {listing(skipped, 3)} in {root}: no step in the name, beside per-step folders")
-    if refs:
+    if refs or not nested:
         return _dedupe(refs)
     found: list[tuple[Path, list[CheckpointRef]]] = []
     for sub in _subfolders(root):

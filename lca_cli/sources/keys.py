@@ -40,8 +40,10 @@ def _is_flat(obj: Any) -> bool:
 
 
 def _fits(keys: frozenset[str], spec: ModelSpec) -> bool:
+    """The keys are the model's, up to tied names: one name of each shared tensor suffices."""
     missing = spec.shapes.keys() - keys
-    return keys <= spec.shapes.keys() and all(k in spec.aliases for k in missing)
+    via_alias = {owner for alias, owner in spec.aliases.items() if alias in keys}
+    return keys <= spec.shapes.keys() and all(k in spec.aliases or k in via_alias for k in missing)
 
 
 def _prefixes(keys: tuple[str, ...]) -> list[tuple[str, bool]]:
