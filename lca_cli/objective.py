@@ -284,8 +284,8 @@ def _one(data: Any, what: str) -> tuple[Inputs, Targets]:
         if len(data) == 1:
             return _split_labels(_inputs(data[0], f"{what} inputs"), None, what)
         raise ConfigError(
-            f"{what} is a {len(data)}-tuple; give (inputs, targets), with several inputs as ((x1, x2), targets) or "
-            "a dict of tensors"
+            f"{what} is a {len(data)}-element {type(data).__name__}; give (inputs, targets), with several inputs "
+            "as ((x1, x2), targets) or a dict of tensors"
         )
     if isinstance(data, Mapping | torch.Tensor | np.ndarray | bool | int | float):
         return _split_labels(_inputs(data, f"{what} inputs"), None, what)

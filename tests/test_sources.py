@@ -206,7 +206,7 @@ def test_integer_tensor_for_a_float_parameter_is_refused_never_cast() -> None:
 
 
 def test_misfit_still_lists_missing_and_unexpected() -> None:
-    with pytest.raises(CheckpointError, match="missing: fc.bias; unexpected: other"):
+    with pytest.raises(CheckpointError, match=r"missing: fc\.bias; unexpected: other"):
         to_model_state({"fc.weight": torch.zeros(2, 3), "other": torch.zeros(1)}, SPEC, "ck")
 
 
@@ -250,7 +250,7 @@ def test_several_subfolders_with_checkpoints_is_an_error_naming_them(tmp_path: P
         (tmp_path / sub).mkdir()
         for s in (0, 1):
             save_file(state(), str(tmp_path / sub / f"step_{s}.safetensors"))
-    with pytest.raises(RunDirError, match="several folders hold checkpoints .*a, b"):
+    with pytest.raises(RunDirError, match=r"several folders hold checkpoints .*a, b"):
         find_checkpoints(tmp_path)
     assert [r.step for r in find_checkpoints(tmp_path / "a")] == [0, 1]
 
@@ -260,7 +260,9 @@ def test_flat_save_pretrained_dir_is_refused_with_what_to_do(tmp_path: Path) -> 
     (tmp_path / "model.safetensors.index.json").write_text(
         json.dumps({"weight_map": {"fc.weight": "model-00001-of-00001.safetensors"}})
     )
-    with pytest.raises(CheckpointError, match=r"one sharded save_pretrained checkpoint; .*\(checkpoint-N/ or step_N/\)"):
+    with pytest.raises(
+        CheckpointError, match=r"one sharded save_pretrained checkpoint; .*\(checkpoint-N/ or step_N/\)"
+    ):
         find_checkpoints(tmp_path)
 
 
@@ -268,7 +270,7 @@ def test_shard_index_naming_a_missing_file(tmp_path: Path) -> None:
     folder = tmp_path / "step_1"
     folder.mkdir()
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "gone.safetensors"}}))
-    with pytest.raises(CheckpointError, match="gone.safetensors"):
+    with pytest.raises(CheckpointError, match=r"gone\.safetensors"):
         find_checkpoints(tmp_path)
 
 
@@ -305,7 +307,6 @@ def test_missing_step_zero_and_stripped_prefix_are_said_once(flat, tmp_path: Pat
     assert np.array_equal(rows, expected[1:])
     assert sum("first checkpoint is step 1" in n for n in said) == 1
     assert sum("'module.'" in n for n in said) == 1
-
 
 
 # -- tied parameters end to end -------------------------------------------------------------------------------

@@ -124,7 +124,11 @@ class LcaTrainerCallback(TrainerCallback):
             if config is None:
                 raise ConfigError("the model has no Hugging Face config; pass model='pkg.module:build'")
             factory = "lca_cli.integrations.hf:from_config"
-            kwargs = {"architecture": type(plain).__name__, "config": config.to_json_string(use_diff=True)}
+            # The config as one compact JSON line (only what differs from the architecture's defaults).
+            compact = json.dumps(
+                json.loads(config.to_json_string(use_diff=True)), sort_keys=True, separators=(",", ":")
+            )
+            kwargs = {"architecture": type(plain).__name__, "config": compact}
         # Resuming from a Trainer checkpoint continues the same lca run.
         self._writer = CheckpointWriter(self.run_dir, append=self.append or state.global_step > 0)
         self._writer.write_config(model=factory, model_kwargs=kwargs, **self.config)
