@@ -273,7 +273,7 @@ def compute(
         raise ToleranceError(f"{flagged_total} pair(s) over tolerance (--strict)")
 
 
-def _render_table(summary: Any) -> None:
+def _render_table(summary: Any, tied: dict[str, str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -302,6 +302,9 @@ def _render_table(summary: Any) -> None:
         + f"   max |residual| {h['max_abs_residual']:.3g}   flagged pairs {h['flagged']}",
         f"helped fraction per iteration {helped}  (exact zeros excluded)",
     ]
+    if tied:
+        ties = ", ".join(f"{alias} = {owner}" for alias, owner in tied.items())
+        lines.append(f"tied parameters (one tensor, its LCA listed under the second name): {ties}")
     for line in lines:
         console.print(line, highlight=False)
     table = Table(show_header=True, header_style="bold")
@@ -338,17 +341,20 @@ def summarize(
     from lca_cli.reduce import summarize as run_summarize
     from lca_cli.store import LcaStore
 
-    summary = run_summarize(
-        LcaStore.open(store), by=by, set_name=set_name, window=parse_window(steps), top=top, sort=sort
-    )
+    opened = LcaStore.open(store)
+    summary = run_summarize(opened, by=by, set_name=set_name, window=parse_window(steps), top=top, sort=sort)
+    # Tied parameters (alias -> owner) are one tensor: its allocation is the owner's row; say so.
+    tied = {str(k): str(v) for k, v in dict(opened.attrs.get("tied") or {}).items()}
     if fmt == "json":
-        click.echo(json.dumps(summary.to_dict(), indent=1))
+        doc = summary.to_dict()
+        doc["header"]["tied"] = tied
+        click.echo(json.dumps(doc, indent=1))
     elif fmt == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=summary.columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(summary.rows)
     else:
-        _render_table(summary)
+        _render_table(summary, tied)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

@@ -136,6 +136,7 @@ class CheckpointLoader:
         vlayout: Layout,
         device: torch.device,
         ahead: int = 2,
+        *,
         read: Callable[[CheckpointRef], dict[str, torch.Tensor]] | None = None,
     ) -> None:
         self.refs = list(refs)

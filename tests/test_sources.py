@@ -365,7 +365,9 @@ def tied_run(root: Path, save: str) -> Path:
     return run / "ck"
 
 
-def test_tied_weights_every_save_style_gives_the_same_conserving_rows(tmp_path: Path) -> None:
+def test_tied_weights_every_save_style_gives_the_same_conserving_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rows = {}
     for save in ("writer", "torch_save", "omitted"):
         run = tied_run(tmp_path, save)
@@ -376,3 +378,15 @@ def test_tied_weights_every_save_style_gives_the_same_conserving_rows(tmp_path: 
         assert store.attrs["tied"] == {"head.weight": "emb.weight"}
         assert [p.name for p in store.layout.params] == ["emb.weight", "mix.weight", "mix.bias", "head.bias"]
     assert np.array_equal(rows["writer"], rows["torch_save"]) and np.array_equal(rows["writer"], rows["omitted"])
+    # Summaries say that the shared tensor's allocation is listed under its owner.
+    from lca_cli.cli import main
+
+    for fmt in ("json", "table"):
+        with pytest.raises(SystemExit):
+            main(["summarize", str(run / "lca.zarr"), "--by", "tensor", "--format", fmt])
+        out = capsys.readouterr().out
+        if fmt == "json":
+            assert json.loads(out)["header"]["tied"] == {"head.weight": "emb.weight"}
+        else:
+            text = " ".join(out.split())  # rich wraps long lines to the terminal's width
+            assert "tied parameters" in text and "head.weight = emb.weight" in text
