@@ -101,6 +101,10 @@ class BuiltinLoss:
     def units(self, inputs: Inputs, targets: Targets) -> int:
         """What the mean is over, counted in one chunk: samples, or the scored tokens of ``causal_lm``."""
         if self.name == "causal_lm" and targets is not None:
+            if targets.dim() < 2:
+                raise ConfigError(
+                    f"causal_lm needs token labels of shape (samples, tokens), got {tuple(targets.shape)}"
+                )
             return int((targets[:, 1:] != IGNORE_INDEX).sum())
         return batch_len(inputs)
 
@@ -236,6 +240,7 @@ def _map(inputs: Inputs, fn: Callable[[torch.Tensor], torch.Tensor]) -> Inputs:
 
 
 def _rows(t: torch.Tensor, start: int, size: int) -> torch.Tensor:
+    """Rows ``start .. start + size - 1`` (a view: the chunks share the set's storage)."""
     return t[start : start + size]
 
 
@@ -437,13 +442,10 @@ def make_chunks(
     inputs = _map(inputs, move)
     targets = None if targets is None else move(targets)
 
-    def rows(t: torch.Tensor, i: int) -> torch.Tensor:
-        return t[i : i + batch_size]
-
     chunks = tuple(
         (
             _map(inputs, functools.partial(_rows, start=i, size=batch_size)),
-            None if targets is None else rows(targets, i),
+            None if targets is None else _rows(targets, i, batch_size),
         )
         for i in range(0, n, batch_size)
     )

@@ -125,7 +125,8 @@ class CheckpointLoader:
         device: Compute device.
         ahead: How many checkpoints to read ahead.
         read: Reads one checkpoint as the model's state_dict, checked (:meth:`CheckpointSource.read`); by default
-            the file is read as a flat state_dict and checked against ``expected``.
+            a :class:`CheckpointSource` of ``expected`` when it is a :class:`ModelSpec`, else the file is read as a
+            flat state_dict and checked against ``expected``.
 
     """
 
@@ -141,6 +142,8 @@ class CheckpointLoader:
     ) -> None:
         self.refs = list(refs)
         self.expected = expected
+        if read is None and isinstance(expected, ModelSpec):
+            read = CheckpointSource(expected).read  # nested dicts, prefixes and tied aliases mapped as in compute
         self.read = read
         self.vlayout = vlayout
         self.device = device
