@@ -8,26 +8,32 @@ flat safetensors (the callback's own files), and every run conserves.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may be downloaded
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("accelerate")
+from lca_cli.config import load_config
+from lca_cli.pipeline import compute
+from lca_cli.store import LcaStore
 
-from safetensors.torch import load_file  # noqa: E402
+pytestmark = [
+    pytest.mark.slow,  # the module's fixture imports transformers and trains (about 10 s)
+    pytest.mark.skipif(
+        importlib.util.find_spec("transformers") is None or importlib.util.find_spec("accelerate") is None,
+        reason="needs the hf extra (transformers, accelerate)",
+    ),
+]
 
-from lca_cli.config import load_config  # noqa: E402
-from lca_cli.integrations.hf import LcaTrainerCallback  # noqa: E402
-from lca_cli.pipeline import compute  # noqa: E402
-from lca_cli.store import LcaStore  # noqa: E402
-
-pytestmark = pytest.mark.slow  # the module's first test imports transformers and trains (about 10 s)
+# Imported by the fixture, not at collection: importing transformers costs seconds that a run of other tests
+# (e.g. -m "not slow") must not pay.
+transformers: Any = None
 
 DATA = """
 import torch
@@ -51,7 +57,7 @@ def cls_eval(n=10, t=6, vocab=30):
 """
 
 
-def trainer_args(out: Path, steps: int) -> object:
+def trainer_args(out: Path, steps: int) -> Any:
     return transformers.TrainingArguments(
         output_dir=str(out),
         max_steps=steps,
@@ -77,6 +83,11 @@ def rows(run: Path, config: Path | None = None, **overrides: object) -> tuple[Lc
 
 @pytest.fixture(scope="module")
 def hf_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    global transformers
+    os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may be downloaded
+    transformers = importlib.import_module("transformers")
+    from lca_cli.integrations.hf import LcaTrainerCallback
+
     root = tmp_path_factory.mktemp("hf")
     (root / "hfevaldata.py").write_text(DATA)
     sys.path.insert(0, str(root))

@@ -7,6 +7,7 @@ bit, whether the model factory builds the LightningModule or only the network in
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -14,17 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-L = pytest.importorskip("lightning")
-
-from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
-
-from lca_cli.config import load_config  # noqa: E402
-from lca_cli.integrations.lightning import LcaCallback  # noqa: E402
-from lca_cli.pipeline import compute  # noqa: E402
-from lca_cli.store import LcaStore  # noqa: E402
+from lca_cli.config import load_config
+from lca_cli.pipeline import compute
+from lca_cli.store import LcaStore
 
 pytestmark = [
-    pytest.mark.slow,  # importing lightning and training: about 10 s
+    pytest.mark.slow,  # importing lightning (in the fixture, not at collection) and training: about 10 s
+    pytest.mark.skipif(importlib.util.find_spec("lightning") is None, reason="needs the lightning extra"),
     # Lightning's own advice for real training (dataloader workers, logging intervals) is not this test's concern.
     pytest.mark.filterwarnings("ignore::UserWarning:lightning"),
     # lightning 2.6 against torch 2.13: a deprecation inside lightning itself, nothing this project calls.
@@ -72,6 +69,11 @@ def rows(run: Path, config: Path, **overrides: object) -> tuple[LcaStore, np.nda
 
 @pytest.fixture(scope="module")
 def pl_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lca_cli.integrations.lightning import LcaCallback
+
     root = tmp_path_factory.mktemp("pl")
     (root / "plclassifier.py").write_text(MODULE)
     sys.path.insert(0, str(root))
