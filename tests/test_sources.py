@@ -198,6 +198,12 @@ def test_a_lightning_module_with_other_submodules_uses_the_model_subtree() -> No
     assert "ignored 1 tensor(s) outside it" in notes[0]
 
 
+def test_two_fitting_subtrees_are_refused_not_guessed() -> None:
+    obj = {**prefixed(state(1.0), "student."), **prefixed(state(2.0), "teacher.")}
+    with pytest.raises(CheckpointError, match="'student.', 'teacher.' each fit the model"):
+        to_model_state(obj, SPEC, "ck")
+
+
 def test_integer_tensor_for_a_float_parameter_is_refused_never_cast() -> None:
     bad = state()
     bad["fc.weight"] = torch.ones(2, 3, dtype=torch.int64)

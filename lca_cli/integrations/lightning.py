@@ -21,6 +21,7 @@ Needs ``lightning`` (``pip install 'lca-cli[lightning]'``); it is imported when 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,13 @@ class LcaCallback(Callback):
                 raise ConfigError(
                     f"{cls.__qualname__} is defined in the running script; move it into a module, or pass "
                     "model='pkg.module:build'"
+                )
+            takes = [p for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
+            if takes and not kwargs["hparams"]:
+                # Without saved hyperparameters the module would be rebuilt with its defaults, maybe not these.
+                raise ConfigError(
+                    f"{cls.__qualname__} saved no hyperparameters: call self.save_hyperparameters() in its __init__, "
+                    "or pass model='pkg.module:build'"
                 )
         self._writer = CheckpointWriter(self.run_dir, append=self.append or trainer.global_step > 0)
         self._writer.write_config(model=factory, model_kwargs=kwargs, **self.config)

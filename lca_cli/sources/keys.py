@@ -7,7 +7,8 @@ Rules, applied to each checkpoint on its own (a row depends only on its two chec
   (``--state-dict-key`` chooses any entry, ``a/b`` for a deeper one);
 * key prefixes are stripped when stripping makes the keys the model's: any prefix common to all keys
   (``module.`` from DDP, ``_orig_mod.`` from ``torch.compile``, ``model.`` from a LightningModule attribute),
-  or the tensors under one leading component (a LightningModule holding the model beside other modules);
+  or the tensors under one leading component when exactly one such sub-tree fits (a LightningModule holding
+  the model beside other modules);
 * tied parameters (one tensor under two names, e.g. GPT-2's ``lm_head.weight`` and ``transformer.wte.weight``)
   may be present or absent under the alias; the result holds the owner only, the name ``named_parameters()``
   keeps, so that the model is evaluated with one leaf per shared tensor;
@@ -62,16 +63,25 @@ def _prefixes(keys: tuple[str, ...]) -> list[tuple[str, bool]]:
 
 
 @functools.lru_cache(maxsize=64)
-def _plan(keys: tuple[str, ...], spec: ModelSpec) -> tuple[str, bool] | None:
-    """How to turn these keys into the model's: ``(prefix, select_only)``, or None when nothing fits."""
+def _plan(keys: tuple[str, ...], spec: ModelSpec) -> tuple[str, bool] | list[str] | None:
+    """How to turn these keys into the model's names.
+
+    Returns ``(prefix, select_only)``; None when nothing fits; or the sub-tree prefixes when several fit (which
+    one is the model cannot be told).
+    """
     if _fits(frozenset(keys), spec):
         return ("", False)
+    subtrees: list[str] = []
     for prefix, select in _prefixes(keys):
         chosen = [k for k in keys if k.startswith(prefix)] if select else list(keys)
         stripped = frozenset(k[len(prefix) :] if k.startswith(prefix) else k for k in chosen)
         if len(stripped) == len(chosen) and _fits(stripped, spec):
-            return (prefix, select)
-    return None
+            if not select:
+                return (prefix, False)
+            subtrees.append(prefix)
+    if len(subtrees) > 1:
+        return subtrees
+    return (subtrees[0], True) if subtrees else None
 
 
 def _describe(obj: Any) -> str:
@@ -146,7 +156,7 @@ def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, t
 
 def _nested(obj: Mapping[str, Any], spec: ModelSpec, where: str) -> tuple[str, Mapping[str, torch.Tensor]]:
     found = [k for k in NESTED_KEYS if k in obj and _is_flat(obj[k])]
-    fitting = [k for k in found if _plan(tuple(obj[k]), spec) is not None]
+    fitting = [k for k in found if isinstance(_plan(tuple(obj[k]), spec), tuple)]
     if len(fitting) == 1:
         return fitting[0], obj[fitting[0]]
     if len(fitting) > 1:
@@ -194,6 +204,11 @@ def to_model_state(
         notes.append(f"using the checkpoints' {key!r} entry as the model's state_dict")
     flat: Mapping[str, torch.Tensor] = obj
     plan = _plan(tuple(flat), spec)
+    if isinstance(plan, list):
+        raise CheckpointError(
+            f"{where}: the tensors under {', '.join(repr(p) for p in plan)} each fit the model; save the model's "
+            "own state_dict, or nest each under its own key and pass --state-dict-key"
+        )
     if plan is None:
         check_state_dict(flat, spec, where)  # lists what differs
         raise CheckpointError(f"{where}: tensor names do not match the model's")  # pragma: no cover - check raises
