@@ -200,7 +200,7 @@ def test_a_lightning_module_with_other_submodules_uses_the_model_subtree() -> No
 
 def test_two_fitting_subtrees_are_refused_not_guessed() -> None:
     obj = {**prefixed(state(1.0), "student."), **prefixed(state(2.0), "teacher.")}
-    with pytest.raises(CheckpointError, match="'student.', 'teacher.' each fit the model"):
+    with pytest.raises(CheckpointError, match=r"'student\.', 'teacher\.' each fit the model"):
         to_model_state(obj, SPEC, "ck")
 
 
