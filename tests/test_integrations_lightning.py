@@ -49,6 +49,15 @@ class Classifier(L.LightningModule):
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
 
+class Forgetful(Classifier):
+    def __init__(self, hidden=8):
+        L.LightningModule.__init__(self)  # no save_hyperparameters(): cannot be rebuilt from them
+        self.model = torch.nn.Linear(4, 3)
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
 def network(hidden=8):
     return Classifier(hidden).model
 
@@ -120,3 +129,20 @@ def test_a_factory_building_only_the_network_strips_the_attribute_prefix(pl_run:
     store, net = rows(pl_run / "ckpt", config)
     assert [p.name for p in store.layout.params] == ["0.weight", "0.bias", "2.weight", "2.bias"]
     assert np.array_equal(net, flat[1:])
+
+
+def test_a_module_without_saved_hyperparameters_is_refused_at_train_start(pl_run: Path) -> None:
+    import lightning as L
+    import plclassifier
+
+    from lca_cli.errors import ConfigError
+    from lca_cli.integrations.lightning import LcaCallback
+
+    x = torch.randn(8, 4)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x[:, :3].argmax(1)), batch_size=8)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False,
+                        callbacks=[LcaCallback(pl_run / "forgetful", data="plclassifier:eval_set")])  # fmt: skip
+    with pytest.raises(ConfigError, match="saved no hyperparameters"):
+        trainer.fit(plclassifier.Forgetful(), loader)
+    assert not (pl_run / "forgetful" / "lca.toml").exists()
