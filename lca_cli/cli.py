@@ -130,6 +130,11 @@ def _compute_options(f: Any) -> Any:
         click.option("--compile/--no-compile", default=None, help="torch.compile the model (opt-in) [off]."),
         click.option("--rows-per-chunk", type=int, help="Store rows per chunk (0 = about 8 MiB per chunk)."),
         click.option("--threads", type=int, help="CPU threads for torch (0 = torch's default; 1 suits small models)."),
+        click.option(
+            "--state-dict-key",
+            help="Entry of the saved checkpoint dicts holding the model's state_dict (a/b for a deeper one) "
+            "[found automatically: state_dict, model, model_state_dict or module].",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -182,6 +187,12 @@ def _stop_signals(stop: threading.Event, received: list[int]) -> Iterator[None]:
     is_flag=True,
     help="Verify every chunk's checksum and recompute the rows of damaged chunks (see `lca verify`).",
 )
+@click.option(
+    "--unsafe-pickle",
+    is_flag=True,
+    help="Allow torch checkpoints that need pickle (it can run any code: only for files you trust) [off: "
+    "weights_only=True].",
+)
 @click.option("--strict", is_flag=True, help="Exit with code 8 when any pair stays over tolerance at the cap.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON result object on stdout (for scripts).")
 @click.option(
@@ -200,6 +211,7 @@ def compute(
     out: Path | None,
     overwrite: bool,
     repair: bool,
+    unsafe_pickle: bool,
     strict: bool,
     as_json: bool,
     progress_mode: str,
@@ -208,8 +220,11 @@ def compute(
 ) -> None:
     """Compute the LCA of every consecutive checkpoint pair of RUN_DIR into a Zarr store.
 
-    RUN_DIR holds one *.safetensors checkpoint per iteration (ordered by their "step" metadata, else the
-    digits in the file name) and lca.toml, which says how to rebuild the model, the fixed evaluation
+    RUN_DIR holds one checkpoint per iteration, in any layout training code writes: *.safetensors,
+    *.pt/*.pth/*.bin/*.ckpt files (loaded without pickle), or per-step folders (Hugging Face checkpoint-N/,
+    accelerate checkpoint_N/, step_N/, sharded or not); nested state dicts, DDP/compile/Lightning key
+    prefixes and tied weights are handled. Checkpoints are ordered by step (metadata, the framework's record,
+    else the digits in the name). RUN_DIR/lca.toml says how to rebuild the model, the fixed evaluation
     set(s) and the loss (see README). Flags override the config's [compute] table.
 
     Rerunning on an existing store resumes: finished pairs are never recomputed and checkpoints that
@@ -233,7 +248,17 @@ def compute(
             reporter = BarProgress()
         else:
             reporter = PlainProgress()
-        result = run_compute(run_dir, config, out, overwrite=overwrite, repair=repair, progress=reporter, stop=stop)
+        result = run_compute(
+            run_dir,
+            config,
+            out,
+            overwrite=overwrite,
+            repair=repair,
+            progress=reporter,
+            stop=stop,
+            unsafe_pickle=unsafe_pickle,
+            note=None if quiet else (lambda message: _err(f"Note: {message}")),
+        )
 
     flagged_total = sum(len(v) for v in result.flagged.values())
     if as_json:
@@ -275,7 +300,7 @@ def compute(
         raise ToleranceError(f"{flagged_total} pair(s) over tolerance (--strict)")
 
 
-def _render_table(summary: Any) -> None:
+def _render_table(summary: Any, tied: dict[str, str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -304,6 +329,9 @@ def _render_table(summary: Any) -> None:
         + f"   max |residual| {h['max_abs_residual']:.3g}   flagged pairs {h['flagged']}",
         f"helped fraction per iteration {helped}  (exact zeros excluded)",
     ]
+    if tied:
+        ties = ", ".join(f"{alias} = {owner}" for alias, owner in tied.items())
+        lines.append(f"tied parameters (one tensor, its LCA listed under the second name): {ties}")
     for line in lines:
         console.print(line, highlight=False)
     table = Table(show_header=True, header_style="bold")
@@ -340,17 +368,20 @@ def summarize(
     from lca_cli.reduce import summarize as run_summarize
     from lca_cli.store import LcaStore
 
-    summary = run_summarize(
-        LcaStore.open(store), by=by, set_name=set_name, window=parse_window(steps), top=top, sort=sort
-    )
+    opened = LcaStore.open(store)
+    summary = run_summarize(opened, by=by, set_name=set_name, window=parse_window(steps), top=top, sort=sort)
+    # Tied parameters (alias -> owner) are one tensor: its allocation is the owner's row; say so.
+    tied = {str(k): str(v) for k, v in dict(opened.attrs.get("tied") or {}).items()}
     if fmt == "json":
-        click.echo(json.dumps(summary.to_dict(), indent=1))
+        doc = summary.to_dict()
+        doc["header"]["tied"] = tied
+        click.echo(json.dumps(doc, indent=1))
     elif fmt == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=summary.columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(summary.rows)
     else:
-        _render_table(summary)
+        _render_table(summary, tied)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

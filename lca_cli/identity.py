@@ -60,11 +60,12 @@ def _file_digest(path: Path, h: hashlib.blake2b) -> None:
         h.update(f.read(_TAIL))
 
 
-def fingerprint(path: Path) -> bytes:
-    """The 16-byte fingerprint of a checkpoint file, or of every file under a checkpoint folder.
+def fingerprint(checkpoint: Path | _Ref) -> bytes:
+    """The 16-byte fingerprint of a checkpoint: its file, or the weight files of a per-step folder.
 
     Args:
-        path: The checkpoint.
+        checkpoint: A file or folder path, or a checkpoint reference (its ``weight_files`` when it has them:
+            a training folder's optimizer state or logs are not part of the weights).
 
     Returns:
         The digest.
@@ -73,21 +74,24 @@ def fingerprint(path: Path) -> bytes:
         CheckpointError: If it cannot be read.
 
     """
+    root = checkpoint if isinstance(checkpoint, Path) else checkpoint.path
+    files = tuple(getattr(checkpoint, "weight_files", ()) or ())
+    if not files:
+        files = tuple(sorted(p for p in root.rglob("*") if p.is_file())) if root.is_dir() else (root,)
     h = hashlib.blake2b(digest_size=FINGERPRINT_BYTES)
+    path = root
     try:
-        if path.is_dir():
-            for sub in sorted(p for p in path.rglob("*") if p.is_file()):
-                h.update(os.fsencode(sub.relative_to(path)) + b"\0")
-                _file_digest(sub, h)
-        else:
+        for path in files:
+            if path != root:
+                h.update(os.fsencode(path.relative_to(root) if path.is_relative_to(root) else path.name) + b"\0")
             _file_digest(path, h)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     return h.digest()
 
 
-def fingerprints(paths: Sequence[Path]) -> np.ndarray:
-    """Fingerprints of several checkpoints, read concurrently.
+def fingerprints(paths: Sequence[Path | _Ref]) -> np.ndarray:
+    """Fingerprints of several checkpoints (paths or references), read concurrently.
 
     Returns:
         uint8 ``(n, FINGERPRINT_BYTES)``.
@@ -181,11 +185,11 @@ def check_fingerprints(
     todo = [
         i for i in sorted(set(indices)) if i < alignment.n_stored and alignment.refs[i] is not None and stored[i].any()
     ]
-    paths = [alignment.refs[i].path for i in todo]  # type: ignore[union-attr]
-    for i, fp in zip(todo, fingerprints(paths), strict=True):
+    refs = [alignment.refs[i] for i in todo]
+    for i, ref, fp in zip(todo, refs, fingerprints(refs), strict=True):  # type: ignore[arg-type]
         if not np.array_equal(fp, stored[i]):
             raise StoreError(
-                f"{store} was computed from other checkpoints: {paths[todo.index(i)]} (step {alignment.steps[i]}) "
+                f"{store} was computed from other checkpoints: {ref.path} (step {alignment.steps[i]}) "  # type: ignore[union-attr]
                 "is not the file its rows came from (another or a retrained run?); use --out for a new store, "
                 f"or --overwrite to recompute it from the checkpoints now in {run}"
             )

@@ -27,7 +27,7 @@ import numpy as np
 
 from lca_cli.errors import StoreError
 from lca_cli.placement import fsync_paths, storage_errors
-from lca_cli.store import LcaStore
+from lca_cli.store import COORDINATES, SET_COORDINATES, LcaStore
 
 __all__ = ["Damage", "Report", "prepare_repair", "quick_check", "remove_partial_files", "verify"]
 
@@ -56,6 +56,11 @@ class Damage:
     path: Path
 
     @property
+    def coordinate(self) -> bool:
+        """A coordinate array (labels for readers, rebuilt from the layout and steps: no row is lost)."""
+        return self.node.rsplit("/", 1)[-1] in (*COORDINATES, *SET_COORDINATES)
+
+    @property
     def set_name(self) -> str | None:
         """The evaluation set, or None for a store-level array."""
         head, sep, _ = self.node.rpartition("/")
@@ -63,6 +68,8 @@ class Damage:
 
     def describe(self) -> str:
         """One phrase: ``train/lca chunk 1 (rows 4..7): checksum mismatch``."""
+        if self.coordinate:
+            return f"{self.node} chunk {self.chunk} (coordinates): {self.problem}"
         what = "checkpoints" if self.set_name is None else "rows"
         return f"{self.node} chunk {self.chunk} ({what} {_span(self.rows)}): {self.problem}"
 
@@ -115,6 +122,8 @@ class Report:
         """Rows of each set in damaged chunks (store-level damage affects every set's rows)."""
         out: dict[str, set[int]] = {s: set() for s in self.done}
         for d in self.damage:
+            if d.coordinate:
+                continue
             for s in [d.set_name] if d.set_name is not None else list(out):
                 out[s].update(d.rows)
         return {s: sorted(r) for s, r in out.items()}
@@ -125,7 +134,7 @@ class Report:
             return f"{self.store}: OK"
         rows = self.damaged_rows()
         n = len(set().union(*map(set, rows.values()))) if rows else 0
-        store_level = [d for d in self.damage if d.set_name is None]
+        store_level = [d for d in self.damage if d.set_name is None and not d.coordinate]
         fix = (
             "the store's own arrays are damaged: recompute it with --overwrite"
             if store_level
@@ -283,14 +292,17 @@ def _scan(store: LcaStore, full: bool) -> Report:
                 path = found[0] if found else str(store.chunk_files(node, [i])[j])
                 jobs.append((node, i, path, size, found[1] if found else None, crc))
 
-    for node in ("steps", "fingerprint"):
-        if node in nodes:
-            plan(node, set(range(store.row_chunks(node))))
+    # Store-level arrays and coordinates: every chunk (format 1 wrote coordinates without every chunk).
+    for node in nodes:
+        name = node.rsplit("/", 1)[-1]
+        if node in ("steps", "fingerprint") or name in (*COORDINATES, *SET_COORDINATES):
+            required = store.format_version >= 2 or node == "steps"
+            plan(node, set(range(store.row_chunks(node))) if required else set())
     for s in store.sets:
         done = _read_done(store, s, report) if full else store.read(s, "done").astype(bool)
         report.done[s] = int(done.sum())
         for node in nodes:
-            if not node.startswith(f"{s}/") or node == f"{s}/done":
+            if not node.startswith(f"{s}/") or node == f"{s}/done" or node.rsplit("/", 1)[-1] in SET_COORDINATES:
                 continue
             required = store.format_version >= 2 or node.rsplit("/", 1)[1] in _FORMAT1_REQUIRED
             plan(node, set(_needed_chunks(store, node, done)) if required else set())
@@ -373,10 +385,12 @@ def prepare_repair(store: LcaStore, report: Report) -> dict[str, list[int]]:
         StoreError: If a store-level array (``steps``, ``fingerprint``) is damaged.
 
     """
-    store_level = [d for d in report.damage if d.set_name is None]
+    store_level = [d for d in report.damage if d.set_name is None and not d.coordinate]
     if store_level:
         raise StoreError(f"{report.summary()} ({store_level[0].describe()})")
     rows = report.damaged_rows()
+    if any(d.coordinate for d in report.damage):
+        store.rewrite_coordinates()
     with storage_errors(f"repairing {store.path}"):
         done_files: list[Path] = []
         for s, bad in rows.items():
@@ -385,7 +399,7 @@ def prepare_repair(store: LcaStore, report: Report) -> dict[str, list[int]]:
         for path in done_files:
             path.unlink(missing_ok=True)
         fsync_paths(done_files)
-        damaged = [d.path for d in report.damage]
+        damaged = [d.path for d in report.damage if not d.coordinate]
         for path in damaged:
             path.unlink(missing_ok=True)
         fsync_paths(damaged)

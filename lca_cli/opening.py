@@ -179,7 +179,7 @@ def _match_run(store: LcaStore, refs: Sequence[Any], run: Path, done: np.ndarray
         check_fingerprints(al, stored, sorted(check), store.path, run)
         loose = [i for i in present if not bound[i]]
         if loose:
-            fresh = fingerprints([al.refs[i].path for i in loose])  # type: ignore[union-attr]
+            fresh = fingerprints([al.refs[i] for i in loose])  # type: ignore[misc]
             changed = [k for k, i in enumerate(loose) if not np.array_equal(fresh[k], stored[i])]
             if changed:
                 store.set_fingerprints([loose[k] for k in changed], fresh[changed])
@@ -312,7 +312,7 @@ def _prepare_locked(
             quick_check(store)
         al = _match_run(store, refs, run, store.done())
         if len(al.steps) > al.n_stored:
-            appended = [r.path for r in al.refs[al.n_stored :] if r is not None]
+            appended = [r for r in al.refs[al.n_stored :] if r is not None]
             fps = np.concatenate([np.zeros((al.n_stored, 16), np.uint8), fingerprints(appended)])
             store.extend(al.steps, fps)
         else:
@@ -321,7 +321,7 @@ def _prepare_locked(
     if repair and state.kind != "store":
         raise StoreError(f"--repair: {out} is not an lca store yet; run without --repair to create it")
     steps = [r.step for r in refs]
-    fps = fingerprints([r.path for r in refs])
+    fps = fingerprints(list(refs))
     new = sibling(out, "new", new_token())
     try:
         store = LcaStore.create(

@@ -33,8 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from lca_cli.checkpoints import CheckpointRef, check_state_dict, find_checkpoints, read_checkpoint
-from lca_cli.config import Config, build_model, call_factory
+from lca_cli.config import Config, build_model, call_factory, import_path
 from lca_cli.errors import RunDirError, UsageError
 from lca_cli.integrate import Evaluation, integrate_pair
 from lca_cli.layout import Layout
@@ -49,6 +48,15 @@ from lca_cli.objective import (
 )
 from lca_cli.opening import prepare
 from lca_cli.placement import inspect_path
+from lca_cli.sources import (
+    CheckpointRef,
+    CheckpointSource,
+    ModelSpec,
+    check_state_dict,
+    describe_folder,
+    find_checkpoints,
+    read_checkpoint,
+)
 from lca_cli.store import BlockRows, LcaStore
 
 __all__ = [
@@ -67,6 +75,8 @@ __all__ = [
 
 #: ``progress(pairs_done_this_run, pairs_to_do)``, called after every pair.
 ProgressFn = Callable[[int, int], None]
+#: ``note(message)``: a one-line note for the user (how checkpoints were found and mapped onto the model).
+NoteFn = Callable[[str], None]
 
 #: A block's finished rows are written at least this often, so a long run's rows show up in the store.
 FLUSH_SECONDS = 30.0
@@ -176,6 +186,9 @@ class CheckpointLoader:
         vlayout: Layout of the point vector.
         device: Compute device.
         ahead: How many checkpoints to read ahead.
+        read: Reads one checkpoint as the model's state_dict, checked (:meth:`CheckpointSource.read`); by default
+            a :class:`CheckpointSource` of ``expected`` when it is a :class:`ModelSpec`, else the file is read as a
+            flat state_dict and checked against ``expected``.
 
     """
 
@@ -186,9 +199,14 @@ class CheckpointLoader:
         vlayout: Layout,
         device: torch.device,
         ahead: int = 2,
+        *,
+        read: Callable[[CheckpointRef], dict[str, torch.Tensor]] | None = None,
     ) -> None:
         self.refs = list(refs)
-        self.expected = dict(expected)
+        self.expected = expected
+        if read is None and isinstance(expected, ModelSpec):
+            read = CheckpointSource(expected).read  # nested dicts, prefixes and tied aliases mapped as in compute
+        self.read = read
         self.vlayout = vlayout
         self.device = device
         self.ahead = ahead
@@ -198,8 +216,11 @@ class CheckpointLoader:
     def _load(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         ref = self.refs[i]
         assert ref is not None, "a pair to compute lost a checkpoint (lca_cli.opening checks this)"
-        state = read_checkpoint(ref)
-        check_state_dict(state, self.expected, ref.path)
+        if self.read is not None:
+            state = self.read(ref)
+        else:
+            state = read_checkpoint(ref)
+            check_state_dict(state, self.expected, ref.path)
         # On CUDA, split_state flattens into pinned memory and copies asynchronously (this thread's queue).
         return split_state(state, self.vlayout, self.device)
 
@@ -449,7 +470,7 @@ class PairEngine:
         return torch.stack([sums, helped.to(sums.dtype), hurt.to(sums.dtype)])
 
 
-def build_engine(config: Config, device: torch.device) -> tuple[PairEngine, dict[str, Any], dict[str, tuple[int, ...]]]:
+def build_engine(config: Config, device: torch.device) -> tuple[PairEngine, dict[str, Any], ModelSpec]:
     """Build the model, evaluation sets and objectives a config describes.
 
     Args:
@@ -457,7 +478,8 @@ def build_engine(config: Config, device: torch.device) -> tuple[PairEngine, dict
         device: Compute device.
 
     Returns:
-        ``(engine, evaluation details for the store, expected state_dict shapes)``.
+        ``(engine, evaluation details for the store, what the model expects of a checkpoint)``; the spec is also
+        the mapping of expected ``state_dict`` shapes.
 
     Raises:
         ConfigError: If a factory fails or returns something unusable.
@@ -472,17 +494,17 @@ def build_engine(config: Config, device: torch.device) -> tuple[PairEngine, dict
     vlayout = Layout.from_shapes(
         [(p.name, p.shape) for p in layout.params] + [(n, tuple(buffers[n].shape)) for n in buf_names]
     )
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = ModelSpec.from_module(model)
     loss_fn = config_loss(config)
     forward = None
     if opts.compile:
         from torch.func import functional_call
 
-        forward = torch.compile(lambda tensors, x: functional_call(model, dict(tensors), (x,)))
+        forward = torch.compile(lambda tensors, args, kwargs: functional_call(model, dict(tensors), args, kwargs))
     objectives, evaluation = {}, {}
     for name, spec in config.data.items():
         data = call_factory(spec, config.base_dir, f"[data.{name}]")
-        evalset: EvalSet = make_chunks(name, data, opts.batch_size, device, dtype)
+        evalset: EvalSet = make_chunks(name, data, opts.batch_size, device, dtype, loss_fn)
         objectives[name] = Objective(model, vlayout, evalset, loss_fn, dtype, forward)
         sizes = evalset.chunk_sizes
         evaluation[name] = {
@@ -654,7 +676,9 @@ def _tf32(allow: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def _store_attrs(config: Config, details: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def _store_attrs(
+    config: Config, details: dict[str, Any], device: torch.device, tied: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Attributes of a new store: the settings and evaluation details its numbers depend on."""
     opts = config.compute
     return {
@@ -664,6 +688,8 @@ def _store_attrs(config: Config, details: dict[str, Any], device: torch.device) 
         "l1_tol": opts.l1_tol,
         "max_splits": opts.max_splits,
         "identity": _normalise(config.identity()),
+        # Tied parameters (alias -> owner): the layout holds the owner only, and its LCA is the shared tensor's.
+        "tied": dict(tied or {}),
         "config": _normalise({**config.identity(), "base_dir": str(config.base_dir) if config.base_dir else None}),
         "evaluation": details,
         "device": str(device),
@@ -683,11 +709,13 @@ def compute(
     stop: threading.Event | None = None,
     flush_seconds: float = FLUSH_SECONDS,
     durable: bool = True,
+    unsafe_pickle: bool = False,
+    note: NoteFn | None = None,
 ) -> ComputeResult:
     """Compute (or resume, or extend, or repair) the LCA store of a run.
 
     Args:
-        run_dir: Directory of checkpoints.
+        run_dir: Directory of checkpoints (any layout :mod:`lca_cli.sources` finds).
         config: Resolved config (``config.compute`` holds the options).
         out: Store path (default ``RUN_DIR/lca.zarr``).
         overwrite: Replace an existing lca store (swapped in once the new one has its first rows).
@@ -697,6 +725,9 @@ def compute(
             :data:`STOP_GRACE_SECONDS`), save finished rows and return.
         flush_seconds: Write a block's finished rows at least this often.
         durable: fsync rows before marking them done (off only for benchmarks of the loop).
+        unsafe_pickle: Allow torch checkpoints that need pickle (``--unsafe-pickle``; trusted files only).
+        note: Receives one-line notes: where checkpoints were found, a nested entry or prefix used, a missing
+            step 0.
 
     Returns:
         What was done.
@@ -709,22 +740,45 @@ def compute(
     if overwrite and repair:
         raise UsageError("--repair and --overwrite exclude each other (--overwrite recomputes everything)")
     run = Path(run_dir)
-    refs = find_checkpoints(run)
+    say: NoteFn = note or (lambda message: None)
+    found_notes: list[str] = []
+    refs = find_checkpoints(run, unsafe_pickle=unsafe_pickle, notes=found_notes)
     out_path = Path(out) if out is not None else run / "lca.zarr"
+    # Rotation may leave fewer than two checkpoints beside a store whose rows are all done: no error then.
     if len(refs) < 2 and (overwrite or inspect_path(out_path).kind != "store"):
         raise RunDirError(
-            f"{run} holds {len(refs)} checkpoint(s); LCA needs at least two (*.safetensors, one per iteration)"
+            f"{run} holds {len(refs)} checkpoint(s); LCA needs at least two, one per iteration ({describe_folder(run)};"
+            " checkpoints are *.safetensors/*.pt/*.pth/*.bin/*.ckpt files with the step in their name or metadata,"
+            " or checkpoint-N/ step_N/ folders holding model.safetensors or pytorch_model.bin)"
+        )
+    for message in found_notes:
+        say(message)
+    if refs and refs[0].step != 0 and inspect_path(out_path).kind != "store":
+        say(
+            f"the first checkpoint is step {refs[0].step}: the iterations before it are not in the store (save the "
+            "initial weights as step 0; the lca callbacks for Hugging Face and Lightning do)"
         )
     device = resolve_device(config.compute.device)
     # Concrete dtype and tolerance for this device: they are what the store records and a resume must match.
     opts = config.compute.resolved(device.type)
     config = dataclasses.replace(config, compute=opts)
-    with _tf32(opts.allow_tf32), _threads(opts.threads):
+    # The config's folder stays on the import path while factories run and while the model runs (a factory or a
+    # forward may import lazily), wherever lca is run from.
+    with _tf32(opts.allow_tf32), _threads(opts.threads), import_path(config.base_dir):
         engine, details, expected = build_engine(config, device)
+        source = CheckpointSource(
+            expected, state_dict_key=opts.state_dict_key or None, unsafe_pickle=unsafe_pickle, note=say
+        )
+        if refs:
+            # Pre-flight: data or a loss that does not fit the model fails here, in one line, before any pair.
+            v0, fixed0 = split_state(source.read(refs[0]), engine.vlayout, device)
+            for obj in engine.objectives.values():
+                obj.check(v0, fixed0, f"step {refs[0].step}")
+            del v0, fixed0
         target = prepare(
             out_path, run, refs, identity=config.identity(), layout=engine.layout, sets=list(engine.objectives),
-            attrs=_store_attrs(config, details, device), rows_per_chunk=opts.rows_per_chunk, overwrite=overwrite,
-            repair=repair, device=str(device), durable=durable,
+            attrs=_store_attrs(config, details, device, expected.aliases), rows_per_chunk=opts.rows_per_chunk,
+            overwrite=overwrite, repair=repair, device=str(device), durable=durable,
         )  # fmt: skip
         try:
             store = target.store
@@ -755,7 +809,7 @@ def compute(
             interrupted = False
             try:
                 if blocks:
-                    loader = CheckpointLoader(target.alignment.refs, expected, engine.vlayout, device)
+                    loader = CheckpointLoader(target.alignment.refs, expected, engine.vlayout, device, read=source.read)
                     buffers = _BlockBuffers()
                     writer = _Writer(store, buffers, target.before_write, target.after_write)
                     cache = None
@@ -774,6 +828,11 @@ def compute(
                 seconds = time.perf_counter() - t0
                 if reporter is not None:
                     reporter.finish(info())
+            # Consolidated metadata (one read for xarray and other readers), written only when this compute is
+            # done and changed the store: any change (a write, an append) dropped it, so it is never trusted
+            # while one runs. A finished store on a read-only file system is left as it is.
+            if not target.read_only and not store.has_consolidated():
+                store.consolidate()
         finally:
             target.close()
 

@@ -259,9 +259,9 @@ def _has_done_rows(root: Path) -> bool:
 #: Names of the arrays of one evaluation set (every format), and of the store-level arrays.
 SET_ARRAYS = frozenset(
     {"lca", "loss", "loss_end", "residual", "splits", "flagged", "l1_change", "done", "buffer_lca"}
-    | {"tensor_lca", "tensor_helped", "tensor_hurt"}
+    | {"tensor_lca", "tensor_helped", "tensor_hurt", "layer", "parameter_tensor"}
 )
-TOP_ARRAYS = frozenset({"steps", "fingerprint"})
+TOP_ARRAYS = frozenset({"steps", "fingerprint", "checkpoint", "iteration", "tensor"})
 
 
 def _node_type(folder: Path) -> str | None:

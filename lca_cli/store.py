@@ -32,13 +32,21 @@ Write order: a block's data chunks, then fsync, then its ``done`` chunk; Zarr's 
 chunk file atomically (temporary file, then rename). New checkpoints are committed by the
 ``n_checkpoints`` attribute, written after the arrays grew and ``steps`` was written. Format 1 (before
 checksums; per-row arrays in 4096-row chunks shared by blocks) is still read.
+
+For xarray (:func:`xarray.open_datatree`, :func:`xarray.open_zarr`) every array has dimension names, and
+coordinates label them: at the root ``checkpoint`` (the steps), ``iteration`` (each pair's start step) and
+``tensor`` (parameter names), inherited by the set groups; in each set group ``layer`` (per tensor) and
+``parameter_tensor`` (per parameter column: index of its tensor). Metadata is consolidated when a compute
+finishes and dropped before a compute changes shapes or attributes, so it is never trusted while one runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,7 +60,7 @@ from zarr.codecs import Crc32cCodec
 
 from lca_cli import __version__
 from lca_cli.errors import LcaError, StoreError
-from lca_cli.layout import Layout
+from lca_cli.layout import Layout, layer_name
 from lca_cli.placement import fsync_paths, fsync_tree, storage_errors
 
 __all__ = ["FORMAT_VERSION", "HELPED_RULE", "BlockRows", "LcaStore", "choose_rows_per_chunk", "column_counts"]
@@ -274,6 +282,7 @@ class LcaStore:
             "helped_rule": HELPED_RULE,
             "n_checkpoints": len(steps),
             "checksum": "crc32c",
+            "coordinates": "steps",
         }
         fps = np.zeros((len(steps), FINGERPRINT_BYTES), np.uint8) if fingerprints is None else fingerprints
         if fps.shape != (len(steps), FINGERPRINT_BYTES):
@@ -318,6 +327,7 @@ class LcaStore:
                         arr, shape=(n_pairs, k), chunks=(rows, max(1, k)), dtype=dtype, fill_value=fill,
                         compressors=small, dimension_names=("iteration", "tensor"),
                     )  # fmt: skip
+            _write_coordinates(group, layout, sets, steps, all_attrs)
             if durable:
                 fsync_tree(p)
         return cls(p, group, durable)
@@ -350,7 +360,8 @@ class LcaStore:
         if not p.is_dir():
             raise StoreError(f"{p} is a file, not an lca store (a store is a folder)")
         try:
-            group = zarr.open_group(str(p), mode=mode)
+            # Never the consolidated metadata: it is for other readers, and stale while a compute runs.
+            group = zarr.open_group(str(p), mode=mode, use_consolidated=False)
             attrs = dict(group.attrs)
         except (zarr.errors.GroupNotFoundError, FileNotFoundError, NotADirectoryError):
             raise StoreError(f"{p} is not an lca store (no Zarr group there)") from None
@@ -409,7 +420,7 @@ class LcaStore:
     def relocate(self, path: Path) -> None:
         """Point this handle at the same store after it was moved to ``path`` (a swap into place)."""
         self.path = path
-        self.group = zarr.open_group(str(path), mode="r+")
+        self.group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
         self._nodes.clear()
 
     # -- reading --------------------------------------------------------------------------------------
@@ -679,8 +690,8 @@ class LcaStore:
 
     def nodes(self) -> list[str]:
         """Paths of every array of the store (``steps``, ``train/lca``, ...) that exists."""
-        names = ["steps", "fingerprint"] + [
-            f"{s}/{a}" for s in self.sets for a in ("lca", "loss", *_PER_SET_1D, *_PER_SET_TENSOR)
+        names = ["steps", "fingerprint", *COORDINATES] + [
+            f"{s}/{a}" for s in self.sets for a in ("lca", "loss", *_PER_SET_1D, *_PER_SET_TENSOR, *SET_COORDINATES)
         ]
         out = []
         for name in names:
@@ -729,15 +740,31 @@ class LcaStore:
         return out
 
     def row_chunks(self, node: str) -> int:
-        """Number of chunks along an array's first axis (within the committed steps)."""
+        """Number of chunks along an array's first axis (within the committed steps for per-row arrays)."""
         arr = self._node(node)
-        n = self.n_pairs + (1 if node.endswith("loss") or node in ("steps", "fingerprint") else 0)
+        name = node.rsplit("/", 1)[-1]
+        if name in ("tensor", "layer", "parameter_tensor"):
+            n = int(arr.shape[0])
+        else:
+            per_checkpoint = name in ("loss", "steps", "fingerprint", "checkpoint")
+            n = self.n_pairs + (1 if per_checkpoint else 0)
         return math.ceil(min(n, arr.shape[0]) / arr.chunks[0])
+
+    def rewrite_coordinates(self) -> None:
+        """Delete and write again the coordinate arrays (a repair: they follow from the layout and steps)."""
+        with storage_errors(f"writing {self.path}"):
+            for name in [*COORDINATES, *(f"{s}/{c}" for s in self.sets for c in SET_COORDINATES)]:
+                with contextlib.suppress(KeyError):
+                    del self.group[name]
+                self._nodes.pop(name, None)
+            _write_coordinates(self.group, self.layout, self.sets, [int(x) for x in self.steps], self.attrs)
+            if self.durable:
+                fsync_tree(self.path)
 
     # -- writing --------------------------------------------------------------------------------------
 
     def update_attrs(self, attrs: dict[str, Any]) -> None:
-        """Merge attributes into the store's root."""
+        """Merge attributes into the store's root (this also drops consolidated metadata until re-consolidated)."""
         with storage_errors(f"writing {self.path}"):
             self.group.attrs.update(attrs)
         self.attrs.update(attrs)
@@ -776,6 +803,9 @@ class LcaStore:
             )
         n_pairs = len(new) - 1
         with storage_errors(f"writing {self.path}"):
+            grows = len(new) != len(old) or any(self.array(s, "lca").shape[0] != n_pairs for s in self.sets)
+            if grows:
+                self.drop_consolidated()  # shapes are about to change: readers must not trust the old summary
             for s in self.sets:
                 # Also when no step is new: a run killed inside an earlier extend left arrays longer than steps,
                 # and a done mask longer than T would make the pipeline plan pairs past the last checkpoint.
@@ -790,6 +820,8 @@ class LcaStore:
                 fp.resize((len(new), FINGERPRINT_BYTES))
             if fingerprints is not None and len(new) > len(old):
                 fp[len(old) :] = fingerprints[len(old) :]
+            if grows or self._coordinate_length() != len(new):
+                _write_step_coordinates(self.group, new)
             st = self._steps_array()
             if st.shape[0] != len(new):
                 st.resize((len(new),))
@@ -804,6 +836,41 @@ class LcaStore:
                 fsync_paths([*grown, *(self.path / n / "zarr.json" for n in self.nodes())])
             if self.attrs.get("n_checkpoints") != len(new):
                 self.update_attrs({"n_checkpoints": len(new)})
+
+    def _coordinate_length(self) -> int | None:
+        try:
+            return int(self.group["checkpoint"].shape[0])  # type: ignore[union-attr]
+        except KeyError:
+            return None
+
+    def has_consolidated(self) -> bool:
+        """Whether the root ``zarr.json`` holds consolidated metadata now."""
+        try:
+            root = json.loads((self.path / "zarr.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return root.get("consolidated_metadata") is not None
+
+    def drop_consolidated(self) -> None:
+        """Remove consolidated metadata from the root, if any (before shapes or attributes change)."""
+        if self.has_consolidated():
+            # The group was opened without consolidated metadata: rewriting its attributes rewrites zarr.json
+            # without it.
+            with storage_errors(f"writing {self.path}"):
+                self.group.attrs.update(dict(self.group.attrs))
+
+    def consolidate(self) -> None:
+        """Write consolidated metadata (all arrays' metadata in the root ``zarr.json``): one read for xarray.
+
+        Called when a compute that changed the store finishes. Zarr warns that consolidated metadata is not yet
+        part of the Zarr v3 specification; xarray and zarr-python read it, and other readers ignore it, so the
+        warning is silenced.
+        """
+        with warnings.catch_warnings(), storage_errors(f"writing {self.path}"):
+            warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
+            zarr.consolidate_metadata(str(self.path))
+            if self.durable:
+                fsync_paths([self.path / "zarr.json"])
 
     def set_fingerprints(self, indices: Sequence[int], values: np.ndarray) -> None:
         """Record new fingerprints for checkpoints no done row came from yet (a replaced checkpoint).
@@ -859,3 +926,95 @@ class LcaStore:
             self.array(set_name, "done")[a:b] = True
             if self.durable:
                 fsync_paths(self.chunk_files(f"{set_name}/done", chunks))
+
+
+#: What each per-set array holds, for readers (written into each set group's attributes).
+ARRAY_DESCRIPTIONS = {
+    "lca": "LCA of each parameter over each iteration, loss units; < 0 helped, > 0 hurt",
+    "loss": "loss on the set at each checkpoint",
+    "loss_end": "loss at checkpoint t + 1 as computed with row t (= loss[t + 1]; a block stores its end loss here)",
+    "residual": "(loss[t+1] - loss[t]) - sum of lca[t] - buffer_lca[t]",
+    "splits": "sub-intervals used for the pair (1 for euler)",
+    "flagged": "residual still over tolerance at the cap",
+    "l1_change": "relative L1 change of the row at its last refinement",
+    "done": "row complete (resume trusts only this)",
+    "tensor_lca": "per-tensor sums of the float64 LCA row",
+    "tensor_helped": "per-tensor count of parameters with LCA < 0",
+    "tensor_hurt": "per-tensor count of parameters with LCA > 0",
+    "buffer_lca": "share of interpolated BatchNorm statistics (bn_mode running), else 0",
+}
+#: Coordinate arrays for xarray: at the root, and in each set group. Written at creation (``checkpoint`` and
+#: ``iteration`` again when checkpoints are appended); :func:`rewrite_coordinates` rebuilds them.
+COORDINATES = ("checkpoint", "iteration", "tensor")
+SET_COORDINATES = ("layer", "parameter_tensor")
+#: Parameter columns per chunk of ``parameter_tensor`` (it compresses to almost nothing: runs of one value).
+_COORD_COLS = 1 << 22
+
+
+def _write_step_coordinates(group: zarr.Group, steps: np.ndarray) -> None:
+    """``checkpoint`` (= steps) and ``iteration`` (each pair's start step): xarray's index coordinates."""
+    for name, values in (("checkpoint", steps), ("iteration", steps[:-1])):
+        try:
+            arr = group[name]
+            assert isinstance(arr, zarr.Array)
+            arr.resize((len(values),))
+        except KeyError:  # a store made before coordinates were written
+            arr = group.create_array(
+                name, shape=(len(values),), chunks=(SMALL_ROWS,), dtype="int64", fill_value=-1, compressors=_codecs(),
+                dimension_names=(name,), config={"write_empty_chunks": True},
+            )  # fmt: skip
+        if len(values):
+            arr[:] = values
+
+
+def _write_coordinates(
+    group: zarr.Group, layout: Layout, sets: Sequence[str], steps: Sequence[int], attrs: dict[str, Any]
+) -> None:
+    """Coordinates and descriptive attributes for xarray and other PyData readers (see the module docstring).
+
+    The root's ``tensor``, ``checkpoint`` and ``iteration`` are index coordinates, which xarray's DataTree hands
+    down to the set groups; ``steps`` (the contract's array) is declared a coordinate by the root attribute
+    ``coordinates``. Each set group holds ``layer`` and ``parameter_tensor`` and names them in its own
+    ``coordinates`` attribute, with the attributes a reader of that group needs.
+    """
+    _write_step_coordinates(group, np.asarray(steps, dtype=np.int64))
+    k = len(layout.params)
+    names = np.array([p.name for p in layout.params], dtype=object)
+    layers = np.array([layer_name(p.name) for p in layout.params], dtype=object)
+    every: dict[str, Any] = {"compressors": _codecs(), "config": {"write_empty_chunks": True}}  # always written
+    tensor = group.create_array(
+        "tensor", shape=(k,), chunks=(max(1, k),), dtype=str, dimension_names=("tensor",), **every
+    )
+    if k:
+        tensor[:] = names
+    if group.attrs.get("coordinates") != "steps":
+        group.attrs.update({"coordinates": "steps"})
+    offsets = np.array([p.offset for p in layout.params], dtype=np.int64)
+    cols = max(1, min(layout.size, _COORD_COLS))
+    evaluation = attrs.get("evaluation", {}).get("sets", {}) if isinstance(attrs.get("evaluation"), dict) else {}
+    for name in sets:
+        sub = group.require_group(name)
+        lay = sub.create_array(
+            "layer", shape=(k,), chunks=(max(1, k),), dtype=str, dimension_names=("tensor",), **every
+        )
+        if k:
+            lay[:] = layers
+        pt = sub.create_array(
+            "parameter_tensor", shape=(layout.size,), chunks=(cols,), dtype="int32", dimension_names=("parameter",),
+            **every,
+        )  # fmt: skip
+        for start in range(0, layout.size, cols):  # chunk by chunk: never a (P,) index array in memory
+            idx = np.arange(start, min(layout.size, start + cols), dtype=np.int64)
+            pt[start : start + len(idx)] = (np.searchsorted(offsets, idx, side="right") - 1).astype(np.int32)
+        sub.attrs.update(
+            {
+                "set": name,
+                "coordinates": "layer parameter_tensor",
+                "units": "loss",
+                "sign": "LCA < 0: the parameter helped (lowered the loss); > 0: it hurt",
+                "evaluation": evaluation.get(name, {}),
+                "arrays": ARRAY_DESCRIPTIONS,
+                "coordinates_help": "iteration = start step of each pair; checkpoint = step; tensor = parameter "
+                "name; parameter_tensor = index (into tensor) of each parameter column",
+            }
+        )
