@@ -228,7 +228,8 @@ def prepare(
 
     """
     identity = _normalise(identity)
-    state = inspect_path(out)
+    # A resume needs no walk over the store's files; replacing it does (nothing lca did not create is deleted).
+    state = inspect_path(out, deep=overwrite)
     if state.kind == "file":
         raise StoreError(f"--out {out} is {state.detail}, not a store (a store is a folder): give a folder path")
     if state.kind == "foreign":
@@ -296,7 +297,7 @@ def _prepare_locked(
     # Holding the lock, nothing else works on this store: siblings left by a killed run are ours to clean.
     for stale in stale_siblings(out):
         remove_stale_sibling(stale)
-    state = inspect_path(out)  # again: another process may have finished creating it meanwhile
+    state = inspect_path(out, deep=overwrite)  # again: another process may have finished creating it meanwhile
     if state.kind == "foreign":
         raise StoreError(f"{out} is not an lca store (it holds {state.detail}); choose another --out")
     if state.kind == "store" and not overwrite:

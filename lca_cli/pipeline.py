@@ -745,7 +745,7 @@ def compute(
     refs = find_checkpoints(run, unsafe_pickle=unsafe_pickle, notes=found_notes)
     out_path = Path(out) if out is not None else run / "lca.zarr"
     # Rotation may leave fewer than two checkpoints beside a store whose rows are all done: no error then.
-    if len(refs) < 2 and (overwrite or inspect_path(out_path).kind != "store"):
+    if len(refs) < 2 and (overwrite or inspect_path(out_path, deep=False).kind != "store"):
         raise RunDirError(
             f"{run} holds {len(refs)} checkpoint(s); LCA needs at least two, one per iteration ({describe_folder(run)};"
             " checkpoints are *.safetensors/*.pt/*.pth/*.bin/*.ckpt files with the step in their name or metadata,"
@@ -753,7 +753,7 @@ def compute(
         )
     for message in found_notes:
         say(message)
-    if refs and refs[0].step != 0 and inspect_path(out_path).kind != "store":
+    if refs and refs[0].step != 0 and inspect_path(out_path, deep=False).kind != "store":
         say(
             f"the first checkpoint is step {refs[0].step}: the iterations before it are not in the store (save the "
             "initial weights as step 0; the lca callbacks for Hugging Face and Lightning do)"

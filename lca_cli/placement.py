@@ -291,11 +291,26 @@ def _complete(root: Path, sets: object) -> bool:
     return all((root / str(s) / a / "zarr.json").is_file() for s in sets for a in ("lca", "loss", "done"))
 
 
-def inspect_path(path: Path) -> PathState:
+def _complete_store(path: Path) -> PathState | None:
+    """``store`` when ``path`` holds a complete lca store by its metadata alone, else None."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    attrs = meta.get("attributes", {}) if isinstance(meta, dict) and meta.get("node_type") == "group" else None
+    lca = isinstance(attrs, dict) and all(k in attrs for k in ("format_version", "params", "sets"))
+    if lca and isinstance(attrs, dict) and _complete(path, attrs["sets"]):
+        return PathState("store", str(attrs["format_version"]))
+    return None
+
+
+def inspect_path(path: Path, deep: bool = True) -> PathState:
     """Classify what is at ``path`` (see :class:`PathState`).
 
     Args:
         path: The store path.
+        deep: Also look at every file, so that a store holding anything else counts as ``foreign`` (needed
+            before deleting it; a resume does not need it and skips the walk over a complete store's chunks).
 
     Returns:
         Its state.
@@ -311,6 +326,10 @@ def inspect_path(path: Path) -> PathState:
         return PathState("foreign", f"unreadable ({exc.strerror})")
     if not entries:
         return PathState("empty")
+    if not deep:
+        quick = _complete_store(path)
+        if quick is not None:
+            return quick
     stray = _zarr_files_only(path)
     if stray is not None:
         return PathState("foreign", stray)

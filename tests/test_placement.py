@@ -49,6 +49,7 @@ def test_a_store_with_a_user_file_inside_is_not_ours_to_delete(tmp_path: Path) -
     (tmp_path / "s.zarr" / "notes.txt").write_text("mine")
     state = inspect_path(tmp_path / "s.zarr")
     assert state.kind == "foreign" and state.detail == "notes.txt" and not state.replaceable
+    assert inspect_path(tmp_path / "s.zarr", deep=False).kind == "store"  # a resume may use it; no walk
     with pytest.raises(StoreError, match=r"refusing to delete .* notes\.txt"):
         remove_store(tmp_path / "s.zarr")
     assert (tmp_path / "s.zarr" / "notes.txt").read_text() == "mine"
