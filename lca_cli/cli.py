@@ -449,7 +449,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        # click turns a KeyboardInterrupt (a second Ctrl-C, SIGTERM or SIGHUP) into Abort; keep its exit code.
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            _err("Interrupted; finished rows are saved and a rerun resumes.")
+            sys.exit(cause.exit_code if isinstance(cause, Interrupted) else EXIT_INTERRUPTED)
         _err("Aborted.")
         sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt as exc:

@@ -35,6 +35,17 @@ def fork_call(fn: Callable[[], Any], *, kill_at: int = 0, log: Path | None = Non
         stderr: Send the child's stderr (and stdout) to this file.
 
     """
+    return fork_wait(fork_start(fn, kill_at=kill_at, log=log, stderr=stderr))
+
+
+def fork_wait(pid: int) -> int:
+    """Wait for a child of :func:`fork_start`; its exit code (negative: killed by that signal)."""
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def fork_start(fn: Callable[[], Any], *, kill_at: int = 0, log: Path | None = None, stderr: Path | None = None) -> int:
+    """Start ``fn`` in a forked child (see :func:`fork_call`) and return its pid."""
     sys.stdout.flush()
     sys.stderr.flush()
     with warnings.catch_warnings():
@@ -66,8 +77,7 @@ def fork_call(fn: Callable[[], Any], *, kill_at: int = 0, log: Path | None = Non
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    return pid
 
 
 def _hook(kill_at: int, log: Path | None) -> None:  # pragma: no cover - runs in the child

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faults import assert_same_tree, count_writes, fork_call, tree
+from faults import assert_same_tree, count_writes, fork_call, fork_start, fork_wait, tree
 from runs import make_tiny_run
 from safetensors.torch import load_file, save_file
 
@@ -284,3 +284,31 @@ def test_read_only_finished_store_is_a_no_op(tiny: tuple[Path, Path], tmp_path: 
     assert fork_call(lambda: cli("compute", more, "--out", out, *ROWS), stderr=err2) == 10
     lines = err2.read_text().strip().splitlines()
     assert len(lines) == 1 and "read-only" in lines[0] and "1 pair(s) are left" in lines[0], lines
+
+
+def test_a_second_sigterm_aborts_at_once_and_leaves_a_consistent_store(tmp_path: Path) -> None:
+    run = make_tiny_run(tmp_path, steps=40, name="long")
+    out = tmp_path / "s.zarr"
+    err = tmp_path / "abort.err"
+
+    def job() -> None:
+        os.environ["LCA_TEST_PAUSE"] = "0.01"
+        cli("compute", run, "--out", out, "--quiet", *ROWS)
+
+    pid = fork_start(job, stderr=err)
+    deadline = time.time() + 60
+    while not (out / "train" / "done").exists() and time.time() < deadline:  # computing now
+        time.sleep(0.02)
+    time.sleep(0.3)
+    os.kill(pid, signal.SIGTERM)
+    time.sleep(0.2)  # the first one handled (two at once would be delivered as one)
+    os.kill(pid, signal.SIGTERM)  # again: abort at once
+    assert fork_wait(pid) == 143, err.read_text()
+    text = err.read_text()
+    assert text.strip().splitlines()[-1] == "Interrupted; finished rows are saved and a rerun resumes.", text
+    assert "Traceback" not in text
+    assert fork_call(lambda: cli("verify", out)) == 0  # whatever was written is consistent
+    assert fork_call(lambda: cli("compute", run, "--out", out, "--quiet", *ROWS)) == 0
+    ref = tmp_path / "ref.zarr"
+    assert fork_call(lambda: cli("compute", run, "--out", ref, "--quiet", *ROWS)) == 0
+    assert_same_tree(out, ref)
