@@ -292,7 +292,7 @@ def test_a_second_sigterm_aborts_at_once_and_leaves_a_consistent_store(tmp_path:
     err = tmp_path / "abort.err"
 
     def job() -> None:
-        os.environ["LCA_TEST_PAUSE"] = "0.01"
+        os.environ["LCA_TEST_PAUSE"] = "0.05"
         cli("compute", run, "--out", out, "--quiet", *ROWS)
 
     pid = fork_start(job, stderr=err)
@@ -301,7 +301,9 @@ def test_a_second_sigterm_aborts_at_once_and_leaves_a_consistent_store(tmp_path:
         time.sleep(0.02)
     time.sleep(0.3)
     os.kill(pid, signal.SIGTERM)
-    time.sleep(0.2)  # the first one handled (two at once would be delivered as one)
+    # The first one is handled at once (the pause's sleep is interrupted for it); the pair it lets finish takes
+    # over 0.2 s (0.05 s per forward pass), so the second one arrives while it runs.
+    time.sleep(0.03)
     os.kill(pid, signal.SIGTERM)  # again: abort at once
     assert fork_wait(pid) == 143, err.read_text()
     text = err.read_text()
