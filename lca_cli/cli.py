@@ -28,6 +28,7 @@ from lca_cli.errors import (
     EXIT_SIGTERM,
     Interrupted,
     LcaError,
+    PeerFailed,
     StoreError,
     ToleranceError,
 )
@@ -135,6 +136,21 @@ def _compute_options(f: Any) -> Any:
             help="Entry of the saved checkpoint dicts holding the model's state_dict (a/b for a deeper one) "
             "[found automatically: state_dict, model, model_state_dict or module].",
         ),
+        click.option(
+            "--granularity",
+            type=click.Choice(["parameter", "neuron", "tensor"]),
+            help="What a stored lca column holds: one parameter, one neuron (output unit of a layer) or one "
+            "tensor; neuron and tensor rows take orders of magnitude less disk. Pairs are integrated over every "
+            "parameter either way [parameter].",
+        ),
+        click.option(
+            "--params",
+            "params",
+            multiple=True,
+            metavar="GLOB",
+            help="Store the columns of the tensors whose names match (repeatable, e.g. 'encoder.*'); the rest "
+            "is stored as one '(other)' column, so rows still sum to the loss change [every tensor].",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -194,6 +210,48 @@ def _stop_signals(stop: threading.Event, received: list[int]) -> Iterator[None]:
     "weights_only=True].",
 )
 @click.option("--strict", is_flag=True, help="Exit with code 8 when any pair stays over tolerance at the cap.")
+@click.option(
+    "--steps",
+    "steps_window",
+    metavar="A:B",
+    help="Compute only the pairs whose start step is in A:B (half-open; either end may be omitted) [all].",
+)
+@click.option(
+    "--shard",
+    metavar="I/N",
+    help="Compute the I-th of N contiguous parts of the pairs (Slurm array tasks, machines without torchrun); "
+    "parts may run at once (implies --cooperate) or one after another.",
+)
+@click.option(
+    "--cooperate",
+    is_flag=True,
+    help="When another lca compute holds the store, compute the chunks it has not claimed instead of exiting 9.",
+)
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep computing pairs as checkpoints arrive (beside training); stops at --until, at the end marker "
+    "lca.end the lca writer and callbacks leave, or after --idle-timeout.",
+)
+@click.option("--until", type=int, metavar="STEP", help="With --follow: stop once every pair before STEP is done.")
+@click.option(
+    "--idle-timeout",
+    type=float,
+    metavar="SECONDS",
+    help="With --follow: stop after this long without a new checkpoint [1800].",
+)
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Delete each checkpoint once every pair needing it is stored (never the newest; only the run's "
+    "checkpoint files and folders). Only when no other store is still to be computed from the run.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan (pairs, gradients per pair, a time estimate from one measured gradient, disk sizes) "
+    "and exit; nothing is written.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON result object on stdout (for scripts).")
 @click.option(
     "--progress",
@@ -213,12 +271,20 @@ def compute(
     repair: bool,
     unsafe_pickle: bool,
     strict: bool,
+    steps_window: str | None,
+    shard: str | None,
+    cooperate: bool,
+    follow: bool,
+    until: int | None,
+    idle_timeout: float | None,
+    prune: bool,
+    dry_run: bool,
     as_json: bool,
     progress_mode: str,
     quiet: bool,
     **flags: Any,
 ) -> None:
-    """Compute the LCA of every consecutive checkpoint pair of RUN_DIR into a Zarr store.
+    r"""Compute the LCA of every consecutive checkpoint pair of RUN_DIR into a Zarr store.
 
     RUN_DIR holds one checkpoint per iteration, in any layout training code writes: *.safetensors,
     *.pt/*.pth/*.bin/*.ckpt files (loaded without pickle), or per-step folders (Hugging Face checkpoint-N/,
@@ -230,18 +296,51 @@ def compute(
     Rerunning on an existing store resumes: finished pairs are never recomputed and checkpoints that
     arrived since are appended (safe for cron; checkpoints deleted after their rows were stored are fine).
     Ctrl-C, SIGTERM and SIGHUP stop after the current pair and keep every finished row (exit 130, 143,
-    129); run the same command again to continue. One lca compute at a time per store (exit 9 otherwise).
+    129); run the same command again to continue. One lca compute at a time per store (exit 9 otherwise),
+    unless --cooperate (or --shard): then the processes share the store's chunks.
+
+    \b
+    Several processes, GPUs or nodes (see README, "Many GPUs and nodes"):
+      torchrun --standalone --nproc-per-node 4 -m lca_cli compute RUN_DIR
+      lca compute RUN_DIR --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
+      lca compute RUN_DIR --follow --prune          # beside training, under a disk budget
     """
     stop = threading.Event()
     received: list[int] = []
     with _stop_signals(stop, received):  # before the slow imports: a SIGTERM during start-up is handled too
         from lca_cli.config import load_config
+        from lca_cli.distributed import Scope, env_rank, parse_shard
+        from lca_cli.follow import IDLE_TIMEOUT_SECONDS, wait_for_file
+        from lca_cli.pipeline import Schedule
         from lca_cli.pipeline import compute as run_compute
         from lca_cli.progress import BarProgress, PlainProgress
+        from lca_cli.reduce import parse_window
 
-        config = load_config(config_path or run_dir / "lca.toml")
+        window = parse_window(steps_window)
+        part, parts = parse_shard(shard)
+        schedule = Schedule(
+            Scope(window.start, window.stop, part, parts), cooperate=cooperate, follow=follow, until=until,
+            idle_timeout=IDLE_TIMEOUT_SECONDS if idle_timeout is None else idle_timeout, prune=prune,
+        )  # fmt: skip
+        rank = env_rank()
+        quiet = quiet or bool(rank)  # the other ranks of a torchrun job are quiet: rank 0 reports
+        flags["params"] = tuple(flags.get("params") or ()) or None
+        config_file = config_path or run_dir / "lca.toml"
+        if follow and not dry_run:  # training may not have written lca.toml yet
+            wait_for_file(config_file, schedule.idle_timeout, stop)
+        config = load_config(config_file)
         config = config.with_overrides(**flags)
         config.compute.validate()
+        if dry_run:
+            from lca_cli.dryrun import plan
+
+            planned = plan(run_dir, config, out, schedule, unsafe_pickle=unsafe_pickle)
+            if as_json:
+                click.echo(json.dumps(planned.to_dict(), indent=1))
+            else:
+                for line in planned.lines():
+                    click.echo(line)
+            return
         if quiet or progress_mode == "none":
             reporter: Any = None
         elif progress_mode == "bar" or (progress_mode == "auto" and sys.stderr.isatty()):
@@ -258,7 +357,10 @@ def compute(
             stop=stop,
             unsafe_pickle=unsafe_pickle,
             note=None if quiet else (lambda message: _err(f"Note: {message}")),
+            schedule=schedule,
         )
+    if rank:
+        return  # a torchrun rank other than 0: rank 0 prints the job's result
 
     flagged_total = sum(len(v) for v in result.flagged.values())
     if as_json:
@@ -275,16 +377,28 @@ def compute(
                     "device": result.device,
                     "interrupted": result.interrupted,
                     "repaired": result.repaired,
+                    "processes": result.processes,
+                    "by_others": result.by_others,
+                    "role": result.role,
+                    "scope": result.scope,
+                    "pruned": result.pruned,
+                    "ended": result.ended,
                 }
             )
         )
     if not quiet:
         rate = result.computed / result.seconds if result.seconds > 0 else 0.0
         repaired = f", {result.repaired} damaged row(s) recomputed" if result.repaired else ""
+        procs = f" in {result.processes} processes" if result.processes > 1 else ""
+        others = f", {result.by_others} by other processes meanwhile" if result.by_others else ""
+        scope = f" ({result.scope})" if result.scope != "every pair" else ""
+        pruned = f"; {result.pruned} checkpoint(s) pruned" if result.pruned else ""
         _err(
-            f"{result.store}: {result.computed} pair(s) computed, {result.skipped} already done, "
-            f"{result.n_pairs} in total ({rate:.2f} pairs/s on {result.device}){repaired}"
+            f"{result.store}: {result.computed} pair(s) computed{procs}{scope}{others}, {result.skipped} already done, "
+            f"{result.n_pairs} in total ({rate:.2f} pairs/s on {result.device}){repaired}{pruned}"
         )
+        if result.ended:
+            _err(f"Note: {result.ended}")
     if flagged_total:
         worst = ", ".join(f"{s}: {len(v)}" for s, v in result.flagged.items() if v)
         first = next(v for v in result.flagged.values() if v)[:5]
@@ -461,7 +575,11 @@ def main(argv: list[str] | None = None) -> None:
         _err("Interrupted; finished rows are saved and a rerun resumes.")
         sys.exit(exc.exit_code if isinstance(exc, Interrupted) else EXIT_INTERRUPTED)
     except LcaError as exc:
-        _err(f"Error: {exc}")
+        from lca_cli.distributed import env_rank
+
+        rank = env_rank()
+        if not (rank and isinstance(exc, PeerFailed)):  # another rank's failure: rank 0 reports it, once
+            _err(f"Error: rank {rank}: {exc}" if rank else f"Error: {exc}")
         sys.exit(exc.exit_code)
     except BrokenPipeError:
         sys.exit(0)

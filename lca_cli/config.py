@@ -78,6 +78,10 @@ class ComputeOptions:
             machines, where OpenMP threads wait for each other.
         state_dict_key: Entry of the saved checkpoint dicts that holds the model's state_dict (``a/b`` for a
             deeper one); empty = found automatically (:mod:`lca_cli.sources.keys`).
+        granularity: What a stored ``lca`` column holds: ``"parameter"`` (default), ``"neuron"`` or ``"tensor"``
+            (:mod:`lca_cli.columns`); the pair is integrated over every parameter either way.
+        params: Glob patterns of the tensors whose columns are stored; the others are summed into one
+            ``(other)`` column (empty: every tensor).
 
     """
 
@@ -95,6 +99,8 @@ class ComputeOptions:
     rows_per_chunk: int = 0
     threads: int = 0
     state_dict_key: str = ""
+    granularity: str = "parameter"
+    params: tuple[str, ...] = ()
 
     def validate(self) -> ComputeOptions:
         """Check every value, raising :class:`~lca_cli.errors.UsageError` on the first bad one.
@@ -132,6 +138,12 @@ class ComputeOptions:
             raise bad("device", f"{dev!r} is not auto, cpu, cuda or cuda:N")
         if self.rows_per_chunk < 0:
             raise bad("rows_per_chunk", "must be >= 0")
+        from lca_cli.columns import GRANULARITIES
+
+        if self.granularity not in GRANULARITIES:
+            raise bad("granularity", f"{self.granularity!r} is not one of {', '.join(GRANULARITIES)}")
+        if self.params and self.granularity == "tensor":
+            raise bad("params", "needs --granularity parameter or neuron (tensor rows are already one per tensor)")
         return self
 
     def resolved(self, device_type: str) -> ComputeOptions:
@@ -156,6 +168,11 @@ class ComputeOptions:
         settings = {k: getattr(self, k) for k in keys}
         if self.state_dict_key:  # which weights are read; absent when automatic, so older stores still match
             settings["state_dict_key"] = self.state_dict_key
+        # What the stored columns hold: absent for the plain per-parameter rows, so older stores still match.
+        if self.granularity != "parameter":
+            settings["granularity"] = self.granularity
+        if self.params:
+            settings["params"] = list(self.params)
         return settings
 
 
@@ -201,7 +218,7 @@ class Config:
 _COMPUTE_TYPES: dict[str, type] = {
     "method": str, "tolerance": float, "rtol": float, "l1_tol": float, "max_splits": int, "batch_size": int,
     "device": str, "dtype": str, "bn_mode": str, "allow_tf32": bool, "compile": bool, "rows_per_chunk": int,
-    "threads": int, "state_dict_key": str,
+    "threads": int, "state_dict_key": str, "granularity": str, "params": list,
 }  # fmt: skip
 
 
@@ -281,6 +298,10 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>", base_dir: Pat
         ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
         if not ok and not (want is float and isinstance(value, int) and not isinstance(value, bool)):
             raise ConfigError(f"{source}: [compute] {name} = {value!r} must be a {want.__name__}")
+        if want is list and not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{source}: [compute] {name} = {value!r} must be a list of strings")
+    if "params" in comp_raw:
+        comp_raw = {**comp_raw, "params": tuple(comp_raw["params"])}
     try:
         compute = ComputeOptions(**comp_raw)
     except TypeError as exc:
