@@ -359,8 +359,10 @@ def compute(
             note=None if quiet else (lambda message: _err(f"Note: {message}")),
             schedule=schedule,
         )
-    if rank:
-        return  # a torchrun rank other than 0: rank 0 prints the job's result
+    if rank:  # a torchrun rank other than 0: rank 0 prints the job's result
+        if result.interrupted:
+            sys.exit(_STOP_SIGNALS[signal.Signals(received[0])][0] if received else EXIT_INTERRUPTED)
+        return
 
     flagged_total = sum(len(v) for v in result.flagged.values())
     if as_json:
@@ -443,6 +445,11 @@ def _render_table(summary: Any, tied: dict[str, str]) -> None:
         + f"   max |residual| {h['max_abs_residual']:.3g}   flagged pairs {h['flagged']}",
         f"helped fraction per iteration {helped}  (exact zeros excluded)",
     ]
+    if h.get("columns", h["parameters"]) != h["parameters"]:
+        lines.append(
+            f"lca stored per {h['granularity']}: {h['columns']:,} columns (--by neuron works at that resolution; "
+            "--by layer, tensor and iteration are exact)"
+        )
     if tied:
         ties = ", ".join(f"{alias} = {owner}" for alias, owner in tied.items())
         lines.append(f"tied parameters (one tensor, its LCA listed under the second name): {ties}")

@@ -16,10 +16,10 @@ A checkpoint that cannot be read while it is young is waited for, not an error.
 
 Pruning (:class:`Pruner`): once every pair that needs a checkpoint is durably stored (``done`` is written after
 the rows are fsynced) the checkpoint is deleted, except the newest one. Only what the run's checkpoint
-discovery (:mod:`lca_cli.sources`) listed as a checkpoint is deleted: a flat checkpoint file, or a per-step
-folder's weight files and shard index, and then the folder itself when all that is left in it is training
-state that a checkpoint layout holds (optimizer, scheduler, RNG, trainer state and arguments, model config);
-anything else stays.
+discovery (:mod:`lca_cli.sources`) listed as a checkpoint is deleted: a flat checkpoint file, or in a per-step
+folder its weight files, shard index and the training state such a folder holds (optimizer, scheduler, RNG,
+trainer state and arguments, model config), then the folder when nothing else is left in it; any other file
+stays, with a note.
 """
 
 from __future__ import annotations
@@ -331,15 +331,15 @@ class Pruner:
                 f.unlink(missing_ok=True)
             for name in INDEX_FILES:
                 (path / name).unlink(missing_ok=True)
+            for p in path.iterdir():
+                if p.is_file() and (p.name in _FOLDER_STATE or is_auxiliary(p.name) or p.name.startswith("rng_state")):
+                    p.unlink()
             rest = sorted(p.name for p in path.iterdir())
-            state = [r for r in rest if r in _FOLDER_STATE or is_auxiliary(r) or r.startswith("rng_state")]
-            if len(state) == len(rest) and not any((path / r).is_dir() for r in rest):
-                for r in state:
-                    (path / r).unlink()
-                path.rmdir()
+            if rest:
+                kept = ", ".join(rest[:3])
+                self.say(f"--prune: kept {kept} in {path} (not a checkpoint's files); its checkpoint files are deleted")
             else:
-                other = ", ".join(sorted(set(rest) - set(state))[:3])
-                self.say(f"--prune: kept the folder {path} (its weights are deleted; it also holds {other})")
+                path.rmdir()
             return True
         except FileNotFoundError:
             return True  # gone already

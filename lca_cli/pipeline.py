@@ -1127,8 +1127,11 @@ class _Compute:
     def _info(self) -> ProgressInfo:
         c = self._counts
         others = max(0, self._queue_now.done_now - self._queue_now.done_at_start - c["round"])
+        done = c["done"] + others + c["others_before"]  # pairs other processes finished count too
+        # Gradients of the others' pairs are not known here: this process's own rate stands for them.
+        gradients = round(c["gradients"] * done / c["done"]) if c["done"] else 0
         return ProgressInfo(
-            c["done"] + others + c["others_before"], c["total"], self._skipped, c["gradients"], c["flagged"],
+            done, c["total"], self._skipped, gradients, c["flagged"],
             time.perf_counter() - self._t0, self.out if self.target is None else self.target.out, str(self.device),
         )  # fmt: skip
 

@@ -142,6 +142,9 @@ def _header(store: LcaStore, set_name: str, mask: np.ndarray, window: Window) ->
         "first_step": int(sel[0]) if sel.size else None,
         "last_step": int(store.steps[1:][mask][-1]) if sel.size else None,
         "parameters": store.layout.size,
+        # What lca's columns hold (--granularity, --params): neuron summaries work at that resolution.
+        "granularity": store.columns.granularity,
+        "columns": store.columns.size,
         "method": store.attrs.get("method"),
         "delta_loss": float(dl[mask].sum()),
         "sum_lca": float(tensor_lca.sum()),
@@ -201,14 +204,25 @@ def _by_tensor_or_layer(store: LcaStore, set_name: str, mask: np.ndarray, by: st
 def neuron_index(store: LcaStore) -> tuple[list[str], np.ndarray]:
     """Map every column of ``lca`` to its neuron (output unit along dim 0 of its layer's tensors).
 
+    Works at the resolution stored (:attr:`LcaStore.column_layout`): a neuron store's columns are its neurons,
+    a store with ``--params`` has an ``(other)`` neuron for the rest.
+
     Args:
         store: The store.
 
     Returns:
-        ``(names, col2neuron)``: neuron names such as ``"fc1[3]"`` and an int64 ``(P,)`` map.
+        ``(names, col2neuron)``: neuron names such as ``"fc1[3]"`` and an int64 ``(C,)`` map.
+
+    Raises:
+        UsageError: For a store of per-tensor rows (``--granularity tensor``): it holds no neurons.
 
     """
-    layout = store.layout
+    if store.columns.granularity == "tensor":
+        raise UsageError(
+            f"{store.path} holds one LCA column per tensor (--granularity tensor): --by neuron needs a store made "
+            "with --granularity neuron or parameter; --by tensor or layer work here"
+        )
+    layout = store.column_layout
     names: list[str] = []
     col2neuron = np.empty(layout.size, dtype=np.int64)
     for group, members in layout.neurons():
@@ -226,9 +240,10 @@ def neuron_index(store: LcaStore) -> tuple[list[str], np.ndarray]:
 def _by_neuron(store: LcaStore, set_name: str, mask: np.ndarray) -> list[dict[str, Any]]:
     names, col2neuron = neuron_index(store)
     n = len(names)
-    colsum = np.zeros(store.layout.size, dtype=np.float64)
-    colhelped = np.zeros(store.layout.size, dtype=np.int64)
-    colhurt = np.zeros(store.layout.size, dtype=np.int64)
+    width = store.columns.size
+    colsum = np.zeros(width, dtype=np.float64)
+    colhelped = np.zeros(width, dtype=np.int64)
+    colhurt = np.zeros(width, dtype=np.int64)
     rows = np.flatnonzero(mask)
     if rows.size:
         for first, block in store.iter_lca(set_name, int(rows[0]), int(rows[-1]) + 1):
@@ -243,7 +258,7 @@ def _by_neuron(store: LcaStore, set_name: str, mask: np.ndarray) -> list[dict[st
     total = float(colsum.sum())
     return _group_rows(
         names,
-        np.bincount(col2neuron, minlength=n),
+        np.bincount(col2neuron, weights=store.columns.parameter_counts(store.layout), minlength=n).astype(np.int64),
         np.bincount(col2neuron, weights=colsum, minlength=n),
         np.bincount(col2neuron, weights=colhelped, minlength=n),
         np.bincount(col2neuron, weights=colhurt, minlength=n),

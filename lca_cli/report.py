@@ -43,6 +43,7 @@ from lca_cli.views import (
     detect_peaks,
     helped_fraction_per_iteration,
     layer_series,
+    layer_split_from_tensors,
     loss_curves,
     parameter_label,
     rank_neuron_groups,
@@ -184,12 +185,20 @@ def write_report(
     layer_names, per_layer = layer_series(store, sel)
     frac_iter, helped_iter, hurt_iter = helped_fraction_per_iteration(store, sel)
     stats = scan_parameters(store, sel, progress=say)
-    _, layer_neg, layer_pos = stats.by_layer(store.layout)
+    # lca's columns may be neurons or tensors (--granularity) or some tensors and the rest (--params): the
+    # views that read them work on the column layout, at the resolution stored.
+    columns = store.column_layout
+    c_names, c_neg, c_pos = stats.by_layer(columns)
+    by_layer = dict(zip(c_names, zip(c_neg, c_pos, strict=True), strict=True))
+    if any(n not in by_layer for n in layer_names):  # layers left out by --params: their per-tensor split
+        by_layer = {**layer_split_from_tensors(store, sel), **by_layer}
+    layer_neg = np.array([by_layer.get(n, (np.nan, np.nan))[0] for n in layer_names])
+    layer_pos = np.array([by_layer.get(n, (np.nan, np.nan))[1] for n in layer_names])
     cols, kinds = select_parameters(stats, 5, 5, 5, seed)
-    ranked = rank_neuron_groups(store.layout, stats)
+    ranked = rank_neuron_groups(columns, stats)
     chosen = sorted(gi for gi, _ in ranked[:heatmap_layers])
     traj, maps = scan_selected(store, sel, cols, chosen, progress=say)
-    labels = [parameter_label(store.layout, int(c)) for c in cols]
+    labels = [parameter_label(columns, int(c)) for c in cols]
     learning = -per_layer  # (n, L)
     peaks = [detect_peaks(learning[:, j], window=PEAK_WINDOW) for j in range(learning.shape[1])]
     global_peaks = [detect_peaks(learning[:, j]) for j in range(learning.shape[1])]

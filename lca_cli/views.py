@@ -37,6 +37,7 @@ __all__ = [
     "detect_peaks",
     "helped_fraction_per_iteration",
     "layer_series",
+    "layer_split_from_tensors",
     "loss_curves",
     "neuron_groups",
     "parameter_label",
@@ -246,6 +247,26 @@ def layer_series(store: LcaStore, sel: Selection) -> tuple[list[str], np.ndarray
     return [name for name, _ in layers], out
 
 
+def layer_split_from_tensors(store: LcaStore, sel: Selection) -> dict[str, tuple[float, float]]:
+    """Per layer, the helped (negative) and hurt (positive) parts of its LCA at per-tensor resolution.
+
+    For a store whose ``lca`` columns leave some layers out (``--params``: they are in its ``(other)``
+    column), this is the finest split of those layers the store holds: each tensor's sum per iteration
+    (``tensor_lca``, kept for every tensor), its negative and positive parts summed over the iterations.
+
+    Returns:
+        ``{layer: (neg, pos)}``.
+
+    """
+    names, _ = layer_series(store, sel)
+    tensor = store.read(sel.set_name, "tensor_lca")[sel.rows].astype(np.float64)  # (n, K)
+    out = {}
+    for name, (_, idx) in zip(names, store.layout.layers(), strict=True):
+        part = tensor[:, idx]
+        out[name] = (float(np.minimum(part, 0).sum()), float(np.maximum(part, 0).sum()))
+    return out
+
+
 def helped_fraction_per_iteration(store: LcaStore, sel: Selection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fraction of parameters that helped on each iteration: helped / (helped + hurt); exact zeros excluded.
 
@@ -411,7 +432,7 @@ def scan_parameters(store: LcaStore, sel: Selection, progress: Progress | None =
         The accumulated statistics.
 
     """
-    stats = ParameterStats.zeros(store.layout.size)
+    stats = ParameterStats.zeros(store.columns.size)  # lca's columns: parameters, or neurons / tensors
     for _, rows in _iter_selected(store, sel, "pass 1/2 (per-parameter totals)", progress):
         stats.add(rows)
     return stats
@@ -503,7 +524,7 @@ def scan_selected(
         :class:`NeuronMap` per group, in the order given.
 
     """
-    layout = store.layout
+    layout = store.column_layout  # the columns as stored (parameters, or neurons / tensors)
     cols = np.asarray(list(columns), dtype=np.int64)
     traj = np.zeros((sel.n, len(cols)), dtype=np.float64)
     all_groups = layout.neurons()

@@ -60,6 +60,10 @@ def test_compute_options_documented(capsys: pytest.CaptureFixture[str]) -> None:
         assert flag in out
     for flag in ("--repair", "--progress", "--overwrite"):
         assert flag in out
+    for flag in ("--steps", "--shard", "--cooperate", "--follow", "--until", "--idle-timeout", "--prune"):
+        assert flag in out
+    for flag in ("--granularity", "--params", "--dry-run", "torchrun"):
+        assert flag in out
 
 
 def test_help_states_every_exit_code_and_the_security_note(capsys: pytest.CaptureFixture[str]) -> None:
@@ -285,6 +289,13 @@ def test_not_a_store(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None
         (["--tolerance", "-1"], "--tolerance"),
         (["--batch-size", "0"], "--batch-size"),
         (["--device", "tpu"], "--device"),
+        (["--shard", "2/2"], "--shard"),
+        (["--steps", "5:2"], "--steps"),
+        (["--until", "5"], "--until"),
+        (["--follow", "--shard", "0/2"], "--follow"),
+        (["--follow", "--idle-timeout", "0"], "--idle-timeout"),
+        (["--params", "nothing.*"], "--params"),
+        (["--granularity", "tensor", "--params", "fc1.*"], "--params"),
     ],
 )
 def test_bad_option_values(
