@@ -335,6 +335,8 @@ def compute(
             from lca_cli.dryrun import plan
 
             planned = plan(run_dir, config, out, schedule, unsafe_pickle=unsafe_pickle)
+            if rank:
+                return  # under torchrun, rank 0 prints the plan
             if as_json:
                 click.echo(json.dumps(planned.to_dict(), indent=1))
             else:

@@ -514,6 +514,12 @@ class Claimed:
 class ChunkQueue:
     """Hands out claimed chunks of a store until its scope is done.
 
+    It keeps its own view of which rows are done, read in full once and then only where it matters: a chunk
+    it is about to compute (just claimed), the rows it computed itself, and, while every open chunk is
+    claimed by others, those chunks. Rows only ever become done, so the view is never wrong about a row it
+    calls open for long, and a claim decision costs a listing of the claims folder, not a read of the
+    whole store (which would make a long run's claims quadratic in its length).
+
     Args:
         store: The store (open for writing).
         board: Its claims folder.
@@ -541,6 +547,7 @@ class ChunkQueue:
     ) -> None:
         self.store = store
         self.board = board
+        self.scope = scope
         self.wait = wait
         self.stop = stop
         self.idle = idle
@@ -548,22 +555,52 @@ class ChunkQueue:
         self._start = start
         self.rows = store.rows_per_chunk
         self.in_scope = scope.mask(store.steps, self.rows)
-        self.done_at_start = int((store.done() & self.in_scope).sum())
-        #: Rows in scope done in the store when last looked (by any process).
+        #: ``(T,)`` rows known to be done (by any process).
+        self.done = store.done()
+        self.done_at_start = int((self.done & self.in_scope).sum())
+        #: Rows in scope known to be done (by any process).
         self.done_now = self.done_at_start
+        self._todo = self._count()
+
+    def _count(self) -> np.ndarray:
+        """Rows in scope not known done, per chunk ``(C,)``."""
+        n_chunks = -(-len(self.done) // self.rows)
+        return np.bincount(np.flatnonzero(self.in_scope & ~self.done) // self.rows, minlength=n_chunks)
 
     @property
     def total(self) -> int:
         """Rows in scope."""
         return int(self.in_scope.sum())
 
-    def _open(self, done: np.ndarray) -> list[int]:
-        todo = np.flatnonzero(self.in_scope & ~done)
-        return sorted({int(t) // self.rows for t in todo})
+    def extend(self) -> None:
+        """The store grew (checkpoints appended while following): new rows are not done."""
+        old = len(self.done)
+        self.in_scope = self.scope.mask(self.store.steps, self.rows)
+        self.done = np.concatenate([self.done, np.zeros(len(self.in_scope) - old, dtype=bool)])
+        self._todo = self._count()
 
-    def _blocks(self, chunk: int, done: np.ndarray) -> list[range]:
-        a, b = chunk * self.rows, min((chunk + 1) * self.rows, len(done))
-        todo = self.in_scope[a:b] & ~done[a:b]
+    def mark(self, rows: range) -> None:
+        """Rows this process computed (they are done once its writer has written them)."""
+        self._update(rows.start, rows.stop, np.ones(len(rows), dtype=bool))
+
+    def _update(self, a: int, b: int, fresh: np.ndarray) -> None:
+        new = fresh & ~self.done[a:b]
+        self.done[a:b] |= fresh
+        self.done_now += int((new & self.in_scope[a:b]).sum())
+        for c in range(a // self.rows, (b - 1) // self.rows + 1) if b > a else ():
+            lo, hi = c * self.rows, min((c + 1) * self.rows, len(self.done))
+            self._todo[c] = int((self.in_scope[lo:hi] & ~self.done[lo:hi]).sum())
+
+    def _refresh(self, chunks: Sequence[int]) -> None:
+        """Read the done rows of these chunks again (other processes may have finished them)."""
+        for c in chunks:
+            a, b = c * self.rows, min((c + 1) * self.rows, len(self.done))
+            fresh = np.logical_and.reduce([np.asarray(self.store.array(s, "done")[a:b]) for s in self.store.sets])
+            self._update(a, b, fresh.astype(bool))
+
+    def _blocks(self, chunk: int) -> list[range]:
+        a, b = chunk * self.rows, min((chunk + 1) * self.rows, len(self.done))
+        todo = self.in_scope[a:b] & ~self.done[a:b]
         out: list[range] = []
         for k in np.flatnonzero(todo):
             t = a + int(k)
@@ -591,19 +628,25 @@ class ChunkQueue:
         looked = after is not None  # a stop request before any work still lets the first pair run (as signals do)
         while not (looked and self._stopped()):
             looked = True
-            done = self.store.done()
-            self.done_now = int((done & self.in_scope).sum())
-            open_chunks = self._open(done)
+            open_chunks = [int(c) for c in np.flatnonzero(self._todo)]
             if not open_chunks:
                 return None
             claimed = self.board.claimed()
             choice = choose_chunk(open_chunks, claimed, after, start)
-            if choice is None:  # every open chunk is claimed: a dead holder's claim is taken over
-                choice = next((c for c in open_chunks if c not in self.board.held and self.board.stale(c)), None)
+            if choice is None:
+                # Every open chunk is claimed: see whether their holders finished them, take a dead one's over.
+                self._refresh(open_chunks)
+                choice = next(
+                    (c for c in open_chunks if self._todo[c] and c not in self.board.held and self.board.stale(c)),
+                    None,
+                )
+                if not self._todo.any():
+                    return None
             if choice is not None:
                 if not self.board.claim(choice):
                     continue  # taken by someone else meanwhile: look again
-                blocks = self._blocks(choice, self.store.done())  # fresh: it may have been finished meanwhile
+                self._refresh([choice])  # it may have been finished meanwhile
+                blocks = self._blocks(choice)
                 if blocks:
                     return Claimed(choice, blocks)
                 self.board.release(choice)

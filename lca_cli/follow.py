@@ -63,6 +63,8 @@ POLL_SECONDS = 1.0
 SETTLE_SECONDS = 2.0
 #: Default ``--idle-timeout``: training that wrote no checkpoint for this long has probably stopped.
 IDLE_TIMEOUT_SECONDS = 1800.0
+#: How often the pruner reads the store's done mask for rows other processes wrote.
+REFRESH_SECONDS = 30.0
 #: Files a per-step training folder may hold besides the weights; pruning removes them with the folder.
 _FOLDER_STATE = frozenset(
     {"config.json", "generation_config.json", "trainer_state.json", "training_args.bin", *INDEX_FILES}
@@ -235,7 +237,7 @@ class Follower:
 
         Args:
             steps: The store's checkpoint steps.
-            done: Its done mask ``(T,)``.
+            done: Its done mask ``(T,)``, pairs outside the call's scope counted as done.
 
         """
         starts = np.asarray(steps[:-1])
@@ -254,7 +256,7 @@ class Follower:
 
         Args:
             steps: The store's checkpoint steps now.
-            done: Reads the store's done mask (fresh).
+            done: Reads the store's done mask (fresh; pairs outside the call's scope counted as done).
 
         Returns:
             The run's checkpoints (some newer than ``steps[-1]``), or the note saying why following ends.
@@ -275,8 +277,10 @@ class Follower:
 class Pruner:
     """Deletes checkpoints whose pairs are all durably stored, never the newest (see the module docstring).
 
-    Thread-safe: the pipeline calls :meth:`prune` from its writer thread after each chunk is written, and
-    :meth:`update` when checkpoints were appended.
+    It keeps its own view of the done rows: the rows the pipeline reports written (:meth:`written`, called
+    from the writer thread once they are durable) and, every :data:`REFRESH_SECONDS`, the store's done mask
+    (rows other processes wrote). Only checkpoints next to newly done rows are looked at, so pruning costs
+    nothing that grows with the run's length per chunk.
 
     Args:
         store: The store.
@@ -289,32 +293,60 @@ class Pruner:
         self.store = store
         self.say = notes or (lambda message: None)
         self.deleted = 0
-        self._refs: list[Any] = list(alignment.refs)
+        self._refs: list[Any] = []
+        self._known = np.zeros(0, dtype=bool)
+        self._refreshed = 0.0
         self._mutex = threading.Lock()
+        self.update(alignment)
 
     def update(self, alignment: Alignment) -> None:
         """The store's checkpoints changed (appended, or some found deleted)."""
         with self._mutex:
             self._refs = list(alignment.refs)
+            n = max(0, len(self._refs) - 1)
+            self._known = np.concatenate([self._known[:n], np.zeros(max(0, n - len(self._known)), dtype=bool)])
+
+    def written(self, rows: Sequence[range]) -> int:
+        """These rows are durably stored: delete the checkpoints that no pair needs any more.
+
+        Returns:
+            How many were deleted.
+
+        """
+        with self._mutex:
+            for r in rows:
+                self._known[r.start : r.stop] = True
+            near = {i for r in rows for i in range(r.start, r.stop + 1)}
+        count = self._prune(sorted(near))
+        if time.monotonic() - self._refreshed >= REFRESH_SECONDS:
+            count += self.refresh()
+        return count
+
+    def refresh(self) -> int:
+        """Read the store's done mask (rows other processes wrote) and prune everything it allows."""
+        done = self.store.done()
+        with self._mutex:
+            n = min(len(done), len(self._known))
+            self._known[:n] |= done[:n]
+            self._refreshed = time.monotonic()
+            indices = [i for i, r in enumerate(self._refs) if r is not None]
+        return self._prune(indices)
 
     def prune(self) -> int:
-        """Delete every checkpoint no pair still needs, except the newest; returns how many were deleted."""
+        """Prune every checkpoint the store's done mask allows (:meth:`refresh`); returns how many."""
+        return self.refresh()
+
+    def _prune(self, indices: Sequence[int]) -> int:
         with self._mutex:
-            refs = self._refs
-            done = self.store.done()
-            n = len(done)
-            present = [i for i, r in enumerate(refs) if r is not None]
-            if not present:
-                return 0
-            newest = present[-1]
+            refs, known = self._refs, self._known
+            newest = next((i for i in reversed(range(len(refs))) if refs[i] is not None), -1)
+            n = len(known)
             count = 0
-            for i in present:
-                if i == newest or i > n:
+            for i in indices:
+                if i >= len(refs) or refs[i] is None or i == newest:
                     continue
-                needed_before = i >= 1 and not done[i - 1]
-                needed_after = i < n and not done[i]
-                if needed_before or needed_after:
-                    continue
+                if (i >= 1 and not known[i - 1]) or (i < n and not known[i]):
+                    continue  # a pair that uses it is not stored yet
                 if self._delete(refs[i]):
                     refs[i] = None
                     count += 1

@@ -995,7 +995,12 @@ class _Compute:
                     raise
                 deferred = exc
         if self.team is not None:
-            status = self.team.share({"ok": True, "token": self.token, "job": new_token()} if self.lead else None)
+            # A new store that replaces an old one is swapped into place at rank 0's first write: the other ranks
+            # wait for its ready marker then; otherwise the store is ready now.
+            pending = self.target is not None and self.target.pending is not None
+            status = self.team.share(
+                {"ok": True, "token": self.token, "job": new_token(), "pending": pending} if self.lead else None
+            )
             if not self.lead:
                 if not status["ok"]:
                     raise PeerFailed(f"rank 0 failed: {status['message']}", int(status["code"]))
@@ -1004,7 +1009,7 @@ class _Compute:
                     self._abort(deferred)
                     raise deferred
                 try:
-                    if self._join_team(refs, str(status["token"])) is None:
+                    if self._join_team(refs, str(status["token"]), bool(status["pending"])) is None:
                         return self._stopped_early()
                 except BaseException as exc:
                     self._abort(exc)
@@ -1054,10 +1059,15 @@ class _Compute:
                     columns=None if engine.columns is None else engine.columns.columns, busy=self.board.busy,
                     purpose=purpose,
                 )  # fmt: skip
-            except StoreBusyError:
+            except StoreBusyError as exc:
                 held = read_claim(store_lock_path(self.out))
-                if not self.schedule.joins or held is None or not held[1] or held[0] is None:
+                owned = held is not None and held[1] and held[0] is not None
+                if owned and not self.schedule.joins and not self.schedule.follow:
+                    hint = "or pass --cooperate to compute the chunks it has not claimed"
+                    raise StoreBusyError(f"{exc}; {hint}") from None
+                if not self.schedule.joins or not owned:
                     raise  # not asked to cooperate, or refused for another reason than a live owner
+                assert held is not None and held[0] is not None
                 token = self._wait_ready(held[0].token)
                 if token is None:
                     if self.stop.is_set():
@@ -1103,9 +1113,9 @@ class _Compute:
         self.target, self.role, self.token = target, "helper", token
         return target
 
-    def _join_team(self, refs: list[CheckpointRef], token: str) -> Target | None:
-        """A rank other than 0: wait until rank 0's store is ready, then compute into it as a helper."""
-        if self._wait_ready(token, team=True) is None:
+    def _join_team(self, refs: list[CheckpointRef], token: str, pending: bool) -> Target | None:
+        """A rank other than 0: compute into rank 0's store as a helper (once it is in place, when ``pending``)."""
+        if pending and self._wait_ready(token, team=True) is None:
             return None
         return self._open_helper(refs, token)
 
@@ -1126,8 +1136,8 @@ class _Compute:
 
     def _info(self) -> ProgressInfo:
         c = self._counts
-        others = max(0, self._queue_now.done_now - self._queue_now.done_at_start - c["round"])
-        done = c["done"] + others + c["others_before"]  # pairs other processes finished count too
+        # Pairs other processes finished count too (the queue's view of done rows includes this one's).
+        done = c["done"] + max(0, self._queue_now.done_now - self._queue_now.done_at_start - c["done"])
         # Gradients of the others' pairs are not known here: this process's own rate stands for them.
         gradients = round(c["gradients"] * done / c["done"]) if c["done"] else 0
         return ProgressInfo(
@@ -1142,7 +1152,7 @@ class _Compute:
         self._reporter = self.progress if isinstance(self.progress, ProgressReporter) else None
         scope = sch.scope if sch.until is None else dataclasses.replace(sch.scope, stop=sch.until)
         self._skipped = int(store.done().sum())
-        self._counts = {"done": 0, "gradients": 0, "flagged": 0, "total": 0, "round": 0, "others_before": 0}
+        self._counts = {"done": 0, "gradients": 0, "flagged": 0, "total": 0}
         self._t0 = time.perf_counter()
         pruner = Pruner(store, target.alignment, self.say) if sch.prune and self.role == "owner" else None
         interrupted = False
@@ -1152,7 +1162,6 @@ class _Compute:
         def tick(gradients: int, flagged: int) -> None:
             c = self._counts
             c["done"] += 1
-            c["round"] += 1
             c["gradients"] += gradients
             c["flagged"] += flagged
             if self._reporter is not None:
@@ -1170,10 +1179,10 @@ class _Compute:
             if pending is not None and target.pending is None and target.lock is not None:
                 self.board.publish(self.token, accepts=not sch.follow)  # the new store is in place: helpers may come
 
-        def written(chunk: int) -> None:
+        def written(chunk: int, rows: list[range]) -> None:  # in the writer thread, once they are durable
             self.board.release(chunk)
             if pruner is not None:
-                pruner.prune()
+                pruner.written(rows)
 
         queue = self._queue_now = self._queue(scope, first=True)
         self._counts["total"] = queue.total - queue.done_at_start
@@ -1190,14 +1199,17 @@ class _Compute:
                     while True:
                         after_chunk: int | None = None
                         while (item := queue.next(after_chunk)) is not None:
+                            rows: list[range] = []
                             for block in item.blocks:
-                                _, cache = engine.run_block(
+                                n, cache = engine.run_block(
                                     block, loader, target.alignment.steps, cache, tick, self.stop, buffers.take,
                                     writer.submit, self.flush_seconds,
                                 )  # fmt: skip
+                                rows.append(range(block.start, block.start + n))
+                                queue.mark(rows[-1])
                                 if self.stop.is_set():
                                     break
-                            writer.submit({}, (), then=functools.partial(written, item.chunk))
+                            writer.submit({}, (), then=functools.partial(written, item.chunk, rows))
                             after_chunk = item.chunk
                             if self.stop.is_set():
                                 break
@@ -1206,10 +1218,9 @@ class _Compute:
                             break
                         if self.follower is None:
                             break
-                        writer.drain()
-                        if pruner is not None:
-                            pruner.prune()
-                        more = self.follower.wait_for_more(target.alignment.steps, store.done)
+                        writer.drain()  # (pruning happened as each chunk was written)
+                        # Nobody else computes into a followed store: this process's view of done rows is exact.
+                        more = self.follower.wait_for_more(target.alignment.steps, lambda: queue.done | ~queue.in_scope)
                         if isinstance(more, str):
                             interrupted = more == "stopped"
                             ended = None if interrupted else more
@@ -1218,11 +1229,8 @@ class _Compute:
                         loader.set_refs(target.alignment.refs)
                         if pruner is not None:
                             pruner.update(target.alignment)
-                        c = self._counts
-                        c["others_before"] += max(0, queue.done_now - queue.done_at_start - c["round"])
-                        c["round"] = 0
-                        queue = self._queue_now = self._queue(scope, first=False)
-                        c["total"] = c["done"] + c["others_before"] + queue.total - queue.done_at_start
+                        queue.extend()
+                        self._counts["total"] = queue.total - queue.done_at_start
                 finally:
                     loader.close()
                     writer.close()
@@ -1270,9 +1278,7 @@ class _Compute:
             res = store.read(s, "residual")[done_all]
             max_res[s] = float(np.abs(res).max()) if res.size else 0.0
         mine = self._counts["done"]
-        by_others = self._counts["others_before"] + max(
-            0, self._queue_now.done_now - self._queue_now.done_at_start - self._counts["round"]
-        )
+        by_others = max(0, self._queue_now.done_now - self._queue_now.done_at_start - self._counts["done"])
         if team is not None and self.lead:
             by_others = max(0, by_others - (computed - mine))
         return ComputeResult(

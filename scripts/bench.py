@@ -17,10 +17,10 @@ ratios, with their range, the ratio of the minima and the CPU-time ratio) and ea
 on CUDA also the peak allocated device memory).
 ``--memory`` adds the memory-scaling check: peak RSS of ``compute`` over 30 and 300 pairs (MNIST-FC).
 ``--scaling`` measures instead the scaling row: pairs/s of ``lca compute`` (the CLI, in fresh processes) with
-one process and one thread, one process and two threads, two processes under ``torchrun`` (one thread each)
-and two independent cooperating processes (``--cooperate``), alternated round by round; the pair loop's
-time (from ``--json``; for several processes, rank 0's or the owner's, which ends when every pair is done)
-and the wall time including start-up (``torchrun`` alone adds several seconds).
+one process and one thread, two processes under ``torchrun`` (one thread each) and two independent
+cooperating processes (``--cooperate``), and on request one process with two threads, alternated round by
+round; the pair loop's time (from ``--json``; for several processes, rank 0's or the owner's, which ends
+when every pair is done) and the wall time including start-up (``torchrun`` alone adds several seconds).
 
 Usage::
 
@@ -714,14 +714,20 @@ def per_gradient(spec: Size, device: torch.device, reps: int = 60) -> dict[str, 
 
 
 def _scaling_config(spec: Size, run_dir: Path, data_path: Path, args: argparse.Namespace) -> None:
-    """Write the run's lca.toml (the factories of this script, imported from PYTHONPATH=scripts)."""
-    from lca_cli.record import write_run_config
+    """Write the run's lca.toml (the factories of this script, imported from PYTHONPATH=scripts).
 
-    write_run_config(
-        run_dir, model="bench:build_model", model_kwargs={"size": spec.name}, data="bench:load_data",
-        data_kwargs={"path": str(data_path)}, loss="cross_entropy",
-        compute={"max_splits": args.max_splits, "batch_size": spec.batch_size, "dtype": spec.dtype},
-    )  # fmt: skip
+    Written directly: the writer's ``write_run_config`` refuses factories of the running script (a training
+    script would run again); this one only defines functions when imported.
+    """
+    from lca_cli.record import dump_toml
+
+    doc = {
+        "model": {"factory": "bench:build_model", "kwargs": {"size": spec.name}},
+        "data": {"factory": "bench:load_data", "kwargs": {"path": str(data_path)}},
+        "loss": {"name": "cross_entropy"},
+        "compute": {"max_splits": args.max_splits, "batch_size": spec.batch_size, "dtype": spec.dtype},
+    }
+    (run_dir / "lca.toml").write_text(dump_toml(doc))
 
 
 def _scaling_run(kind: str, run_dir: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -761,7 +767,9 @@ def _scaling_run(kind: str, run_dir: Path, out: Path, args: argparse.Namespace) 
 
 def scaling(args: argparse.Namespace, sizes: Sequence[str]) -> int:
     """The scaling row (see the module docstring): prints a table and, with ``--json``, every round."""
-    kinds = ("1x1", "1x2", "torchrun", "cooperate")
+    kinds = [k for k in ("1x1", "1x2", "torchrun", "cooperate") if k in args.scaling_kinds.split(",")]
+    if "1x1" not in kinds:
+        kinds.insert(0, "1x1")  # the baseline of every ratio
     info = machine()
     print(f"# lca bench --scaling {info['date']} on {info['cpu']} ({info['cores']} cores, torch {info['torch']}), "
           f"device {args.device}, {args.processes} processes, max_splits {args.max_splits}",
@@ -867,6 +875,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only: pairs/s of lca compute with 1 and 2 processes (torchrun, --cooperate) and 1 process x 2 threads",
     )
     p.add_argument("--processes", type=int, default=2, help="processes of the --scaling multi-process kinds")
+    p.add_argument(
+        "--scaling-kinds",
+        default="1x1,torchrun,cooperate",
+        help="which of 1x1,1x2,torchrun,cooperate --scaling runs (1x2: one process with two threads)",
+    )
     # internal: one measurement in a child process
     p.add_argument("--child", choices=(*KINDS, *ABLATIONS, "time"), help=argparse.SUPPRESS)
     p.add_argument("--size", help=argparse.SUPPRESS)

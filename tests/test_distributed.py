@@ -243,9 +243,12 @@ def _ours(stderr: str) -> list[str]:
 
 @pytest.mark.slow
 def test_torchrun_two_processes_give_the_one_process_store(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """With --overwrite of an old store, too: rank 0 computes alone until the new store is in place."""
     run, ref = tiny
     out = tmp_path / "s.zarr"
-    done = _torchrun([str(run), "--out", str(out), "--json", "--progress", "plain", *ROWS], tmp_path)
+    assert fork_call(lambda: cli("compute", run, "--out", out, "-q", "--steps", ":3", *ROWS)) == 0  # the old store
+    args = [str(run), "--out", str(out), "--json", "--progress", "plain", "--overwrite", *ROWS]
+    done = _torchrun(args, tmp_path)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)  # rank 0 alone prints the result
     assert result["processes"] == 2 and result["computed"] == 24

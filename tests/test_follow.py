@@ -132,12 +132,18 @@ def test_follow_and_prune_beside_training_end_with_the_ordinary_store(tiny: tupl
     shutil.copy2(run / "lca.toml", live)
     shutil.copy2(run / "tinyfactories.py", live)
     names = sorted(p.name for p in run.glob("step_*.safetensors"))
-    most = [0]
+    most, stuck = [0], []
 
-    def train() -> None:  # a checkpoint every 0.1 s, then the end marker, while compute follows
+    def train() -> None:  # checkpoints while compute follows, then the end marker
         _copy_in(run, live, names[:2])
         for name in names[2:]:
-            time.sleep(0.1)
+            # Training slower than LCA (as on a second GPU): the next step once the disk holds at most 3
+            # checkpoints, which happens only if pairs are computed and their checkpoints pruned meanwhile.
+            deadline = time.monotonic() + 60
+            while len(list(live.glob("step_*"))) > 3 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if time.monotonic() >= deadline:
+                stuck.append(name)
             _copy_in(run, live, [name])
             most[0] = max(most[0], len(list(live.glob("step_*"))))
         (live / END_MARKER).write_text('{"last_step": 16}')
@@ -150,7 +156,7 @@ def test_follow_and_prune_beside_training_end_with_the_ordinary_store(tiny: tupl
     writer.join()
     assert result.ended is not None and "training ended" in result.ended and result.computed == 16
     assert result.pruned == 16 and [p.name for p in live.glob("step_*")] == [names[-1]]  # all but the newest
-    assert most[0] <= 6, most  # a few checkpoints on disk at any time, not the whole run
+    assert not stuck and most[0] <= 4, (stuck, most)  # a few checkpoints on disk at any time, never the run
     # The same rows as an ordinary run (the config's folder differs: an attribute that says where it was).
     assert_same_tree(live / "lca.zarr", ref, skip_root_attrs=("created", "updated", "device", "config"))
 
