@@ -1133,7 +1133,7 @@ def _view_heatmaps(pdir: Path, data: list[SetData], groups: list[int], output_gr
                 ax.set_ylabel(f"{m.n_neurons} {what}s\n(most helpful at top)", fontsize=7.5)
             cols_txt = "1 iteration/column" if per_bin_it == 1 else f"≤{per_bin_it} iterations/column"
             grp = f", {rows_per} units/row" if rows_per > 1 else ""
-            ax.set_title(f"{m.name} ({_set_title(d, main.name)}): {cols_txt}{grp}", fontsize=8.5)
+            ax.set_title(f"{m.name} · set '{d.name}': {cols_txt}{grp}", fontsize=8.5)
             if r == n_maps - 1:
                 ax.set_xlabel("iteration (step)")
         cb = fig.colorbar(im, ax=list(axes[r]), pad=0.01, fraction=0.03)

@@ -965,8 +965,8 @@ PEAK_WINDOW = 25
 PEAK_K_SD = 1.0
 #: Minimum size of a peak: it must rise this share of the layer's largest learning (99th percentile of
 #: |learning|) above the local mean, so that wiggles in a flat tail, tiny next to the layer's real
-#: learning, are not peaks (digits: fc1's late bumps at 2-3% of its early learning).
-PEAK_MIN_SIZE = 0.05
+#: learning, are not peaks (digits: fc1's late bumps at 2-3% of its early learning; FC MNIST: 3-8%).
+PEAK_MIN_SIZE = 0.10
 #: The synchronisation test needs at least this many layers with at least ``MIN_SYNC_PEAKS`` peaks each; with
 #: fewer the statistic takes only a handful of values (2 layers: one pair) and a p-value means nothing.
 MIN_SYNC_LAYERS = 3

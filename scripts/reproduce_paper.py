@@ -732,7 +732,9 @@ def make_figures(results: dict[str, Any], figdir: Path, work: Path, log: Callabl
                       title_fontsize=7)  # fmt: skip
             if len(lay["steps"]) > 400:
                 ax.set_xscale("symlog", linthresh=10)
-        axes[-1].set_xlabel("iteration (step; linear to 10, then log)")
+                ax.set_xlabel("iteration (step; linear to 10, then log)", fontsize=8)
+            else:
+                ax.set_xlabel("iteration (step)", fontsize=8)
         save(fig, "cumulative_layer_lca")
 
         # 3. per-layer totals with the integration error (the run with most layers)
@@ -813,7 +815,8 @@ def make_figures(results: dict[str, Any], figdir: Path, work: Path, log: Callabl
             a2.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7.5)
             save(fig, "freeze_last_layer")
 
-    out.update(_report_figures(results, figdir, work, log))
+    if results["mode"] in ("cpu-scale", "full"):  # the README's pictures come from the committed page's runs
+        out.update(_report_figures(results, figdir, work, log))
     for name in out:
         size = (figdir / f"{name}.png").stat().st_size
         if size > 450_000:
@@ -1367,6 +1370,7 @@ def main(argv: list[str] | None = None) -> int:
             "layers": layers,
             "sync": sync,
             "argv": argv,
+            "mode": mode.name,
             "titles": {k: r.exp.title for k, r in runs.items()},
             "short": {k: k for k in runs},
         }
