@@ -49,6 +49,7 @@ def _captions(page: str) -> dict[str, str]:
     return dict(re.findall(r'<section id="([a-z_]+)">.*?<figcaption>(.*?)</figcaption>', page, flags=re.S))
 
 
+@pytest.mark.slow
 def test_report_two_sets_many_chunks(tmp_path: Path) -> None:
     # 50 pairs in chunks of 3 rows: 17 chunks of lca per set.
     store, full, losses = make_store(tmp_path / "s.zarr", sets=("train", "val"), rows_per_chunk=3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -56,3 +57,18 @@ def test_smoke_run_writes_every_finding(tmp_path: Path, capsys: pytest.CaptureFi
     assert not (out / "figures").exists()  # --no-figures
     # Runs and stores stay in --work.
     assert (work / "fc_mnist" / "lca.zarr").is_dir()
+
+
+def test_committed_figures_exist_are_true_colour_and_small() -> None:
+    from lca_cli.plots import png_info
+
+    root = SCRIPT.parent.parent
+    linked = {
+        (root / "docs" / m)
+        for m in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", (root / "docs" / "paper.md").read_text())
+    } | {(root / m) for m in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", (root / "README.md").read_text())}
+    assert any("report_" in p.name for p in linked)  # the README pictures the report's views
+    for path in sorted(linked):
+        assert path.is_file(), path
+        assert path.stat().st_size < 500_000, path
+        assert png_info(path)[2:] == (8, 2), path  # 8-bit true colour, no palette
