@@ -654,10 +654,11 @@ def _view_composition(pdir: Path, data: list[SetData]) -> View:
     for col, (ax, d) in enumerate(zip(axes, data, strict=True)):
         helped, zero, hurt = d.comp.shares()
         x = d.sel.start_steps
-        xb, yb = _binned(x, np.stack([helped, zero, hurt], axis=1))
+        # Shares averaged in at most 300 bins: per-iteration noise over thousands of iterations hides the trend.
+        xb, yb = _binned(x, np.stack([helped, zero, hurt], axis=1), 300)
         ax.stackplot(xb, 100 * yb[:, 0], 100 * yb[:, 1], 100 * yb[:, 2],
                      colors=[HELPED_COLOR, ZERO_COLOR, HURT_COLOR], alpha=0.85, lw=0)  # fmt: skip
-        xf, ff = _binned(x, d.comp.nonzero_fraction())
+        xf, ff = _binned(x, d.comp.nonzero_fraction(), 300)
         ax.plot(xf, 100 * ff, color="white", lw=1.4, ls="--")
         ax.plot(xf, 100 * ff, color=NET_COLOR, lw=0.8, ls="--", label="helped / (helped + hurt), zeros excluded")
         ax.axhline(50, color="white", lw=0.8, ls=":")
@@ -709,7 +710,8 @@ def _view_composition(pdir: Path, data: list[SetData]) -> View:
         "On each iteration, the share of all parameters that helped (blue, LCA < 0), did nothing (grey, LCA "
         "exactly 0: did not move, or zero gradient, such as weights of always-black input pixels) and hurt "
         "(red), stacked to 100%; the dashed line is the other convention, the helped fraction among nonzero "
-        "parameters; the black line is the loss (right axis). "
+        "parameters; the black line is the loss (right axis). Runs longer than 300 iterations are shown as "
+        "means over bins of consecutive iterations. "
         + _paper(
             "barely over 50% of parameters help on any iteration (shares of all parameters).",
             run + verdict + ".",
