@@ -550,14 +550,14 @@ def _thinned(x: np.ndarray, y: np.ndarray, max_points: int = MAX_LINE_POINTS) ->
     return x[idx], y[idx]
 
 
-def _role(name: str, first: str) -> str:
-    if name == "train":
-        return "training set"
-    return "held-out set" if name in ("val", "valid", "validation", "test") and name != first else ""
+#: Roles of the usual evaluation-set names, shown beside them in titles.
+_ROLES = {"train": "training set", "val": "held-out set", "valid": "held-out set", "test": "held-out set"}
 
 
 def _set_title(d: SetData, first: str) -> str:
-    role = _role(d.name, first)
+    """``set 'val' (held-out set)``; ``first`` (the headline set) is accepted for symmetry and unused."""
+    del first
+    role = _ROLES.get(d.name, "")
     return f"set '{d.name}'" + (f" ({role})" if role else "")
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Reproduce the LCA paper's findings (Lan et al., NeurIPS 2019) with this tool and write docs/paper.md.
 
-    python scripts/reproduce_paper.py --quick            # a few minutes on a laptop CPU
+    python scripts/reproduce_paper.py --quick            # a few minutes on a laptop CPU (CI)
+    python scripts/reproduce_paper.py --cpu-scale --threads 1   # docs/paper.md: hours on a 2-core CPU
     python scripts/reproduce_paper.py --full --device auto   # closer to the paper: a GPU or a patient CPU
 
 Every network is trained with :func:`lca_cli.train.train_run` from a committed config in ``configs/``
@@ -10,10 +11,16 @@ Every network is trained with :func:`lca_cli.train.train_run` from a committed c
 reductions of :mod:`lca_cli.views` (helped fractions, per-layer series, peak detection and the
 synchronisation statistic):
 
-1. noise: fraction of parameters helping per iteration; per-parameter fraction of iterations helped;
-2. layers that hurt: per-layer total LCA, and the freeze-the-last-layer experiment on the FC net;
-3. synchronisation of per-layer learning peaks against a circular-shift baseline;
+1. noise: helped / zero / hurt shares of all parameters per iteration, the helped fraction without zeros,
+   per-parameter fractions and the concentration of learning;
+2. layers that hurt: per-layer totals against the run's integration error, when each layer learned, and the
+   freeze-the-last-layer experiment on the FC net (over 3 seeds in ``--cpu-scale``);
+3. synchronisation of per-layer learning peaks against circular shifts and a step-size-controlled baseline;
 4. method accuracy: first order, Simpson and adaptive Simpson against a float64 32-interval reference.
+
+``--only KEYS`` trains and computes some runs into ``--work`` (parallel processes can share it); ``--reuse``
+takes finished runs (and the accuracy runs) with the same config as they are, with the times measured when
+they were made, so the page can be rebuilt from them in minutes.
 
 Runs and stores go to ``--work`` (default: a fresh directory under /tmp), never into the repository;
 only ``OUT/paper.md`` and small PNGs in ``OUT/figures/`` are written there. ``--smoke`` runs tiny
