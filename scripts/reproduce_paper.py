@@ -372,6 +372,7 @@ class RunResult:
     command: str = ""
     finished: str = ""
     threads: int = 0
+    reused: bool = False
 
 
 def _command(argv: list[str]) -> str:
@@ -401,7 +402,7 @@ def run_experiment(
             log(f"  {exp.key}: reusing the run finished on {saved['finished']} ({saved['compute_s']:.0f} s of LCA)")
             return RunResult(
                 exp, run_dir, run_dir / "lca.zarr", saved["train_s"], saved["compute_s"], saved["flagged"],
-                saved["max_abs_residual"], saved.get("command", ""), saved["finished"], saved.get("threads", 0),
+                saved["max_abs_residual"], saved.get("command", ""), saved["finished"], saved.get("threads", 0), True,
             )  # fmt: skip
         log(f"  {exp.key}: {record} is from another config; recomputing")
     t0 = time.perf_counter()
@@ -947,10 +948,11 @@ def write_markdown(path: Path, mode: Mode, device: str, results: dict[str, Any],
         )
     w(f"- **Date:** {date}. **Hardware:** {hardware()}. **Device used:** {device}.")
     run_total = sum(r.train_s + r.compute_s for r in runs.values())
+    own = total_s - sum(r.train_s + r.compute_s for r in runs.values() if not r.reused)
     w(
         f"- **Time:** {run_total / 60:.0f} min of training and LCA over all runs (per run in the Setup table; "
-        f"measured when each run was made, on a machine shared with other jobs), and {total_s / 60:.1f} min "
-        "for this page's own work (the method-accuracy runs unless reused, analysis, figures).\n"
+        f"measured when each run was made, on a machine shared with other jobs), and {own / 60:.1f} min for "
+        "this page's own work (the method-accuracy runs unless reused, analysis, figures).\n"
     )
     if mode.name == "quick":
         w(
