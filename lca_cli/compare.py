@@ -236,9 +236,8 @@ def _view_loss(pdir: Path, pairs: list[tuple[SetData, SetData]], la: str, lb: st
         for da, db in pairs
     )
     caption = (
-        "The loss on each evaluation set at every checkpoint of both runs. "
-        f"Paper (normal vs last layer frozen): freezing the last layer, which hurt, can leave the loss as low or "
-        f"lower. This comparison: {run}."
+        "The loss on each evaluation set at every checkpoint of both runs. Paper: the authors froze the last "
+        f"layer at its initial values to study a last layer that hurt overall. This comparison: {run}."
     )
     return View("loss", "Loss of both runs", png, caption)
 
