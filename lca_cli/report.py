@@ -637,7 +637,11 @@ def _view_loss(pdir: Path, data: list[SetData]) -> View:
         "over on each iteration (the integration error); red marks are iterations still over tolerance when "
         "refinement hit its cap. The summed |residual| is this run's scale of significance: a layer's total "
         "smaller than it cannot be told from zero. "
-        + _paper("the reconstruction matches the true loss closely.", run + ".")
+        + _paper(
+            "the allocations add up to the loss change to within an absolute tolerance of 1e-3 per iteration "
+            "(up to 32 sub-intervals; iterations still above it at the cap were accepted silently).",
+            run + ".",
+        )
     )
     if main.sel.n_skipped:
         caption += (
@@ -932,7 +936,10 @@ def _view_layer_shares(pdir: Path, data: list[SetData]) -> View:
     caption = (
         "Per layer, the share of its parameter-iterations that helped (blue), were exactly zero (grey) and hurt "
         "(red); the black tick is the helped fraction among the nonzero ones. "
-        + _paper("about half of the parameters help, in every kind of layer.", _by_set(data, run) + ".")
+        + _paper(
+            "barely over half of all parameters help on an iteration (reported for the network as a whole).",
+            _by_set(data, run) + ".",
+        )
     )
     return View("layer_shares", "Helped, zero and hurt per layer", png, caption)
 
@@ -1167,7 +1174,10 @@ def _view_heatmaps(pdir: Path, data: list[SetData], groups: list[int], output_gr
         "on one scale per layer (clipped at the 99th percentile of |cell|) shared by the sets. Vertical stripes "
         "are many units learning on the same iterations (synchronisation), horizontal stripes a few units "
         "doing most of the work, red-blue alternation along a row oscillation. "
-        + _paper("parameters and neurons oscillate between helping and hurting.", _by_set(data, run) + ".")
+        + _paper(
+            "parameters oscillate between helping and hurting (red-blue alternation along a row).",
+            _by_set(data, run) + ".",
+        )
     )
     return View("heatmaps", "Neuron × iteration heat maps (rows sorted, output units by class)", png, caption)
 
@@ -1323,8 +1333,8 @@ def _view_trajectories(pdir: Path, data: list[SetData], labels: list[str], kinds
         "differ by orders of magnitude), the same parameters on every set. Bottom: the per-iteration LCA of the "
         "most helpful and of a random parameter, blue when it helped and red when it hurt. "
         + _paper(
-            "parameters oscillate, alternating between helping and hurting; even helpful ones hurt often "
-            "(phase lag of momentum suggested as the cause).",
+            "parameters oscillate, alternating between helping and hurting (phase lag of momentum suggested as the "
+            "cause).",
             _by_set(data, run) + ".",
         )
     )
