@@ -103,6 +103,11 @@ def _compute_options(f: Any) -> Any:
         click.option("--compile/--no-compile", default=None, help="torch.compile the model (opt-in) [off]."),
         click.option("--rows-per-chunk", type=int, help="Store rows per chunk (0 = about 8 MiB per chunk)."),
         click.option("--threads", type=int, help="CPU threads for torch (0 = torch's default; 1 suits small models)."),
+        click.option(
+            "--state-dict-key",
+            help="Entry of the saved checkpoint dicts holding the model's state_dict (a/b for a deeper one) "
+            "[found automatically: state_dict, model, model_state_dict or module].",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -170,6 +175,12 @@ class _Progress:
 @click.option("--out", type=click.Path(path_type=Path), help="Store path [RUN_DIR/lca.zarr].")
 @_compute_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing store instead of resuming/appending to it.")
+@click.option(
+    "--unsafe-pickle",
+    is_flag=True,
+    help="Allow torch checkpoints that need pickle (it can run any code: only for files you trust) [off: "
+    "weights_only=True].",
+)
 @click.option("--strict", is_flag=True, help="Exit with code 8 when any pair stays over tolerance at the cap.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON result object on stdout (for scripts).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary on stderr (warnings still shown).")
@@ -178,6 +189,7 @@ def compute(
     config_path: Path | None,
     out: Path | None,
     overwrite: bool,
+    unsafe_pickle: bool,
     strict: bool,
     as_json: bool,
     quiet: bool,
@@ -185,9 +197,16 @@ def compute(
 ) -> None:
     """Compute the LCA of every consecutive checkpoint pair of RUN_DIR into a Zarr store.
 
-    RUN_DIR holds one *.safetensors checkpoint per iteration (ordered by their "step" metadata, else the
-    digits in the file name) and lca.toml, which says how to rebuild the model, the fixed evaluation
+    RUN_DIR holds one checkpoint per iteration, in any layout training code writes: *.safetensors,
+    *.pt/*.pth/*.bin/*.ckpt files (loaded without pickle), or per-step folders (Hugging Face checkpoint-N/,
+    accelerate checkpoint_N/, step_N/, sharded or not); nested state dicts, DDP/compile/Lightning key
+    prefixes and tied weights are handled. Checkpoints are ordered by step (metadata, the framework's record,
+    else the digits in the name). RUN_DIR/lca.toml says how to rebuild the model, the fixed evaluation
     set(s) and the loss (see README). Flags override the config's [compute] table.
+
+    Security: lca.toml names Python factories that lca imports and runs, and .py files beside it are
+    imported: a run folder is code, so run lca only on run folders you trust. Checkpoints are loaded
+    without pickle unless --unsafe-pickle is given.
 
     Rerunning on an existing store resumes: finished pairs are never recomputed and checkpoints that
     arrived since are appended (safe for cron). Ctrl-C stops after the current pair and keeps every
@@ -212,7 +231,16 @@ def compute(
     )
     try:
         with _Progress(enabled=not quiet) as progress:
-            result = run_compute(run_dir, config, out, overwrite=overwrite, progress=progress, stop=stop)
+            result = run_compute(
+                run_dir,
+                config,
+                out,
+                overwrite=overwrite,
+                progress=progress,
+                stop=stop,
+                unsafe_pickle=unsafe_pickle,
+                note=None if quiet else (lambda message: _err(f"Note: {message}")),
+            )
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -308,9 +336,13 @@ def summarize(
     from lca_cli.tables import render_summary
 
     window = parse_window(steps)
+    opened = open_store(store)
     summary = run_summarize(
-        open_store(store), by=by, set_name=set_name, window=window, top=top, sort=sort, concentration=concentration
+        opened, by=by, set_name=set_name, window=window, top=top, sort=sort, concentration=concentration
     )
+    # Tied parameters (alias -> owner) are one tensor: its allocation is the owner's row; say so.
+    tied = {str(k): str(v) for k, v in dict(opened.attrs.get("tied") or {}).items()}
+    summary.header["tied"] = tied
     if fmt == "json":
         click.echo(json.dumps(summary.to_dict(), indent=1))
     elif fmt == "csv":

@@ -7,11 +7,12 @@ Unknown keys are an error: a typo must not silently change what is computed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import sys
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,12 @@ __all__ = [
     "build_model",
     "call_factory",
     "import_factory",
+    "import_path",
     "load_config",
     "parse_config",
 ]
 
-LOSS_NAMES = ("cross_entropy", "mse", "nll", "bce_with_logits")
+LOSS_NAMES = ("cross_entropy", "mse", "nll", "bce_with_logits", "causal_lm", "model_loss")
 METHODS = ("rk4", "euler")
 BN_MODES = ("batch", "running")
 DTYPES = ("auto", "float32", "float64")
@@ -74,6 +76,8 @@ class ComputeOptions:
         rows_per_chunk: Rows per store chunk along the iteration axis (0 = choose from the row size).
         threads: CPU threads for torch (0 = torch's default). 1 is often faster for small models and on busy
             machines, where OpenMP threads wait for each other.
+        state_dict_key: Entry of the saved checkpoint dicts that holds the model's state_dict (``a/b`` for a
+            deeper one); empty = found automatically (:mod:`lca_cli.sources.keys`).
 
     """
 
@@ -90,6 +94,7 @@ class ComputeOptions:
     compile: bool = False
     rows_per_chunk: int = 0
     threads: int = 0
+    state_dict_key: str = ""
 
     def validate(self) -> ComputeOptions:
         """Check every value, raising :class:`~lca_cli.errors.UsageError` on the first bad one.
@@ -148,7 +153,10 @@ class ComputeOptions:
         keys = (
             "method", "tolerance", "rtol", "l1_tol", "max_splits", "batch_size", "dtype", "bn_mode", "allow_tf32",
         )  # fmt: skip
-        return {k: getattr(self, k) for k in keys}
+        settings = {k: getattr(self, k) for k in keys}
+        if self.state_dict_key:  # which weights are read; absent when automatic, so older stores still match
+            settings["state_dict_key"] = self.state_dict_key
+        return settings
 
 
 @dataclass(frozen=True)
@@ -193,7 +201,7 @@ class Config:
 _COMPUTE_TYPES: dict[str, type] = {
     "method": str, "tolerance": float, "rtol": float, "l1_tol": float, "max_splits": int, "batch_size": int,
     "device": str, "dtype": str, "bn_mode": str, "allow_tf32": bool, "compile": bool, "rows_per_chunk": int,
-    "threads": int,
+    "threads": int, "state_dict_key": str,
 }  # fmt: skip
 
 
@@ -323,9 +331,14 @@ def call_factory(spec: FactorySpec, base_dir: Path | None, where: str) -> Any:
     """
     fn = import_factory(spec.factory, base_dir)
     try:
-        return fn(**spec.kwargs)
+        with import_path(base_dir):  # a factory may import inside its body
+            return fn(**spec.kwargs)
     except LcaError:
         raise
+    except SystemExit as exc:  # sys.exit() in a factory must not end lca silently with its code
+        raise ConfigError(
+            f"{where} factory {spec.factory!r} called sys.exit({exc.code!r}); a factory must return its object"
+        ) from None
     except Exception as exc:  # a user factory can fail in any way; report it as a config problem
         raise ConfigError(f"{where} factory {spec.factory!r} failed: {type(exc).__name__}: {exc}") from exc
 
@@ -353,6 +366,29 @@ def build_model(config: Config) -> Any:
     return model
 
 
+@contextlib.contextmanager
+def import_path(base_dir: Path | None) -> Iterator[None]:
+    """Put the config's folder and the current directory first on ``sys.path`` for the duration.
+
+    Factories are imported *and called* inside it (a factory may import inside its body), and the pipeline runs
+    the model inside it (a forward may import lazily), wherever ``lca`` is run from. Only entries it added are
+    removed afterwards.
+
+    Args:
+        base_dir: The config file's folder (None: only the current directory).
+
+    """
+    extra = [str(d) for d in (base_dir, Path.cwd()) if d is not None]
+    added = [d for d in dict.fromkeys(extra) if d not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for d in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(d)
+
+
 def import_factory(spec: str, base_dir: Path | None = None) -> Callable[..., Any]:
     """Import ``"pkg.module:attr"``, looking in ``base_dir``, the current directory and ``PYTHONPATH``.
 
@@ -368,16 +404,26 @@ def import_factory(spec: str, base_dir: Path | None = None) -> Callable[..., Any
 
     """
     module_name, _, attr = spec.partition(":")
-    extra = [str(d) for d in (base_dir, Path.cwd()) if d is not None]
-    added = [d for d in extra if d not in sys.path]
-    sys.path[:0] = added
+    if module_name == "__main__":
+        raise ConfigError(
+            f"factory {spec!r}: __main__ is whatever script runs, not your training script; move the factory into "
+            "a module (a .py file beside lca.toml works) and name it module:function"
+        )
     try:
-        module = importlib.import_module(module_name)
+        with import_path(base_dir):
+            module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        searched = ", ".join(dict.fromkeys(str(d) for d in (base_dir, Path.cwd()) if d is not None))
+        raise ConfigError(
+            f"factory {spec!r}: cannot import module {module_name!r} ({exc}); searched {searched} and the "
+            "installed packages (PYTHONPATH)"
+        ) from None
+    except SystemExit as exc:
+        raise ConfigError(f"factory {spec!r}: importing {module_name!r} called sys.exit({exc.code!r})") from None
     except Exception as exc:  # an import can fail with any exception; report it as a config problem
-        raise ConfigError(f"factory {spec!r}: cannot import module {module_name!r} ({exc})") from None
-    finally:
-        for d in added:
-            sys.path.remove(d)
+        raise ConfigError(
+            f"factory {spec!r}: cannot import module {module_name!r} ({type(exc).__name__}: {exc})"
+        ) from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):

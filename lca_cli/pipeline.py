@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lca_cli.checkpoints import CheckpointRef, check_state_dict, find_checkpoints, read_checkpoint
-from lca_cli.config import Config, build_model, call_factory
+from lca_cli.config import Config, build_model, call_factory, import_path
 from lca_cli.errors import RunDirError, StoreError, UsageError
 from lca_cli.integrate import Evaluation, integrate_pair
 from lca_cli.layout import Layout
@@ -40,6 +39,15 @@ from lca_cli.objective import (
     make_chunks,
     prepare_model,
     split_state,
+)
+from lca_cli.sources import (
+    CheckpointRef,
+    CheckpointSource,
+    ModelSpec,
+    check_state_dict,
+    describe_folder,
+    find_checkpoints,
+    read_checkpoint,
 )
 from lca_cli.store import BlockRows, LcaStore
 
@@ -55,6 +63,8 @@ __all__ = [
 
 #: ``progress(pairs_done_this_run, pairs_to_do)``, called after every pair.
 ProgressFn = Callable[[int, int], None]
+#: ``note(message)``: a one-line note for the user (how checkpoints were found and mapped onto the model).
+NoteFn = Callable[[str], None]
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -114,6 +124,9 @@ class CheckpointLoader:
         vlayout: Layout of the point vector.
         device: Compute device.
         ahead: How many checkpoints to read ahead.
+        read: Reads one checkpoint as the model's state_dict, checked (:meth:`CheckpointSource.read`); by default
+            a :class:`CheckpointSource` of ``expected`` when it is a :class:`ModelSpec`, else the file is read as a
+            flat state_dict and checked against ``expected``.
 
     """
 
@@ -124,9 +137,14 @@ class CheckpointLoader:
         vlayout: Layout,
         device: torch.device,
         ahead: int = 2,
+        *,
+        read: Callable[[CheckpointRef], dict[str, torch.Tensor]] | None = None,
     ) -> None:
         self.refs = list(refs)
-        self.expected = dict(expected)
+        self.expected = expected
+        if read is None and isinstance(expected, ModelSpec):
+            read = CheckpointSource(expected).read  # nested dicts, prefixes and tied aliases mapped as in compute
+        self.read = read
         self.vlayout = vlayout
         self.device = device
         self.ahead = ahead
@@ -135,8 +153,11 @@ class CheckpointLoader:
 
     def _load(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         ref = self.refs[i]
-        state = read_checkpoint(ref)
-        check_state_dict(state, self.expected, ref.path)
+        if self.read is not None:
+            state = self.read(ref)
+        else:
+            state = read_checkpoint(ref)
+            check_state_dict(state, self.expected, ref.path)
         # On CUDA, split_state flattens into pinned memory and copies asynchronously (this thread's queue).
         return split_state(state, self.vlayout, self.device)
 
@@ -326,7 +347,7 @@ class PairEngine:
         return torch.stack([sums, helped.to(sums.dtype), hurt.to(sums.dtype)])
 
 
-def build_engine(config: Config, device: torch.device) -> tuple[PairEngine, dict[str, Any], dict[str, tuple[int, ...]]]:
+def build_engine(config: Config, device: torch.device) -> tuple[PairEngine, dict[str, Any], ModelSpec]:
     """Build the model, evaluation sets and objectives a config describes.
 
     Args:
@@ -334,7 +355,8 @@ def build_engine(config: Config, device: torch.device) -> tuple[PairEngine, dict
         device: Compute device.
 
     Returns:
-        ``(engine, evaluation details for the store, expected state_dict shapes)``.
+        ``(engine, evaluation details for the store, what the model expects of a checkpoint)``; the spec is also
+        the mapping of expected ``state_dict`` shapes.
 
     Raises:
         ConfigError: If a factory fails or returns something unusable.
@@ -349,17 +371,17 @@ def build_engine(config: Config, device: torch.device) -> tuple[PairEngine, dict
     vlayout = Layout.from_shapes(
         [(p.name, p.shape) for p in layout.params] + [(n, tuple(buffers[n].shape)) for n in buf_names]
     )
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = ModelSpec.from_module(model)
     loss_fn = config_loss(config)
     forward = None
     if opts.compile:
         from torch.func import functional_call
 
-        forward = torch.compile(lambda tensors, x: functional_call(model, dict(tensors), (x,)))
+        forward = torch.compile(lambda tensors, args, kwargs: functional_call(model, dict(tensors), args, kwargs))
     objectives, evaluation = {}, {}
     for name, spec in config.data.items():
         data = call_factory(spec, config.base_dir, f"[data.{name}]")
-        evalset: EvalSet = make_chunks(name, data, opts.batch_size, device, dtype)
+        evalset: EvalSet = make_chunks(name, data, opts.batch_size, device, dtype, loss_fn)
         objectives[name] = Objective(model, vlayout, evalset, loss_fn, dtype, forward)
         sizes = evalset.chunk_sizes
         evaluation[name] = {
@@ -519,6 +541,7 @@ def _open_or_create(
     steps: list[int],
     overwrite: bool,
     device: torch.device,
+    tied: Mapping[str, str] | None = None,
 ) -> tuple[LcaStore, int]:
     identity = _normalise(config.identity())
     if out.exists() and not overwrite:
@@ -542,6 +565,8 @@ def _open_or_create(
         "l1_tol": opts.l1_tol,
         "max_splits": opts.max_splits,
         "identity": identity,
+        # Tied parameters (alias -> owner): the layout holds the owner only, and its LCA is the shared tensor's.
+        "tied": dict(tied or {}),
         "config": _normalise({**config.identity(), "base_dir": str(config.base_dir) if config.base_dir else None}),
         "evaluation": details,
         "device": str(device),
@@ -567,16 +592,21 @@ def compute(
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     stop: threading.Event | None = None,
+    unsafe_pickle: bool = False,
+    note: NoteFn | None = None,
 ) -> ComputeResult:
     """Compute (or resume, or extend) the LCA store of a run.
 
     Args:
-        run_dir: Directory of checkpoints.
+        run_dir: Directory of checkpoints (any layout :mod:`lca_cli.sources` finds).
         config: Resolved config (``config.compute`` holds the options).
         out: Store path (default ``RUN_DIR/lca.zarr``).
         overwrite: Replace an existing store instead of resuming it.
         progress: Called after every pair with ``(done, total)`` for this call.
         stop: When set (e.g. on Ctrl-C), finish the current pair, save finished rows and return.
+        unsafe_pickle: Allow torch checkpoints that need pickle (``--unsafe-pickle``; trusted files only).
+        note: Receives one-line notes: where checkpoints were found, a nested entry or prefix used, a missing
+            step 0.
 
     Returns:
         What was done.
@@ -587,25 +617,46 @@ def compute(
     """
     config.compute.validate()
     run = Path(run_dir)
-    refs = find_checkpoints(run)
+    say: NoteFn = note or (lambda message: None)
+    found_notes: list[str] = []
+    refs = find_checkpoints(run, unsafe_pickle=unsafe_pickle, notes=found_notes)
     if len(refs) < 2:
         raise RunDirError(
-            f"{run} holds {len(refs)} checkpoint(s); LCA needs at least two (*.safetensors, one per iteration)"
+            f"{run} holds {len(refs)} checkpoint(s); LCA needs at least two, one per iteration ({describe_folder(run)};"
+            " checkpoints are *.safetensors/*.pt/*.pth/*.bin/*.ckpt files with the step in their name or metadata,"
+            " or checkpoint-N/ step_N/ folders holding model.safetensors or pytorch_model.bin)"
+        )
+    for message in found_notes:
+        say(message)
+    if refs[0].step != 0:
+        say(
+            f"the first checkpoint is step {refs[0].step}: the iterations before it are not in the store (save the "
+            "initial weights as step 0; the lca callbacks for Hugging Face and Lightning do)"
         )
     device = resolve_device(config.compute.device)
     # Concrete dtype and tolerance for this device: they are what the store records and a resume must match.
     opts = config.compute.resolved(device.type)
     config = dataclasses.replace(config, compute=opts)
     out_path = Path(out) if out is not None else run / "lca.zarr"
-    with _tf32(opts.allow_tf32), _threads(opts.threads):
+    # The config's folder stays on the import path while factories run and while the model runs (a factory or a
+    # forward may import lazily), wherever lca is run from.
+    with _tf32(opts.allow_tf32), _threads(opts.threads), import_path(config.base_dir):
         engine, details, expected = build_engine(config, device)
+        source = CheckpointSource(
+            expected, state_dict_key=opts.state_dict_key or None, unsafe_pickle=unsafe_pickle, note=say
+        )
+        # Pre-flight: data or a loss that does not fit the model fails here, in one line, before any pair.
+        v0, fixed0 = split_state(source.read(refs[0]), engine.vlayout, device)
+        for obj in engine.objectives.values():
+            obj.check(v0, fixed0, f"step {refs[0].step}")
+        del v0, fixed0
         steps = [r.step for r in refs]
-        store, _ = _open_or_create(out_path, config, engine, details, steps, overwrite, device)
+        store, _ = _open_or_create(out_path, config, engine, details, steps, overwrite, device, expected.aliases)
         done = store.done()
         skipped = int(done.sum())
         blocks = plan_blocks(done, store.rows_per_chunk)
         total = sum(len(b) for b in blocks)
-        loader = CheckpointLoader(refs, expected, engine.vlayout, device)
+        loader = CheckpointLoader(refs, expected, engine.vlayout, device, read=source.read)
         buffers = _BlockBuffers()
         writer = _Writer(store, buffers)
         computed = 0
@@ -630,6 +681,9 @@ def compute(
             loader.close()
             writer.close()
         seconds = time.perf_counter() - t0
+        # Consolidated metadata (one read for xarray and other readers), written only now that this compute is
+        # done; it was dropped when the store was opened for writing, so it is never trusted while one runs.
+        store.consolidate()
 
     flagged, max_res = {}, {}
     done_all = store.done()

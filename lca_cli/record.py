@@ -14,13 +14,20 @@ Usage in a training loop::
 ``save`` costs the loop one device-to-host copy of the ``state_dict``; serialisation and the disk write
 happen in a background thread (``background=False`` writes synchronously). Each file is written to a hidden
 temporary file in the same directory and renamed into place, so a reader never sees a partial checkpoint.
+
+Refused when written, not when ``lca compute`` runs: a folder that already holds checkpoints (another run's,
+unless ``append=True``), ``__main__`` factories and factories defined in the running training script (importing
+it would train again), and ``compute=`` options that ``lca compute`` would refuse. Tied parameters are saved
+once, under the name ``named_parameters()`` keeps.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import queue
+import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,7 +35,7 @@ from typing import Any
 
 import torch
 
-from lca_cli.errors import LcaError
+from lca_cli.errors import ConfigError, LcaError, RunDirError, UsageError
 
 __all__ = ["CheckpointWriter", "checkpoint_name", "dump_toml", "write_run_config"]
 
@@ -116,6 +123,10 @@ def write_run_config(
     Returns:
         The path written.
 
+    Raises:
+        ConfigError: If a factory is in ``__main__`` or in the running script, or a value is invalid (the same
+            checks ``lca compute`` makes, made now, while the training script can still be fixed).
+
     """
     doc: dict[str, dict[str, Any]] = {"model": {"factory": model, "kwargs": dict(model_kwargs or {})}}
     if isinstance(data, str):
@@ -130,10 +141,90 @@ def write_run_config(
     if compute:
         doc["compute"] = dict(compute)
     root = Path(run_dir)
+    _validate_config(doc, root)
     root.mkdir(parents=True, exist_ok=True)
     path = root / "lca.toml"
     _atomic_write_bytes(path, dump_toml(doc).encode())
     return path
+
+
+def _validate_config(doc: dict[str, dict[str, Any]], root: Path) -> None:
+    """The checks ``lca compute`` makes on a config, and the two it cannot make, made when it is written."""
+    import tomllib
+
+    from lca_cli.config import parse_config
+
+    try:
+        text = dump_toml(doc)
+    except TypeError as exc:
+        raise ConfigError(
+            f"lca.toml for {root}: {exc} (kwargs must be numbers, strings, booleans, lists, dicts)"
+        ) from None
+    config = parse_config(tomllib.loads(text), f"lca.toml for {root}", root)
+    try:
+        config.compute.validate()
+    except UsageError as exc:
+        raise ConfigError(f"lca.toml for {root}: compute={{...}}: {str(exc).lstrip('-')}") from None
+    factories = [config.model.factory, *(spec.factory for spec in config.data.values())]
+    if config.loss_factory:
+        factories.append(config.loss_factory)
+    for factory in factories:
+        _check_not_main(factory, root)
+
+
+def _check_not_main(factory: str, root: Path) -> None:
+    module = factory.partition(":")[0]
+    if module == "__main__":
+        raise ConfigError(
+            f"factory {factory!r}: lca compute runs in another process, where __main__ is not your script; "
+            "move the function into a module (a .py file beside lca.toml works) and name it module:function"
+        )
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not main_file:
+        return
+    # Where would `lca compute` import it from? The config's folder first, then the current directory and the
+    # path. find_spec does not run the module (only a dotted name's parent packages).
+    added = [d for d in (str(root.resolve()), str(Path.cwd())) if d not in sys.path]
+    sys.path[:0] = added
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    finally:
+        for d in added:
+            sys.path.remove(d)
+    origin = getattr(spec, "origin", None)
+    if origin and Path(origin).resolve() == Path(main_file).resolve():
+        raise ConfigError(
+            f"factory {factory!r} is defined in the running script {main_file}: lca compute would import it and "
+            "run the script (the training) again; move the function into its own module"
+        )
+
+
+def _refuse_other_run(run_dir: Path) -> None:
+    from lca_cli.sources import find_checkpoints
+
+    try:
+        refs = find_checkpoints(run_dir, nested=False)
+    except LcaError:  # unreadable or ambiguous checkpoints: still someone's checkpoints
+        refs = None
+    if refs == []:
+        return
+    held = f"{len(refs)} checkpoint(s), steps {refs[0].step}..{refs[-1].step}" if refs else "checkpoints"
+    raise RunDirError(
+        f"{run_dir} already holds {held}: write this run to a new folder, or pass append=True to add to that run"
+    )
+
+
+def _state_without_aliases(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with each tied parameter once, under the name ``named_parameters()`` keeps."""
+    seen: set[int] = set()
+    aliases: set[str] = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            aliases.add(name)
+        seen.add(id(p))
+    return {k: v for k, v in model.state_dict().items() if k not in aliases}
 
 
 def _atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -153,11 +244,26 @@ class CheckpointWriter:
         background: Serialise and write in a background thread (the loop pays only the host copy).
         max_pending: Checkpoints that may wait for the writer before ``save`` blocks (bounds memory).
         digits: Zero padding of the step in file names.
+        append: Add to checkpoints already in ``run_dir`` (resuming that run) instead of refusing them.
+
+    Raises:
+        RunDirError: If ``run_dir`` already holds checkpoints and ``append`` is not set: another run's
+            checkpoints would silently become part of this one.
 
     """
 
-    def __init__(self, run_dir: str | Path, *, background: bool = True, max_pending: int = 2, digits: int = 8) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        background: bool = True,
+        max_pending: int = 2,
+        digits: int = 8,
+        append: bool = False,
+    ) -> None:
         self.run_dir = Path(run_dir)
+        if not append and self.run_dir.is_dir():
+            _refuse_other_run(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.digits = digits
         self._error: BaseException | None = None
@@ -195,7 +301,7 @@ class CheckpointWriter:
         """
         if self._error is not None:
             raise LcaError(f"checkpoint writer failed earlier: {self._error}") from self._error
-        state = model.state_dict() if isinstance(model, torch.nn.Module) else model
+        state = _state_without_aliases(model) if isinstance(model, torch.nn.Module) else model
         # The one device-to-host copy; a copy also for CPU tensors, because training mutates them in place.
         host = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
         path = self.run_dir / checkpoint_name(step, self.digits)

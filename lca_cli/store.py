@@ -21,10 +21,18 @@ Layout (Zarr format 3 group)::
 Rows are written in blocks aligned with ``lca``'s row chunks; ``done`` is written after everything else
 of a block, so a run killed at any point leaves a store that a rerun completes. Zarr's local store writes
 each chunk file atomically (temporary file, then rename).
+
+For xarray (:func:`xarray.open_datatree`, :func:`xarray.open_zarr`) every array has dimension names, and
+coordinates label them: at the root ``checkpoint`` (the steps), ``iteration`` (each pair's start step) and
+``tensor`` (parameter names), inherited by the set groups; in each set group ``layer`` (per tensor) and
+``parameter_tensor`` (per parameter column: index of its tensor). Metadata is consolidated when a compute
+finishes and dropped before a compute changes shapes, so it is never trusted while one runs.
 """
 
 from __future__ import annotations
 
+import json
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,7 +45,7 @@ import zarr.errors
 
 from lca_cli import __version__
 from lca_cli.errors import StoreError
-from lca_cli.layout import Layout
+from lca_cli.layout import Layout, layer_name
 
 __all__ = ["FORMAT_VERSION", "HELPED_RULE", "BlockRows", "LcaStore", "choose_rows_per_chunk", "column_counts"]
 
@@ -209,8 +217,9 @@ class LcaStore:
         }
         group.attrs.update(all_attrs)
         st = group.create_array(
-            "steps", shape=(len(steps),), chunks=(SMALL_ROWS,), dtype="int64", fill_value=-1, compressors=None
-        )
+            "steps", shape=(len(steps),), chunks=(SMALL_ROWS,), dtype="int64", fill_value=-1, compressors=None,
+            dimension_names=("checkpoint",),
+        )  # fmt: skip
         st[:] = np.asarray(steps, dtype=np.int64)
         cols = max(1, min(layout.size, MAX_CHUNK_COLS))
         for name in sets:
@@ -238,6 +247,7 @@ class LcaStore:
                     arr, shape=(n_pairs, k), chunks=(SMALL_ROWS, max(1, k)), dtype=dtype, fill_value=fill,
                     compressors=None, dimension_names=("iteration", "tensor"),
                 )  # fmt: skip
+        _write_coordinates(group, layout, sets, steps, all_attrs)
         return cls(p, group)
 
     @classmethod
@@ -259,7 +269,8 @@ class LcaStore:
         if not p.exists():
             raise StoreError(f"{p} does not exist; run `lca compute RUN_DIR --out {p}` first")
         try:
-            group = zarr.open_group(str(p), mode=mode)
+            # Never the consolidated metadata: it is for other readers, and stale while a compute runs.
+            group = zarr.open_group(str(p), mode=mode, use_consolidated=False)
         except (zarr.errors.GroupNotFoundError, FileNotFoundError, ValueError, KeyError) as exc:
             raise StoreError(f"{p} is not an lca store (no Zarr group there: {exc})") from None
         attrs = dict(group.attrs)
@@ -401,7 +412,7 @@ class LcaStore:
     # -- writing --------------------------------------------------------------------------------------
 
     def update_attrs(self, attrs: dict[str, Any]) -> None:
-        """Merge attributes into the store's root."""
+        """Merge attributes into the store's root (this also drops consolidated metadata until re-consolidated)."""
         self.group.attrs.update(attrs)
         self.attrs.update(attrs)
 
@@ -426,6 +437,8 @@ class LcaStore:
                 "checkpoints no longer start with them; use --overwrite to recompute from scratch"
             )
         n_pairs = len(new) - 1
+        if len(new) != len(old) or any(self.array(s, "lca").shape[0] != n_pairs for s in self.sets):
+            self.drop_consolidated()  # shapes are about to change: readers must not trust the old summary
         for s in self.sets:
             # Also when no step is new: a run killed inside an earlier extend left arrays longer than steps,
             # and a done mask longer than T would make the pipeline plan pairs past the last checkpoint.
@@ -437,9 +450,31 @@ class LcaStore:
                 self.array(s, "loss").resize((n_pairs + 1,))
         if len(new) == len(old):
             return
+        _write_step_coordinates(self.group, new)
         st = self._steps_array()
         st.resize((len(new),))
         st[len(old) :] = new[len(old) :]
+
+    def drop_consolidated(self) -> None:
+        """Remove consolidated metadata from the root, if any (before shapes or attributes change)."""
+        try:
+            root = json.loads((self.path / "zarr.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if root.get("consolidated_metadata") is not None:
+            # The group was opened without consolidated metadata: rewriting its attributes rewrites zarr.json
+            # without it.
+            self.group.attrs.update(dict(self.group.attrs))
+
+    def consolidate(self) -> None:
+        """Write consolidated metadata (all arrays' metadata in the root ``zarr.json``): one read for xarray.
+
+        Called when a compute finishes. Zarr warns that consolidated metadata is not yet part of the Zarr v3
+        specification; xarray and zarr-python read it, and other readers ignore it, so the warning is silenced.
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
+            zarr.consolidate_metadata(str(self.path))
 
     def write_block(self, set_name: str, rows: BlockRows) -> None:
         """Write a block of rows of one set; ``done`` last.
@@ -456,3 +491,83 @@ class LcaStore:
             self.array(set_name, name)[a:b] = getattr(rows, name)
         self.array(set_name, "l1_change")[a:b] = np.nan if rows.l1_change is None else rows.l1_change
         self.array(set_name, "done")[a:b] = True
+
+
+#: What each per-set array holds, for readers (written into each set group's attributes).
+ARRAY_DESCRIPTIONS = {
+    "lca": "LCA of each parameter over each iteration, loss units; < 0 helped, > 0 hurt",
+    "loss": "loss on the set at each checkpoint",
+    "residual": "(loss[t+1] - loss[t]) - sum of lca[t] - buffer_lca[t]",
+    "splits": "sub-intervals used for the pair (1 for euler)",
+    "flagged": "residual still over tolerance at the cap",
+    "l1_change": "relative L1 change of the row at its last refinement",
+    "done": "row complete (resume trusts only this)",
+    "tensor_lca": "per-tensor sums of the float64 LCA row",
+    "tensor_helped": "per-tensor count of parameters with LCA < 0",
+    "tensor_hurt": "per-tensor count of parameters with LCA > 0",
+    "buffer_lca": "share of interpolated BatchNorm statistics (bn_mode running), else 0",
+}
+#: Parameter columns per chunk of ``parameter_tensor`` (it compresses to almost nothing: runs of one value).
+_COORD_COLS = 1 << 22
+
+
+def _write_step_coordinates(group: zarr.Group, steps: np.ndarray) -> None:
+    """``checkpoint`` (= steps) and ``iteration`` (each pair's start step): xarray's index coordinates."""
+    for name, values in (("checkpoint", steps), ("iteration", steps[:-1])):
+        try:
+            arr = group[name]
+            assert isinstance(arr, zarr.Array)
+            arr.resize((len(values),))
+        except KeyError:  # a store made before coordinates were written
+            arr = group.create_array(
+                name, shape=(len(values),), chunks=(SMALL_ROWS,), dtype="int64", fill_value=-1, compressors=None,
+                dimension_names=(name,),
+            )  # fmt: skip
+        if len(values):
+            arr[:] = values
+
+
+def _write_coordinates(
+    group: zarr.Group, layout: Layout, sets: Sequence[str], steps: Sequence[int], attrs: dict[str, Any]
+) -> None:
+    """Coordinates and descriptive attributes for xarray and other PyData readers (see the module docstring).
+
+    The root's ``tensor``, ``checkpoint`` and ``iteration`` are index coordinates, which xarray's DataTree hands
+    down to the set groups; ``steps`` (the contract's array) is declared a coordinate by the root attribute
+    ``coordinates``. Each set group holds ``layer`` and ``parameter_tensor`` and names them in its own
+    ``coordinates`` attribute, with the attributes a reader of that group needs.
+    """
+    _write_step_coordinates(group, np.asarray(steps, dtype=np.int64))
+    k = len(layout.params)
+    names = np.array([p.name for p in layout.params], dtype=object)
+    layers = np.array([layer_name(p.name) for p in layout.params], dtype=object)
+    tensor = group.create_array("tensor", shape=(k,), chunks=(max(1, k),), dtype=str, dimension_names=("tensor",))
+    if k:
+        tensor[:] = names
+    group.attrs.update({"coordinates": "steps"})
+    offsets = np.array([p.offset for p in layout.params], dtype=np.int64)
+    cols = max(1, min(layout.size, _COORD_COLS))
+    evaluation = attrs.get("evaluation", {}).get("sets", {}) if isinstance(attrs.get("evaluation"), dict) else {}
+    for name in sets:
+        sub = group.require_group(name)
+        lay = sub.create_array("layer", shape=(k,), chunks=(max(1, k),), dtype=str, dimension_names=("tensor",))
+        if k:
+            lay[:] = layers
+        pt = sub.create_array(
+            "parameter_tensor", shape=(layout.size,), chunks=(cols,), dtype="int32", dimension_names=("parameter",)
+        )
+        for start in range(0, layout.size, cols):  # chunk by chunk: never a (P,) index array in memory
+            idx = np.arange(start, min(layout.size, start + cols), dtype=np.int64)
+            pt[start : start + len(idx)] = (np.searchsorted(offsets, idx, side="right") - 1).astype(np.int32)
+        sub.attrs.update(
+            {
+                "set": name,
+                "coordinates": "layer parameter_tensor",
+                "units": "loss",
+                "sign": "LCA < 0: the parameter helped (lowered the loss); > 0: it hurt",
+                "evaluation": evaluation.get(name, {}),
+                "arrays": ARRAY_DESCRIPTIONS,
+                "coordinates_help": "iteration = start step of each pair; checkpoint = step; tensor = parameter "
+                "name; parameter_tensor = index (into tensor) of each parameter column",
+            }
+        )

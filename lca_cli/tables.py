@@ -83,6 +83,9 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
         lines.append(
             f"helped fraction, exact zeros excluded: {h['helped_fraction_mean']:.3f} ± {h['helped_fraction_sd']:.3f}"
         )
+    if h.get("tied"):
+        ties = ", ".join(f"{alias} = {owner}" for alias, owner in h["tied"].items())
+        lines.append(f"tied parameters (one tensor, its LCA listed under the second name): {ties}")
     return lines
 
 

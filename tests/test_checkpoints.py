@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from lca_cli.checkpoints import CheckpointRef, check_state_dict, find_checkpoints, read_checkpoint
 from lca_cli.errors import CheckpointError, LcaError, RunDirError
+from lca_cli.sources import load_raw
 
 
 def tensors(value: float = 0.0) -> dict[str, torch.Tensor]:
@@ -152,10 +153,15 @@ class Pickled:
         self.x = 1
 
 
-def test_torch_weights_only_refuses_arbitrary_objects(tmp_path: Path) -> None:
+def test_torch_file_needing_pickle_is_one_line_naming_unsafe_pickle(tmp_path: Path) -> None:
     torch.save({"w": torch.zeros(1), "obj": Pickled()}, tmp_path / "step_1.pt")
-    with pytest.raises(CheckpointError, match="weights_only=True"):
+    with pytest.raises(CheckpointError) as info:
         read_checkpoint(tmp_path / "step_1.pt")
+    msg = str(info.value)
+    assert "\n" not in msg and "--unsafe-pickle" in msg and "Pickled" in msg
+    assert "weights_only=False" not in msg  # torch's own advice would run the file's code by default
+    # The opt-in loads it.
+    assert load_raw(tmp_path / "step_1.pt", unsafe_pickle=True)["obj"].x == 1
 
 
 def test_torch_non_tensor_values(tmp_path: Path) -> None:

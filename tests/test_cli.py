@@ -59,7 +59,8 @@ def test_help_for_every_command(capsys: pytest.CaptureFixture[str], command: lis
 
 def test_compute_options_documented(capsys: pytest.CaptureFixture[str]) -> None:
     _, out, _ = run_cli(capsys, "compute", "--help")
-    for flag in ("--method", "--tolerance", "--rtol", "--max-splits", "--batch-size", "--device", "--out", "--config"):
+    flags = ("--method", "--tolerance", "--rtol", "--max-splits", "--batch-size", "--device", "--out", "--config")
+    for flag in (*flags, "--state-dict-key", "--unsafe-pickle"):
         assert flag in out
 
 
@@ -363,3 +364,40 @@ def test_append_new_checkpoints(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     b = LcaStore.open(full / "lca.zarr")
     np.testing.assert_array_equal(a.array("train", "lca")[:], b.array("train", "lca")[:])
     np.testing.assert_array_equal(a.steps, b.steps)
+
+
+def test_torch_checkpoint_needing_pickle_is_refused_then_read_with_unsafe_pickle(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from argparse import Namespace
+
+    run = make_tiny_run(tmp_path, steps=2)
+    for path in sorted(run.glob("step_*.safetensors")):
+        # A checkpoint dict with a pickled object beside the weights (Lightning hparams, argparse args...).
+        torch.save({"state_dict": load_file(str(path)), "args": Namespace(lr=0.1)}, path.with_suffix(".pt"))
+        path.unlink()
+    code, out, err = run_cli(capsys, "compute", run, "--quiet")
+    assert_one_line_error(code, out, err, "checkpoint", "--unsafe-pickle", "argparse.Namespace")
+    assert "weights_only=False" not in err
+    code, out, err = run_cli(capsys, "compute", run, "--quiet", "--unsafe-pickle", "--threads", "1")
+    assert code == 0, err
+
+
+def test_integer_tensor_for_a_float_parameter_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    run = make_tiny_run(tmp_path, steps=2)
+    path = run / "step_00000001.safetensors"
+    state = load_file(str(path))
+    state["fc1.weight"] = (state["fc1.weight"] * 10).to(torch.int64)  # would be truncated if cast silently
+    save_file(state, str(path), metadata={"step": "1"})
+    code, out, err = run_cli(capsys, "compute", run, "--quiet")
+    assert_one_line_error(code, out, err, "checkpoint", "fc1.weight is int64", "never cast")
+
+
+def test_trainer_folders_without_a_model_file_are_listed(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    run = make_tiny_run(tmp_path, steps=1)
+    for path in run.glob("step_*.safetensors"):
+        path.unlink()
+    (run / "checkpoint-1").mkdir()
+    (run / "checkpoint-1" / "trainer_state.json").write_text("{}")
+    code, out, err = run_cli(capsys, "compute", run)
+    assert_one_line_error(code, out, err, "run_dir", "0 checkpoint(s)", "checkpoint-1/", ".py x1", "checkpoint-N/")

@@ -268,3 +268,57 @@ def test_resolved_picks_dtype_and_tolerance_by_device() -> None:
     assert (cuda.dtype, cuda.tolerance) == ("float32", 1e-7)
     explicit = dataclasses.replace(auto, dtype="float32", tolerance=1e-5).resolved("cpu")
     assert (explicit.dtype, explicit.tolerance) == ("float32", 1e-5)
+
+
+def test_factory_importing_inside_its_body_works_from_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lca_cli.config import call_factory
+
+    cfgdir = tmp_path / "run"
+    cfgdir.mkdir()
+    (cfgdir / "lca_test_lazy_mod.py").write_text(
+        "def build():\n    import lca_test_lazy_helper\n    return lca_test_lazy_helper.X\n"
+    )
+    (cfgdir / "lca_test_lazy_helper.py").write_text("X = 42\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    before = list(sys.path)
+    try:
+        assert call_factory(FactorySpec("lca_test_lazy_mod:build"), cfgdir, "[model]") == 42
+        assert sys.path == before
+    finally:
+        sys.modules.pop("lca_test_lazy_mod", None)
+        sys.modules.pop("lca_test_lazy_helper", None)
+
+
+def test_import_error_names_the_folders_searched(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        import_factory("lca_test_absent_mod:f", tmp_path)
+    msg = str(info.value)
+    assert f"searched {tmp_path}, {Path.cwd()}" in msg and "PYTHONPATH" in msg
+
+
+def test_main_factories_and_exits_are_config_errors(tmp_path: Path) -> None:
+    from lca_cli.config import call_factory
+
+    with pytest.raises(ConfigError, match="__main__ is whatever script runs"):
+        import_factory("__main__:build")
+    (tmp_path / "lca_test_exit_mod.py").write_text("import sys\ndef f():\n    sys.exit(0)\n")
+    (tmp_path / "lca_test_exit_at_import.py").write_text("import sys\nsys.exit(2)\n")
+    try:
+        with pytest.raises(ConfigError, match=r"\[data.train\] factory 'lca_test_exit_mod:f' called sys.exit\(0\)"):
+            call_factory(FactorySpec("lca_test_exit_mod:f"), tmp_path, "[data.train]")
+        with pytest.raises(ConfigError, match=r"called sys.exit\(2\)"):
+            import_factory("lca_test_exit_at_import:f", tmp_path)
+    finally:
+        sys.modules.pop("lca_test_exit_mod", None)
+        sys.modules.pop("lca_test_exit_at_import", None)
+
+
+def test_state_dict_key_is_in_the_identity_only_when_set() -> None:
+    assert "state_dict_key" not in ComputeOptions().result_settings()
+    assert ComputeOptions(state_dict_key="ema").result_settings()["state_dict_key"] == "ema"
+    cfg = parse_config({"model": {"factory": "a:b"}, "data": {"factory": "c:d"}, "compute": {"state_dict_key": "m"}})
+    assert cfg.compute.state_dict_key == "m"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,7 +37,8 @@ def build_objective(
     vlayout = Layout.from_shapes(
         [(p.name, p.shape) for p in layout.params] + [(n, tuple(buffers[n].shape)) for n in names]
     )
-    obj = Objective(net, vlayout, make_chunks("train", data, batch_size, CPU, dtype), builtin_loss(loss), dtype)
+    loss_fn = builtin_loss(loss)
+    obj = Objective(net, vlayout, make_chunks("train", data, batch_size, CPU, dtype, loss_fn), loss_fn, dtype)
     v, fixed = split_state(state, vlayout, CPU)
     return obj, v, fixed
 
@@ -231,3 +233,201 @@ def test_split_state() -> None:
     assert torch.equal(v, torch.cat([p.detach().reshape(-1).double() for p in model.parameters()]))
     assert set(fixed) == {"1.running_mean", "1.running_var", "1.num_batches_tracked"}
     assert interpolated_buffer_names(model, "batch") == []
+
+
+# -- structured data, model outputs of real frameworks, and the pre-flight fit check ------------------------
+
+from lca_cli.errors import EXIT_CODES  # noqa: E402
+from lca_cli.objective import as_batch, batch_len, model_outputs  # noqa: E402
+
+
+class Wrapped(nn.Module):
+    """A model returning what Hugging Face models return: a dict subclass with ``logits`` (and more)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> object:
+        logits = self.fc(x if mask is None else x * mask)
+        if self.kind == "dict":
+            return {"hidden": x, "logits": logits}
+        if self.kind == "tuple":
+            return (logits, x)
+        return logits
+
+
+@pytest.mark.parametrize("kind", ["dict", "tuple"])
+def test_builtin_losses_unwrap_model_outputs(kind: str) -> None:
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 4, dtype=torch.float64), torch.randint(0, 3, (20,))
+    plain = Wrapped("tensor").double()
+    wrapped = Wrapped(kind).double()
+    wrapped.load_state_dict(plain.state_dict())
+    a, va, fa = build_objective(plain, (x, y), 7, torch.float64)
+    b, vb, fb = build_objective(wrapped, (x, y), 7, torch.float64)
+    la, ga = a.value_and_grad(va, fa)
+    lb, gb = b.value_and_grad(vb, fb)
+    assert float(la) == float(lb) and torch.equal(ga, gb)
+
+
+def test_dict_inputs_are_keyword_arguments_and_labels_are_targets() -> None:
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 4, dtype=torch.float64), torch.randint(0, 3, (20,))
+    mask = (torch.rand(20, 4) > 0.3).double()
+    model = Wrapped("dict").double()
+    obj, v, fixed = build_objective(copy.deepcopy(model), {"x": x, "mask": mask, "labels": y}, 6, torch.float64)
+    loss, _ = obj.value_and_grad(v, fixed)
+    with torch.no_grad():
+        ref = nn.functional.cross_entropy(model(x, mask)["logits"], y)
+    assert float(loss) == pytest.approx(float(ref), rel=1e-14)
+    # A map-style Dataset of dict items gives the same set.
+    items = [{"x": x[i], "mask": mask[i], "labels": int(y[i])} for i in range(20)]
+    obj2, v2, fixed2 = build_objective(copy.deepcopy(model), items, 6, torch.float64)
+    assert float(obj2.value_and_grad(v2, fixed2)[0]) == float(loss)
+
+
+def test_numpy_pair_is_n_samples_not_two() -> None:
+    x, y = DATA
+    inputs, targets = as_batch((x.numpy(), y.numpy()), "set")
+    assert batch_len(inputs) == 50 and torch.equal(inputs, x) and torch.equal(targets, y)  # type: ignore[arg-type]
+
+
+def test_model_outputs_and_forms() -> None:
+    t = torch.zeros(2, 3)
+    assert model_outputs(t) is t and model_outputs({"loss": 1, "logits": t}) is t and model_outputs((t, 1)) is t
+    inputs, targets = as_batch({"input_ids": [[1, 2], [3, 4]]}, "s")
+    assert targets is None and inputs["input_ids"].shape == (2, 2)
+    with pytest.raises(ConfigError, match="3-element"):
+        as_batch((t, t, t), "s")
+    with pytest.raises(ConfigError, match="different shapes"):
+        as_batch([{"input_ids": [1, 2]}, {"input_ids": [1, 2, 3]}], "s")
+    with pytest.raises(ConfigError, match="returned None"):
+        as_batch(None, "s")
+
+
+def test_causal_lm_is_the_token_mean_over_the_whole_set() -> None:
+    vocab, n, t = 7, 9, 5
+
+    class LM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(vocab, vocab)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": self.emb(input_ids)}
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, vocab, (n, t))
+    mask = torch.ones(n, t, dtype=torch.long)
+    mask[::2, -2:] = 0  # padding: never scored
+    model = LM().double()
+    with torch.no_grad():
+        logits = model(ids, mask)["logits"]
+    labels = ids.masked_fill(mask == 0, -100)
+    ref = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1), ignore_index=-100)
+    for batch_size in (2, 4, 9):  # chunks with different numbers of scored tokens: still the exact token mean
+        obj, v, fixed = build_objective(
+            copy.deepcopy(model), {"input_ids": ids, "attention_mask": mask}, batch_size, torch.float64, "causal_lm"
+        )
+        assert float(obj.value_and_grad(v, fixed)[0]) == pytest.approx(float(ref), rel=1e-13)
+
+
+MISFIT = """
+import numpy as np
+import torch
+
+def data(kind="ok", n=150, features=6, classes=3):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, features, generator=g)
+    y = (x[:, :classes].argmax(dim=1)).long()
+    if kind == "features":
+        return torch.randn(n, features + 1), y
+    if kind == "label_range":
+        return x, y + 3
+    if kind == "float_targets":
+        return x, y.float()
+    if kind == "three_tuple":
+        return x, y, torch.ones(n)
+    if kind == "lists":
+        return [[float(v) for v in row] for row in x]
+    if kind == "numpy":
+        return x.numpy(), y.numpy()
+    if kind == "exit":
+        raise SystemExit(0)
+    if kind == "no_targets":
+        return x
+    return x, y
+
+def vector_loss(out, y):
+    return torch.nn.functional.cross_entropy(out, y, reduction="none")
+
+def string_loss(out, y):
+    return "low"
+
+def detached_loss(out, y):
+    return torch.nn.functional.cross_entropy(out, y).detach()
+"""
+
+
+def _misfit_run(tmp_path: Path, kind: str, loss: str | None = None) -> Path:
+    from runs import make_tiny_run
+
+    run = make_tiny_run(tmp_path, steps=2)
+    (run / "misfitfactories.py").write_text(MISFIT)
+    text = (run / "lca.toml").read_text()
+    text = text.replace(
+        'factory = "tinyfactories:data"\nkwargs = {}',
+        f'factory = "misfitfactories:data"\nkwargs = {{ kind = "{kind}" }}',
+    )
+    if loss:
+        text = text.replace('name = "cross_entropy"', f'factory = "misfitfactories:{loss}"')
+    (run / "lca.toml").write_text(text)
+    assert "misfitfactories:data" in text
+    return run
+
+
+@pytest.mark.parametrize(
+    ("kind", "loss", "needles"),
+    [
+        ("features", None, ["'train'", "forward pass", "shapes cannot be multiplied"]),
+        ("label_range", None, ["'train'", "label 5 is out of range for the model's 3 classes"]),
+        ("float_targets", None, ["'train'", "integer class labels", ".long()"]),
+        ("three_tuple", None, ["3-element"]),
+        ("lists", None, ["6-element"]),
+        ("exit", None, ["sys.exit(0)"]),
+        ("no_targets", None, ["needs targets"]),
+        ("ok", "vector_loss", ["'train'", "shape (150,)", "scalar"]),
+        ("ok", "string_loss", ["'train'", "returned a str"]),
+        ("ok", "detached_loss", ["'train'", "does not depend on the parameters"]),
+    ],
+)
+def test_data_or_loss_that_does_not_fit_is_one_line_exit_3_before_any_pair(
+    kind: str, loss: str | None, needles: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lca_cli.cli import main
+
+    run = _misfit_run(tmp_path, kind, loss)
+    with pytest.raises(SystemExit) as info:
+        main(["compute", str(run), "--quiet", "--threads", "1"])
+    out, err = capsys.readouterr()
+    assert info.value.code == EXIT_CODES["config"], err
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert not (run / "lca.zarr").exists()  # refused before any store or pair
+
+
+def test_numpy_data_gives_the_same_store_as_tensors(tmp_path: Path) -> None:
+    from lca_cli.config import load_config
+    from lca_cli.pipeline import compute
+    from lca_cli.store import LcaStore
+
+    losses = {}
+    for kind in ("ok", "numpy"):
+        run = _misfit_run(tmp_path / kind, kind)
+        compute(run, load_config(run / "lca.toml").with_overrides(threads=1), run / "lca.zarr")
+        losses[kind] = LcaStore.open(run / "lca.zarr").read("train", "loss")
+    assert np.array_equal(losses["ok"], losses["numpy"])

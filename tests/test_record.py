@@ -207,3 +207,67 @@ def test_dump_toml_values() -> None:
     assert back["data"]["val"] == {"factory": "a:b"}
     with pytest.raises(TypeError):
         dump_toml({"t": {"x": object()}})
+
+
+# -- refusals made when writing, not when computing -------------------------------------------------------------
+
+
+def test_folder_with_another_runs_checkpoints_is_refused_unless_appending(tmp_path: Path) -> None:
+    from lca_cli.errors import RunDirError
+
+    with CheckpointWriter(tmp_path / "run") as ckpt:
+        ckpt.save(reference.linear_model(), 0)
+        ckpt.save(reference.linear_model(), 1)
+    with pytest.raises(RunDirError, match=r"already holds 2 checkpoint\(s\), steps 0..1.*append=True"):
+        CheckpointWriter(tmp_path / "run")
+    with CheckpointWriter(tmp_path / "run", append=True) as ckpt:
+        ckpt.save(reference.linear_model(), 2)
+    assert [r.step for r in find_checkpoints(tmp_path / "run")] == [0, 1, 2]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("no checkpoints here")
+    CheckpointWriter(tmp_path / "other").close()  # a folder without checkpoints is fine
+
+
+def test_write_config_refuses_main_factories_and_bad_compute_options(tmp_path: Path) -> None:
+    from lca_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="__main__ is not your script"):
+        write_run_config(tmp_path, model="__main__:build", data="d:load")
+    with pytest.raises(ConfigError, match="max-splits: 3 is not a power of two"):
+        write_run_config(tmp_path, model="m:build", data="d:load", compute={"max_splits": 3})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) max_split"):
+        write_run_config(tmp_path, model="m:build", data="d:load", compute={"max_split": 4})
+    with pytest.raises(ConfigError, match="'hinge' is not one of"):
+        write_run_config(tmp_path, model="m:build", data="d:load", loss="hinge")
+    assert not (tmp_path / "lca.toml").exists()
+
+
+def test_write_config_refuses_a_factory_in_the_running_training_script(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "train_here.py"
+    script.write_text(
+        "import sys\n"
+        "from lca_cli.record import write_run_config\n"
+        "from lca_cli.errors import ConfigError\n"
+        "def build():\n    return None\n"
+        "try:\n"
+        "    write_run_config(sys.argv[1], model='train_here:build', data='train_here:build')\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "run")], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
+    assert "is defined in the running script" in done.stdout and "run the script" in done.stdout, done
+    assert not (tmp_path / "run" / "lca.toml").exists()
+
+
+def test_tied_model_is_saved_once_per_shared_tensor(tmp_path: Path) -> None:
+    net = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 5))
+    net[1].weight = net[0].weight
+    with CheckpointWriter(tmp_path, background=False) as ckpt:
+        path = ckpt.save(net, 0)
+    saved = load_file(str(path))
+    assert set(saved) == {"0.weight", "1.bias"} and torch.equal(saved["0.weight"], net[0].weight.detach())

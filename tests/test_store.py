@@ -322,3 +322,71 @@ def test_plan_blocks_property(done_list: list[bool], rows: int) -> None:
     # Maximal: two blocks touch only at a chunk boundary.
     for a, b in itertools.pairwise(blocks):
         assert a.stop < b.start or b.start % rows == 0
+
+
+# -- the PyData stack: xarray, dask, consolidated metadata -------------------------------------------------
+
+
+def _computed(tmp_path: Path, steps: int = 5) -> Path:
+    from runs import make_tiny_run
+
+    from lca_cli.config import load_config
+    from lca_cli.pipeline import compute
+
+    run = make_tiny_run(tmp_path, steps=steps)
+    compute(run, load_config(run / "lca.toml").with_overrides(threads=1, rows_per_chunk=2), run / "lca.zarr")
+    return run / "lca.zarr"
+
+
+def test_every_array_has_dimension_names(tmp_path: Path) -> None:
+    group = zarr.open_group(str(new_store(tmp_path / "s.zarr").path), mode="r")
+    arrays = list(group.arrays()) + [(f"{s}/{n}", a) for s, sub in group.groups() for n, a in sub.arrays()]
+    assert len(arrays) > 15
+    for name, arr in arrays:
+        dims = arr.metadata.dimension_names
+        assert dims is not None and all(dims) and len(dims) == arr.ndim, name
+
+
+def test_xarray_opens_the_store_with_coordinates(tmp_path: Path) -> None:
+    xr = pytest.importorskip("xarray")
+    path = _computed(tmp_path)
+    store = LcaStore.open(path)
+    root = xr.open_zarr(path)
+    assert root["steps"].dims == ("checkpoint",) and "steps" in root.coords
+    assert root["iteration"].values.tolist() == store.steps[:-1].tolist()
+    tree = xr.open_datatree(path, engine="zarr", chunks={})
+    train = tree["train"]
+    assert train["lca"].dims == ("iteration", "parameter")
+    assert train["tensor"].values.tolist() == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+    assert train["layer"].values.tolist() == ["fc1", "fc1", "fc2", "fc2"]
+    assert train["checkpoint"].values.tolist() == store.steps.tolist()
+    # parameter -> tensor: summing lca by it gives the stored per-tensor sums.
+    by_tensor = train["lca"].astype("float64").groupby(train["parameter_tensor"].compute()).sum("parameter").values
+    np.testing.assert_allclose(by_tensor, store.read("train", "tensor_lca"), rtol=1e-5, atol=1e-9)
+    assert train.attrs["set"] == "train" and train.attrs["evaluation"]["n_samples"] == 150
+    # The README's three lines, as written there.
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("```python\nimport xarray as xr\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {"xr": xr}
+    exec(block.replace('"runs/exp1/lca.zarr"', repr(str(path))), namespace)
+    per_layer, per_param = namespace["per_layer"].compute(), namespace["per_param"]
+    expected = np.cumsum(store.read("train", "tensor_lca"), axis=0)
+    np.testing.assert_allclose(per_layer.sel(layer="fc1").values, expected[:, 0] + expected[:, 1])
+    lca = np.asarray(store.array("train", "lca")[:])
+    np.testing.assert_allclose(per_param.values, lca[:4].sum(0), rtol=1e-5, atol=1e-9)  # float32 sums
+
+
+def test_metadata_is_consolidated_after_compute_and_dropped_before_shapes_change(tmp_path: Path) -> None:
+    import json
+
+    path = _computed(tmp_path, steps=3)
+
+    def consolidated() -> dict | None:
+        return json.loads((path / "zarr.json").read_text()).get("consolidated_metadata")
+
+    meta = consolidated()
+    assert meta is not None and meta["metadata"]["train/lca"]["shape"] == [3, 12 * 6 + 12 + 3 * 12 + 3]
+    store = LcaStore.open(path, mode="r+")
+    store.extend([0, 1, 2, 3, 4])
+    assert consolidated() is None  # never trusted while shapes change
+    assert zarr.open_group(str(path), mode="r")["train/lca"].shape == (4, store.layout.size)
