@@ -740,6 +740,7 @@ def make_figures(results: dict[str, Any], figdir: Path, work: Path, log: Callabl
                       title_fontsize=7)  # fmt: skip
             if len(lay["steps"]) > 400:
                 ax.set_xscale("symlog", linthresh=10)
+                ax.set_xlim(0, float(lay["steps"][-1]))
                 ax.set_xlabel("iteration (step; linear to 10, then log)", fontsize=8)
             else:
                 ax.set_xlabel("iteration (step)", fontsize=8)
@@ -940,11 +941,16 @@ def write_markdown(path: Path, mode: Mode, device: str, results: dict[str, Any],
         "tool on the date and machine stated, and is rewritten on every run.\n"
     )
     w(f"- **Mode:** `{mode.name}` ({mode.description}). This page: `{cmd}`.")
-    computed_by = sorted({r.command for r in runs.values() if r.command and r.command != cmd})
-    if computed_by:
+    by_command: dict[str, list[str]] = {}
+    for k, r in runs.items():
+        if r.command and r.command != cmd:
+            by_command.setdefault(r.command, []).append(k)
+    if by_command:
         w(
             "- **Runs computed by** (in parallel processes, each `nice -n 10` with one torch thread; this page "
-            "then reused them with `--reuse`): " + "; ".join(f"`{c}`" for c in computed_by) + "."
+            "then reused them with `--reuse`): "
+            + "; ".join(f"`{c}` ({', '.join(keys)})" for c, keys in by_command.items())
+            + "."
         )
     w(f"- **Date:** {date}. **Hardware:** {hardware()}. **Device used:** {device}.")
     run_total = sum(r.train_s + r.compute_s for r in runs.values())
@@ -1161,10 +1167,11 @@ def write_markdown(path: Path, mode: Mode, device: str, results: dict[str, Any],
             )
         )
         if fz["val"]:
-            w(
-                " Held-out loss (seed 0, `val`): normal "
-                + ", ".join(f"{b[1]:.4f} vs frozen {f[1]:.4f}" for b, f in fz["val"][:1])
-                + "."
+            b, f = fz["val"][0]
+            lines[-1] += (
+                f" On the held-out `val` set (seed 0) the final loss is {b[1]:.4f} normal vs {f[1]:.4f} frozen "
+                f"(from {b[0]:.4f}): training has overfitted the 4,000 images, and "
+                + ("the frozen run overfits less." if f[1] < b[1] else "freezing does not reduce it.")
             )
         w("")
         if "freeze_last_layer" in figs:
@@ -1207,12 +1214,14 @@ def write_markdown(path: Path, mode: Mode, device: str, results: dict[str, Any],
             if not x.tested:
                 return f"{x.reason} | - | no"
             return (
-                f"{_f(x.observed)} vs {_f(x.baseline_mean)} ± {_f(x.baseline_sd)} | {x.p_text().removeprefix('p ')} | "
+                f"{_f(x.observed)} vs {_f(x.baseline_mean)} ± {_f(x.baseline_sd)} | "
+                f"{x.p_text().removeprefix('p = ').removeprefix('p ')} | "
                 f"{'**yes**' if x.passes else 'no'}"
             )
 
-        w(f"| {k} | {s['n']} | {_peak_counts([len(p) for p in sa.peaks])} | {cells(r)} | {cells(c)} | "
-          f"{s['multi']} / {s['any']} |")  # fmt: skip
+        left_out = len(sa.peaks) - len(r.layers) if r.tested else 0
+        counts = _peak_counts([len(p) for p in sa.peaks]) + (f" ({left_out} left out)" if left_out else "")
+        w(f"| {k} | {s['n']} | {counts} | {cells(r)} | {cells(c)} | {s['multi']} / {s['any']} |")
         n_tested += int(r.tested)
         n_shift += int(r.passes)
         n_ctrl += int(c.passes)
