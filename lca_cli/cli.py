@@ -6,12 +6,14 @@ becomes one ``Error: ...`` line and its exit code, in :func:`main` only.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import signal
 import sys
 import threading
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -19,21 +21,50 @@ from typing import Any
 import click
 
 from lca_cli import __version__
-from lca_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, LcaError, ToleranceError
+from lca_cli.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_SIGHUP,
+    EXIT_SIGTERM,
+    Interrupted,
+    LcaError,
+    StoreError,
+    ToleranceError,
+)
 
 __all__ = ["cli", "main"]
 
 EXIT_CODES_HELP = """\b
 Exit codes:
-  0 success               2 bad option value    3 config error
-  4 run directory error   5 checkpoint error    6 store error
+  0 success   1 other error (e.g. report without matplotlib)
+  2 bad option value      3 config error
+  4 run directory error   5 checkpoint error
+  6 store error (not an lca store, another run's or config's, damaged)
   7 non-finite loss       8 over tolerance (--strict)
-  70 internal error (a bug; traceback shown)    130 interrupted (store resumable)"""
+  9 store busy (another lca compute holds it)
+  10 storage refused (disk full, read-only, permission)
+  70 internal error (a bug; traceback shown)
+  130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (finished rows kept; rerun resumes)"""
+
+SECURITY_HELP = """\b
+Security: a run folder is code. lca.toml names factories that are imported
+and called, and .py files beside it are importable, so run lca only on run
+folders you trust, as you would run their training script. Checkpoints are
+read without pickle (safetensors; .pt/.pth with torch.load(weights_only=True));
+unpickling arbitrary objects is opt-in only (--unsafe-pickle)."""
+
+#: Stop signals handled like Ctrl-C, with their exit codes and names.
+_STOP_SIGNALS = {
+    signal.SIGINT: (EXIT_INTERRUPTED, "Interrupted"),
+    signal.SIGTERM: (EXIT_SIGTERM, "Terminated (SIGTERM)"),
+    **({signal.SIGHUP: (EXIT_SIGHUP, "Hung up (SIGHUP)")} if hasattr(signal, "SIGHUP") else {}),
+}
 
 
-def _epilog(*examples: str) -> str:
-    """Examples, then the exit codes: blocks that click prints unwrapped (each starts with a backspace line)."""
-    return "\b\nExamples:\n" + "\n".join(f"  {e}" for e in examples) + "\n\n" + EXIT_CODES_HELP
+def _epilog(*examples: str, before_exit_codes: str = "") -> str:
+    """Examples, an optional block, then the exit codes: unwrapped blocks (each starts with a backspace line)."""
+    extra = f"{before_exit_codes}\n\n" if before_exit_codes else ""
+    return "\b\nExamples:\n" + "\n".join(f"  {e}" for e in examples) + "\n\n" + extra + EXIT_CODES_HELP
 
 
 def _err(message: str) -> None:
@@ -114,53 +145,34 @@ def _compute_options(f: Any) -> Any:
     return f
 
 
-class _Progress:
-    """A rich progress bar on stderr with pairs/s and ETA."""
+@contextlib.contextmanager
+def _stop_signals(stop: threading.Event, received: list[int]) -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP set ``stop`` (finish the current pair, save rows); a second one aborts.
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._progress: Any = None
-        self._task: Any = None
+    Signals a parent set to be ignored (``nohup`` ignores SIGHUP) stay ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+    def handler(signum: int, frame: FrameType | None) -> None:
+        code, name = _STOP_SIGNALS[signal.Signals(signum)]
+        if stop.is_set():
+            raise Interrupted(code)
+        received.append(signum)
+        stop.set()
+        again = "Ctrl-C" if signum == signal.SIGINT else "send it"
+        _err(f"{name}: finishing the current pair and saving finished rows ({again} again to abort)...")
 
-            self._progress = Progress(
-                TextColumn("[bold]lca compute"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("pairs"),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
-            self._progress.__enter__()
-        return self
-
-    def __call__(self, done: int, total: int) -> None:
-        if self._progress is None:
-            return
-        if self._task is None:
-            self._task = self._progress.add_task("compute", total=total, rate="")
-        task = self._progress.tasks[0]
-        speed = task.speed
-        self._progress.update(self._task, completed=done, rate=f"{speed:.2f}/s" if speed else "")
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(None, None, None)
+    previous = {}
+    for sig in _STOP_SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @cli.command(
@@ -168,13 +180,24 @@ class _Progress:
         "lca compute runs/exp1                          # -> runs/exp1/lca.zarr (resumes if it exists)",
         "lca compute runs/exp1 --dtype float32 --rtol 1e-3 --threads 1",
         "lca compute runs/exp1 --config exp.toml --out /data/exp1.zarr --json",
+        before_exit_codes=SECURITY_HELP,
     )
 )
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config TOML [RUN_DIR/lca.toml].")
 @click.option("--out", type=click.Path(path_type=Path), help="Store path [RUN_DIR/lca.zarr].")
 @_compute_options
-@click.option("--overwrite", is_flag=True, help="Replace an existing store instead of resuming/appending to it.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing lca store instead of resuming it (only an lca store or an empty folder is ever "
+    "replaced; the old store stays until the new one has its first rows).",
+)
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Verify every chunk's checksum and recompute the rows of damaged chunks (see `lca verify`).",
+)
 @click.option(
     "--unsafe-pickle",
     is_flag=True,
@@ -183,15 +206,26 @@ class _Progress:
 )
 @click.option("--strict", is_flag=True, help="Exit with code 8 when any pair stays over tolerance at the cap.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON result object on stdout (for scripts).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary on stderr (warnings still shown).")
+@click.option(
+    "--progress",
+    "progress_mode",
+    type=click.Choice(["auto", "bar", "plain", "none"]),
+    default="auto",
+    show_default=True,
+    help="Progress on stderr: a bar, plain lines (start, every 30 s, end: for logs), or none; auto = bar on a "
+    "terminal, plain otherwise.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr (warnings still shown).")
 def compute(
     run_dir: Path,
     config_path: Path | None,
     out: Path | None,
     overwrite: bool,
+    repair: bool,
     unsafe_pickle: bool,
     strict: bool,
     as_json: bool,
+    progress_mode: str,
     quiet: bool,
     **flags: Any,
 ) -> None:
@@ -204,46 +238,38 @@ def compute(
     else the digits in the name). RUN_DIR/lca.toml says how to rebuild the model, the fixed evaluation
     set(s) and the loss (see README). Flags override the config's [compute] table.
 
-    Security: lca.toml names Python factories that lca imports and runs, and .py files beside it are
-    imported: a run folder is code, so run lca only on run folders you trust. Checkpoints are loaded
-    without pickle unless --unsafe-pickle is given.
-
     Rerunning on an existing store resumes: finished pairs are never recomputed and checkpoints that
-    arrived since are appended (safe for cron). Ctrl-C stops after the current pair and keeps every
-    finished row; run the same command again to continue.
+    arrived since are appended (safe for cron; checkpoints deleted after their rows were stored are fine).
+    Ctrl-C, SIGTERM and SIGHUP stop after the current pair and keep every finished row (exit 130, 143,
+    129); run the same command again to continue. One lca compute at a time per store (exit 9 otherwise).
     """
-    from lca_cli.config import load_config
-    from lca_cli.pipeline import compute as run_compute
-
-    config = load_config(config_path or run_dir / "lca.toml")
-    config = config.with_overrides(**flags)
-    config.compute.validate()
     stop = threading.Event()
+    received: list[int] = []
+    with _stop_signals(stop, received):  # before the slow imports: a SIGTERM during start-up is handled too
+        from lca_cli.config import load_config
+        from lca_cli.pipeline import compute as run_compute
+        from lca_cli.progress import BarProgress, PlainProgress
 
-    def on_sigint(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        _err("Interrupted: finishing the current pair and saving finished rows (Ctrl-C again to abort)...")
-
-    previous = (
-        signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
-    )
-    try:
-        with _Progress(enabled=not quiet) as progress:
-            result = run_compute(
-                run_dir,
-                config,
-                out,
-                overwrite=overwrite,
-                progress=progress,
-                stop=stop,
-                unsafe_pickle=unsafe_pickle,
-                note=None if quiet else (lambda message: _err(f"Note: {message}")),
-            )
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        config = load_config(config_path or run_dir / "lca.toml")
+        config = config.with_overrides(**flags)
+        config.compute.validate()
+        if quiet or progress_mode == "none":
+            reporter: Any = None
+        elif progress_mode == "bar" or (progress_mode == "auto" and sys.stderr.isatty()):
+            reporter = BarProgress()
+        else:
+            reporter = PlainProgress()
+        result = run_compute(
+            run_dir,
+            config,
+            out,
+            overwrite=overwrite,
+            repair=repair,
+            progress=reporter,
+            stop=stop,
+            unsafe_pickle=unsafe_pickle,
+            note=None if quiet else (lambda message: _err(f"Note: {message}")),
+        )
 
     flagged_total = sum(len(v) for v in result.flagged.values())
     if as_json:
@@ -259,14 +285,16 @@ def compute(
                     "seconds": round(result.seconds, 3),
                     "device": result.device,
                     "interrupted": result.interrupted,
+                    "repaired": result.repaired,
                 }
             )
         )
     if not quiet:
         rate = result.computed / result.seconds if result.seconds > 0 else 0.0
+        repaired = f", {result.repaired} damaged row(s) recomputed" if result.repaired else ""
         _err(
             f"{result.store}: {result.computed} pair(s) computed, {result.skipped} already done, "
-            f"{result.n_pairs} in total ({rate:.2f} pairs/s on {result.device})"
+            f"{result.n_pairs} in total ({rate:.2f} pairs/s on {result.device}){repaired}"
         )
     if flagged_total:
         worst = ", ".join(f"{s}: {len(v)}" for s, v in result.flagged.items() if v)
@@ -276,8 +304,9 @@ def compute(
             f"({worst}; first steps {first}); see `lca summarize {result.store} --by iteration`"
         )
     if result.interrupted:
-        _err(f"Interrupted: {result.store} is resumable; rerun the same command to continue.")
-        sys.exit(EXIT_INTERRUPTED)
+        code, name = _STOP_SIGNALS[signal.Signals(received[0])] if received else (EXIT_INTERRUPTED, "Interrupted")
+        _err(f"{name}: {result.store} is resumable; rerun the same command to continue.")
+        sys.exit(code)
     if strict and flagged_total:
         raise ToleranceError(f"{flagged_total} pair(s) over tolerance (--strict)")
 
@@ -425,6 +454,31 @@ def report(
     click.echo(str(result.html))
 
 
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def verify(store: Path, as_json: bool) -> None:
+    """Check a store's integrity: every chunk present, of the right size, with a matching checksum.
+
+    Reads the whole store once. Prints what was checked and, per evaluation set, the damaged rows (rows
+    of missing, truncated or garbled chunks); exits 6 when anything is damaged. `lca compute RUN_DIR
+    --out STORE --repair` recomputes exactly those rows while their checkpoints exist. (`compute`,
+    `summarize` and `report` run a cheap version of this check every time: a chunk missing for a done
+    row is an error, and every read verifies checksums.)
+    """
+    from lca_cli.integrity import verify as run_verify
+    from lca_cli.store import LcaStore
+
+    report = run_verify(LcaStore.open(store, check=False))
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=1))
+    else:
+        for line in report.lines():
+            click.echo(line)
+    if not report.ok:
+        raise StoreError(report.summary())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lca`` console script: maps errors to one line and an exit code."""
     try:
@@ -434,12 +488,17 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        # click turns a KeyboardInterrupt (a second Ctrl-C, SIGTERM or SIGHUP) into Abort; keep its exit code.
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            _err("Interrupted; finished rows are saved and a rerun resumes.")
+            sys.exit(cause.exit_code if isinstance(cause, Interrupted) else EXIT_INTERRUPTED)
         _err("Aborted.")
         sys.exit(EXIT_INTERRUPTED)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _err("Interrupted; finished rows are saved and a rerun resumes.")
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(exc.exit_code if isinstance(exc, Interrupted) else EXIT_INTERRUPTED)
     except LcaError as exc:
         _err(f"Error: {exc}")
         sys.exit(exc.exit_code)

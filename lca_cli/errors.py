@@ -78,6 +78,15 @@ EXIT_INTERRUPTED = 130
 EXIT_SIGTERM = 143
 EXIT_SIGHUP = 129
 
+
+class Interrupted(KeyboardInterrupt):
+    """A second stop signal (Ctrl-C, SIGTERM, SIGHUP) aborts at once; carries that signal's exit code."""
+
+    def __init__(self, exit_code: int = EXIT_INTERRUPTED) -> None:
+        super().__init__(exit_code)
+        self.exit_code = exit_code
+
+
 #: Exit code for an unexpected internal error (a bug: the traceback is printed).
 EXIT_INTERNAL = 70
 

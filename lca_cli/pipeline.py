@@ -6,6 +6,12 @@ independent workers; inside one process they run in order and the end gradient o
 the start of the next when they are contiguous. Checkpoints are read ahead in a background thread and
 finished blocks are written by a background writer, so that the two gradients per pair dominate the time.
 
+Finished rows are never held back for long: a block's finished rows are written every ``flush_seconds``
+(so a long run's rows become visible while it runs), and when it ends early (an error at pair k keeps the
+pairs before k; a stop request keeps every finished pair). Each write rewrites only the block's own chunks,
+so a partial block is continued bit-identically by a later run. The store itself (lock, creation, identity,
+repair) is prepared by :mod:`lca_cli.opening`.
+
 Memory is bounded by a few point vectors (``(P + B,)`` float64), the gradient sums of the integrator, one
 block of float32 rows and the evaluation set: never all checkpoints, never all rows.
 """
@@ -22,13 +28,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from lca_cli.config import Config, build_model, call_factory, import_path
-from lca_cli.errors import RunDirError, StoreError, UsageError
+from lca_cli.errors import RunDirError, UsageError
 from lca_cli.integrate import Evaluation, integrate_pair
 from lca_cli.layout import Layout
 from lca_cli.objective import (
@@ -40,6 +46,8 @@ from lca_cli.objective import (
     prepare_model,
     split_state,
 )
+from lca_cli.opening import prepare
+from lca_cli.placement import inspect_path
 from lca_cli.sources import (
     CheckpointRef,
     CheckpointSource,
@@ -52,9 +60,13 @@ from lca_cli.sources import (
 from lca_cli.store import BlockRows, LcaStore
 
 __all__ = [
+    "FLUSH_SECONDS",
+    "STOP_GRACE_SECONDS",
     "CheckpointLoader",
     "ComputeResult",
     "PairEngine",
+    "ProgressInfo",
+    "ProgressReporter",
     "build_engine",
     "compute",
     "plan_blocks",
@@ -65,6 +77,56 @@ __all__ = [
 ProgressFn = Callable[[int, int], None]
 #: ``note(message)``: a one-line note for the user (how checkpoints were found and mapped onto the model).
 NoteFn = Callable[[str], None]
+
+#: A block's finished rows are written at least this often, so a long run's rows show up in the store.
+FLUSH_SECONDS = 30.0
+#: After a stop request (Ctrl-C, SIGTERM, SIGHUP), a pair still running this much later is abandoned (it is
+#: recomputed by the next run), so that stopping fits in a scheduler's grace period even for a large model.
+STOP_GRACE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class ProgressInfo:
+    """Where a ``compute`` call stands.
+
+    Attributes:
+        done: Pairs computed by this call so far.
+        total: Pairs this call has to compute.
+        skipped: Pairs already done before this call.
+        gradients: Full-evaluation-set gradients computed so far (every set, every point).
+        flagged: Pairs computed by this call still over tolerance at the cap (in any set).
+        elapsed: Seconds since the pair loop started.
+        store: Store path.
+        device: Compute device.
+
+    """
+
+    done: int
+    total: int
+    skipped: int
+    gradients: int
+    flagged: int
+    elapsed: float
+    store: Path
+    device: str
+
+
+@runtime_checkable
+class ProgressReporter(Protocol):
+    """Receives :class:`ProgressInfo` at the start, after every pair and at the end of a ``compute`` call."""
+
+    def start(self, info: ProgressInfo) -> None:
+        """Before the first pair."""
+
+    def update(self, info: ProgressInfo) -> None:
+        """After each pair."""
+
+    def finish(self, info: ProgressInfo) -> None:
+        """After the last pair (also when stopped early)."""
+
+
+class _Abandoned(Exception):
+    """A stop request outlived :data:`STOP_GRACE_SECONDS` inside a pair: drop the pair, keep the rest."""
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -119,7 +181,7 @@ class CheckpointLoader:
     """Reads checkpoints by index, ahead of use, in a background thread.
 
     Args:
-        refs: The run's checkpoints in step order.
+        refs: The run's checkpoints in step order (None where one was deleted; never read).
         expected: ``name -> shape`` of the model's ``state_dict()`` (every checkpoint is checked).
         vlayout: Layout of the point vector.
         device: Compute device.
@@ -132,7 +194,7 @@ class CheckpointLoader:
 
     def __init__(
         self,
-        refs: Sequence[CheckpointRef],
+        refs: Sequence[CheckpointRef | Any],
         expected: Mapping[str, tuple[int, ...]],
         vlayout: Layout,
         device: torch.device,
@@ -153,6 +215,7 @@ class CheckpointLoader:
 
     def _load(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         ref = self.refs[i]
+        assert ref is not None, "a pair to compute lost a checkpoint (lca_cli.opening checks this)"
         if self.read is not None:
             state = self.read(ref)
         else:
@@ -172,7 +235,7 @@ class CheckpointLoader:
 
         """
         for j in range(i, min(len(self.refs), i + 1 + self.ahead)):
-            if j not in self._futures:
+            if j not in self._futures and (j == i or self.refs[j] is not None):  # None: deleted (rotation)
                 self._futures[j] = self._pool.submit(self._load, j)
         for j in [j for j in self._futures if j < i]:
             self._futures.pop(j).cancel()
@@ -236,24 +299,34 @@ class PairEngine:
         loader: CheckpointLoader,
         steps: Sequence[int],
         cache: _Cache | None = None,
-        on_pair: Callable[[], None] | None = None,
+        on_pair: Callable[[int, int], None] | None = None,
         stop: threading.Event | None = None,
         buffers: Callable[[int, int], np.ndarray] | None = None,
-    ) -> tuple[dict[str, BlockRows], _Cache | None]:
-        """Compute the rows of one block of pairs.
+        emit: Callable[[dict[str, BlockRows], list[np.ndarray]], None] | None = None,
+        flush_seconds: float = FLUSH_SECONDS,
+    ) -> tuple[int, _Cache | None]:
+        """Compute the rows of one block of pairs, handing finished rows to ``emit`` as they accumulate.
+
+        Rows go to ``emit`` every ``flush_seconds``, at the end of the block, and when the block ends early:
+        after a stop request (the current pair is finished, or abandoned if it is still running
+        :data:`STOP_GRACE_SECONDS` later) or an error (the pairs before the failing one are emitted, then the
+        error propagates). Every emitted piece starts where the previous one ended.
 
         Args:
             block: Pair indices ``t`` (pair t goes from checkpoint t to t + 1).
             loader: Checkpoint reader.
             steps: Steps of all checkpoints (for messages).
             cache: End of the previous block, reused when it is checkpoint ``block.start``.
-            on_pair: Called after each pair.
-            stop: When set, the block ends early after the current pair (its finished rows are returned).
+            on_pair: Called after each pair with ``(gradients computed for it, 1 if flagged in any set)``.
+            stop: When set, the block ends early after the current pair (its finished rows are emitted).
             buffers: ``(rows, P) -> float32 array`` of at least that shape for the block's ``lca`` rows (a pool
                 that reuses the arrays already written); a new array per block when None.
+            emit: ``(rows per set, arrays to give back once written)``; the last call of a block gives back its
+                ``lca`` buffers (possibly with no rows). None: rows are dropped (benchmarks of the loop alone).
+            flush_seconds: Emit finished rows at least this often.
 
         Returns:
-            ``(rows per set, cache for the next block)``; rows may be fewer than ``len(block)`` if stopped.
+            ``(pairs computed, cache for the next block)``; fewer than ``len(block)`` if stopped.
 
         """
         n_params = self.layout.size
@@ -263,77 +336,127 @@ class PairEngine:
         # per-tensor sums and helped / hurt counts are reduced on the device from the float64 row, a few small
         # ops per tensor (an index_add over the row was 3 x 0.4 ms per pair for MNIST-FC).
         alloc = buffers or (lambda rows, cols: np.empty((rows, cols), dtype=np.float32))
-        rows32 = {s: alloc(len(block), n_params)[: len(block)] for s in names}
+        bases = {s: alloc(len(block), n_params) for s in names}
+        rows32 = {s: bases[s][: len(block)] for s in names}
         per_pair: dict[str, dict[str, list[Any]]] = {
             s: {k: [] for k in ("loss", "residual", "splits", "flagged", "l1", "tensor", "buffer")} for s in names
         }
-        if cache is None or cache.index != block.start:
-            v0, fixed0 = loader.get(block.start)
-            cache = _Cache(block.start, v0, fixed0, {s: self._evaluate(s, v0, fixed0) for s in names})
-        for s in names:
-            per_pair[s]["loss"].append(float(cache.evals[s].loss))
-        count = 0
-        for i, t in enumerate(block):
-            v1, fixed1 = loader.get(t + 1)
-            delta = v1 - cache.v  # (D,) float64, exact difference of the stored values
-            evals_end: dict[str, Evaluation] = {}
-            for s in names:
-                obj, v0, fixed0 = self.objectives[s], cache.v, cache.fixed
+        count = flushed = 0
+        last_flush = time.monotonic()
+        stop_seen: list[float] = []
 
-                def point(
-                    x: float, obj: Objective = obj, v0: torch.Tensor = v0, d: torch.Tensor = delta, fx: Any = fixed0
-                ) -> Any:
-                    return obj.value_and_grad(v0 + x * d, fx)
+        def flush(final: bool) -> None:
+            nonlocal flushed, last_flush
+            out = self._rows(block.start, flushed, count, rows32, per_pair) if count > flushed else {}
+            flushed, last_flush = count, time.monotonic()
+            if emit is not None and (out or final):
+                emit(out, list(bases.values()) if final else [])
 
-                res = integrate_pair(
-                    point,
-                    delta,
-                    cache.evals[s],
-                    self._evaluate(s, v1, fixed1),
-                    method=self.method,
-                    max_splits=self.max_splits,
-                    tolerance=self.tolerance,
-                    rtol=self.rtol,
-                    l1_tol=self.l1_tol,
-                    label=f"steps {steps[t]} -> {steps[t + 1]} (set {s})",
-                )
-                evals_end[s] = res.end
-                lca_p = res.lca[:n_params]  # (P,) parameters; res.lca[n_params:] are the buffers
-                torch.from_numpy(rows32[s][i]).copy_(lca_p)
-                r = per_pair[s]
-                r["tensor"].append(self._tensor_reductions(lca_p))
-                r["buffer"].append(res.lca[n_params:].sum())
-                r["loss"].append(res.loss1)
-                r["residual"].append(res.residual)
-                r["splits"].append(res.splits)
-                r["flagged"].append(res.flagged)
-                r["l1"].append(res.l1_change)
-            cache = _Cache(t + 1, v1, fixed1, evals_end)
-            count += 1
-            if on_pair is not None:
-                on_pair()
+        def check_stop() -> None:
             if stop is not None and stop.is_set():
-                break
+                if not stop_seen:
+                    stop_seen.append(time.monotonic())
+                elif time.monotonic() - stop_seen[0] >= STOP_GRACE_SECONDS:
+                    raise _Abandoned
+
+        try:
+            if cache is None or cache.index != block.start:
+                v0, fixed0 = loader.get(block.start)
+                cache = _Cache(block.start, v0, fixed0, {s: self._evaluate(s, v0, fixed0) for s in names})
+                grads_start = len(names)
+            else:
+                grads_start = 0
+            for s in names:
+                per_pair[s]["loss"].append(float(cache.evals[s].loss))
+            for i, t in enumerate(block):
+                v1, fixed1 = loader.get(t + 1)
+                delta = v1 - cache.v  # (D,) float64, exact difference of the stored values
+                evals_end: dict[str, Evaluation] = {}
+                grads, flagged = grads_start, 0
+                grads_start = 0
+                results = []
+                for s in names:
+                    obj, v0, fixed0 = self.objectives[s], cache.v, cache.fixed
+                    calls = [0]
+
+                    def point(
+                        x: float,
+                        obj: Objective = obj,
+                        v0: torch.Tensor = v0,
+                        d: torch.Tensor = delta,
+                        fx: Any = fixed0,
+                        calls: list[int] = calls,
+                    ) -> Any:
+                        check_stop()
+                        calls[0] += 1
+                        return obj.value_and_grad(v0 + x * d, fx)
+
+                    check_stop()
+                    res = integrate_pair(
+                        point,
+                        delta,
+                        cache.evals[s],
+                        self._evaluate(s, v1, fixed1),
+                        method=self.method,
+                        max_splits=self.max_splits,
+                        tolerance=self.tolerance,
+                        rtol=self.rtol,
+                        l1_tol=self.l1_tol,
+                        label=f"steps {steps[t]} -> {steps[t + 1]} (set {s})",
+                    )
+                    results.append((s, res))
+                    evals_end[s] = res.end
+                    grads += calls[0] + 1
+                    flagged |= int(bool(res.flagged))
+                # Stored only once every set has its row: an abandoned or failed pair leaves no trace.
+                for s, res in results:
+                    lca_p = res.lca[:n_params]  # (P,) parameters; res.lca[n_params:] are the buffers
+                    torch.from_numpy(rows32[s][i]).copy_(lca_p)
+                    r = per_pair[s]
+                    r["tensor"].append(self._tensor_reductions(lca_p))
+                    r["buffer"].append(res.lca[n_params:].sum())
+                    r["loss"].append(res.loss1)
+                    r["residual"].append(res.residual)
+                    r["splits"].append(res.splits)
+                    r["flagged"].append(res.flagged)
+                    r["l1"].append(res.l1_change)
+                cache = _Cache(t + 1, v1, fixed1, evals_end)
+                count += 1
+                if on_pair is not None:
+                    on_pair(grads, flagged)
+                if stop is not None and stop.is_set():
+                    break
+                if count < len(block) and time.monotonic() - last_flush >= flush_seconds:
+                    flush(final=False)
+        except _Abandoned:
+            cache = None  # the abandoned pair's end was never reached
+        except BaseException:
+            flush(final=True)  # the pairs before the failing one are kept
+            raise
+        flush(final=True)
+        return count, cache
+
+    def _rows(
+        self, start: int, a: int, b: int, rows32: dict[str, np.ndarray], per_pair: dict[str, dict[str, list[Any]]]
+    ) -> dict[str, BlockRows]:
+        """Rows ``a .. b - 1`` of a block starting at pair ``start``, per set, ready to write."""
         out: dict[str, BlockRows] = {}
-        if count == 0:
-            return out, cache
-        for s in names:
-            r = per_pair[s]
-            tensor = torch.stack(r["tensor"]).cpu()  # (k, 3, K) float64: sums, helped, hurt
+        for s, r in per_pair.items():
+            tensor = torch.stack(r["tensor"][a:b]).cpu()  # (k, 3, K) float64: sums, helped, hurt
             out[s] = BlockRows(
-                start=block.start,
-                lca=rows32[s][:count],
-                loss=np.asarray(r["loss"], dtype=np.float64),
-                residual=np.asarray(r["residual"], dtype=np.float64),
-                splits=np.asarray(r["splits"], dtype=np.int32),
-                flagged=np.asarray(r["flagged"], dtype=bool),
+                start=start + a,
+                lca=rows32[s][a:b],
+                loss=np.asarray(r["loss"][a : b + 1], dtype=np.float64),
+                residual=np.asarray(r["residual"][a:b], dtype=np.float64),
+                splits=np.asarray(r["splits"][a:b], dtype=np.int32),
+                flagged=np.asarray(r["flagged"][a:b], dtype=bool),
                 tensor_lca=tensor[:, 0].numpy(),
                 tensor_helped=tensor[:, 1].to(torch.int64).numpy(),
                 tensor_hurt=tensor[:, 2].to(torch.int64).numpy(),
-                buffer_lca=torch.stack(r["buffer"]).cpu().numpy(),
-                l1_change=np.asarray(r["l1"], dtype=np.float64),
+                buffer_lca=torch.stack(r["buffer"][a:b]).cpu().numpy(),
+                l1_change=np.asarray(r["l1"][a:b], dtype=np.float64),
             )
-        return out, cache
+        return out
 
     def _tensor_reductions(self, lca_p: torch.Tensor) -> torch.Tensor:
         """``(3, K)`` float64: per-tensor sum of the row, count of entries < 0 and count of entries > 0.
@@ -418,7 +541,8 @@ class ComputeResult:
         max_abs_residual: Per set, the largest |residual| over all done pairs.
         seconds: Wall time of the pair loop.
         device: Device used.
-        interrupted: True when stopped early (Ctrl-C); finished rows are saved.
+        interrupted: True when stopped early (Ctrl-C, SIGTERM, SIGHUP); finished rows are saved.
+        repaired: Damaged rows marked for recomputation (``repair``), summed over sets.
 
     """
 
@@ -431,6 +555,7 @@ class ComputeResult:
     seconds: float
     device: str
     interrupted: bool = False
+    repaired: int = 0
 
 
 def _normalise(obj: Any) -> Any:
@@ -464,16 +589,27 @@ class _BlockBuffers:
 
 
 class _Writer:
-    """Writes finished blocks to the store from a background thread, in submission order.
+    """Writes finished rows to the store from a background thread, in submission order.
 
-    ``submit`` first waits until the previous block is written, so at most two blocks are in memory: the one
+    ``submit`` first waits until the previous piece is written, so at most two blocks are in memory: the one
     being written and the one being computed (the write, ~0.1 s, overlaps the next block's pairs, seconds).
+    ``before`` runs before each write (the lock check) and ``after`` after it (the swap of a new store into
+    place, the ``updated`` attribute). After a failed write nothing more is written; the error is raised by
+    the next ``submit`` or by ``close``.
     """
 
-    def __init__(self, store: LcaStore, buffers: _BlockBuffers | None = None) -> None:
+    def __init__(
+        self,
+        store: LcaStore,
+        buffers: _BlockBuffers | None = None,
+        before: Callable[[], None] | None = None,
+        after: Callable[[], None] | None = None,
+    ) -> None:
         self.store = store
         self.buffers = buffers
-        self._q: queue.Queue[dict[str, BlockRows] | None] = queue.Queue(maxsize=1)
+        self.before = before
+        self.after = after
+        self._q: queue.Queue[tuple[dict[str, BlockRows], list[np.ndarray]] | None] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="lca-write", daemon=True)
         self._thread.start()
@@ -484,25 +620,32 @@ class _Writer:
             try:
                 if item is None:
                     return
-                if self._error is not None:
-                    continue
-                for s, rows in item.items():
-                    self.store.write_block(s, rows)
-                    if self.buffers is not None:
-                        self.buffers.give(rows.lca)
+                rows, release = item
+                if self._error is None and rows:
+                    if self.before is not None:
+                        self.before()
+                    for s, block in rows.items():
+                        self.store.write_block(s, block)
+                    if self.after is not None:
+                        self.after()
+                if self.buffers is not None:
+                    for array in release:
+                        self.buffers.give(array)
             except BaseException as exc:  # surfaced in the main thread by submit/close
                 self._error = exc
             finally:
                 self._q.task_done()
 
-    def submit(self, rows: dict[str, BlockRows]) -> None:
-        self._q.join()  # the previous block is written
+    def submit(self, rows: dict[str, BlockRows], release: Sequence[np.ndarray] = ()) -> None:
+        """Queue rows to write (and buffers to give back once written); raise an earlier write's error."""
+        self._q.join()  # the previous piece is written
         if self._error is not None:
             raise self._error
-        if rows:
-            self._q.put(rows)
+        if rows or release:
+            self._q.put((rows, list(release)))
 
     def close(self) -> None:
+        """Write what is queued, stop the thread, raise a write's error."""
         self._q.put(None)
         self._thread.join()
         if self._error is not None:
@@ -533,38 +676,18 @@ def _tf32(allow: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def _open_or_create(
-    out: Path,
-    config: Config,
-    engine: PairEngine,
-    details: dict[str, Any],
-    steps: list[int],
-    overwrite: bool,
-    device: torch.device,
-    tied: Mapping[str, str] | None = None,
-) -> tuple[LcaStore, int]:
-    identity = _normalise(config.identity())
-    if out.exists() and not overwrite:
-        store = LcaStore.open(out, mode="r+")
-        if _normalise(store.attrs.get("identity")) != identity or store.layout != engine.layout:
-            raise StoreError(
-                f"{out} was computed from another model, data, loss or compute settings than this config; "
-                "pass --overwrite to replace it, or --out to write elsewhere"
-            )
-        if store.sets != list(engine.objectives):
-            raise StoreError(f"{out} holds sets {store.sets}, the config {list(engine.objectives)}; use --overwrite")
-        store.extend(steps)
-        done_before = int(store.done().sum())
-        store.update_attrs({"updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(device)})
-        return store, done_before
+def _store_attrs(
+    config: Config, details: dict[str, Any], device: torch.device, tied: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Attributes of a new store: the settings and evaluation details its numbers depend on."""
     opts = config.compute
-    attrs = {
+    return {
         "method": opts.method,
         "tolerance": opts.tolerance,
         "rtol": opts.rtol,
         "l1_tol": opts.l1_tol,
         "max_splits": opts.max_splits,
-        "identity": identity,
+        "identity": _normalise(config.identity()),
         # Tied parameters (alias -> owner): the layout holds the owner only, and its LCA is the shared tensor's.
         "tied": dict(tied or {}),
         "config": _normalise({**config.identity(), "base_dir": str(config.base_dir) if config.base_dir else None}),
@@ -573,15 +696,6 @@ def _open_or_create(
         "torch_version": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    store = LcaStore.create(
-        out,
-        layout=engine.layout,
-        sets=list(engine.objectives),
-        steps=steps,
-        attrs=attrs,
-        rows_per_chunk=opts.rows_per_chunk,
-    )
-    return store, 0
 
 
 def compute(
@@ -590,20 +704,27 @@ def compute(
     out: str | Path | None = None,
     *,
     overwrite: bool = False,
-    progress: ProgressFn | None = None,
+    repair: bool = False,
+    progress: ProgressFn | ProgressReporter | None = None,
     stop: threading.Event | None = None,
+    flush_seconds: float = FLUSH_SECONDS,
+    durable: bool = True,
     unsafe_pickle: bool = False,
     note: NoteFn | None = None,
 ) -> ComputeResult:
-    """Compute (or resume, or extend) the LCA store of a run.
+    """Compute (or resume, or extend, or repair) the LCA store of a run.
 
     Args:
         run_dir: Directory of checkpoints (any layout :mod:`lca_cli.sources` finds).
         config: Resolved config (``config.compute`` holds the options).
         out: Store path (default ``RUN_DIR/lca.zarr``).
-        overwrite: Replace an existing store instead of resuming it.
-        progress: Called after every pair with ``(done, total)`` for this call.
-        stop: When set (e.g. on Ctrl-C), finish the current pair, save finished rows and return.
+        overwrite: Replace an existing lca store (swapped in once the new one has its first rows).
+        repair: Verify every chunk's checksum first and recompute the rows of damaged chunks.
+        progress: Called after every pair with ``(done, total)`` for this call, or a :class:`ProgressReporter`.
+        stop: When set (Ctrl-C, SIGTERM, SIGHUP), finish the current pair (abandon it after
+            :data:`STOP_GRACE_SECONDS`), save finished rows and return.
+        flush_seconds: Write a block's finished rows at least this often.
+        durable: fsync rows before marking them done (off only for benchmarks of the loop).
         unsafe_pickle: Allow torch checkpoints that need pickle (``--unsafe-pickle``; trusted files only).
         note: Receives one-line notes: where checkpoints were found, a nested entry or prefix used, a missing
             step 0.
@@ -616,11 +737,15 @@ def compute(
 
     """
     config.compute.validate()
+    if overwrite and repair:
+        raise UsageError("--repair and --overwrite exclude each other (--overwrite recomputes everything)")
     run = Path(run_dir)
     say: NoteFn = note or (lambda message: None)
     found_notes: list[str] = []
     refs = find_checkpoints(run, unsafe_pickle=unsafe_pickle, notes=found_notes)
-    if len(refs) < 2:
+    out_path = Path(out) if out is not None else run / "lca.zarr"
+    # Rotation may leave fewer than two checkpoints beside a store whose rows are all done: no error then.
+    if len(refs) < 2 and (overwrite or inspect_path(out_path, deep=False).kind != "store"):
         raise RunDirError(
             f"{run} holds {len(refs)} checkpoint(s); LCA needs at least two, one per iteration ({describe_folder(run)};"
             " checkpoints are *.safetensors/*.pt/*.pth/*.bin/*.ckpt files with the step in their name or metadata,"
@@ -628,7 +753,7 @@ def compute(
         )
     for message in found_notes:
         say(message)
-    if refs[0].step != 0:
+    if refs and refs[0].step != 0 and inspect_path(out_path, deep=False).kind != "store":
         say(
             f"the first checkpoint is step {refs[0].step}: the iterations before it are not in the store (save the "
             "initial weights as step 0; the lca callbacks for Hugging Face and Lightning do)"
@@ -637,7 +762,6 @@ def compute(
     # Concrete dtype and tolerance for this device: they are what the store records and a resume must match.
     opts = config.compute.resolved(device.type)
     config = dataclasses.replace(config, compute=opts)
-    out_path = Path(out) if out is not None else run / "lca.zarr"
     # The config's folder stays on the import path while factories run and while the model runs (a factory or a
     # forward may import lazily), wherever lca is run from.
     with _tf32(opts.allow_tf32), _threads(opts.threads), import_path(config.base_dir):
@@ -645,45 +769,72 @@ def compute(
         source = CheckpointSource(
             expected, state_dict_key=opts.state_dict_key or None, unsafe_pickle=unsafe_pickle, note=say
         )
-        # Pre-flight: data or a loss that does not fit the model fails here, in one line, before any pair.
-        v0, fixed0 = split_state(source.read(refs[0]), engine.vlayout, device)
-        for obj in engine.objectives.values():
-            obj.check(v0, fixed0, f"step {refs[0].step}")
-        del v0, fixed0
-        steps = [r.step for r in refs]
-        store, _ = _open_or_create(out_path, config, engine, details, steps, overwrite, device, expected.aliases)
-        done = store.done()
-        skipped = int(done.sum())
-        blocks = plan_blocks(done, store.rows_per_chunk)
-        total = sum(len(b) for b in blocks)
-        loader = CheckpointLoader(refs, expected, engine.vlayout, device, read=source.read)
-        buffers = _BlockBuffers()
-        writer = _Writer(store, buffers)
-        computed = 0
-
-        def tick() -> None:
-            nonlocal computed
-            computed += 1
-            if progress is not None:
-                progress(computed, total)
-
-        t0 = time.perf_counter()
-        cache = None
-        interrupted = False
+        if refs:
+            # Pre-flight: data or a loss that does not fit the model fails here, in one line, before any pair.
+            v0, fixed0 = split_state(source.read(refs[0]), engine.vlayout, device)
+            for obj in engine.objectives.values():
+                obj.check(v0, fixed0, f"step {refs[0].step}")
+            del v0, fixed0
+        target = prepare(
+            out_path, run, refs, identity=config.identity(), layout=engine.layout, sets=list(engine.objectives),
+            attrs=_store_attrs(config, details, device, expected.aliases), rows_per_chunk=opts.rows_per_chunk,
+            overwrite=overwrite, repair=repair, device=str(device), durable=durable,
+        )  # fmt: skip
         try:
-            for block in blocks:
-                rows, cache = engine.run_block(block, loader, steps, cache, tick, stop, buffers.take)
-                writer.submit(rows)
-                if stop is not None and stop.is_set():
-                    interrupted = True
-                    break
+            store = target.store
+            steps = target.alignment.steps
+            done = store.done()
+            skipped = int(done.sum())
+            blocks = plan_blocks(done, store.rows_per_chunk)
+            total = sum(len(b) for b in blocks)
+            counts = {"done": 0, "gradients": 0, "flagged": 0}
+            t0 = time.perf_counter()
+            reporter = progress if isinstance(progress, ProgressReporter) else None
+
+            def info() -> ProgressInfo:
+                return ProgressInfo(counts["done"], total, skipped, counts["gradients"], counts["flagged"],
+                                    time.perf_counter() - t0, target.out, str(device))  # fmt: skip
+
+            def tick(gradients: int, flagged: int) -> None:
+                counts["done"] += 1
+                counts["gradients"] += gradients
+                counts["flagged"] += flagged
+                if reporter is not None:
+                    reporter.update(info())
+                elif progress is not None:
+                    progress(counts["done"], total)  # type: ignore[operator]
+
+            if reporter is not None:
+                reporter.start(info())
+            interrupted = False
+            try:
+                if blocks:
+                    loader = CheckpointLoader(target.alignment.refs, expected, engine.vlayout, device, read=source.read)
+                    buffers = _BlockBuffers()
+                    writer = _Writer(store, buffers, target.before_write, target.after_write)
+                    cache = None
+                    try:
+                        for block in blocks:
+                            _, cache = engine.run_block(
+                                block, loader, steps, cache, tick, stop, buffers.take, writer.submit, flush_seconds
+                            )
+                            if stop is not None and stop.is_set():
+                                interrupted = True
+                                break
+                    finally:
+                        loader.close()
+                        writer.close()
+            finally:
+                seconds = time.perf_counter() - t0
+                if reporter is not None:
+                    reporter.finish(info())
+            # Consolidated metadata (one read for xarray and other readers), written only when this compute is
+            # done and changed the store: any change (a write, an append) dropped it, so it is never trusted
+            # while one runs. A finished store on a read-only file system is left as it is.
+            if not target.read_only and not store.has_consolidated():
+                store.consolidate()
         finally:
-            loader.close()
-            writer.close()
-        seconds = time.perf_counter() - t0
-        # Consolidated metadata (one read for xarray and other readers), written only now that this compute is
-        # done; it was dropped when the store was opened for writing, so it is never trusted while one runs.
-        store.consolidate()
+            target.close()
 
     flagged, max_res = {}, {}
     done_all = store.done()
@@ -693,5 +844,6 @@ def compute(
         res = store.read(s, "residual")[done_all]
         max_res[s] = float(np.abs(res).max()) if res.size else 0.0
     return ComputeResult(
-        out_path, store.n_pairs, computed, skipped, flagged, max_res, seconds, str(device), interrupted
-    )
+        target.out, store.n_pairs, counts["done"], skipped, flagged, max_res, seconds, str(device), interrupted,
+        sum(len(r) for r in target.repaired.values()),
+    )  # fmt: skip

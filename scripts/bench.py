@@ -298,14 +298,19 @@ def _ablation(variant: str) -> Iterator[None]:
     elif variant == "syncwrite":
 
         class SyncWriter:
-            def __init__(self, store: Any, buffers: Any = None) -> None:
-                self.store, self.buffers = store, buffers
+            def __init__(self, store: Any, buffers: Any = None, before: Any = None, after: Any = None) -> None:
+                self.store, self.buffers, self.before, self.after = store, buffers, before, after
 
-            def submit(self, rows: dict[str, Any]) -> None:
+            def submit(self, rows: dict[str, Any], release: Any = ()) -> None:
+                if rows and self.before is not None:
+                    self.before()
                 for name, block in rows.items():
                     self.store.write_block(name, block)
-                    if self.buffers is not None:
-                        self.buffers.give(block.lca)
+                if rows and self.after is not None:
+                    self.after()
+                if self.buffers is not None:
+                    for array in release:
+                        self.buffers.give(array)
 
             def close(self) -> None:
                 pass

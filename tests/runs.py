@@ -13,11 +13,26 @@ import torch
 from lca_cli.record import CheckpointWriter
 
 FACTORIES = """
+import os
+import time
+
 import torch
+
+class Pause(torch.nn.Module):
+    # Sleeps LCA_TEST_PAUSE seconds per forward pass: slows a run down for signal tests, numbers unchanged.
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return x
 
 def model(hidden=12, features=6, classes=3):
     g = torch.Generator().manual_seed(0)
     net = torch.nn.Sequential()
+    if os.environ.get("LCA_TEST_PAUSE"):
+        net.add_module("pause", Pause(float(os.environ["LCA_TEST_PAUSE"])))
     net.add_module("fc1", torch.nn.Linear(features, hidden))
     net.add_module("act", torch.nn.Tanh())
     net.add_module("fc2", torch.nn.Linear(hidden, classes))

@@ -46,7 +46,7 @@ def assert_one_line_error(code: int, out: str, err: str, expected: str, *needles
         assert needle in lines[0], (needle, lines[0])
 
 
-@pytest.mark.parametrize("command", [[], ["compute"], ["summarize"], ["report"]])
+@pytest.mark.parametrize("command", [[], ["compute"], ["summarize"], ["report"], ["verify"]])
 def test_help_for_every_command(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
     code, out, err = run_cli(capsys, *command, "--help")
     assert code == 0 and err == ""
@@ -62,6 +62,16 @@ def test_compute_options_documented(capsys: pytest.CaptureFixture[str]) -> None:
     flags = ("--method", "--tolerance", "--rtol", "--max-splits", "--batch-size", "--device", "--out", "--config")
     for flag in (*flags, "--state-dict-key", "--unsafe-pickle"):
         assert flag in out
+    for flag in ("--repair", "--progress", "--overwrite"):
+        assert flag in out
+
+
+def test_help_states_every_exit_code_and_the_security_note(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run_cli(capsys, "compute", "--help")
+    flat = " ".join(out.split())
+    for code in EXIT_CODES.values():
+        assert f" {code} " in f" {flat} ", code
+    assert "a run folder is code" in flat and "without pickle" in flat and "--unsafe-pickle" in flat
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -86,6 +96,33 @@ def test_compute_reports_progress_on_stderr(capsys: pytest.CaptureFixture[str], 
     code, out, err = run_cli(capsys, "compute", run)
     assert code == 0 and out == ""
     assert "4 pair(s) computed" in err
+    lines = err.strip().splitlines()  # stderr is not a terminal here: plain lines, start and end
+    assert lines[0].startswith("lca compute: 4 pair(s) to compute (0 already done)")
+    assert lines[1].startswith("lca compute: 4/4 pairs (100%),") and lines[1].endswith("finished")
+    code, _, err = run_cli(capsys, "compute", run, "--progress", "none")
+    assert code == 0 and err.strip().splitlines() == [err.strip()] and "0 pair(s) computed" in err
+
+
+@pytest.mark.slow
+def test_plain_progress_in_a_real_process_with_a_pipe_for_stderr(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    run = make_tiny_run(tmp_path, steps=5)
+    done = subprocess.run(
+        [sys.executable, "-m", "lca_cli", "compute", str(run), "--threads", "1"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert re.fullmatch(r"lca compute: 5 pair\(s\) to compute \(0 already done\) into .*lca\.zarr on cpu; a progress "
+                        r"line every 30s", lines[0]), lines[0]  # fmt: skip
+    assert re.fullmatch(
+        r"lca compute: 5/5 pairs \(100%\), [0-9.e+]+ pairs/s, [0-9.]+ gradients/pair, 0 flagged, elapsed \d+s, "
+        r"finished",
+        lines[1],
+    ), lines[1]
+    assert "5 pair(s) computed, 0 already done, 5 in total" in lines[2]
 
 
 def test_summarize_json_sums_equal_direct_sums(capsys: pytest.CaptureFixture[str], computed_run: Path) -> None:
@@ -334,6 +371,74 @@ def test_store_from_another_config_is_refused(capsys: pytest.CaptureFixture[str]
     assert_one_line_error(code, out, err, "store", "--overwrite")
     code, out, err = run_cli(capsys, "compute", run, "--quiet", "--max-splits", "4", "--overwrite")
     assert code == 0
+
+
+def test_out_naming_a_file(capsys: pytest.CaptureFixture[str], computed_run: Path, tmp_path: Path) -> None:
+    target = tmp_path / "results.csv"
+    target.write_text("keep me")
+    for extra in ([], ["--overwrite"]):
+        code, out, err = run_cli(capsys, "compute", computed_run, "--out", target, "--quiet", *extra)
+        assert_one_line_error(code, out, err, "store", "is a file", "folder")
+    assert target.read_text() == "keep me"
+
+
+def test_overwrite_never_deletes_what_lca_did_not_create(
+    capsys: pytest.CaptureFixture[str], computed_run: Path, tmp_path: Path
+) -> None:
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "main.tex").write_text("years of work")
+    code, out, err = run_cli(capsys, "compute", computed_run, "--out", thesis, "--quiet")
+    assert_one_line_error(code, out, err, "store", "not an lca store", "main.tex", "another --out")
+    assert "add --overwrite" not in err and "pass --overwrite" not in err  # no advice to destroy it
+    code, out, err = run_cli(capsys, "compute", computed_run, "--out", thesis, "--quiet", "--overwrite")
+    assert_one_line_error(code, out, err, "store", "nothing was deleted")
+    assert (thesis / "main.tex").read_text() == "years of work"
+    # The run folder itself as --out: its checkpoints and lca.toml stay.
+    before = sorted(p.name for p in computed_run.iterdir())
+    code, out, err = run_cli(capsys, "compute", computed_run, "--out", computed_run, "--quiet", "--overwrite")
+    assert_one_line_error(code, out, err, "store", "nothing was deleted")
+    assert sorted(p.name for p in computed_run.iterdir()) == before
+
+
+def test_store_busy_is_exit_9_at_once(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import os
+
+    from lca_cli.claims import Lease, store_lock_path
+
+    run = make_tiny_run(tmp_path, steps=3)
+    with Lease.acquire(store_lock_path(run / "lca.zarr"), "held"):
+        code, out, err = run_cli(capsys, "compute", run, "--quiet")
+        assert_one_line_error(code, out, err, "busy", "in use by lca compute", f"pid {os.getpid()}")
+        assert not (run / "lca.zarr").exists()
+    assert run_cli(capsys, "compute", run, "--quiet")[0] == 0  # released: computes
+
+
+def test_failed_overwrite_keeps_the_old_store(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from faults import tree
+
+    run = make_tiny_run(tmp_path, steps=4)
+    assert run_cli(capsys, "compute", run, "--quiet")[0] == 0
+    before = tree(run / "lca.zarr", skip_root_attrs=())
+    path = run / "step_00000001.safetensors"
+    state = load_file(str(path))
+    state["fc2.bias"] = torch.full_like(state["fc2.bias"], float("nan"))
+    save_file(state, str(path), metadata={"step": "1"})  # the very first pair now fails
+    code, out, err = run_cli(capsys, "compute", run, "--quiet", "--overwrite", "--max-splits", "4")
+    assert_one_line_error(code, out, err, "numerical")
+    assert tree(run / "lca.zarr", skip_root_attrs=()) == before  # the new store never got a row: old one kept
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no sibling, no lock left
+
+
+def test_half_created_store_is_recreated_without_overwrite(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import zarr
+
+    run = make_tiny_run(tmp_path, steps=3)
+    half = zarr.open_group(str(run / "lca.zarr"), mode="w", zarr_format=3)  # an older lca killed here
+    half.create_array("steps", shape=(4,), dtype="int64")
+    code, _, err = run_cli(capsys, "compute", run, "--quiet")
+    assert code == 0, err
+    assert LcaStore.open(run / "lca.zarr").done().all()
 
 
 def test_strict_exit_code_when_flagged(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -68,10 +68,14 @@ def run_compute(run_dir: Path, config: Config, out: Path, **kw) -> tuple[Compute
 def snapshot(store: LcaStore) -> dict[str, np.ndarray]:
     """Every array of every set, read whole (the stores here are tiny)."""
     out = {"steps": store.steps}
+    if store.fingerprints is not None:
+        out["fingerprint"] = store.fingerprints
     for s in store.sets:
         for name in (
             "lca",
             "loss",
+            "loss_end",
+            "l1_change",
             "residual",
             "splits",
             "flagged",
@@ -248,7 +252,7 @@ def test_store_attributes(runs: RunCache, tmp_path: Path) -> None:
     run_dir, config = runs.run("tanh_mlp")
     _, store = run_compute(run_dir, config.with_overrides(batch_size=64, max_splits=8), tmp_path / "s.zarr")
     a = store.attrs
-    assert a["format_version"] == 1 and a["method"] == "rk4" and a["max_splits"] == 8
+    assert a["format_version"] == 2 and a["method"] == "rk4" and a["max_splits"] == 8
     # Automatic choices are recorded resolved: on CPU, dtype "auto" is float64 with its absolute tolerance.
     resolved = config.compute.resolved("cpu")
     assert a["tolerance"] == resolved.tolerance == 1e-9 and a["rtol"] == config.compute.rtol
@@ -363,12 +367,54 @@ def test_other_config_needs_overwrite(runs: RunCache, tmp_path: Path) -> None:
 
 def test_run_with_rewritten_history_is_refused(runs: RunCache, tmp_path: Path) -> None:
     run_dir, config = runs.run("tanh_mlp")
-    part = copy_run(run_dir, tmp_path / "run")
+    names = sorted(p.name for p in run_dir.glob("*.safetensors"))
+    part = copy_run(run_dir, tmp_path / "run", files=names[::2])  # steps 0, 2, 4, ...
     out = tmp_path / "s.zarr"
     compute(part, config, out)
-    (part / "step_00000000.safetensors").unlink()  # the steps no longer start with the stored ones
-    with pytest.raises(StoreError, match="overwrite"):
+    shutil.copy2(run_dir / names[3], part / names[3])  # a checkpoint appears between stored steps
+    with pytest.raises(StoreError, match=r"step 3 .*history changed"):
         compute(part, config, out)
+
+
+def test_rotation_keeps_rows_and_appends(runs: RunCache, tmp_path: Path) -> None:
+    """Keep-last-N rotation: old checkpoints deleted after their rows were stored, new ones arriving."""
+    run_dir, config = runs.run("tanh_mlp")
+    config = config.with_overrides(rows_per_chunk=4)
+    _, full = run_compute(run_dir, config, tmp_path / "full.zarr")
+    names = sorted(p.name for p in run_dir.glob("*.safetensors"))
+    part = copy_run(run_dir, tmp_path / "run", files=names[:8])
+    out = tmp_path / "s.zarr"
+    compute(part, config, out)
+    for name in names[:6]:
+        (part / name).unlink()  # the trainer keeps the last two
+    copy_run(run_dir, part, files=names[8:])
+    result, store = run_compute(part, config, out)
+    assert result.skipped == 7 and result.computed == len(names) - 8
+    assert_same_store(store, full)
+    # A pair still to compute whose start was deleted cannot be computed: refused, naming the step.
+    part2 = copy_run(run_dir, tmp_path / "run2", files=names[:8])
+    compute(part2, config, tmp_path / "s2.zarr")
+    (part2 / names[7]).unlink()
+    copy_run(run_dir, part2, files=names[8:])
+    with pytest.raises(StoreError, match=r"need checkpoints that are gone .*first: step 7"):
+        compute(part2, config, tmp_path / "s2.zarr")
+
+
+def test_store_of_another_run_with_the_same_config_is_refused(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("linreg")
+    other = tmp_path / "other"
+    from conftest import train_run
+
+    train_run(other, "linreg", seed=5)  # same lca.toml (model factory, data, loss), other weights
+    names = sorted(p.name for p in run_dir.glob("*.safetensors"))
+    part = copy_run(run_dir, tmp_path / "run", files=names[:6])
+    out = tmp_path / "s.zarr"
+    compute(part, config, out)
+    for p in sorted(other.glob("*.safetensors")):  # retrained into the same folder
+        shutil.copy2(p, part / p.name)
+    with pytest.raises(StoreError, match="other checkpoints"):
+        compute(part, config, out)
+    assert LcaStore.open(out).n_pairs == 5  # untouched
 
 
 def test_default_out_is_in_the_run_dir(runs: RunCache, tmp_path: Path) -> None:
@@ -463,3 +509,79 @@ def test_failure_keeps_finished_blocks_and_rerun_completes(runs: RunCache, tmp_p
     assert result.skipped == 4 and store.done().all()
     _, full = run_compute(run_dir, config, tmp_path / "full.zarr")
     assert_same_store(store, full)
+
+
+# -- keeping finished rows: errors, stops, long blocks ---------------------------------------------------
+
+
+def test_an_error_at_pair_k_keeps_the_pairs_before_it(runs: RunCache, tmp_path: Path) -> None:
+    """One block holds every pair (default chunking): a NaN at step 5 used to lose all of them."""
+    run_dir, config = runs.run("linreg")
+    part = copy_run(run_dir, tmp_path / "run")
+    path = part / "step_00000005.safetensors"
+    state = load_file(str(path))
+    state["weight"].fill_(float("nan"))
+    save_file(state, str(path), metadata={"step": "5"})
+    out = tmp_path / "s.zarr"
+    with pytest.raises(NumericalError, match="steps 4 -> 5"):
+        compute(part, config, out)
+    store = LcaStore.open(out)
+    assert store.rows_per_chunk > store.n_pairs and store.done().tolist()[:6] == [True] * 4 + [False] * 2
+    shutil.copy2(run_dir / path.name, path)  # fixed: the rerun continues the block where it stopped
+    result, store = run_compute(part, config, out)
+    assert result.skipped == 4
+    _, full = run_compute(run_dir, config, tmp_path / "full.zarr")
+    assert_same_store(store, full)
+
+
+def test_rows_become_visible_while_a_block_runs(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("tanh_mlp")
+    out = tmp_path / "s.zarr"
+    seen: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        if done > 1:  # what `lca summarize` sees meanwhile (the writer may be one flush behind)
+            seen.append(int(LcaStore.open(out).done().sum()))
+
+    compute(run_dir, config, out, progress=progress, flush_seconds=0.0)
+    assert LcaStore.open(out).rows_per_chunk > 16  # all in one block
+    assert seen[-1] >= 14 and seen == sorted(seen), seen
+    _, full = run_compute(run_dir, config, tmp_path / "full.zarr")  # flushing changes no byte
+    assert_same_store(LcaStore.open(out), full)
+
+
+def test_a_stop_abandons_a_pair_still_running_after_the_grace(
+    runs: RunCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lca_cli.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "STOP_GRACE_SECONDS", 0.0)
+    run_dir, config = runs.run("tanh_mlp")
+    stop = threading.Event()
+    stop.set()  # a SIGTERM that came before the first pair ended
+    result, store = run_compute(run_dir, config, tmp_path / "s.zarr", stop=stop)
+    assert result.interrupted and result.computed == 0 and not store.done().any()
+    stop.clear()
+    result, store = run_compute(run_dir, config, tmp_path / "s.zarr")
+    assert result.computed == store.n_pairs
+
+
+def test_overwrite_swaps_in_the_new_store_at_its_first_rows(runs: RunCache, tmp_path: Path) -> None:
+    run_dir, config = runs.run("tanh_mlp")
+    out = tmp_path / "s.zarr"
+    compute(run_dir, config, out)
+    other = config.with_overrides(max_splits=4)
+    stop = threading.Event()
+    stop.set()  # one pair, then stop: that pair's row is the new store's first
+    result, store = run_compute(run_dir, other, out, overwrite=True, stop=stop)
+    assert result.interrupted and store.attrs["max_splits"] == 4 and store.done().sum() == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]  # the old store is gone, no sibling left
+
+
+def test_store_of_format_1_is_refused_for_computing(runs: RunCache, tmp_path: Path) -> None:
+    from test_store import make_format1_store, make_rows
+
+    run_dir, config = runs.run("tanh_mlp")
+    make_format1_store(tmp_path / "old.zarr", make_rows(0, 3))
+    with pytest.raises(StoreError, match="older lca"):
+        compute(run_dir, config, tmp_path / "old.zarr")

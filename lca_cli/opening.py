@@ -1,0 +1,341 @@
+"""Getting the store ``lca compute`` writes into: locked, checked, created atomically or replaced safely.
+
+:func:`prepare` takes the store lock (:mod:`lca_cli.claims`), then, by what is at ``--out``
+(:func:`lca_cli.placement.inspect_path`):
+
+* an lca store: checks that it is this config's and this run's (identity attributes, layout, sets, format,
+  checkpoint fingerprints: :mod:`lca_cli.identity`), checks its chunks (:mod:`lca_cli.integrity`; with
+  ``repair``, verifies every checksum and marks damaged rows to recompute) and appends new checkpoints;
+* nothing, an empty folder, or a store whose creation was interrupted: creates the store in a hidden sibling
+  and renames it into place;
+* an lca store with ``overwrite``: creates the new store in a hidden sibling and swaps it in (one atomic
+  exchange) only once its first rows are durable (:meth:`Target.after_write`), so an overwrite that fails
+  or is stopped early leaves the old store as it was;
+* a file or a folder lca did not create: refuses, with or without ``overwrite``.
+
+When the lock cannot be created because the file system is read-only (or not writable), a finished store of
+this run is opened read-only and ``compute`` is a no-op; anything to compute is a :class:`StorageError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lca_cli.claims import Keeper, Lease, store_lock_path
+from lca_cli.errors import StorageError, StoreError
+from lca_cli.identity import Alignment, align, check_fingerprints, fingerprints
+from lca_cli.integrity import prepare_repair, quick_check, remove_partial_files, verify
+from lca_cli.layout import Layout
+from lca_cli.placement import (
+    exchange,
+    fsync_paths,
+    inspect_path,
+    new_token,
+    remove_stale_sibling,
+    remove_store,
+    sibling,
+    stale_siblings,
+    storage_errors,
+)
+from lca_cli.store import LcaStore
+
+__all__ = ["Target", "prepare"]
+
+
+def _normalise(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+@dataclass
+class Target:
+    """The store a ``compute`` call writes into.
+
+    Attributes:
+        store: The open store (in a hidden sibling until :meth:`after_write` swaps it in, with overwrite).
+        out: Where the store is (or will be, after the swap).
+        alignment: The store's checkpoints and the run's file for each (None where deleted).
+        lock: The store lock (None when the store was opened read-only).
+        keeper: Renews the lock's heartbeat.
+        pending: Path of the old store the new one replaces at its first write (overwrite), else None.
+        read_only: The file system refused the lock: nothing may be written (nothing was left to compute).
+        repaired: Rows marked for recomputation by ``repair``, per set.
+        device: Recorded in the store's attributes at the first write.
+
+    """
+
+    store: LcaStore
+    out: Path
+    alignment: Alignment
+    lock: Lease | None = None
+    keeper: Keeper | None = None
+    pending: Path | None = None
+    read_only: bool = False
+    repaired: dict[str, list[int]] = field(default_factory=dict)
+    device: str = ""
+    _touched: bool = False
+
+    def before_write(self) -> None:
+        """Called before each write: stop if the lock was lost (this process was paused past its lease)."""
+        if self.lock is not None:
+            self.lock.check()
+
+    def after_write(self) -> None:
+        """Called after each durable write: swap a new store into place, note the time of the last update."""
+        if self.pending is not None:
+            _swap_in(self.store.path, self.pending)
+            self.store.relocate(self.pending)
+            self.pending = None
+        if not self._touched:  # a store is only touched when rows are written (read-only no-ops stay exit 0)
+            self._touched = True
+            self.store.update_attrs({"updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": self.device})
+
+    def close(self) -> None:
+        """Remove a new store that never got rows (the old one stays), stop the heartbeat, release the lock."""
+        try:
+            if self.pending is not None:
+                with contextlib.suppress(OSError, StorageError):
+                    remove_store(self.store.path)
+        finally:
+            if self.keeper is not None:
+                self.keeper.close()
+            if self.lock is not None:
+                self.lock.release()
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    with storage_errors(f"replacing {out}"):
+        if exchange(new, out):
+            old = new  # the exchange put the old store where the new one was built
+        else:
+            old = sibling(out, "old", new_token())
+            os.rename(out, old)
+            os.rename(new, out)
+        fsync_paths([out], parents=True)
+        # Someone may have put a file into the old store meanwhile: then it stays, as a hidden sibling.
+        with contextlib.suppress(StoreError):
+            remove_store(old)
+
+
+def _move_into_place(new: Path, out: Path, kind: str) -> None:
+    """Put a freshly created store at ``out``, where there is nothing, an empty folder or a half-created store."""
+    with storage_errors(f"creating {out}"):
+        if kind in ("missing", "empty"):
+            os.rename(new, out)  # over an empty folder too: rename(2) replaces an empty directory
+        elif exchange(new, out):
+            remove_store(new)  # the half-created one
+        else:
+            old = sibling(out, "old", new_token())
+            os.rename(out, old)
+            os.rename(new, out)
+            remove_store(old)
+        fsync_paths([out], parents=True)
+
+
+def _check_same(store: LcaStore, identity: Any, layout: Layout, sets: list[str]) -> None:
+    out = store.path
+    if _normalise(store.attrs.get("identity")) != identity or store.layout != layout:
+        raise StoreError(
+            f"{out} was computed from another model, data, loss or compute settings than this config; "
+            "pass --overwrite to replace it, or --out to write elsewhere"
+        )
+    if store.sets != sets:
+        raise StoreError(f"{out} holds sets {store.sets}, the config {sets}; use --overwrite or --out")
+
+
+def _match_run(store: LcaStore, refs: Sequence[Any], run: Path, done: np.ndarray) -> Alignment:
+    """Align the store's checkpoints with the run's and check the ones that matter are the same files."""
+    al = align(store.steps, refs, store.path, run)
+    grown = np.concatenate([done, np.zeros(len(al.steps) - 1 - len(done), bool)])
+    missing = al.missing_for(grown)
+    if missing:
+        t, i = missing[0]
+        n = len({p for p, _ in missing})
+        raise StoreError(
+            f"{store.path}: {n} pair(s) still to compute need checkpoints that are gone from {run} (first: step "
+            f"{al.steps[i]}, for the pair {al.steps[t]} -> {al.steps[t + 1]}); restore them, or compute what exists "
+            "into a new store with --out"
+        )
+    stored = store.fingerprints
+    if stored is not None:
+        # A checkpoint is bound to the store once a done row came from it: it must still be the same file.
+        # One that no done row used yet may have been replaced (a corrupt checkpoint fixed): re-recorded.
+        n = al.n_stored
+        bound = np.zeros(n, bool)
+        bound[:-1] |= done[: n - 1]
+        bound[1:] |= done[: n - 1]
+        present = [i for i in range(n) if al.refs[i] is not None]
+        check = {i for t in np.flatnonzero(~grown) for i in (int(t), int(t) + 1) if i < n and bound[i]}
+        ends = [i for i in present if bound[i]]
+        check |= {ends[0], ends[-1]} if ends else set()  # another run differs at both ends
+        check_fingerprints(al, stored, sorted(check), store.path, run)
+        loose = [i for i in present if not bound[i]]
+        if loose:
+            fresh = fingerprints([al.refs[i] for i in loose])  # type: ignore[misc]
+            changed = [k for k, i in enumerate(loose) if not np.array_equal(fresh[k], stored[i])]
+            if changed:
+                store.set_fingerprints([loose[k] for k in changed], fresh[changed])
+    return al
+
+
+def prepare(
+    out: Path,
+    run: Path,
+    refs: Sequence[Any],
+    *,
+    identity: Any,
+    layout: Layout,
+    sets: list[str],
+    attrs: dict[str, Any],
+    rows_per_chunk: int,
+    overwrite: bool,
+    repair: bool,
+    device: str,
+    durable: bool = True,
+) -> Target:
+    """Lock, open or create the store ``compute`` writes into (see the module docstring).
+
+    Args:
+        out: Store path.
+        run: Run directory (messages).
+        refs: The run's checkpoints in step order (``.path``, ``.step``).
+        identity: The config's identity (must match a resumed store's).
+        layout: Parameter layout.
+        sets: Evaluation set names.
+        attrs: Attributes of a new store.
+        rows_per_chunk: Rows per chunk of a new store (0 = automatic).
+        overwrite: Replace an existing lca store.
+        repair: Verify every checksum and recompute damaged rows.
+        device: Recorded at the first write.
+        durable: fsync before marking rows done.
+
+    Returns:
+        The target; call :meth:`Target.close` when done.
+
+    Raises:
+        StoreError: ``out`` is a file or a folder lca did not create, or a store of another config, run or
+            format, or damaged (without ``repair``).
+        StoreBusyError: Another ``lca compute`` holds the store.
+        StorageError: The file system refuses.
+
+    """
+    identity = _normalise(identity)
+    # A resume needs no walk over the store's files; replacing it does (nothing lca did not create is deleted).
+    state = inspect_path(out, deep=overwrite)
+    if state.kind == "file":
+        raise StoreError(f"--out {out} is {state.detail}, not a store (a store is a folder): give a folder path")
+    if state.kind == "foreign":
+        if overwrite:
+            raise StoreError(
+                f"{out} is not an lca store (it holds {state.detail}); --overwrite replaces only lca stores and "
+                "empty folders, so nothing was deleted: choose another --out"
+            )
+        raise StoreError(
+            f"{out} exists and is not an lca store (it holds {state.detail}); lca writes only into its own stores: "
+            "choose another --out"
+        )
+    with storage_errors(f"cannot create {out.parent}"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = Lease.acquire(store_lock_path(out), str(out))
+    except StorageError:
+        if state.kind != "store" or overwrite or repair:
+            raise
+        return _read_only(out, run, refs, identity, layout, sets)
+    keeper = Keeper()
+    keeper.add(lock)
+    try:
+        return _prepare_locked(
+            out, run, refs, identity, layout, sets, attrs, rows_per_chunk, overwrite, repair, device, durable, lock,
+            keeper,
+        )  # fmt: skip
+    except BaseException:
+        keeper.close()
+        lock.release()
+        raise
+
+
+def _read_only(out: Path, run: Path, refs: Sequence[Any], identity: Any, layout: Layout, sets: list[str]) -> Target:
+    """A finished store on a file system lca cannot write: a no-op when nothing is left to compute."""
+    store = LcaStore.open(out, mode="r")
+    _check_same(store, identity, layout, sets)
+    done = store.done()
+    al = _match_run(store, refs, run, done)
+    if len(al.steps) > al.n_stored or not done.all():
+        todo = int((~done).sum()) + len(al.steps) - al.n_stored
+        raise StorageError(
+            f"cannot write {out} (read-only file system or no permission) and {todo} pair(s) are left to compute; "
+            "make it writable, or copy the store elsewhere and pass --out"
+        )
+    return Target(store, out, al, read_only=True)
+
+
+def _prepare_locked(
+    out: Path,
+    run: Path,
+    refs: Sequence[Any],
+    identity: Any,
+    layout: Layout,
+    sets: list[str],
+    attrs: dict[str, Any],
+    rows_per_chunk: int,
+    overwrite: bool,
+    repair: bool,
+    device: str,
+    durable: bool,
+    lock: Lease,
+    keeper: Keeper,
+) -> Target:
+    # Holding the lock, nothing else works on this store: siblings left by a killed run are ours to clean.
+    for stale in stale_siblings(out):
+        remove_stale_sibling(stale)
+    state = inspect_path(out, deep=overwrite)  # again: another process may have finished creating it meanwhile
+    if state.kind == "foreign":
+        raise StoreError(f"{out} is not an lca store (it holds {state.detail}); choose another --out")
+    if state.kind == "store" and not overwrite:
+        store = LcaStore.open(out, mode="r+", check=False, durable=durable)
+        store.require_current()
+        _check_same(store, identity, layout, sets)
+        with storage_errors(f"writing {out}"):
+            remove_partial_files(out)
+        repaired: dict[str, list[int]] = {}
+        if repair:
+            repaired = prepare_repair(store, verify(store))
+        else:
+            quick_check(store)
+        al = _match_run(store, refs, run, store.done())
+        if len(al.steps) > al.n_stored:
+            appended = [r for r in al.refs[al.n_stored :] if r is not None]
+            fps = np.concatenate([np.zeros((al.n_stored, 16), np.uint8), fingerprints(appended)])
+            store.extend(al.steps, fps)
+        else:
+            store.extend(al.steps)  # heals arrays left longer by an interrupted append
+        return Target(store, out, al, lock, keeper, repaired=repaired, device=device)
+    if repair and state.kind != "store":
+        raise StoreError(f"--repair: {out} is not an lca store yet; run without --repair to create it")
+    steps = [r.step for r in refs]
+    fps = fingerprints(list(refs))
+    new = sibling(out, "new", new_token())
+    try:
+        store = LcaStore.create(
+            new, layout=layout, sets=sets, steps=steps, attrs=attrs, rows_per_chunk=rows_per_chunk,
+            fingerprints=fps, durable=durable,
+        )  # fmt: skip
+    except BaseException:
+        with contextlib.suppress(Exception):
+            remove_store(new)
+        raise
+    al = Alignment(steps, list(refs), len(steps))
+    if state.kind == "store":  # overwrite: swapped in once the first rows are durable
+        return Target(store, out, al, lock, keeper, pending=out, device=device)
+    _move_into_place(new, out, state.kind)
+    store.relocate(out)
+    return Target(store, out, al, lock, keeper, device=device)

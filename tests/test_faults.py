@@ -1,0 +1,316 @@
+"""The fault suite: kill -9 at any step, signals, concurrent runs, a full or read-only disk.
+
+Every case ends in one of two states: a store bit-identical (file by file) to one computed in a single
+uninterrupted run, or a clean one-line refusal that left the store as it was. Processes are real: forked
+children running the CLI (``tests/faults.py``), killed with SIGKILL at chosen file-system steps, or
+``python -m lca_cli`` subprocesses sent SIGTERM and SIGHUP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from faults import assert_same_tree, count_writes, fork_call, fork_start, fork_wait, tree
+from runs import make_tiny_run
+from safetensors.torch import load_file, save_file
+
+from lca_cli.cli import main
+from lca_cli.config import load_config
+from lca_cli.pipeline import compute
+from lca_cli.store import LcaStore
+
+pytestmark = pytest.mark.slow
+
+ROWS = ["--rows-per-chunk", "4", "--threads", "1"]
+
+
+def cli(*args: object) -> None:
+    main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 12-pair run and its store computed in one uninterrupted CLI run (the reference)."""
+    root = tmp_path_factory.mktemp("faults")
+    run = make_tiny_run(root, steps=12)
+    ref = root / "ref.zarr"
+    assert fork_call(lambda: cli("compute", run, "--out", ref, "--quiet", *ROWS)) == 0
+    return run, ref
+
+
+def leftovers(folder: Path, keep: set[str]) -> list[str]:
+    """Names in a folder other than ``keep`` (locks, temporary siblings left behind)."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+# -- kill -9 at any step ---------------------------------------------------------------------------------
+
+
+def test_kill_at_every_kind_of_step_then_resume_is_bit_identical(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """Creation, the pair loop (a flush after every pair: rows and done written many times) and the end."""
+    run, ref = tiny
+    config = load_config(run / "lca.toml").with_overrides(rows_per_chunk=4, threads=1)
+    out = tmp_path / "s.zarr"
+
+    def job() -> None:
+        compute(run, config, out, flush_seconds=0.0)
+
+    steps = count_writes(job, tmp_path / "writes.log")
+    assert_same_tree(out, ref)  # flushing after every pair stores exactly the same bytes
+    shutil.rmtree(out)
+    n = len(steps)
+    creation = next(i for i, (_, p) in enumerate(steps, 1) if "/train/lca/c/" in p)  # first lca chunk write
+    rng = random.Random(8)
+    in_creation = rng.sample(range(5, creation - 1), 4)
+    in_loop = rng.sample(range(creation + 1, n - 1), 6)
+    points = sorted({1, 4, creation - 1, creation, n - 1, n, *in_creation, *in_loop})
+    for k in points:
+        assert fork_call(job, kill_at=k) == -signal.SIGKILL, k
+        err = tmp_path / f"resume{k}.err"
+        code = fork_call(lambda: cli("compute", run, "--out", out, "--quiet", *ROWS), stderr=err)
+        assert code == 0, (k, steps[k - 1], err.read_text())
+        assert_same_tree(out, ref)
+        assert leftovers(tmp_path, {"s.zarr", "writes.log"} | {f"resume{j}.err" for j in points}) == [], k
+        shutil.rmtree(out)
+
+
+def test_kill_during_append_then_resume_is_bit_identical(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    run, _ = tiny
+    part = tmp_path / "run"
+    part.mkdir()
+    for p in run.iterdir():
+        if p.suffix != ".safetensors" or int(p.stem.split("_")[1]) <= 7:
+            shutil.copy2(p, part / p.name)
+    base = tmp_path / "base.zarr"
+    assert fork_call(lambda: cli("compute", part, "--out", base, "--quiet", *ROWS)) == 0
+    for p in run.glob("*.safetensors"):
+        shutil.copy2(p, part / p.name)  # checkpoints 8..12 arrive
+    ref = tmp_path / "ref.zarr"  # the whole run in one go (its attributes name this run folder)
+    assert fork_call(lambda: cli("compute", part, "--out", ref, "--quiet", *ROWS)) == 0
+    out = tmp_path / "s.zarr"
+
+    def job() -> None:
+        cli("compute", part, "--out", out, "--quiet", *ROWS)
+
+    shutil.copytree(base, out)
+    steps = count_writes(job, tmp_path / "writes.log")
+    assert_same_tree(out, ref)
+    n = len(steps)
+    for k in sorted({1, n // 4, n // 2, 3 * n // 4, n}):
+        shutil.rmtree(out)
+        shutil.copytree(base, out)
+        assert fork_call(job, kill_at=k) == -signal.SIGKILL
+        assert fork_call(job) == 0, (k, steps[k - 1])
+        assert_same_tree(out, ref)
+
+
+# -- signals -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sig", "code", "name"), [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGHUP, 129, "SIGHUP")])
+def test_sigterm_and_sighup_keep_finished_rows(
+    tiny: tuple[Path, Path], tmp_path: Path, sig: signal.Signals, code: int, name: str
+) -> None:
+    run = make_tiny_run(tmp_path, steps=40, name="long")
+    out = tmp_path / "s.zarr"
+    env = {**os.environ, "LCA_TEST_PAUSE": "0.01"}  # slower pairs; the numbers are the same
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lca_cli", "compute", str(run), "--out", str(out), "--json", *ROWS],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    first = proc.stderr.readline()  # plain progress (stderr is a pipe): the start line
+    assert first.startswith("lca compute: 40 pair(s) to compute (0 already done)"), first
+    time.sleep(1.5)
+    proc.send_signal(sig)
+    stdout, rest = proc.communicate(timeout=120)
+    assert proc.returncode == code, rest
+    lines = rest.strip().splitlines()
+    assert lines[0].startswith(f"Terminated ({name})" if sig == signal.SIGTERM else f"Hung up ({name})"), lines
+    assert lines[-1].endswith(f"{out} is resumable; rerun the same command to continue."), lines
+    assert "Traceback" not in rest
+    result = json.loads(stdout)
+    assert result["interrupted"] and 0 < result["computed"] < 40
+    assert int(LcaStore.open(out).done().sum()) == result["computed"]  # every finished pair was kept
+    assert fork_call(lambda: cli("compute", run, "--out", out, "--quiet", *ROWS)) == 0
+    ref = tmp_path / "ref.zarr"
+    assert fork_call(lambda: cli("compute", run, "--out", ref, "--quiet", *ROWS)) == 0
+    assert_same_tree(out, ref)
+
+
+# -- concurrent processes ------------------------------------------------------------------------------
+
+
+def _together(jobs: list[list[object]], tmp_path: Path) -> list[tuple[int, str]]:
+    """Start several CLI runs at the same moment (forked children waiting on one pipe); codes and stderr."""
+    r, w = os.pipe()
+    pids = []
+    for i, args in enumerate(jobs):
+        err = tmp_path / f"job{i}.err"
+
+        def job(args: list[object] = args) -> None:
+            os.read(r, 1)  # wait for the start signal
+            cli(*args)
+
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            os._exit(fork_call(job, stderr=err))
+        pids.append((pid, err))
+    time.sleep(0.3)
+    os.write(w, b"x" * len(jobs))
+    out = []
+    for pid, err in pids:
+        _, status = os.waitpid(pid, 0)
+        out.append((os.waitstatus_to_exitcode(status), err.read_text() if err.exists() else ""))
+    os.close(r)
+    os.close(w)
+    return out
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_concurrent_computes_one_store_or_a_clean_refusal(tiny: tuple[Path, Path], tmp_path: Path, n: int) -> None:
+    run, ref = tiny
+    out = tmp_path / "s.zarr"
+    results = _together([["compute", run, "--out", out, "--quiet", *ROWS]] * n, tmp_path)
+    codes = [c for c, _ in results]
+    assert set(codes) <= {0, 9} and 0 in codes, results
+    for code, err in results:
+        if code == 9:
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("Error: ") and "in use by lca compute" in lines[0], err
+    assert_same_tree(out, ref)
+    assert leftovers(tmp_path, {"s.zarr"} | {f"job{i}.err" for i in range(n)}) == []
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_concurrent_overwrites_never_destroy_the_store(tiny: tuple[Path, Path], tmp_path: Path, n: int) -> None:
+    run, ref = tiny
+    out = tmp_path / "s.zarr"
+    shutil.copytree(ref, out)
+    jobs: list[list[object]] = [["compute", run, "--out", out, "--quiet", "--overwrite", *ROWS]] * (n - 1)
+    jobs.append(["compute", run, "--out", out, "--quiet", *ROWS])  # and a plain resume among them
+    results = _together(jobs, tmp_path)
+    assert {c for c, _ in results} <= {0, 9} and 0 in {c for c, _ in results}, results
+    assert_same_tree(out, ref)
+    assert leftovers(tmp_path, {"s.zarr"} | {f"job{i}.err" for i in range(n)}) == []
+
+
+# -- a full disk, a read-only disk ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path | None]:
+    """A 192 KiB tmpfs mounted at ``tmp_path / "disk"`` where this process may mount one, else None."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mnt)], capture_output=True)
+    except OSError:
+        done = None
+    if done is None or done.returncode != 0:
+        yield None
+        return
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _enospc_after(n: int) -> None:  # pragma: no cover - runs in a forked child
+    """Make Zarr's file writes fail with ENOSPC after ``n`` of them (when no tmpfs can be mounted)."""
+    import errno
+
+    import zarr.storage._local as local
+
+    orig, count = local._put, [0]
+
+    def put(*args: object, **kwargs: object) -> object:
+        count[0] += 1
+        if count[0] > n:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[0]))
+        return orig(*args, **kwargs)
+
+    local._put = put  # type: ignore[assignment]
+
+
+def test_disk_full_is_one_line_and_resumable(tiny: tuple[Path, Path], tmp_path: Path, tmpfs: Path | None) -> None:
+    run, ref = tiny
+    out = (tmpfs or tmp_path) / "s.zarr"
+    err = tmp_path / "full.err"
+
+    def job() -> None:
+        if tmpfs is None:
+            _enospc_after(60)  # creation fits, the second block does not
+        cli("compute", run, "--out", out, "--quiet", *ROWS)
+
+    assert fork_call(job, stderr=err) == 10
+    lines = err.read_text().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "disk is full" in lines[0], lines
+    if tmpfs is not None:
+        subprocess.run(["mount", "-o", "remount,size=4m", str(tmpfs)], check=True)
+    assert fork_call(lambda: cli("compute", run, "--out", out, "--quiet", *ROWS)) == 0
+    assert_same_tree(out, ref)
+
+
+def test_read_only_finished_store_is_a_no_op(tiny: tuple[Path, Path], tmp_path: Path, tmpfs: Path | None) -> None:
+    if tmpfs is None:
+        pytest.skip("cannot mount a tmpfs here (remounting read-only needs one)")
+    run, _ = tiny
+    out = tmpfs / "s.zarr"
+    subprocess.run(["mount", "-o", "remount,size=4m", str(tmpfs)], check=True)
+    assert fork_call(lambda: cli("compute", run, "--out", out, "--quiet", *ROWS)) == 0
+    before = tree(out, skip_root_attrs=())
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    err = tmp_path / "ro.err"
+    assert fork_call(lambda: cli("compute", run, "--out", out, *ROWS), stderr=err) == 0, err.read_text()
+    assert "0 pair(s) computed, 12 already done" in err.read_text()
+    assert tree(out, skip_root_attrs=()) == before  # not even the `updated` attribute was rewritten
+    more = tmp_path / "more"
+    shutil.copytree(run, more)
+    state = load_file(str(more / "step_00000012.safetensors"))
+    save_file(state, str(more / "step_00000013.safetensors"), metadata={"step": "13"})
+    err2 = tmp_path / "ro2.err"
+    assert fork_call(lambda: cli("compute", more, "--out", out, *ROWS), stderr=err2) == 10
+    lines = err2.read_text().strip().splitlines()
+    assert len(lines) == 1 and "read-only" in lines[0] and "1 pair(s) are left" in lines[0], lines
+
+
+def test_a_second_sigterm_aborts_at_once_and_leaves_a_consistent_store(tmp_path: Path) -> None:
+    run = make_tiny_run(tmp_path, steps=40, name="long")
+    out = tmp_path / "s.zarr"
+    err = tmp_path / "abort.err"
+
+    def job() -> None:
+        os.environ["LCA_TEST_PAUSE"] = "0.05"
+        cli("compute", run, "--out", out, "--quiet", *ROWS)
+
+    pid = fork_start(job, stderr=err)
+    deadline = time.time() + 60
+    while not (out / "train" / "done").exists() and time.time() < deadline:  # computing now
+        time.sleep(0.02)
+    time.sleep(0.3)
+    os.kill(pid, signal.SIGTERM)
+    # The first one is handled at once (the pause's sleep is interrupted for it); the pair it lets finish takes
+    # over 0.2 s (0.05 s per forward pass), so the second one arrives while it runs.
+    time.sleep(0.03)
+    os.kill(pid, signal.SIGTERM)  # again: abort at once
+    assert fork_wait(pid) == 143, err.read_text()
+    text = err.read_text()
+    assert text.strip().splitlines()[-1] == "Interrupted; finished rows are saved and a rerun resumes.", text
+    assert "Traceback" not in text
+    assert fork_call(lambda: cli("verify", out)) == 0  # whatever was written is consistent
+    assert fork_call(lambda: cli("compute", run, "--out", out, "--quiet", *ROWS)) == 0
+    ref = tmp_path / "ref.zarr"
+    assert fork_call(lambda: cli("compute", run, "--out", ref, "--quiet", *ROWS)) == 0
+    assert_same_tree(out, ref)
