@@ -454,7 +454,12 @@ def report(
     click.echo(str(result.html))
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(
+    epilog=_epilog(
+        "lca verify runs/exp1/lca.zarr          # every chunk present, right size, matching checksum",
+        "lca verify runs/exp1/lca.zarr --json   # the same as one JSON object",
+    )
+)
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def verify(store: Path, as_json: bool) -> None:
