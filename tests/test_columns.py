@@ -175,3 +175,13 @@ def test_another_granularity_is_another_store(runs: RunCache, tmp_path: Path) ->
     compute(run_dir, cfg, tmp_path / "s.zarr")
     with pytest.raises(StoreError, match="another model, data, loss or compute settings"):
         compute(run_dir, config.with_overrides(threads=1), tmp_path / "s.zarr")
+
+
+@pytest.mark.slow
+def test_the_report_works_at_the_resolution_stored(stores: dict[str, LcaStore], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from lca_cli.report import write_report
+
+    for name in ("neuron", "params"):
+        result = write_report(stores[name].path, tmp_path / f"{name}.html")
+        assert result.html.exists() and result.html.stat().st_size > 10_000
