@@ -16,8 +16,10 @@ reclaiming at once cannot both win, and a holder whose claim was taken (it was s
 lease) notices at its next heartbeat or :meth:`Lease.check` and stops before writing anything more.
 
 The store lock is :func:`store_lock_path` (a hidden sibling of the store, so it exists before the store
-does and stays put when a new store is swapped in). Per-block claims for cooperating processes can be
-further :class:`Lease` files (e.g. one per row chunk in a claims folder) renewed by the same :class:`Keeper`.
+does and stays put when a new store is swapped in). Per-chunk claims of the processes that compute into a
+store are further :class:`Lease` files, one per row chunk in the store's claims folder, renewed by the
+same kind of :class:`Keeper` (:mod:`lca_cli.distributed`); :func:`read_claim` tells who holds one, and
+whether it is stale, without trying to take it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any
 from lca_cli.errors import StoreBusyError
 from lca_cli.placement import new_token, storage_errors
 
-__all__ = ["HEARTBEAT_SECONDS", "LEASE_SECONDS", "Holder", "Keeper", "Lease", "store_lock_path"]
+__all__ = ["HEARTBEAT_SECONDS", "LEASE_SECONDS", "Holder", "Keeper", "Lease", "read_claim", "store_lock_path"]
 
 #: A claim whose heartbeat is older than this (and whose holder cannot be checked directly) is stale.
 LEASE_SECONDS = 120.0
@@ -133,6 +135,30 @@ class Holder:
             start = _process_start(self.pid)
             return not (start and self.pid_start and start != self.pid_start)  # else the pid was reused
         return now - max(self.heartbeat, mtime) < lease
+
+
+def read_claim(path: Path, lease: float = LEASE_SECONDS) -> tuple[Holder | None, bool] | None:
+    """Who holds a claim file, and whether that holder is still alive (nothing is written or taken).
+
+    Args:
+        path: The claim file.
+        lease: As for :meth:`Lease.acquire`.
+
+    Returns:
+        None when there is no claim; else ``(holder, alive)``. A torn record (a heartbeat being written) is
+        ``(None, True)`` for a few seconds, then ``(None, False)``.
+
+    """
+    try:
+        raw = path.read_bytes()
+        mtime = path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    now = time.time()
+    holder = Holder.decode(raw)
+    if holder is None:
+        return None, now - mtime < 5.0
+    return holder, holder.alive(mtime, now, lease)
 
 
 class Lease:

@@ -28,6 +28,7 @@ from lca_cli.errors import (
     EXIT_SIGTERM,
     Interrupted,
     LcaError,
+    PeerFailed,
     StoreError,
     ToleranceError,
 )
@@ -61,23 +62,27 @@ _STOP_SIGNALS = {
 }
 
 
+def _epilog(*examples: str, before_exit_codes: str = "") -> str:
+    """Examples, an optional block, then the exit codes: unwrapped blocks (each starts with a backspace line)."""
+    extra = f"{before_exit_codes}\n\n" if before_exit_codes else ""
+    return "\b\nExamples:\n" + "\n".join(f"  {e}" for e in examples) + "\n\n" + extra + EXIT_CODES_HELP
+
+
 def _err(message: str) -> None:
     click.echo(message, err=True)
 
 
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-    epilog=EXIT_CODES_HELP,
+    epilog=_epilog(
+        "lca compute runs/exp1                         # checkpoints -> runs/exp1/lca.zarr",
+        "lca summarize runs/exp1/lca.zarr --by layer   # who helped, who hurt",
+        "lca report runs/exp1/lca.zarr --out exp1.html # figures, one self-contained page",
+    ),
 )
 @click.version_option(__version__, prog_name="lca")
 def cli() -> None:
-    r"""Loss Change Allocation: which parameters did the learning, from saved checkpoints.
-
-    \b
-    Typical use:
-      lca compute runs/exp1                       # checkpoints -> runs/exp1/lca.zarr
-      lca summarize runs/exp1/lca.zarr --by layer # who helped, who hurt
-      lca report runs/exp1/lca.zarr --out exp1.html
+    """Loss Change Allocation: which parameters did the learning, from saved checkpoints.
 
     Each iteration's loss change L(θ_t+1) - L(θ_t) on a fixed evaluation set is split exactly among the
     parameters (negative LCA = helped, positive = hurt), by integrating the gradient along the straight
@@ -167,6 +172,21 @@ def _compute_options(f: Any) -> Any:
             help="Entry of the saved checkpoint dicts holding the model's state_dict (a/b for a deeper one) "
             "[found automatically: state_dict, model, model_state_dict or module].",
         ),
+        click.option(
+            "--granularity",
+            type=click.Choice(["parameter", "neuron", "tensor"]),
+            help="What a stored lca column holds: one parameter, one neuron (output unit of a layer) or one "
+            "tensor; neuron and tensor rows take orders of magnitude less disk. Pairs are integrated over every "
+            "parameter either way [parameter].",
+        ),
+        click.option(
+            "--params",
+            "params",
+            multiple=True,
+            metavar="GLOB",
+            help="Store the columns of the tensors whose names match (repeatable, e.g. 'encoder.*'); the rest "
+            "is stored as one '(other)' column, so rows still sum to the loss change [every tensor].",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -203,7 +223,18 @@ def _stop_signals(stop: threading.Event, received: list[int]) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-@cli.command(epilog=SECURITY_HELP + "\n\n" + EXIT_CODES_HELP)
+@cli.command(
+    epilog=_epilog(
+        "lca compute runs/exp1                          # -> runs/exp1/lca.zarr (resumes if it exists)",
+        "lca compute runs/exp1 --dtype float32 --rtol 1e-3 --threads 1",
+        "lca compute runs/exp1 --config exp.toml --out /data/exp1.zarr --json",
+        "torchrun --standalone --nproc-per-node 4 -m lca_cli compute runs/exp1   # 4 GPUs or processes",
+        "lca compute runs/exp1 --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT",
+        "lca compute runs/exp1 --follow --prune          # beside training, under a disk budget",
+        "lca compute runs/exp1 --dry-run --granularity neuron",
+        before_exit_codes=SECURITY_HELP,
+    )
+)
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config TOML [RUN_DIR/lca.toml].")
 @click.option("--out", type=click.Path(path_type=Path), help="Store path [RUN_DIR/lca.zarr].")
@@ -231,6 +262,48 @@ def _stop_signals(stop: threading.Event, received: list[int]) -> Iterator[None]:
     help="Exit with code 8 when a pair computed by this call stays over tolerance at the cap (pairs flagged by "
     "earlier calls are reported, not judged again).",
 )
+@click.option(
+    "--steps",
+    "steps_window",
+    metavar="A:B",
+    help="Compute only the pairs whose start step is in A:B (half-open; either end may be omitted) [all].",
+)
+@click.option(
+    "--shard",
+    metavar="I/N",
+    help="Compute the I-th of N contiguous parts of the pairs (Slurm array tasks, machines without torchrun); "
+    "parts may run at once (implies --cooperate) or one after another.",
+)
+@click.option(
+    "--cooperate",
+    is_flag=True,
+    help="When another lca compute holds the store, compute the chunks it has not claimed instead of exiting 9.",
+)
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep computing pairs as checkpoints arrive (beside training); stops at --until, at the end marker "
+    "lca.end the lca writer and callbacks leave, or after --idle-timeout.",
+)
+@click.option("--until", type=int, metavar="STEP", help="With --follow: stop once every pair before STEP is done.")
+@click.option(
+    "--idle-timeout",
+    type=float,
+    metavar="SECONDS",
+    help="With --follow: stop after this long without a new checkpoint [1800].",
+)
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Delete each checkpoint once every pair needing it is stored (never the newest; only the run's "
+    "checkpoint files and folders). Only when no other store is still to be computed from the run.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan (pairs, gradients per pair, a time estimate from one measured gradient, disk sizes) "
+    "and exit; nothing is written.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON result object on stdout (for scripts).")
 @click.option(
     "--progress",
@@ -250,6 +323,14 @@ def compute(
     repair: bool,
     unsafe_pickle: bool,
     strict: bool,
+    steps_window: str | None,
+    shard: str | None,
+    cooperate: bool,
+    follow: bool,
+    until: int | None,
+    idle_timeout: float | None,
+    prune: bool,
+    dry_run: bool,
     as_json: bool,
     progress_mode: str,
     quiet: bool,
@@ -267,18 +348,48 @@ def compute(
     Rerunning on an existing store resumes: finished pairs are never recomputed and checkpoints that
     arrived since are appended (safe for cron; checkpoints deleted after their rows were stored are fine).
     Ctrl-C, SIGTERM and SIGHUP stop after the current pair and keep every finished row (exit 130, 143,
-    129); run the same command again to continue. One lca compute at a time per store (exit 9 otherwise).
+    129); run the same command again to continue. One lca compute at a time per store (exit 9 otherwise),
+    unless --cooperate (or --shard): then the processes share the store's chunks (see README, "Many GPUs and
+    nodes").
     """
     stop = threading.Event()
     received: list[int] = []
     with _stop_signals(stop, received):  # before the slow imports: a SIGTERM during start-up is handled too
         from lca_cli.config import load_config
+        from lca_cli.distributed import Scope, env_rank, parse_shard
+        from lca_cli.follow import IDLE_TIMEOUT_SECONDS, wait_for_file
+        from lca_cli.pipeline import Schedule
         from lca_cli.pipeline import compute as run_compute
         from lca_cli.progress import BarProgress, PlainProgress
+        from lca_cli.reduce import parse_window
 
-        config = load_config(config_path or run_dir / "lca.toml")
+        window = parse_window(steps_window)
+        part, parts = parse_shard(shard)
+        schedule = Schedule(
+            Scope(window.start, window.stop, part, parts), cooperate=cooperate, follow=follow, until=until,
+            idle_timeout=IDLE_TIMEOUT_SECONDS if idle_timeout is None else idle_timeout, prune=prune,
+        )  # fmt: skip
+        rank = env_rank()
+        quiet = quiet or bool(rank)  # the other ranks of a torchrun job are quiet: rank 0 reports
+        flags["params"] = tuple(flags.get("params") or ()) or None
+        config_file = config_path or run_dir / "lca.toml"
+        if follow and not dry_run:  # training may not have written lca.toml yet
+            wait_for_file(config_file, schedule.idle_timeout, stop)
+        config = load_config(config_file)
         config = config.with_overrides(**flags)
         config.compute.validate()
+        if dry_run:
+            from lca_cli.dryrun import plan
+
+            planned = plan(run_dir, config, out, schedule, unsafe_pickle=unsafe_pickle)
+            if rank:
+                return  # under torchrun, rank 0 prints the plan
+            if as_json:
+                click.echo(json.dumps(planned.to_dict(), indent=1))
+            else:
+                for line in planned.lines():
+                    click.echo(line)
+            return
         if quiet or progress_mode == "none":
             reporter: Any = None
         elif progress_mode == "bar" or (progress_mode == "auto" and sys.stderr.isatty()):
@@ -295,17 +406,28 @@ def compute(
             stop=stop,
             unsafe_pickle=unsafe_pickle,
             note=None if quiet else (lambda message: _err(f"Note: {message}")),
+            schedule=schedule,
         )
+    if rank:  # a torchrun rank other than 0: rank 0 prints the job's result
+        if result.interrupted:
+            sys.exit(_STOP_SIGNALS[signal.Signals(received[0])][0] if received else EXIT_INTERRUPTED)
+        return
 
     if as_json:
         click.echo(json.dumps(_result_json(result)))
     if not quiet:
         rate = result.computed / result.seconds if result.seconds > 0 else 0.0
         repaired = f", {result.repaired} damaged row(s) recomputed" if result.repaired else ""
+        procs = f" in {result.processes} processes" if result.processes > 1 else ""
+        others = f", {result.by_others} by other processes meanwhile" if result.by_others else ""
+        scope = f" ({result.scope})" if result.scope != "every pair" else ""
+        pruned = f"; {result.pruned} checkpoint(s) pruned" if result.pruned else ""
         _err(
-            f"{result.store}: {result.computed} pair(s) computed, {result.skipped} already done, "
-            f"{result.n_pairs} in total ({rate:.2f} pairs/s on {result.device}){repaired}"
+            f"{result.store}: {result.computed} pair(s) computed{procs}{scope}{others}, {result.skipped} already done, "
+            f"{result.n_pairs} in total ({rate:.2f} pairs/s on {result.device}){repaired}{pruned}"
         )
+        if result.ended:
+            _err(f"Note: {result.ended}")
     for line in _flag_warnings(result):
         _err(line)
     if result.interrupted:
@@ -335,6 +457,12 @@ def _result_json(result: Any) -> dict[str, Any]:
         "device": result.device,
         "interrupted": result.interrupted,
         "repaired": result.repaired,
+        "processes": result.processes,
+        "by_others": result.by_others,
+        "role": result.role,
+        "scope": result.scope,
+        "pruned": result.pruned,
+        "ended": result.ended,
     }
 
 
@@ -360,122 +488,155 @@ def _flag_warnings(result: Any) -> list[str]:
     return lines
 
 
-def _render_table(summary: Any, tied: dict[str, str]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+_STEPS_HELP = (
+    "Window A:B: the iterations whose start step s has A <= s < B (either end may be left out: 100: or :500); "
+    "a single step A is the one iteration starting there. B must be greater than A; a window holding no "
+    "iteration of the store is an error that names the store's steps."
+)
 
-    h = summary.header
-    console = Console(soft_wrap=False)
 
-    def fmt(v: Any) -> str:
-        if v is None:
-            return "-"
-        if isinstance(v, bool):
-            return "yes" if v else ""
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
-
-    helped = (
-        f"{h['helped_fraction_mean']:.3f} ± {h['helped_fraction_sd']:.3f}"
-        if h["helped_fraction_mean"] is not None
-        else "-"
+@cli.command(
+    epilog=_epilog(
+        "lca summarize runs/exp1/lca.zarr                    # by layer",
+        "lca summarize runs/exp1/lca.zarr --concentration --set val",
+        "lca summarize runs/exp1/lca.zarr --by neuron --top 20 --sort hurt",
+        "lca summarize runs/exp1/lca.zarr --by iteration --steps 0:50 --format csv",
     )
-    lines = [
-        f"[bold]{h['store']}[/bold]  set [bold]{h['set']}[/bold]  steps {fmt(h['first_step'])}..{fmt(h['last_step'])}"
-        f"  ({h['iterations']} of {h['iterations_total']} iterations, {h['parameters']:,} parameters)",
-        f"ΔL {h['delta_loss']:.6g}   Σ LCA {h['sum_lca']:.6g}"
-        + (f"   buffers {h['buffer_lca']:.3g}" if h["buffer_lca"] else "")
-        + f"   max |residual| {h['max_abs_residual']:.3g}   flagged pairs {h['flagged']}",
-        f"helped fraction per iteration {helped}  (exact zeros excluded)",
-    ]
-    if tied:
-        ties = ", ".join(f"{alias} = {owner}" for alias, owner in tied.items())
-        lines.append(f"tied parameters (one tensor, its LCA listed under the second name): {ties}")
-    for line in lines:
-        console.print(line, highlight=False)
-    table = Table(show_header=True, header_style="bold")
-    for col in summary.columns:
-        table.add_column(col, justify="left" if col == "name" else "right")
-    for row in summary.rows:
-        table.add_row(*(fmt(row.get(c)) for c in summary.columns))
-    console.print(table)
-
-
-@cli.command(epilog=EXIT_CODES_HELP)
+)
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--by", type=click.Choice(["layer", "tensor", "neuron", "iteration"]), default="layer", show_default=True,
               help="layer = parameter name minus its last component; neuron = output unit (dim 0).")  # fmt: skip
 @click.option("--set", "set_name", help="Evaluation set [train, else the first].")
-@click.option("--steps", help="Window of iterations by start step, A:B (half-open; either end optional).")
+@click.option("--steps", help=_STEPS_HELP)
 @click.option("--top", type=int, help="Show only the first N rows (after sorting).")
 @click.option("--sort", type=click.Choice(["model", "helped", "hurt", "abs"]),
               help="model order (default; neurons: helped), most helpful first, most harmful first, "
               "or by |LCA|.")  # fmt: skip
+@click.option("--concentration", is_flag=True,
+              help="With --by layer|tensor: also the share of each group's parameters that does 50% / 90% of its "
+              "learning (streams the lca array once; the other columns read only small arrays).")  # fmt: skip
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 def summarize(
-    store: Path, by: str, set_name: str | None, steps: str | None, top: int | None, sort: str | None, fmt: str
+    store: Path,
+    by: str,
+    set_name: str | None,
+    steps: str | None,
+    top: int | None,
+    sort: str | None,
+    concentration: bool,
+    fmt: str,
 ) -> None:
     """Summarise an LCA store: totals and who helped (LCA < 0) or hurt (LCA > 0).
 
     The header gives the total loss change ΔL, the sum of all LCA (equal to ΔL up to the residual), the
-    largest |residual|, the pairs flagged over tolerance, and the mean ± sd fraction of parameters that
-    helped per iteration (parameters with LCA exactly 0 count as neither). Rows give, per group, its
-    parameter count, LCA (loss units), share of the total Σ LCA and helped fraction (over its non-zero
-    entries). --format json prints one object {"header", "columns", "rows"}; csv prints the rows only.
+    largest |residual|, the pairs flagged over tolerance, and how many parameters helped per iteration in
+    both conventions: helped / zero / hurt as shares of all parameters (the paper's), and the helped
+    fraction with exact zeros excluded. Layer, tensor and neuron rows give the parameter count, LCA (loss
+    units), share of Σ LCA, both helped conventions and a significance verdict: a group helps or hurts only
+    when |its total| exceeds the window's integration error Σ|residual|. Layer and tensor rows add the steps
+    by which the group had done 50% and 90% of its learning. --format json prints one object
+    {"header", "columns", "rows"}; csv prints the rows only.
     """
-    from lca_cli.reduce import parse_window
+    from lca_cli.reduce import open_store, parse_window
     from lca_cli.reduce import summarize as run_summarize
-    from lca_cli.store import LcaStore
+    from lca_cli.tables import render_summary
 
-    opened = LcaStore.open(store)
-    summary = run_summarize(opened, by=by, set_name=set_name, window=parse_window(steps), top=top, sort=sort)
+    window = parse_window(steps)
+    opened = open_store(store)
+    summary = run_summarize(
+        opened, by=by, set_name=set_name, window=window, top=top, sort=sort, concentration=concentration
+    )
     # Tied parameters (alias -> owner) are one tensor: its allocation is the owner's row; say so.
     tied = {str(k): str(v) for k, v in dict(opened.attrs.get("tied") or {}).items()}
+    summary.header["tied"] = tied
     if fmt == "json":
-        doc = summary.to_dict()
-        doc["header"]["tied"] = tied
-        click.echo(json.dumps(doc, indent=1))
+        click.echo(json.dumps(summary.to_dict(), indent=1))
     elif fmt == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=summary.columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(summary.rows)
     else:
-        _render_table(summary, tied)
+        click.echo(render_summary(summary), nl=False)
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
-@click.argument("store", type=click.Path(path_type=Path))
+@cli.command(
+    epilog=_epilog(
+        "lca report runs/exp1/lca.zarr --out exp1.html",
+        "lca report runs/exp1/lca.zarr --out early.html --steps :200 --set train",
+        "lca report runs/normal/lca.zarr runs/frozen/lca.zarr --out cmp.html --label normal --label frozen",
+    )
+)
+@click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="HTML page to write.")
-@click.option("--set", "set_name", help="Evaluation set [train, else the first].")
-@click.option("--steps", help="Window of iterations by start step, A:B.")
+@click.option("--set", "set_names", multiple=True,
+              help="Evaluation set to show (repeat for several) [every set of the store, side by side].")  # fmt: skip
+@click.option("--steps", help=_STEPS_HELP)
+@click.option("--label", "labels", multiple=True,
+              help="Names of the two runs in a comparison (give twice) [the stores' folder names].")  # fmt: skip
 @click.option("--png-dir", type=click.Path(path_type=Path), help="Where the PNG figures go [<OUT stem>_files/].")
+@click.option("--view", "views", multiple=True,
+              help="Draw only this view (repeat for several): loss, composition, helped_hist, values, layers, "
+              "layer_shares, cumulative, milestones, concentration, heatmaps, input_maps, trajectories, sync "
+              "[all].")  # fmt: skip
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
-def report(store: Path, out: Path, set_name: str | None, steps: str | None, png_dir: Path | None, quiet: bool) -> None:
-    """Write a self-contained HTML report (and PNG figures) of an LCA store.
+def report(
+    stores: tuple[Path, ...],
+    out: Path,
+    set_names: tuple[str, ...],
+    steps: str | None,
+    labels: tuple[str, ...],
+    png_dir: Path | None,
+    views: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Write a self-contained HTML report (and PNG figures) of one LCA store, or compare two.
 
-    Views: true vs reconstructed loss with residuals; per-layer totals split into helped and hurt; the
-    fraction of parameters helping per iteration and its histograms; cumulative LCA per layer (train
-    beside held-out sets); neuron x iteration heat maps; trajectories of the most helpful, most harmful
-    and random parameters; and a synchronisation view of per-layer learning peaks. The page needs no
-    network to open. Needs matplotlib: pip install 'lca-cli[report]'.
+    One store: true vs reconstructed loss; helped / zero / hurt shares per iteration with the loss; the
+    helped fraction's histograms; all LCA values on a log scale; per-layer totals with the integration
+    error, helped shares, concentration and when each layer learned; cumulative LCA per layer; neuron x
+    iteration maps (rows sorted, output units by class) and first-layer input maps for image nets;
+    single-parameter trajectories; synchronisation of per-layer learning peaks with two baselines. Every
+    evaluation set side by side (train beside held-out). Captions are computed from the run ("paper: X;
+    this run: Y").
+
+    Two stores (A B): the runs side by side per layer (matched by name; unmatched layers are listed) and
+    over time, e.g. normal training vs the last layer frozen. The page needs no network to open. Needs
+    matplotlib: pip install 'lca-cli[report]'.
     """
+    from lca_cli.errors import UsageError
     from lca_cli.reduce import parse_window
-    from lca_cli.report import write_report
 
     window = parse_window(steps)
-    result = write_report(
-        store,
-        out,
-        set_name=set_name,
-        steps=(window.start, window.stop),
-        png_dir=png_dir,
-        progress=None if quiet else _err,
-    )
+    if len(stores) > 2:
+        raise UsageError(f"lca report takes one store, or two to compare (got {len(stores)})")
+    if labels and len(labels) != len(stores):
+        raise UsageError(f"--label: give one per store ({len(stores)}), got {len(labels)}")
+    if views and len(stores) == 2:
+        raise UsageError("--view applies to the report of one store, not to a comparison")
+    progress = None if quiet else _err
+    if len(stores) == 2:
+        from lca_cli.compare import write_comparison
+
+        result = write_comparison(
+            stores[0], stores[1], out, labels=labels or None, set_names=set_names or None,
+            steps=(window.start, window.stop), png_dir=png_dir, progress=progress,
+        )  # fmt: skip
+    else:
+        from lca_cli.report import write_report
+
+        result = write_report(
+            stores[0], out, set_names=set_names or None, steps=(window.start, window.stop), png_dir=png_dir,
+            progress=progress, views=views or None,
+        )  # fmt: skip
     click.echo(str(result.html))
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(
+    epilog=_epilog(
+        "lca verify runs/exp1/lca.zarr          # every chunk present, right size, matching checksum",
+        "lca verify runs/exp1/lca.zarr --json   # the same as one JSON object",
+    )
+)
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def verify(store: Path, as_json: bool) -> None:
@@ -521,7 +682,11 @@ def main(argv: list[str] | None = None) -> None:
         _err("Interrupted; finished rows are saved and a rerun resumes.")
         sys.exit(exc.exit_code if isinstance(exc, Interrupted) else EXIT_INTERRUPTED)
     except LcaError as exc:
-        _err(f"Error: {exc}")
+        from lca_cli.distributed import env_rank
+
+        rank = env_rank()
+        if not (rank and isinstance(exc, PeerFailed)):  # another rank's failure: rank 0 reports it, once
+            _err(f"Error: rank {rank}: {exc}" if rank else f"Error: {exc}")
         sys.exit(exc.exit_code)
     except BrokenPipeError:
         sys.exit(0)

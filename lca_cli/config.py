@@ -97,6 +97,10 @@ class ComputeOptions:
             again when pairs slow down; see :mod:`lca_cli.tuning`), a count >= 1, or 0 for torch's default.
         state_dict_key: Entry of the saved checkpoint dicts that holds the model's state_dict (``a/b`` for a
             deeper one); empty = found automatically (:mod:`lca_cli.sources.keys`).
+        granularity: What a stored ``lca`` column holds: ``"parameter"`` (default), ``"neuron"`` or ``"tensor"``
+            (:mod:`lca_cli.columns`); the pair is integrated over every parameter either way.
+        params: Glob patterns of the tensors whose columns are stored; the others are summed into one
+            ``(other)`` column (empty: every tensor).
 
     """
 
@@ -115,6 +119,8 @@ class ComputeOptions:
     rows_per_chunk: int = 0
     threads: int | str = "auto"
     state_dict_key: str = ""
+    granularity: str = "parameter"
+    params: tuple[str, ...] = ()
 
     def validate(self) -> ComputeOptions:
         """Check every value, raising :class:`~lca_cli.errors.UsageError` on the first bad one.
@@ -155,6 +161,12 @@ class ComputeOptions:
             raise bad("device", f"{dev!r} is not auto, cpu, cuda or cuda:N")
         if self.rows_per_chunk < 0:
             raise bad("rows_per_chunk", "must be >= 0")
+        from lca_cli.columns import GRANULARITIES
+
+        if self.granularity not in GRANULARITIES:
+            raise bad("granularity", f"{self.granularity!r} is not one of {', '.join(GRANULARITIES)}")
+        if self.params and self.granularity == "tensor":
+            raise bad("params", "needs --granularity parameter or neuron (tensor rows are already one per tensor)")
         return self
 
     def resolved(self, device_type: str, checkpoint_dtype: str = "float32") -> ComputeOptions:
@@ -189,6 +201,11 @@ class ComputeOptions:
         settings = {k: getattr(self, k) for k in keys}
         if self.state_dict_key:  # which weights are read; absent when automatic, so older stores still match
             settings["state_dict_key"] = self.state_dict_key
+        # What the stored columns hold: absent for the plain per-parameter rows, so older stores still match.
+        if self.granularity != "parameter":
+            settings["granularity"] = self.granularity
+        if self.params:
+            settings["params"] = list(self.params)
         return settings
 
 
@@ -246,9 +263,15 @@ def legacy_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
     return {**identity, "compute": compute}
 
 
+#: Result settings a store's identity leaves out at their default (so older stores still match), with that default.
+_ABSENT_SETTINGS: dict[str, Any] = {"granularity": "parameter", "params": [], "state_dict_key": ""}
+
+
 def _flag_value(value: Any) -> str:
     if value is None:
         return "none"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -266,7 +289,8 @@ def settings_mismatch(stored: Mapping[str, Any], current: Mapping[str, Any]) -> 
     """
     if {k: v for k, v in stored.items() if k != "compute"} != {k: v for k, v in current.items() if k != "compute"}:
         return None
-    old, new = dict(stored.get("compute") or {}), dict(current.get("compute") or {})
+    old = {**_ABSENT_SETTINGS, **dict(stored.get("compute") or {})}
+    new = {**_ABSENT_SETTINGS, **dict(current.get("compute") or {})}
     keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if not keys:
         return None
@@ -283,7 +307,9 @@ def settings_mismatch(stored: Mapping[str, Any], current: Mapping[str, Any]) -> 
         flag = "--" + k.replace("_", "-")
         if isinstance(was, bool):
             flags.append(flag if was else f"--no-{k.replace('_', '-')}")
-        elif was is None:
+        elif isinstance(was, list):
+            flags.append(" ".join(f"{flag} {p!r}" for p in was) if was else f"no {flag}")
+        elif was is None or was == "":
             flags.append(f"no {flag}")
         else:
             flags.append(f"{flag} {_flag_value(was)}")
@@ -297,7 +323,7 @@ def settings_mismatch(stored: Mapping[str, Any], current: Mapping[str, Any]) -> 
 _COMPUTE_TYPES: dict[str, type] = {
     "method": str, "refine": str, "tolerance": float, "rtol": float, "l1_tol": float, "max_splits": int,
     "batch_size": int, "device": str, "dtype": str, "bn_mode": str, "allow_tf32": bool, "compile": bool,
-    "rows_per_chunk": int, "threads": int, "state_dict_key": str,
+    "rows_per_chunk": int, "threads": int, "state_dict_key": str, "granularity": str, "params": list,
 }  # fmt: skip
 
 
@@ -379,6 +405,10 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>", base_dir: Pat
         ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
         if not ok and not (want is float and isinstance(value, int) and not isinstance(value, bool)):
             raise ConfigError(f"{source}: [compute] {name} = {value!r} must be a {want.__name__}")
+        if want is list and not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{source}: [compute] {name} = {value!r} must be a list of strings")
+    if "params" in comp_raw:
+        comp_raw = {**comp_raw, "params": tuple(comp_raw["params"])}
     try:
         compute = ComputeOptions(**comp_raw)
     except TypeError as exc:

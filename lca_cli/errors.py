@@ -71,6 +71,18 @@ class StorageError(LcaError, OSError):
     exit_code = 10
 
 
+class PeerFailed(LcaError):
+    """Another process of the same ``torchrun`` job failed and stopped this one (its exit code, its message).
+
+    The failing process prints its own error; the job's rank 0 prints this one (which names that process),
+    the other ranks exit with its code silently.
+    """
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 #: Exit code when the user interrupts a command (Ctrl-C); the store stays resumable.
 EXIT_INTERRUPTED = 130
 

@@ -15,6 +15,11 @@
 
 When the lock cannot be created because the file system is read-only (or not writable), a finished store of
 this run is opened read-only and ``compute`` is a no-op; anything to compute is a :class:`StorageError`.
+
+While other processes compute into the store (``busy``, from :mod:`lca_cli.distributed`), the store's shape
+and files are left alone: growing it, repairing it or replacing it is refused (:class:`StoreBusyError`).
+:func:`open_helper` opens a store another process prepared, for a process that only computes claimed rows
+into it; :meth:`Target.refresh` appends checkpoints that arrived since (``--follow``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +36,9 @@ from typing import Any
 import numpy as np
 
 from lca_cli.claims import Keeper, Lease, store_lock_path
+from lca_cli.columns import Columns
 from lca_cli.config import legacy_identity, settings_mismatch
-from lca_cli.errors import StorageError, StoreError
+from lca_cli.errors import StorageError, StoreBusyError, StoreError
 from lca_cli.identity import Alignment, align, check_fingerprints, fingerprints
 from lca_cli.integrity import prepare_repair, quick_check, remove_partial_files, verify
 from lca_cli.layout import Layout
@@ -49,7 +55,7 @@ from lca_cli.placement import (
 )
 from lca_cli.store import LcaStore
 
-__all__ = ["Target", "prepare"]
+__all__ = ["Target", "open_helper", "prepare"]
 
 
 def _normalise(obj: Any) -> Any:
@@ -70,6 +76,7 @@ class Target:
         read_only: The file system refused the lock: nothing may be written (nothing was left to compute).
         repaired: Rows marked for recomputation by ``repair``, per set.
         device: Recorded in the store's attributes at the first write.
+        helper: Opened by :func:`open_helper`: rows only, never the store's attributes or shape.
 
     """
 
@@ -82,6 +89,7 @@ class Target:
     read_only: bool = False
     repaired: dict[str, list[int]] = field(default_factory=dict)
     device: str = ""
+    helper: bool = False
     _touched: bool = False
 
     def before_write(self) -> None:
@@ -91,6 +99,8 @@ class Target:
 
     def after_write(self) -> None:
         """Called after each durable write: swap a new store into place, note the time of the last update."""
+        if self.helper:
+            return  # the owner alone writes attributes
         if self.pending is not None:
             _swap_in(self.store.path, self.pending)
             self.store.relocate(self.pending)
@@ -98,6 +108,29 @@ class Target:
         if not self._touched:  # a store is only touched when rows are written (read-only no-ops stay exit 0)
             self._touched = True
             self.store.update_attrs({"updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": self.device})
+
+    def refresh(self, refs: Sequence[Any], run: Path) -> bool:
+        """Align the store with the run's checkpoints again and append new ones (the owner, under its lock).
+
+        Args:
+            refs: The run's checkpoints now, in step order (deleted ones may be missing).
+            run: Run directory (messages).
+
+        Returns:
+            Whether checkpoints were appended.
+
+        Raises:
+            StoreError: As for :func:`prepare` (a changed history, a replaced checkpoint).
+
+        """
+        al = _match_run(self.store, refs, run, self.store.done())
+        grown = len(al.steps) > al.n_stored
+        if grown:
+            appended = [r for r in al.refs[al.n_stored :] if r is not None]
+            fps = np.concatenate([np.zeros((al.n_stored, 16), np.uint8), fingerprints(appended)])
+            self.store.extend(al.steps, fps)
+        self.alignment = al
+        return grown
 
     def close(self) -> None:
         """Remove a new store that never got rows (the old one stays), stop the heartbeat, release the lock."""
@@ -206,6 +239,9 @@ def prepare(
     repair: bool,
     device: str,
     durable: bool = True,
+    columns: Columns | None = None,
+    busy: Callable[[], str | None] | None = None,
+    purpose: str = "lca compute",
 ) -> Target:
     """Lock, open or create the store ``compute`` writes into (see the module docstring).
 
@@ -222,6 +258,9 @@ def prepare(
         repair: Verify every checksum and recompute damaged rows.
         device: Recorded at the first write.
         durable: fsync before marking rows done.
+        columns: What a new store's ``lca`` columns hold (None: one per parameter).
+        busy: Why the store must not change shape now (other processes compute into it), or None.
+        purpose: Recorded in the lock, for other processes' messages.
 
     Returns:
         The target; call :meth:`Target.close` when done.
@@ -229,7 +268,8 @@ def prepare(
     Raises:
         StoreError: ``out`` is a file or a folder lca did not create, or a store of another config, run or
             format, or damaged (without ``repair``).
-        StoreBusyError: Another ``lca compute`` holds the store.
+        StoreBusyError: Another ``lca compute`` holds the store, or other processes compute into it and it
+            would have to grow, be repaired or be replaced.
         StorageError: The file system refuses.
 
     """
@@ -251,7 +291,7 @@ def prepare(
     with storage_errors(f"cannot create {out.parent}"):
         out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        lock = Lease.acquire(store_lock_path(out), str(out))
+        lock = Lease.acquire(store_lock_path(out), str(out), purpose=purpose)
     except StorageError:
         if state.kind != "store" or overwrite or repair:
             raise
@@ -261,7 +301,7 @@ def prepare(
     try:
         return _prepare_locked(
             out, run, refs, identity, layout, sets, attrs, rows_per_chunk, overwrite, repair, device, durable, lock,
-            keeper,
+            keeper, columns, busy or (lambda: None),
         )  # fmt: skip
     except BaseException:
         keeper.close()
@@ -299,25 +339,38 @@ def _prepare_locked(
     durable: bool,
     lock: Lease,
     keeper: Keeper,
+    columns: Columns | None,
+    busy: Callable[[], str | None],
 ) -> Target:
-    # Holding the lock, nothing else works on this store: siblings left by a killed run are ours to clean.
+    # Holding the lock, no other owner works on this store: siblings left by a killed run are ours to clean.
     for stale in stale_siblings(out):
         remove_stale_sibling(stale)
     state = inspect_path(out, deep=overwrite)  # again: another process may have finished creating it meanwhile
     if state.kind == "foreign":
         raise StoreError(f"{out} is not an lca store (it holds {state.detail}); choose another --out")
+    # Helpers of an earlier owner may still compute claimed rows into it: then its files and shape stay as they are.
+    active = busy() if state.kind == "store" else None
+    if active and (overwrite or repair):
+        what = "replace" if overwrite else "repair"
+        raise StoreBusyError(f"{out}: {active}; cannot {what} it now: wait for them to finish, or stop them")
     if state.kind == "store" and not overwrite:
         store = LcaStore.open(out, mode="r+", check=False, durable=durable)
         store.require_current()
         _check_same(store, identity, layout, sets)
-        with storage_errors(f"writing {out}"):
-            remove_partial_files(out)
+        if not active:  # a *.partial file may be a live helper's chunk write in flight
+            with storage_errors(f"writing {out}"):
+                remove_partial_files(out)
         repaired: dict[str, list[int]] = {}
         if repair:
             repaired = prepare_repair(store, verify(store))
         else:
             quick_check(store)
         al = _match_run(store, refs, run, store.done())
+        if len(al.steps) > al.n_stored and active:
+            raise StoreBusyError(
+                f"{out}: {active}; cannot append the run's {len(al.steps) - al.n_stored} new checkpoint(s) now: wait "
+                "for them to finish, or compute into the store as it is with --cooperate"
+            )
         if len(al.steps) > al.n_stored:
             appended = [r for r in al.refs[al.n_stored :] if r is not None]
             fps = np.concatenate([np.zeros((al.n_stored, 16), np.uint8), fingerprints(appended)])
@@ -333,7 +386,7 @@ def _prepare_locked(
     try:
         store = LcaStore.create(
             new, layout=layout, sets=sets, steps=steps, attrs=attrs, rows_per_chunk=rows_per_chunk,
-            fingerprints=fps, durable=durable,
+            fingerprints=fps, durable=durable, columns=columns,
         )  # fmt: skip
     except BaseException:
         with contextlib.suppress(Exception):
@@ -345,3 +398,36 @@ def _prepare_locked(
     _move_into_place(new, out, state.kind)
     store.relocate(out)
     return Target(store, out, al, lock, keeper, device=device)
+
+
+def open_helper(
+    out: Path,
+    run: Path,
+    refs: Sequence[Any],
+    *,
+    identity: Any,
+    layout: Layout,
+    sets: list[str],
+    durable: bool = True,
+) -> Target:
+    """Open a store another process (its owner) prepared, to compute claimed rows into it.
+
+    The store must be this config's and this run's: the identity, layout and sets must match, and the
+    first and last of its checkpoints present in ``run`` must be the files it recorded (another run differs
+    at both ends). Nothing is written here; checkpoints the run gained since the owner prepared the store
+    are left to the owner.
+
+    Raises:
+        StoreError: If it is not an lca store of this config and run.
+
+    """
+    store = LcaStore.open(out, mode="r+", check=False, durable=durable)
+    store.require_current()
+    _check_same(store, _normalise(identity), layout, sets)
+    al = align(store.steps, refs, store.path, run)
+    al = Alignment(al.steps[: al.n_stored], al.refs[: al.n_stored], al.n_stored)
+    stored = store.fingerprints
+    present = [i for i, r in enumerate(al.refs) if r is not None]
+    if stored is not None and present:
+        check_fingerprints(al, stored, sorted({present[0], present[-1]}), store.path, run)
+    return Target(store, out, al, helper=True)

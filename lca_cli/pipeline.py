@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import queue
@@ -35,8 +36,20 @@ import numpy as np
 import torch
 
 from lca_cli.accuracy import SetAccuracy, set_accuracy
+from lca_cli.claims import read_claim, store_lock_path
+from lca_cli.columns import ColumnReducer, Columns
 from lca_cli.config import Config, build_model, call_factory, import_path
-from lca_cli.errors import RunDirError, UsageError
+from lca_cli.distributed import Board, ChunkQueue, Scope, Team
+from lca_cli.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    Interrupted,
+    PeerFailed,
+    RunDirError,
+    StoreBusyError,
+    UsageError,
+)
+from lca_cli.follow import IDLE_TIMEOUT_SECONDS, SETTLE_SECONDS, Follower, Pruner
 from lca_cli.integrate import Evaluation, integrate_pair
 from lca_cli.layout import Layout
 from lca_cli.objective import (
@@ -48,8 +61,8 @@ from lca_cli.objective import (
     prepare_model,
     split_state,
 )
-from lca_cli.opening import prepare
-from lca_cli.placement import inspect_path
+from lca_cli.opening import Target, open_helper, prepare
+from lca_cli.placement import inspect_path, new_token
 from lca_cli.sources import (
     CheckpointRef,
     CheckpointSource,
@@ -64,12 +77,14 @@ from lca_cli.tuning import ThreadTuner, checkpoint_dtype, usable_cores
 
 __all__ = [
     "FLUSH_SECONDS",
+    "POLL_SECONDS",
     "STOP_GRACE_SECONDS",
     "CheckpointLoader",
     "ComputeResult",
     "PairEngine",
     "ProgressInfo",
     "ProgressReporter",
+    "Schedule",
     "build_engine",
     "compute",
     "plan_blocks",
@@ -83,6 +98,8 @@ NoteFn = Callable[[str], None]
 
 #: A block's finished rows are written at least this often, so a long run's rows show up in the store.
 FLUSH_SECONDS = 30.0
+#: Seconds between looks while waiting: for new checkpoints (--follow), for chunks other processes hold.
+POLL_SECONDS = 0.5
 #: After a stop request (Ctrl-C, SIGTERM, SIGHUP), a pair still running this much later is abandoned (it is
 #: recomputed by the next run), so that stopping fits in a scheduler's grace period even for a large model.
 STOP_GRACE_SECONDS = 5.0
@@ -132,11 +149,13 @@ class _Abandoned(Exception):
     """A stop request outlived :data:`STOP_GRACE_SECONDS` inside a pair: drop the pair, keep the rest."""
 
 
-def resolve_device(spec: str) -> torch.device:
+def resolve_device(spec: str, team: Team | None = None) -> torch.device:
     """Turn ``--device`` into a torch device.
 
     Args:
         spec: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:i``.
+        team: A ``torchrun`` job: ``auto`` and ``cuda`` mean the device of this process's local rank
+            (``cuda:LOCAL_RANK``, modulo the devices visible, so several processes may share one).
 
     Returns:
         The device.
@@ -146,7 +165,9 @@ def resolve_device(spec: str) -> torch.device:
 
     """
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cuda" and team is not None and torch.cuda.is_available():
+        spec = f"cuda:{team.local_rank % torch.cuda.device_count()}"
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UsageError(f"--device {spec}: CUDA is not available here; use --device cpu or auto")
@@ -240,9 +261,14 @@ class CheckpointLoader:
         for j in range(i, min(len(self.refs), i + 1 + self.ahead)):
             if j not in self._futures and (j == i or self.refs[j] is not None):  # None: deleted (rotation)
                 self._futures[j] = self._pool.submit(self._load, j)
-        for j in [j for j in self._futures if j < i]:
+        # Only the window ahead of i is kept: a process that moves on to a chunk elsewhere (claims) drops the rest.
+        for j in [j for j in self._futures if j < i or j > i + self.ahead]:
             self._futures.pop(j).cancel()
         return self._futures.pop(i).result()
+
+    def set_refs(self, refs: Sequence[CheckpointRef | Any]) -> None:
+        """The run's checkpoints changed (appended while following; deleted by pruning)."""
+        self.refs = list(refs)
 
     def close(self) -> None:
         """Stop the reader thread."""
@@ -276,6 +302,8 @@ class PairEngine:
         device: Compute device.
         l1_tol: Per-parameter accuracy target (0 = off).
         refine: ``"local"`` or ``"doubling"``.
+        columns: Reduces each row to the store's columns (``--granularity``, ``--params``); None: one per
+            parameter.
 
     """
 
@@ -289,11 +317,17 @@ class PairEngine:
     device: torch.device
     l1_tol: float = 0.0
     refine: str = "local"
+    columns: ColumnReducer | None = None
     _bounds: list[tuple[int, int]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Column ranges of the tensors, for per-tensor sums over each block of rows at once.
         self._bounds = [(p.offset, p.stop) for p in self.layout.params]
+
+    @property
+    def width(self) -> int:
+        """Columns of a stored row: P, or the reduced column count."""
+        return self.layout.size if self.columns is None else self.columns.size
 
     def _evaluate(self, name: str, v: torch.Tensor, fixed: Mapping[str, torch.Tensor]) -> Evaluation:
         return Evaluation(*self.objectives[name].value_and_grad(v, fixed))
@@ -335,13 +369,14 @@ class PairEngine:
 
         """
         n_params = self.layout.size
+        width = self.width
         names = list(self.objectives)
         # Per pair, the float32 row goes straight into the block's host buffer (the array the writer gets: one
         # copy of the block in memory, so peak memory is a few store chunks whatever the run's length), and the
         # per-tensor sums and helped / hurt counts are reduced on the device from the float64 row, a few small
         # ops per tensor (an index_add over the row was 3 x 0.4 ms per pair for MNIST-FC).
         alloc = buffers or (lambda rows, cols: np.empty((rows, cols), dtype=np.float32))
-        bases = {s: alloc(len(block), n_params) for s in names}
+        bases = {s: alloc(len(block), width) for s in names}
         rows32 = {s: bases[s][: len(block)] for s in names}
         per_pair: dict[str, dict[str, list[Any]]] = {
             s: {k: [] for k in ("loss", "residual", "splits", "flagged", "l1", "tensor", "buffer")} for s in names
@@ -417,9 +452,12 @@ class PairEngine:
                 # Stored only once every set has its row: an abandoned or failed pair leaves no trace.
                 for s, res in results:
                     lca_p = res.lca[:n_params]  # (P,) parameters; res.lca[n_params:] are the buffers
-                    torch.from_numpy(rows32[s][i]).copy_(lca_p)
+                    reductions = self._tensor_reductions(lca_p)  # (3, K)
+                    # (C,) stored columns: the parameters themselves, or their neuron / tensor sums.
+                    row = lca_p if self.columns is None else self.columns.apply(lca_p, reductions[0])
+                    torch.from_numpy(rows32[s][i]).copy_(row)
                     r = per_pair[s]
-                    r["tensor"].append(self._tensor_reductions(lca_p))
+                    r["tensor"].append(reductions)
                     r["buffer"].append(res.lca[n_params:].sum())
                     r["loss"].append(res.loss1)
                     r["residual"].append(res.residual)
@@ -522,9 +560,10 @@ def build_engine(config: Config, device: torch.device) -> tuple[PairEngine, dict
             "last_chunk": sizes[-1],
         }
     assert opts.l1_tol is not None  # resolved above
+    columns = Columns.build(layout, opts.granularity, opts.params)
     engine = PairEngine(
         layout, vlayout, objectives, opts.method, opts.max_splits, opts.tolerance, opts.rtol, device, opts.l1_tol,
-        opts.refine,
+        opts.refine, None if columns.full else ColumnReducer(columns, layout),
     )  # fmt: skip
     details = {
         "sets": evaluation,
@@ -544,7 +583,7 @@ class ComputeResult:
     Attributes:
         store: Store path.
         n_pairs: Pairs in the store (T).
-        computed: Pairs computed by this call.
+        computed: Pairs computed by this call (every rank of a ``torchrun`` job, on rank 0; this process else).
         skipped: Pairs already done before this call.
         flagged: Per set, the steps (start of the pair) still over tolerance at the cap.
         max_abs_residual: Per set, the largest |residual| over all done pairs.
@@ -552,6 +591,12 @@ class ComputeResult:
         device: Device used.
         interrupted: True when stopped early (Ctrl-C, SIGTERM, SIGHUP); finished rows are saved.
         repaired: Damaged rows marked for recomputation (``repair``), summed over sets.
+        processes: Processes of this call (the ``torchrun`` job's size; 1 otherwise).
+        by_others: Pairs in this call's scope that other processes (``--cooperate``, shards) finished meanwhile.
+        role: ``"owner"`` (held the store lock), or ``"helper"`` (computed into another process's store).
+        pruned: Checkpoints deleted by ``--prune``.
+        ended: Why ``--follow`` stopped following (None without it).
+        scope: The pairs this call was responsible for (``--steps``, ``--shard``).
         accuracy: Per set, conservation, flags (all, and this call's) and the worst flagged pair.
         settings: The resolved result settings the store holds (method, refine, tolerances, dtype, ...).
         threads: torch's intra-op thread count at the end (chosen by measurement with ``--threads auto``).
@@ -568,9 +613,65 @@ class ComputeResult:
     device: str
     interrupted: bool = False
     repaired: int = 0
+    processes: int = 1
+    by_others: int = 0
+    role: str = "owner"
+    pruned: int = 0
+    ended: str | None = None
+    scope: str = "every pair"
     accuracy: dict[str, SetAccuracy] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     threads: int = 0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How a ``compute`` call shares the work and follows the run (none of it changes a store's numbers).
+
+    Attributes:
+        scope: The pairs to compute (``--steps``, ``--shard``).
+        cooperate: When another live ``lca compute`` holds the store, compute the chunks it has not claimed
+            instead of refusing (exit 9). Implied by a shard.
+        follow: Keep computing pairs as checkpoints arrive (:mod:`lca_cli.follow`).
+        until: With ``follow``: stop once the pairs starting before this step are done.
+        idle_timeout: With ``follow``: stop after this many seconds without a new checkpoint.
+        prune: Delete checkpoints once every pair needing them is stored (never the newest).
+        settle: With ``follow``: seconds a checkpoint's files (other than a flat ``.safetensors``) must be
+            unchanged before it is used.
+        poll: Seconds between looks while waiting (for checkpoints, for other processes' chunks).
+
+    """
+
+    scope: Scope = field(default_factory=Scope)
+    cooperate: bool = False
+    follow: bool = False
+    until: int | None = None
+    idle_timeout: float = IDLE_TIMEOUT_SECONDS
+    prune: bool = False
+    settle: float = SETTLE_SECONDS
+    poll: float = POLL_SECONDS
+
+    def check(self, *, overwrite: bool, repair: bool, team: Team | None) -> None:
+        """Refuse combinations that cannot work, in one line.
+
+        Raises:
+            UsageError: For ``--follow`` with several processes or a shard, or options of ``--follow``
+                without it.
+
+        """
+        if not self.follow and (self.until is not None or self.idle_timeout != IDLE_TIMEOUT_SECONDS):
+            raise UsageError("--until and --idle-timeout go with --follow")
+        if self.follow and (team is not None or self.scope.shards > 1 or self.cooperate):
+            raise UsageError("--follow runs in one process: drop torchrun, --shard and --cooperate")
+        if self.follow and (overwrite or repair):
+            raise UsageError("--follow computes into the store as it is: drop --overwrite / --repair")
+        if self.idle_timeout <= 0:
+            raise UsageError(f"--idle-timeout {self.idle_timeout:g}: must be > 0 seconds")
+
+    @property
+    def joins(self) -> bool:
+        """Whether a busy store is joined rather than refused."""
+        return self.cooperate or self.scope.shards > 1
 
 
 def _normalise(obj: Any) -> Any:
@@ -608,9 +709,10 @@ class _Writer:
 
     ``submit`` first waits until the previous piece is written, so at most two blocks are in memory: the one
     being written and the one being computed (the write, ~0.1 s, overlaps the next block's pairs, seconds).
-    ``before`` runs before each write (the lock check) and ``after`` after it (the swap of a new store into
-    place, the ``updated`` attribute). After a failed write nothing more is written; the error is raised by
-    the next ``submit`` or by ``close``.
+    ``before`` runs before each write (the lock and claim checks) and ``after`` after it (the swap of a new
+    store into place, the ``updated`` attribute); a piece's own ``then`` runs once it is written (releasing a
+    chunk's claim, pruning). After a failed write nothing more is written; the error is raised by the next
+    ``submit`` or by ``close``.
     """
 
     def __init__(
@@ -624,7 +726,9 @@ class _Writer:
         self.buffers = buffers
         self.before = before
         self.after = after
-        self._q: queue.Queue[tuple[dict[str, BlockRows], list[np.ndarray]] | None] = queue.Queue(maxsize=1)
+        self._q: queue.Queue[tuple[dict[str, BlockRows], list[np.ndarray], Callable[[], None] | None] | None] = (
+            queue.Queue(maxsize=1)
+        )
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="lca-write", daemon=True)
         self._thread.start()
@@ -635,7 +739,7 @@ class _Writer:
             try:
                 if item is None:
                     return
-                rows, release = item
+                rows, release, then = item
                 if self._error is None and rows:
                     if self.before is not None:
                         self.before()
@@ -643,6 +747,8 @@ class _Writer:
                         self.store.write_block(s, block)
                     if self.after is not None:
                         self.after()
+                if self._error is None and then is not None:
+                    then()
                 if self.buffers is not None:
                     for array in release:
                         self.buffers.give(array)
@@ -651,13 +757,21 @@ class _Writer:
             finally:
                 self._q.task_done()
 
-    def submit(self, rows: dict[str, BlockRows], release: Sequence[np.ndarray] = ()) -> None:
-        """Queue rows to write (and buffers to give back once written); raise an earlier write's error."""
+    def submit(
+        self, rows: dict[str, BlockRows], release: Sequence[np.ndarray] = (), then: Callable[[], None] | None = None
+    ) -> None:
+        """Queue rows to write (buffers to give back and ``then`` to call once written); raise an earlier error."""
         self._q.join()  # the previous piece is written
         if self._error is not None:
             raise self._error
-        if rows or release:
-            self._q.put((rows, list(release)))
+        if rows or release or then is not None:
+            self._q.put((rows, list(release), then))
+
+    def drain(self) -> None:
+        """Wait until everything submitted is written; raise a write's error."""
+        self._q.join()
+        if self._error is not None:
+            raise self._error
 
     def close(self) -> None:
         """Write what is queued, stop the thread, raise a write's error."""
@@ -680,8 +794,13 @@ def _threads(n: int | str) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _choose_threads(engine: PairEngine, threads: int | str, note: NoteFn) -> ThreadTuner | None:
+def _choose_threads(
+    engine: PairEngine, threads: int | str, note: NoteFn, local_processes: int = 1
+) -> ThreadTuner | None:
     """``--threads auto`` on CPU: time one evaluation chunk at one thread and at every usable core.
+
+    With ``local_processes`` processes of one ``torchrun`` job on this machine, each one's share of the cores
+    stands for "every usable core" (so the ranks do not oversubscribe the machine).
 
     Returns the tuner (for re-checks when pairs slow down), or None when the count is fixed: an explicit
     ``--threads``, a CUDA device (CPU threads do not carry the work there) or ``OMP_NUM_THREADS`` set by the user.
@@ -695,7 +814,8 @@ def _choose_threads(engine: PairEngine, threads: int | str, note: NoteFn) -> Thr
     head = obj.head(1)
     model_state = {k: t.detach().cpu() for k, t in obj.model.state_dict().items()}
     v, fixed = split_state(model_state, engine.vlayout, engine.device)
-    tuner = ThreadTuner(lambda: head.value_and_grad(v, fixed), [1, usable_cores()], note)
+    cores = max(1, usable_cores() // max(1, local_processes))
+    tuner = ThreadTuner(lambda: head.value_and_grad(v, fixed), sorted({1, cores}), note)
     tuner.choose()
     return tuner
 
@@ -762,8 +882,13 @@ def compute(
     durable: bool = True,
     unsafe_pickle: bool = False,
     note: NoteFn | None = None,
+    schedule: Schedule | None = None,
 ) -> ComputeResult:
     """Compute (or resume, or extend, or repair) the LCA store of a run.
+
+    Under ``torchrun`` with several processes every rank calls this; rank 0 prepares the store and reports, and
+    the ranks share the work by claiming chunks (:mod:`lca_cli.distributed`). Several independent calls share
+    a store the same way when they may (``schedule.cooperate``, a shard).
 
     Args:
         run_dir: Directory of checkpoints (any layout :mod:`lca_cli.sources` finds).
@@ -778,7 +903,8 @@ def compute(
         durable: fsync rows before marking them done (off only for benchmarks of the loop).
         unsafe_pickle: Allow torch checkpoints that need pickle (``--unsafe-pickle``; trusted files only).
         note: Receives one-line notes: where checkpoints were found, a nested entry or prefix used, a missing
-            step 0.
+            step 0, why following ended.
+        schedule: Which pairs, with whom, and whether to follow the run (default: every pair, alone).
 
     Returns:
         What was done.
@@ -790,127 +916,483 @@ def compute(
     config.compute.validate()
     if overwrite and repair:
         raise UsageError("--repair and --overwrite exclude each other (--overwrite recomputes everything)")
-    run = Path(run_dir)
-    say: NoteFn = note or (lambda message: None)
-    found_notes: list[str] = []
-    refs = find_checkpoints(run, unsafe_pickle=unsafe_pickle, notes=found_notes)
-    out_path = Path(out) if out is not None else run / "lca.zarr"
-    # Rotation may leave fewer than two checkpoints beside a store whose rows are all done: no error then.
-    if len(refs) < 2 and (overwrite or inspect_path(out_path, deep=False).kind != "store"):
-        raise RunDirError(
-            f"{run} holds {len(refs)} checkpoint(s); LCA needs at least two, one per iteration ({describe_folder(run)};"
-            " checkpoints are *.safetensors/*.pt/*.pth/*.bin/*.ckpt files with the step in their name or metadata,"
-            " or checkpoint-N/ step_N/ folders holding model.safetensors or pytorch_model.bin)"
+    schedule = schedule or Schedule()
+    team = Team.from_env()
+    schedule.check(overwrite=overwrite, repair=repair, team=team)
+    job = _Compute(
+        Path(run_dir), config, out, overwrite, repair, progress, stop if stop is not None else threading.Event(),
+        flush_seconds, durable, unsafe_pickle, note, schedule, team,
+    )  # fmt: skip
+    if team is not None:
+        team.start()
+    try:
+        return job.run()
+    finally:
+        if team is not None:
+            team.close()
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    """A failure as rank 0 broadcasts it to the other ranks of a ``torchrun`` job."""
+    code = getattr(exc, "exit_code", EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_INTERNAL)
+    return {"ok": False, "code": int(code), "message": str(exc) or type(exc).__name__}
+
+
+class _Compute:
+    """One ``compute`` call: set-up, the store (owned or joined), the pair loop over claimed chunks, the end."""
+
+    def __init__(
+        self,
+        run: Path,
+        config: Config,
+        out: str | Path | None,
+        overwrite: bool,
+        repair: bool,
+        progress: ProgressFn | ProgressReporter | None,
+        stop: threading.Event,
+        flush_seconds: float,
+        durable: bool,
+        unsafe_pickle: bool,
+        note: NoteFn | None,
+        schedule: Schedule,
+        team: Team | None,
+    ) -> None:
+        self.run_dir = run
+        self.config = config
+        self.out = Path(out) if out is not None else run / "lca.zarr"
+        self.overwrite, self.repair = overwrite, repair
+        self.progress, self.stop = progress, stop
+        self.flush_seconds, self.durable, self.unsafe_pickle = flush_seconds, durable, unsafe_pickle
+        self.schedule, self.team = schedule, team
+        self.lead = team is None or team.rank == 0
+        # Other ranks of a torchrun job are quiet: rank 0 says what is to be said.
+        self.say: NoteFn = (note if self.lead else None) or (lambda message: None)
+        self.board = Board(self.out)
+        self.follower: Follower | None = None
+        self.role = "owner"
+        self.target: Target | None = None
+        self.device = torch.device("cpu")
+        self.token = ""  # the owner's lock token (what the ready marker names)
+        self.job = ""  # a torchrun job's id (its abort marker)
+
+    # -- set-up -----------------------------------------------------------------------------------------
+
+    def _discover(self) -> list[CheckpointRef]:
+        run, sch = self.run_dir, self.schedule
+        found_notes: list[str] = []
+        if sch.follow:
+            self.follower = Follower(
+                run, until=sch.until, idle_timeout=sch.idle_timeout, stop=self.stop, unsafe_pickle=self.unsafe_pickle,
+                settle=sch.settle, poll=sch.poll, notes=self.say,
+            )  # fmt: skip
+            refs = self.follower.wait_for_start()
+        else:
+            refs = find_checkpoints(run, unsafe_pickle=self.unsafe_pickle, notes=found_notes)
+        # Rotation may leave fewer than two checkpoints beside a store whose rows are all done: no error then.
+        if len(refs) < 2 and (self.overwrite or inspect_path(self.out, deep=False).kind != "store"):
+            raise RunDirError(
+                f"{run} holds {len(refs)} checkpoint(s); LCA needs at least two, one per iteration ("
+                f"{describe_folder(run)}; checkpoints are *.safetensors/*.pt/*.pth/*.bin/*.ckpt files with the step "
+                "in their name or metadata, or checkpoint-N/ step_N/ folders holding model.safetensors or "
+                "pytorch_model.bin)"
+            )
+        for message in found_notes:
+            self.say(message)
+        if refs and refs[0].step != 0 and inspect_path(self.out, deep=False).kind != "store":
+            self.say(
+                f"the first checkpoint is step {refs[0].step}: the iterations before it are not in the store (save "
+                "the initial weights as step 0; the lca callbacks for Hugging Face and Lightning do)"
+            )
+        return refs
+
+    def run(self) -> ComputeResult:
+        """Do it (see :func:`compute`)."""
+        deferred: BaseException | None = None  # a rank other than 0 reports its own set-up error after rank 0's
+        refs: list[CheckpointRef] = []
+        device = torch.device("cpu")
+        try:
+            refs = self._discover()
+            device = resolve_device(self.config.compute.device, self.team)
+        except BaseException as exc:
+            if self.lead:
+                self._share_failure(exc)
+                raise
+            deferred = exc
+        # Concrete dtype and tolerances: they are what the store records and a resume must match. dtype "auto" is
+        # the checkpoints' own dtype (every rank reads the same first checkpoint).
+        ckpt_dtype = "float32"
+        if self.config.compute.dtype == "auto" and deferred is None:
+            try:
+                ckpt_dtype = _auto_dtype(refs, self.out, self.overwrite, self.unsafe_pickle)
+            except BaseException as exc:
+                if self.lead:
+                    self._share_failure(exc)
+                    raise
+                deferred = exc
+        opts = self.config.compute.resolved(device.type, ckpt_dtype)
+        self.config = dataclasses.replace(self.config, compute=opts)
+        self.device = device
+        # The config's folder stays on the import path while factories run and while the model runs (a factory or
+        # a forward may import lazily), wherever lca is run from.
+        with _tf32(opts.allow_tf32), _threads(opts.threads), import_path(self.config.base_dir):
+            try:
+                return self._run(refs, deferred)
+            finally:
+                if self.target is not None and self.target.lock is not None:
+                    self.board.withdraw(self.token)  # no helper may join once the owner leaves
+                self.board.close(self.job)
+                if self.target is not None:
+                    self.target.close()
+
+    def _share_failure(self, exc: BaseException) -> None:
+        if self.team is not None and self.lead:
+            self.team.share(_failure(exc))
+
+    def _run(self, refs: list[CheckpointRef], deferred: BaseException | None) -> ComputeResult:
+        if deferred is None:
+            try:
+                self._build(refs)
+                if self.lead and self._open(refs) is None:
+                    self._share_failure(Interrupted(EXIT_INTERRUPTED))
+                    return self._stopped_early()
+            except BaseException as exc:
+                if self.lead:
+                    self._share_failure(exc)
+                    raise
+                deferred = exc
+        if self.team is not None:
+            # A new store that replaces an old one is swapped into place at rank 0's first write: the other ranks
+            # wait for its ready marker then; otherwise the store is ready now.
+            pending = self.target is not None and self.target.pending is not None
+            status = self.team.share(
+                {"ok": True, "token": self.token, "job": new_token(), "pending": pending} if self.lead else None
+            )
+            if not self.lead:
+                if not status["ok"]:
+                    raise PeerFailed(f"rank 0 failed: {status['message']}", int(status["code"]))
+                self.job = str(status["job"])
+                if deferred is not None:
+                    self._abort(deferred)
+                    raise deferred
+                try:
+                    if self._join_team(refs, str(status["token"]), bool(status["pending"])) is None:
+                        return self._stopped_early()
+                except BaseException as exc:
+                    self._abort(exc)
+                    raise
+            self.job = str(status["job"])
+        try:
+            return self._work()
+        except BaseException as exc:
+            self._abort(exc)
+            raise
+
+    def _abort(self, exc: BaseException) -> None:
+        """Tell the other ranks of a torchrun job to stop (this one failed)."""
+        if self.team is not None and self.job and not isinstance(exc, PeerFailed):
+            f = _failure(exc)
+            self.board.abort(self.job, self.team.rank, f["code"], f["message"])
+
+    def _build(self, refs: list[CheckpointRef]) -> None:
+        opts = self.config.compute
+        self.engine, self.details, self.expected = build_engine(self.config, self.device)
+        self.source = CheckpointSource(
+            self.expected, state_dict_key=opts.state_dict_key or None, unsafe_pickle=self.unsafe_pickle, note=self.say
         )
-    for message in found_notes:
-        say(message)
-    if refs and refs[0].step != 0 and inspect_path(out_path, deep=False).kind != "store":
-        say(
-            f"the first checkpoint is step {refs[0].step}: the iterations before it are not in the store (save the "
-            "initial weights as step 0; the lca callbacks for Hugging Face and Lightning do)"
-        )
-    device = resolve_device(config.compute.device)
-    # Concrete dtype and tolerances: they are what the store records and a resume must match. dtype "auto" is
-    # the checkpoints' own dtype.
-    auto = config.compute.dtype == "auto"
-    ckpt_dtype = _auto_dtype(refs, out_path, overwrite, unsafe_pickle) if auto else "float32"
-    opts = config.compute.resolved(device.type, ckpt_dtype)
-    config = dataclasses.replace(config, compute=opts)
-    # The config's folder stays on the import path while factories run and while the model runs (a factory or a
-    # forward may import lazily), wherever lca is run from.
-    with _tf32(opts.allow_tf32), _threads(opts.threads), import_path(config.base_dir):
-        engine, details, expected = build_engine(config, device)
-        source = CheckpointSource(
-            expected, state_dict_key=opts.state_dict_key or None, unsafe_pickle=unsafe_pickle, note=say
-        )
-        if refs:
+        if refs and self.lead:
             # Pre-flight: data or a loss that does not fit the model fails here, in one line, before any pair.
-            v0, fixed0 = split_state(source.read(refs[0]), engine.vlayout, device)
-            for obj in engine.objectives.values():
+            v0, fixed0 = split_state(self.source.read(refs[0]), self.engine.vlayout, self.device)
+            for obj in self.engine.objectives.values():
                 obj.check(v0, fixed0, f"step {refs[0].step}")
             del v0, fixed0
-        target = prepare(
-            out_path, run, refs, identity=config.identity(), layout=engine.layout, sets=list(engine.objectives),
-            attrs=_store_attrs(config, details, device, expected.aliases), rows_per_chunk=opts.rows_per_chunk,
-            overwrite=overwrite, repair=repair, device=str(device), durable=durable,
-        )  # fmt: skip
-        try:
-            store = target.store
-            steps = target.alignment.steps
-            done = store.done()
-            skipped = int(done.sum())
-            blocks = plan_blocks(done, store.rows_per_chunk)
-            total = sum(len(b) for b in blocks)
-            counts = {"done": 0, "gradients": 0, "flagged": 0}
-            tuner = _choose_threads(engine, opts.threads, say) if total else None
-            t0 = last_pair = time.perf_counter()
-            reporter = progress if isinstance(progress, ProgressReporter) else None
 
-            def info() -> ProgressInfo:
-                return ProgressInfo(counts["done"], total, skipped, counts["gradients"], counts["flagged"],
-                                    time.perf_counter() - t0, target.out, str(device))  # fmt: skip
+    def _stopped_early(self) -> ComputeResult:
+        return ComputeResult(self.out, 0, 0, 0, {}, {}, 0.0, str(self.device), interrupted=True, role="helper")
 
-            def tick(gradients: int, flagged: int) -> None:
-                nonlocal last_pair
-                counts["done"] += 1
-                counts["gradients"] += gradients
-                counts["flagged"] += flagged
-                if tuner is not None:  # seconds per gradient of this pair: a sudden slowdown re-checks the threads
-                    now = time.perf_counter()
-                    tuner.observe(now - last_pair, gradients)
-                    last_pair = time.perf_counter()
-                if reporter is not None:
-                    reporter.update(info())
-                elif progress is not None:
-                    progress(counts["done"], total)  # type: ignore[operator]
+    # -- the store --------------------------------------------------------------------------------------
 
-            if reporter is not None:
-                reporter.start(info())
-            interrupted = False
+    def _open(self, refs: list[CheckpointRef]) -> Target | None:
+        """Own the store (lock, prepare) or, when allowed and it is busy, join its owner; None when stopped."""
+        engine, config = self.engine, self.config
+        purpose = "lca compute --follow" if self.schedule.follow else "lca compute"
+        while True:
             try:
-                if blocks:
-                    loader = CheckpointLoader(target.alignment.refs, expected, engine.vlayout, device, read=source.read)
-                    buffers = _BlockBuffers()
-                    writer = _Writer(store, buffers, target.before_write, target.after_write)
-                    cache = None
-                    try:
-                        for block in blocks:
-                            _, cache = engine.run_block(
-                                block, loader, steps, cache, tick, stop, buffers.take, writer.submit, flush_seconds
-                            )
-                            if stop is not None and stop.is_set():
-                                interrupted = True
-                                break
-                    finally:
-                        loader.close()
-                        writer.close()
-            finally:
-                seconds = time.perf_counter() - t0
-                threads_used = torch.get_num_threads()
-                if reporter is not None:
-                    reporter.finish(info())
-            # Consolidated metadata (one read for xarray and other readers), written only when this compute is
-            # done and changed the store: any change (a write, an append) dropped it, so it is never trusted
-            # while one runs. A finished store on a read-only file system is left as it is.
-            if not target.read_only and not store.has_consolidated():
-                store.consolidate()
-        finally:
-            target.close()
+                target = prepare(
+                    self.out, self.run_dir, refs, identity=config.identity(), layout=engine.layout,
+                    sets=list(engine.objectives), attrs=_store_attrs(config, self.details, self.device,
+                    self.expected.aliases), rows_per_chunk=config.compute.rows_per_chunk, overwrite=self.overwrite,
+                    repair=self.repair, device=str(self.device), durable=self.durable,
+                    columns=None if engine.columns is None else engine.columns.columns, busy=self.board.busy,
+                    purpose=purpose,
+                )  # fmt: skip
+            except StoreBusyError as exc:
+                held = read_claim(store_lock_path(self.out))
+                owned = held is not None and held[1] and held[0] is not None
+                if owned and not self.schedule.joins and not self.schedule.follow:
+                    hint = "or pass --cooperate to compute the chunks it has not claimed"
+                    raise StoreBusyError(f"{exc}; {hint}") from None
+                if not self.schedule.joins or not owned:
+                    raise  # not asked to cooperate, or refused for another reason than a live owner
+                assert held is not None and held[0] is not None
+                token = self._wait_ready(held[0].token)
+                if token is None:
+                    if self.stop.is_set():
+                        return None
+                    continue  # the owner left: try to own the store
+                return self._open_helper(refs, token)
+            self.target, self.role = target, "owner"
+            if target.lock is not None:
+                self.token = target.lock.holder.token
+                if target.pending is None:
+                    self.board.publish(self.token, accepts=not self.schedule.follow)
+            return target
 
-    new = np.zeros(store.n_pairs, dtype=bool)
-    for b in blocks:
-        new[b.start : b.stop] = True
-    accuracy = _accuracy(store, new)
-    max_res = {}
-    done_all = store.done()
-    for s in store.sets:
-        res = store.read(s, "residual")[done_all]
-        max_res[s] = float(np.abs(res).max()) if res.size else 0.0
-    return ComputeResult(
-        target.out, store.n_pairs, counts["done"], skipped, {s: a.flagged for s, a in accuracy.items()}, max_res,
-        seconds, str(device), interrupted, sum(len(r) for r in target.repaired.values()), accuracy,
-        opts.result_settings(), threads_used,
-    )  # fmt: skip
+    def _wait_ready(self, token: str, *, team: bool = False) -> str | None:
+        """Wait for the ready marker of the owner whose lock token is ``token``; None when stopped or it left."""
+        lock = store_lock_path(self.out)
+        while not self.stop.is_set():
+            ready = self.board.ready()
+            if ready is not None and ready.get("token") == token:
+                if not ready.get("accepts", True):
+                    raise StoreBusyError(
+                        f"{self.out} is being followed by another lca compute (pid {ready.get('pid')}, --follow), "
+                        "which computes alone: wait for it to finish"
+                    )
+                return token
+            if team:
+                failed = self.board.aborted(self.job) if self.job else None
+                if failed is not None:
+                    raise PeerFailed(f"rank {failed.get('rank')} failed ({failed.get('message')})", int(failed["code"]))
+            else:
+                held = read_claim(lock)
+                if held is None or not held[1] or held[0] is None or held[0].token != token:
+                    return None
+            self.stop.wait(self.schedule.poll)
+        return None
+
+    def _open_helper(self, refs: list[CheckpointRef], token: str) -> Target:
+        engine = self.engine
+        target = open_helper(
+            self.out, self.run_dir, refs, identity=self.config.identity(), layout=engine.layout,
+            sets=list(engine.objectives), durable=self.durable,
+        )  # fmt: skip
+        self.target, self.role, self.token = target, "helper", token
+        return target
+
+    def _join_team(self, refs: list[CheckpointRef], token: str, pending: bool) -> Target | None:
+        """A rank other than 0: compute into rank 0's store as a helper (once it is in place, when ``pending``)."""
+        if pending and self._wait_ready(token, team=True) is None:
+            return None
+        return self._open_helper(refs, token)
+
+    # -- the pair loop ----------------------------------------------------------------------------------
+
+    def _queue(self, scope: Scope, first: bool) -> ChunkQueue:
+        team = self.team
+        assert self.target is not None
+        return ChunkQueue(
+            self.target.store, self.board, scope, wait=self.role == "owner" or team is not None,
+            start=(team.rank, team.size) if team is not None and first else None, stop=self.stop,
+            idle=self._idle, poll=self.schedule.poll,
+        )  # fmt: skip
+
+    def _idle(self) -> None:
+        if self._reporter is not None:
+            self._reporter.update(self._info())
+
+    def _info(self) -> ProgressInfo:
+        c = self._counts
+        # Pairs other processes finished count too (the queue's view of done rows includes this one's).
+        done = c["done"] + max(0, self._queue_now.done_now - self._queue_now.done_at_start - c["done"])
+        # Gradients of the others' pairs are not known here: this process's own rate stands for them.
+        gradients = round(c["gradients"] * done / c["done"]) if c["done"] else 0
+        return ProgressInfo(
+            done, c["total"], self._skipped, gradients, c["flagged"],
+            time.perf_counter() - self._t0, self.out if self.target is None else self.target.out, str(self.device),
+        )  # fmt: skip
+
+    def _work(self) -> ComputeResult:
+        target, engine, sch = self.target, self.engine, self.schedule
+        assert target is not None
+        store = target.store
+        self._reporter = self.progress if isinstance(self.progress, ProgressReporter) else None
+        scope = sch.scope if sch.until is None else dataclasses.replace(sch.scope, stop=sch.until)
+        self._skipped = int(store.done().sum())
+        self._counts = {"done": 0, "gradients": 0, "flagged": 0, "total": 0}
+        self._mine: list[range] = []  # rows this process computed (--strict judges this call's pairs)
+        self._t0 = time.perf_counter()
+        pruner = Pruner(store, target.alignment, self.say) if sch.prune and self.role == "owner" else None
+        interrupted = False
+        ended: str | None = None
+        watcher = _AbortWatcher(self.board, self.job, self.stop, sch.poll) if self.team is not None else None
+
+        tuner: ThreadTuner | None = None
+        last_pair = 0.0
+
+        def tick(gradients: int, flagged: int) -> None:
+            nonlocal last_pair
+            c = self._counts
+            c["done"] += 1
+            c["gradients"] += gradients
+            c["flagged"] += flagged
+            if tuner is not None:  # seconds per gradient of this pair: a sudden slowdown re-checks the threads
+                tuner.observe(time.perf_counter() - last_pair, gradients)
+                last_pair = time.perf_counter()
+            if self._reporter is not None:
+                self._reporter.update(self._info())
+            elif self.progress is not None:
+                self.progress(c["done"], c["total"])  # type: ignore[operator]
+
+        def before() -> None:
+            target.before_write()
+            self.board.check()
+
+        def after() -> None:
+            pending = target.pending
+            target.after_write()
+            if pending is not None and target.pending is None and target.lock is not None:
+                self.board.publish(self.token, accepts=not sch.follow)  # the new store is in place: helpers may come
+
+        def written(chunk: int, rows: list[range]) -> None:  # in the writer thread, once they are durable
+            self.board.release(chunk)
+            if pruner is not None:
+                pruner.written(rows)
+
+        queue = self._queue_now = self._queue(scope, first=True)
+        self._counts["total"] = queue.total - queue.done_at_start
+        if self._counts["total"] and not target.read_only:
+            local = self.team.local_size if self.team is not None else 1
+            tuner = _choose_threads(engine, self.config.compute.threads, self.say, local)
+        last_pair = time.perf_counter()
+        if self._reporter is not None:
+            self._reporter.start(self._info())
+        try:
+            if not target.read_only:
+                loader = CheckpointLoader(target.alignment.refs, self.expected, engine.vlayout, self.device,
+                                          read=self.source.read)  # fmt: skip
+                buffers = _BlockBuffers()
+                writer = _Writer(store, buffers, before, after)
+                cache: _Cache | None = None
+                try:
+                    while True:
+                        after_chunk: int | None = None
+                        while (item := queue.next(after_chunk)) is not None:
+                            rows: list[range] = []
+                            for block in item.blocks:
+                                n, cache = engine.run_block(
+                                    block, loader, target.alignment.steps, cache, tick, self.stop, buffers.take,
+                                    writer.submit, self.flush_seconds,
+                                )  # fmt: skip
+                                rows.append(range(block.start, block.start + n))
+                                self._mine.append(rows[-1])
+                                queue.mark(rows[-1])
+                                if self.stop.is_set():
+                                    break
+                            writer.submit({}, (), then=functools.partial(written, item.chunk, rows))
+                            after_chunk = item.chunk
+                            if self.stop.is_set():
+                                break
+                        if self.stop.is_set():
+                            interrupted = True
+                            break
+                        if self.follower is None:
+                            break
+                        writer.drain()  # (pruning happened as each chunk was written)
+                        # Nobody else computes into a followed store: this process's view of done rows is exact.
+                        more = self.follower.wait_for_more(target.alignment.steps, lambda: queue.done | ~queue.in_scope)
+                        if isinstance(more, str):
+                            interrupted = more == "stopped"
+                            ended = None if interrupted else more
+                            break
+                        target.refresh(more, self.run_dir)
+                        loader.set_refs(target.alignment.refs)
+                        if pruner is not None:
+                            pruner.update(target.alignment)
+                        queue.extend()
+                        self._counts["total"] = queue.total - queue.done_at_start
+                finally:
+                    loader.close()
+                    writer.close()
+            if pruner is not None and not interrupted:
+                pruner.prune()
+        finally:
+            seconds = time.perf_counter() - self._t0
+            self._threads_used = torch.get_num_threads()
+            if watcher is not None:
+                watcher.close()
+            if self._reporter is not None:
+                self._reporter.finish(self._info())
+        return self._finish(interrupted, seconds, pruner, ended)
+
+    # -- the end ----------------------------------------------------------------------------------------
+
+    def _finish(self, interrupted: bool, seconds: float, pruner: Pruner | None, ended: str | None) -> ComputeResult:
+        target, team = self.target, self.team
+        assert target is not None
+        store = target.store
+        if team is not None and self.job:
+            failed = self.board.aborted(self.job)
+            if failed is not None and failed.get("rank") != team.rank:
+                raise PeerFailed(
+                    f"rank {failed.get('rank')} failed ({failed.get('message')}); every rank stopped after its "
+                    f"current pair and finished rows are kept: fix the cause and rerun the same command",
+                    int(failed.get("code", 1)),
+                )
+        computed = self._counts["done"]
+        processes = 1
+        mine = [(r.start, r.stop) for r in self._mine]
+        if team is not None and not interrupted:
+            everyone = team.gather({"computed": computed, "rows": mine})
+            computed = sum(int(r["computed"]) for r in everyone) if self.lead else computed
+            if self.lead:  # this call's pairs are the job's
+                mine = [tuple(r) for e in everyone for r in e["rows"]]
+            processes = team.size
+        # Consolidated metadata (one read for xarray and other readers), written only when this compute is
+        # done and changed the store: any change (a write, an append) dropped it, so it is never trusted
+        # while one runs. A finished store on a read-only file system is left as it is; helpers never write
+        # metadata.
+        if self.role == "owner" and not target.read_only and not store.has_consolidated():
+            store.consolidate()
+        new = np.zeros(store.n_pairs, dtype=bool)
+        for a, b in mine:
+            new[a:b] = True
+        accuracy = _accuracy(store, new)
+        max_res = {}
+        done_all = store.done()
+        for s in store.sets:
+            res = store.read(s, "residual")[done_all]
+            max_res[s] = float(np.abs(res).max()) if res.size else 0.0
+        own = self._counts["done"]
+        by_others = max(0, self._queue_now.done_now - self._queue_now.done_at_start - self._counts["done"])
+        if team is not None and self.lead:
+            by_others = max(0, by_others - (computed - own))
+        return ComputeResult(
+            target.out, store.n_pairs, computed, self._skipped, {s: a.flagged for s, a in accuracy.items()}, max_res,
+            seconds, str(self.device), interrupted, sum(len(r) for r in target.repaired.values()), processes,
+            by_others, self.role, 0 if pruner is None else pruner.deleted, ended, self.schedule.scope.describe(),
+            accuracy, self.config.compute.result_settings(), self._threads_used,
+        )  # fmt: skip
+
+
+class _AbortWatcher:
+    """Sets ``stop`` when another rank of the job leaves an abort marker (it failed)."""
+
+    def __init__(self, board: Board, job: str, stop: threading.Event, poll: float) -> None:
+        self.board, self.job, self.stop, self.poll = board, job, stop, poll
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lca-abort-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.poll):
+            if self.job and self.board.aborted(self.job) is not None:
+                self.stop.set()
+                return
+
+    def close(self) -> None:
+        """Stop watching."""
+        self._done.set()
+        self._thread.join()
 
 
 def _accuracy(store: LcaStore, new: np.ndarray) -> dict[str, SetAccuracy]:

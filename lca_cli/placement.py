@@ -259,7 +259,7 @@ def _has_done_rows(root: Path) -> bool:
 #: Names of the arrays of one evaluation set (every format), and of the store-level arrays.
 SET_ARRAYS = frozenset(
     {"lca", "loss", "loss_end", "residual", "splits", "flagged", "l1_change", "done", "buffer_lca"}
-    | {"tensor_lca", "tensor_helped", "tensor_hurt", "layer", "parameter_tensor"}
+    | {"tensor_lca", "tensor_helped", "tensor_hurt", "layer", "parameter_tensor", "neuron"}
 )
 TOP_ARRAYS = frozenset({"steps", "fingerprint", "checkpoint", "iteration", "tensor"})
 

@@ -15,6 +15,9 @@ Usage in a training loop::
 happen in a background thread (``background=False`` writes synchronously). Each file is written to a hidden
 temporary file in the same directory and renamed into place, so a reader never sees a partial checkpoint.
 
+``close`` (the end of a ``with`` block) leaves the end marker ``lca.end`` in the run directory, so that
+``lca compute --follow`` knows training ended; ``append=True`` removes it again (training continues).
+
 Refused when written, not when ``lca compute`` runs: a folder that already holds checkpoints (another run's,
 unless ``append=True``), ``__main__`` factories and factories defined in the running training script (importing
 it would train again), and ``compute=`` options that ``lca compute`` would refuse. Tied parameters are saved
@@ -36,6 +39,7 @@ from typing import Any
 import torch
 
 from lca_cli.errors import ConfigError, LcaError, RunDirError, UsageError
+from lca_cli.follow import END_MARKER, write_end_marker
 
 __all__ = ["CheckpointWriter", "checkpoint_name", "dump_toml", "write_run_config"]
 
@@ -244,7 +248,8 @@ class CheckpointWriter:
         background: Serialise and write in a background thread (the loop pays only the host copy).
         max_pending: Checkpoints that may wait for the writer before ``save`` blocks (bounds memory).
         digits: Zero padding of the step in file names.
-        append: Add to checkpoints already in ``run_dir`` (resuming that run) instead of refusing them.
+        append: Add to checkpoints already in ``run_dir`` (resuming that run) instead of refusing them; an end
+            marker left by the earlier writer is removed (training continues).
 
     Raises:
         RunDirError: If ``run_dir`` already holds checkpoints and ``append`` is not set: another run's
@@ -265,7 +270,12 @@ class CheckpointWriter:
         if not append and self.run_dir.is_dir():
             _refuse_other_run(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Training (re)starts: a follower must not take an earlier writer's end marker for this one's.
+        (self.run_dir / END_MARKER).unlink(missing_ok=True)
         self.digits = digits
+        self._last_step: int | None = None
+        self._failed = False
+        self._closed = False
         self._error: BaseException | None = None
         self._queue: queue.Queue[tuple[int, dict[str, torch.Tensor]] | None] | None = None
         self._thread: threading.Thread | None = None
@@ -305,10 +315,12 @@ class CheckpointWriter:
         # The one device-to-host copy; a copy also for CPU tensors, because training mutates them in place.
         host = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
         path = self.run_dir / checkpoint_name(step, self.digits)
+        self._last_step = step if self._last_step is None else max(self._last_step, step)
         if self._queue is None:
             try:
                 self._write(step, host)
             except OSError as exc:
+                self._failed = True
                 raise LcaError(f"cannot write checkpoint {path}: {exc}") from exc
         else:
             self._queue.put((step, host))
@@ -353,9 +365,19 @@ class CheckpointWriter:
             raise LcaError(f"checkpoint writer failed: {self._error}") from self._error
 
     def close(self) -> None:
-        """Flush and stop the background thread."""
+        """Flush, stop the background thread, and leave the end marker ``lca.end`` (training ended).
+
+        The marker is written after the last checkpoint is in place, so a follower that sees it finds every
+        checkpoint; it is not written when a checkpoint failed to be written.
+        """
         if self._queue is not None and self._thread is not None and self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
         if self._error is not None:
             raise LcaError(f"checkpoint writer failed: {self._error}") from self._error
+        if not self._closed and not self._failed:
+            self._closed = True
+            try:
+                write_end_marker(self.run_dir, self._last_step)
+            except OSError as exc:
+                raise LcaError(f"cannot write the end marker in {self.run_dir}: {exc}") from exc

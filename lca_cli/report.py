@@ -2,12 +2,13 @@
 
 The page embeds every figure as a base64 PNG (a copy of each is also written beside it) and carries its
 CSS inline: no scripts, no fonts, no links out, so it opens anywhere without a network. The numbers come
-from :mod:`lca_cli.views` (two streaming passes over ``lca``, everything else from the small arrays);
-this module only draws and writes.
+from :mod:`lca_cli.views` (two streaming passes over ``lca`` per evaluation set, everything else from the
+small arrays); this module draws, writes the captions from those numbers and assembles the page.
 
-Colours mean the same in every figure: blue = helped (LCA < 0, the loss went down because of it),
-red = hurt (LCA > 0); the heat maps use the matching diverging map centred at 0. Layers are coloured by
-depth (viridis: dark = input side) wherever one line per layer is drawn.
+Every view shows each evaluation set side by side (train beside held-out), colours follow
+:mod:`lca_cli.plots` (blue = helped, red = hurt, grey = exactly zero; layers by depth), and every caption
+states what the paper found next to what this run shows, with the run's integration error (the summed
+|residual|) as the scale below which a layer's total is not distinguishable from zero.
 
 matplotlib is optional (``pip install 'lca-cli[report]'``); it is imported inside the functions that
 draw, always through the Agg canvas and a style context, so importing this module or the CLI never needs
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 import time
@@ -30,82 +30,111 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lca_cli import __version__
-from lca_cli.errors import LcaError, StoreError, UsageError
+from lca_cli.errors import StoreError, UsageError
+from lca_cli.layout import Layout
+from lca_cli.plots import (
+    DIVERGING_CMAP,
+    HELPED_COLOR,
+    HURT_COLOR,
+    MATPLOTLIB_MISSING,
+    NET_COLOR,
+    NEUTRAL_COLOR,
+    RECON_COLOR,
+    SCALE,
+    STYLE,
+    ZERO_COLOR,
+    cumulative_layers,
+    figure,
+    fmt,
+    helped_hurt_handles,
+    highlighted_layers,
+    layer_colors,
+    png_info,
+    require_matplotlib,
+    save_png,
+    sign_hints,
+)
+from lca_cli.reduce import SIGNIFICANCE_RULE, open_store
 from lca_cli.store import HELPED_RULE, LcaStore
 from lca_cli.views import (
+    PEAK_WINDOW,
+    Composition,
+    Concentration,
+    LayerComposition,
     LossCurves,
     NeuronMap,
     ParameterStats,
     Selection,
+    SyncAnalysis,
     SyncResult,
     bin_edges,
+    composition,
+    concentration,
     cumulative,
-    detect_peaks,
-    helped_fraction_per_iteration,
+    integration_error,
+    layer_composition,
+    layer_concentration,
     layer_series,
+    layer_split_from_tensors,
+    learning_milestones,
     loss_curves,
+    neuron_totals,
     parameter_label,
     rank_neuron_groups,
     scan_parameters,
     scan_selected,
     select_parameters,
     select_rows,
-    synchronisation,
+    significance,
+    sync_analysis,
 )
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure, SubFigure
 
-__all__ = ["HELPED_COLOR", "HURT_COLOR", "MATPLOTLIB_MISSING", "ReportResult", "write_report"]
+__all__ = [
+    "HELPED_COLOR",
+    "HURT_COLOR",
+    "MATPLOTLIB_MISSING",
+    "PEAK_WINDOW",
+    "VIEWS",
+    "ReportResult",
+    "SetData",
+    "gather_set",
+    "write_report",
+]
 
-MATPLOTLIB_MISSING = "matplotlib is needed for lca report: pip install 'lca-cli[report]'"
-
-#: Helped (LCA < 0) and hurt (LCA > 0): the two ends of matplotlib's ``RdBu_r``, used in every figure.
-HELPED_COLOR = "#2166ac"
-HURT_COLOR = "#b2182b"
-NET_COLOR = "#222222"
-RECON_COLOR = "#7b3294"
-NEUTRAL_COLOR = "#7f7f7f"
-DIVERGING_CMAP = "RdBu_r"  # negative (helped) blue, positive (hurt) red
-DPI = 110
-#: Half-width (iterations) of the window whose mean + 1 sd a peak of layer learning must exceed.
-PEAK_WINDOW = 25
+#: The views of a report, in page order (``write_report(views=...)``, ``lca report --view``).
+VIEWS = (
+    "loss",
+    "composition",
+    "helped_hist",
+    "values",
+    "layers",
+    "layer_shares",
+    "cumulative",
+    "milestones",
+    "concentration",
+    "heatmaps",
+    "input_maps",
+    "trajectories",
+    "sync",
+)
 #: Points drawn per line at most (longer series are averaged in bins; cumulative ones subsampled).
 MAX_LINE_POINTS = 1500
-
-_STYLE: dict[str, Any] = {
-    "font.size": 9,
-    "axes.titlesize": 10,
-    "axes.labelsize": 9,
-    "legend.fontsize": 8,
-    "xtick.labelsize": 8,
-    "ytick.labelsize": 8,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "grid.linewidth": 0.6,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "legend.frameon": True,
-    "legend.framealpha": 0.85,
-    "legend.edgecolor": "#dddddd",
-    "savefig.dpi": DPI,
-    "figure.dpi": DPI,
-    "image.interpolation": "nearest",
-}
 
 Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class ReportResult:
-    """What :func:`write_report` wrote.
+    """What :func:`write_report` (or :func:`lca_cli.compare.write_comparison`) wrote.
 
     Attributes:
         html: The HTML page.
         pngs: The figures, in page order (the same images are embedded in the page).
-        numbers: Headline numbers (JSON-serialisable): loss change, residuals, helped fractions, per-layer
-            totals, synchronisation statistic, ...
+        numbers: Headline numbers (JSON-serialisable): loss change, residuals, helped shares, per-layer
+            totals, synchronisation statistics, ..., for the first set shown, and ``per_set`` for all.
 
     """
 
@@ -115,12 +144,116 @@ class ReportResult:
 
 
 @dataclass
-class _View:
+class View:
+    """One section of a page: a figure, its caption and optional extra HTML (a table)."""
+
     key: str
     title: str
     png: Path
     caption: str
     extra_html: str = ""
+
+
+@dataclass
+class SetData:
+    """Everything drawn for one evaluation set (numbers only; no plotting objects).
+
+    Attributes:
+        name: Evaluation set.
+        sel: Its iterations.
+        curves: True vs reconstructed loss.
+        layer_names: Layer names, model order.
+        per_layer: float64 ``(n, L)`` LCA per iteration and layer.
+        comp: Helped / zero / hurt counts per iteration.
+        lcomp: Helped / zero / hurt counts per layer.
+        error: Integration error ``sum |residual|`` of the window.
+        milestones: int64 ``(2, L)`` positions at which each layer had done 50% / 90% of its learning.
+        stats: First-pass per-parameter statistics (None until the streaming pass has run).
+        conc: Concentration of learning over all parameters.
+        layer_conc: float64 ``(2, L)`` shares of each layer's parameters doing 50% / 90% of its learning.
+        traj: float64 ``(n, k)`` per-iteration LCA of the chosen parameters.
+        maps: Neuron x iteration maps of the chosen layers.
+        sync: Synchronisation analysis of per-layer learning.
+        layer_neg: ``(L,)`` per-layer sums of the negative LCA entries (everything the layer helped).
+        layer_pos: ``(L,)`` per-layer sums of the positive LCA entries (everything it hurt).
+        spans: Per layer, the ``(offset, stop)`` column ranges of its tensors.
+
+    """
+
+    name: str
+    sel: Selection
+    curves: LossCurves
+    layer_names: list[str]
+    per_layer: np.ndarray
+    comp: Composition
+    lcomp: LayerComposition
+    error: float
+    milestones: np.ndarray
+    stats: ParameterStats | None = None
+    conc: Concentration | None = None
+    layer_conc: np.ndarray | None = None
+    traj: np.ndarray | None = None
+    maps: list[NeuronMap] = field(default_factory=list)
+    sync: SyncAnalysis | None = None
+    layer_neg: np.ndarray | None = None
+    layer_pos: np.ndarray | None = None
+    spans: list[list[tuple[int, int]] | None] | None = None
+
+    @property
+    def totals(self) -> np.ndarray:
+        """Per-layer totals over the window, ``(L,)``."""
+        return self.per_layer.sum(axis=0)
+
+    @property
+    def verdicts(self) -> list[str]:
+        """``helps`` / ``hurts`` / ``within error`` per layer (:func:`lca_cli.views.significance`)."""
+        return significance(self.totals, self.error)
+
+
+def gather_set(store: LcaStore, set_name: str, steps: tuple[int | None, int | None] | None) -> SetData:
+    """The small-array numbers of one set (no streaming): loss curves, layer series, counts, milestones.
+
+    Args:
+        store: The store.
+        set_name: Evaluation set.
+        steps: Window ``(A, B)`` over start steps.
+
+    Returns:
+        The set's data, with the streaming fields still empty.
+
+    Raises:
+        UsageError: Unknown set or empty window.
+        StoreError: Nothing finished in the window.
+
+    """
+    sel = select_rows(store, set_name, steps)
+    names, per_layer = layer_series(store, sel)
+    return SetData(
+        name=set_name,
+        sel=sel,
+        curves=loss_curves(store, sel),
+        layer_names=names,
+        per_layer=per_layer,
+        comp=composition(store, sel),
+        lcomp=layer_composition(store, sel),
+        error=integration_error(store, sel),
+        milestones=learning_milestones(per_layer, (0.5, 0.9)),
+    )
+
+
+def _resolve_sets(store: LcaStore, set_names: Sequence[str] | str | None) -> tuple[list[str], bool]:
+    """The sets to show, first = the headline set; and whether the caller chose them."""
+    if isinstance(set_names, str):
+        set_names = [set_names]
+    if set_names:
+        unknown = [s for s in set_names if s not in store.sets]
+        if unknown:
+            raise UsageError(
+                f"--set {unknown[0]}: {store.path} has no such evaluation set (sets: {', '.join(store.sets)})"
+            )
+        return list(dict.fromkeys(set_names)), True
+    ordered = (["train"] if "train" in store.sets else []) + [s for s in store.sets if s != "train"]
+    return ordered, False
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -131,24 +264,28 @@ def write_report(
     store_path: str | Path,
     out_html: str | Path,
     *,
-    set_name: str | None = None,
+    set_names: Sequence[str] | str | None = None,
     steps: tuple[int | None, int | None] | None = None,
     png_dir: str | Path | None = None,
     heatmap_layers: int = 6,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    views: Sequence[str] | None = None,
 ) -> ReportResult:
     """Write the HTML report of a store (and its figures as PNG files).
 
     Args:
         store_path: The lca store.
         out_html: The page to write (parent directories are created).
-        set_name: Evaluation set of the per-set views (default ``train`` when present, else the first).
+        set_names: Evaluation sets to show, side by side; the first one's numbers head the page (default:
+            every set of the store, ``train`` first when present).
         steps: Window ``(A, B)`` over the start step of each iteration, ``[A, B)``; None ends are open.
         png_dir: Where the PNGs go (default ``<out_html stem>_files/`` beside the page).
         heatmap_layers: Number of layers (those with the most ``sum |LCA|``) given a neuron x iteration map.
-        seed: Seed of the random parameters and of the synchronisation baseline.
+        seed: Seed of the random parameters and of the synchronisation baselines.
         progress: Called with one-line messages while working.
+        views: Keys of the views to draw (:data:`VIEWS`; default all). The numbers are computed in full
+            either way; views that do not apply (input maps of a net that does not read images) are skipped.
 
     Returns:
         The paths written and the headline numbers.
@@ -156,172 +293,235 @@ def write_report(
     Raises:
         LcaError: If matplotlib is not installed.
         StoreError: If the store cannot be read or has no finished iteration in the window.
-        UsageError: For a bad set name, window, or option value.
+        UsageError: For a bad set name, window, view, or option value.
 
     """
-    mpl = _require_matplotlib()
+    mpl = require_matplotlib()
+    only = None if views is None else set(views)
+    if only is not None and only - set(VIEWS):
+        raise UsageError(f"--view {sorted(only - set(VIEWS))[0]}: expected one of {', '.join(VIEWS)}")
     say = progress or (lambda _msg: None)
     if heatmap_layers < 0:
         raise UsageError(f"heatmap_layers={heatmap_layers} must be >= 0")
     if steps is not None and (len(steps) != 2):
         raise UsageError(f"--steps must be A:B (got {steps!r})")
-    store = LcaStore.open(store_path)
-    if set_name is None:
-        set_name = "train" if "train" in store.sets else store.sets[0]
+    store = open_store(store_path)
+    sets, chosen = _resolve_sets(store, set_names)
     t_start = time.perf_counter()
-    sel = select_rows(store, set_name, steps)
+    data: list[SetData] = []
+    notes: dict[str, str] = {}
+    for i, s in enumerate(sets):
+        try:
+            data.append(gather_set(store, s, steps))
+        except (StoreError, UsageError) as exc:
+            if i == 0 or chosen:
+                raise
+            notes[s] = str(exc)  # a held-out set not computed yet: shown as a note, not an error
     out = Path(out_html)
     pdir = Path(png_dir) if png_dir is not None else out.with_name(f"{out.stem}_files")
-    for d in (out.parent, pdir):
+    for folder in (out.parent, pdir):
         try:
-            d.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"cannot create directory {d}: {exc.strerror or exc}") from None
+            raise UsageError(f"cannot create directory {folder}: {exc.strerror or exc}") from None
 
-    # -- numbers ----------------------------------------------------------------------------------------
-    say(f"set {set_name}: {sel.n} iterations (steps {int(sel.start_steps[0])}..{int(sel.end_steps[-1])})")
-    curves = loss_curves(store, sel)
-    layer_names, per_layer = layer_series(store, sel)
-    frac_iter, helped_iter, hurt_iter = helped_fraction_per_iteration(store, sel)
-    stats = scan_parameters(store, sel, progress=say)
-    _, layer_neg, layer_pos = stats.by_layer(store.layout)
-    cols, kinds = select_parameters(stats, 5, 5, 5, seed)
-    ranked = rank_neuron_groups(store.layout, stats)
-    chosen = sorted(gi for gi, _ in ranked[:heatmap_layers])
-    traj, maps = scan_selected(store, sel, cols, chosen, progress=say)
-    labels = [parameter_label(store.layout, int(c)) for c in cols]
-    learning = -per_layer  # (n, L)
-    peaks = [detect_peaks(learning[:, j], window=PEAK_WINDOW) for j in range(learning.shape[1])]
-    global_peaks = [detect_peaks(learning[:, j]) for j in range(learning.shape[1])]
-    say("synchronisation baseline")
-    sync = synchronisation(peaks, sel.n, tolerance=1, n_shuffles=1000, seed=seed)
-    sync_global = synchronisation(global_peaks, sel.n, tolerance=1, n_shuffles=1000, seed=seed)
-    others: dict[str, tuple[Selection, np.ndarray] | str] = {}
-    for s in [set_name, *[x for x in store.sets if x != set_name]]:
-        try:
-            s_sel = sel if s == set_name else select_rows(store, s, steps)
-            others[s] = (s_sel, layer_series(store, s_sel)[1])
-        except (StoreError, UsageError) as exc:
-            others[s] = str(exc)
-    sets_drawn = [s for s, v in others.items() if not isinstance(v, str)]
-    numbers = _numbers(
-        store, sel, curves, layer_names, layer_neg, layer_pos, per_layer, frac_iter, stats, cols, kinds, labels,
-        traj, maps, sync, peaks,
-    )  # fmt: skip
-    numbers["sets_drawn"] = sets_drawn
-    numbers.update(
-        sync_global_observed=_f(sync_global.observed),
-        sync_global_baseline_mean=_f(sync_global.baseline_mean),
-        sync_global_baseline_sd=_f(sync_global.baseline_sd),
-        sync_global_p_value=_f(sync_global.p_value),
-    )
+    # -- streaming passes -------------------------------------------------------------------------------
+    main = data[0]
+    # lca's columns as stored: one per parameter, or per neuron / tensor (--granularity), or some tensors' and an
+    # (other) column (--params). The views that read them use this layout, at the resolution stored.
+    layout = store.column_layout
+    for d in data:
+        say(f"set {d.name}: {d.sel.n} iterations (steps {int(d.sel.start_steps[0])}..{int(d.sel.end_steps[-1])})")
+        d.stats = scan_parameters(store, d.sel, progress=say, label=f"set {d.name}: pass 1/2 (per-parameter totals)")
+        d.conc = concentration(d.stats.total)
+        _layer_statistics(store, d, layout)
+    assert main.stats is not None
+    cols, kinds = select_parameters(main.stats, 5, 5, 5, seed)
+    ranked = rank_neuron_groups(layout, main.stats)
+    groups = sorted(gi for gi, _ in ranked[:heatmap_layers])
+    # Rows of every map sorted by the headline set's per-unit totals, most helpful first, in every set.
+    orders = [np.argsort(neuron_totals(layout, main.stats.total, g), kind="stable") for g in groups]
+    for d in data:
+        d.traj, d.maps = scan_selected(
+            store, d.sel, cols, groups, orders=orders, progress=say,
+            label=f"set {d.name}: pass 2/2 (trajectories, heat maps)",
+        )  # fmt: skip
+    say("synchronisation baselines")
+    for d in data:
+        d.sync = sync_analysis(d.layer_names, d.per_layer, tolerance=1, n_shuffles=1000, seed=seed)
+    labels = [parameter_label(layout, int(c)) for c in cols]
+    numbers = _numbers(store, data, cols, kinds, labels, notes)
 
     # -- figures ----------------------------------------------------------------------------------------
-    views: list[_View] = []
-    with mpl.rc_context(_STYLE):
+    output_group = len(layout.neurons()) - 1
+    inputs = _input_maps(store)
+    makers: dict[str, Callable[[], View | None]] = {
+        "loss": lambda: _view_loss(pdir, data),
+        "composition": lambda: _view_composition(pdir, data),
+        "helped_hist": lambda: _view_helped_histograms(pdir, data),
+        "values": lambda: _view_values(pdir, data),
+        "layers": lambda: _view_layers(pdir, data),
+        "layer_shares": lambda: _view_layer_shares(pdir, data),
+        "cumulative": lambda: _view_cumulative(pdir, data),
+        "milestones": lambda: _view_milestones(pdir, data),
+        "concentration": lambda: _view_concentration(pdir, data),
+        "heatmaps": lambda: _view_heatmaps(pdir, data, groups, output_group) if main.maps else None,
+        "input_maps": lambda: _view_input_maps(pdir, data, *inputs) if inputs is not None else None,
+        "trajectories": lambda: _view_trajectories(pdir, data, labels, kinds),
+        "sync": lambda: _view_sync(pdir, data),
+    }
+    drawn: list[View] = []
+    with mpl.rc_context(STYLE):
         say("drawing")
-        views.append(_view_loss(pdir, sel, curves, numbers))
-        views.append(_view_layers(pdir, sel, layer_names, layer_neg, layer_pos))
-        views.append(_view_helped(pdir, sel, frac_iter, helped_iter, hurt_iter, stats, numbers))
-        views.append(_view_cumulative(pdir, store, set_name, layer_names, others))
-        if maps:
-            views.append(_view_heatmaps(pdir, sel, maps, ranked))
-        views.append(_view_trajectories(pdir, sel, traj, labels, kinds, numbers))
-        views.append(_view_sync(pdir, sel, layer_names, learning, peaks, sync, sync_global))
+        for key in VIEWS:
+            if only is None or key in only:
+                view = makers[key]()
+                if view is not None:
+                    drawn.append(view)
     numbers["seconds"] = round(time.perf_counter() - t_start, 3)
-    page = _page(store, sel, numbers, views)
+    page = _page(store, data, numbers, drawn, notes)
     out.write_text(page, encoding="utf-8")
-    say(f"wrote {out} ({len(views)} figures in {pdir})")
-    return ReportResult(out, [v.png for v in views], numbers)
-
-
-def _require_matplotlib() -> Any:
-    try:
-        import matplotlib
-        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
-    except ImportError:
-        raise LcaError(MATPLOTLIB_MISSING) from None
-    return matplotlib
+    say(f"wrote {out} ({len(drawn)} figures in {pdir})")
+    return ReportResult(out, [v.png for v in drawn], numbers)
 
 
 # --------------------------------------------------------------------------------------------------------
 # numbers
 
 
-def _f(x: float | np.floating[Any]) -> float | None:
+def _f(x: float | np.floating[Any] | None) -> float | None:
+    if x is None:
+        return None
     v = float(x)
     return v if math.isfinite(v) else None
 
 
+def _sync_numbers(r: SyncResult, prefix: str) -> dict[str, Any]:
+    return {
+        f"{prefix}_tested": r.tested,
+        f"{prefix}_reason": r.reason,
+        f"{prefix}_observed": _f(r.observed),
+        f"{prefix}_baseline_mean": _f(r.baseline_mean),
+        f"{prefix}_baseline_sd": _f(r.baseline_sd),
+        f"{prefix}_p_value": _f(r.p_value),
+        f"{prefix}_p_text": r.p_text(),
+        f"{prefix}_shuffles": r.n_shuffles,
+        f"{prefix}_pairs": r.pairs,
+        f"{prefix}_passes": r.passes,
+    }
+
+
+def _set_numbers(store: LcaStore, d: SetData) -> dict[str, Any]:
+    """JSON-ready numbers of one set."""
+    assert d.stats is not None and d.conc is not None and d.sync is not None and d.layer_conc is not None
+    c = d.curves
+    helped, zero, hurt = d.comp.shares()
+    frac_nz = d.comp.nonzero_fraction()
+    frac_param = d.stats.helped_fraction
+    moved = np.isfinite(frac_param)
+    totals = d.totals
+    flagged_steps = [int(x) for x in d.sel.start_steps[c.flagged]]
+    h = d.stats.histogram
+    lh, lz, lu = d.lcomp.shares()
+    sync = d.sync
+    out = {
+        "set": d.name,
+        "n_iterations": d.sel.n,
+        "n_not_done_in_window": d.sel.n_skipped,
+        "first_step": int(d.sel.start_steps[0]),
+        "last_step": int(d.sel.end_steps[-1]),
+        "window": [d.sel.window[0], d.sel.window[1]],
+        "n_params": store.layout.size,
+        "delta_loss": float(c.delta_loss.sum()),
+        "sum_lca": float(c.lca_sum.sum()),
+        "sum_buffer_lca": float(c.buffer_lca.sum()),
+        "sum_residual": float(c.residual.sum()),
+        "max_abs_residual": float(np.abs(c.residual).max()),
+        "integration_error": d.error,
+        "flagged": len(flagged_steps),
+        "flagged_steps": flagged_steps[:50],
+        "mean_splits": float(c.splits.mean()),
+        "helped_share_mean": _f(helped.mean()),
+        "zero_share_mean": _f(zero.mean()),
+        "hurt_share_mean": _f(hurt.mean()),
+        "helped_fraction_mean": _f(np.nanmean(frac_nz)) if np.isfinite(frac_nz).any() else None,
+        "helped_fraction_per_parameter_median": _f(np.median(frac_param[moved])) if moved.any() else None,
+        "params_never_moved": int((~moved).sum()),
+        "zero_entries": h.zeros,
+        "concentration_50": _f(d.conc.shares[0]),
+        "concentration_90": _f(d.conc.shares[1]),
+        "layer_totals": {n: float(t) for n, t in zip(d.layer_names, totals, strict=True)},
+        "layer_helped": dict(zip(d.layer_names, np.asarray(d.layer_neg).tolist(), strict=True)),
+        "layer_hurt": dict(zip(d.layer_names, np.asarray(d.layer_pos).tolist(), strict=True)),
+        "layer_verdicts": dict(zip(d.layer_names, d.verdicts, strict=True)),
+        "layers_hurting": [n for n, v in zip(d.layer_names, d.verdicts, strict=True) if v == "hurts"],
+        "layers_positive": [n for n, t in zip(d.layer_names, totals, strict=True) if t > 0],
+        "layer_helped_share": dict(zip(d.layer_names, lh.tolist(), strict=True)),
+        "layer_zero_share": dict(zip(d.layer_names, lz.tolist(), strict=True)),
+        "layer_hurt_share": dict(zip(d.layer_names, lu.tolist(), strict=True)),
+        "layer_step_50": {
+            n: (int(d.sel.end_steps[p]) if p >= 0 else None)
+            for n, p in zip(d.layer_names, d.milestones[0], strict=True)
+        },
+        "layer_step_90": {
+            n: (int(d.sel.end_steps[p]) if p >= 0 else None)
+            for n, p in zip(d.layer_names, d.milestones[1], strict=True)
+        },
+        "layer_concentration_90": {n: _f(v) for n, v in zip(d.layer_names, d.layer_conc[1], strict=True)},
+        "peaks_per_layer": {n: len(p) for n, p in zip(d.layer_names, sync.peaks, strict=True)},
+        "sync_peak_rule": sync.rule,
+        "sync_tolerance": sync.shift.tolerance,
+        **_sync_numbers(sync.shift, "sync"),
+        **_sync_numbers(sync.controlled_shift, "sync_controlled"),
+    }
+    return out
+
+
 def _numbers(
     store: LcaStore,
-    sel: Selection,
-    curves: LossCurves,
-    layer_names: list[str],
-    layer_neg: np.ndarray,
-    layer_pos: np.ndarray,
-    per_layer: np.ndarray,
-    frac_iter: np.ndarray,
-    stats: ParameterStats,
+    data: list[SetData],
     cols: np.ndarray,
     kinds: list[str],
     labels: list[str],
-    traj: np.ndarray,
-    maps: list[NeuronMap],
-    sync: SyncResult,
-    peaks: Sequence[np.ndarray],
+    notes: dict[str, str],
 ) -> dict[str, Any]:
-    frac_param = stats.helped_fraction
-    moved = np.isfinite(frac_param)
-    totals = per_layer.sum(axis=0)
-    flagged_steps = [int(x) for x in sel.start_steps[curves.flagged]]
-    flips = []
+    per_set = {d.name: _set_numbers(store, d) for d in data}
+    main = data[0]
+    assert main.traj is not None
+    flips, hurt_shares = [], []
     for j, k in enumerate(kinds):
-        v = traj[:, j]
+        v = main.traj[:, j]
         nz = v[v != 0]
         if k == "random" and len(nz) > 1:
             flips.append(float(np.mean(np.sign(nz[1:]) != np.sign(nz[:-1]))))
+            hurt_shares.append(float(np.mean(nz > 0)))
+    params = []
+    for j, (lab, k, c) in enumerate(zip(labels, kinds, cols, strict=True)):
+        v = main.traj[:, j]
+        params.append(
+            {
+                "name": lab,
+                "kind": k,
+                "column": int(c),
+                "total": float(v.sum()),
+                "helped_iterations": int((v < 0).sum()),
+                "hurt_iterations": int((v > 0).sum()),
+                "zero_iterations": int((v == 0).sum()),
+            }
+        )
     return {
+        **per_set[main.name],
         "store": str(store.path),
-        "set": sel.set_name,
         "sets": list(store.sets),
-        "n_iterations": sel.n,
-        "n_not_done_in_window": sel.n_skipped,
-        "first_step": int(sel.start_steps[0]),
-        "last_step": int(sel.end_steps[-1]),
-        "window": [sel.window[0], sel.window[1]],
-        "n_params": store.layout.size,
-        "delta_loss": float(curves.delta_loss.sum()),
-        "sum_lca": float(curves.lca_sum.sum()),
-        "sum_buffer_lca": float(curves.buffer_lca.sum()),
-        "sum_residual": float(curves.residual.sum()),
-        "max_abs_residual": float(np.abs(curves.residual).max()),
-        "flagged": len(flagged_steps),
-        "flagged_steps": flagged_steps[:50],
-        "mean_splits": float(curves.splits.mean()),
-        "helped_fraction_mean": _f(np.nanmean(frac_iter)) if np.isfinite(frac_iter).any() else None,
-        "helped_fraction_per_parameter_median": _f(np.median(frac_param[moved])) if moved.any() else None,
-        "params_never_moved": int((~moved).sum()),
-        "layer_totals": {n: float(t) for n, t in zip(layer_names, totals, strict=True)},
-        "layer_helped": {n: float(t) for n, t in zip(layer_names, layer_neg, strict=True)},
-        "layer_hurt": {n: float(t) for n, t in zip(layer_names, layer_pos, strict=True)},
-        "layers_hurting": [n for n, t in zip(layer_names, totals, strict=True) if t > 0],
-        "heatmap_layers": [m.name for m in maps],
-        "parameters": [
-            {"name": lab, "kind": k, "column": int(c), "total": float(traj[:, j].sum())}
-            for j, (lab, k, c) in enumerate(zip(labels, kinds, cols, strict=True))
-        ],
+        "sets_drawn": [d.name for d in data],
+        "sets_not_drawn": notes,
+        "heatmap_layers": [m.name for m in main.maps],
+        "parameters": params,
         "random_sign_flip_rate": _f(np.mean(flips)) if flips else None,
-        "peaks_per_layer": {n: len(p) for n, p in zip(layer_names, peaks, strict=True)},
-        "sync_observed": _f(sync.observed),
-        "sync_baseline_mean": _f(sync.baseline_mean),
-        "sync_baseline_sd": _f(sync.baseline_sd),
-        "sync_p_value": _f(sync.p_value),
-        "sync_shuffles": sync.n_shuffles,
-        "sync_tolerance": sync.tolerance,
-        "sync_peak_rule": f"local maxima of -LCA above mean + 1 sd over ±{PEAK_WINDOW} iterations",
-        "sync_pairs": sync.pairs,
+        "random_hurt_share_median": _f(np.median(hurt_shares)) if hurt_shares else None,
         "helped_rule": str(store.attrs.get("helped_rule", HELPED_RULE)),
+        "significance_rule": SIGNIFICANCE_RULE,
+        "per_set": per_set,
     }
 
 
@@ -329,39 +529,8 @@ def _numbers(
 # drawing helpers
 
 
-def _figure(width: float, height: float) -> Figure:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _legend(target: Any, ax: Axes, **kw: Any) -> None:
-    """Draw ``ax``'s labelled artists as a legend on ``target`` (an axes, figure or subfigure), if any."""
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        target.legend(handles, labels, **kw)
-
-
-def _two_rows(fig: Figure, ratios: list[float]) -> tuple[SubFigure, SubFigure]:
-    subs: Any = fig.subfigures(2, 1, height_ratios=ratios)
-    return subs[0], subs[1]
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    from PIL import Image  # a dependency of matplotlib
-
-    buf = io.BytesIO()
-    # No "Software" text chunk: keeps files free of any URL.
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-    buf.seek(0)
-    # A 256-colour palette (no dithering) looks the same for plots and makes the files ~3x smaller.
-    with Image.open(buf) as im:
-        pal = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-        pal.save(path, format="PNG", optimize=True)
-    return path
+def _columns(fig: Any, n: int, **kw: Any) -> list[Axes]:
+    return list(np.atleast_1d(fig.subplots(1, n, squeeze=False, **kw)[0]))
 
 
 def _binned(x: np.ndarray, y: np.ndarray, max_points: int = MAX_LINE_POINTS) -> tuple[np.ndarray, np.ndarray]:
@@ -376,459 +545,958 @@ def _binned(x: np.ndarray, y: np.ndarray, max_points: int = MAX_LINE_POINTS) -> 
 
 
 def _thinned(x: np.ndarray, y: np.ndarray, max_points: int = MAX_LINE_POINTS) -> tuple[np.ndarray, np.ndarray]:
-    """Every k-th point (and the last) of a smooth series such as a cumulative sum."""
+    """Every k-th point (always the first and the last) of a smooth series such as a cumulative sum."""
     if len(x) <= max_points:
         return x, y
-    idx = np.unique(np.concatenate([np.linspace(0, len(x) - 1, max_points).astype(np.int64), [len(x) - 1]]))
+    idx = np.unique(np.concatenate([np.linspace(0, len(x) - 1, max_points).astype(np.int64), [0, len(x) - 1]]))
     return x[idx], y[idx]
 
 
-def _layer_colors(n: int) -> list[Any]:
-    from matplotlib import colormaps
-
-    cmap = colormaps["viridis"]
-    return [cmap(v) for v in (np.linspace(0.0, 0.9, n) if n > 1 else [0.0])]
+#: Roles of the usual evaluation-set names, shown beside them in titles.
+_ROLES = {"train": "training set", "val": "held-out set", "valid": "held-out set", "test": "held-out set"}
 
 
-def _helped_hurt_legend_handles() -> list[Any]:
-    from matplotlib.patches import Patch
-
-    return [
-        Patch(color=HELPED_COLOR, label="helped (LCA < 0)"),
-        Patch(color=HURT_COLOR, label="hurt (LCA > 0)"),
-    ]
+def _set_title(d: SetData, first: str) -> str:
+    """``set 'val' (held-out set)``; ``first`` (the headline set) is accepted for symmetry and unused."""
+    del first
+    role = _ROLES.get(d.name, "")
+    return f"set '{d.name}'" + (f" ({role})" if role else "")
 
 
-def _sign_hints(ax: Axes) -> None:
-    """Small blue/red notes saying which way is helped and hurt on an LCA y axis."""
-    kw: dict[str, Any] = {"transform": ax.transAxes, "fontsize": 7, "ha": "left"}
-    ax.text(0.005, 0.985, "↑ hurt (LCA > 0)", color=HURT_COLOR, va="top", **kw)
-    ax.text(0.005, 0.015, "↓ helped (LCA < 0)", color=HELPED_COLOR, va="bottom", **kw)
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.{digits}f}%"
 
 
-def _fmt(x: float | None, digits: int = 4) -> str:
-    if x is None or not math.isfinite(x):
-        return "n/a"
-    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
-        return f"{x:.{digits - 1}e}"
-    return f"{x:.{digits}g}" if abs(x) >= 1 else f"{x:.{digits}f}".rstrip("0").rstrip(".")
+def _by_set(data: list[SetData], text: Callable[[SetData], str]) -> str:
+    """``train: X; val: Y`` (or just ``X`` for one set)."""
+    if len(data) == 1:
+        return text(data[0])
+    return "; ".join(f"{d.name}: {text(d)}" for d in data)
 
 
-def _short(name: str, n: int = 28) -> str:
-    return name if len(name) <= n else "…" + name[-(n - 1) :]
+def _paper(paper: str, run: str) -> str:
+    return f"Paper: {paper} This run: {run}"
 
 
 # --------------------------------------------------------------------------------------------------------
 # the views
 
 
-def _view_loss(pdir: Path, sel: Selection, c: LossCurves, numbers: dict[str, Any]) -> _View:
-    fig = _figure(7, 4.6)
-    ax1, ax2 = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
-    for g in np.unique(c.segment):
-        m = c.segment == g
-        xs, ys = _thinned(c.steps[m], np.stack([c.true_loss[m], c.reconstructed[m]], axis=1))
-        ax1.plot(xs, ys[:, 0], color=NET_COLOR, lw=1.6, label="true loss" if g == 0 else None)
-        recon_label = "loss[start] + cumulative Σ LCA" if g == 0 else None
-        ax1.plot(xs, ys[:, 1], color=RECON_COLOR, lw=1.2, ls="--", label=recon_label)
-    ax1.set_ylabel(f"loss on '{sel.set_name}' (loss units)")
-    ax1.set_title(f"True vs reconstructed loss ({sel.set_name}; ΔL = {_fmt(numbers['delta_loss'])})")
-    _legend(ax1, ax1, loc="upper right")
-    x = sel.start_steps
-    xr, rr = _binned(x, c.residual)
-    ax2.plot(xr, rr, color=NEUTRAL_COLOR, lw=0.8, marker="." if len(xr) <= 200 else None, ms=3, label="residual")
-    ax2.axhline(0, color="black", lw=0.6)
-    if c.flagged.any():
-        many = int(c.flagged.sum()) > 40
-        ax2.plot(
-            x[c.flagged], c.residual[c.flagged], ls="none", marker="." if many else "x", color=HURT_COLOR,
-            ms=4 if many else 6,
-            label=f"flagged: over tolerance at the cap ({int(c.flagged.sum())})",
-        )  # fmt: skip
-    ax2.set_ylabel("residual (loss units)")
-    ax2.set_xlabel("iteration (step)")
-    ax2.set_title(f"Residual per iteration: ΔL − Σ LCA − buffer share (max |r| = {_fmt(numbers['max_abs_residual'])})")
-    _legend(ax2, ax2, loc="upper right")
-    ax2.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    png = _save(fig, pdir / "1_loss.png")
-    caption = (
-        "Top: the loss on the evaluation set at every checkpoint (black) and the loss rebuilt from the "
-        "allocations alone, the starting loss plus the running sum of all parameters' LCA (dashed). The two "
-        "curves should lie on top of each other: LCA is complete, its terms add up to the loss change. Bottom: "
-        "what is left over on each iteration (the integration error); red marks are iterations still over "
-        "tolerance when refinement hit its cap. A residual that is small compared with the per-iteration loss "
-        "changes means the per-parameter numbers in the other views can be trusted."
+def _view_loss(pdir: Path, data: list[SetData]) -> View:
+    n = len(data)
+    fig = figure(4.2 * n + 1.4, 4.6)
+    axes = fig.subplots(2, n, squeeze=False, sharex="col", height_ratios=[2, 1])
+    for col, d in enumerate(data):
+        ax1, ax2 = axes[0, col], axes[1, col]
+        c = d.curves
+        for g in np.unique(c.segment):
+            m = c.segment == g
+            xs, ys = _thinned(c.steps[m], np.stack([c.true_loss[m], c.reconstructed[m]], axis=1))
+            ax1.plot(xs, ys[:, 0], color=NET_COLOR, lw=1.6, label="true loss" if g == 0 else None)
+            ax1.plot(xs, ys[:, 1], color=RECON_COLOR, lw=1.2, ls="--",
+                     label="loss[start] + cumulative Σ LCA" if g == 0 else None)  # fmt: skip
+        ax1.set_title(f"{_set_title(d, data[0].name)}: ΔL = {fmt(float(c.delta_loss.sum()))}")
+        if col == 0:
+            ax1.set_ylabel("loss (loss units)")
+        x = d.sel.start_steps
+        xr, rr = _binned(x, c.residual)
+        ax2.plot(xr, rr, color=NEUTRAL_COLOR, lw=0.8, marker="." if len(xr) <= 200 else None, ms=3,
+                 label="residual per iteration")  # fmt: skip
+        ax2.axhline(0, color="black", lw=0.6)
+        if c.flagged.any():
+            many = int(c.flagged.sum()) > 40
+            ax2.plot(x[c.flagged], c.residual[c.flagged], ls="none", marker="." if many else "x", color=HURT_COLOR,
+                     ms=4 if many else 6, label="over tolerance at the cap")  # fmt: skip
+        ax2.set_xlabel("iteration (step)")
+        ax2.set_title(f"Σ|residual| = {fmt(d.error, 3)}, max |r| = {fmt(float(np.abs(c.residual).max()), 3)}",
+                      fontsize=9)  # fmt: skip
+        ax2.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        if col == 0:
+            ax2.set_ylabel("residual\nΔL − Σ LCA")
+    handles, labs = axes[0, 0].get_legend_handles_labels()
+    h2, l2 = [], []
+    for ax in axes[1]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in l2:
+                h2.append(h)
+                l2.append(lab)
+    fig.legend(handles + h2, labs + l2, loc="outside lower center", ncol=4)
+    png = save_png(fig, pdir / "01_loss.png")
+    main = data[0]
+    run = _by_set(
+        data,
+        lambda d: (
+            f"ΔL {fmt(float(d.curves.delta_loss.sum()))}, Σ LCA {fmt(float(d.curves.lca_sum.sum()))}, "
+            f"integration error Σ|residual| {fmt(d.error, 3)} "
+            f"({_pct(d.error / max(abs(float(d.curves.delta_loss.sum())), 1e-300), 2)} of |ΔL|), "
+            f"{int(d.curves.flagged.sum())} pairs over tolerance"
+        ),
     )
-    if numbers["n_not_done_in_window"]:
-        caption += (
-            f" {numbers['n_not_done_in_window']} unfinished iterations in the window are left out; the "
-            "reconstruction restarts from the true loss after each gap."
+    caption = (
+        "Top: the loss on each evaluation set at every checkpoint (black) and the loss rebuilt from the "
+        "allocations alone, the starting loss plus the running sum of all parameters' LCA (dashed). LCA is "
+        "complete: its terms add up to the loss change, so the curves should coincide. Bottom: what is left "
+        "over on each iteration (the integration error); red marks are iterations still over tolerance when "
+        "refinement hit its cap. The summed |residual| is this run's scale of significance: a layer's total "
+        "smaller than it cannot be told from zero. "
+        + _paper(
+            "the allocations add up to the loss change to within an absolute tolerance of 1e-3 per iteration "
+            "(up to 32 sub-intervals; iterations still above it at the cap were accepted silently).",
+            run + ".",
         )
-    return _View("loss", "True vs reconstructed loss", png, caption)
+    )
+    if main.sel.n_skipped:
+        caption += (
+            f" {main.sel.n_skipped} unfinished iterations in the window are left out; the reconstruction "
+            "restarts from the true loss after each gap."
+        )
+    return View("loss", "True vs reconstructed loss", png, caption)
 
 
-def _view_layers(pdir: Path, sel: Selection, names: list[str], neg: np.ndarray, pos: np.ndarray) -> _View:
-    n = len(names)
-    fig = _figure(7, max(2.6, 0.32 * n + 1.3))
-    ax = fig.subplots()
-    y = np.arange(n)
-    net = neg + pos
-    ax.barh(y, neg, color=HELPED_COLOR, height=0.7, label="helped: Σ of negative LCA")
-    ax.barh(y, pos, color=HURT_COLOR, height=0.7, label="hurt: Σ of positive LCA")
-    ax.plot(net, y, ls="none", marker="D", color=NET_COLOR, ms=5, label="net total (helped + hurt)")
-    ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(y, [_short(s) for s in names])
-    for lab, t in zip(ax.get_yticklabels(), net, strict=True):
-        if t > 0:
+def _view_composition(pdir: Path, data: list[SetData]) -> View:
+    n = len(data)
+    fig = figure(4.2 * n + 1.6, 3.8)
+    axes = _columns(fig, n, sharey=True)
+    for col, (ax, d) in enumerate(zip(axes, data, strict=True)):
+        helped, zero, hurt = d.comp.shares()
+        x = d.sel.start_steps
+        # Shares averaged in at most 300 bins: per-iteration noise over thousands of iterations hides the trend.
+        xb, yb = _binned(x, np.stack([helped, zero, hurt], axis=1), 300)
+        ax.stackplot(xb, 100 * yb[:, 0], 100 * yb[:, 1], 100 * yb[:, 2],
+                     colors=[HELPED_COLOR, ZERO_COLOR, HURT_COLOR], alpha=0.85, lw=0)  # fmt: skip
+        xf, ff = _binned(x, d.comp.nonzero_fraction(), 300)
+        ax.plot(xf, 100 * ff, color="white", lw=1.4, ls="--")
+        ax.plot(xf, 100 * ff, color=NET_COLOR, lw=0.8, ls="--", label="helped / (helped + hurt), zeros excluded")
+        ax.axhline(50, color="white", lw=0.8, ls=":")
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("iteration (step)")
+        ax.set_title(_set_title(d, data[0].name))
+        ax.grid(False)
+        if col == 0:
+            ax.set_ylabel("% of all parameters")
+        twin = ax.twinx()
+        c = d.curves
+        xs, ls = _thinned(c.steps, c.true_loss)
+        twin.plot(xs, ls, color="black", lw=1.6, label="loss (right axis)")
+        twin.set_ylim(bottom=0)
+        twin.grid(False)
+        twin.spines["right"].set_visible(True)
+        if col == n - 1:
+            twin.set_ylabel("loss")
+    handles = helped_hurt_handles(zero=True)
+    extra = [*axes[0].get_legend_handles_labels()[0]]
+    from matplotlib.lines import Line2D
+
+    extra.append(Line2D([], [], color="black", lw=1.6, label="loss (right axis)"))
+    fig.legend(handles=handles + extra, loc="outside lower center", ncol=5, fontsize=7.5)
+    png = save_png(fig, pdir / "02_composition.png")
+    run = _by_set(
+        data,
+        lambda d: (
+            f"on an average iteration {_pct(float(d.comp.shares()[0].mean()))} of all parameters helped, "
+            f"{_pct(float(d.comp.shares()[1].mean()))} were exactly zero and {_pct(float(d.comp.shares()[2].mean()))} "
+            f"hurt; of the nonzero ones {_pct(float(np.nanmean(d.comp.nonzero_fraction())))} helped"
+        ),
+    )
+    main = data[0]
+    frac = float(np.nanmean(main.comp.nonzero_fraction()))
+    late = main.comp.nonzero_fraction()[main.sel.n // 2 :]
+    late_mean = float(np.nanmean(late)) if np.isfinite(late).any() else float("nan")
+    verdict = (
+        " — close to the paper's barely-over-half"
+        if 0.5 < frac < 0.6
+        else (
+            " — more than the paper's barely-over-half; short runs weigh the steep early phase, when most "
+            f"parameters move downhill together (second half of this window: {_pct(late_mean)})"
+            if frac >= 0.6
+            else " — not more than half"
+        )
+    )
+    caption = (
+        "On each iteration, the share of all parameters that helped (blue, LCA < 0), did nothing (grey, LCA "
+        "exactly 0: did not move, or zero gradient, such as weights of always-black input pixels) and hurt "
+        "(red), stacked to 100%; the dashed line is the other convention, the helped fraction among nonzero "
+        "parameters; the black line is the loss (right axis). Runs longer than 300 iterations are shown as "
+        "means over bins of consecutive iterations. "
+        + _paper(
+            "barely over 50% of parameters help on any iteration (shares of all parameters).",
+            run + verdict + ".",
+        )
+    )
+    return View("composition", "Helped, zero and hurt per iteration, with the loss", png, caption)
+
+
+def _view_helped_histograms(pdir: Path, data: list[SetData]) -> View:
+    n = len(data)
+    fig = figure(4.0 * n + 1.0, 4.6)
+    axes = fig.subplots(2, n, squeeze=False)
+    for col, d in enumerate(data):
+        assert d.stats is not None
+        a1, a2 = axes[0, col], axes[1, col]
+        helped, _, _ = d.comp.shares()
+        frac = d.comp.nonzero_fraction()
+        ok = frac[np.isfinite(frac)]
+        bins = np.linspace(0, 1, 41)
+        a1.hist(helped, bins=bins, color=HELPED_COLOR, alpha=0.5, histtype="stepfilled",
+                label="share of all parameters")  # fmt: skip
+        a1.hist(ok, bins=bins, color=HELPED_COLOR, histtype="step", lw=1.4, label="share of nonzero ones")
+        a1.axvline(0.5, color=NET_COLOR, ls=":", lw=1)
+        a1.set_xlabel("parameters helping on an iteration")
+        a1.set_title(f"{_set_title(d, data[0].name)}: per iteration", fontsize=9)
+        fp = d.stats.helped_fraction
+        fp = fp[np.isfinite(fp)]
+        a2.hist(fp, bins=bins, color=HELPED_COLOR, alpha=0.85, histtype="stepfilled")
+        a2.axvline(0.5, color=NET_COLOR, ls=":", lw=1)
+        a2.set_xlabel("share of its nonzero iterations a parameter helped")
+        a2.set_title(f"per parameter ({len(fp):,} that moved the loss)", fontsize=9)
+        if col == 0:
+            a1.set_ylabel("iterations")
+            a2.set_ylabel("parameters")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=2)
+    png = save_png(fig, pdir / "03_helped_histograms.png")
+
+    def per_param(d: SetData) -> str:
+        assert d.stats is not None
+        fp = d.stats.helped_fraction
+        fp = fp[np.isfinite(fp)]
+        mid = float(np.mean((fp >= 0.4) & (fp <= 0.6))) if fp.size else float("nan")
+        med = float(np.median(fp)) if fp.size else float("nan")
+        return f"median parameter helped on {_pct(med)} of its nonzero iterations, {_pct(mid)} of parameters in 40-60%"
+
+    caption = (
+        "Top: how the share of parameters helping is distributed over iterations, in both conventions (all "
+        "parameters, filled; nonzero ones, outline). Bottom: for each parameter, the share of its nonzero "
+        "iterations on which it helped (parameters that never moved the loss are left out). "
+        + _paper(
+            "each parameter helps on about half of the iterations (a noisy, coin-flip-like process).",
+            _by_set(data, per_param) + ".",
+        )
+    )
+    return View("helped_hist", "How often parameters help", png, caption)
+
+
+def _view_values(pdir: Path, data: list[SetData]) -> View:
+    n = len(data)
+    fig = figure(4.0 * n + 1.0, 3.2)
+    axes = _columns(fig, n, sharey=True)
+    edges = None
+    for col, (ax, d) in enumerate(zip(axes, data, strict=True)):
+        assert d.stats is not None
+        h = d.stats.histogram
+        edges = h.EDGES
+        total = max(h.total, 1)
+        nz = np.flatnonzero((h.negative + h.positive)[1:]) + 1  # bin 0 holds zeros/subnormals
+        if nz.size:
+            lo, hi = int(nz[0]), int(nz[-1]) + 1
+            # Bins alternate between factors 1.5 and 1.33: divide by each bin's width in decades (a density).
+            decades = np.log10(edges[lo + 1 : hi + 1] / edges[lo:hi])
+            x = np.repeat(edges[lo : hi + 1], 2)[1:-1]  # stairs drawn from the exact bin edges
+            for counts, color, lab in ((h.negative, HELPED_COLOR, "helped (LCA < 0)"),
+                                       (h.positive, HURT_COLOR, "hurt (LCA > 0)")):  # fmt: skip
+                dens = np.repeat(100 * counts[lo:hi] / total / decades, 2)
+                ax.plot(x, dens, color=color, lw=1.3, label=lab)
+            ax.set_xscale("log")
+        ax.set_xlabel("|LCA| of one parameter on one iteration (loss units)")
+        zero_share = h.zeros / total
+        ax.set_title(f"{_set_title(d, data[0].name)}: {h.total:,} values, {_pct(zero_share)} exactly 0", fontsize=9)
+        if col == 0:
+            ax.set_ylabel("% of all values\nper decade of |LCA|")
+    handles = helped_hurt_handles()
+    fig.legend(handles=handles, loc="outside lower center", ncol=2)
+    png = save_png(fig, pdir / "04_values.png")
+
+    def describe(d: SetData) -> str:
+        assert d.stats is not None
+        h = d.stats.histogram
+        m = h.negative + h.positive
+        if not m[1:].any() or edges is None:
+            return "no nonzero values"
+        cdf = np.cumsum(m) / m.sum()
+        med = edges[int(np.searchsorted(cdf, 0.5)) + 1]
+        p99 = edges[int(np.searchsorted(cdf, 0.99)) + 1]
+        zeros = _pct(h.zeros / max(h.total, 1))
+        return f"median |LCA| about {fmt(float(med), 2)}, 99% below {fmt(float(p99), 2)}, {zeros} exactly 0"
+
+    caption = (
+        "Every LCA value of the window (one per parameter and iteration) by magnitude on a log scale, helped "
+        "(blue) and hurt (red) apart; exact zeros are counted separately in the titles. Values span many "
+        "orders of magnitude, so a few large allocations carry most of each iteration's loss change while most "
+        "are tiny. This run: " + _by_set(data, describe) + "."
+    )
+    return View("values", "All LCA values (log scale)", png, caption)
+
+
+def _net_label_colours(ax: Axes, verdicts: Sequence[str]) -> None:
+    for lab, v in zip(ax.get_yticklabels(), verdicts, strict=True):
+        if v == "hurts":
             lab.set_color(HURT_COLOR)
             lab.set_fontweight("bold")
-    ax.invert_yaxis()
-    span = float(max(np.abs(neg).max(initial=0), pos.max(initial=0))) or 1.0
-    ax.set_xlim(-1.45 * span, 1.45 * span)
-    for yi, t in zip(y.tolist(), net, strict=True):
-        ax.text(1.43 * span, yi, f"net {_fmt(float(t), 3)}", va="center", ha="right", fontsize=7,
-                color=HURT_COLOR if t > 0 else NET_COLOR)  # fmt: skip
-    ax.set_xlabel("LCA summed over iterations and the layer's parameters (loss units)")
-    ax.set_ylabel("layer (input side at top)")
-    ax.set_title(f"Per-layer LCA ({sel.set_name}, {sel.n} iterations): helped, hurt and net")
+        elif v == "within error":
+            lab.set_color(NEUTRAL_COLOR)
+            lab.set_fontstyle("italic")
+
+
+def _layer_height(n_layers: int) -> float:
+    return max(2.6, 0.24 * n_layers + 1.5)
+
+
+def _layer_axes(n_sets: int, n_layers: int, extra_width: float = 0.0) -> tuple[Any, list[Axes]]:
+    fig = figure(3.6 * n_sets + 1.6 + extra_width, _layer_height(n_layers))
+    return fig, _columns(fig, n_sets, sharey=True)
+
+
+def _layer_ticks(ax: Axes, names: Sequence[str], verdicts: Sequence[str] | None = None) -> None:
+    y = np.arange(len(names))
+    ax.set_yticks(y, list(names))
+    if verdicts is not None:
+        _net_label_colours(ax, verdicts)
+    ax.set_ylim(len(names) - 0.5, -0.5)  # input side at the top
     ax.grid(axis="y", visible=False)
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=3)
-    png = _save(fig, pdir / "2_layers.png")
-    hurting = [s for s, t in zip(names, net, strict=True) if t > 0]
-    caption = (
-        "For each layer, the blue bar is the sum over iterations and parameters of the negative LCA (everything "
-        "that lowered the loss), the red bar the sum of the positive LCA (everything that raised it), and the "
-        "diamond their net, the layer's total contribution to ΔL. These are exact per-parameter sums from a "
-        "streaming pass over the stored LCA (not per-iteration layer totals, which would cancel inside each "
-        "iteration). Bars much longer than the net show how much of the work cancels out (the paper's noise "
-        "finding). Layers whose net is positive (red, bold labels) hurt overall; the paper found this for the "
-        "first and last layer of ResNet-20 on CIFAR-10."
-    )
-    if hurting:
-        caption += f" Here: {', '.join(hurting)} {'hurts' if len(hurting) == 1 else 'hurt'} overall."
-    else:
-        caption += " Here no layer hurts overall."
-    return _View("layers", "Per-layer totals: helped, hurt, net", png, caption)
 
 
-def _view_helped(
-    pdir: Path,
-    sel: Selection,
-    frac: np.ndarray,
-    helped: np.ndarray,
-    hurt: np.ndarray,
-    stats: ParameterStats,
-    numbers: dict[str, Any],
-) -> _View:
-    fig = _figure(7, 5.2)
-    top, bottom = _two_rows(fig, [1.1, 1])
-    ax = top.subplots()
-    x = sel.start_steps
-    xb, fb = _binned(x, frac)  # NaN (no parameter moved the loss) leaves a gap
-    ax.plot(xb, fb, color=HELPED_COLOR, lw=0.9, label="fraction of parameters helping")
-    ax.axhline(0.5, color=NET_COLOR, ls=":", lw=1, label="0.5 (a coin flip)")
-    mean = numbers["helped_fraction_mean"]
-    ok = frac[np.isfinite(frac)]
-    lo, hi = (float(ok.min()), float(ok.max())) if ok.size else (0.5, 0.5)
-    ax.set_ylim(min(0.3, lo - 0.02), max(0.7, hi + 0.02))
-    ax.set_xlabel("iteration (step)")
-    ax.set_ylabel("helped / (helped + hurt)")
-    ax.set_title(f"Fraction of parameters helping on each iteration (mean {_fmt(mean, 3)})")
-    _legend(ax, ax, loc="upper right", ncol=2)
-    a1, a2 = bottom.subplots(1, 2)
-    a1.hist(ok, bins=min(40, max(5, len(ok) // 5)), color=HELPED_COLOR, alpha=0.85, histtype="stepfilled")
-    a1.axvline(0.5, color=NET_COLOR, ls=":", lw=1)
-    a1.set_xlabel("fraction of parameters helping")
-    a1.set_ylabel("iterations")
-    a1.set_title("Per iteration")
-    fp = stats.helped_fraction
-    fp = fp[np.isfinite(fp)]
-    a2.hist(fp, bins=40, range=(0, 1), color=HELPED_COLOR, alpha=0.85, histtype="stepfilled")
-    a2.axvline(0.5, color=NET_COLOR, ls=":", lw=1)
-    a2.set_xlabel("fraction of its iterations a parameter helped")
-    a2.set_ylabel("parameters")
-    a2.set_title(f"Per parameter ({len(fp)} that moved the loss)")
-    png = _save(fig, pdir / "3_helped.png")
-    caption = (
-        "Top: on each iteration, the share of parameters whose LCA was negative among those whose LCA was not "
-        "exactly zero. Bottom left: how that share is distributed over iterations; bottom right: for each "
-        "parameter, the share of its iterations on which it helped. The paper found both close to one half, "
-        "barely above it per iteration: training is noisy, nearly as many parameters hurt as help on any "
-        "iteration, and a typical parameter helps about half the time. Exact zeros (parameters that did not "
-        f"move, or inputs that are constant) count as neither: {numbers['params_never_moved']} parameters "
-        "never moved the loss and are left out of the right histogram."
-    )
-    return _View("helped", "How many parameters help", png, caption)
+def _view_layers(pdir: Path, data: list[SetData]) -> View:
+    names = data[0].layer_names
+    fig, axes = _layer_axes(len(data), len(names), 0.6)
+    y = np.arange(len(names))
+    for col, (ax, d) in enumerate(zip(axes, data, strict=True)):
+        neg, pos = np.asarray(d.layer_neg), np.asarray(d.layer_pos)
+        net = d.totals
+        ax.barh(y, neg, color=HELPED_COLOR, height=0.7, label="helped: Σ of all negative LCA entries")
+        ax.barh(y, pos, color=HURT_COLOR, height=0.7, label="hurt: Σ of all positive LCA entries")
+        ax.errorbar(net, y, xerr=d.error, fmt="D", color=NET_COLOR, ms=4, capsize=2.5, lw=1,
+                    label="net total ± integration error Σ|residual|")  # fmt: skip
+        ax.axvline(0, color="black", lw=0.8)
+        if col == 0:
+            _layer_ticks(ax, names, d.verdicts)
+            ax.set_ylabel("layer (input side at top)")
+        ax.set_xlabel("LCA over the window (loss units)")
+        ax.set_title(_set_title(d, data[0].name), fontsize=9)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=2)
+    png = save_png(fig, pdir / "05_layers.png")
 
-
-def _view_cumulative(
-    pdir: Path,
-    store: LcaStore,
-    set_name: str,
-    names: list[str],
-    series: dict[str, tuple[Selection, np.ndarray] | str],
-) -> _View:
-    sets = list(series)
-    fig = _figure(7 if len(sets) == 1 else 9.5, 4.2)
-    axes = np.atleast_1d(fig.subplots(1, len(sets), sharey=True))
-    colors = _layer_colors(len(names))
-    for ax, s in zip(axes, sets, strict=True):
-        entry = series[s]
-        if isinstance(entry, str):
-            ax.text(0.5, 0.5, f"set {s}: nothing to draw\n{entry}", ha="center", va="center", wrap=True,
-                    transform=ax.transAxes, fontsize=8)  # fmt: skip
-            ax.set_title(f"set '{s}'")
-            continue
-        sel, values = entry
-        x = np.concatenate([sel.start_steps[:1], sel.end_steps])
-        cum = cumulative(values)
-        xs, cs = _thinned(x, cum)
-        for j, name in enumerate(names):
-            ax.plot(xs, cs[:, j], color=colors[j], lw=1.3, label=_short(name, 22))
-        ax.plot(xs, cs.sum(axis=1), color=NET_COLOR, lw=1.2, ls="--", label="all layers (Σ LCA)")
-        ax.axhline(0, color="black", lw=0.6)
-        role = "training set" if s == "train" else ("held-out set" if s != set_name else "")
-        ax.set_title(f"set '{s}'" + (f" ({role})" if role else ""))
-        ax.set_xlabel("iteration (step)")
-        _sign_hints(ax)
-    axes[0].set_ylabel("cumulative LCA (loss units)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    if not handles and len(axes) > 1:
-        handles, labels = axes[1].get_legend_handles_labels()
-    if len(names) <= 14:
-        fig.legend(handles, labels, loc="outside right upper", title="layer (input → output)")
-    else:
-        from matplotlib.cm import ScalarMappable
-        from matplotlib.colors import Normalize
-
-        sm = ScalarMappable(norm=Normalize(0, len(names) - 1), cmap="viridis")
-        fig.colorbar(sm, ax=list(axes), label="layer index (0 = input side)", shrink=0.8)
-    fig.suptitle("Cumulative LCA per layer" + (": training vs held-out" if len(sets) > 1 else ""))
-    png = _save(fig, pdir / "4_cumulative.png")
-    caption = (
-        "Each line is one layer's running total of LCA; lines going down are layers lowering the loss "
-        "(dark = input side, yellow = output side), the dashed black line is the whole network (it follows "
-        "the loss curve). Where the line flattens, that layer has stopped contributing; a line that ends above "
-        "zero belongs to a layer that hurt overall."
-    )
-    if len(sets) > 1:
-        caption += (
-            " Side by side, the same parameters' allocations of the loss change on each evaluation set: a layer "
-            "that keeps helping the training loss while it flattens or rises on the held-out set is where "
-            "learning stops generalising."
+    def run(d: SetData) -> str:
+        v = d.verdicts
+        hurting = [n for n, x in zip(d.layer_names, v, strict=True) if x == "hurts"]
+        unclear = [n for n, x in zip(d.layer_names, v, strict=True) if x == "within error"]
+        first, last = d.layer_names[0], d.layer_names[-1]
+        t = d.totals
+        text = (
+            f"first layer {first} {fmt(float(t[0]), 3)} ({v[0]}), last layer {last} {fmt(float(t[-1]), 3)} "
+            f"({v[-1]}); layers that hurt beyond the integration error {fmt(d.error, 2)}: "
+            f"{', '.join(hurting) if hurting else 'none'}"
         )
-    return _View("cumulative", "Cumulative LCA per layer over time", png, caption)
+        if unclear:
+            text += f"; within error (no sign can be given): {', '.join(unclear)}"
+        return text
+
+    caption = (
+        "For each layer, the blue bar sums every negative LCA entry of its parameters over the window "
+        "(everything that lowered the loss), the red bar every positive one, and the diamond is the layer's net "
+        "total, with the "
+        "run's integration error (summed |residual|) as error bar. A layer helps or hurts only when its net "
+        "total exceeds that error; names in red bold hurt, grey italic are within error. Bars much longer than "
+        "the net show how much of the work cancels out. "
+        + _paper("in ResNet-20 on CIFAR-10 the first and the last layer hurt overall.", _by_set(data, run) + ".")
+    )
+    return View("layers", "Per-layer totals: helped, hurt, net (with the integration error)", png, caption)
 
 
-def _view_heatmaps(pdir: Path, sel: Selection, maps: list[NeuronMap], ranked: list[tuple[int, float]]) -> _View:
+def _view_layer_shares(pdir: Path, data: list[SetData]) -> View:
+    names = data[0].layer_names
+    fig, axes = _layer_axes(len(data), len(names))
+    y = np.arange(len(names))
+    for col, (ax, d) in enumerate(zip(axes, data, strict=True)):
+        h, z, u = d.lcomp.shares()
+        ax.barh(y, 100 * h, color=HELPED_COLOR, height=0.75)
+        ax.barh(y, 100 * z, left=100 * h, color=ZERO_COLOR, height=0.75)
+        ax.barh(y, 100 * u, left=100 * (h + z), color=HURT_COLOR, height=0.75)
+        ax.plot(100 * d.lcomp.nonzero_fraction(), y, ls="none", marker="|", ms=9, mew=2, color="black",
+                label="helped / (helped + hurt), zeros excluded")  # fmt: skip
+        ax.axvline(50, color="white", lw=1, ls=":")
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("% of the layer's parameters x iterations")
+        ax.set_title(_set_title(d, data[0].name), fontsize=9)
+        if col == 0:
+            _layer_ticks(ax, names)
+    fig.legend(handles=[*helped_hurt_handles(zero=True), *axes[0].get_legend_handles_labels()[0]],
+               loc="outside lower center", ncol=4)  # fmt: skip
+    png = save_png(fig, pdir / "06_layer_shares.png")
+
+    def run(d: SetData) -> str:
+        f = d.lcomp.nonzero_fraction()
+        ok = np.isfinite(f)
+        if not ok.any():
+            return "no layer moved the loss"
+        lo, hi = int(np.nanargmin(f)), int(np.nanargmax(f))
+        _, z, _ = d.lcomp.shares()
+        zmax = int(np.argmax(z))
+        return (
+            f"helped (nonzero) from {_pct(float(f[lo]))} ({d.layer_names[lo]}) to {_pct(float(f[hi]))} "
+            f"({d.layer_names[hi]}); most exact zeros in {d.layer_names[zmax]} ({_pct(float(z[zmax]))})"
+        )
+
+    caption = (
+        "Per layer, the share of its parameter-iterations that helped (blue), were exactly zero (grey) and hurt "
+        "(red); the black tick is the helped fraction among the nonzero ones. "
+        + _paper(
+            "barely over half of all parameters help on an iteration (reported for the network as a whole).",
+            _by_set(data, run) + ".",
+        )
+    )
+    return View("layer_shares", "Helped, zero and hurt per layer", png, caption)
+
+
+def _view_cumulative(pdir: Path, data: list[SetData]) -> View:
+    names = data[0].layer_names
+    n = len(data)
+    fig = figure(3.9 * n + 2.6, 4.2)
+    axes = _columns(fig, n, sharey=True)
+    keep = highlighted_layers(data[0].totals)
+    for col, (ax, d) in enumerate(zip(axes, data, strict=True)):
+        x = np.concatenate([d.sel.start_steps[:1], d.sel.end_steps])
+        xs, cs = _thinned(x, cumulative(d.per_layer))
+        cumulative_layers(ax, xs, cs, names, keep)
+        ax.set_title(_set_title(d, data[0].name), fontsize=9)
+        ax.set_xlabel("iteration (step)")
+        sign_hints(ax)
+        if col == 0:
+            ax.set_ylabel("cumulative LCA (loss units)")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper",
+               title="layer (dark = input side)", fontsize=7.5)  # fmt: skip
+    png = save_png(fig, pdir / "07_cumulative.png")
+    many = len(names) > len(keep)
+    caption = (
+        "Each line is one layer's running total of LCA from 0 at the first checkpoint; going down = lowering the "
+        "loss. Colour is depth (dark = input side, yellow = output side), the same in every panel; the dashed "
+        "black line is the whole network (it follows the loss). Where a line flattens that layer has stopped "
+        "contributing; a line ending above zero belongs to a layer that hurt overall (see the previous figure "
+        "for whether that exceeds the integration error)."
+        + (
+            f" With {len(names)} layers, only the first, the last and the largest ({len(keep)}) are coloured and "
+            "named; the others are thin grey lines."
+            if many
+            else ""
+        )
+    )
+    if n > 1:
+        caption += (
+            " Side by side, the same parameters' allocations on each evaluation set: a layer that keeps lowering "
+            "the training loss while its held-out line flattens or rises is where learning stops generalising."
+        )
+        main, other = data[0], data[1]
+        caption += (
+            " This run: Σ LCA "
+            + "; ".join(f"{d.name} {fmt(float(d.totals.sum()), 3)}" for d in data)
+            + f"; the layer with the largest gap ({main.name} − {other.name}): "
+            + (lambda gap: f"{names[int(np.argmax(np.abs(gap)))]} ({fmt(float(gap[int(np.argmax(np.abs(gap)))]), 3)})")(
+                main.totals - other.totals
+            )
+            + "."
+        )
+    return View("cumulative", "Cumulative LCA per layer over time", png, caption)
+
+
+def _view_milestones(pdir: Path, data: list[SetData]) -> View:
+    names = data[0].layer_names
+    fig, axes = _layer_axes(len(data), len(names))
+    colors = layer_colors(len(names))
+    y = np.arange(len(names))
+    for col, (ax, d) in enumerate(zip(axes, data, strict=True)):
+        ends = d.sel.end_steps
+        p50, p90 = d.milestones
+        ok = p50 >= 0
+        s50 = np.where(ok, ends[np.maximum(p50, 0)], np.nan).astype(np.float64)
+        s90 = np.where(ok, ends[np.maximum(p90, 0)], np.nan).astype(np.float64)
+        ax.hlines(y[ok], s50[ok], s90[ok], color=[colors[j] for j in np.flatnonzero(ok)], lw=2.5)
+        ax.scatter(s50[ok], y[ok], facecolors="white", edgecolors=[colors[j] for j in np.flatnonzero(ok)], s=30,
+                   zorder=3, label="50% of its learning done")  # fmt: skip
+        ax.scatter(s90[ok], y[ok], c=[colors[j] for j in np.flatnonzero(ok)], s=30, zorder=3,
+                   label="90% done")  # fmt: skip
+        for j in np.flatnonzero(~ok):
+            ax.text(float(ends[0]), float(j), "  did not learn overall", va="center", fontsize=7, color=HURT_COLOR)
+        ax.set_xlim(float(d.sel.start_steps[0]), float(ends[-1]))
+        ax.set_xlabel("step")
+        ax.set_title(_set_title(d, data[0].name), fontsize=9)
+        if col == 0:
+            _layer_ticks(ax, names, d.verdicts)
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], ls="none", marker="o", mfc="white", mec=NET_COLOR, label="50% of the layer's learning done"),
+        Line2D([], [], ls="none", marker="o", color=NET_COLOR, label="90% done"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=2)
+    png = save_png(fig, pdir / "08_milestones.png")
+
+    def run(d: SetData) -> str:
+        p50, p90 = d.milestones
+        ends = d.sel.end_steps
+        ok = np.flatnonzero(p50 >= 0)
+        if not ok.size:
+            return "no layer learned overall"
+        early = ok[int(np.argmin(p90[ok]))]
+        late = ok[int(np.argmax(p90[ok]))]
+        return (
+            f"90% reached first by {names[early]} (step {int(ends[p90[early]])}) and last by {names[late]} "
+            f"(step {int(ends[p90[late]])}); median 50% / 90% at steps {int(np.median(ends[p50[ok]]))} / "
+            f"{int(np.median(ends[p90[ok]]))}"
+        )
+
+    caption = (
+        "For each layer, the step by which it had done half (open dot) and 90% (filled) of its net learning "
+        "over the window (learning = −LCA, accumulated from the first iteration); layers whose total did not "
+        "lower the loss have no milestones. Colour is depth. This run: " + _by_set(data, run) + "."
+    )
+    return View("milestones", "When each layer learned", png, caption)
+
+
+def _view_concentration(pdir: Path, data: list[SetData]) -> View:
+    names = data[0].layer_names
+    n = len(data)
+    fig = figure(3.6 * n + 2.6, 3.8)
+    axes = _columns(fig, n, sharey=True)
+    colors = layer_colors(len(names))
+    keep = highlighted_layers(data[0].totals)
+    for col, (ax, d) in enumerate(zip(axes, data, strict=True)):
+        assert d.conc is not None and d.stats is not None and d.layer_conc is not None
+        c = d.conc
+        ax.plot(100 * c.curve_x, 100 * c.curve_y, color=NET_COLOR, lw=2, label="whole network")
+        for j in keep:
+            lc = _layer_curve(d, j)
+            if lc is not None:
+                ax.plot(100 * lc.curve_x, 100 * lc.curve_y, color=colors[j], lw=1.1, label=names[j])
+        for f, share in zip(c.fractions, c.shares, strict=True):
+            if math.isfinite(share):
+                ax.plot([100 * share], [100 * f], "o", color=NET_COLOR, ms=4)
+                ax.annotate(f"{_pct(float(share), 0)} do {int(100 * f)}%", (100 * share, 100 * f),
+                            textcoords="offset points", xytext=(6, -10), fontsize=7.5)  # fmt: skip
+        ax.plot([0, 100], [0, 100], color=NEUTRAL_COLOR, lw=0.8, ls=":", label="equal shares")
+        ax.set_xlim(0, 100)
+        ax.set_ylim(0, 101)
+        ax.set_xlabel("% of parameters, most helpful first")
+        ax.set_title(_set_title(d, data[0].name), fontsize=9)
+        if col == 0:
+            ax.set_ylabel("% of the learning they do")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=7.5,
+               title="curve (layers: dark = input side)")  # fmt: skip
+    png = save_png(fig, pdir / "09_concentration.png")
+
+    def run(d: SetData) -> str:
+        assert d.conc is not None and d.layer_conc is not None
+        c = d.conc
+        lc = d.layer_conc[1]  # (L,) shares of each layer's parameters doing 90% of its learning
+        ok = np.isfinite(lc)
+        most = int(np.nanargmin(np.where(ok, lc, np.nan))) if ok.any() else None
+        text = (
+            f"{_pct(float(c.shares[1]))} of the parameters do 90% of the learning, {_pct(float(c.shares[0]))} do half"
+        )
+        if most is not None:
+            text += f"; most concentrated layer {names[most]} ({_pct(float(lc[most]))} of it do 90%)"
+        return text
+
+    caption = (
+        "Parameters ranked by their net LCA over the window, most helpful first: how much of the learning (the "
+        "summed net LCA of the parameters that helped overall) the top x% do, for the whole network (black) "
+        "and within each layer (colour = depth). The further a curve bows above the diagonal, the fewer "
+        "parameters do the learning. This run: " + _by_set(data, run) + "."
+    )
+    return View("concentration", "How concentrated learning is", png, caption)
+
+
+def _layer_curve(d: SetData, j: int) -> Concentration | None:
+    """Concentration curve of layer ``j`` from the set's per-parameter totals (None without statistics)."""
+    assert d.stats is not None
+    spans = d.spans[j] if d.spans is not None else None
+    if spans is None:
+        return None
+    part = np.concatenate([d.stats.total[a:b] for a, b in spans])
+    return concentration(part, (0.5, 0.9))
+
+
+def _view_heatmaps(pdir: Path, data: list[SetData], groups: list[int], output_group: int) -> View:
     from matplotlib.colors import Normalize
-    from matplotlib.ticker import MaxNLocator
 
-    n = len(maps)
-    fig = _figure(7, 1.55 * n + 0.8)
-    axes = np.atleast_1d(fig.subplots(n, 1, sharex=True))
-    for ax, m in zip(axes, maps, strict=True):
-        mat = m.matrix
-        vmax = float(np.quantile(np.abs(mat), 0.99)) if mat.size else 0.0
-        vmax = vmax if vmax > 0 else float(np.abs(mat).max(initial=0)) or 1e-12
-        x0, x1 = float(m.step_edges[0]), float(m.step_edges[-1])
-        im = ax.imshow(
-            mat, aspect="auto", cmap=DIVERGING_CMAP, norm=Normalize(-vmax, vmax), interpolation="nearest",
-            extent=(x0, x1, m.n_neurons - 0.5, -0.5), origin="upper",
-        )  # fmt: skip
-        per_bin_it = int(np.ceil(sel.n / max(1, mat.shape[1])))
-        per_bin_n = int(np.ceil(m.n_neurons / max(1, mat.shape[0])))
-        group = f" ({per_bin_n} per row)" if per_bin_n > 1 else ""
-        cols = "one iteration per column" if per_bin_it == 1 else f"≤{per_bin_it} iterations per column"
-        units = "1 neuron" if m.n_neurons == 1 else f"{m.n_neurons} neurons"
-        ax.set_title(f"{m.name}: {units}{group}, {cols}", fontsize=9)
-        ax.set_ylabel("neuron")
-        ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
-        ax.grid(False)
-        cb = fig.colorbar(im, ax=ax, pad=0.01, fraction=0.04)
+    main = data[0]
+    n_maps, n = len(main.maps), len(data)
+    heights = [max(1.3, min(3.2, 0.02 * m.matrix.shape[0] + 1.0)) for m in main.maps]
+    fig = figure(3.9 * n + 1.4, sum(heights) + 1.0)
+    axes = fig.subplots(n_maps, n, squeeze=False, height_ratios=heights)
+    for r in range(n_maps):
+        # One colour scale per layer across the sets, so that train and held-out compare cell by cell.
+        vmax = max(float(np.quantile(np.abs(d.maps[r].matrix), 0.99)) if d.maps[r].matrix.size else 0.0 for d in data)
+        vmax = vmax or max(float(np.abs(d.maps[r].matrix).max(initial=0)) for d in data) or 1e-12
+        is_output = groups[r] == output_group
+        for col, d in enumerate(data):
+            ax = axes[r, col]
+            m = d.maps[r]
+            x0, x1 = float(m.step_edges[0]), float(m.step_edges[-1])
+            im = ax.imshow(m.matrix, aspect="auto", cmap=DIVERGING_CMAP, norm=Normalize(-vmax, vmax),
+                           interpolation="nearest", extent=(x0, x1, m.matrix.shape[0] - 0.5, -0.5))  # fmt: skip
+            ax.grid(False)
+            per_bin_it = int(np.ceil(d.sel.n / max(1, m.matrix.shape[1])))
+            rows_per = int(np.ceil(m.n_neurons / max(1, m.matrix.shape[0])))
+            what = "class" if is_output else "unit"
+            if m.matrix.shape[0] <= 24 and rows_per == 1 and m.order is not None:
+                ticks = [f"{what} {int(u)}" for u in m.order]
+                ax.set_yticks(np.arange(len(ticks)), ticks, fontsize=7 if len(ticks) <= 12 else 6.5)
+            else:
+                ax.set_yticks([])
+                ax.set_ylabel(f"{m.n_neurons} {what}s\n(most helpful at top)", fontsize=7.5)
+            cols_txt = "1 iteration/column" if per_bin_it == 1 else f"≤{per_bin_it} iterations/column"
+            grp = f", {rows_per} units/row" if rows_per > 1 else ""
+            ax.set_title(f"{m.name} · set '{d.name}': {cols_txt}{grp}", fontsize=8.5)
+            if r == n_maps - 1:
+                ax.set_xlabel("iteration (step)")
+        cb = fig.colorbar(im, ax=list(axes[r]), pad=0.01, fraction=0.03)
         cb.ax.tick_params(labelsize=7)
         cb.ax.ticklabel_format(style="sci", scilimits=(-2, 3))
-        cb.set_label("LCA", fontsize=7)
-    axes[-1].set_xlabel("iteration (step)")
-    fig.legend(handles=_helped_hurt_legend_handles(), loc="outside upper right", ncol=2)
-    fig.suptitle("Neuron × iteration LCA (loss units, summed per cell)", x=0.02, ha="left")
-    png = _save(fig, pdir / "5_heatmaps.png")
+        cb.set_label("LCA", fontsize=7.5)
+    fig.legend(handles=helped_hurt_handles(), loc="outside lower center", ncol=2)
+    png = save_png(fig, pdir / "10_heatmaps.png")
+
+    def run(d: SetData) -> str:
+        parts = []
+        for r, m in enumerate(d.maps):
+            if groups[r] != output_group or m.order is None:
+                continue
+            per_unit = m.matrix.sum(axis=1)
+            if m.matrix.shape[0] == m.n_neurons:
+                best, worst = int(m.order[int(np.argmin(per_unit))]), int(m.order[int(np.argmax(per_unit))])
+                parts.append(
+                    f"output class {best} helped most ({fmt(float(per_unit.min()), 3)}), class {worst} least "
+                    f"({fmt(float(per_unit.max()), 3)})"
+                )
+        return "; ".join(parts) or "see the maps"
+
     caption = (
-        f"The {n} layers with the largest total |LCA| (Σ over iterations and parameters; shown in network "
-        "order), one row per output unit (the unit's weights and bias together). Each cell is that unit's "
-        "LCA summed over a bin of consecutive iterations; blue = helped, red = hurt, white = nothing. Colours "
-        "are clipped at the 99th percentile of |cell| per layer, so single outliers do not wash out the rest. "
-        "Look for vertical stripes (many units learning on the same iterations, the paper's synchronisation), "
-        "horizontal stripes (a few units doing most of the work, or consistently hurting) and red-blue "
-        "alternation along a row (oscillation)."
+        f"The {n_maps} layers with the largest total |LCA| (network order), one row per output unit (its "
+        "weights and bias together), rows sorted by the unit's net LCA on the first set shown, most helpful at "
+        "the top, in the same order in every panel; the output layer's units are its classes. Each cell is the "
+        "unit's LCA summed over a bin of consecutive iterations; blue = helped, red = hurt, white = nothing, "
+        "on one scale per layer (clipped at the 99th percentile of |cell|) shared by the sets. Vertical stripes "
+        "are many units learning on the same iterations (synchronisation), horizontal stripes a few units "
+        "doing most of the work, red-blue alternation along a row oscillation. "
+        + _paper(
+            "parameters oscillate between helping and hurting (red-blue alternation along a row).",
+            _by_set(data, run) + ".",
+        )
     )
-    return _View("heatmaps", "Neuron × iteration heat maps", png, caption)
+    return View("heatmaps", "Neuron × iteration heat maps (rows sorted, output units by class)", png, caption)
 
 
-def _view_trajectories(
-    pdir: Path, sel: Selection, traj: np.ndarray, labels: list[str], kinds: list[str], numbers: dict[str, Any]
-) -> _View:
+def _layer_statistics(store: LcaStore, d: SetData, layout: Layout) -> None:
+    """Per-layer helped / hurt sums, concentration and column spans of a set, in the model's layer order.
+
+    ``layout`` is the store's column layout (:attr:`LcaStore.column_layout`). Its layers are matched to the
+    model's by name: on a per-parameter store they are the same; a layer that ``--params`` left out (in the
+    ``(other)`` column) keeps its per-tensor helped / hurt split (``tensor_lca`` is stored for every tensor) and
+    has no concentration curve.
+    """
+    assert d.stats is not None
+    layers = layout.layers()
+    where = {name: j for j, (name, _) in enumerate(layers)}
+    pick = [where.get(n) for n in d.layer_names]
+    _, neg, pos = d.stats.by_layer(layout)
+    conc = layer_concentration(layout, d.stats.total)[1]
+    split = layer_split_from_tensors(store, d.sel) if None in pick else {}
+    d.layer_neg = np.array([split[n][0] if j is None else neg[j] for n, j in zip(d.layer_names, pick, strict=True)])
+    d.layer_pos = np.array([split[n][1] if j is None else pos[j] for n, j in zip(d.layer_names, pick, strict=True)])
+    d.layer_conc = np.stack([[np.nan if j is None else row[j] for j in pick] for row in conc])
+    d.spans = [
+        None if j is None else [(layout.params[i].offset, layout.params[i].stop) for i in layers[j][1]] for j in pick
+    ]
+
+
+def _input_maps(store: LcaStore) -> tuple[str, tuple[int, int, int], tuple[int, int]] | None:
+    """The first layer's weight when it reads a square image (in_features = c x s x s, s >= 8), else None.
+
+    Only when its parameters are stored one per column (a neuron or tensor store has no pixels).
+
+    Returns:
+        ``(tensor name, (channels, height, width), (first column, stop))`` of that weight.
+
+    """
+    layout = store.column_layout
+    _, idx = layout.layers()[0]
+    for i in idx:
+        p = layout.params[i]
+        if len(p.shape) == 2 and p.name.endswith("weight"):
+            k = int(p.shape[1])
+            for c in (1, 3):
+                if k % c == 0 and k // c >= 64 and math.isqrt(k // c) ** 2 == k // c:
+                    s = math.isqrt(k // c)
+                    return p.name, (c, s, s), (p.offset, p.stop)
+    return None
+
+
+def _view_input_maps(
+    pdir: Path, data: list[SetData], tensor: str, shape: tuple[int, int, int], span: tuple[int, int]
+) -> View:
+    from matplotlib.colors import Normalize
+
+    c, h, w = shape
+    a, b = span
+    n = len(data)
+    fig = figure(2.9 * n + 1.2, 3.2)
+    axes = _columns(fig, n)
+    pix: list[np.ndarray] = []
+    zero_pixels: list[int] = []
+    for d in data:
+        assert d.stats is not None
+        tot = d.stats.total[a:b].reshape(-1, c * h * w)  # (units, inputs) row-major like the weight
+        pix.append(tot.sum(axis=0).reshape(c, h, w).sum(axis=0))  # (h, w): summed over units and channels
+        moved = (d.stats.helped + d.stats.hurt)[a:b].reshape(-1, c * h * w).sum(axis=0)
+        zero_pixels.append(int((moved.reshape(c, h, w).sum(axis=0) == 0).sum()))
+    vmax = max(float(np.abs(p).max()) for p in pix) or 1e-12
+    im = None
+    for ax, d, img, zp in zip(axes, data, pix, zero_pixels, strict=True):
+        im = ax.imshow(img, cmap=DIVERGING_CMAP, norm=Normalize(-vmax, vmax), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+        ax.set_title(f"{_set_title(d, data[0].name)}\n{zp} of {h * w} pixels never moved", fontsize=8.5)
+    assert im is not None
+    cb = fig.colorbar(im, ax=axes, fraction=0.04, pad=0.02)
+    cb.set_label("LCA summed over the pixel's weights", fontsize=7.5)
+    cb.ax.ticklabel_format(style="sci", scilimits=(-2, 3))
+    png = save_png(fig, pdir / "11_input_maps.png")
+    main = pix[0].reshape(-1)
+    gains = np.sort(-main[main < 0])[::-1]
+    k = max(1, main.size // 10)
+    share = float(gains[:k].sum() / gains.sum()) if gains.size else float("nan")
+    caption = (
+        f"The first layer ({tensor}) read as an image ({h}x{w}"
+        + (f", {c} channels summed" if c > 1 else "")
+        + ", a layout inferred from its input size): each pixel's LCA summed over all the weights attached to "
+        "it, over the window, on one colour scale for all sets. Blue pixels are where the first layer's "
+        "learning came from; white ones did nothing (the always-black border of MNIST digits has LCA exactly "
+        f"0). This run: the 10% most helpful pixels carry {_pct(share)} of the first layer's helpful learning "
+        f"on set '{data[0].name}'."
+    )
+    return View("input_maps", "First-layer input maps (pixels)", png, caption)
+
+
+_KIND_TITLE = {
+    "helpful": "most helpful (most negative total)",
+    "harmful": "most harmful (most positive total)",
+    "random": "random parameters",
+}
+
+
+def _view_trajectories(pdir: Path, data: list[SetData], labels: list[str], kinds: list[str]) -> View:
     from matplotlib import colormaps
 
-    fig = _figure(7, 6.4)
-    top, bottom = _two_rows(fig, [1.5, 1])
-    ax = top.subplots()
-    x = np.concatenate([sel.start_steps[:1], sel.end_steps])
-    cum = cumulative(traj)
-    xs, cs = _thinned(x, cum)
-    shades = {
-        "helpful": colormaps["Blues"],
-        "harmful": colormaps["Reds"],
-        "random": colormaps["Greys"],
-    }
-    counts = {k: kinds.count(k) for k in shades}
-    seen: dict[str, int] = dict.fromkeys(shades, 0)
-    for j, (lab, k) in enumerate(zip(labels, kinds, strict=True)):
-        i = seen[k]
-        seen[k] += 1
-        c = shades[k](0.95 - 0.45 * i / max(1, counts[k] - 1))
-        ax.plot(xs, cs[:, j], color=c, lw=1.4 if k != "random" else 1.0, ls="-" if k != "random" else "--",
-                label=f"{k}: {_short(lab, 24)}")  # fmt: skip
-    ax.axhline(0, color="black", lw=0.6)
-    ax.set_xlabel("iteration (step)")
-    ax.set_ylabel("cumulative LCA (loss units)")
-    ax.set_title("Cumulative LCA of single parameters: most helpful, most harmful, random")
-    _sign_hints(ax)
-    _legend(top, ax, loc="outside right center", fontsize=6.5, handlelength=1.6)
-    # Oscillation: per-iteration LCA of the top helpful parameter and the first random one.
+    present = [k for k in ("helpful", "harmful", "random") if k in kinds]
+    n = len(data)
+    fig = figure(3.1 * n + 2.5, 1.6 * len(present) + 2.0)
+    subs: Any = fig.subfigures(2, 1, height_ratios=[1.6 * len(present), 1.9])
+    top, bottom = subs[0], subs[1]
+    axes = top.subplots(len(present), n, squeeze=False, sharex=True)
+    shades = {"helpful": colormaps["Blues"], "harmful": colormaps["Reds"], "random": colormaps["Greys"]}
+    for r, k in enumerate(present):
+        idx = [j for j, kk in enumerate(kinds) if kk == k]
+        for col, d in enumerate(data):
+            assert d.traj is not None
+            ax = axes[r, col]
+            x = np.concatenate([d.sel.start_steps[:1], d.sel.end_steps])
+            xs, cs = _thinned(x, cumulative(d.traj[:, idx]))
+            for i, j in enumerate(idx):
+                shade = shades[k](0.95 - 0.5 * i / max(1, len(idx) - 1))
+                ax.plot(xs, cs[:, i], color=shade, lw=1.2, label=labels[j])
+            ax.axhline(0, color="black", lw=0.6)
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+            ax.set_title(f"{_KIND_TITLE[k]} · {_set_title(d, data[0].name)}", fontsize=8.5)
+            if col == 0:
+                ax.set_ylabel("cumulative LCA")
+            if r == len(present) - 1:
+                ax.set_xlabel("iteration (step)")
+        axes[r, -1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, handlelength=1.6)
+    # Oscillation: per-iteration LCA of the most helpful and of the first random parameter (first set).
+    main = data[0]
+    assert main.traj is not None
     picks = [kinds.index(k) for k in ("helpful", "random") if k in kinds]
-    axs = np.atleast_1d(bottom.subplots(1, max(1, len(picks)), sharex=True))
-    n_show = min(sel.n, 120)
-    for a, j in zip(axs, picks, strict=False):
-        v = traj[:n_show, j]
-        # vlines: one collection instead of a patch per bar (much faster to draw).
-        a.vlines(sel.start_steps[:n_show], 0, v, colors=np.where(v < 0, HELPED_COLOR, HURT_COLOR).tolist(), lw=1.6)
+    bax = list(np.atleast_1d(bottom.subplots(1, max(1, len(picks)))))
+    n_show = min(main.sel.n, 150)
+    for a, j in zip(bax, picks, strict=False):
+        v = main.traj[:n_show, j]
+        a.vlines(main.sel.start_steps[:n_show], 0, v, colors=np.where(v < 0, HELPED_COLOR, HURT_COLOR).tolist(),
+                 lw=1.4)  # fmt: skip
         a.axhline(0, color="black", lw=0.6)
-        a.set_title(f"{kinds[j]}: {_short(labels[j], 30)}", fontsize=8.5, loc="right")
+        a.set_title(f"{kinds[j]}: {labels[j]} ({main.name}), per iteration", fontsize=8.5)
         a.set_xlabel(f"iteration (step), first {n_show}")
         a.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-    axs[0].set_ylabel("LCA per iteration\n(loss units)")
-    bottom.legend(handles=_helped_hurt_legend_handles(), loc="outside right center", fontsize=7)
-    png = _save(fig, pdir / "6_trajectories.png")
-    flip = numbers["random_sign_flip_rate"]
+    bax[0].set_ylabel("LCA per iteration")
+    bottom.legend(handles=helped_hurt_handles(), loc="outside right center", fontsize=7.5)
+    png = save_png(fig, pdir / "12_trajectories.png")
+
+    def run(d: SetData) -> str:
+        assert d.traj is not None
+        parts = []
+        if "helpful" in kinds:
+            j = kinds.index("helpful")
+            v = d.traj[:, j]
+            parts.append(
+                f"the most helpful parameter {labels[j]} hurt on {int((v > 0).sum())} of {len(v)} iterations "
+                f"(helped on {int((v < 0).sum())})"
+            )
+        rand = [j for j, k in enumerate(kinds) if k == "random"]
+        flips, hurts = [], []
+        for j in rand:
+            nz = d.traj[:, j][d.traj[:, j] != 0]
+            if len(nz) > 1:
+                flips.append(float(np.mean(np.sign(nz[1:]) != np.sign(nz[:-1]))))
+                hurts.append(float(np.mean(nz > 0)))
+        if flips:
+            parts.append(
+                f"the random parameters hurt on {_pct(float(np.median(hurts)), 0)} of their nonzero iterations "
+                "(median) and their sign flips between consecutive nonzero iterations "
+                f"{_pct(float(np.mean(flips)), 0)} of the time (50% would be coin flips, more is oscillation)"
+            )
+        return "; ".join(parts) or "no parameter moved"
+
     caption = (
-        "Top: running totals of LCA for the 5 parameters with the most negative total (blue: did the most "
-        "for the loss), the 5 with the most positive total (red: did the most against it) and 5 random ones "
-        "(grey, dashed), named tensor[index]. Bottom: per-iteration LCA of the most helpful and of a random "
-        "parameter over the first iterations, blue when it helped and red when it hurt. The paper found that "
-        "parameters oscillate, alternating between helping and hurting, and suggested phase lag of momentum "
-        "as the cause; even the most helpful parameter hurts on many iterations."
-    )
-    if flip is not None:
-        caption += (
-            f" Among the random parameters, the sign of LCA flips between consecutive nonzero iterations "
-            f"{_fmt(100 * flip, 3)}% of the time (50% would be independent coin flips; more is oscillation)."
+        "Running totals of LCA of single parameters, named tensor[index] in full: the 5 with the most negative "
+        "total, the 5 with the most positive and 5 random ones that moved, each kind on its own scale (they "
+        "differ by orders of magnitude), the same parameters on every set. Bottom: the per-iteration LCA of the "
+        "most helpful and of a random parameter, blue when it helped and red when it hurt. "
+        + _paper(
+            "parameters oscillate, alternating between helping and hurting (phase lag of momentum suggested as the "
+            "cause).",
+            _by_set(data, run) + ".",
         )
-    return _View("trajectories", "Single-parameter trajectories", png, caption)
-
-
-def _view_sync(
-    pdir: Path,
-    sel: Selection,
-    names: list[str],
-    learning: np.ndarray,
-    peaks: Sequence[np.ndarray],
-    sync: SyncResult,
-    sync_global: SyncResult,
-) -> _View:
-    n_l = len(names)
-    fig = _figure(7, max(3.2, 0.3 * n_l + 1.6) + 2.4)
-    top, bottom = _two_rows(fig, [max(3.2, 0.3 * n_l + 1.6), 2.4])
-    ax = top.subplots()
-    colors = _layer_colors(n_l)
-    x = sel.start_steps
-    for j in range(n_l):
-        s = learning[:, j]
-        scale = float(np.abs(s).max()) or 1.0
-        xb, yb = _binned(x, s / scale)
-        base = n_l - 1 - j
-        ax.plot(xb, base + 0.45 * yb, color=colors[j], lw=0.8)
-        p = peaks[j]
-        ax.plot(x[p], base + 0.45 * s[p] / scale, ls="none", marker="v", ms=3.2, color=NET_COLOR,
-                label="peak" if j == 0 else None)  # fmt: skip
-    # Iterations where at least half of the layers (and 2) peak together (within the tolerance).
-    if sel.n and n_l > 1:
-        hits = np.zeros(sel.n, dtype=np.int64)
-        for p in peaks:
-            mark = np.zeros(sel.n, dtype=bool)
-            for d in range(-sync.tolerance, sync.tolerance + 1):
-                q = p + d
-                mark[q[(q >= 0) & (q < sel.n)]] = True
-            hits += mark
-        joint = np.flatnonzero((hits >= max(2, math.ceil(n_l / 2))) & np.isin(np.arange(sel.n), np.concatenate(peaks)))
-        for t in joint:
-            ax.axvline(x[t], color="#e0a800", lw=1.0, alpha=0.35, zorder=0)
-        if len(joint):
-            ax.plot([], [], color="#e0a800", lw=3, alpha=0.5, label="≥ half of the layers peak together")
-    ax.set_yticks(np.arange(n_l), [_short(s) for s in names[::-1]])
-    ax.set_ylim(-0.8, n_l - 0.2)
-    ax.set_xlabel("iteration (step)")
-    ax.set_ylabel("layer: learning = −LCA, scaled per layer")
-    ax.set_title("Per-layer learning per iteration and its peaks")
-    ax.grid(axis="y", visible=False)
-    _legend(top, ax, loc="outside lower center", ncol=2)
-    a1, a2 = bottom.subplots(1, 2, width_ratios=[1.3, 1])
-    if sync.n_shuffles:
-        a1.hist(sync.baseline, bins=30, color=NEUTRAL_COLOR, alpha=0.8, histtype="stepfilled",
-                label=f"shifted peaks ({sync.n_shuffles}×)")  # fmt: skip
-    if math.isfinite(sync.observed):
-        a1.axvline(sync.observed, color=NET_COLOR, lw=2, label=f"observed {sync.observed:.3f}")
-    a1.set_xlabel("mean pairwise peak overlap (Jaccard, ±1 iteration)")
-    a1.set_ylabel("shuffles")
-    a1.set_title(f"Observed vs chance (p = {_fmt(sync.p_value, 3)})", fontsize=9)
-    _legend(a1, a1, loc="upper right", fontsize=7)
-    if sync.pairs == 0:
-        a1.text(0.5, 0.5, "needs two layers with peaks", transform=a1.transAxes, ha="center", va="center")
-    mat = np.where(np.eye(n_l, dtype=bool), np.nan, sync.matrix)
-    im = a2.imshow(mat, cmap="cividis", vmin=0, vmax=max(0.05, float(np.nanmax(mat)) if np.isfinite(mat).any() else 1))
-    a2.grid(False)
-    if n_l <= 12:
-        a2.set_xticks(np.arange(n_l), [_short(s, 10) for s in names], rotation=60, fontsize=6.5, ha="right")
-        a2.set_yticks(np.arange(n_l), [_short(s, 12) for s in names], fontsize=6.5)
-    else:
-        a2.set_xlabel("layer index")
-        a2.set_ylabel("layer index")
-    a2.set_title("Pairwise peak overlap", fontsize=9)
-    bottom.colorbar(im, ax=a2, label="Jaccard (±1 iteration)", shrink=0.9)
-    png = _save(fig, pdir / "7_sync.png")
-    caption = (
-        "Top: each layer's learning on each iteration (−LCA of the layer, so up = the layer lowered the loss), "
-        "scaled to its own maximum, with its peaks marked: local maxima above the mean + 1 standard deviation "
-        f"of the layer's learning over the surrounding ±{PEAK_WINDOW} iterations (a local threshold, so that "
-        "the early phase in which every layer learns most does not by itself put all peaks in the same place). "
-        "Shaded iterations are where at least half of the layers peak within ±1 iteration of each other. The "
-        "paper found learning synchronised across layers: peaks coincide more often than chance. Bottom left: "
-        "the statistic, the mean over layer pairs of the overlap of their peak sets (Jaccard index allowing ±1 "
-        "iteration), against a baseline in which each layer's peak train is shifted circularly by its own "
-        "random offset (keeps each layer's peak count and spacing, destroys alignment); p is the share of "
-        "shifts that overlap at least as much. Bottom right: the overlap of each pair of layers. The table "
-        "also gives the statistic with one global threshold per layer (mean + 1 sd of the whole series); "
-        "where that is much higher than the local one, shared slow trends rather than single iterations "
-        "drive the coincidence."
     )
-    table = _sync_table(sync, sync_global, names, peaks)
-    return _View("sync", "Synchronisation of learning across layers", png, caption, table)
+    return View("trajectories", "Single-parameter trajectories", png, caption)
 
 
-def _sync_table(sync: SyncResult, sync_global: SyncResult, names: list[str], peaks: Sequence[np.ndarray]) -> str:
-    rows = [
-        ("observed mean pairwise overlap", _fmt(sync.observed)),
-        ("baseline (circular shifts) mean ± sd", f"{_fmt(sync.baseline_mean)} ± {_fmt(sync.baseline_sd)}"),
-        ("observed / baseline", _fmt(sync.ratio, 3)),
-        ("permutation p-value (one-sided)", _fmt(sync.p_value, 3)),
-        ("shuffles · tolerance · layer pairs counted", f"{sync.n_shuffles} · ±{sync.tolerance} · {sync.pairs}"),
-        ("peaks per layer", ", ".join(f"{n} {len(p)}" for n, p in zip(names, peaks, strict=True))),
-        (
-            "with a global threshold: observed vs baseline (p)",
-            f"{_fmt(sync_global.observed)} vs {_fmt(sync_global.baseline_mean)} ± {_fmt(sync_global.baseline_sd)} "
-            f"(p = {_fmt(sync_global.p_value, 3)})",
-        ),
-    ]
+def _view_sync(pdir: Path, data: list[SetData]) -> View:
+    names = data[0].layer_names
+    n_l, n = len(names), len(data)
+    h_top = max(2.6, 0.22 * n_l + 1.2)
+    fig = figure(4.0 * n + 1.8, h_top + 2.6)
+    subs: Any = fig.subfigures(2, 1, height_ratios=[h_top, 2.6])
+    top, bottom = subs[0], subs[1]
+    axes = list(np.atleast_1d(top.subplots(1, n, sharey=True, squeeze=False)[0]))
+    baxes = list(np.atleast_1d(bottom.subplots(1, n, squeeze=False)[0]))
+    colors = layer_colors(n_l)
+    for col, d in enumerate(data):
+        assert d.sync is not None
+        sy = d.sync
+        ax = axes[col]
+        x = d.sel.start_steps
+        tested = set(sy.shift.layers)
+        labelled: set[bool] = set()
+        for j in range(n_l):
+            s = sy.learning[:, j]
+            scale = float(np.quantile(np.abs(s), 0.99)) or 1.0
+            xb, yb = _binned(x, s / scale)
+            base = n_l - 1 - j
+            ax.plot(xb, base + 0.42 * np.clip(yb, -1.2, 1.2), color=colors[j], lw=0.8)
+            p = sy.peaks[j]
+            if not len(p):
+                continue
+            ok = j in tested
+            label = None if ok in labelled else ("peak" if ok else "peak, layer left out (< 3 peaks)")
+            ax.plot(x[p], base + 0.42 * np.clip(s[p] / scale, -1.2, 1.2), ls="none", marker="v", ms=3.5,
+                    color=NET_COLOR if ok else NEUTRAL_COLOR, label=label)  # fmt: skip
+            labelled.add(ok)
+        if col == 0:
+            ax.set_yticks(np.arange(n_l), names[::-1] if n_l <= 45 else [""] * n_l,
+                          fontsize=7 if n_l > 16 else 8)  # fmt: skip
+        ax.set_ylim(-0.8, n_l - 0.2)
+        ax.grid(axis="y", visible=False)
+        ax.set_xlabel("iteration (step)")
+        ax.set_title(f"{_set_title(d, data[0].name)}: learning = −LCA per layer, own scale", fontsize=8.5)
+        b = baxes[col]
+        drew = False
+        for r, color, lab in ((sy.shift, NEUTRAL_COLOR, "circular shifts"),
+                              (sy.controlled_shift, RECON_COLOR, "step-size controlled, shifts")):  # fmt: skip
+            if r.tested and r.n_shuffles:
+                b.hist(r.baseline, bins=30, color=color, alpha=0.55, histtype="stepfilled", label=f"baseline: {lab}")
+                b.axvline(
+                    r.observed,
+                    color=color,
+                    lw=2.2,
+                    label=f"observed ({lab.split(',')[0]}) {r.observed:.3f}, {r.p_text()}",
+                )
+                drew = True
+        if not drew:
+            b.text(0.5, 0.5, "no test:\n" + sy.shift.reason.removeprefix("no test: ").replace(" (", "\n("),
+                   transform=b.transAxes, ha="center", va="center", fontsize=8.5)  # fmt: skip
+            b.set_axis_off()
+        else:
+            b.legend(loc="upper left", bbox_to_anchor=(0.0, -0.28), fontsize=7, ncol=1)
+        b.set_xlabel("mean pairwise peak overlap (Jaccard, ±1 iteration)")
+        b.set_title(f"{d.name}: observed vs chance", fontsize=8.5)
+    handles, labels = [], []
+    for ax in axes:
+        for hnd, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(hnd)
+                labels.append(lab)
+    if handles:
+        top.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=7.5)
+    png = save_png(fig, pdir / "13_sync.png")
+    main = data[0]
+    assert main.sync is not None
+
+    def run(d: SetData) -> str:
+        assert d.sync is not None
+        s, c = d.sync.shift, d.sync.controlled_shift
+        if not s.tested:
+            return s.reason
+        return (
+            f"observed {s.observed:.3f} vs {s.baseline_mean:.3f} ± {s.baseline_sd:.3f} by chance ({s.p_text()}, "
+            f"{'passes' if s.passes else 'does not pass'}); step-size controlled: "
+            + (
+                f"{c.observed:.3f} vs {c.baseline_mean:.3f} ({c.p_text()}, {'passes' if c.passes else 'does not pass'})"
+                if c.tested
+                else c.reason
+            )
+        )
+
+    caption = (
+        "Top: each layer's learning on each iteration (−LCA of the layer: up = the layer lowered the loss), "
+        f"scaled to its own 99th percentile, with its peaks: {main.sync.rule}. Layers with fewer than 3 peaks "
+        "are left out of the test (grey marks), and with fewer than 3 layers left there is no test: the "
+        "statistic could then take only a few values. Bottom: the statistic, the mean over layer pairs of the "
+        "overlap of their peak sets (Jaccard index allowing ±1 iteration), against two baselines. Circular "
+        "shifts move each layer's peak train by its own random offset (keeping each layer's peak count and "
+        "spacing): they test alignment beyond chance, but not beyond the one driver all layers share, the "
+        "optimizer's step, which makes every layer learn much on the same large-step iterations. The "
+        "step-size-controlled test removes that: each layer's learning minus its least-squares fit on the "
+        "summed learning of all other layers on the same iteration, then the same peaks and shifts; it passes "
+        "when groups of layers learn together beyond what the iteration's overall size explains (a burst "
+        "shared by every layer looks like a large step and is removed too: a conservative test). p at its "
+        "floor is shown as p < 1/(1 + shuffles). "
+        + _paper(
+            "per-layer learning peaks on the same iterations across layers (synchronisation).", _by_set(data, run) + "."
+        )
+    )
+    table = _sync_table(data)
+    return View("sync", "Synchronisation of learning across layers", png, caption, table)
+
+
+def _sync_table(data: list[SetData]) -> str:
+    rows: list[tuple[str, str]] = []
+    for d in data:
+        assert d.sync is not None
+        for label, r, peaks in (
+            ("peaks of learning, circular shifts", d.sync.shift, d.sync.peaks),
+            ("step-size controlled, circular shifts", d.sync.controlled_shift, d.sync.controlled_peaks),
+        ):
+            key = f"{d.name}: {label}"
+            if not r.tested:
+                rows.append((key, r.reason))
+                continue
+            rows.append(
+                (
+                    key,
+                    f"observed {fmt(r.observed)} vs baseline {fmt(r.baseline_mean)} ± {fmt(r.baseline_sd)} "
+                    f"(ratio {fmt(r.ratio, 3)}, {r.p_text()}, {r.n_shuffles} shuffles, {r.pairs} layer pairs); "
+                    f"{'passes' if r.passes else 'does not pass'} (p < 0.05 and above the baseline); peaks per layer: "
+                    + ", ".join(str(len(p)) for p in peaks),
+                )
+            )
     return _table(rows)
 
 
@@ -899,68 +1567,111 @@ def _describe_evaluation(attrs: dict[str, Any], set_name: str) -> list[tuple[str
     return rows
 
 
-def _page(store: LcaStore, sel: Selection, nb: dict[str, Any], views: list[_View]) -> str:
+def _img(path: Path, alt: str) -> str:
+    """An embedded PNG shown at its display size (the file holds ``SCALE`` x as many pixels)."""
+    width, height, _, _ = png_info(path)
+    return f'<img src="{_data_uri(path)}" alt="{html.escape(alt)}" width="{width // SCALE}" height="{height // SCALE}">'
+
+
+def _set_table(rows: Sequence[tuple[str, Sequence[str]]], sets: Sequence[str]) -> str:
     e = html.escape
-    window = sel.window
-    win = "all" if window == (None, None) else f"[{'' if window[0] is None else window[0]}, "
-    if window != (None, None):
-        win += f"{'' if window[1] is None else window[1]})"
-    flagged = str(nb["flagged"])
-    if nb["flagged"]:
-        shown = ", ".join(str(s) for s in nb["flagged_steps"][:20])
-        flagged += f" (start steps {shown}{', …' if nb['flagged'] > 20 else ''})"
-    sets_note = f" (store sets: {', '.join(store.sets)})" if len(store.sets) > 1 else ""
-    skipped = nb["n_not_done_in_window"]
-    skipped_note = f" ({skipped} in the window not finished, left out)" if skipped else ""
-    sync_line = (
-        f"{_fmt(nb['sync_observed'], 3)} vs {_fmt(nb['sync_baseline_mean'], 3)} ± "
-        f"{_fmt(nb['sync_baseline_sd'], 2)} (p = {_fmt(nb['sync_p_value'], 3)})"
+    head = "<tr><th></th>" + "".join(f"<th>set {e(s)}</th>" for s in sets) + "</tr>" if len(sets) > 1 else ""
+    body = "".join(
+        f"<tr><th>{e(k)}</th>" + "".join(f"<td class=num>{e(v)}</td>" for v in vals) + "</tr>" for k, vals in rows
     )
-    head = [
-        ("store", str(store.path)),
-        ("evaluation set", sel.set_name + sets_note),
-        ("iterations counted", f"{nb['n_iterations']}{skipped_note}"),
-        ("steps", f"{nb['first_step']} → {nb['last_step']} (window {win})"),
-        ("parameters", f"{nb['n_params']:,}"),
-        ("ΔL (true loss change)", _fmt(nb["delta_loss"], 6)),
-        ("Σ LCA (all parameters)", _fmt(nb["sum_lca"], 6)),
-        ("Σ buffer share", _fmt(nb["sum_buffer_lca"], 6)),
-        ("Σ residual · max |residual|", f"{_fmt(nb['sum_residual'], 3)} · {_fmt(nb['max_abs_residual'], 3)}"),
-        ("flagged pairs (over tolerance at cap)", flagged),
-        ("mean sub-intervals per pair", _fmt(nb["mean_splits"], 3)),
-        ("mean fraction of parameters helping", _fmt(nb["helped_fraction_mean"], 4)),
-        ("layers hurting overall", ", ".join(nb["layers_hurting"]) or "none"),
-        ("synchronisation: observed vs baseline", sync_line),
-    ]
+    return f"<table>{head}{body}</table>"
+
+
+def _window_text(sel: Selection) -> str:
+    w = sel.window
+    if w == (None, None):
+        return "all"
+    return f"[{'' if w[0] is None else w[0]}, {'' if w[1] is None else w[1]})"
+
+
+def _page(store: LcaStore, data: list[SetData], nb: dict[str, Any], views: list[View], notes: dict[str, str]) -> str:
+    e = html.escape
+    main = data[0]
+    per = [nb["per_set"][d.name] for d in data]
+
+    def row(label: str, fn: Callable[[dict[str, Any]], str]) -> tuple[str, list[str]]:
+        return label, [fn(x) for x in per]
+
+    def flagged(x: dict[str, Any]) -> str:
+        if not x["flagged"]:
+            return "0"
+        shown = ", ".join(str(s) for s in x["flagged_steps"][:12])
+        return f"{x['flagged']} (start steps {shown}{', …' if x['flagged'] > 12 else ''})"
+
+    def sync_line(x: dict[str, Any], prefix: str) -> str:
+        if not x[f"{prefix}_tested"]:
+            return x[f"{prefix}_reason"]
+        return (
+            f"{fmt(x[prefix + '_observed'], 3)} vs {fmt(x[prefix + '_baseline_mean'], 3)} ± "
+            f"{fmt(x[prefix + '_baseline_sd'], 2)} ({x[prefix + '_p_text']}; "
+            f"{'passes' if x[prefix + '_passes'] else 'does not pass'})"
+        )
+
+    rows = [
+        row("iterations counted", lambda x: f"{x['n_iterations']}"
+            + (f" ({x['n_not_done_in_window']} in the window not finished)" if x["n_not_done_in_window"] else "")),
+        row("steps", lambda x: f"{x['first_step']} → {x['last_step']}"),
+        row("ΔL (true loss change)", lambda x: fmt(x["delta_loss"], 6)),
+        row("Σ LCA (all parameters)", lambda x: fmt(x["sum_lca"], 6)),
+        row("Σ buffer share", lambda x: fmt(x["sum_buffer_lca"], 6)),
+        row("integration error Σ|residual| · max |residual|",
+            lambda x: f"{fmt(x['integration_error'], 3)} · {fmt(x['max_abs_residual'], 3)}"),
+        row("flagged pairs (over tolerance at cap)", flagged),
+        row("mean sub-intervals per pair", lambda x: fmt(x["mean_splits"], 3)),
+        row("per iteration, of all parameters: helped · zero · hurt",
+            lambda x: f"{_pct(x['helped_share_mean'])} · {_pct(x['zero_share_mean'])} · {_pct(x['hurt_share_mean'])}"),
+        row("helped fraction, exact zeros excluded", lambda x: _pct(x["helped_fraction_mean"])),
+        row("parameters doing 50% · 90% of the learning",
+            lambda x: f"{_pct(x['concentration_50'])} · {_pct(x['concentration_90'])}"),
+        row("layers hurting beyond the integration error", lambda x: ", ".join(x["layers_hurting"]) or "none"),
+        row("layers with a positive total", lambda x: ", ".join(x["layers_positive"]) or "none"),
+        row("synchronisation (circular shifts)", lambda x: sync_line(x, "sync")),
+        row("synchronisation (step-size controlled)", lambda x: sync_line(x, "sync_controlled")),
+    ]  # fmt: skip
+    sets_note = f" · store sets: {', '.join(store.sets)}" if len(store.sets) > 1 else ""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>LCA report: {e(store.path.name)} ({e(sel.set_name)})</title>",
+        f"<title>LCA report: {e(store.path.name)} ({e(', '.join(d.name for d in data))})</title>",
         f"<style>{_CSS}</style></head><body><main>",
         f"<h1>Loss Change Allocation report: {e(store.path.name)}</h1>",
-        f'<p class="sub">{e(str(store.path))} · set <b>{e(sel.set_name)}</b> · generated by lca {e(__version__)} '
-        f"on {e(time.strftime('%Y-%m-%d %H:%M'))} in {e(_fmt(nb['seconds'], 3))} s</p>",
+        f'<p class="sub">{e(str(store.path))} · sets shown: <b>{e(", ".join(d.name for d in data))}</b>'
+        f"{e(sets_note)} · "
+        f"window {e(_window_text(main.sel))} · {nb['n_params']:,} parameters · generated by lca {e(__version__)} "
+        f"on {e(time.strftime('%Y-%m-%d %H:%M'))} in {e(fmt(nb['seconds'], 3))} s</p>",
         '<p class="key">Colours in every figure:'
         f'<span style="background:{HELPED_COLOR}"></span>helped (LCA &lt; 0, lowered the loss)'
-        f'<span style="background:{HURT_COLOR}"></span>hurt (LCA &gt; 0, raised the loss)</p>',
-        _table(head),
+        f'<span style="background:{ZERO_COLOR}"></span>exactly zero'
+        f'<span style="background:{HURT_COLOR}"></span>hurt (LCA &gt; 0, raised the loss); '
+        "layers by depth, dark = input side.</p>",
+        _set_table(rows, [d.name for d in data]),
     ]
-    if nb["flagged"]:
+    for s, why in notes.items():
+        parts.append(f'<p class="warn">set {e(s)} not shown: {e(why)}</p>')
+    n_flagged = sum(x["flagged"] for x in per)
+    if n_flagged:
         parts.append(
-            f'<p class="warn">{nb["flagged"]} iteration(s) stayed over the residual tolerance at the split cap; '
+            f'<p class="warn">{n_flagged} iteration(s) stayed over the residual tolerance at the split cap; '
             "their per-parameter numbers are less accurate (see the first figure).</p>"
         )
-    parts.append("<h2>Helped / hurt rule</h2>")
-    parts.append(f"<blockquote>{e(nb['helped_rule'])}</blockquote>")
+    parts.append("<h2>Rules</h2>")
+    parts.append(f"<blockquote>Helped / hurt: {e(nb['helped_rule'])}. Shares of all parameters count exact "
+                 "zeros as a third group (the authors' convention).</blockquote>")  # fmt: skip
+    parts.append(f"<blockquote>Significance: {e(nb['significance_rule'])}.</blockquote>")
     parts.append("<h2>Evaluation</h2>")
-    parts.append(_table(_describe_evaluation(store.attrs, sel.set_name)))
+    parts.append(_table(_describe_evaluation(store.attrs, main.name)))
     parts.append("<nav><ol>")
     parts.extend(f'<li><a href="#{v.key}">{e(v.title)}</a></li>' for v in views)
     parts.append("</ol></nav>")
     for i, v in enumerate(views, 1):
         parts.append(f'<section id="{v.key}"><h2>{i}. {e(v.title)}</h2>')
-        parts.append(f'<figure><img src="{_data_uri(v.png)}" alt="{e(v.title)}">')
+        parts.append(f"<figure>{_img(v.png, v.title)}")
         parts.append(f"<figcaption>{e(v.caption)}</figcaption></figure>")
         if v.extra_html:
             parts.append(v.extra_html)

@@ -59,6 +59,7 @@ import zarr.errors
 from zarr.codecs import Crc32cCodec
 
 from lca_cli import __version__
+from lca_cli.columns import OTHER, Columns
 from lca_cli.errors import LcaError, StoreError
 from lca_cli.layout import Layout, layer_name
 from lca_cli.placement import fsync_paths, fsync_tree, storage_errors
@@ -220,6 +221,8 @@ class LcaStore:
         self.durable = durable
         self.attrs: dict[str, Any] = dict(group.attrs)
         self.layout = Layout.from_attrs(self.attrs["params"])
+        #: What ``lca``'s columns hold (one per parameter unless made with --granularity / --params).
+        self.columns = Columns.from_attrs(self.attrs, self.layout)
         self.sets: list[str] = list(self.attrs["sets"])
         self.read_only = group.read_only
         self._cache: dict[str, np.ndarray] = {}
@@ -242,6 +245,7 @@ class LcaStore:
         rows_per_chunk: int = 0,
         fingerprints: np.ndarray | None = None,
         durable: bool = True,
+        columns: Columns | None = None,
     ) -> LcaStore:
         """Create a new, empty store at a path where nothing exists yet.
 
@@ -257,6 +261,7 @@ class LcaStore:
             rows_per_chunk: Rows per ``lca`` chunk (0 = automatic); every per-row array uses the same.
             fingerprints: uint8 ``(T + 1, 16)`` checkpoint fingerprints (None: unknown, stored as zeros).
             durable: fsync every file of the new store, and later each block before it is marked done.
+            columns: What ``lca``'s columns hold (:mod:`lca_cli.columns`); None: one per parameter.
 
         Returns:
             The store, open for writing.
@@ -270,7 +275,9 @@ class LcaStore:
         if p.exists():
             raise StoreError(f"{p} already exists; LcaStore.create never writes over anything")
         n_pairs = len(steps) - 1
-        rows = choose_rows_per_chunk(layout.size, rows_per_chunk)
+        columns = columns or Columns.build(layout)
+        width = columns.size  # C: P for the plain layout
+        rows = choose_rows_per_chunk(width, rows_per_chunk)
         k = len(layout.params)
         all_attrs = {
             **attrs,
@@ -284,10 +291,12 @@ class LcaStore:
             "checksum": "crc32c",
             "coordinates": "steps",
         }
+        if not columns.full:  # the column map (the plain per-parameter layout needs none: older stores lack it)
+            all_attrs |= {"granularity": columns.granularity, "columns": columns.to_attrs()}
         fps = np.zeros((len(steps), FINGERPRINT_BYTES), np.uint8) if fingerprints is None else fingerprints
         if fps.shape != (len(steps), FINGERPRINT_BYTES):
             raise ValueError(f"fingerprints must be ({len(steps)}, {FINGERPRINT_BYTES}), not {fps.shape}")
-        cols = max(1, min(layout.size, MAX_CHUNK_COLS))
+        cols = max(1, min(width, MAX_CHUNK_COLS))
         small = _codecs()
         with storage_errors(f"cannot create {p}"):
             # The attributes go into the group's first zarr.json: a creation killed later is recognisable.
@@ -306,12 +315,12 @@ class LcaStore:
                 sub = group.require_group(name)
                 sub.create_array(
                     "lca",
-                    shape=(n_pairs, layout.size),
+                    shape=(n_pairs, width),
                     chunks=(rows, cols),
                     dtype="float32",
                     fill_value=0.0,
                     compressors=_codecs(LCA_COMPRESSORS),
-                    dimension_names=("iteration", "parameter"),
+                    dimension_names=("iteration", columns.dimension),
                 )
                 sub.create_array(
                     "loss", shape=(n_pairs + 1,), chunks=(rows,), dtype="float64", fill_value=np.nan,
@@ -327,7 +336,7 @@ class LcaStore:
                         arr, shape=(n_pairs, k), chunks=(rows, max(1, k)), dtype=dtype, fill_value=fill,
                         compressors=small, dimension_names=("iteration", "tensor"),
                     )  # fmt: skip
-            _write_coordinates(group, layout, sets, steps, all_attrs)
+            _write_coordinates(group, layout, sets, steps, all_attrs, columns)
             if durable:
                 fsync_tree(p)
         return cls(p, group, durable)
@@ -476,6 +485,14 @@ class LcaStore:
     def rows_per_chunk(self) -> int:
         """Rows per ``lca`` chunk."""
         return int(self.array(self.sets[0], "lca").chunks[0])
+
+    @property
+    def column_layout(self) -> Layout:
+        """``lca``'s columns as a layout (:meth:`Columns.column_layout`): :attr:`layout` for per-parameter rows.
+
+        Readers that group ``lca`` columns by layer or neuron use this, so they work at the resolution stored.
+        """
+        return self.columns.column_layout(self.layout)
 
     def array(self, set_name: str, name: str) -> zarr.Array:
         """One array of one set (``lca``, ``loss``, ``residual``, ...).
@@ -743,7 +760,7 @@ class LcaStore:
         """Number of chunks along an array's first axis (within the committed steps for per-row arrays)."""
         arr = self._node(node)
         name = node.rsplit("/", 1)[-1]
-        if name in ("tensor", "layer", "parameter_tensor"):
+        if name in ("tensor", "layer", "parameter_tensor", "neuron"):
             n = int(arr.shape[0])
         else:
             per_checkpoint = name in ("loss", "steps", "fingerprint", "checkpoint")
@@ -757,7 +774,9 @@ class LcaStore:
                 with contextlib.suppress(KeyError):
                     del self.group[name]
                 self._nodes.pop(name, None)
-            _write_coordinates(self.group, self.layout, self.sets, [int(x) for x in self.steps], self.attrs)
+            _write_coordinates(
+                self.group, self.layout, self.sets, [int(x) for x in self.steps], self.attrs, self.columns
+            )
             if self.durable:
                 fsync_tree(self.path)
 
@@ -946,7 +965,7 @@ ARRAY_DESCRIPTIONS = {
 #: Coordinate arrays for xarray: at the root, and in each set group. Written at creation (``checkpoint`` and
 #: ``iteration`` again when checkpoints are appended); :func:`rewrite_coordinates` rebuilds them.
 COORDINATES = ("checkpoint", "iteration", "tensor")
-SET_COORDINATES = ("layer", "parameter_tensor")
+SET_COORDINATES = ("layer", "parameter_tensor", "neuron")
 #: Parameter columns per chunk of ``parameter_tensor`` (it compresses to almost nothing: runs of one value).
 _COORD_COLS = 1 << 22
 
@@ -968,15 +987,24 @@ def _write_step_coordinates(group: zarr.Group, steps: np.ndarray) -> None:
 
 
 def _write_coordinates(
-    group: zarr.Group, layout: Layout, sets: Sequence[str], steps: Sequence[int], attrs: dict[str, Any]
+    group: zarr.Group,
+    layout: Layout,
+    sets: Sequence[str],
+    steps: Sequence[int],
+    attrs: dict[str, Any],
+    columns: Columns | None = None,
 ) -> None:
     """Coordinates and descriptive attributes for xarray and other PyData readers (see the module docstring).
 
     The root's ``tensor``, ``checkpoint`` and ``iteration`` are index coordinates, which xarray's DataTree hands
     down to the set groups; ``steps`` (the contract's array) is declared a coordinate by the root attribute
     ``coordinates``. Each set group holds ``layer`` and ``parameter_tensor`` and names them in its own
-    ``coordinates`` attribute, with the attributes a reader of that group needs.
+    ``coordinates`` attribute, with the attributes a reader of that group needs. A store with other columns
+    (:mod:`lca_cli.columns`) labels them instead: ``parameter_tensor`` per stored parameter column (-1 for the
+    ``(other)`` column), ``neuron`` (a name per neuron column), or nothing more for per-tensor columns (the
+    root's ``tensor``).
     """
+    columns = columns or Columns.build(layout)
     _write_step_coordinates(group, np.asarray(steps, dtype=np.int64))
     k = len(layout.params)
     names = np.array([p.name for p in layout.params], dtype=object)
@@ -990,7 +1018,6 @@ def _write_coordinates(
     if group.attrs.get("coordinates") != "steps":
         group.attrs.update({"coordinates": "steps"})
     offsets = np.array([p.offset for p in layout.params], dtype=np.int64)
-    cols = max(1, min(layout.size, _COORD_COLS))
     evaluation = attrs.get("evaluation", {}).get("sets", {}) if isinstance(attrs.get("evaluation"), dict) else {}
     for name in sets:
         sub = group.require_group(name)
@@ -999,22 +1026,54 @@ def _write_coordinates(
         )
         if k:
             lay[:] = layers
-        pt = sub.create_array(
-            "parameter_tensor", shape=(layout.size,), chunks=(cols,), dtype="int32", dimension_names=("parameter",),
-            **every,
-        )  # fmt: skip
-        for start in range(0, layout.size, cols):  # chunk by chunk: never a (P,) index array in memory
-            idx = np.arange(start, min(layout.size, start + cols), dtype=np.int64)
-            pt[start : start + len(idx)] = (np.searchsorted(offsets, idx, side="right") - 1).astype(np.int32)
+        coords = _write_column_coordinates(sub, layout, columns, offsets, every)
+        help_columns = {
+            "parameter": "parameter_tensor = index (into tensor) of each parameter column (-1: the (other) column)",
+            "neuron": "neuron = name of each neuron column (layer[unit], or (other))",
+            "tensor": "lca's columns are the tensors (the tensor coordinate)",
+        }[columns.dimension]
         sub.attrs.update(
             {
                 "set": name,
-                "coordinates": "layer parameter_tensor",
+                "coordinates": " ".join(["layer", *coords]),
                 "units": "loss",
                 "sign": "LCA < 0: the parameter helped (lowered the loss); > 0: it hurt",
                 "evaluation": evaluation.get(name, {}),
                 "arrays": ARRAY_DESCRIPTIONS,
                 "coordinates_help": "iteration = start step of each pair; checkpoint = step; tensor = parameter "
-                "name; parameter_tensor = index (into tensor) of each parameter column",
+                f"name; {help_columns}",
             }
         )
+
+
+def _write_column_coordinates(
+    sub: zarr.Group, layout: Layout, columns: Columns, offsets: np.ndarray, every: dict[str, Any]
+) -> list[str]:
+    """The coordinate labelling ``lca``'s columns in one set group; returns the names written."""
+    if columns.dimension == "tensor":
+        return []  # the root's ``tensor`` coordinate labels them
+    if columns.dimension == "neuron":
+        labels = np.array(columns.labels(layout), dtype=object)
+        arr = sub.create_array(
+            "neuron", shape=(columns.size,), chunks=(max(1, columns.size),), dtype=str, dimension_names=("neuron",),
+            **every,
+        )  # fmt: skip
+        if columns.size:
+            arr[:] = labels
+        return ["neuron"]
+    size = columns.size
+    cols = max(1, min(size, _COORD_COLS))
+    pt = sub.create_array(
+        "parameter_tensor", shape=(size,), chunks=(cols,), dtype="int32", dimension_names=("parameter",), **every
+    )
+    if columns.full:
+        for start in range(0, size, cols):  # chunk by chunk: never a (P,) index array in memory
+            idx = np.arange(start, min(size, start + cols), dtype=np.int64)
+            pt[start : start + len(idx)] = (np.searchsorted(offsets, idx, side="right") - 1).astype(np.int32)
+    else:  # some tensors' parameters, then (other): small enough to build at once
+        out = np.empty(size, dtype=np.int32)
+        for g in columns.groups:
+            out[g.offset : g.stop] = -1 if g.name == OTHER else g.tensors[0]
+        if size:
+            pt[:] = out
+    return ["parameter_tensor"]

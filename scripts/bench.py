@@ -16,6 +16,11 @@ It prints per-pair times, pairs/s, the ratios compute/floor and compute/naive (t
 ratios, with their range, the ratio of the minima and the CPU-time ratio) and each child's peak memory (VmHWM;
 on CUDA also the peak allocated device memory).
 ``--memory`` adds the memory-scaling check: peak RSS of ``compute`` over 30 and 300 pairs (MNIST-FC).
+``--scaling`` measures instead the scaling row: pairs/s of ``lca compute`` (the CLI, in fresh processes) with
+one process and one thread, two processes under ``torchrun`` (one thread each) and two independent
+cooperating processes (``--cooperate``), and on request one process with two threads, alternated round by
+round; the pair loop's time (from ``--json``; for several processes, rank 0's or the owner's, which ends
+when every pair is done) and the wall time including start-up (``torchrun`` alone adds several seconds).
 
 Usage::
 
@@ -25,6 +30,7 @@ Usage::
     python scripts/bench.py --sizes mnist_fc --memory
     python scripts/bench.py --device cuda --sizes mnist_fc --samples 55000 --pairs 300
     python scripts/bench.py --per-gradient --sizes mnist_fc   # one gradient vs the floor's, 60 alternations
+    python scripts/bench.py --scaling --sizes mnist_fc --pairs 240 --rounds 3   # 1 vs 2 processes
 
 ``--json FILE`` writes every measurement for later comparison.
 """
@@ -307,16 +313,21 @@ def _ablation(variant: str) -> Iterator[None]:
             def __init__(self, store: Any, buffers: Any = None, before: Any = None, after: Any = None) -> None:
                 self.store, self.buffers, self.before, self.after = store, buffers, before, after
 
-            def submit(self, rows: dict[str, Any], release: Any = ()) -> None:
+            def submit(self, rows: dict[str, Any], release: Any = (), then: Any = None) -> None:
                 if rows and self.before is not None:
                     self.before()
                 for name, block in rows.items():
                     self.store.write_block(name, block)
                 if rows and self.after is not None:
                     self.after()
+                if then is not None:
+                    then()
                 if self.buffers is not None:
                     for array in release:
                         self.buffers.give(array)
+
+            def drain(self) -> None:
+                pass
 
             def close(self) -> None:
                 pass
@@ -902,6 +913,115 @@ def accuracy_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------------------------------------
+# scaling: one process against several, each a real `lca compute` (or torchrun) in fresh processes
+
+
+def _scaling_config(spec: Size, run_dir: Path, data_path: Path, args: argparse.Namespace) -> None:
+    """Write the run's lca.toml (the factories of this script, imported from PYTHONPATH=scripts).
+
+    Written directly: the writer's ``write_run_config`` refuses factories of the running script (a training
+    script would run again); this one only defines functions when imported.
+    """
+    from lca_cli.record import dump_toml
+
+    doc = {
+        "model": {"factory": "bench:build_model", "kwargs": {"size": spec.name}},
+        "data": {"factory": "bench:load_data", "kwargs": {"path": str(data_path)}},
+        "loss": {"name": "cross_entropy"},
+        "compute": {"max_splits": args.max_splits, "batch_size": spec.batch_size, "dtype": spec.dtype},
+    }
+    (run_dir / "lca.toml").write_text(dump_toml(doc))
+
+
+def _scaling_run(kind: str, run_dir: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One timed ``lca compute`` of the whole run into a fresh store; ``kind``: 1x1, 1x2, torchrun, cooperate."""
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SCRIPTS), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    n = args.processes
+    base = ["compute", str(run_dir), "--out", str(out), "--json", "--progress", "none", "--device", args.device]
+    threads = ["--threads", "2" if kind == "1x2" else "1"]
+    py = [sys.executable, "-m", "lca_cli"]
+    t0 = time.perf_counter()
+    if kind == "torchrun":
+        torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+        cmd = [torchrun, "--standalone", "--nproc-per-node", str(n), "-m", "lca_cli", *base, *threads]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        outputs = [done.stdout]
+        codes = [done.returncode]
+    elif kind == "cooperate":
+        cmd = [*py, *base, *threads, "--cooperate"]
+        pipe = subprocess.PIPE
+        procs = [subprocess.Popen(cmd, stdout=pipe, stderr=pipe, text=True, env=env) for _ in range(n)]
+        results = [p.communicate() for p in procs]
+        outputs = [o for o, _ in results]
+        codes = [p.returncode for p in procs]
+    else:
+        done = subprocess.run([*py, *base, *threads], capture_output=True, text=True, env=env, check=False)
+        outputs, codes = [done.stdout], [done.returncode]
+    wall = time.perf_counter() - t0
+    if any(codes):
+        raise RuntimeError(f"{kind} failed: {codes}")
+    docs = [json.loads(o.strip().splitlines()[-1]) for o in outputs if o.strip()]
+    # The pair loop of the whole job: rank 0's (torchrun) or the owner's (cooperate), which waits for the rest.
+    lead = next((d for d in docs if d.get("role") == "owner"), docs[0])
+    pairs = sum(d["computed"] for d in docs) if kind == "cooperate" else lead["computed"]
+    return {"wall_s": wall, "loop_s": lead["seconds"], "pairs": pairs, "split": [d["computed"] for d in docs]}
+
+
+def scaling(args: argparse.Namespace, sizes: Sequence[str]) -> int:
+    """The scaling row (see the module docstring): prints a table and, with ``--json``, every round."""
+    kinds = [k for k in ("1x1", "1x2", "torchrun", "cooperate") if k in args.scaling_kinds.split(",")]
+    if "1x1" not in kinds:
+        kinds.insert(0, "1x1")  # the baseline of every ratio
+    info = machine()
+    print(f"# lca bench --scaling {info['date']} on {info['cpu']} ({info['cores']} cores, torch {info['torch']}), "
+          f"device {args.device}, {args.processes} processes, max_splits {args.max_splits}",
+          file=sys.stderr)  # fmt: skip
+    tmp_ctx = tempfile.TemporaryDirectory(prefix="lca-bench-") if args.keep is None else None
+    root = Path(tmp_ctx.name) if tmp_ctx else args.keep
+    assert root is not None
+    rows, measured = [], {}
+    try:
+        for name in sizes:
+            spec = _spec(name, args.quick, args.samples, args.batch_size, args.dtype)
+            pairs = args.pairs or (6 if args.quick else 4 * spec.pairs)
+            run_dir = root / f"{name}_scaling_run"
+            data = make_run(spec, run_dir, pairs + 1, spec.samples)
+            _scaling_config(spec, run_dir, data, args)
+            got: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+            for r in range(args.rounds or (1 if args.quick else 3)):
+                for kind in round_order(list(kinds), r):
+                    res = _scaling_run(kind, run_dir, root / f"{name}_{kind}.zarr", args)
+                    got[kind].append(res)
+                    print(f"  {name} round {r} {kind:9s} {res['pairs'] / res['loop_s']:8.2f} pairs/s loop "
+                          f"({res['loop_s']:.2f} s), wall {res['wall_s']:.2f} s, split {res['split']}",
+                          file=sys.stderr)  # fmt: skip
+            measured[name] = got
+            base = statistics.median(g["pairs"] / g["loop_s"] for g in got["1x1"])
+            for kind in kinds:
+                rates = [g["pairs"] / g["loop_s"] for g in got[kind]]
+                walls = [g["pairs"] / g["wall_s"] for g in got[kind]]
+                rows.append({"size": name, "kind": kind, "pairs": pairs,
+                             "pairs_per_s": statistics.median(rates), "min": min(rates), "max": max(rates),
+                             "wall_pairs_per_s": statistics.median(walls),
+                             "over_1x1": statistics.median(rates) / base})  # fmt: skip
+    finally:
+        if tmp_ctx is not None:
+            tmp_ctx.cleanup()
+    n = args.processes
+    labels = {"1x1": "1 process, 1 thread", "1x2": "1 process, 2 threads",
+              "torchrun": f"torchrun, {n} x 1 thread", "cooperate": f"{n} x --cooperate, 1 thread"}  # fmt: skip
+    print("| size | processes | pairs/s (loop; median, range) | x 1 process | pairs/s with start-up |")
+    print("| --- | --- | --- | --- | --- |")
+    for row in rows:
+        print(f"| {row['size']} | {labels[row['kind']]} | {row['pairs_per_s']:.2f} ({row['min']:.2f}-{row['max']:.2f}) "
+              f"| {row['over_1x1']:.2f} | {row['wall_pairs_per_s']:.2f} |")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "scaling": rows, "rounds": measured}, indent=1))
+    return 0
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     cpu = platform.processor()
@@ -965,6 +1085,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--cases", default=",".join(ACCURACY_CASES), help="--accuracy cases, comma-separated")
     p.add_argument("--keep", type=Path, help="generate runs here and keep them (default: a temp dir, deleted)")
+    p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="only: pairs/s of lca compute with 1 and 2 processes (torchrun, --cooperate) and 1 process x 2 threads",
+    )
+    p.add_argument("--processes", type=int, default=2, help="processes of the --scaling multi-process kinds")
+    p.add_argument(
+        "--scaling-kinds",
+        default="1x1,torchrun,cooperate",
+        help="which of 1x1,1x2,torchrun,cooperate --scaling runs (1x2: one process with two threads)",
+    )
     # internal: one measurement in a child process
     p.add_argument("--child", choices=(*KINDS, *ABLATIONS, "time", "busy"), help=argparse.SUPPRESS)
     p.add_argument("--size", help=argparse.SUPPRESS)
@@ -995,6 +1126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r = per_gradient(spec, torch.device(args.device), args.rounds or (4 if args.quick else 60))
             print(json.dumps(r))
         return 0
+    if args.scaling:
+        return scaling(args, sizes)
     kinds = [k for k in KINDS if k in args.kinds.split(",")]
     rounds = args.rounds
     info = machine()

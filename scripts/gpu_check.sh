@@ -16,7 +16,9 @@
 #   4. TF32 on vs off on ResNet-20 (speed, and the residuals it costs);
 #   5. two points in one torch.func.vmap pass vs separately (small MLP, MNIST-FC), to decide batching on GPU;
 #   6. --compile on MNIST-FC;
-#   7. one library gradient vs one floor gradient, alternated (MNIST-FC, 55k samples, 1,024-sample chunks).
+#   7. one library gradient vs one floor gradient, alternated (MNIST-FC, 55k samples, 1,024-sample chunks);
+#   8. scaling: lca compute with 1 process against torchrun with one process per GPU (2 per GPU on a
+#      one-GPU machine: what sharing a GPU gives) and cooperating processes, MNIST-FC on 55k samples.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-gpu-results}}"
@@ -71,6 +73,11 @@ step mnist55k_compile 120 $B --sizes mnist_fc --samples 55000 --batch-size 55000
     --kinds compute --compute-options '{"compile": true}' --json "$OUT_DIR/mnist55k_compile.json"
 # 7. the library's gradient against the floor's, alternated (float64 accumulation on the device)
 step per_gradient 40 $B --per-gradient --sizes mnist_fc --samples 55000 --batch-size 1024 --rounds 20
+# 8. scaling over processes (torchrun: cuda:LOCAL_RANK each; NGPU >= 2 gives one GPU per process)
+NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
+NPROC=$(( NGPU >= 2 ? NGPU : 2 ))
+step scaling 150 "$PY" scripts/bench.py --scaling --device cuda --processes "$NPROC" --sizes mnist_fc \
+    --samples 55000 --batch-size 55000 --pairs 600 --rounds 1 --json "$OUT_DIR/scaling.json"
 
 "$PY" - "$OUT_DIR" <<'PY' | tee -a "$OUT_DIR/summary.log"
 import json, sys
@@ -97,5 +104,9 @@ for name in ("resnet45k", "resnet45k_tf32"):
         verdict = "PASS" if minutes < 30 else "FAIL"
         print(f"{name}: {per_pair:.3f} s/pair -> 4,500 pairs in {minutes:.1f} min (target < 30: {verdict}), "
               f"max |residual| {s.get('max_abs_residual', float('nan')):.2e}")
+scaling = out / "scaling.json"
+for row in json.loads(scaling.read_text())["scaling"] if scaling.exists() else []:
+    print(f"scaling {row['size']} {row['kind']}: {row['pairs_per_s']:.1f} pairs/s in the loop "
+          f"({row['over_1x1']:.2f}x one process), {row['wall_pairs_per_s']:.1f} with start-up")
 PY
 echo "results in $OUT_DIR"

@@ -121,9 +121,10 @@ def tree(root: Path, skip_root_attrs: tuple[str, ...] = ("created", "updated", "
     return out
 
 
-def assert_same_tree(a: Path, b: Path) -> None:
-    """Two stores hold the same files with the same bytes (bit-identical rows and metadata)."""
-    ta, tb = tree(a), tree(b)
+def assert_same_tree(a: Path, b: Path, skip_root_attrs: tuple[str, ...] = ("created", "updated", "device")) -> None:
+    """Two stores hold the same files with the same bytes (bit-identical rows and metadata); the root
+    attributes ``skip_root_attrs`` may differ (when and where it was computed)."""
+    ta, tb = tree(a, skip_root_attrs), tree(b, skip_root_attrs)
     assert sorted(ta) == sorted(tb), sorted(set(ta) ^ set(tb))
     for k in ta:
         assert ta[k] == tb[k], k

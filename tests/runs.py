@@ -28,11 +28,18 @@ class Pause(torch.nn.Module):
         time.sleep(self.seconds)
         return x
 
+class Fail(torch.nn.Module):
+    # Makes every output NaN: a torchrun rank that fails (LCA_TEST_FAIL_RANK), the others' numbers unchanged.
+    def forward(self, x):
+        return x * float("nan")
+
 def model(hidden=12, features=6, classes=3):
     g = torch.Generator().manual_seed(0)
     net = torch.nn.Sequential()
     if os.environ.get("LCA_TEST_PAUSE"):
         net.add_module("pause", Pause(float(os.environ["LCA_TEST_PAUSE"])))
+    if os.environ.get("LCA_TEST_FAIL_RANK", "-") == os.environ.get("RANK"):
+        net.add_module("fail", Fail())
     net.add_module("fc1", torch.nn.Linear(features, hidden))
     net.add_module("act", torch.nn.Tanh())
     net.add_module("fc2", torch.nn.Linear(hidden, classes))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -51,6 +52,9 @@ def test_help_for_every_command(capsys: pytest.CaptureFixture[str], command: lis
     assert code == 0 and err == ""
     assert "Usage: lca" in out
     assert "Exit codes" in out
+    # an example in every help, and no literal or raw backspace-b left from click's no-rewrap marker
+    assert re.search(r"Examples:\n +lca \w+ ", out), out
+    assert "\\b" not in out and "\b" not in out
 
 
 def test_compute_options_documented(capsys: pytest.CaptureFixture[str]) -> None:
@@ -59,6 +63,10 @@ def test_compute_options_documented(capsys: pytest.CaptureFixture[str]) -> None:
     for flag in (*flags, "--state-dict-key", "--unsafe-pickle"):
         assert flag in out
     for flag in ("--repair", "--progress", "--overwrite"):
+        assert flag in out
+    for flag in ("--steps", "--shard", "--cooperate", "--follow", "--until", "--idle-timeout", "--prune"):
+        assert flag in out
+    for flag in ("--granularity", "--params", "--dry-run", "torchrun"):
         assert flag in out
 
 
@@ -202,6 +210,34 @@ def test_summarize_table_renders(capsys: pytest.CaptureFixture[str], computed_ru
     code, out, err = run_cli(capsys, "summarize", computed_run / "lca.zarr")
     assert code == 0 and err == ""
     assert "fc1" in out and "fc2" in out and "helped fraction" in out
+    assert "of all parameters: helped" in out and "h/0/h %" in out and "50/90% at" in out
+
+
+@pytest.mark.parametrize("by", ["iteration", "layer", "neuron"])
+def test_summarize_tables_fit_80_columns_with_numbers_whole(
+    capsys: pytest.CaptureFixture[str], computed_run: Path, by: str
+) -> None:
+    code, out, _ = run_cli(capsys, "summarize", computed_run / "lca.zarr", "--by", by)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == str(computed_run / "lca.zarr")  # the store path: as long as it is
+    assert max(len(line) for line in lines[1:]) <= 80, "\n".join(line for line in lines if len(line) > 80)
+    assert "…" not in out
+    if by == "iteration":
+        _, js, _ = run_cli(capsys, "summarize", computed_run / "lca.zarr", "--by", by, "--format", "json")
+        first = json.loads(js)["rows"][0]
+        row = next(line for line in lines if line.split()[:1] == ["0"])
+        assert f"{first['delta_loss']:.4g}" in row.split()  # the whole number, not a cut one
+
+
+def test_summarize_run_dir_suggests_its_store(capsys: pytest.CaptureFixture[str], computed_run: Path) -> None:
+    code, out, err = run_cli(capsys, "summarize", computed_run)
+    assert_one_line_error(code, out, err, "store", "run directory", f"did you mean {computed_run / 'lca.zarr'}?")
+
+
+def test_summarize_steps_past_the_end(capsys: pytest.CaptureFixture[str], computed_run: Path) -> None:
+    code, out, err = run_cli(capsys, "summarize", computed_run / "lca.zarr", "--steps", "100:200")
+    assert_one_line_error(code, out, err, "usage", "--steps 100:200", "start at steps 0..11")
 
 
 # -- errors: one line, the right exit code, no traceback ---------------------------------------------------
@@ -288,6 +324,13 @@ def test_not_a_store(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None
         (["--tolerance", "-1"], "--tolerance"),
         (["--batch-size", "0"], "--batch-size"),
         (["--device", "tpu"], "--device"),
+        (["--shard", "2/2"], "--shard"),
+        (["--steps", "5:2"], "--steps"),
+        (["--until", "5"], "--until"),
+        (["--follow", "--shard", "0/2"], "--follow"),
+        (["--follow", "--idle-timeout", "0"], "--idle-timeout"),
+        (["--params", "nothing.*"], "--params"),
+        (["--granularity", "tensor", "--params", "fc1.*"], "--params"),
     ],
 )
 def test_bad_option_values(
@@ -304,7 +347,30 @@ def test_bad_choice_is_a_usage_error(capsys: pytest.CaptureFixture[str], compute
 
 def test_bad_steps_window(capsys: pytest.CaptureFixture[str], computed_run: Path) -> None:
     code, out, err = run_cli(capsys, "summarize", computed_run / "lca.zarr", "--steps", "5:2")
-    assert_one_line_error(code, out, err, "usage", "--steps")
+    assert_one_line_error(code, out, err, "usage", "--steps 5:2", "A <= s < B", "did you mean --steps 2:5?")
+
+
+def test_report_one_store_and_a_comparison(capsys: pytest.CaptureFixture[str], computed_run: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out_dir = computed_run.parent / "reports"
+    code, out, err = run_cli(
+        capsys, "report", computed_run / "lca.zarr", "--out", out_dir / "one.html", "--view", "layers", "-q"
+    )
+    assert code == 0 and out.strip() == str(out_dir / "one.html") and err == ""
+    assert len(list((out_dir / "one_files").glob("*.png"))) == 1
+    code, out, err = run_cli(
+        capsys, "report", computed_run / "lca.zarr", computed_run / "lca.zarr", "--out", out_dir / "cmp.html",
+        "--label", "a", "--label", "b", "-q",
+    )  # fmt: skip
+    assert code == 0 and out.strip() == str(out_dir / "cmp.html")
+    assert "All 2 layers match by name." in (out_dir / "cmp.html").read_text(encoding="utf-8")
+    code, out, err = run_cli(capsys, "report", computed_run / "lca.zarr", "--out", out_dir / "x.html", "--label", "a",
+                             "--label", "b")  # fmt: skip
+    assert_one_line_error(code, out, err, "usage", "--label")
+    code, out, err = run_cli(capsys, "report", *[computed_run / "lca.zarr"] * 3, "--out", out_dir / "x.html")
+    assert_one_line_error(code, out, err, "usage", "one store, or two")
+    code, out, err = run_cli(capsys, "report", computed_run / "lca.zarr", "--out", out_dir / "x.html", "--view", "pie")
+    assert_one_line_error(code, out, err, "usage", "--view pie")
 
 
 def test_unknown_set(capsys: pytest.CaptureFixture[str], computed_run: Path) -> None:

@@ -9,6 +9,7 @@ flat safetensors (the callback's own files), and every run conserves.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -119,6 +120,7 @@ def test_callback_writes_step_zero_every_step_and_a_tied_gpt2_conserves(hf_runs:
     run = hf_runs / "gpt2"
     names = sorted(p.name for p in run.glob("*.safetensors"))
     assert names == [f"step_{s:08d}.safetensors" for s in range(4)]
+    assert json.loads((run / "lca.end").read_text())["last_step"] == 3  # training ended: --follow stops
     assert "lm_head.weight" not in load_file(str(run / names[0]))  # the tied alias is saved once
     store, lca = rows(run)
     assert store.steps.tolist() == [0, 1, 2, 3]

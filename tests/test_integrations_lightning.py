@@ -8,6 +8,7 @@ bit, whether the model factory builds the LightningModule or only the network in
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -114,6 +115,7 @@ def test_callback_run_and_modelcheckpoint_files_give_the_same_rows(pl_run: Path)
     assert 'factory = "lca_cli.integrations.lightning:from_hparams"' in config.read_text()
     flat_store, flat = rows(pl_run / "lca", config)
     assert flat_store.steps.tolist() == [0, 1, 2, 3, 4]  # step 0 from the callback
+    assert json.loads((pl_run / "lca" / "lca.end").read_text())["last_step"] == 4  # training ended
     ckpt_store, ckpt = rows(pl_run / "ckpt", config)
     assert ckpt_store.steps.tolist() == [1, 2, 3, 4]  # ModelCheckpoint has no step 0
     assert np.array_equal(ckpt, flat[1:])

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from lca_cli.checkpoints import find_checkpoints, read_checkpoint
 from lca_cli.config import FactorySpec, load_config
 from lca_cli.errors import LcaError
+from lca_cli.follow import END_MARKER
 from lca_cli.record import CheckpointWriter, checkpoint_name, dump_toml, write_run_config
 
 
@@ -58,7 +59,8 @@ def test_background_and_foreground_files_are_identical(tmp_path: Path) -> None:
                     for p in net.parameters():
                         p.mul_(0.9).add_(0.01)
     names = sorted(p.name for p in (tmp_path / "fg").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "bg").iterdir()) == [checkpoint_name(s) for s in range(3)]
+    ends = [END_MARKER, *(checkpoint_name(s) for s in range(3))]  # the end marker: training ended
+    assert names == sorted(p.name for p in (tmp_path / "bg").iterdir()) == sorted(ends)
     for name in names:
         assert (tmp_path / "bg" / name).read_bytes() == (tmp_path / "fg" / name).read_bytes()
 
@@ -100,7 +102,7 @@ def test_final_name_appears_only_when_complete(tmp_path: Path, monkeypatch: pyte
         ckpt.save(reference.linear_model(), 3)
     # Serialised to a hidden temporary name; the final name did not exist while writing.
     assert seen == [(".step_00000003.safetensors.partial", False)]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000003.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [END_MARKER, "step_00000003.safetensors"]
 
 
 @pytest.mark.parametrize("background", [True, False])

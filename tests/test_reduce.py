@@ -150,3 +150,94 @@ def test_not_done_rows_are_ignored(tmp_path: Path) -> None:
     summ = summarize(LcaStore.open(tmp_path / "s.zarr"), by="iteration")
     assert summ.header["iterations"] == 23 - 5
     assert 10 not in [r["step"] for r in summ.rows]
+
+
+def test_layer_rows_gain_shares_significance_and_milestones(store: tuple[LcaStore, np.ndarray]) -> None:
+    s, lca = store
+    d = lca.astype(np.float64)
+    summ = summarize(s, by="layer")
+    # the original columns first, in their order (the JSON/CSV contract), then the added ones
+    assert summ.columns[:5] == ["name", "parameters", "lca", "share", "helped_fraction"]
+    assert {"helped_share", "zero_share", "hurt_share", "significance", "step_50", "step_90"} <= set(summ.columns)
+    rows = {r["name"]: r for r in summ.rows}
+    conv = d[:, :27]
+    assert rows["conv"]["helped_share"] == pytest.approx((conv < 0).mean())
+    assert rows["conv"]["zero_share"] == pytest.approx((conv == 0).mean())  # the 4 never-moving columns
+    assert rows["conv"]["zero_share"] > 0
+    assert rows["conv"]["helped_share"] + rows["conv"]["zero_share"] + rows["conv"]["hurt_share"] == pytest.approx(1)
+    # residuals are 0 in this store: every nonzero total is significant
+    assert summ.header["integration_error"] == 0.0
+    for r in summ.rows:
+        assert r["significance"] == ("helps" if r["lca"] < 0 else "hurts")
+    # milestones: the first step (end of an iteration) by which the layer's learning reached 50% / 90%
+    for name, cols in (("conv", slice(0, 27)), ("fc", slice(27, 53))):
+        learned = -np.cumsum(d[:, cols].sum(1))
+        if learned[-1] > 0:
+            steps_end = s.steps[1:]
+            assert rows[name]["step_50"] == int(steps_end[np.argmax(learned >= 0.5 * learned[-1])])
+            assert rows[name]["step_90"] == int(steps_end[np.argmax(learned >= 0.9 * learned[-1])])
+        else:
+            assert rows[name]["step_50"] is None
+    h = summ.header
+    assert h["helped_share_mean"] == pytest.approx((lca < 0).mean())
+    assert h["zero_share_mean"] == pytest.approx((lca == 0).mean())
+
+
+def test_concentration_is_opt_in_and_streams(
+    store: tuple[LcaStore, np.ndarray],
+    lca_read_spy,  # type: ignore[no-untyped-def]
+) -> None:
+    s, lca = store
+    spy = lca_read_spy()
+    plain = summarize(s, by="layer")
+    assert spy["calls"] == 0 and "params_90" not in plain.columns  # the default reads only small arrays
+    conc = summarize(s, by="layer", concentration=True, window=parse_window("10:"))
+    assert spy["calls"] == 1 and conc.columns[-2:] == ["params_50", "params_90"]
+    total = lca[5:, :27].astype(np.float64).sum(0)
+    gains = np.sort(-total[total < 0])[::-1]
+    k = int(np.searchsorted(np.cumsum(gains) / gains.sum(), 0.9 - 1e-12)) + 1
+    assert {r["name"]: r for r in conc.rows}["conv"]["params_90"] == pytest.approx(k / 27)
+    with pytest.raises(UsageError, match="--concentration"):
+        summarize(s, by="iteration", concentration=True)
+
+
+def test_iteration_rows_gain_shares(store: tuple[LcaStore, np.ndarray]) -> None:
+    s, lca = store
+    rows = summarize(s, by="iteration").rows
+    assert rows[3]["zero_share"] == pytest.approx((lca[3] == 0).mean())
+    assert rows[3]["helped_share"] == pytest.approx((lca[3] < 0).mean())
+
+
+def test_windows_outside_the_store_and_reversed_are_explained(store: tuple[LcaStore, np.ndarray]) -> None:
+    s, _ = store
+    with pytest.raises(UsageError, match=r"start at steps 0\.\.44") as info:
+        summarize(s, window=parse_window("500:600"))
+    assert "A <= s < B" in str(info.value)
+    with pytest.raises(UsageError, match=r"did you mean --steps 2:5\?"):
+        parse_window("5:2")
+    with pytest.raises(UsageError, match="B must be greater than A"):
+        parse_window("5:5")
+
+
+def test_not_done_window_is_a_store_error(tmp_path: Path) -> None:
+    synthetic_store(tmp_path / "s.zarr")
+    s2 = LcaStore.open(tmp_path / "s.zarr", mode="r+")
+    s2.array("train", "done")[2:4] = False
+    with pytest.raises(StoreError, match="computed yet"):
+        summarize(LcaStore.open(tmp_path / "s.zarr"), window=parse_window("4:8"))
+
+
+def test_open_store_points_a_run_directory_at_its_store(tmp_path: Path) -> None:
+    from lca_cli.reduce import open_store
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "lca.toml").write_text("")
+    with pytest.raises(StoreError, match=r"run directory, not an lca store, and holds no store yet; run `lca compute"):
+        open_store(run)
+    synthetic_store(run / "lca.zarr")
+    with pytest.raises(StoreError, match=f"did you mean {run / 'lca.zarr'}"):
+        open_store(run)
+    assert open_store(run / "lca.zarr").n_pairs == 23
+    with pytest.raises(StoreError, match="not an lca store"):
+        open_store(tmp_path / "run" / "..")  # a plain folder without a store or run files

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -21,11 +22,20 @@ def _load_script():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.slow
-def test_smoke_run_writes_every_finding(tmp_path: Path) -> None:
+def test_smoke_run_writes_every_finding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rp = _load_script()
     out, work = tmp_path / "docs", tmp_path / "work"
-    code = rp.main(["--smoke", "--out", str(out), "--work", str(work), "--device", "cpu", "--no-figures"])
+    # Two runs computed first by an --only process, then reused by the run that writes the page.
+    base = ["--smoke", "--work", str(work), "--device", "cpu", "--reuse"]
+    assert rp.main([*base, "--only", "fc_mnist,fc_mnist_frozen"]) == 0
+    assert not out.exists() and (work / "fc_mnist" / "run.json").is_file()
+    assert rp.main([*base, "--only", "nope"]) == 2
+    capsys.readouterr()
+    code = rp.main([*base, "--out", str(out), "--no-figures"])
     assert code == 0
+    err = capsys.readouterr().err
+    assert "fc_mnist: reusing the run finished on" in err and "fc_mnist_frozen: reusing" in err
+    assert "lenet_mnist: trained" in err
     text = (out / "paper.md").read_text(encoding="utf-8")
     for heading in (
         "## Setup",
@@ -38,8 +48,27 @@ def test_smoke_run_writes_every_finding(tmp_path: Path) -> None:
         assert heading in text, heading
     assert "**Paper:**" in text and "Hardware:" in text and "smoke" in text
     # The frozen layer's LCA is exactly zero, and the reference row of finding 4 is there.
-    assert "max |LCA| over its parameters = 0." in text
+    assert "max |LCA| over its parameters, all seeds = 0." in text
+    # both conventions of finding 1, the integration error of finding 2, both baselines of finding 3
+    assert "all parameters: helped / zero / hurt" in text and "zeros excluded" in text
+    assert "integration error" in text and "| helps |" in text
+    assert "circular shifts: observed vs baseline" in text and "step-size controlled" in text
     assert "reference (float64, n = 32 on every pair)" in text
     assert not (out / "figures").exists()  # --no-figures
     # Runs and stores stay in --work.
     assert (work / "fc_mnist" / "lca.zarr").is_dir()
+
+
+def test_committed_figures_exist_are_true_colour_and_small() -> None:
+    from lca_cli.plots import png_info
+
+    root = SCRIPT.parent.parent
+    linked = {
+        (root / "docs" / m)
+        for m in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", (root / "docs" / "paper.md").read_text())
+    } | {(root / m) for m in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", (root / "README.md").read_text())}
+    assert any("report_" in p.name for p in linked)  # the README pictures the report's views
+    for path in sorted(linked):
+        assert path.is_file(), path
+        assert path.stat().st_size < 500_000, path
+        assert png_info(path)[2:] == (8, 2), path  # 8-bit true colour, no palette

@@ -47,12 +47,15 @@ def make_store(
     done_rows: np.ndarray | None = None,
     first_step: int = 0,
     step_size: int = 2,
+    residual_scale: float = 1e-8,
+    shapes: list[tuple[str, tuple[int, ...]]] | None = None,
 ) -> tuple[LcaStore, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """A store with random LCA rows, consistent small arrays, exact zeros in column 0.
 
+    ``residual_scale`` sets the size of the per-pair residuals (the integration error).
     Returns the store, the full ``lca`` per set and the loss per set.
     """
-    layout = Layout.from_shapes(SHAPES)
+    layout = Layout.from_shapes(SHAPES if shapes is None else shapes)
     steps = [first_step + step_size * i for i in range(n_pairs + 1)]
     store = LcaStore.create(
         path,
@@ -69,7 +72,7 @@ def make_store(
         lca = (rng.normal(size=(n_pairs, layout.size)) * 1e-3 - 1e-4 * (si + 1)).astype(np.float32)
         lca[:, 0] = 0.0  # a parameter that never moves the loss
         lca[3, 5] = 0.0
-        res = rng.normal(size=n_pairs) * 1e-8
+        res = rng.normal(size=n_pairs) * residual_scale
         buf = np.zeros(n_pairs)
         loss = np.empty(n_pairs + 1)
         loss[0] = 2.3
@@ -343,3 +346,128 @@ def test_views_stream_only_through_iter_lca(store3, lca_read_spy) -> None:  # ty
     layer_series(store, sel)
     loss_curves(store, sel)
     assert stats.n_iterations == 50
+
+
+# -- helped / zero / hurt, milestones, significance, concentration, histogram ---------------------------------
+
+
+def test_composition_and_layer_composition_match_numpy(store3) -> None:
+    from lca_cli.views import composition, layer_composition
+
+    store, full, _ = store3
+    sel = select_rows(store, "train", (10, 80))
+    lca = full["train"][sel.rows]
+    comp = composition(store, sel)
+    helped, zero, hurt = comp.shares()
+    np.testing.assert_allclose(helped, (lca < 0).mean(1))
+    np.testing.assert_allclose(zero, (lca == 0).mean(1))
+    np.testing.assert_allclose(helped + zero + hurt, 1.0)
+    np.testing.assert_allclose(comp.nonzero_fraction(), (lca < 0).sum(1) / (lca != 0).sum(1))
+    lc = layer_composition(store, sel)
+    assert lc.names == ["fc1", "fc2", "scale"] and lc.params.tolist() == [30, 21, 1]
+    h, z, u = lc.shares()
+    np.testing.assert_allclose(h[0], (lca[:, :30] < 0).mean())
+    np.testing.assert_allclose(z[0], (lca[:, :30] == 0).mean())
+    np.testing.assert_allclose(u[1], (lca[:, 30:51] > 0).mean())
+
+
+def test_learning_milestones_and_significance() -> None:
+    from lca_cli.views import learning_milestones, significance
+
+    # layer 0 learns 1 per iteration (half done after 2 of 4, 90% after 4 of 4); layer 1 learns everything on
+    # the last iteration; layer 2 hurts overall (no milestone).
+    lca = -np.array([[1.0, 0.0, -1.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.5], [1.0, 2.0, 0.0]])
+    np.testing.assert_array_equal(learning_milestones(lca, (0.5, 0.9)), [[1, 3, -1], [3, 3, -1]])
+    assert significance(np.array([-1.0, 0.5, 0.01, -0.01]), 0.05) == ["helps", "hurts", "within error", "within error"]
+
+
+def _slow_concentration(total: np.ndarray, f: float) -> float:
+    gains = sorted((-t for t in total if t < 0), reverse=True)
+    learning = sum(gains)
+    acc = 0.0
+    for k, g in enumerate(gains, 1):
+        acc += g
+        if acc >= f * learning - 1e-12:
+            return k / len(total)
+    return float("nan")
+
+
+def test_concentration_matches_a_slow_reference() -> None:
+    from lca_cli.views import concentration
+
+    rng = np.random.default_rng(5)
+    total = rng.standard_t(2, size=500) * 1e-3 - 2e-4
+    total[:20] = 0.0
+    c = concentration(total, (0.5, 0.9), max_points=50)
+    for f, share in zip((0.5, 0.9), c.shares, strict=True):
+        assert share == pytest.approx(_slow_concentration(total, f))
+    assert c.learning == pytest.approx(-total[total < 0].sum())
+    assert c.curve_x[0] == 0 and c.curve_x[-1] == 1 and c.curve_y[-1] == 1 and len(c.curve_x) <= 51
+    assert np.all(np.diff(c.curve_y) >= 0)
+    assert np.isnan(concentration(np.array([0.0, 1.0]), (0.9,)).shares[0])  # nothing learned
+
+
+def test_value_histogram_matches_numpy_and_is_chunk_invariant() -> None:
+    from lca_cli.views import ValueHistogram
+
+    rng = np.random.default_rng(2)
+    rows = (rng.standard_normal((40, 30)) * 10.0 ** rng.uniform(-9, -2, (40, 30))).astype(np.float32)
+    rows[:, 0] = 0.0
+    rows[3, 4] = -0.0
+    whole = ValueHistogram()
+    whole.add(rows)
+    parts = ValueHistogram()
+    for i in range(0, 40, 7):
+        parts.add(rows[i : i + 7])
+    np.testing.assert_array_equal(whole.negative, parts.negative)
+    assert whole.zeros == parts.zeros == 41
+    assert whole.total == rows.size
+    edges = ValueHistogram.EDGES
+    mags = np.abs(rows.astype(np.float64))
+    for sign, counts in ((rows < 0, whole.negative), (rows > 0, whole.positive)):
+        direct, _ = np.histogram(mags[sign], bins=edges)
+        np.testing.assert_array_equal(counts, direct)
+
+
+def test_min_size_removes_wiggles_in_a_flat_tail() -> None:
+    x = np.zeros(300)
+    x[20:60] = np.hanning(40) * 10.0  # the real learning
+    x[150::20] = 0.1  # regular wiggles, 1% of it
+    assert set(detect_peaks(x, window=25)) >= {150, 170, 190}
+    np.testing.assert_array_equal(detect_peaks(x, window=25, min_size=0.05), [39])
+
+
+def test_synchronisation_needs_three_layers_and_formats_p_at_its_floor() -> None:
+    rng = np.random.default_rng(1)
+    base = np.sort(rng.choice(400, 30, replace=False))
+    two = synchronisation([base, base], 400)
+    assert not two.tested and two.p_text() == "no test" and two.reason.startswith("no test")
+    assert np.isnan(two.ratio) and not two.passes
+    few = synchronisation([base, base, np.array([3, 9])], 400)  # third layer: too few peaks
+    assert not few.tested and "peaks per layer: 30, 30, 2" in few.reason
+    same = synchronisation([base] * 3, 400, n_shuffles=1000)
+    assert same.tested and same.at_floor and same.passes
+    assert same.p_text() == "p < 0.001" and same.p_value == pytest.approx(1 / 1001)
+    assert synchronisation([base] * 3, 400, n_shuffles=200).p_text() == "p < 0.005"
+
+
+def test_step_size_control_separates_a_shared_driver_from_synchronisation() -> None:
+    from lca_cli.views import step_size_controlled, sync_analysis
+
+    rng = np.random.default_rng(0)
+    n, n_layers = 600, 6
+    names = [f"l{i}" for i in range(n_layers)]
+    # Every layer learns in proportion to one shared step size (spiky), plus its own noise: the raw peaks
+    # coincide, but nothing beyond the shared step does.
+    step = np.exp(rng.normal(size=n) * 0.8)
+    learning = step[:, None] * rng.uniform(0.5, 2.0, n_layers)[None, :] + rng.normal(size=(n, n_layers)) * 0.3
+    controlled = step_size_controlled(learning)
+    assert abs(np.corrcoef(controlled[:, 0], step)[0, 1]) < 0.3 < np.corrcoef(learning[:, 0], step)[0, 1]
+    sa = sync_analysis(names, -learning, n_shuffles=300, min_size=0.0)
+    assert sa.shift.passes
+    assert not sa.controlled_shift.passes
+    # Half of the layers share extra peaks that the iteration's overall size does not explain: both pass.
+    extra = np.zeros((n, n_layers))
+    extra[rng.choice(n, 25, replace=False)[:, None], np.arange(3)[None, :]] = 6.0
+    sb = sync_analysis(names, -(learning + extra), n_shuffles=300, min_size=0.0)
+    assert sb.shift.passes and sb.controlled_shift.passes
