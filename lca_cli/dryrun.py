@@ -106,6 +106,12 @@ class Plan:
             if self.parameter_store_bytes != self.store_bytes
             else ""
         )
+        # Before any pair is done the time is known only at plain Simpson's 2 gradients per pair: say so.
+        minimum = self.gradients_basis.startswith("the minimum")
+        duration = _duration(self.estimate_seconds)
+        if minimum:
+            duration = "at least " + duration.removeprefix("about ")
+        more = "; ReLU nets often need 3-5 gradients per pair with the default refinement" if minimum else ""
         out = [
             f"run        {self.run}: {self.checkpoints} checkpoints, steps {self.first_step}..{self.last_step}, "
             f"{_size(self.checkpoint_bytes)} on disk",
@@ -117,8 +123,8 @@ class Plan:
             f"gradients  per pair and set: {per_pair} ({self.gradients_basis})",
             f"timing     one full-set gradient: {grads} (on {self.device}, {self.dtype}, {self.threads} thread(s); "
             "measured at the first checkpoint)",
-            f"estimate   {_duration(self.estimate_seconds)} for {self.to_compute:,} pairs in one process (start-up "
-            "not included; N processes or GPUs take about 1/N of it)",
+            f"estimate   {duration} for {self.to_compute:,} pairs in one process "
+            f"(start-up not included{more}; N processes or GPUs take about 1/N of it)",
         ]
         return out + [f"note       {n}" for n in self.notes]
 

@@ -49,3 +49,8 @@ def test_dry_run_writes_nothing_and_plans_what_compute_does(tmp_path: Path, caps
     splits = store.read("train", "splits")[store.done()]
     assert later.gradients_per_pair == {"train": pytest.approx(float(np.mean(splits)))}
     assert any("pairs" in line for line in later.lines())
+    # Before any pair is done the estimate is a lower bound (refinement may add gradients), and says so; once
+    # pairs are done it uses their measured mean.
+    first = plan(run, config, tmp_path / "other.zarr", Schedule())
+    assert "estimate   at least " in "\n".join(first.lines())
+    assert "at least" not in "\n".join(later.lines())
