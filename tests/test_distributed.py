@@ -182,7 +182,8 @@ def test_two_cooperating_processes_never_compute_a_pair_twice(tiny: tuple[Path, 
     run, ref = tiny
     out = tmp_path / "s.zarr"
     logs = [tmp_path / "a.out", tmp_path / "b.out"]
-    os.environ["LCA_TEST_PAUSE"] = "0.01"  # slower pairs, the same numbers: both processes get work
+    # Slower pairs, the same numbers: both processes get work (about 3 s of pairs; the second starts at 0.5 s).
+    os.environ["LCA_TEST_PAUSE"] = "0.03"
     try:
         a = fork_start(lambda: cli("compute", run, "--out", out, "--json", "-q", "--cooperate", *ROWS), stderr=logs[0])
         time.sleep(0.5)
@@ -203,7 +204,7 @@ def test_a_killed_helper_s_chunk_is_taken_over(tiny: tuple[Path, Path], tmp_path
     """kill -9 of a cooperating process: the owner takes its claim over (its pid is gone) and finishes."""
     run, ref = tiny
     out = tmp_path / "s.zarr"
-    os.environ["LCA_TEST_PAUSE"] = "0.02"
+    os.environ["LCA_TEST_PAUSE"] = "0.04"  # the owner must not finish before the helper holds a claim
     try:
         owner = fork_start(lambda: cli("compute", run, "--out", out, "-q", "--cooperate", *ROWS))
         time.sleep(0.5)

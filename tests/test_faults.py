@@ -123,7 +123,9 @@ def test_sigterm_and_sighup_keep_finished_rows(
 ) -> None:
     run = make_tiny_run(tmp_path, steps=40, name="long")
     out = tmp_path / "s.zarr"
-    env = {**os.environ, "LCA_TEST_PAUSE": "0.01"}  # slower pairs; the numbers are the same
+    # Slower pairs (the numbers are the same): 40 pairs take about 10 s, so the signal 1.5 s after the start line
+    # finds the run in its pair loop however fast the defaults make the rest (at 0.01 s, 3 s in all: flaky).
+    env = {**os.environ, "LCA_TEST_PAUSE": "0.05"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "lca_cli", "compute", str(run), "--out", str(out), "--json", *ROWS],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
