@@ -32,7 +32,7 @@ from lca_cli.plots import (
     save_png,
 )
 from lca_cli.reduce import SIGNIFICANCE_RULE, open_store
-from lca_cli.report import _CSS, ReportResult, SetData, View, _img, _pct, _table, _thinned, gather_set
+from lca_cli.report import _CSS, ReportResult, SetData, View, _pct, _sections, _table, _thinned, gather_set
 from lca_cli.store import LcaStore
 from lca_cli.views import cumulative
 
@@ -453,12 +453,6 @@ def _page(
         f"<blockquote>Significance: {e(SIGNIFICANCE_RULE)}; a difference between the runs counts only when it "
         "exceeds both runs' integration errors together.</blockquote>",
     ]
-    for i, v in enumerate(views, 1):
-        parts.append(f'<section id="{v.key}"><h2>{i}. {e(v.title)}</h2>')
-        parts.append(f"<figure>{_img(v.png, v.title)}")
-        parts.append(f"<figcaption>{e(v.caption)}</figcaption></figure>")
-        if v.extra_html:
-            parts.append(v.extra_html)
-        parts.append("</section>")
+    parts.extend(_sections(views))
     parts.append("</main></body></html>")
     return "\n".join(parts) + "\n"

@@ -158,13 +158,7 @@ def panel_rule(panels: list[tuple[Fraction, Fraction]]) -> tuple[list[Fraction],
         ValueError: If the panels do not tile [0, 1].
 
     """
-    _check_panels(panels)
-    terms: dict[Fraction, Fraction] = {}
-    for a, b in panels:
-        w = b - a
-        for s, c in ((a, 1), ((a + b) / 2, 4), (b, 1)):
-            terms[s] = terms.get(s, Fraction(0)) + c * w / 6
-    return _merge(terms)
+    return _panel_rule(panels, (1, 4, 1), 6)
 
 
 def panel_trapezoid_rule(panels: list[tuple[Fraction, Fraction]]) -> tuple[list[Fraction], list[Fraction]]:
@@ -180,12 +174,19 @@ def panel_trapezoid_rule(panels: list[tuple[Fraction, Fraction]]) -> tuple[list[
         ValueError: If the panels do not tile [0, 1].
 
     """
+    return _panel_rule(panels, (1, 2, 1), 4)
+
+
+def _panel_rule(
+    panels: list[tuple[Fraction, Fraction]], coefficients: tuple[int, int, int], denominator: int
+) -> tuple[list[Fraction], list[Fraction]]:
+    """Every panel contributes ``coefficients (b - a) / denominator`` at ``a, (a + b) / 2, b``; shared points add."""
     _check_panels(panels)
     terms: dict[Fraction, Fraction] = {}
     for a, b in panels:
         w = b - a
-        for s, c in ((a, 1), ((a + b) / 2, 2), (b, 1)):
-            terms[s] = terms.get(s, Fraction(0)) + c * w / 4
+        for s, c in zip((a, (a + b) / 2, b), coefficients, strict=True):
+            terms[s] = terms.get(s, Fraction(0)) + c * w / denominator
     return _merge(terms)
 
 

@@ -1567,6 +1567,20 @@ def _describe_evaluation(attrs: dict[str, Any], set_name: str) -> list[tuple[str
     return rows
 
 
+def _sections(views: Sequence[View]) -> list[str]:
+    """The HTML of the views, numbered in order: heading, figure with its caption, any extra HTML."""
+    e = html.escape
+    parts = []
+    for i, v in enumerate(views, 1):
+        parts.append(f'<section id="{v.key}"><h2>{i}. {e(v.title)}</h2>')
+        parts.append(f"<figure>{_img(v.png, v.title)}")
+        parts.append(f"<figcaption>{e(v.caption)}</figcaption></figure>")
+        if v.extra_html:
+            parts.append(v.extra_html)
+        parts.append("</section>")
+    return parts
+
+
 def _img(path: Path, alt: str) -> str:
     """An embedded PNG shown at its display size (the file holds ``SCALE`` x as many pixels)."""
     width, height, _, _ = png_info(path)
@@ -1669,12 +1683,6 @@ def _page(store: LcaStore, data: list[SetData], nb: dict[str, Any], views: list[
     parts.append("<nav><ol>")
     parts.extend(f'<li><a href="#{v.key}">{e(v.title)}</a></li>' for v in views)
     parts.append("</ol></nav>")
-    for i, v in enumerate(views, 1):
-        parts.append(f'<section id="{v.key}"><h2>{i}. {e(v.title)}</h2>')
-        parts.append(f"<figure>{_img(v.png, v.title)}")
-        parts.append(f"<figcaption>{e(v.caption)}</figcaption></figure>")
-        if v.extra_html:
-            parts.append(v.extra_html)
-        parts.append("</section>")
+    parts.extend(_sections(views))
     parts.append("</main></body></html>")
     return "\n".join(parts) + "\n"

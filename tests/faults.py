@@ -20,6 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+#: Small row chunks (several per run) and one torch thread: every float reduction runs in one order, so the
+#: stores the CLI tests compare are bit-for-bit reproducible.
+ROWS = ["--rows-per-chunk", "4", "--threads", "1"]
+
 #: ``os`` functions every durable change goes through (Zarr writes a chunk to a temporary file, then
 #: ``os.replace``; lca renames, links, fsyncs and deletes).
 WRITE_CALLS = ("replace", "rename", "link", "unlink", "rmdir", "mkdir", "fsync", "pwrite")
@@ -134,3 +138,25 @@ def copy_tree(src: Path, dst: Path) -> Path:
     """Copy a store or run folder."""
     shutil.copytree(src, dst)
     return dst
+
+
+def cli(*args: object) -> None:
+    """Run the ``lca`` command line in this process (``SystemExit`` carries its exit code)."""
+    from lca_cli.cli import main
+
+    main([str(a) for a in args])
+
+
+def reference_run(root: Path, steps: int) -> tuple[Path, Path]:
+    """A tiny run of ``steps`` pairs under ``root`` and its store computed by one uninterrupted CLI process."""
+    from runs import make_tiny_run
+
+    run = make_tiny_run(root, steps=steps)
+    ref = root / "ref.zarr"
+    assert fork_call(lambda: cli("compute", run, "--out", ref, "--quiet", *ROWS)) == 0
+    return run, ref
+
+
+def leftovers(folder: Path, keep: set[str]) -> list[str]:
+    """Names in a folder other than ``keep`` (locks, claims folders, temporary siblings left behind)."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)

@@ -18,37 +18,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from faults import assert_same_tree, fork_call, fork_start, fork_wait
+from faults import ROWS, assert_same_tree, cli, fork_call, fork_start, fork_wait, leftovers, reference_run
 from runs import make_tiny_run
 
-from lca_cli.cli import main
 from lca_cli.config import load_config
 from lca_cli.distributed import Board, ChunkQueue, Scope, Team, choose_chunk, claims_path, parse_shard
 from lca_cli.errors import UsageError
 from lca_cli.pipeline import Schedule, compute
 from lca_cli.store import LcaStore
 
-#: Small chunks (several per run) and one thread: every store below is bit-for-bit reproducible.
-ROWS = ["--rows-per-chunk", "4", "--threads", "1"]
-
-
-def cli(*args: object) -> None:
-    main([str(a) for a in args])
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A 24-pair run and its store computed by one uninterrupted process (the reference)."""
-    root = tmp_path_factory.mktemp("distributed")
-    run = make_tiny_run(root, steps=24)
-    ref = root / "ref.zarr"
-    assert fork_call(lambda: cli("compute", run, "--out", ref, "--quiet", *ROWS)) == 0
-    return run, ref
-
-
-def leftovers(folder: Path, keep: set[str]) -> list[str]:
-    """Names in a folder other than ``keep`` (locks, claims folders, temporary siblings left behind)."""
-    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+    return reference_run(tmp_path_factory.mktemp("distributed"), 24)
 
 
 # -- pure parts -------------------------------------------------------------------------------------------

@@ -20,37 +20,32 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faults import assert_same_tree, count_writes, fork_call, fork_start, fork_wait, tree
+from faults import (
+    ROWS,
+    assert_same_tree,
+    cli,
+    count_writes,
+    fork_call,
+    fork_start,
+    fork_wait,
+    leftovers,
+    reference_run,
+    tree,
+)
 from runs import make_tiny_run
 from safetensors.torch import load_file, save_file
 
-from lca_cli.cli import main
 from lca_cli.config import load_config
 from lca_cli.pipeline import compute
 from lca_cli.store import LcaStore
 
 pytestmark = pytest.mark.slow
 
-ROWS = ["--rows-per-chunk", "4", "--threads", "1"]
-
-
-def cli(*args: object) -> None:
-    main([str(a) for a in args])
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A 12-pair run and its store computed in one uninterrupted CLI run (the reference)."""
-    root = tmp_path_factory.mktemp("faults")
-    run = make_tiny_run(root, steps=12)
-    ref = root / "ref.zarr"
-    assert fork_call(lambda: cli("compute", run, "--out", ref, "--quiet", *ROWS)) == 0
-    return run, ref
-
-
-def leftovers(folder: Path, keep: set[str]) -> list[str]:
-    """Names in a folder other than ``keep`` (locks, temporary siblings left behind)."""
-    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+    return reference_run(tmp_path_factory.mktemp("faults"), 12)
 
 
 # -- kill -9 at any step ---------------------------------------------------------------------------------

@@ -11,10 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from faults import assert_same_tree, fork_call
-from runs import make_tiny_run
+from faults import assert_same_tree, reference_run
 
-from lca_cli.cli import main
 from lca_cli.config import load_config
 from lca_cli.distributed import Scope
 from lca_cli.errors import UsageError
@@ -25,21 +23,11 @@ from lca_cli.record import CheckpointWriter
 from lca_cli.sources import CheckpointRef, find_checkpoints
 from lca_cli.store import LcaStore
 
-ROWS = ["--rows-per-chunk", "4", "--threads", "1"]
-
-
-def cli(*args: object) -> None:
-    main([str(a) for a in args])
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A 16-pair run and its store computed in one ordinary run (the reference)."""
-    root = tmp_path_factory.mktemp("follow")
-    run = make_tiny_run(root, steps=16)
-    ref = root / "ref.zarr"
-    assert fork_call(lambda: cli("compute", run, "--out", ref, "--quiet", *ROWS)) == 0
-    return run, ref
+    return reference_run(tmp_path_factory.mktemp("follow"), 16)
 
 
 def test_the_writer_leaves_an_end_marker_and_append_removes_it(tmp_path: Path) -> None:
