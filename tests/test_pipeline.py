@@ -625,3 +625,29 @@ def test_store_of_format_1_is_refused_for_computing(runs: RunCache, tmp_path: Pa
     make_format1_store(tmp_path / "old.zarr", make_rows(0, 3))
     with pytest.raises(StoreError, match="older lca"):
         compute(run_dir, config, tmp_path / "old.zarr")
+
+
+def test_the_pair_loop_overlaps_the_previous_chunks_write(
+    runs: RunCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first chunk's write is held until a pair of the second chunk is done: that happens only if the pair
+    loop goes on while a chunk is written (it used to wait for every chunk's write, serialising the two)."""
+    run_dir, config = runs.run("tanh_mlp")
+    config = config.with_overrides(rows_per_chunk=4, threads=1)
+    moved_on = threading.Event()
+    waited: list[bool] = []
+    write_block = LcaStore.write_block
+
+    def held_write(self: LcaStore, set_name: str, rows: object) -> None:
+        if getattr(rows, "start", None) == 0 and not waited:
+            waited.append(moved_on.wait(timeout=30))  # False: the loop never moved on (the old behaviour)
+        write_block(self, set_name, rows)  # type: ignore[arg-type]
+
+    def progress(done: int, total: int) -> None:
+        if done == 5:  # the first pair of the second chunk of 4 rows
+            moved_on.set()
+
+    monkeypatch.setattr(LcaStore, "write_block", held_write)
+    result = compute(run_dir, config, tmp_path / "s.zarr", progress=progress)
+    assert waited == [True]
+    assert result.computed == result.n_pairs > 5
