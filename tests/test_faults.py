@@ -121,8 +121,14 @@ def test_sigterm_and_sighup_keep_finished_rows(
     # Slower pairs (the numbers are the same): 40 pairs take about 10 s, so the signal 1.5 s after the start line
     # finds the run in its pair loop however fast the defaults make the rest (at 0.01 s, 3 s in all: flaky).
     env = {**os.environ, "LCA_TEST_PAUSE": "0.05"}
+    # The signal's default disposition in the child, whatever this process inherited (under nohup SIGHUP is
+    # ignored, and lca rightly keeps ignoring what its parent ignores).
+    start = (
+        f"import runpy, signal; signal.signal({int(sig)}, signal.SIG_DFL); "
+        "runpy.run_module('lca_cli', run_name='__main__')"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lca_cli", "compute", str(run), "--out", str(out), "--json", *ROWS],
+        [sys.executable, "-c", start, "compute", str(run), "--out", str(out), "--json", *ROWS],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert proc.stderr is not None
