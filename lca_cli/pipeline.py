@@ -1283,6 +1283,7 @@ class _Compute:
                     while True:
                         after_chunk: int | None = None
                         while (item := queue.next(after_chunk)) is not None:
+                            last_pair = time.perf_counter()  # a wait for a chunk or a checkpoint is not a slow pair
                             rows: list[range] = []
                             for block in item.blocks:
                                 n, cache = engine.run_block(
