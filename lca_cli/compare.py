@@ -32,7 +32,18 @@ from lca_cli.plots import (
     save_png,
 )
 from lca_cli.reduce import SIGNIFICANCE_RULE, open_store
-from lca_cli.report import _CSS, ReportResult, SetData, View, _pct, _sections, _table, _thinned, gather_set
+from lca_cli.report import (
+    _CSS,
+    ReportResult,
+    SetData,
+    View,
+    _output_folders,
+    _pct,
+    _sections,
+    _table,
+    _thinned,
+    gather_set,
+)
 from lca_cli.store import LcaStore
 from lca_cli.views import cumulative
 
@@ -144,13 +155,7 @@ def write_comparison(
     t0 = time.perf_counter()
     pairs = [(gather_set(a, s, steps), gather_set(b, s, steps)) for s in sets]
     match = match_layers(pairs[0][0].layer_names, pairs[0][1].layer_names)
-    out = Path(out_html)
-    pdir = Path(png_dir) if png_dir is not None else out.with_name(f"{out.stem}_files")
-    for folder in (out.parent, pdir):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create directory {folder}: {exc.strerror or exc}") from None
+    out, pdir = _output_folders(out_html, png_dir)
     say(f"comparing {la} ({a.path}) with {lb} ({b.path}) on set(s) {', '.join(sets)}")
     numbers = _numbers(a, b, la, lb, pairs, match)
     views: list[View] = []

@@ -317,13 +317,7 @@ def write_report(
             if i == 0 or chosen:
                 raise
             notes[s] = str(exc)  # a held-out set not computed yet: shown as a note, not an error
-    out = Path(out_html)
-    pdir = Path(png_dir) if png_dir is not None else out.with_name(f"{out.stem}_files")
-    for folder in (out.parent, pdir):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create directory {folder}: {exc.strerror or exc}") from None
+    out, pdir = _output_folders(out_html, png_dir)
 
     # -- streaming passes -------------------------------------------------------------------------------
     main = data[0]
@@ -1565,6 +1559,23 @@ def _describe_evaluation(attrs: dict[str, Any], set_name: str) -> list[tuple[str
         if attrs.get(key):
             rows.append((key.replace("_", " "), str(attrs[key])))
     return rows
+
+
+def _output_folders(out_html: str | Path, png_dir: str | Path | None) -> tuple[Path, Path]:
+    """The page's path and its figures' folder (default ``PAGE_files`` beside it), both folders created.
+
+    Raises:
+        UsageError: If a folder cannot be created (one line naming it).
+
+    """
+    out = Path(out_html)
+    pdir = Path(png_dir) if png_dir is not None else out.with_name(f"{out.stem}_files")
+    for folder in (out.parent, pdir):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create directory {folder}: {exc.strerror or exc}") from None
+    return out, pdir
 
 
 def _sections(views: Sequence[View]) -> list[str]:

@@ -50,6 +50,7 @@ __all__ = [
     "cumulative",
     "detect_peaks",
     "helped_fraction_per_iteration",
+    "helped_of_moved",
     "integration_error",
     "layer_composition",
     "layer_concentration",
@@ -303,10 +304,14 @@ def helped_fraction_per_iteration(store: LcaStore, sel: Selection) -> tuple[np.n
     """
     helped = store.read(sel.set_name, "tensor_helped")[sel.rows].sum(axis=1).astype(np.int64)
     hurt = store.read(sel.set_name, "tensor_hurt")[sel.rows].sum(axis=1).astype(np.int64)
+    return helped_of_moved(helped, hurt), helped, hurt
+
+
+def helped_of_moved(helped: np.ndarray, hurt: np.ndarray) -> np.ndarray:
+    """``helped / (helped + hurt)`` elementwise, float64; NaN where nothing moved the loss (both zero)."""
     total = helped + hurt
     with np.errstate(invalid="ignore", divide="ignore"):
-        frac = np.where(total > 0, helped / np.maximum(total, 1), np.nan)
-    return frac, helped, hurt
+        return np.where(total > 0, helped / np.maximum(total, 1), np.nan)
 
 
 @dataclass(frozen=True)
@@ -339,9 +344,7 @@ class Composition:
 
     def nonzero_fraction(self) -> np.ndarray:
         """``helped / (helped + hurt)``, float64 ``(n,)``; NaN where no parameter moved the loss."""
-        total = self.helped + self.hurt
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(total > 0, self.helped / np.maximum(total, 1), np.nan)
+        return helped_of_moved(self.helped, self.hurt)
 
 
 def composition(store: LcaStore, sel: Selection) -> Composition:
@@ -387,9 +390,7 @@ class LayerComposition:
 
     def nonzero_fraction(self) -> np.ndarray:
         """``helped / (helped + hurt)`` per layer, float64 ``(L,)`` (NaN for a layer that never moved)."""
-        total = self.helped + self.hurt
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(total > 0, self.helped / np.maximum(total, 1), np.nan)
+        return helped_of_moved(self.helped, self.hurt)
 
 
 def layer_composition(store: LcaStore, sel: Selection) -> LayerComposition:
