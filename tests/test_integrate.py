@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from fractions import Fraction
 
 import pytest
@@ -104,10 +105,10 @@ def test_refinement_against_reference_weights() -> None:
         torch.testing.assert_close(res.lca, DELTA * integral, rtol=1e-14, atol=1e-15)
 
 
-def test_running_sums_bitwise_and_caller_gradients_untouched() -> None:
-    # The in-place, fused vector work equals the plain formula (ends + 4 odd + 2 even) Δ / (3n) bit for bit,
-    # and never writes into the gradients the point function hands out (they may be cached by the caller).
-    loss, grad = exp_objective()
+def recording_point(
+    loss: Callable[[torch.Tensor], torch.Tensor], grad: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[Callable[[float], tuple[torch.Tensor, torch.Tensor]], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """A point function along V0 + s DELTA that records each gradient it hands out beside a copy of it."""
     handed: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def point(s: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,6 +116,14 @@ def test_running_sums_bitwise_and_caller_gradients_untouched() -> None:
         handed.append((g, g.clone()))
         return loss(V0 + s * DELTA), g
 
+    return point, handed
+
+
+def test_running_sums_bitwise_and_caller_gradients_untouched() -> None:
+    # The in-place, fused vector work equals the plain formula (ends + 4 odd + 2 even) Δ / (3n) bit for bit,
+    # and never writes into the gradients the point function hands out (they may be cached by the caller).
+    loss, grad = exp_objective()
+    point, handed = recording_point(loss, grad)
     start = Evaluation(loss(V0), grad(V0))
     start_copy = start.grad.clone()
     for n in (2, 4, 8):
@@ -420,13 +429,7 @@ def test_local_explicit_residual_tolerance() -> None:
 
 def test_local_leaves_caller_gradients_untouched() -> None:
     loss, grad = exp_objective()
-    handed: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def point(s: float) -> tuple[torch.Tensor, torch.Tensor]:
-        g = grad(V0 + s * DELTA)
-        handed.append((g, g.clone()))
-        return loss(V0 + s * DELTA), g
-
+    point, handed = recording_point(loss, grad)
     start = Evaluation(loss(V0), grad(V0))
     start_copy = start.grad.clone()
     res = integrate_pair(point, DELTA, start, refine="local", max_splits=16, l1_tol=0.0)

@@ -532,14 +532,20 @@ def test_nan_weights_are_a_numerical_error(runs: RunCache, tmp_path: Path) -> No
         compute(part, config, tmp_path / "s.zarr")
 
 
+def poison_step(run: Path, step: int, value: float) -> Path:
+    """Overwrite the linear model's weight in checkpoint ``step`` with ``value`` (a non-finite loss there)."""
+    path = run / f"step_{step:08d}.safetensors"
+    state = load_file(str(path))
+    state["weight"].fill_(value)
+    save_file(state, str(path), metadata={"step": str(step)})
+    return path
+
+
 def test_failure_keeps_finished_blocks_and_rerun_completes(runs: RunCache, tmp_path: Path) -> None:
     run_dir, config = runs.run("linreg")
     config = config.with_overrides(rows_per_chunk=2)
     part = copy_run(run_dir, tmp_path / "run")
-    path = part / "step_00000005.safetensors"
-    state = load_file(str(path))
-    state["weight"].fill_(float("inf"))
-    save_file(state, str(path), metadata={"step": "5"})
+    path = poison_step(part, 5, float("inf"))
     out = tmp_path / "s.zarr"
     with pytest.raises(NumericalError, match="steps 4 -> 5"):
         compute(part, config, out)
@@ -558,10 +564,7 @@ def test_an_error_at_pair_k_keeps_the_pairs_before_it(runs: RunCache, tmp_path: 
     """One block holds every pair (default chunking): a NaN at step 5 used to lose all of them."""
     run_dir, config = runs.run("linreg")
     part = copy_run(run_dir, tmp_path / "run")
-    path = part / "step_00000005.safetensors"
-    state = load_file(str(path))
-    state["weight"].fill_(float("nan"))
-    save_file(state, str(path), metadata={"step": "5"})
+    path = poison_step(part, 5, float("nan"))
     out = tmp_path / "s.zarr"
     with pytest.raises(NumericalError, match="steps 4 -> 5"):
         compute(part, config, out)
