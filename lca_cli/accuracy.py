@@ -35,7 +35,8 @@ class SetAccuracy:
         worst_residual: Its residual.
         worst_delta: Its ``ΔL``.
         worst_splits: Its sub-intervals.
-        worst_l1: Its row's ``||lca||_1`` (None when not read).
+        worst_l1: The L1 norm its target is relative to: its row's ``||lca||_1``, or the run's scale when that
+            is larger (``l1_scope="run"``); None when not read.
 
     """
 
@@ -121,7 +122,8 @@ def set_accuracy(
         splits: int ``(T,)``.
         done: bool ``(T,)``: pairs complete in the store.
         new: bool ``(T,)``: pairs computed by this call.
-        row_l1: Optional ``t -> ||lca[t]||_1`` (reads one row), used for the worst flagged pair's suggestion.
+        row_l1: Optional ``t -> ||lca[t]||_1`` (reads one row; or the run scale when larger), used for the worst
+            flagged pair's suggestion.
 
     Returns:
         The figures.

@@ -21,6 +21,7 @@ from lca_cli.errors import ConfigError, LcaError
 
 __all__ = [
     "DEFAULT_L1_TOL",
+    "L1_SCOPES",
     "LOSS_NAMES",
     "REFINES",
     "ComputeOptions",
@@ -48,6 +49,11 @@ LEGACY_REFINE = "doubling"
 #: Per-parameter accuracy target of ``refine="local"``: the estimated L1 error of each row relative to its L1 norm,
 #: so that the run's relative L1 error per parameter is about this too (BENCHMARKS.md, "Accuracy").
 DEFAULT_L1_TOL = 1e-3
+#: What ``l1_tol`` is relative to (``refine="local"``): ``"run"``, each pair's own ``||lca||_1`` or the run's mean
+#: one, whichever is larger (the mean measured once, when the store is created, and recorded in it); ``"pair"``,
+#: each pair's own. Stores made before the setting existed used ``"pair"``.
+L1_SCOPES = ("run", "pair")
+LEGACY_L1_SCOPE = "pair"
 #: ``refine="doubling"`` defaults (the former defaults): absolute residual tolerance by network dtype (about 10x
 #: its loss rounding noise) and the relative part.
 DEFAULT_ATOL = {"float64": 1e-9, "float32": 1e-7}
@@ -81,6 +87,11 @@ class ComputeOptions:
         l1_tol: Per-parameter target, relative L1: ``"local"`` refines until the row's estimated L1 error is at
             most ``l1_tol ||lca||_1``; ``"doubling"`` until the last doubling moved the row by at most this much.
             None: :data:`DEFAULT_L1_TOL` for ``"local"``, 0 (off) for ``"doubling"``.
+        l1_scope: What ``l1_tol`` is relative to with ``"local"`` (:data:`L1_SCOPES`): ``"run"`` (default) budgets
+            each pair ``l1_tol * max(||lca||_1, S)`` where S is the run's mean ``||lca||_1`` (estimated once, when
+            the store is created, from a few pairs spread over the run, and recorded in the store), so the run as a
+            whole meets ``l1_tol`` and pairs that hardly move are not refined for their own sake; ``"pair"`` holds
+            every pair to ``l1_tol`` of its own row. Resolved to ``"pair"`` for ``"doubling"`` and ``"euler"``.
         max_splits: Cap on sub-intervals (power of two >= 2); 2 is plain Simpson with no refinement.
         batch_size: Evaluation chunk size (samples per forward pass).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:i"``.
@@ -109,6 +120,7 @@ class ComputeOptions:
     tolerance: float | None = None
     rtol: float | None = None
     l1_tol: float | None = None
+    l1_scope: str = "run"
     max_splits: int = 32
     batch_size: int = 1024
     device: str = "auto"
@@ -144,6 +156,8 @@ class ComputeOptions:
             raise bad("rtol", f"{self.rtol} must be >= 0")
         if self.l1_tol is not None and not (self.l1_tol >= 0):
             raise bad("l1_tol", f"{self.l1_tol} must be >= 0 (0 = off)")
+        if self.l1_scope not in L1_SCOPES:
+            raise bad("l1_scope", f"{self.l1_scope!r} is not one of {', '.join(L1_SCOPES)}")
         th = self.threads
         if th != "auto" and (isinstance(th, bool) or not isinstance(th, int) or th < 0):
             raise bad("threads", f"{th!r} must be auto or a count >= 1 (0 = torch's default)")
@@ -188,15 +202,17 @@ class ComputeOptions:
             tol = self.tolerance if self.tolerance is not None else DEFAULT_ATOL[dtype]
             rtol = self.rtol if self.rtol is not None else DOUBLING_RTOL
             l1 = self.l1_tol if self.l1_tol is not None else 0.0
-            return dataclasses.replace(self, dtype=dtype, tolerance=tol, rtol=rtol, l1_tol=l1)
+            return dataclasses.replace(self, dtype=dtype, tolerance=tol, rtol=rtol, l1_tol=l1, l1_scope="pair")
         l1 = self.l1_tol if self.l1_tol is not None else DEFAULT_L1_TOL
-        return dataclasses.replace(self, dtype=dtype, l1_tol=l1)
+        # A run scale matters only where rows are refined against l1_tol (Euler is never refined).
+        scope = self.l1_scope if self.method == "rk4" and l1 > 0 else "pair"
+        return dataclasses.replace(self, dtype=dtype, l1_tol=l1, l1_scope=scope)
 
     def result_settings(self) -> dict[str, Any]:
         """The settings that change the numbers in a store (a resumed run must use the same ones)."""
         keys = (
-            "method", "refine", "tolerance", "rtol", "l1_tol", "max_splits", "batch_size", "dtype", "bn_mode",
-            "allow_tf32",
+            "method", "refine", "tolerance", "rtol", "l1_tol", "l1_scope", "max_splits", "batch_size", "dtype",
+            "bn_mode", "allow_tf32",
         )  # fmt: skip
         settings = {k: getattr(self, k) for k in keys}
         if self.state_dict_key:  # which weights are read; absent when automatic, so older stores still match
@@ -255,11 +271,12 @@ def legacy_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
 
     Returns:
         A copy whose ``compute`` table has every current key (a store made before ``refine`` existed used
-        doubling).
+        doubling; one made before ``l1_scope`` existed held every pair to its own row).
 
     """
     compute = dict(identity.get("compute") or {})
     compute.setdefault("refine", LEGACY_REFINE)
+    compute.setdefault("l1_scope", LEGACY_L1_SCOPE)
     return {**identity, "compute": compute}
 
 
@@ -321,9 +338,9 @@ def settings_mismatch(stored: Mapping[str, Any], current: Mapping[str, Any]) -> 
 
 #: The TOML type of each [compute] key (ints are accepted for floats; threads is "auto" or an int).
 _COMPUTE_TYPES: dict[str, type] = {
-    "method": str, "refine": str, "tolerance": float, "rtol": float, "l1_tol": float, "max_splits": int,
-    "batch_size": int, "device": str, "dtype": str, "bn_mode": str, "allow_tf32": bool, "compile": bool,
-    "rows_per_chunk": int, "threads": int, "state_dict_key": str, "granularity": str, "params": list,
+    "method": str, "refine": str, "tolerance": float, "rtol": float, "l1_tol": float, "l1_scope": str,
+    "max_splits": int, "batch_size": int, "device": str, "dtype": str, "bn_mode": str, "allow_tf32": bool,
+    "compile": bool, "rows_per_chunk": int, "threads": int, "state_dict_key": str, "granularity": str, "params": list,
 }  # fmt: skip
 
 

@@ -13,6 +13,9 @@ exact lower bound of its per-parameter L1 error, the panel's residual ``|L(b) - 
 of the two is the panel's estimate. A panel is accepted when its estimate fits its share
 ``(b - a) l1_tol |lca_2|_1`` of the pair's budget (``lca_2`` the plain-Simpson row) plus what earlier panels
 left unused; otherwise it is split into its halves (two new gradients) down to width ``2 / max_splits``.
+With a run scale ``S`` (``l1_scale``, the run's mean ``||lca||_1``), the budget is ``l1_tol max(|lca_2|_1, S)``:
+the run's summed error stays about ``l1_tol`` of its summed ``||lca||_1``, and pairs that hardly move (late in
+training) keep plain Simpson, whose absolute error there is small, instead of being refined to their own row.
 On ReLU networks, whose gradient jumps wherever a unit changes sign along the segment, Simpson converges only
 at first order; the residual, in which errors of opposite sign cancel, understates their per-parameter error
 5-10 times, so refining on it either stops too early or runs to the cap. The indicator tracks it (BENCHMARKS.md)
@@ -108,13 +111,18 @@ def within_tolerance(residual: float, delta_loss: float, tolerance: float, rtol:
 
 
 def residual_budget(
-    delta_loss: float, l1_norm: float, tolerance: float | None, rtol: float | None, l1_tol: float
+    delta_loss: float,
+    l1_norm: float,
+    tolerance: float | None,
+    rtol: float | None,
+    l1_tol: float,
+    l1_scale: float = 0.0,
 ) -> float:
     """The largest residual a finished pair may have before it is flagged.
 
     The residual ``ΔL - Σ lca`` is the sum of the per-parameter errors, so ``|residual| <= ||error||_1``: a
-    residual above ``l1_tol ||lca||_1`` proves the row misses the per-parameter target. An explicit residual
-    tolerance (``tolerance`` and/or ``rtol`` given) is checked as well.
+    residual above ``l1_tol max(||lca||_1, l1_scale)`` proves the row misses the per-parameter target. An
+    explicit residual tolerance (``tolerance`` and/or ``rtol`` given) is checked as well.
 
     Args:
         delta_loss: The pair's loss change.
@@ -122,6 +130,7 @@ def residual_budget(
         tolerance: Absolute residual tolerance, or None when not given.
         rtol: Relative residual tolerance (times ``|ΔL|``), or None when not given.
         l1_tol: Per-parameter target relative to ``||lca||_1`` (0 = none).
+        l1_scale: The run's scale of ``||lca||_1`` (0 = none): the target is relative to the larger of the two.
 
     Returns:
         The budget; 0 when no tolerance of any kind is given (every nonzero residual is then over it).
@@ -131,7 +140,7 @@ def residual_budget(
     if tolerance is not None or rtol is not None:
         budgets.append((tolerance or 0.0) + (rtol or 0.0) * abs(delta_loss))
     if l1_tol > 0:
-        budgets.append(l1_tol * l1_norm)
+        budgets.append(l1_tol * max(l1_norm, l1_scale))
     return min(budgets) if budgets else 0.0
 
 
@@ -159,6 +168,7 @@ def integrate_pair(
     tolerance: float | None = None,
     rtol: float | None = None,
     l1_tol: float = 0.0,
+    l1_scale: float = 0.0,
     label: str = "pair",
 ) -> PairResult:
     """Allocate one pair's loss change to the coordinates of ``Δ``.
@@ -176,6 +186,8 @@ def integrate_pair(
         rtol: Relative residual tolerance, or None for none (``"doubling"`` then uses 0).
         l1_tol: Per-parameter target: the estimated L1 error of the row relative to ``||lca||_1`` (``"local"``),
             or the relative L1 change of the last doubling (``"doubling"``); 0 disables it.
+        l1_scale: ``"local"`` only: the run's scale of ``||lca||_1`` (its mean, in loss units); the target is
+            ``l1_tol`` times the larger of it and the pair's own norm. 0: each pair's own norm.
         label: Names the pair in error messages (e.g. ``"steps 4 -> 5"``).
 
     Returns:
@@ -194,7 +206,9 @@ def integrate_pair(
     if method not in ("rk4", "euler"):
         raise ValueError(f"unknown method {method!r}")
     if method == "rk4" and refine == "local":
-        return _integrate_local(point, delta, start, end, loss0, loss1, max_splits, tolerance, rtol, l1_tol, label)
+        return _integrate_local(
+            point, delta, start, end, loss0, loss1, max_splits, tolerance, rtol, l1_tol, l1_scale, label
+        )
     if refine not in REFINE_SCHEMES:
         raise ValueError(f"unknown refine scheme {refine!r}")
 
@@ -257,6 +271,7 @@ def _integrate_local(
     tolerance: float | None,
     rtol: float | None,
     l1_tol: float,
+    l1_scale: float,
     label: str,
 ) -> PairResult:
     """Local adaptive Simpson, depth first (see the module docstring).
@@ -278,7 +293,7 @@ def _integrate_local(
     mid = evaluate(Fraction(1, 2))
     stack = [(_Point(Fraction(0), loss0, start.grad), mid, _Point(Fraction(1), loss1, end.grad))]
     lca: torch.Tensor | None = None  # (D,) running sum of the accepted panels' rows
-    budget: float | None = None  # l1_tol |lca_2|_1, fixed by the plain-Simpson row (the first panel)
+    budget: float | None = None  # l1_tol max(|lca_2|_1, l1_scale), fixed by the plain-Simpson row (first panel)
     bank = res_bank = 0.0  # budget left unused by the panels accepted so far
     estimate = 0.0
     splits = 0
@@ -299,7 +314,7 @@ def _integrate_local(
         panel_res = abs((right.loss - left.loss) - row_sum)
         if budget is None:
             row_norm = float(row.abs().sum())
-            budget = l1_tol * row_norm if l1_tol > 0 else float("inf")
+            budget = l1_tol * max(row_norm, l1_scale) if l1_tol > 0 else float("inf")
         est = max(indicator, panel_res)
         share, res_share = budget * w, res_tol * w
         ok = est <= share + bank and panel_res <= res_share + res_bank
@@ -320,6 +335,6 @@ def _integrate_local(
         residual, norm = dl - row_sum, row_norm
     else:
         residual, norm = dl - float(lca.sum()), float(lca.abs().sum())
-    flagged = abs(residual) > residual_budget(dl, norm, tolerance, rtol, l1_tol)
+    flagged = abs(residual) > residual_budget(dl, norm, tolerance, rtol, l1_tol, l1_scale)
     change = estimate / norm if norm > 0 else 0.0
     return PairResult(lca, loss0, loss1, residual, splits, flagged, end, change)

@@ -837,6 +837,7 @@ ACCURACY_CASES: dict[str, dict[str, Any]] = {
 #: residual-only loosening.
 ACCURACY_VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
+    "per-pair target (--l1-scope pair)": {"l1_scope": "pair"},
     "defaults, --dtype float64": {"dtype": "float64"},
     "plain Simpson (--max-splits 2)": {"max_splits": 2},
     "former defaults (--refine doubling --dtype float64)": {"refine": "doubling", "dtype": "float64"},

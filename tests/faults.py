@@ -23,6 +23,9 @@ from typing import Any
 #: Small row chunks (several per run) and one torch thread: every float reduction runs in one order, so the
 #: stores the CLI tests compare are bit-for-bit reproducible.
 ROWS = ["--rows-per-chunk", "4", "--threads", "1"]
+#: Each pair held to its own row, for a store compared with one made over other checkpoints (an append against the
+#: whole run): the default run scale is measured over the pairs on disk when a store is created.
+PER_PAIR = ["--l1-scope", "pair"]
 
 #: ``os`` functions every durable change goes through (Zarr writes a chunk to a temporary file, then
 #: ``os.replace``; lca renames, links, fsyncs and deletes).
@@ -147,13 +150,13 @@ def cli(*args: object) -> None:
     main([str(a) for a in args])
 
 
-def reference_run(root: Path, steps: int) -> tuple[Path, Path]:
+def reference_run(root: Path, steps: int, *flags: str) -> tuple[Path, Path]:
     """A tiny run of ``steps`` pairs under ``root`` and its store computed by one uninterrupted CLI process."""
     from runs import make_tiny_run
 
     run = make_tiny_run(root, steps=steps)
     ref = root / "ref.zarr"
-    assert fork_call(lambda: cli("compute", run, "--out", ref, "--quiet", *ROWS)) == 0
+    assert fork_call(lambda: cli("compute", run, "--out", ref, "--quiet", *ROWS, *flags)) == 0
     return run, ref
 
 

@@ -415,6 +415,30 @@ def test_store_made_with_old_defaults(capsys: pytest.CaptureFixture[str], tmp_pa
     assert result["settings"]["tolerance"] == 1e-9 and result["settings"]["rtol"] == 1e-4
 
 
+def test_store_made_before_l1_scope(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # Stores made before --l1-scope held every pair to its own row, and their identity has no 'l1_scope': make
+    # such a store with --l1-scope pair, then strip the setting (and the scale it does not have) as before.
+    run = make_tiny_run(tmp_path, steps=6)
+    stash = tmp_path / "later"
+    stash.mkdir()
+    for step in (5, 6):
+        shutil.move(run / f"step_{step:08d}.safetensors", stash)
+    assert run_cli(capsys, "compute", run, "--quiet", "--l1-scope", "pair")[0] == 0
+    store = LcaStore.open(run / "lca.zarr", mode="r+")
+    assert "l1_scale" not in store.attrs
+    identity = store.attrs["identity"]
+    assert identity["compute"].pop("l1_scope") == "pair"
+    store.update_attrs({"identity": identity})
+    for f in stash.iterdir():
+        shutil.move(f, run / f.name)
+    code, out, err = run_cli(capsys, "compute", run, "--quiet")
+    assert_one_line_error(code, out, err, "store", "l1_scope pair (this call: run)", "pass --l1-scope pair;")
+    code, out, err = run_cli(capsys, "compute", run, "--quiet", "--json", "--l1-scope", "pair")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["computed"] == 2 and result["skipped"] == 4 and result["settings"]["l1_scope"] == "pair"
+
+
 def test_out_naming_a_file(capsys: pytest.CaptureFixture[str], computed_run: Path, tmp_path: Path) -> None:
     target = tmp_path / "results.csv"
     target.write_text("keep me")

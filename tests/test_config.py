@@ -275,6 +275,14 @@ def test_resolved_picks_dtype_from_the_checkpoints_and_tolerances_by_scheme() ->
     assert (d32.tolerance, d32.rtol, d32.l1_tol) == (1e-7, 1e-4, 0.0)
     explicit = dataclasses.replace(auto, dtype="float64", tolerance=1e-5, l1_tol=0.0).resolved("cpu", "float32")
     assert (explicit.dtype, explicit.tolerance, explicit.rtol, explicit.l1_tol) == ("float64", 1e-5, None, 0.0)
+    # The run scale applies where rows are refined against l1_tol: rk4 with local refinement and l1_tol > 0.
+    assert auto.l1_scope == "run" and local.l1_scope == "run"
+    assert (d64.l1_scope, d32.l1_scope, explicit.l1_scope) == ("pair", "pair", "pair")
+    assert dataclasses.replace(auto, method="euler").resolved("cpu").l1_scope == "pair"
+    assert dataclasses.replace(auto, l1_scope="pair").resolved("cpu").l1_scope == "pair"
+    assert "l1_scope" in local.result_settings()
+    with pytest.raises(UsageError, match="--l1-scope: 'step' is not one of run, pair"):
+        dataclasses.replace(auto, l1_scope="step").validate()
 
 
 def test_factory_importing_inside_its_body_works_from_another_folder(

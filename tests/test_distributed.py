@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from faults import ROWS, assert_same_tree, cli, fork_call, fork_start, fork_wait, leftovers, reference_run
+from faults import PER_PAIR, ROWS, assert_same_tree, cli, fork_call, fork_start, fork_wait, leftovers, reference_run
 from runs import make_tiny_run
 
 from lca_cli.config import load_config
@@ -114,9 +114,10 @@ def test_shards_and_steps_mixed_with_a_resume_and_an_append(tiny: tuple[Path, Pa
     part = tmp_path / "run"
     shutil.copytree(run, part, ignore=shutil.ignore_patterns("*.zarr", "step_0000002[0-4].safetensors"))
     out = tmp_path / "s.zarr"
-    assert fork_call(lambda: cli("compute", part, "--out", out, "-q", "--shard", "1/2", *ROWS)) == 0  # 19 pairs
+    flags = [*ROWS, *PER_PAIR]  # compared with a store of the whole run, made over other checkpoints
+    assert fork_call(lambda: cli("compute", part, "--out", out, "-q", "--shard", "1/2", *flags)) == 0  # 19 pairs
     stop = threading.Event()
-    config = load_config(part / "lca.toml").with_overrides(rows_per_chunk=4, threads=1)
+    config = load_config(part / "lca.toml").with_overrides(rows_per_chunk=4, threads=1, l1_scope="pair")
 
     def progress(done: int, total: int) -> None:
         if done == 2:
@@ -126,15 +127,15 @@ def test_shards_and_steps_mixed_with_a_resume_and_an_append(tiny: tuple[Path, Pa
     assert result.interrupted and result.computed == 2
     for name in ("step_00000020.safetensors", "step_00000021.safetensors", "step_00000022.safetensors"):
         shutil.copy2(run / name, part / name)  # training went on: an append
-    assert fork_call(lambda: cli("compute", part, "--out", out, "-q", "--steps", "2:9", *ROWS)) == 0  # the resume
-    assert fork_call(lambda: cli("compute", part, "--out", out, "-q", "--shard", "0/3", *ROWS)) == 0
+    assert fork_call(lambda: cli("compute", part, "--out", out, "-q", "--steps", "2:9", *flags)) == 0  # the resume
+    assert fork_call(lambda: cli("compute", part, "--out", out, "-q", "--shard", "0/3", *flags)) == 0
     done = LcaStore.open(out).done()
     assert 0 < done.sum() < len(done)
     for name in ("step_00000023.safetensors", "step_00000024.safetensors"):
         shutil.copy2(run / name, part / name)
-    assert fork_call(lambda: cli("compute", part, "--out", out, "-q", *ROWS)) == 0  # whatever is left
+    assert fork_call(lambda: cli("compute", part, "--out", out, "-q", *flags)) == 0  # whatever is left
     whole = tmp_path / "whole.zarr"  # the same checkpoints, in the same folder (its path is an attribute)
-    assert fork_call(lambda: cli("compute", part, "--out", whole, "-q", *ROWS)) == 0
+    assert fork_call(lambda: cli("compute", part, "--out", whole, "-q", *flags)) == 0
     assert_same_tree(out, whole)
     assert leftovers(tmp_path, {"run", "s.zarr", "whole.zarr"}) == []
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from faults import (
+    PER_PAIR,
     ROWS,
     assert_same_tree,
     cli,
@@ -87,15 +88,15 @@ def test_kill_during_append_then_resume_is_bit_identical(tiny: tuple[Path, Path]
         if p.suffix != ".safetensors" or int(p.stem.split("_")[1]) <= 7:
             shutil.copy2(p, part / p.name)
     base = tmp_path / "base.zarr"
-    assert fork_call(lambda: cli("compute", part, "--out", base, "--quiet", *ROWS)) == 0
+    assert fork_call(lambda: cli("compute", part, "--out", base, "--quiet", *ROWS, *PER_PAIR)) == 0
     for p in run.glob("*.safetensors"):
         shutil.copy2(p, part / p.name)  # checkpoints 8..12 arrive
     ref = tmp_path / "ref.zarr"  # the whole run in one go (its attributes name this run folder)
-    assert fork_call(lambda: cli("compute", part, "--out", ref, "--quiet", *ROWS)) == 0
+    assert fork_call(lambda: cli("compute", part, "--out", ref, "--quiet", *ROWS, *PER_PAIR)) == 0
     out = tmp_path / "s.zarr"
 
     def job() -> None:
-        cli("compute", part, "--out", out, "--quiet", *ROWS)
+        cli("compute", part, "--out", out, "--quiet", *ROWS, *PER_PAIR)
 
     shutil.copytree(base, out)
     steps = count_writes(job, tmp_path / "writes.log")

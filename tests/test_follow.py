@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from faults import assert_same_tree, reference_run
+from faults import PER_PAIR, assert_same_tree, reference_run
 
 from lca_cli.config import load_config
 from lca_cli.distributed import Scope
@@ -26,8 +26,11 @@ from lca_cli.store import LcaStore
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A 16-pair run and its store computed in one ordinary run (the reference)."""
-    return reference_run(tmp_path_factory.mktemp("follow"), 16)
+    """A 16-pair run and its store computed in one ordinary run (the reference), each pair to its own row.
+
+    A store that follows a run is made from its first checkpoints, so its default run scale is the first pair's.
+    """
+    return reference_run(tmp_path_factory.mktemp("follow"), 16, *PER_PAIR)
 
 
 def test_the_writer_leaves_an_end_marker_and_append_removes_it(tmp_path: Path) -> None:
@@ -138,7 +141,7 @@ def test_follow_and_prune_beside_training_end_with_the_ordinary_store(tiny: tupl
 
     writer = threading.Thread(target=train)
     writer.start()
-    config = load_config(live / "lca.toml").with_overrides(rows_per_chunk=4, threads=1)
+    config = load_config(live / "lca.toml").with_overrides(rows_per_chunk=4, threads=1, l1_scope="pair")
     schedule = Schedule(follow=True, prune=True, poll=0.05, idle_timeout=60)
     result = compute(live, config, live / "lca.zarr", schedule=schedule)
     writer.join()

@@ -404,6 +404,37 @@ def test_local_refines_around_a_kink_and_sums_exactly_its_panels() -> None:
     assert uniform.splits > res.splits
 
 
+def test_run_scale_loosens_small_pairs_only() -> None:
+    """l1_scale: the budget is l1_tol times the larger of the plain-Simpson row's norm and the run's scale."""
+    v0, delta, loss_grad, exact = _one_kink(0.3)
+    point = lambda s: loss_grad(v0 + s * delta)  # noqa: E731
+    start = Evaluation(*loss_grad(v0))
+    kw = {"refine": "local", "max_splits": 256, "l1_tol": 1e-4}
+    own = integrate_pair(point, delta, start, **kw)
+    plain = integrate_pair(point, delta, start, refine="local", max_splits=2, l1_tol=1e-4)
+    plain_norm = float(plain.lca.abs().sum())
+    # A scale below the pair's own norm changes nothing: the same panels, bit for bit.
+    below = integrate_pair(point, delta, start, **kw, l1_scale=0.5 * plain_norm)
+    assert below.splits == own.splits and torch.equal(below.lca, own.lca)
+    # A pair that is small against the run (its own norm 1/1000 of the scale, here) is held to l1_tol of the
+    # scale: plain Simpson's estimated error, l1_change times its norm, fits that budget and nothing is split.
+    scale = plain.l1_change * plain_norm / 1e-4 * 1.01
+    loose = integrate_pair(point, delta, start, **kw, l1_scale=scale)
+    assert loose.splits == 2 and own.splits > 2 and torch.equal(loose.lca, plain.lca)
+    assert not loose.flagged
+    # Between the two, fewer gradients than the pair's own target, more accurate than plain Simpson.
+    mid = integrate_pair(point, delta, start, **kw, l1_scale=scale / 8)
+    assert own.splits > mid.splits > 2
+    err = {r: float((r.lca - exact).abs().sum()) for r in (own, mid, plain)}
+    assert err[own] <= err[mid] < err[plain]
+    assert err[mid] <= 1e-4 * max(float(exact.abs().sum()), scale / 8)  # the target it was held to
+    # The residual budget (what flags a pair) uses the same larger norm.
+    dl, norm = plain.loss1 - plain.loss0, float(plain.lca.abs().sum())
+    assert residual_budget(dl, norm, None, None, 1e-4, scale) == 1e-4 * scale
+    assert residual_budget(dl, norm, None, None, 1e-4, 0.5 * norm) == 1e-4 * norm
+    assert residual_budget(dl, norm, 1.0, None, 1e-4, scale) == 1e-4 * scale  # the smaller of the two budgets
+
+
 def test_local_residual_is_a_lower_bound_and_flags() -> None:
     # At the cap the estimate may stay over l1_tol; the pair is flagged only when the residual proves it.
     v0, delta, loss_grad, _ = _one_kink(0.3)

@@ -76,7 +76,8 @@ def trainer_args(out: Path, steps: int) -> Any:
 
 def rows(run: Path, config: Path | None = None, **overrides: object) -> tuple[LcaStore, np.ndarray]:
     cfg = load_config(config or run / "lca.toml").with_overrides(threads=1, **overrides)
-    result = compute(run, cfg, run / "lca.zarr")
+    name = "-".join(f"{k}-{v}" for k, v in sorted(overrides.items()))
+    result = compute(run, cfg, run / (f"lca-{name}.zarr" if name else "lca.zarr"))
     store = LcaStore.open(result.store)
     assert store.done().all() and result.flagged["train"] == []  # conserves: |residual| <= atol + rtol |ΔL|
     return store, np.asarray(store.array("train", "lca")[:])
@@ -129,8 +130,10 @@ def test_callback_writes_step_zero_every_step_and_a_tied_gpt2_conserves(hf_runs:
 
 
 def test_trainer_checkpoint_folders_equal_flat_rows_bit_for_bit(hf_runs: Path) -> None:
-    _, flat = rows(hf_runs / "gpt2")
-    store, lca = rows(hf_runs / "gpt2_trainer", config=hf_runs / "gpt2" / "lca.toml")
+    # The Trainer's folders start at step 1: the same pairs but one, so each pair is held to its own row (the
+    # default run scale is measured over the pairs of each run, which differ here).
+    _, flat = rows(hf_runs / "gpt2", l1_scope="pair")
+    store, lca = rows(hf_runs / "gpt2_trainer", config=hf_runs / "gpt2" / "lca.toml", l1_scope="pair")
     assert store.steps.tolist() == [1, 2, 3]  # checkpoint-N/, steps from trainer_state.json
     assert np.array_equal(lca, flat[1:])
 
@@ -153,8 +156,8 @@ def test_sharded_save_pretrained_equal_flat_rows_bit_for_bit(hf_runs: Path, tmp_
 def test_bert_with_attention_masks_from_a_dataset_of_dicts(hf_runs: Path) -> None:
     store, lca = rows(hf_runs / "bert")
     assert store.steps.tolist() == [0, 1, 2] and np.abs(lca).sum() > 0
-    _, trainer = rows(hf_runs / "bert_trainer", config=hf_runs / "bert" / "lca.toml")
-    assert np.array_equal(trainer, lca[1:])
+    _, trainer = rows(hf_runs / "bert_trainer", config=hf_runs / "bert" / "lca.toml", l1_scope="pair")
+    assert np.array_equal(trainer, rows(hf_runs / "bert", l1_scope="pair")[1][1:])  # pairs 1.. of both
     # The model's own loss (labels passed to the model) is the same mean on one chunk.
     config = hf_runs / "bert" / "lca.toml"
     (hf_runs / "bert_model_loss").mkdir()

@@ -26,13 +26,13 @@ import numpy as np
 import pytest
 import reference
 import torch
-from conftest import RunCache, copy_run
+from conftest import RunCache, copy_run, load_states
 from safetensors.torch import load_file, save_file
 
 from lca_cli.config import Config, FactorySpec
 from lca_cli.errors import CheckpointError, NumericalError, RunDirError, StoreError
 from lca_cli.integrate import residual_budget
-from lca_cli.pipeline import ComputeResult, compute
+from lca_cli.pipeline import SCALE_FRACTION, SCALE_PAIRS, ComputeResult, compute, l1_scales_of, scale_pairs
 from lca_cli.store import LcaStore
 
 # -- named tolerances ----------------------------------------------------------------------------------
@@ -117,8 +117,9 @@ def check_conservation(store: LcaStore, set_name: str = "train") -> None:
         dl - tensor_lca.sum(1) - store.read(set_name, "buffer_lca"), residual, rtol=0, atol=1e-12
     )
     l1 = np.abs(lca).sum(1)
+    scale = float((a.get("l1_scale") or {}).get(set_name, 0.0))  # l1_scope "run": the run's recorded scale
     allowed = np.array(
-        [residual_budget(d, n, a["tolerance"], a["rtol"], a["l1_tol"]) for d, n in zip(dl, l1, strict=True)]
+        [residual_budget(d, n, a["tolerance"], a["rtol"], a["l1_tol"], scale) for d, n in zip(dl, l1, strict=True)]
     )
     # The budget of a local store scales with ||lca||_1, known here from the float32 rows: half an ulp per entry.
     slack = a["l1_tol"] * F32_ROUNDING * l1 if a.get("refine") == "local" else np.zeros_like(l1)
@@ -337,7 +338,9 @@ def test_batchnorm_float64_network(runs: RunCache, tmp_path: Path) -> None:
 
 def test_append_new_checkpoints(runs: RunCache, tmp_path: Path) -> None:
     run_dir, config = runs.run("tanh_mlp")
-    config = config.with_overrides(rows_per_chunk=4)  # several row chunks; the append starts mid-chunk
+    # Several row chunks; the append starts mid-chunk. Each pair is held to its own row: a store made from the
+    # first checkpoints records the run scale of those (test_run_scale_is_measured_once_and_recorded).
+    config = config.with_overrides(rows_per_chunk=4, l1_scope="pair")
     _, full = run_compute(run_dir, config, tmp_path / "full.zarr")
     n_pairs = full.n_pairs
 
@@ -357,6 +360,41 @@ def test_append_new_checkpoints(runs: RunCache, tmp_path: Path) -> None:
 
     third, _ = run_compute(part, config, tmp_path / "inc.zarr")
     assert third.computed == 0 and third.skipped == n_pairs  # nothing finished is ever recomputed
+
+
+def test_run_scale_is_measured_once_and_recorded(runs: RunCache, tmp_path: Path) -> None:
+    """--l1-scope run (the default): a new store records, per set, SCALE_FRACTION of the mean ||Δ ⊙ ∇L(v_t)||_1
+    over the pairs scale_pairs spreads over the run; an append keeps it, and every row is held to it."""
+    run_dir, config = runs.run("relu_mlp")
+    names = sorted(p.name for p in run_dir.glob("*.safetensors"))
+    part = copy_run(run_dir, tmp_path / "part", files=names[:10])
+    _, store = run_compute(part, config, tmp_path / "s.zarr")
+    assert store.attrs["identity"]["compute"]["l1_scope"] == "run" and store.attrs["l1_scale_pairs"] == SCALE_PAIRS
+    scale = store.attrs["l1_scale"]["train"]
+    # Independently, with the tests' float64 code: the Euler row's L1 norm at each sampled pair.
+    states = [{k: v.double() for k, v in st.items()} for st in load_states(part)]
+    net = reference.relu_mlp().double()
+    x, y = reference.blobs()
+    names_p = [n for n, _ in net.named_parameters()]
+    picked = scale_pairs(9)
+    assert picked == sorted(set(picked)) and len(picked) == SCALE_PAIRS and picked[0] >= 0 and picked[-1] < 9
+    norms = []
+    for t in picked:
+        _, grad = reference._loss_and_grad(net, states[t], x.double(), y, reference.ref_loss("cross_entropy"))
+        delta = torch.cat([(states[t + 1][k] - states[t][k]).reshape(-1) for k in names_p]).numpy()
+        norms.append(np.abs(delta * grad).sum())
+    assert scale == pytest.approx(SCALE_FRACTION * float(np.mean(norms)), rel=1e-5)  # a float32 network
+    # The rest of the run arrives: the store keeps the scale it was made with (its rows depend on it).
+    copy_run(run_dir, part)
+    second, store = run_compute(part, config, tmp_path / "s.zarr")
+    assert second.computed == store.n_pairs - 9 and store.attrs["l1_scale"] == {"train": scale}
+    check_conservation(store)  # budgets with the recorded scale
+    # A store without its recorded scale is refused in one line, not computed with another one.
+    store.attrs.pop("l1_scale")
+    with pytest.raises(StoreError, match="records no run scale"):
+        l1_scales_of(store, "run")
+    assert l1_scales_of(store, "pair") == {}
+    assert scale_pairs(3) == [0, 1, 2] and scale_pairs(0) == [] and scale_pairs(100)[:2] == [6, 18]
 
 
 def test_interrupt_and_resume(runs: RunCache, tmp_path: Path) -> None:
@@ -419,7 +457,7 @@ def test_run_with_rewritten_history_is_refused(runs: RunCache, tmp_path: Path) -
 def test_rotation_keeps_rows_and_appends(runs: RunCache, tmp_path: Path) -> None:
     """Keep-last-N rotation: old checkpoints deleted after their rows were stored, new ones arriving."""
     run_dir, config = runs.run("tanh_mlp")
-    config = config.with_overrides(rows_per_chunk=4)
+    config = config.with_overrides(rows_per_chunk=4, l1_scope="pair")  # rows comparable with the whole run's
     _, full = run_compute(run_dir, config, tmp_path / "full.zarr")
     names = sorted(p.name for p in run_dir.glob("*.safetensors"))
     part = copy_run(run_dir, tmp_path / "run", files=names[:8])
