@@ -1544,6 +1544,14 @@ def _describe_evaluation(attrs: dict[str, Any], set_name: str) -> list[tuple[str
     if method is not None:
         integ = f"{method}; tolerance {attrs.get('tolerance')}, rtol {attrs.get('rtol')}, "
         integ += f"max splits {attrs.get('max_splits')}"
+        compute = (attrs.get("identity") or {}).get("compute") or {}
+        if compute.get("refine") == "local" and compute.get("l1_tol"):
+            integ += f"; local refinement to l1_tol {compute['l1_tol']:g}"
+            scale = (attrs.get("l1_scale") or {}).get(set_name)
+            if compute.get("l1_scope") == "run" and scale is not None:
+                integ += f" of max(row L1 norm, run scale {float(scale):.3g})"
+            else:
+                integ += " of each row's L1 norm"
         rows.append(("integration", integ))
     cfg = attrs.get("config") or {}
     if isinstance(cfg, dict):

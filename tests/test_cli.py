@@ -358,6 +358,10 @@ def test_report_one_store_and_a_comparison(capsys: pytest.CaptureFixture[str], c
     )
     assert code == 0 and out.strip() == str(out_dir / "one.html") and err == ""
     assert len(list((out_dir / "one_files").glob("*.png"))) == 1
+    # The page says what the rows were held to: the default per-run target, with the store's recorded scale.
+    scale = LcaStore.open(computed_run / "lca.zarr").attrs["l1_scale"]["train"]
+    page = (out_dir / "one.html").read_text(encoding="utf-8")
+    assert f"local refinement to l1_tol 0.001 of max(row L1 norm, run scale {scale:.3g})" in page
     code, out, err = run_cli(
         capsys, "report", computed_run / "lca.zarr", computed_run / "lca.zarr", "--out", out_dir / "cmp.html",
         "--label", "a", "--label", "b", "-q",

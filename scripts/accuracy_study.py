@@ -1,0 +1,146 @@
+"""How the per-run accuracy target's scale was chosen: the local scheme replayed on cached gradients.
+
+``record`` trains the cases of ``bench.py --accuracy`` (or reuses runs already there) and evaluates, in a float64
+network, the loss and gradient at every point ``k / K`` of every pair. ``rules`` replays
+:func:`lca_cli.integrate.integrate_pair` (the library's own code) on those points for each scale fraction: the
+run scale ``S`` is the fraction times the mean Euler-row norm ``||Δ ⊙ ∇L(θ_t)||_1`` over the pairs
+:func:`lca_cli.pipeline.scale_pairs` picks (as ``lca compute`` measures it; fraction 0 is ``--l1-scope pair``),
+and each run's relative L1 error is taken against composite Simpson on all ``K`` sub-intervals::
+
+    python scripts/accuracy_study.py record --dir /tmp/lca-study            # ~30 min on 2 cores, ~2 GB
+    python scripts/accuracy_study.py rules --dir /tmp/lca-study --fractions 0,0.8,1
+
+BENCHMARKS.md ("A per-run target with a recorded scale") has the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SCRIPTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(SCRIPTS))
+
+import bench  # noqa: E402  (the --accuracy cases)
+
+
+def record(case: str, folder: Path, points: int, pairs: int) -> Path:
+    """Train ``case`` and save float64 losses ``L (T, K+1)``, gradients ``G (T, K+1, D)`` and steps ``D (T, D)``."""
+    from lca_cli.config import build_model, call_factory, parse_config
+    from lca_cli.layout import Layout
+    from lca_cli.objective import Objective, builtin_loss, make_chunks, prepare_model, split_state
+    from lca_cli.sources import find_checkpoints, read_checkpoint
+    from lca_cli.train import train_run
+
+    raw = bench.ACCURACY_CASES[case]
+    config = parse_config({**raw, "train": {**raw["train"], "iterations": pairs}}, case)
+    run = folder / case
+    if not (run / "lca.toml").exists():
+        train_run(config, run, overwrite=True)
+    model = prepare_model(build_model(config), "batch").double()
+    layout = Layout.from_module(model)
+    data = call_factory(config.data["train"], None, "[data.train]")
+    chunks = make_chunks("train", data, 4096, torch.device("cpu"), torch.float64)
+    objective = Objective(model, layout, chunks, builtin_loss("cross_entropy"), torch.float64)
+    states = [split_state(read_checkpoint(r), layout, torch.device("cpu"))[0] for r in find_checkpoints(run)]
+    n = len(states) - 1
+    grads = np.zeros((n, points + 1, layout.size))
+    losses = np.zeros((n, points + 1))
+    steps = np.zeros((n, layout.size))
+    t0 = time.perf_counter()
+    for t in range(n):
+        delta = states[t + 1] - states[t]
+        steps[t] = delta.numpy()
+        for k in range(points + 1):
+            loss, grad = objective.value_and_grad(states[t] + (k / points) * delta, {})
+            losses[t, k], grads[t, k] = float(loss), grad.numpy()
+    out = folder / f"{case}.npz"
+    np.savez(out, G=grads, L=losses, D=steps)
+    print(f"{case}: {n} pairs, {layout.size} parameters, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return out
+
+
+def simpson(grads: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """Composite Simpson on every point of one pair's grid: ``(D,)``."""
+    k = grads.shape[0] - 1
+    w = np.full(k + 1, 2.0)
+    w[1::2], w[0], w[-1] = 4.0, 1.0, 1.0
+    return step * np.tensordot(w / (3 * k), grads, axes=(0, 0))
+
+
+def replay(path: Path, fraction: float, l1_tol: float, cap: int) -> tuple[float, float, float, int]:
+    """``(relative L1 of the run, conservation, gradients per pair, flagged pairs)`` of the local scheme.
+
+    The grid's points are thinned to ``cap`` sub-intervals: the cap of the scheme and the reference's count.
+    """
+    from lca_cli.integrate import Evaluation, integrate_pair
+    from lca_cli.pipeline import scale_pairs
+
+    z = np.load(path)
+    every = (z["L"].shape[1] - 1) // cap
+    grads, losses, steps = z["G"][:, ::every], z["L"][:, ::every], z["D"]
+    n, points = grads.shape[0], grads.shape[1] - 1
+    euler = [float(np.abs(steps[t] * grads[t, 0]).sum()) for t in scale_pairs(n)]
+    scale = fraction * float(np.mean(euler))
+    err = norm = res = moved = used = 0.0
+    flagged = 0
+    for t in range(n):
+        g = torch.from_numpy(grads[t])
+        lt = torch.from_numpy(losses[t])
+
+        def point(s: float, g: torch.Tensor = g, lt: torch.Tensor = lt) -> tuple[torch.Tensor, torch.Tensor]:
+            k = round(s * points)
+            return lt[k], g[k]
+
+        r = integrate_pair(
+            point, torch.from_numpy(steps[t]), Evaluation(lt[0], g[0]), Evaluation(lt[points], g[points]),
+            refine="local", max_splits=points, l1_tol=l1_tol, l1_scale=scale,
+        )  # fmt: skip
+        ref = simpson(grads[t], steps[t])
+        err += float(np.abs(r.lca.numpy() - ref).sum())
+        norm += float(np.abs(ref).sum())
+        res += abs(r.residual)
+        moved += abs(r.loss1 - r.loss0)
+        used += r.splits
+        flagged += int(r.flagged)
+    return err / norm, res / moved if moved else 0.0, used / n, flagged
+
+
+def main() -> int:
+    """Command line: ``record`` or ``rules``."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=("record", "rules"))
+    p.add_argument("--dir", type=Path, required=True, help="where runs and gradient grids are kept")
+    p.add_argument("--cases", default=",".join(bench.ACCURACY_CASES), help="comma-separated --accuracy cases")
+    p.add_argument("--points", type=int, default=32, help="sub-intervals of the grid (the cap and the reference)")
+    p.add_argument("--pairs", type=int, default=200, help="training steps per case")
+    p.add_argument("--fractions", default="0,0.8,1", help="run-scale fractions to replay (0 = per pair)")
+    p.add_argument("--cap", type=int, default=32, help="rules: sub-intervals used of the grid's (a divisor)")
+    p.add_argument("--l1-tol", type=float, default=1e-3)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    cases = [c for c in args.cases.split(",") if c]
+    if args.what == "record":
+        for case in cases:
+            record(case, args.dir, args.points, args.pairs)
+        return 0
+    fractions = [float(f) for f in args.fractions.split(",")]
+    print("| run | " + " | ".join(f"f = {f:g}" if f else "per pair" for f in fractions) + " |")
+    print("|---|" + "---|" * len(fractions))
+    for case in cases:
+        cells = []
+        for f in fractions:
+            rel, cons, gpp, flagged = replay(args.dir / f"{case}.npz", f, args.l1_tol, args.cap)
+            cells.append(f"{rel:.2e} @ {gpp:.2f} (cons. {cons:.1e}, {flagged} flagged)")
+        print(f"| {case} | " + " | ".join(cells) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
