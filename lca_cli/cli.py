@@ -124,17 +124,17 @@ def _compute_options(f: Any) -> Any:
             "--l1-tol",
             type=float,
             help="Per-parameter accuracy target: refine until a row's estimated L1 error is at most this times "
-            "its L1 norm, or the run's mean L1 norm when that is larger (--l1-scope), so the run's relative L1 "
+            "its L1 norm, or the run's scale when that is larger (--l1-scope), so the run's relative L1 "
             "error per parameter is about this [default 1e-3; --refine doubling: 0 = off, else the relative L1 "
             "change of the last doubling].",
         ),
         click.option(
             "--l1-scope",
             type=click.Choice(["run", "pair"]),
-            help="What --l1-tol is relative to. run: a pair's own L1 norm or the run's mean one (measured from 8 "
-            "pairs when the store is created, recorded in it), whichever is larger, so pairs that hardly move "
-            "are not refined for their own sake (default). pair: every pair to its own row (costlier on ReLU "
-            "nets; what stores made before this option used).",
+            help="What --l1-tol is relative to. run: a pair's own L1 norm or the run's scale, whichever is larger "
+            "(0.8 x the mean L1 norm of 8 pairs spread over the run, measured when the store is created and "
+            "recorded in it), so pairs that hardly move are not refined for their own sake (default). pair: "
+            "every pair to its own row (costlier on ReLU nets; what stores made before this option used).",
         ),
         click.option(
             "--tolerance",

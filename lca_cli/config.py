@@ -49,9 +49,9 @@ LEGACY_REFINE = "doubling"
 #: Per-parameter accuracy target of ``refine="local"``: the estimated L1 error of each row relative to its L1 norm,
 #: so that the run's relative L1 error per parameter is about this too (BENCHMARKS.md, "Accuracy").
 DEFAULT_L1_TOL = 1e-3
-#: What ``l1_tol`` is relative to (``refine="local"``): ``"run"``, each pair's own ``||lca||_1`` or the run's mean
-#: one, whichever is larger (the mean measured once, when the store is created, and recorded in it); ``"pair"``,
-#: each pair's own. Stores made before the setting existed used ``"pair"``.
+#: What ``l1_tol`` is relative to (``refine="local"``): ``"run"``, each pair's own ``||lca||_1`` or the run's scale
+#: (a fraction of its mean one, measured once, when the store is created, and recorded in it), whichever is
+#: larger; ``"pair"``, each pair's own. Stores made before the setting existed used ``"pair"``.
 L1_SCOPES = ("run", "pair")
 LEGACY_L1_SCOPE = "pair"
 #: ``refine="doubling"`` defaults (the former defaults): absolute residual tolerance by network dtype (about 10x
@@ -88,10 +88,12 @@ class ComputeOptions:
             most ``l1_tol ||lca||_1``; ``"doubling"`` until the last doubling moved the row by at most this much.
             None: :data:`DEFAULT_L1_TOL` for ``"local"``, 0 (off) for ``"doubling"``.
         l1_scope: What ``l1_tol`` is relative to with ``"local"`` (:data:`L1_SCOPES`): ``"run"`` (default) budgets
-            each pair ``l1_tol * max(||lca||_1, S)`` where S is the run's mean ``||lca||_1`` (estimated once, when
-            the store is created, from a few pairs spread over the run, and recorded in the store), so the run as a
-            whole meets ``l1_tol`` and pairs that hardly move are not refined for their own sake; ``"pair"`` holds
-            every pair to ``l1_tol`` of its own row. Resolved to ``"pair"`` for ``"doubling"`` and ``"euler"``.
+            each pair ``l1_tol * max(||lca||_1, S)`` where S, the run's scale, is 0.8 times its mean ``||lca||_1``
+            (estimated once, when the store is created, from a few pairs spread over the run, and recorded in the
+            store; :func:`lca_cli.pipeline.measure_l1_scales`), so the run as a whole meets ``l1_tol`` and pairs
+            that hardly move are not refined for their own sake; ``"pair"`` holds every pair to ``l1_tol`` of its
+            own row. Resolved to ``"pair"`` where nothing is refined against ``l1_tol`` (``"doubling"``,
+            ``"euler"``, ``max_splits`` 2, ``l1_tol`` 0).
         max_splits: Cap on sub-intervals (power of two >= 2); 2 is plain Simpson with no refinement.
         batch_size: Evaluation chunk size (samples per forward pass).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:i"``.
@@ -204,8 +206,9 @@ class ComputeOptions:
             l1 = self.l1_tol if self.l1_tol is not None else 0.0
             return dataclasses.replace(self, dtype=dtype, tolerance=tol, rtol=rtol, l1_tol=l1, l1_scope="pair")
         l1 = self.l1_tol if self.l1_tol is not None else DEFAULT_L1_TOL
-        # A run scale matters only where rows are refined against l1_tol (Euler is never refined).
-        scope = self.l1_scope if self.method == "rk4" and l1 > 0 else "pair"
+        # A run scale matters only where rows are refined against l1_tol: not for Euler, nor plain Simpson (its
+        # survey would cost 8 gradients per set for nothing).
+        scope = self.l1_scope if self.method == "rk4" and l1 > 0 and self.max_splits > 2 else "pair"
         return dataclasses.replace(self, dtype=dtype, l1_tol=l1, l1_scope=scope)
 
     def result_settings(self) -> dict[str, Any]:

@@ -225,7 +225,7 @@ def plan(
         gpp = dict.fromkeys(sets, 2.0)
         basis = (
             f"the minimum: plain Simpson with the end gradient reused; refinement adds more where needed, up to "
-            f"{opts.max_splits}: 2 to about 18 on the nets of the README's Accuracy table"
+            f"{opts.max_splits}: 2 to about 10 on the nets of the README's Accuracy table"
         )
     estimate = to_compute * sum(gpp[s] * timing[s] for s in sets)
     total, lca = store_bytes(n_pairs, columns.size, len(layout.params), len(sets), rows_per_chunk)

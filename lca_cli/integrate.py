@@ -13,9 +13,10 @@ exact lower bound of its per-parameter L1 error, the panel's residual ``|L(b) - 
 of the two is the panel's estimate. A panel is accepted when its estimate fits its share
 ``(b - a) l1_tol |lca_2|_1`` of the pair's budget (``lca_2`` the plain-Simpson row) plus what earlier panels
 left unused; otherwise it is split into its halves (two new gradients) down to width ``2 / max_splits``.
-With a run scale ``S`` (``l1_scale``, the run's mean ``||lca||_1``), the budget is ``l1_tol max(|lca_2|_1, S)``:
-the run's summed error stays about ``l1_tol`` of its summed ``||lca||_1``, and pairs that hardly move (late in
-training) keep plain Simpson, whose absolute error there is small, instead of being refined to their own row.
+With a run scale ``S`` (``l1_scale``, a fraction of the run's mean ``||lca||_1``), the budget is
+``l1_tol max(|lca_2|_1, S)``: the run's summed error stays about ``l1_tol`` of its summed ``||lca||_1``, and
+pairs that hardly move (late in training) keep plain Simpson, whose absolute error there is small, instead of
+being refined to their own row.
 On ReLU networks, whose gradient jumps wherever a unit changes sign along the segment, Simpson converges only
 at first order; the residual, in which errors of opposite sign cancel, understates their per-parameter error
 5-10 times, so refining on it either stops too early or runs to the cap. The indicator tracks it (BENCHMARKS.md)
@@ -186,7 +187,8 @@ def integrate_pair(
         rtol: Relative residual tolerance, or None for none (``"doubling"`` then uses 0).
         l1_tol: Per-parameter target: the estimated L1 error of the row relative to ``||lca||_1`` (``"local"``),
             or the relative L1 change of the last doubling (``"doubling"``); 0 disables it.
-        l1_scale: ``"local"`` only: the run's scale of ``||lca||_1`` (its mean, in loss units); the target is
+        l1_scale: ``"local"`` only: the run's scale of ``||lca||_1`` (loss units; see
+            :func:`lca_cli.pipeline.measure_l1_scales`); the target is
             ``l1_tol`` times the larger of it and the pair's own norm. 0: each pair's own norm.
         label: Names the pair in error messages (e.g. ``"steps 4 -> 5"``).
 

@@ -280,6 +280,7 @@ def test_resolved_picks_dtype_from_the_checkpoints_and_tolerances_by_scheme() ->
     assert (d64.l1_scope, d32.l1_scope, explicit.l1_scope) == ("pair", "pair", "pair")
     assert dataclasses.replace(auto, method="euler").resolved("cpu").l1_scope == "pair"
     assert dataclasses.replace(auto, l1_scope="pair").resolved("cpu").l1_scope == "pair"
+    assert dataclasses.replace(auto, max_splits=2).resolved("cpu").l1_scope == "pair"  # plain Simpson: no survey
     assert "l1_scope" in local.result_settings()
     with pytest.raises(UsageError, match="--l1-scope: 'step' is not one of run, pair"):
         dataclasses.replace(auto, l1_scope="step").validate()
