@@ -681,7 +681,8 @@ class ComputeResult:
         ended: Why ``--follow`` stopped following (None without it).
         scope: The pairs this call was responsible for (``--steps``, ``--shard``).
         accuracy: Per set, conservation, flags (all, and this call's) and the worst flagged pair.
-        settings: The resolved result settings the store holds (method, refine, tolerances, dtype, ...).
+        settings: The resolved result settings the store holds (method, refine, tolerances, dtype, ...), and
+            ``l1_scale`` per set with ``l1_scope="run"``.
         threads: torch's intra-op thread count at the end (chosen by measurement with ``--threads auto``).
 
     """
@@ -1471,11 +1472,14 @@ class _Compute:
         by_others = max(0, self._queue_now.done_now - self._queue_now.done_at_start - self._counts["done"])
         if team is not None and self.lead:
             by_others = max(0, by_others - (computed - own))
+        settings = self.config.compute.result_settings()
+        if self.engine.l1_scales:  # the run scale the rows were held to (recorded when the store was made)
+            settings["l1_scale"] = dict(self.engine.l1_scales)
         return ComputeResult(
             target.out, store.n_pairs, computed, self._skipped, {s: a.flagged for s, a in accuracy.items()}, max_res,
             seconds, str(self.device), interrupted, sum(len(r) for r in target.repaired.values()), processes,
             by_others, self.role, 0 if pruner is None else pruner.deleted, ended, self.schedule.scope.describe(),
-            accuracy, self.config.compute.result_settings(), self._threads_used,
+            accuracy, settings, self._threads_used,
         )  # fmt: skip
 
 

@@ -91,6 +91,10 @@ def test_compute_then_resume_stdout_is_clean(capsys: pytest.CaptureFixture[str],
     assert code == 0 and err == ""
     result = json.loads(out)
     assert result["computed"] == 0 and result["skipped"] == 6 and result["pairs"] == 6
+    # The run scale the rows were held to (the default --l1-scope run), as the store recorded it.
+    recorded = LcaStore.open(run / "lca.zarr").attrs["l1_scale"]
+    assert result["settings"]["l1_scope"] == "run" and result["settings"]["l1_scale"] == recorded
+    assert recorded["train"] > 0
     l1 = LcaStore.open(run / "lca.zarr").read("train", "l1_change")
     assert l1.shape == (6,) and np.isfinite(l1).all() and (l1 >= 0).all()
 
@@ -441,6 +445,7 @@ def test_store_made_before_l1_scope(capsys: pytest.CaptureFixture[str], tmp_path
     assert code == 0, err
     result = json.loads(out)
     assert result["computed"] == 2 and result["skipped"] == 4 and result["settings"]["l1_scope"] == "pair"
+    assert "l1_scale" not in result["settings"]  # per pair: no run scale
 
 
 def test_out_naming_a_file(capsys: pytest.CaptureFixture[str], computed_run: Path, tmp_path: Path) -> None:
