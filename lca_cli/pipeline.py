@@ -627,18 +627,19 @@ def measure_l1_scales(
         n_pairs: Pairs of the run.
 
     Returns:
-        ``{set: scale}`` in loss units (0.0 when the run has no pair).
+        ``{set: scale}`` in loss units (0.0 when the run has no pair; pairs whose norm is not finite are left out).
 
     """
-    totals = dict.fromkeys(engine.objectives, 0.0)
-    picked = scale_pairs(n_pairs)
-    for t in picked:
+    norms: dict[str, list[float]] = {s: [] for s in engine.objectives}
+    for t in scale_pairs(n_pairs):
         v0, fixed0 = read(t)
         delta = read(t + 1)[0] - v0  # (D,) float64
         for s, obj in engine.objectives.items():
             grad = obj.value_and_grad(v0, fixed0)[1]  # (D,) float64
-            totals[s] += float(torch.linalg.vector_norm(delta * grad, 1))
-    return {s: SCALE_FRACTION * total / len(picked) if picked else 0.0 for s, total in totals.items()}
+            norm = float(torch.linalg.vector_norm(delta * grad, 1))
+            if np.isfinite(norm):  # a diverged checkpoint is the pair loop's to report, in one line
+                norms[s].append(norm)
+    return {s: SCALE_FRACTION * float(np.mean(v)) if v else 0.0 for s, v in norms.items()}
 
 
 def l1_scales_of(store: LcaStore, scope: str) -> dict[str, float]:
@@ -1218,6 +1219,12 @@ class _Compute:
                 return split_state(self.source.read(refs[i]), engine.vlayout, self.device)
 
             scales = measure_l1_scales(engine, read, len(refs) - 1)
+            if len(refs) - 1 < SCALE_PAIRS:
+                self.say(
+                    f"the run scale of --l1-tol (--l1-scope run) is measured over the {len(refs) - 1} pair(s) on "
+                    "disk and kept by every append; if the run will grow far beyond them, pass --l1-scope pair to "
+                    "hold every pair to its own row"
+                )
         while True:
             try:
                 target = prepare(

@@ -105,9 +105,12 @@ def test_compute_reports_progress_on_stderr(capsys: pytest.CaptureFixture[str], 
     assert code == 0 and out == ""
     assert "4 pair(s) computed" in err
     lines = err.strip().splitlines()  # stderr is not a terminal here: plain lines, start and end
+    # A new store with fewer pairs than the run scale's survey says where its scale came from, and what to do.
+    assert lines[0].startswith("Note: the run scale of --l1-tol (--l1-scope run) is measured over the 4 pair(s)")
+    assert lines[0].endswith("pass --l1-scope pair to hold every pair to its own row")
     # --threads auto says once which count it chose (a note, before the pairs).
-    assert [line for line in lines if line.startswith("Note: threads: ")] == lines[:1]
-    lines = lines[1:]
+    assert [line for line in lines if line.startswith("Note: threads: ")] == lines[1:2]
+    lines = lines[2:]
     assert lines[0].startswith("lca compute: 4 pair(s) to compute (0 already done)")
     assert lines[1].startswith("lca compute: 4/4 pairs (100%),") and lines[1].endswith("finished")
     code, _, err = run_cli(capsys, "compute", run, "--progress", "none")
@@ -126,6 +129,8 @@ def test_plain_progress_in_a_real_process_with_a_pipe_for_stderr(tmp_path: Path)
     )
     assert done.returncode == 0, done.stderr
     lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("Note: the run scale of --l1-tol")  # 5 pairs: fewer than the scale's survey takes
+    lines = lines[1:]
     assert re.fullmatch(r"lca compute: 5 pair\(s\) to compute \(0 already done\) into .*lca\.zarr on cpu; a progress "
                         r"line every 30s", lines[0]), lines[0]  # fmt: skip
     assert re.fullmatch(

@@ -588,6 +588,8 @@ def test_failure_keeps_finished_blocks_and_rerun_completes(runs: RunCache, tmp_p
     with pytest.raises(NumericalError, match="steps 4 -> 5"):
         compute(part, config, out)
     assert LcaStore.open(out).done().tolist()[:6] == [True] * 4 + [False] * 2  # whole blocks before it are kept
+    # The run scale's survey sampled the broken checkpoint (pair 5 of 16) and left it out: a finite scale.
+    assert 5 in scale_pairs(LcaStore.open(out).n_pairs) and np.isfinite(LcaStore.open(out).attrs["l1_scale"]["train"])
     shutil.copy2(run_dir / path.name, path)  # repaired: the rerun completes the store
     result, store = run_compute(part, config, out)
     assert result.skipped == 4 and store.done().all()
