@@ -400,21 +400,30 @@ def test_store_from_another_config_is_refused(capsys: pytest.CaptureFixture[str]
     assert code == 0
 
 
-def test_store_made_with_old_defaults(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    # The former defaults were doubling to rtol 1e-4 with a float64 network on CPU, and its stores have no
-    # 'refine' setting: make such a store, then strip the setting as the old version never wrote it.
+def _store_without_setting(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, flags: list[str], setting: str
+) -> tuple[Path, LcaStore, object]:
+    """A store of 4 pairs made with ``flags`` whose identity lacks ``setting``, as a version before the setting
+    wrote it, with the run's 2 later checkpoints arriving after it: ``(run, store, the removed value)``."""
     run = make_tiny_run(tmp_path, steps=6)
     stash = tmp_path / "later"
     stash.mkdir()
     for step in (5, 6):
         shutil.move(run / f"step_{step:08d}.safetensors", stash)
-    assert run_cli(capsys, "compute", run, "--quiet", "--refine", "doubling", "--dtype", "float64")[0] == 0
+    assert run_cli(capsys, "compute", run, "--quiet", *flags)[0] == 0
     store = LcaStore.open(run / "lca.zarr", mode="r+")
     identity = store.attrs["identity"]
-    del identity["compute"]["refine"]
+    removed = identity["compute"].pop(setting)
     store.update_attrs({"identity": identity})
     for f in stash.iterdir():
         shutil.move(f, run / f.name)
+    return run, store, removed
+
+
+def test_store_made_with_old_defaults(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # The former defaults were doubling to rtol 1e-4 with a float64 network on CPU, and its stores have no
+    # 'refine' setting: make such a store, then strip the setting as the old version never wrote it.
+    run, _, _ = _store_without_setting(capsys, tmp_path, ["--refine", "doubling", "--dtype", "float64"], "refine")
     # New defaults: refused in one line that names the settings that differ and the flags that keep the store.
     code, out, err = run_cli(capsys, "compute", run, "--quiet")
     assert_one_line_error(code, out, err, "store", "refine doubling (this call: local)")
@@ -430,20 +439,9 @@ def test_store_made_with_old_defaults(capsys: pytest.CaptureFixture[str], tmp_pa
 
 def test_store_made_before_l1_scope(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     # Stores made before --l1-scope held every pair to its own row, and their identity has no 'l1_scope': make
-    # such a store with --l1-scope pair, then strip the setting (and the scale it does not have) as before.
-    run = make_tiny_run(tmp_path, steps=6)
-    stash = tmp_path / "later"
-    stash.mkdir()
-    for step in (5, 6):
-        shutil.move(run / f"step_{step:08d}.safetensors", stash)
-    assert run_cli(capsys, "compute", run, "--quiet", "--l1-scope", "pair")[0] == 0
-    store = LcaStore.open(run / "lca.zarr", mode="r+")
-    assert "l1_scale" not in store.attrs
-    identity = store.attrs["identity"]
-    assert identity["compute"].pop("l1_scope") == "pair"
-    store.update_attrs({"identity": identity})
-    for f in stash.iterdir():
-        shutil.move(f, run / f.name)
+    # such a store with --l1-scope pair (it records no run scale), then strip the setting.
+    run, store, removed = _store_without_setting(capsys, tmp_path, ["--l1-scope", "pair"], "l1_scope")
+    assert removed == "pair" and "l1_scale" not in store.attrs
     code, out, err = run_cli(capsys, "compute", run, "--quiet")
     assert_one_line_error(code, out, err, "store", "l1_scope pair (this call: run)", "pass --l1-scope pair;")
     code, out, err = run_cli(capsys, "compute", run, "--quiet", "--json", "--l1-scope", "pair")
