@@ -593,6 +593,8 @@ SCALE_PAIRS = 8
 #: against up to 1.12e-3 at 1.0 (the tests' Adam CNN, whose rows are all of about the same size, so that most
 #: of them took the looser budget).
 SCALE_FRACTION = 0.8
+#: A run scale expected to take longer than this is announced in a note.
+SLOW_SCALE_SECONDS = 5.0
 
 
 def scale_pairs(n_pairs: int, count: int = SCALE_PAIRS) -> list[int]:
@@ -611,7 +613,10 @@ def scale_pairs(n_pairs: int, count: int = SCALE_PAIRS) -> list[int]:
 
 
 def measure_l1_scales(
-    engine: PairEngine, read: Callable[[int], tuple[torch.Tensor, dict[str, torch.Tensor]]], n_pairs: int
+    engine: PairEngine,
+    read: Callable[[int], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    n_pairs: int,
+    note: NoteFn | None = None,
 ) -> dict[str, float]:
     """Per set, a run's scale of ``||lca||_1``: a fraction of the mean of ``||Δ ⊙ ∇L(v_t)||_1`` over a few pairs.
 
@@ -625,13 +630,17 @@ def measure_l1_scales(
         engine: The pair engine (its objectives evaluate the gradients).
         read: ``i -> (point vector, fixed buffers)`` of checkpoint ``i``, on the engine's device.
         n_pairs: Pairs of the run.
+        note: Told, when the first gradient says the rest will take more than :data:`SLOW_SCALE_SECONDS`, what
+            is being done (before the progress display starts, a big model would otherwise sit silent).
 
     Returns:
         ``{set: scale}`` in loss units (0.0 when the run has no pair; pairs whose norm is not finite are left out).
 
     """
     norms: dict[str, list[float]] = {s: [] for s in engine.objectives}
-    for t in scale_pairs(n_pairs):
+    picked = scale_pairs(n_pairs)
+    t0, done = time.perf_counter(), 0
+    for t in picked:
         v0, fixed0 = read(t)
         delta = read(t + 1)[0] - v0  # (D,) float64
         for s, obj in engine.objectives.items():
@@ -639,6 +648,14 @@ def measure_l1_scales(
             norm = float(torch.linalg.vector_norm(delta * grad, 1))
             if np.isfinite(norm):  # a diverged checkpoint is the pair loop's to report, in one line
                 norms[s].append(norm)
+            done += 1
+            if note is not None and done == 1:
+                rest = (time.perf_counter() - t0) * (len(picked) * len(norms) - 1)
+                if rest > SLOW_SCALE_SECONDS:
+                    note(
+                        f"measuring the run scale of --l1-tol on {len(picked)} pair(s) ({len(picked) * len(norms)} "
+                        f"gradients, about {rest:.0f} s more; once per store, --l1-scope pair skips it)"
+                    )
     return {s: SCALE_FRACTION * float(np.mean(v)) if v else 0.0 for s, v in norms.items()}
 
 
@@ -1218,7 +1235,7 @@ class _Compute:
             def read(i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
                 return split_state(self.source.read(refs[i]), engine.vlayout, self.device)
 
-            scales = measure_l1_scales(engine, read, len(refs) - 1)
+            scales = measure_l1_scales(engine, read, len(refs) - 1, self.say)
             if len(refs) - 1 < SCALE_PAIRS:
                 self.say(
                     f"the run scale of --l1-tol (--l1-scope run) is measured over the {len(refs) - 1} pair(s) on "

@@ -397,6 +397,19 @@ def test_run_scale_is_measured_once_and_recorded(runs: RunCache, tmp_path: Path)
     assert scale_pairs(3) == [0, 1, 2] and scale_pairs(0) == [] and scale_pairs(100)[:2] == [6, 18]
 
 
+def test_a_slow_run_scale_is_announced(runs: RunCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The survey runs before the progress display: when its first gradient says it will be slow, a note says so."""
+    import lca_cli.pipeline as pipeline
+
+    run_dir, config = runs.run("tanh_mlp")
+    for threshold, expected in ((-1.0, 1), (1e9, 0)):
+        said: list[str] = []
+        monkeypatch.setattr(pipeline, "SLOW_SCALE_SECONDS", threshold)
+        compute(run_dir, config, tmp_path / f"s{expected}.zarr", note=said.append)
+        notes = [n for n in said if n.startswith("measuring the run scale of --l1-tol on 8 pair(s) (8 gradients")]
+        assert len(notes) == expected, said
+
+
 def test_interrupt_and_resume(runs: RunCache, tmp_path: Path) -> None:
     run_dir, config = runs.run("tanh_mlp")
     config = config.with_overrides(rows_per_chunk=4)
