@@ -47,7 +47,8 @@ REFINES = ("local", "doubling")
 #: ``refine`` of a store made before the setting existed.
 LEGACY_REFINE = "doubling"
 #: Per-parameter accuracy target of ``refine="local"``: the estimated L1 error of each row relative to its L1 norm,
-#: so that the run's relative L1 error per parameter is about this too (BENCHMARKS.md, "Accuracy").
+#: or to the run's scale when that is larger (``l1_scope``), so that the run's relative L1 error per parameter is
+#: about this or below (README, "Accuracy").
 DEFAULT_L1_TOL = 1e-3
 #: What ``l1_tol`` is relative to (``refine="local"``): ``"run"``, each pair's own ``||lca||_1`` or the run's scale
 #: (a fraction of its mean one, measured once, when the store is created, and recorded in it), whichever is

@@ -225,6 +225,26 @@ def _match_run(store: LcaStore, refs: Sequence[Any], run: Path, done: np.ndarray
     return al
 
 
+@dataclass(frozen=True)
+class _Request:
+    """What :func:`prepare` was asked (see its arguments), handed to the steps that follow the lock."""
+
+    out: Path
+    run: Path
+    refs: Sequence[Any]
+    identity: Any
+    layout: Layout
+    sets: list[str]
+    attrs: dict[str, Any]
+    rows_per_chunk: int
+    overwrite: bool
+    repair: bool
+    device: str
+    durable: bool
+    columns: Columns | None
+    busy: Callable[[], str | None]
+
+
 def prepare(
     out: Path,
     run: Path,
@@ -298,11 +318,13 @@ def prepare(
         return _read_only(out, run, refs, identity, layout, sets)
     keeper = Keeper()
     keeper.add(lock)
+    req = _Request(
+        out=out, run=run, refs=refs, identity=identity, layout=layout, sets=sets, attrs=attrs,
+        rows_per_chunk=rows_per_chunk, overwrite=overwrite, repair=repair, device=device, durable=durable,
+        columns=columns, busy=busy or (lambda: None),
+    )  # fmt: skip
     try:
-        return _prepare_locked(
-            out, run, refs, identity, layout, sets, attrs, rows_per_chunk, overwrite, repair, device, durable, lock,
-            keeper, columns, busy or (lambda: None),
-        )  # fmt: skip
+        return _prepare_locked(req, lock, keeper)
     except BaseException:
         keeper.close()
         lock.release()
@@ -324,52 +346,36 @@ def _read_only(out: Path, run: Path, refs: Sequence[Any], identity: Any, layout:
     return Target(store, out, al, read_only=True)
 
 
-def _prepare_locked(
-    out: Path,
-    run: Path,
-    refs: Sequence[Any],
-    identity: Any,
-    layout: Layout,
-    sets: list[str],
-    attrs: dict[str, Any],
-    rows_per_chunk: int,
-    overwrite: bool,
-    repair: bool,
-    device: str,
-    durable: bool,
-    lock: Lease,
-    keeper: Keeper,
-    columns: Columns | None,
-    busy: Callable[[], str | None],
-) -> Target:
+def _prepare_locked(req: _Request, lock: Lease, keeper: Keeper) -> Target:
     # Holding the lock, no other owner works on this store: siblings left by a killed run are ours to clean.
-    for stale in stale_siblings(out):
+    for stale in stale_siblings(req.out):
         remove_stale_sibling(stale)
-    state = inspect_path(out, deep=overwrite)  # again: another process may have finished creating it meanwhile
+    # Again: another process may have finished creating it meanwhile.
+    state = inspect_path(req.out, deep=req.overwrite)
     if state.kind == "foreign":
-        raise StoreError(f"{out} is not an lca store (it holds {state.detail}); choose another --out")
+        raise StoreError(f"{req.out} is not an lca store (it holds {state.detail}); choose another --out")
     # Helpers of an earlier owner may still compute claimed rows into it: then its files and shape stay as they are.
-    active = busy() if state.kind == "store" else None
-    if active and (overwrite or repair):
-        what = "replace" if overwrite else "repair"
-        raise StoreBusyError(f"{out}: {active}; cannot {what} it now: wait for them to finish, or stop them")
-    if state.kind == "store" and not overwrite:
-        store = LcaStore.open(out, mode="r+", check=False, durable=durable)
+    active = req.busy() if state.kind == "store" else None
+    if active and (req.overwrite or req.repair):
+        what = "replace" if req.overwrite else "repair"
+        raise StoreBusyError(f"{req.out}: {active}; cannot {what} it now: wait for them to finish, or stop them")
+    if state.kind == "store" and not req.overwrite:
+        store = LcaStore.open(req.out, mode="r+", check=False, durable=req.durable)
         store.require_current()
-        _check_same(store, identity, layout, sets)
+        _check_same(store, req.identity, req.layout, req.sets)
         if not active:  # a *.partial file may be a live helper's chunk write in flight
-            with storage_errors(f"writing {out}"):
-                remove_partial_files(out)
+            with storage_errors(f"writing {req.out}"):
+                remove_partial_files(req.out)
         repaired: dict[str, list[int]] = {}
-        if repair:
+        if req.repair:
             repaired = prepare_repair(store, verify(store))
         else:
             quick_check(store)
-        al = _match_run(store, refs, run, store.done())
+        al = _match_run(store, req.refs, req.run, store.done())
         if len(al.steps) > al.n_stored and active:
             raise StoreBusyError(
-                f"{out}: {active}; cannot append the run's {len(al.steps) - al.n_stored} new checkpoint(s) now: wait "
-                "for them to finish, or compute into the store as it is with --cooperate"
+                f"{req.out}: {active}; cannot append the run's {len(al.steps) - al.n_stored} new checkpoint(s) now: "
+                "wait for them to finish, or compute into the store as it is with --cooperate"
             )
         if len(al.steps) > al.n_stored:
             appended = [r for r in al.refs[al.n_stored :] if r is not None]
@@ -377,27 +383,27 @@ def _prepare_locked(
             store.extend(al.steps, fps)
         else:
             store.extend(al.steps)  # heals arrays left longer by an interrupted append
-        return Target(store, out, al, lock, keeper, repaired=repaired, device=device)
-    if repair and state.kind != "store":
-        raise StoreError(f"--repair: {out} is not an lca store yet; run without --repair to create it")
-    steps = [r.step for r in refs]
-    fps = fingerprints(list(refs))
-    new = sibling(out, "new", new_token())
+        return Target(store, req.out, al, lock, keeper, repaired=repaired, device=req.device)
+    if req.repair and state.kind != "store":
+        raise StoreError(f"--repair: {req.out} is not an lca store yet; run without --repair to create it")
+    steps = [r.step for r in req.refs]
+    fps = fingerprints(list(req.refs))
+    new = sibling(req.out, "new", new_token())
     try:
         store = LcaStore.create(
-            new, layout=layout, sets=sets, steps=steps, attrs=attrs, rows_per_chunk=rows_per_chunk,
-            fingerprints=fps, durable=durable, columns=columns,
+            new, layout=req.layout, sets=req.sets, steps=steps, attrs=req.attrs, rows_per_chunk=req.rows_per_chunk,
+            fingerprints=fps, durable=req.durable, columns=req.columns,
         )  # fmt: skip
     except BaseException:
         with contextlib.suppress(Exception):
             remove_store(new)
         raise
-    al = Alignment(steps, list(refs), len(steps))
+    al = Alignment(steps, list(req.refs), len(steps))
     if state.kind == "store":  # overwrite: swapped in once the first rows are durable
-        return Target(store, out, al, lock, keeper, pending=out, device=device)
-    _move_into_place(new, out, state.kind)
-    store.relocate(out)
-    return Target(store, out, al, lock, keeper, device=device)
+        return Target(store, req.out, al, lock, keeper, pending=req.out, device=req.device)
+    _move_into_place(new, req.out, state.kind)
+    store.relocate(req.out)
+    return Target(store, req.out, al, lock, keeper, device=req.device)
 
 
 def open_helper(

@@ -7,7 +7,7 @@ run scale ``S`` is the fraction times the mean Euler-row norm ``||Δ ⊙ ∇L(θ
 :func:`lca_cli.pipeline.scale_pairs` picks (as ``lca compute`` measures it; fraction 0 is ``--l1-scope pair``),
 and each run's relative L1 error is taken against composite Simpson on all ``K`` sub-intervals::
 
-    python scripts/accuracy_study.py record --dir /tmp/lca-study            # ~30 min on 2 cores, ~2 GB
+    python scripts/accuracy_study.py record --dir /tmp/lca-study    # 6 x 200 x 33 float64 gradients: ~2 GB
     python scripts/accuracy_study.py rules --dir /tmp/lca-study --fractions 0,0.8,1
 
 BENCHMARKS.md ("A per-run target with a recorded scale") has the figures.
