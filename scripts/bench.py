@@ -65,9 +65,10 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
 KINDS = ("floor", "compute", "default", "naive")
-#: Ablations of ``compute`` (opt-in with ``--kinds``): without read-ahead, with the store written in the loop, and
-#: with a float64 network (against the float32 floor: what ``--dtype float64`` costs).
-ABLATIONS = ("compute-noprefetch", "compute-syncwrite", "compute-float64")
+#: Ablations of ``compute`` (opt-in with ``--kinds``): without read-ahead, with the store written in the loop, with
+#: a float64 network (against the float32 floor: what ``--dtype float64`` costs), and the pair loop alone
+#: (checkpoints read before timing, rows computed and dropped: no reader, writer, store or per-call work).
+ABLATIONS = ("compute-noprefetch", "compute-syncwrite", "compute-float64", "compute-loop")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -403,6 +404,46 @@ def run_compute(
     }
 
 
+def run_loop(spec: Size, run_dir: Path, data_path: Path, device: torch.device, max_splits: int) -> dict[str, Any]:
+    """The pair loop alone (``compute-loop``): the library's engine over every pair, nothing read or written.
+
+    The same engine as ``compute`` (plain Simpson with ``max_splits`` 2, the size's dtype, the process's threads),
+    every checkpoint read before timing, rows computed and dropped: what ``compute`` costs beyond the floor
+    before its reader thread, its writer thread, the store and the per-call set-up add theirs.
+    """
+    from lca_cli.config import ComputeOptions, Config, FactorySpec
+    from lca_cli.pipeline import CheckpointLoader, build_engine
+    from lca_cli.sources import find_checkpoints
+
+    opts = ComputeOptions(method="rk4", max_splits=max_splits, batch_size=spec.batch_size, device=str(device),
+                          dtype=spec.dtype, threads=torch.get_num_threads())  # fmt: skip
+    config = Config(
+        model=FactorySpec("bench:build_model", {"size": spec.name}),
+        data={"train": FactorySpec("bench:load_data", {"path": str(data_path)})},
+        loss_name="cross_entropy",
+        compute=opts,
+        base_dir=SCRIPTS,
+    )
+    engine, _, expected = build_engine(config, device)
+    refs = find_checkpoints(run_dir)
+    loader = CheckpointLoader(refs, expected, engine.vlayout, device)
+    try:
+        points = [loader.get(i) for i in range(len(refs))]
+    finally:
+        loader.close()
+
+    class Preloaded:
+        def get(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            return points[i]
+
+    n_pairs = len(refs) - 1
+    _sync(device)
+    t0 = time.perf_counter()
+    done, _ = engine.run_block(range(n_pairs), Preloaded(), list(range(len(refs))))  # type: ignore[arg-type]
+    _sync(device)
+    return {"seconds": time.perf_counter() - t0, "pairs": done}
+
+
 def run_naive(spec: Size, run_dir: Path, data_path: Path, device: torch.device) -> dict[str, Any]:
     """What a user would write: three gradients per pair through load_state_dict, no reuse, no overlap."""
     from safetensors.torch import load_file
@@ -445,6 +486,8 @@ def _measure(
     c0 = time.process_time()
     if kind == "floor":
         res = run_floor(spec, run_dir, data, device)
+    elif kind == "compute-loop":
+        res = run_loop(spec, run_dir, data, device, args.max_splits)
     elif kind.startswith("compute"):
         variant = kind.partition("-")[2]
         res = run_compute(spec, run_dir, data, device, args.max_splits, json.loads(args.compute_options), variant)

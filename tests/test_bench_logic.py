@@ -307,7 +307,7 @@ def test_bench_quick_runs_end_to_end(tmp_path: Path) -> None:
             "--threads",
             "1",
             "--kinds",
-            "floor,compute,naive,compute-noprefetch,compute-syncwrite",
+            "floor,compute,naive,compute-noprefetch,compute-syncwrite,compute-loop",
             "--json",
             str(out),
         ],
@@ -323,6 +323,7 @@ def test_bench_quick_runs_end_to_end(tmp_path: Path) -> None:
     summary = json.loads(out.read_text())["summary"][0]
     assert summary["compute_over_floor"] > 0 and summary["max_abs_residual"] < 1e-3
     assert summary["compute-noprefetch_over_compute"] > 0 and summary["compute-syncwrite_over_compute"] > 0
+    assert summary["compute-loop_over_compute"] > 0
 
 
 def test_bench_vmap_check_batches_two_points_equal_to_separate(bench: ModuleType) -> None:
