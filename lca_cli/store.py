@@ -956,15 +956,16 @@ def _write_all(writes: Sequence[tuple[zarr.Array, slice, np.ndarray]]) -> None:
 
     Setting the ~13 arrays of a block one by one costs zarr a hand-off to its I/O thread and back for each
     (about 0.7 ms apiece for the small ones); on a machine whose cores run the gradients, those wake-ups
-    interrupt the compute threads. Gathered, a block's writes took 5.5 instead of 8.9 ms and ``lca compute``
-    on the ~2k-sample bench case was ~3% faster (BENCHMARKS.md). Every write is awaited before an error is
+    interrupt the compute threads. Gathered, 13 small writes took 5.5 instead of 8.9 ms (alone) and ``lca compute``
+    on the ~2k-sample bench case was 2.3% faster (BENCHMARKS.md). Every write is awaited before an error is
     raised, so no write is still running when the caller handles it.
 
     Args:
         writes: ``(array, region along the first axis, values)``.
 
     Raises:
-        OSError: The first failure of any write (the file system's: disk full, read-only, permissions).
+        Exception: The first write's failure, once every write has ended (OSError from the file system: disk
+            full, read-only, permissions).
 
     """
 

@@ -9,8 +9,13 @@ and each run's relative L1 error is taken against composite Simpson on all ``K``
 
     python scripts/accuracy_study.py record --dir /tmp/lca-study    # 6 x 200 x 33 float64 gradients: ~2 GB
     python scripts/accuracy_study.py rules --dir /tmp/lca-study --fractions 0,0.8,1
+    python scripts/accuracy_study.py calibrate --dir /tmp/lca-study --factors 1,1.25
 
-BENCHMARKS.md ("A per-run target with a recorded scale") has the figures.
+``calibrate`` measures an alternative that was not built: the first panel's indicator factor taken from the run
+(``c`` times the ratio ``||S_2 - S_4||_1 / ||Δ (g_0 + g_1 - 2 g_m)||_1 / 12`` over the scale's pairs, clipped to
+``[--floor, JUMP_FACTOR]``) instead of :data:`lca_cli.integrate.JUMP_FACTOR`; the scheme is replayed by a numpy
+copy of the local rule, checked against the library's own replay at ``c = 0`` (the default). BENCHMARKS.md
+("A per-run target with a recorded scale" and "Where the default path's cost goes") has the figures.
 """
 
 from __future__ import annotations
@@ -111,10 +116,91 @@ def replay(path: Path, fraction: float, l1_tol: float, cap: int) -> tuple[float,
     return err / norm, res / moved if moved else 0.0, used / n, flagged
 
 
+def _panel(g: np.ndarray, lt: np.ndarray, step: np.ndarray, a: int, b: int, k: int) -> tuple[np.ndarray, float, float]:
+    """One Simpson panel ``[a, b]`` of a ``k``-interval grid: its row, indicator (without factor) and residual."""
+    m, w = (a + b) // 2, (b - a) / k
+    row = step * (g[a] + 4 * g[m] + g[b]) * w / 6
+    indicator = float(np.abs(step * (g[a] + g[b] - 2 * g[m])).sum()) * w / 12
+    return row, indicator, abs(float(lt[b] - lt[a]) - float(row.sum()))
+
+
+def local_rule(
+    g: np.ndarray, lt: np.ndarray, step: np.ndarray, l1_tol: float, scale: float, first: float, cap: int
+) -> tuple[np.ndarray, int]:
+    """The local scheme (:mod:`lca_cli.integrate`) with factor ``first`` on the whole pair's panel only."""
+    from lca_cli.integrate import JUMP_FACTOR
+
+    k = g.shape[0] - 1
+    min_width = 2 * k // cap
+    row, ind, res = _panel(g, lt, step, 0, k, k)
+    budget = l1_tol * max(float(np.abs(row).sum()), scale)
+    state = {"bank": 0.0, "used": 2}
+    rows: list[np.ndarray] = []
+
+    def visit(a: int, b: int, panel: tuple[np.ndarray, float, float], factor: float) -> None:
+        r, i, e = panel
+        est, share = max(factor * i, e), budget * (b - a) / k
+        if est <= share + state["bank"] or b - a <= min_width:
+            rows.append(r)
+            if est <= share + state["bank"]:
+                state["bank"] += share - est
+            return
+        m = (a + b) // 2
+        state["used"] += 2
+        visit(a, m, _panel(g, lt, step, a, m, k), JUMP_FACTOR)
+        visit(m, b, _panel(g, lt, step, m, b, k), JUMP_FACTOR)
+
+    visit(0, k, (row, ind, res), first)
+    return np.sum(rows, axis=0), state["used"]
+
+
+def calibrate(path: Path, factors: list[float], floor: float, l1_tol: float, cap: int) -> list[str]:
+    """Plain Simpson's error against its indicator, and the run-calibrated first-panel factor, for one run."""
+    from lca_cli.integrate import JUMP_FACTOR
+    from lca_cli.pipeline import SCALE_FRACTION, scale_pairs
+
+    z = np.load(path)
+    every = (z["L"].shape[1] - 1) // cap
+    grads, losses, steps = z["G"][:, ::every], z["L"][:, ::every], z["D"]
+    n, k = grads.shape[0], grads.shape[1] - 1
+    sampled = scale_pairs(n)
+    scale = SCALE_FRACTION * float(np.mean([np.abs(steps[t] * grads[t, 0]).sum() for t in sampled]))
+    refs = [simpson(grads[t], steps[t]) for t in range(n)]
+    norm = sum(float(np.abs(r).sum()) for r in refs)
+    err1 = ind1 = diff = 0.0
+    diff_s = ind_s = 0.0
+    for t in range(n):
+        g, d = grads[t], steps[t]
+        s2 = d * (g[0] + 4 * g[k // 2] + g[k]) / 6
+        s4 = d * (g[0] + 4 * g[k // 4] + 2 * g[k // 2] + 4 * g[3 * k // 4] + g[k]) / 12
+        i1 = float(np.abs(d * (g[0] + g[k] - 2 * g[k // 2])).sum()) / 12
+        e, dd = float(np.abs(s2 - refs[t]).sum()), float(np.abs(s2 - s4).sum())
+        err1, ind1, diff = err1 + e, ind1 + i1, diff + dd
+        if t in sampled:
+            diff_s, ind_s = diff_s + dd, ind_s + i1
+    rho = diff_s / ind_s if ind_s > 0 else 0.0
+    cells = [f"plain {err1 / norm:.2e}; error/indicator {err1 / ind1:.2f}; two-level difference/error "
+             f"{diff / err1:.2f}; sampled ratio {rho:.2f}"]  # fmt: skip
+    for c in [0.0, *factors]:
+        first = JUMP_FACTOR if c == 0 else min(JUMP_FACTOR, max(floor, c * rho))
+        err = used = 0.0
+        for t in range(n):
+            row, u = local_rule(grads[t], losses[t], steps[t], l1_tol, scale, first, cap)
+            err += float(np.abs(row - refs[t]).sum())
+            used += u
+        if c == 0:  # the numpy copy must be the library's scheme
+            library = replay(path, SCALE_FRACTION, l1_tol, cap)
+            assert abs(library[2] - used / n) < 1e-9 and abs(library[0] - err / norm) <= 1e-6 * library[0] + 1e-12, (
+                library
+            )
+        cells.append(f"{'default' if c == 0 else f'c = {c:g} (factor {first:.2f})'}: {err / norm:.2e} @ {used / n:.2f}")
+    return cells
+
+
 def main() -> int:
-    """Command line: ``record`` or ``rules``."""
+    """Command line: ``record``, ``rules`` or ``calibrate``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("record", "rules"))
+    p.add_argument("what", choices=("record", "rules", "calibrate"))
     p.add_argument("--dir", type=Path, required=True, help="where runs and gradient grids are kept")
     p.add_argument("--cases", default=",".join(bench.ACCURACY_CASES), help="comma-separated --accuracy cases")
     p.add_argument("--points", type=int, default=32, help="sub-intervals of the grid (the cap and the reference)")
@@ -122,6 +208,8 @@ def main() -> int:
     p.add_argument("--fractions", default="0,0.8,1", help="run-scale fractions to replay (0 = per pair)")
     p.add_argument("--cap", type=int, default=32, help="rules: sub-intervals used of the grid's (a divisor)")
     p.add_argument("--l1-tol", type=float, default=1e-3)
+    p.add_argument("--factors", default="1,1.25", help="calibrate: multiples c of the sampled ratio to replay")
+    p.add_argument("--floor", type=float, default=0.0, help="calibrate: least first-panel factor")
     args = p.parse_args()
     torch.set_num_threads(1)
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +217,12 @@ def main() -> int:
     if args.what == "record":
         for case in cases:
             record(case, args.dir, args.points, args.pairs)
+        return 0
+    if args.what == "calibrate":
+        factors = [float(c) for c in args.factors.split(",")]
+        for case in cases:
+            print(f"{case}: " + " | ".join(calibrate(args.dir / f"{case}.npz", factors, args.floor, args.l1_tol,
+                                                     args.cap)), flush=True)  # fmt: skip
         return 0
     fractions = [float(f) for f in args.fractions.split(",")]
     print("| run | " + " | ".join(f"f = {f:g}" if f else "per pair" for f in fractions) + " |")

@@ -341,3 +341,36 @@ def test_bench_per_gradient_reports_interleaved_ratios(bench: ModuleType) -> Non
     assert r["reps"] == 4 and r["floor_ms"] > 0 and r["library_ms"] > 0
     q1, q3 = r["ratio_q1_q3"]
     assert 0 < q1 <= r["ratio_median"] <= q3
+
+
+def test_accuracy_study_local_rule_is_the_librarys(tmp_path: Path) -> None:
+    # accuracy_study.py calibrate replays a numpy copy of the local rule; at the default factor it must be the
+    # library's integrate_pair, row for row, on gradients that jump (ReLU-like) so that panels are split.
+    from lca_cli.integrate import JUMP_FACTOR, Evaluation, integrate_pair
+
+    study = _load_script("accuracy_study")
+    rng = np.random.default_rng(0)
+    pairs, k, dim = 6, 16, 40
+    s = np.linspace(0.0, 1.0, k + 1)[None, :, None]  # (1, k + 1, 1)
+    amp = np.array([0.0, 0.01, 0.1, 1.0, 0.3, 3.0])[:, None, None]  # from smooth to ReLU-like jumps, per pair
+    base, jumps = rng.standard_normal((pairs, 1, dim)), rng.uniform(0, 1, (pairs, 1, dim))
+    grads = base + 0.006 * s**2 + amp * (s > jumps)  # (pairs, k + 1, dim)
+    steps = rng.standard_normal((pairs, dim)) * 1e-2
+    # The exact loss along each segment: the integral of Δ · g(s).
+    losses = (steps[:, None] * (base * s + 0.002 * s**3 + amp * np.maximum(0.0, s - jumps))).sum(2)
+    split = 0
+    for t in range(pairs):
+        row, used = study.local_rule(grads[t], losses[t], steps[t], 1e-3, 0.0, JUMP_FACTOR, k)
+        g, lt = torch.from_numpy(grads[t]), torch.from_numpy(losses[t])
+        ref = integrate_pair(
+            lambda x, g=g, lt=lt: (lt[round(x * k)], g[round(x * k)]), torch.from_numpy(steps[t]),
+            Evaluation(lt[0], g[0]), Evaluation(lt[k], g[k]), max_splits=k, l1_tol=1e-3,
+        )  # fmt: skip
+        assert used == ref.splits
+        np.testing.assert_allclose(row, ref.lca.numpy(), rtol=1e-12, atol=1e-15)
+        split += used > 2
+    assert 2 <= split < pairs  # the comparison covers plain Simpson and refined pairs
+    path = tmp_path / "case.npz"
+    np.savez(path, G=grads, L=losses, D=steps)
+    cells = study.calibrate(path, [1.0], 0.0, 1e-3, k)  # checks itself against the library's replay at c = 0
+    assert cells[1].startswith("default: ") and cells[2].startswith("c = 1 (factor ")

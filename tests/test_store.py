@@ -21,6 +21,7 @@ from lca_cli.store import (
     HELPED_RULE,
     BlockRows,
     LcaStore,
+    _write_all,
     choose_rows_per_chunk,
     column_counts,
 )
@@ -119,6 +120,29 @@ def test_write_block_round_trip(tmp_path: Path) -> None:
         )
     assert np.all(np.asarray(again.array("train", "lca")[5:]) == 0)
     assert b.count == 2
+
+
+def test_write_block_ending_the_run_across_chunks(tmp_path: Path) -> None:
+    # The block's loss values reach the run's last checkpoint, in the next chunk: one write per array
+    # (two concurrent writes into one chunk would each rewrite it), both chunks right.
+    store = new_store(tmp_path / "s.zarr")  # 10 pairs, 3 rows per chunk
+    head, tail = make_rows(6, 2, seed=1), make_rows(8, 2, seed=2)
+    store.write_block("train", head)
+    store.write_block("train", tail)
+    loss = LcaStore.open(tmp_path / "s.zarr").read("train", "loss")
+    np.testing.assert_array_equal(loss[6:11], np.concatenate([head.loss[:2], tail.loss]))
+    np.testing.assert_array_equal(LcaStore.open(tmp_path / "s.zarr").read("train", "loss_end")[6:10],
+                                  np.concatenate([head.loss[1:], tail.loss[1:]]))  # fmt: skip
+
+
+def test_write_all_finishes_every_write_before_raising(tmp_path: Path) -> None:
+    good = zarr.create_array(store=str(tmp_path / "a.zarr"), shape=(6,), chunks=(3,), dtype="f8")
+    zarr.create_array(store=str(tmp_path / "b.zarr"), shape=(6,), chunks=(3,), dtype="f8")
+    read_only = zarr.open_array(str(tmp_path / "b.zarr"), mode="r")
+    with pytest.raises(ValueError, match="read-only"):
+        _write_all([(read_only, slice(0, 3), np.ones(3)), (good, slice(0, 6), np.arange(6.0))])
+    np.testing.assert_array_equal(good[:], np.arange(6.0))  # the other write ended, and landed
+    assert np.all(read_only[:] == 0)
 
 
 def test_done_mask_over_sets(tmp_path: Path) -> None:
