@@ -52,12 +52,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from lca_cli.config import ComputeOptions, Config
 
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
@@ -343,6 +346,19 @@ def _ablation(variant: str) -> Iterator[None]:
         yield
 
 
+def _config(spec: Size, data_path: Path, opts: ComputeOptions) -> Config:
+    """The ``lca`` config of a size's run: this module's model and data factories, cross-entropy, ``opts``."""
+    from lca_cli.config import Config, FactorySpec
+
+    return Config(
+        model=FactorySpec("bench:build_model", {"size": spec.name}),
+        data={"train": FactorySpec("bench:load_data", {"path": str(data_path)})},
+        loss_name="cross_entropy",
+        compute=opts,
+        base_dir=SCRIPTS,
+    )
+
+
 def run_compute(
     spec: Size,
     run_dir: Path,
@@ -358,7 +374,7 @@ def run_compute(
     checkpoints' dtype, ``--threads auto``); the others run Simpson only (``max_splits``) in the size's dtype at
     the process's thread count, the fixed-cost comparison with the floor.
     """
-    from lca_cli.config import ComputeOptions, Config, FactorySpec
+    from lca_cli.config import ComputeOptions
     from lca_cli.pipeline import compute
 
     if variant == "default":
@@ -375,13 +391,7 @@ def run_compute(
                 **extra,
             }
         )
-    config = Config(
-        model=FactorySpec("bench:build_model", {"size": spec.name}),
-        data={"train": FactorySpec("bench:load_data", {"path": str(data_path)})},
-        loss_name="cross_entropy",
-        compute=opts,
-        base_dir=SCRIPTS,
-    )
+    config = _config(spec, data_path, opts)
     out = run_dir.parent / f"{run_dir.name}.lca.zarr"
     # A first `lca compute` of a run writes a new store: remove the last round's before timing (replacing it
     # with --overwrite deletes its files inside the call, ~50 ms that a user computing a run once never pays).
@@ -411,19 +421,13 @@ def run_loop(spec: Size, run_dir: Path, data_path: Path, device: torch.device, m
     every checkpoint read before timing, rows computed and dropped: what ``compute`` costs beyond the floor
     before its reader thread, its writer thread, the store and the per-call set-up add theirs.
     """
-    from lca_cli.config import ComputeOptions, Config, FactorySpec
+    from lca_cli.config import ComputeOptions
     from lca_cli.pipeline import CheckpointLoader, build_engine
     from lca_cli.sources import find_checkpoints
 
     opts = ComputeOptions(method="rk4", max_splits=max_splits, batch_size=spec.batch_size, device=str(device),
                           dtype=spec.dtype, threads=torch.get_num_threads())  # fmt: skip
-    config = Config(
-        model=FactorySpec("bench:build_model", {"size": spec.name}),
-        data={"train": FactorySpec("bench:load_data", {"path": str(data_path)})},
-        loss_name="cross_entropy",
-        compute=opts,
-        base_dir=SCRIPTS,
-    )
+    config = _config(spec, data_path, opts)
     engine, _, expected = build_engine(config, device)
     refs = find_checkpoints(run_dir)
     loader = CheckpointLoader(refs, expected, engine.vlayout, device)
