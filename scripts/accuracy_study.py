@@ -78,20 +78,34 @@ def simpson(grads: np.ndarray, step: np.ndarray) -> np.ndarray:
     return step * np.tensordot(w / (3 * k), grads, axes=(0, 0))
 
 
-def replay(path: Path, fraction: float, l1_tol: float, cap: int) -> tuple[float, float, float, int]:
-    """``(relative L1 of the run, conservation, gradients per pair, flagged pairs)`` of the local scheme.
+Grid = tuple[np.ndarray, np.ndarray, np.ndarray]
 
-    The grid's points are thinned to ``cap`` sub-intervals: the cap of the scheme and the reference's count.
+
+def load_grid(path: Path, cap: int) -> Grid:
+    """A recorded grid ``(G, L, D)``, its points thinned to ``cap`` sub-intervals.
+
+    ``cap`` is both the scheme's cap and the reference's count of sub-intervals.
     """
-    from lca_cli.integrate import Evaluation, integrate_pair
-    from lca_cli.pipeline import scale_pairs
-
     z = np.load(path)
     every = (z["L"].shape[1] - 1) // cap
-    grads, losses, steps = z["G"][:, ::every], z["L"][:, ::every], z["D"]
+    return z["G"][:, ::every], z["L"][:, ::every], z["D"]
+
+
+def run_scale(grid: Grid, fraction: float) -> float:
+    """The run scale as ``lca compute`` measures it: ``fraction`` of the mean Euler-row norm over the sampled pairs."""
+    from lca_cli.pipeline import scale_pairs
+
+    grads, _, steps = grid
+    return fraction * float(np.mean([np.abs(steps[t] * grads[t, 0]).sum() for t in scale_pairs(len(steps))]))
+
+
+def replay(grid: Grid, fraction: float, l1_tol: float) -> tuple[float, float, float, int]:
+    """``(relative L1 of the run, conservation, gradients per pair, flagged pairs)`` of the local scheme."""
+    from lca_cli.integrate import Evaluation, integrate_pair
+
+    grads, losses, steps = grid
     n, points = grads.shape[0], grads.shape[1] - 1
-    euler = [float(np.abs(steps[t] * grads[t, 0]).sum()) for t in scale_pairs(n)]
-    scale = fraction * float(np.mean(euler))
+    scale = run_scale(grid, fraction)
     err = norm = res = moved = used = 0.0
     flagged = 0
     for t in range(n):
@@ -159,21 +173,19 @@ def calibrate(path: Path, factors: list[float], floor: float, l1_tol: float, cap
     from lca_cli.integrate import JUMP_FACTOR
     from lca_cli.pipeline import SCALE_FRACTION, scale_pairs
 
-    z = np.load(path)
-    every = (z["L"].shape[1] - 1) // cap
-    grads, losses, steps = z["G"][:, ::every], z["L"][:, ::every], z["D"]
+    grid = load_grid(path, cap)
+    grads, losses, steps = grid
     n, k = grads.shape[0], grads.shape[1] - 1
     sampled = scale_pairs(n)
-    scale = SCALE_FRACTION * float(np.mean([np.abs(steps[t] * grads[t, 0]).sum() for t in sampled]))
+    scale = run_scale(grid, SCALE_FRACTION)
     refs = [simpson(grads[t], steps[t]) for t in range(n)]
     norm = sum(float(np.abs(r).sum()) for r in refs)
     err1 = ind1 = diff = 0.0
     diff_s = ind_s = 0.0
     for t in range(n):
-        g, d = grads[t], steps[t]
-        s2 = d * (g[0] + 4 * g[k // 2] + g[k]) / 6
-        s4 = d * (g[0] + 4 * g[k // 4] + 2 * g[k // 2] + 4 * g[3 * k // 4] + g[k]) / 12
-        i1 = float(np.abs(d * (g[0] + g[k] - 2 * g[k // 2])).sum()) / 12
+        g, lt, d = grads[t], losses[t], steps[t]
+        s2, i1, _ = _panel(g, lt, d, 0, k, k)  # plain Simpson and its indicator (without factor)
+        s4 = _panel(g, lt, d, 0, k // 2, k)[0] + _panel(g, lt, d, k // 2, k, k)[0]  # one split
         e, dd = float(np.abs(s2 - refs[t]).sum()), float(np.abs(s2 - s4).sum())
         err1, ind1, diff = err1 + e, ind1 + i1, diff + dd
         if t in sampled:
@@ -189,7 +201,7 @@ def calibrate(path: Path, factors: list[float], floor: float, l1_tol: float, cap
             err += float(np.abs(row - refs[t]).sum())
             used += u
         if c == 0:  # the numpy copy must be the library's scheme
-            library = replay(path, SCALE_FRACTION, l1_tol, cap)
+            library = replay(grid, SCALE_FRACTION, l1_tol)
             assert abs(library[2] - used / n) < 1e-9 and abs(library[0] - err / norm) <= 1e-6 * library[0] + 1e-12, (
                 library
             )
@@ -229,8 +241,9 @@ def main() -> int:
     print("|---|" + "---|" * len(fractions))
     for case in cases:
         cells = []
+        grid = load_grid(args.dir / f"{case}.npz", args.cap)
         for f in fractions:
-            rel, cons, gpp, flagged = replay(args.dir / f"{case}.npz", f, args.l1_tol, args.cap)
+            rel, cons, gpp, flagged = replay(grid, f, args.l1_tol)
             cells.append(f"{rel:.2e} @ {gpp:.2f} (cons. {cons:.1e}, {flagged} flagged)")
         print(f"| {case} | " + " | ".join(cells) + " |", flush=True)
     return 0

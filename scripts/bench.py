@@ -417,7 +417,8 @@ def run_compute(
 def run_loop(spec: Size, run_dir: Path, data_path: Path, device: torch.device, max_splits: int) -> dict[str, Any]:
     """The pair loop alone (``compute-loop``): the library's engine over every pair, nothing read or written.
 
-    The same engine as ``compute`` (plain Simpson with ``max_splits`` 2, the size's dtype, the process's threads),
+    The same engine as ``compute`` (Simpson capped at ``max_splits``: plain with the bench's default 2; the size's
+    dtype; the process's threads),
     every checkpoint read before timing, rows computed and dropped: what ``compute`` costs beyond the floor
     before its reader thread, its writer thread, the store and the per-call set-up add theirs.
     """

@@ -129,10 +129,9 @@ def test_write_block_ending_the_run_across_chunks(tmp_path: Path) -> None:
     head, tail = make_rows(6, 2, seed=1), make_rows(8, 2, seed=2)
     store.write_block("train", head)
     store.write_block("train", tail)
-    loss = LcaStore.open(tmp_path / "s.zarr").read("train", "loss")
-    np.testing.assert_array_equal(loss[6:11], np.concatenate([head.loss[:2], tail.loss]))
-    np.testing.assert_array_equal(LcaStore.open(tmp_path / "s.zarr").read("train", "loss_end")[6:10],
-                                  np.concatenate([head.loss[1:], tail.loss[1:]]))  # fmt: skip
+    again = LcaStore.open(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(again.read("train", "loss")[6:11], np.concatenate([head.loss[:2], tail.loss]))
+    np.testing.assert_array_equal(again.read("train", "loss_end")[6:10], np.concatenate([head.loss[1:], tail.loss[1:]]))
 
 
 def test_write_all_finishes_every_write_before_raising(tmp_path: Path) -> None:
