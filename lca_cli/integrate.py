@@ -22,6 +22,13 @@ at first order; the residual, in which errors of opposite sign cancel, understat
 5-10 times, so refining on it either stops too early or runs to the cap. The indicator tracks it (BENCHMARKS.md)
 and over-estimates smooth nets, whose rows it then accepts after one split.
 
+A loss computed in float32 (a model's own ``loss``, a custom loss) is rounded to a few parts in 10^7 of
+itself: late in training a pair's loss change can be a few of those steps, and its residual is then that
+rounding, not an error of the row. With ``loss_rounding`` (the relative rounding bound of each loss value), a
+residual within ``loss_rounding (|L(a)| + |L(b)|)`` counts as zero in the per-parameter estimate and in the flag:
+it neither refines a panel nor flags a pair (an explicit ``tolerance``/``rtol`` is still held as given when
+refining). The built-in losses are reduced in float64; the network's own rounding remains.
+
 ``refine="doubling"`` (the former default): double the number of uniform sub-intervals while the residual
 ``r = (L1 - L0) - Σ LCA`` exceeds ``tolerance + rtol |L1 - L0|`` (and, with ``l1_tol``, while the last doubling
 moved the row by more than ``l1_tol`` in relative L1), evaluating only the new odd points. Three running sums
@@ -40,7 +47,15 @@ import torch
 from lca_cli.errors import NumericalError
 from lca_cli.quadrature import new_points, split_points
 
-__all__ = ["REFINE_SCHEMES", "Evaluation", "PairResult", "integrate_pair", "residual_budget", "within_tolerance"]
+__all__ = [
+    "REFINE_SCHEMES",
+    "Evaluation",
+    "PairResult",
+    "integrate_pair",
+    "loss_rounding",
+    "residual_budget",
+    "within_tolerance",
+]
 
 #: The local scheme's indicator is this multiple of ``|Simpson - trapezoid|_1`` on a panel. For a gradient jump
 #: at a uniformly random place in a panel (a ReLU unit changing sign), Simpson's mean error is 5/3 of that
@@ -93,6 +108,26 @@ class PairResult:
     flagged: bool
     end: Evaluation
     l1_change: float = float("nan")
+
+
+def loss_rounding(dtype: torch.dtype) -> float:
+    """The relative rounding bound of a loss value reduced in ``dtype``, for :func:`integrate_pair`.
+
+    Four unit roundoffs: the final rounding of a mean (half an ulp, at most one unit roundoff relatively) and
+    a margin for the rounding inside its reduction. Measured on a float32 GPT-2 whose model computed its own
+    loss: residuals of late pairs up to 2.8 unit roundoffs of the loss, the rows within 2e-7 of float64 ones.
+    Float64 losses count as exact (0), as they always did.
+
+    Args:
+        dtype: The dtype the loss was computed in.
+
+    Returns:
+        ``4 finfo(dtype).eps / 2`` for floating dtypes below float64, else 0.
+
+    """
+    if dtype == torch.float64 or not dtype.is_floating_point:
+        return 0.0
+    return 4 * torch.finfo(dtype).eps / 2
 
 
 def within_tolerance(residual: float, delta_loss: float, tolerance: float, rtol: float) -> bool:
@@ -170,6 +205,7 @@ def integrate_pair(
     rtol: float | None = None,
     l1_tol: float = 0.0,
     l1_scale: float = 0.0,
+    loss_rounding: float = 0.0,
     label: str = "pair",
 ) -> PairResult:
     """Allocate one pair's loss change to the coordinates of ``Δ``.
@@ -190,6 +226,9 @@ def integrate_pair(
         l1_scale: ``"local"`` only: the run's scale of ``||lca||_1`` (loss units; see
             :func:`lca_cli.pipeline.measure_l1_scales`); the target is
             ``l1_tol`` times the larger of it and the pair's own norm. 0: each pair's own norm.
+        loss_rounding: Relative rounding bound of each loss value (see :func:`loss_rounding`; 0 = exact): a
+            residual within ``loss_rounding (|L(a)| + |L(b)|)`` of zero does not enter the per-parameter estimate
+            and never flags (explicit residual tolerances still refine as given).
         label: Names the pair in error messages (e.g. ``"steps 4 -> 5"``).
 
     Returns:
@@ -205,11 +244,12 @@ def integrate_pair(
         end = Evaluation(*point(1.0))
     loss1 = _finite(end.loss, f"the end of {label}")
     dl = loss1 - loss0
+    noise = loss_rounding * (abs(loss0) + abs(loss1))  # what the residual may be from rounding the two losses
     if method not in ("rk4", "euler"):
         raise ValueError(f"unknown method {method!r}")
     if method == "rk4" and refine == "local":
         return _integrate_local(
-            point, delta, start, end, loss0, loss1, max_splits, tolerance, rtol, l1_tol, l1_scale, label
+            point, delta, start, end, loss0, loss1, max_splits, tolerance, rtol, l1_tol, l1_scale, loss_rounding, label
         )
     if refine not in REFINE_SCHEMES:
         raise ValueError(f"unknown refine scheme {refine!r}")
@@ -224,7 +264,7 @@ def integrate_pair(
         residual = dl - float(lca.sum())
         change = _l1_change(lca, coarse)
         budget = residual_budget(dl, float(torch.linalg.vector_norm(lca, 1)), tolerance, rtol, l1_tol)
-        ok = abs(residual) <= budget and (l1_tol <= 0 or change <= l1_tol)
+        ok = abs(residual) - noise <= budget and (l1_tol <= 0 or change <= l1_tol)
         return PairResult(lca, loss0, loss1, residual, 1, not ok, end, change)
     atol_d, rtol_d = tolerance or 0.0, rtol or 0.0
 
@@ -247,9 +287,11 @@ def integrate_pair(
         lca = weighted.mul_(delta).div_(3.0 * n)
         residual = dl - float(lca.sum())
         change = _l1_change(lca, coarse)
-        ok = within_tolerance(residual, dl, atol_d, rtol_d) and (l1_tol <= 0 or change <= l1_tol)
+        l1_ok = l1_tol <= 0 or change <= l1_tol
+        ok = within_tolerance(residual, dl, atol_d, rtol_d) and l1_ok  # the tolerance as given: refines to the cap
         if ok or n >= max_splits:
-            return PairResult(lca, loss0, loss1, residual, n, not ok, end, change)
+            proven = not (within_tolerance(residual, dl, atol_d + noise, rtol_d) and l1_ok)  # beyond the rounding
+            return PairResult(lca, loss0, loss1, residual, n, proven, end, change)
         coarse = lca
 
 
@@ -274,6 +316,7 @@ def _integrate_local(
     rtol: float | None,
     l1_tol: float,
     l1_scale: float,
+    loss_rounding: float,
     label: str,
 ) -> PairResult:
     """Local adaptive Simpson, depth first (see the module docstring).
@@ -314,10 +357,13 @@ def _integrate_local(
         row = row.div_(6.0) if width == 1 else row.mul_(w).div_(6.0)
         row_sum = float(row.sum())
         panel_res = abs((right.loss - left.loss) - row_sum)
+        # In the estimate, only the residual beyond what rounding the two losses can explain (all of it for exact
+        # losses); an explicit residual tolerance is held as given.
+        proven = max(0.0, panel_res - loss_rounding * (abs(left.loss) + abs(right.loss)))
         if budget is None:
             row_norm = float(row.abs().sum())
             budget = l1_tol * max(row_norm, l1_scale) if l1_tol > 0 else float("inf")
-        est = max(indicator, panel_res)
+        est = max(indicator, proven)
         share, res_share = budget * w, res_tol * w
         ok = est <= share + bank and panel_res <= res_share + res_bank
         if ok or width <= min_width:
@@ -337,6 +383,7 @@ def _integrate_local(
         residual, norm = dl - row_sum, row_norm
     else:
         residual, norm = dl - float(lca.sum()), float(lca.abs().sum())
-    flagged = abs(residual) > residual_budget(dl, norm, tolerance, rtol, l1_tol, l1_scale)
+    noise = loss_rounding * (abs(loss0) + abs(loss1))
+    flagged = abs(residual) - noise > residual_budget(dl, norm, tolerance, rtol, l1_tol, l1_scale)
     change = estimate / norm if norm > 0 else 0.0
     return PairResult(lca, loss0, loss1, residual, splits, flagged, end, change)

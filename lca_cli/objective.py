@@ -26,6 +26,7 @@ from torch.func import functional_call
 
 from lca_cli.config import Config, import_factory
 from lca_cli.errors import ConfigError
+from lca_cli.integrate import loss_rounding
 from lca_cli.layout import Layout
 
 __all__ = [
@@ -132,28 +133,42 @@ def _model_loss(out: Any) -> torch.Tensor:
     return loss
 
 
+def _mean64(per_element: torch.Tensor) -> torch.Tensor:
+    """The float64 mean of per-element losses.
+
+    A float32 network's mean loss rounded to float32 is quantised to its ulp (4.8e-7 at a loss of 5): late in
+    training, or at small learning rates, the loss change of a pair is a few of those steps, and its residual
+    against the float64 sum of the row is that rounding, not the integration's error (flagged pairs, refinement
+    to the cap, on a row that was right). Each element's loss keeps the network's dtype; only the reduction is
+    float64, which costs nothing beside the network and leaves the gradient as it was.
+    """
+    return per_element.double().mean()
+
+
 def _causal_lm(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     # Next-token prediction: position t's logits score token t + 1. Mean over the scored tokens of the chunk
-    # (labels != -100); the objective weights chunks by their scored tokens, so the set's loss is the exact
-    # token mean. A chunk with none scored contributes 0 (its weight is 0 too).
+    # (labels != -100; ignored ones score 0); the objective weights chunks by their scored tokens, so the set's
+    # loss is the exact token mean. A chunk with none scored contributes 0 (its weight is 0 too). The sum is
+    # float64 (see _mean64).
     vocab = logits.shape[-1]
     shift_logits = logits[..., :-1, :].reshape(-1, vocab)  # (N*(T-1), V)
     shift_labels = y[..., 1:].reshape(-1).to(logits.device)  # (N*(T-1),)
-    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / max(1, int((shift_labels != IGNORE_INDEX).sum()))
+    per_token = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="none")
+    return per_token.double().sum() / max(1, int((shift_labels != IGNORE_INDEX).sum()))
 
 
+def _as_targets(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Targets of an elementwise loss: (N,) against (N, 1) outputs would broadcast to (N, N), so shapes align."""
+    return (y.reshape(out.shape) if y.numel() == out.numel() else y).to(out.dtype)
+
+
+# Every built-in loss returns the float64 mean of its per-element losses (see _mean64).
 LOSSES: dict[str, dict[str, Any]] = {
-    "cross_entropy": {"fn": lambda out, y: F.cross_entropy(out, y), "classes": True},
-    "nll": {"fn": lambda out, y: F.nll_loss(out, y), "classes": True},
-    # (N, 1) outputs against (N,) targets would broadcast to (N, N): align shapes when sizes agree.
-    "mse": {
-        "fn": lambda out, y: F.mse_loss(out, y.reshape(out.shape).to(out.dtype) if y.numel() == out.numel() else y)
-    },
+    "cross_entropy": {"fn": lambda out, y: _mean64(F.cross_entropy(out, y, reduction="none")), "classes": True},
+    "nll": {"fn": lambda out, y: _mean64(F.nll_loss(out, y, reduction="none")), "classes": True},
+    "mse": {"fn": lambda out, y: _mean64(F.mse_loss(out, _as_targets(out, y), reduction="none"))},
     "bce_with_logits": {
-        "fn": lambda out, y: F.binary_cross_entropy_with_logits(
-            out, (y.reshape(out.shape) if y.numel() == out.numel() else y).to(out.dtype)
-        )
+        "fn": lambda out, y: _mean64(F.binary_cross_entropy_with_logits(out, _as_targets(out, y), reduction="none"))
     },
     "causal_lm": {"fn": _causal_lm, "classes": True},
     "model_loss": {"fn": None, "model_labels": True},
@@ -562,6 +577,9 @@ class Objective:
         self._weights = [u / total for u in units]
         self._model_labels = bool(getattr(loss_fn, "model_labels", False))
         self._weights_on: dict[torch.device, torch.Tensor] = {}
+        #: The dtype of the chunk losses (the loss's own: float64 for the built-in ones, often float32 for a model's
+        #: ``loss`` or a custom loss), as the last evaluation returned them; see :attr:`loss_rounding`.
+        self.loss_dtype = torch.float64
 
     def head(self, chunks: int = 1) -> Objective:
         """The same objective over the first ``chunks`` evaluation chunks only (a cheap, representative probe).
@@ -684,6 +702,7 @@ class Objective:
             )
         if not loss.is_floating_point():
             raise ConfigError(f"{head}: the loss returned a {loss.dtype} tensor; it must be floating point")
+        self.loss_dtype = loss.dtype
         if not loss.requires_grad:
             raise ConfigError(
                 f"{head}: the loss does not depend on the parameters (no gradient); does it detach or use .item()?"
@@ -725,8 +744,18 @@ class Objective:
             chunk_losses.append(chunk_loss.detach().reshape(()))  # a (1,)-shaped custom loss must not broadcast
 
         self._each_chunk(tensors, accumulate, flat.device)
+        self.loss_dtype = chunk_losses[0].dtype
         loss = (torch.stack(chunk_losses).double() * self._weight_tensor(flat.device)).sum()
         return loss, grad
+
+    @property
+    def loss_rounding(self) -> float:
+        """Relative rounding bound of the loss values (:func:`lca_cli.integrate.loss_rounding`).
+
+        Of the coarser of the network's dtype and the loss's: a float32 network's outputs carry its rounding into
+        the loss however precisely the loss is reduced.
+        """
+        return max(loss_rounding(self.dtype), loss_rounding(self.loss_dtype))
 
     def _weight_tensor(self, device: torch.device) -> torch.Tensor:
         """The chunk weights ``n_c / N`` as a float64 ``(C,)`` tensor on ``device`` (cached)."""

@@ -453,6 +453,7 @@ class PairEngine:
                         rtol=self.rtol,
                         l1_tol=self.l1_tol,
                         l1_scale=self.l1_scales.get(s, 0.0),
+                        loss_rounding=obj.loss_rounding,  # known once the start and end were evaluated
                         label=f"steps {steps[t]} -> {steps[t + 1]} (set {s})",
                     )
                     results.append((s, res))
@@ -960,12 +961,15 @@ def _store_attrs(
     device: torch.device,
     tied: Mapping[str, str] | None = None,
     l1_scales: Mapping[str, float] | None = None,
+    loss_rounding: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Attributes of a new store: the settings, evaluation details and run scales its numbers depend on."""
     opts = config.compute
     scale = {"l1_scale": dict(l1_scales), "l1_scale_pairs": SCALE_PAIRS} if l1_scales is not None else {}
     return {
         **scale,
+        # Per set, the relative rounding bound of its losses: a residual within it times |L0| + |L1| is rounding.
+        "loss_rounding": dict(loss_rounding or {}),
         "method": opts.method,
         "refine": opts.refine,
         "tolerance": opts.tolerance,
@@ -1248,7 +1252,8 @@ class _Compute:
                 target = prepare(
                     self.out, self.run_dir, refs, identity=config.identity(), layout=engine.layout,
                     sets=list(engine.objectives), attrs=_store_attrs(config, self.details, self.device,
-                    self.expected.aliases, scales), rows_per_chunk=config.compute.rows_per_chunk,
+                    self.expected.aliases, scales, {s: o.loss_rounding for s, o in engine.objectives.items()}),
+                    rows_per_chunk=config.compute.rows_per_chunk,
                     overwrite=self.overwrite, repair=self.repair, device=str(self.device), durable=self.durable,
                     columns=None if engine.columns is None else engine.columns.columns, busy=self.board.busy,
                     purpose=purpose,

@@ -12,7 +12,7 @@ import reference
 import torch
 
 from lca_cli.errors import NumericalError
-from lca_cli.integrate import Evaluation, integrate_pair, residual_budget, within_tolerance
+from lca_cli.integrate import Evaluation, integrate_pair, loss_rounding, residual_budget, within_tolerance
 from lca_cli.layout import Layout
 from lca_cli.objective import Objective, builtin_loss, make_chunks, prepare_model
 from lca_cli.quadrature import panel_rule
@@ -467,6 +467,52 @@ def test_local_leaves_caller_gradients_untouched() -> None:
     assert res.splits == 16
     assert all(torch.equal(g, copy) for g, copy in handed)
     assert torch.equal(start.grad, start_copy)
+
+
+def test_loss_rounding_bounds() -> None:
+    assert loss_rounding(torch.float64) == 0.0  # float64 losses count as exact, as they always did
+    assert loss_rounding(torch.float32) == 4 * 2.0**-24  # four unit roundoffs
+    assert loss_rounding(torch.bfloat16) > loss_rounding(torch.float16) > loss_rounding(torch.float32)
+
+
+def _float32_losses(loss):  # type: ignore[no-untyped-def]
+    """The same loss, rounded to float32 as a float32 model's own loss is (the gradient stays exact)."""
+    return lambda v: loss(v).float().double()
+
+
+@pytest.mark.parametrize("refine", ["local", "doubling"])
+def test_a_residual_that_is_loss_rounding_neither_refines_nor_flags(refine: str) -> None:
+    # A quadratic loss (plain Simpson exact) over a step so small that its loss change is a few float32 steps of
+    # the loss: the residual is the rounding of the two losses, and refining cannot reduce it.
+    loss, grad = power_objective(2)
+    delta = DELTA * 1e-6
+    point = Counted(_float32_losses(loss), grad, V0, delta)
+    kw = {"refine": refine, "max_splits": 16, "l1_tol": 1e-3, **({"tolerance": 0.0} if refine == "doubling" else {})}
+    blind = integrate_pair(point, delta, point.at(0.0), **kw)  # type: ignore[arg-type]
+    assert blind.splits == 16 and blind.flagged and blind.residual != 0.0  # chased the rounding to the cap
+    aware = integrate_pair(point, delta, point.at(0.0), loss_rounding=loss_rounding(torch.float32), **kw)  # type: ignore[arg-type]
+    assert not aware.flagged and aware.residual == pytest.approx(blind.residual, rel=1e-9)
+    # The per-parameter target alone stops at plain Simpson; an explicit tolerance (0 here) refines as given.
+    assert aware.splits == (2 if refine == "local" else 16)
+    exact = torch.tensor([1.0, -0.5, 2.0, 0.25], dtype=torch.float64) * delta * (V0 + delta / 2)  # no cancellation
+    torch.testing.assert_close(aware.lca, exact, rtol=1e-12, atol=0.0)  # and the row is right
+
+
+def test_loss_rounding_leaves_real_errors_to_refine_and_flag() -> None:
+    # A kink's residual is far above the rounding of its float32 losses: refined and, at the cap, flagged as before.
+    v0, delta, loss_grad, exact = _one_kink(0.3)
+    loss, grad = (lambda v: loss_grad(v)[0]), (lambda v: loss_grad(v)[1])
+    point = Counted(_float32_losses(loss), grad, v0, delta)
+    rounding = loss_rounding(torch.float32)
+    capped = integrate_pair(
+        point, delta, point.at(0.0), refine="local", max_splits=2, l1_tol=1e-9, loss_rounding=rounding
+    )
+    assert capped.flagged and abs(capped.residual) > 100 * rounding * (abs(capped.loss0) + abs(capped.loss1))
+    refined = integrate_pair(
+        point, delta, point.at(0.0), refine="local", max_splits=64, l1_tol=1e-4, loss_rounding=rounding
+    )
+    assert refined.splits > 2
+    assert float((refined.lca - exact).abs().sum()) < float((capped.lca - exact).abs().sum()) / 10
 
 
 def test_unknown_refine_scheme() -> None:

@@ -67,6 +67,52 @@ def test_chunked_float64_equals_full_batch(batch_size: int) -> None:
     assert sum(sizes) == 50 and sizes[-1] == 50 - batch_size * (len(sizes) - 1)  # the remainder is kept
 
 
+def _loss_case(name: str, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 outputs and targets of 4,096 samples for one built-in loss."""
+    n, c = 4096, 5
+    if name == "causal_lm":
+        return torch.randn(64, 65, c, generator=g), torch.randint(0, c, (64, 65), generator=g)
+    out = torch.randn(n, c, generator=g)
+    if name == "nll":
+        return out.log_softmax(1), torch.randint(0, c, (n,), generator=g)
+    if name == "cross_entropy":
+        return out, torch.randint(0, c, (n,), generator=g)
+    if name == "mse":
+        return out, torch.randn(n, c, generator=g)
+    return out, torch.randint(0, 2, (n, c), generator=g).float()  # bce_with_logits
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "nll", "mse", "bce_with_logits", "causal_lm"])
+def test_builtin_losses_are_not_rounded_to_the_networks_dtype(name: str) -> None:
+    # A float32 mean is a multiple of its ulp (1.2e-7 near 1): a loss change of a few ulps, late in training, would
+    # be that rounding. Nudge 10% of the float32 outputs by one float32 step, 40 times: the float64-reduced loss
+    # follows each nudge, where the float32 mean takes a handful of values.
+    g = torch.Generator().manual_seed(0)
+    out, y = _loss_case(name, g)
+    loss_fn = builtin_loss(name)
+    values64, values32 = set(), set()
+    for _ in range(40):
+        nudged = torch.where(torch.rand(out.shape, generator=g) < 0.1, torch.nextafter(out, out + 1), out)
+        loss = loss_fn(nudged, y)
+        assert loss.dtype == torch.float64
+        values64.add(float(loss))
+        values32.add(float(loss.float()))
+    assert len(values32) <= 8 and len(values64) >= 30, (len(values32), len(values64))
+
+
+def test_loss_rounding_follows_the_coarser_of_network_and_loss() -> None:
+    model = reference.tanh_mlp(seed=1)
+    assert build_objective(copy.deepcopy(model), DATA, 25, torch.float64)[0].loss_rounding == 0.0
+    obj32, v, fixed = build_objective(copy.deepcopy(model), DATA, 25, torch.float32)
+    assert obj32.loss_rounding == 4 * 2.0**-24  # float32 outputs, however precisely the loss is reduced
+    obj, v, fixed = build_objective(copy.deepcopy(model), DATA, 25, torch.float64)
+    custom = Objective(obj.model, obj.vlayout, obj.evalset, lambda out, y: nn.functional.cross_entropy(out.float(), y),
+                       torch.float64)  # fmt: skip
+    obj.value_and_grad(v, fixed)
+    custom.value_and_grad(v, fixed)
+    assert obj.loss_rounding == 0.0 and custom.loss_rounding == 4 * 2.0**-24  # a float32 loss of a float64 net
+
+
 @pytest.mark.parametrize("batch_size", [7, 50])
 def test_float32_network_close_to_float64(batch_size: int) -> None:
     model = reference.tanh_mlp(seed=1)
