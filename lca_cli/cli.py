@@ -382,6 +382,10 @@ def compute(
         quiet = quiet or bool(rank)  # the other ranks of a torchrun job are quiet: rank 0 reports
         flags["params"] = tuple(flags.get("params") or ()) or None
         config_file = config_path or run_dir / "lca.toml"
+        if config_path is None and not follow and not run_dir.is_dir():  # a mistyped RUN_DIR, not a missing config
+            from lca_cli.errors import RunDirError
+
+            raise RunDirError(f"run directory {run_dir} does not exist (or is not a directory)")
         if follow and not dry_run:  # training may not have written lca.toml yet
             wait_for_file(config_file, schedule.idle_timeout, stop)
         config = load_config(config_file)
@@ -658,9 +662,9 @@ def verify(store: Path, as_json: bool) -> None:
     row is an error, and every read verifies checksums.)
     """
     from lca_cli.integrity import verify as run_verify
-    from lca_cli.store import LcaStore
+    from lca_cli.reduce import open_store
 
-    report = run_verify(LcaStore.open(store, check=False))
+    report = run_verify(open_store(store, check=False))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
     else:

@@ -61,11 +61,12 @@ class Window:
         return f"{'' if self.start is None else self.start}:{'' if self.stop is None else self.stop}"
 
 
-def open_store(path: str | Path) -> LcaStore:
+def open_store(path: str | Path, check: bool = True) -> LcaStore:
     """Open a store for reading; a run directory gets a hint at the store inside it.
 
     Args:
         path: The store (usually ``RUN_DIR/lca.zarr``).
+        check: Passed to :meth:`LcaStore.open` (False for ``lca verify``, which checks everything itself).
 
     Returns:
         The store.
@@ -77,7 +78,7 @@ def open_store(path: str | Path) -> LcaStore:
     """
     p = Path(path)
     try:
-        return LcaStore.open(p)
+        return LcaStore.open(p, check=check)
     except StoreError:
         if not p.is_dir():
             raise

@@ -361,7 +361,8 @@ def write_report(
         "concentration": lambda: _view_concentration(pdir, data),
         "heatmaps": lambda: _view_heatmaps(pdir, data, groups, output_group) if main.maps else None,
         "input_maps": lambda: _view_input_maps(pdir, data, *inputs) if inputs is not None else None,
-        "trajectories": lambda: _view_trajectories(pdir, data, labels, kinds),
+        # No parameter to follow when none moved (every LCA exactly 0; the composition caption says so).
+        "trajectories": lambda: _view_trajectories(pdir, data, labels, kinds) if kinds else None,
         "sync": lambda: _view_sync(pdir, data),
     }
     drawn: list[View] = []
@@ -438,7 +439,7 @@ def _set_numbers(store: LcaStore, d: SetData) -> dict[str, Any]:
         "helped_share_mean": _f(helped.mean()),
         "zero_share_mean": _f(zero.mean()),
         "hurt_share_mean": _f(hurt.mean()),
-        "helped_fraction_mean": _f(np.nanmean(frac_nz)) if np.isfinite(frac_nz).any() else None,
+        "helped_fraction_mean": _f(_nanmean(frac_nz)),
         "helped_fraction_per_parameter_median": _f(np.median(frac_param[moved])) if moved.any() else None,
         "params_never_moved": int((~moved).sum()),
         "zero_entries": h.zeros,
@@ -555,6 +556,11 @@ def _set_title(d: SetData, first: str) -> str:
     del first
     role = _ROLES.get(d.name, "")
     return f"set '{d.name}'" + (f" ({role})" if role else "")
+
+
+def _nanmean(x: np.ndarray) -> float:
+    """Mean of the finite entries; NaN (without numpy's warning) when there is none, e.g. when nothing moved."""
+    return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
@@ -689,15 +695,16 @@ def _view_composition(pdir: Path, data: list[SetData]) -> View:
         lambda d: (
             f"on an average iteration {_pct(float(d.comp.shares()[0].mean()))} of all parameters helped, "
             f"{_pct(float(d.comp.shares()[1].mean()))} were exactly zero and {_pct(float(d.comp.shares()[2].mean()))} "
-            f"hurt; of the nonzero ones {_pct(float(np.nanmean(d.comp.nonzero_fraction())))} helped"
+            f"hurt; of the nonzero ones {_pct(_nanmean(d.comp.nonzero_fraction()))} helped"
         ),
     )
     main = data[0]
-    frac = float(np.nanmean(main.comp.nonzero_fraction()))
-    late = main.comp.nonzero_fraction()[main.sel.n // 2 :]
-    late_mean = float(np.nanmean(late)) if np.isfinite(late).any() else float("nan")
+    frac = _nanmean(main.comp.nonzero_fraction())
+    late_mean = _nanmean(main.comp.nonzero_fraction()[main.sel.n // 2 :])
     verdict = (
-        " — close to the paper's barely-over-half"
+        " — no parameter moved"
+        if not math.isfinite(frac)
+        else " — close to the paper's barely-over-half"
         if 0.5 < frac < 0.6
         else (
             " — more than the paper's barely-over-half; short runs weigh the steep early phase, when most "
@@ -1573,10 +1580,12 @@ def _output_folders(out_html: str | Path, png_dir: str | Path | None) -> tuple[P
     """The page's path and its figures' folder (default ``PAGE_files`` beside it), both folders created.
 
     Raises:
-        UsageError: If a folder cannot be created (one line naming it).
+        UsageError: If the page's path is a directory, or a folder cannot be created (one line naming it).
 
     """
     out = Path(out_html)
+    if out.is_dir():  # checked before any work: the page would fail to be written only after every figure
+        raise UsageError(f"--out {out} is a directory; give the page's file name, e.g. --out {out / 'report.html'}")
     pdir = Path(png_dir) if png_dir is not None else out.with_name(f"{out.stem}_files")
     for folder in (out.parent, pdir):
         try:

@@ -266,6 +266,18 @@ def test_missing_run_dir_with_valid_config(
     assert_one_line_error(code, out, err, "run_dir", "does not exist")
 
 
+def test_mistyped_run_dir_without_config_is_a_run_dir_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # Not "config file .../lca.toml not found" (exit 3): the run directory itself is what is missing.
+    for extra in ([], ["--dry-run"]):
+        code, out, err = run_cli(capsys, "compute", tmp_path / "nope", *extra)
+        assert_one_line_error(code, out, err, "run_dir", f"run directory {tmp_path / 'nope'} does not exist")
+
+
+def test_verify_of_a_run_dir_names_the_store_in_it(capsys: pytest.CaptureFixture[str], computed_run: Path) -> None:
+    code, out, err = run_cli(capsys, "verify", computed_run)
+    assert_one_line_error(code, out, err, "store", f"did you mean {computed_run / 'lca.zarr'}?")
+
+
 def test_single_checkpoint(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     run = make_tiny_run(tmp_path, steps=1)
     (run / "step_00000001.safetensors").unlink()

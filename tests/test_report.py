@@ -154,8 +154,27 @@ def test_report_window_set_and_streaming_only(tmp_path: Path, lca_read_spy) -> N
     assert nb["heatmap_layers"] == []
 
 
+def test_report_of_a_run_where_nothing_moved(tmp_path: Path) -> None:
+    # Learning rate 0: identical checkpoints, every LCA exactly 0. No parameter to follow, no mean of nothing.
+    from runs import make_tiny_run
+
+    from lca_cli.config import load_config
+    from lca_cli.pipeline import compute
+
+    run = make_tiny_run(tmp_path, steps=3, lr=0.0)
+    compute(run, load_config(run / "lca.toml").with_overrides(threads=1), run / "lca.zarr")
+    result = write_report(run / "lca.zarr", tmp_path / "static.html")
+    page = _check_page(result, len(result.pngs))
+    assert "trajectories" not in _captions(page) and "no parameter moved" in page
+    assert result.numbers["helped_fraction_mean"] is None and result.numbers["parameters"] == []
+
+
 def test_report_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_store(tmp_path / "s.zarr")
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(UsageError, match="is a directory; give the page's file name"):
+        write_report(tmp_path / "s.zarr", tmp_path / "adir")
+    assert not (tmp_path / "adir_files").exists()  # refused before any figure was drawn
     with pytest.raises(StoreError):
         write_report(tmp_path / "missing.zarr", tmp_path / "x.html")
     with pytest.raises(UsageError, match="no such evaluation set"):
