@@ -45,7 +45,7 @@ from lca_cli.report import (
     gather_set,
 )
 from lca_cli.store import LcaStore
-from lca_cli.views import cumulative
+from lca_cli.views import cumulative, require_set
 
 __all__ = ["LayerMatch", "match_layers", "write_comparison"]
 
@@ -95,8 +95,7 @@ def _common_sets(a: LcaStore, b: LcaStore, set_names: Sequence[str] | None) -> l
     if set_names:
         for s in set_names:
             for st in (a, b):
-                if s not in st.sets:
-                    raise UsageError(f"--set {s}: {st.path} has no such evaluation set (sets: {', '.join(st.sets)})")
+                require_set(st, s)
         return list(dict.fromkeys(set_names))
     common = [s for s in a.sets if s in b.sets]
     if not common:

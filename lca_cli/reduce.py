@@ -26,7 +26,7 @@ import numpy as np
 
 from lca_cli.errors import StoreError, UsageError
 from lca_cli.store import HELPED_RULE, LcaStore, column_counts
-from lca_cli.views import concentration, learning_milestones, significance
+from lca_cli.views import concentration, learning_milestones, require_set, significance
 
 __all__ = [
     "BY_CHOICES",
@@ -517,9 +517,9 @@ def summarize(
         The summary.
 
     Raises:
-        UsageError: On an unknown ``by``/``sort``, a non-positive ``top``, ``concentration`` with another
-            ``by``, or a window in which no iteration starts.
-        StoreError: If the set does not exist, or no iteration of the window is computed yet.
+        UsageError: On an unknown set, ``by`` or ``sort``, a non-positive ``top``, ``concentration`` with
+            another ``by``, or a window in which no iteration starts.
+        StoreError: If no iteration of the window is computed yet.
 
     """
     if by not in BY_CHOICES:
@@ -533,7 +533,7 @@ def summarize(
         raise UsageError(f"--concentration works with --by layer or --by tensor, not --by {by}")
     set_name = set_name or ("train" if "train" in store.sets else store.sets[0])
     window = window or Window()
-    store.array(set_name, "done")  # raises StoreError for an unknown set
+    require_set(store, set_name)
     mask = window_mask(store, window, set_name)
     _check_window(store, set_name, window, mask)
     header = _header(store, set_name, mask, window)

@@ -81,6 +81,7 @@ from lca_cli.views import (
     neuron_totals,
     parameter_label,
     rank_neuron_groups,
+    require_set,
     scan_parameters,
     scan_selected,
     select_parameters,
@@ -246,11 +247,8 @@ def _resolve_sets(store: LcaStore, set_names: Sequence[str] | str | None) -> tup
     if isinstance(set_names, str):
         set_names = [set_names]
     if set_names:
-        unknown = [s for s in set_names if s not in store.sets]
-        if unknown:
-            raise UsageError(
-                f"--set {unknown[0]}: {store.path} has no such evaluation set (sets: {', '.join(store.sets)})"
-            )
+        for s in set_names:
+            require_set(store, s)
         return list(dict.fromkeys(set_names)), True
     ordered = (["train"] if "train" in store.sets else []) + [s for s in store.sets if s != "train"]
     return ordered, False

@@ -63,6 +63,7 @@ __all__ = [
     "parameter_label",
     "peak_overlap",
     "rank_neuron_groups",
+    "require_set",
     "scan_parameters",
     "scan_selected",
     "select_parameters",
@@ -123,6 +124,17 @@ class Selection:
         return (self.stop - self.start) - self.n
 
 
+def require_set(store: LcaStore, set_name: str) -> None:
+    """Refuse an evaluation set the store does not hold (``--set``), naming the ones it does.
+
+    Raises:
+        UsageError: If ``set_name`` is not one of ``store.sets`` (a bad option value: exit 2).
+
+    """
+    if set_name not in store.sets:
+        raise UsageError(f"--set {set_name}: {store.path} has no such evaluation set (sets: {', '.join(store.sets)})")
+
+
 def select_rows(store: LcaStore, set_name: str, steps: tuple[int | None, int | None] | None = None) -> Selection:
     """Choose the iterations of ``set_name`` that start at a step in ``[A, B)`` and are done.
 
@@ -139,8 +151,7 @@ def select_rows(store: LcaStore, set_name: str, steps: tuple[int | None, int | N
         StoreError: If no iteration inside the window is done yet.
 
     """
-    if set_name not in store.sets:
-        raise UsageError(f"--set {set_name}: {store.path} has no such evaluation set (sets: {', '.join(store.sets)})")
+    require_set(store, set_name)
     lo, hi = steps if steps is not None else (None, None)
     if lo is not None and hi is not None and lo >= hi:
         raise UsageError(f"--steps {lo}:{hi}: the window is empty (A must be < B)")

@@ -400,7 +400,7 @@ def test_report_one_store_and_a_comparison(capsys: pytest.CaptureFixture[str], c
 
 def test_unknown_set(capsys: pytest.CaptureFixture[str], computed_run: Path) -> None:
     code, out, err = run_cli(capsys, "summarize", computed_run / "lca.zarr", "--set", "val")
-    assert_one_line_error(code, out, err, "store", "val")
+    assert_one_line_error(code, out, err, "usage", "--set val", "no such evaluation set (sets: train)")
 
 
 def test_store_from_another_config_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -139,8 +139,8 @@ def test_top_sort_and_errors(store: tuple[LcaStore, np.ndarray]) -> None:
         summarize(s, by="planet")
     with pytest.raises(UsageError):
         summarize(s, top=0)
-    with pytest.raises(StoreError):
-        summarize(s, set_name="val")
+    with pytest.raises(UsageError, match=r"--set val: .* has no such evaluation set \(sets: train\)"):
+        summarize(s, set_name="val")  # a bad option value (exit 2), as for report and compare
 
 
 def test_not_done_rows_are_ignored(tmp_path: Path) -> None:

@@ -50,7 +50,10 @@ def from_config(architecture: str, config: str) -> torch.nn.Module:
 
     cls = getattr(transformers, architecture, None)
     if cls is None or not hasattr(cls, "config_class"):
-        raise ConfigError(f"transformers has no model class {architecture!r}; pass model='pkg.module:build'")
+        raise ConfigError(
+            f"transformers has no model class {architecture!r}; name a builder of your own instead ([model] factory = "
+            "'pkg.module:build' in lca.toml, or model='pkg.module:build' to the callback)"
+        )
     cfg = cls.config_class.from_dict(json.loads(config))
     model: torch.nn.Module = cls(cfg)
     return model
