@@ -518,7 +518,8 @@ _STEPS_HELP = (
 )
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--by", type=click.Choice(["layer", "tensor", "neuron", "iteration"]), default="layer", show_default=True,
-              help="layer = parameter name minus its last component; neuron = output unit (dim 0).")  # fmt: skip
+              help="layer = parameter name minus its last component; neuron = output unit (dim 0; columns of weights "
+                   "stored (in, out), as transformers' Conv1D).")  # fmt: skip
 @click.option("--set", "set_name", help="Evaluation set [train, else the first].")
 @click.option("--steps", help=_STEPS_HELP)
 @click.option("--top", type=int, help="Show only the first N rows (after sorting).")

@@ -2,7 +2,7 @@
 
 By default a row has one column per parameter (``--granularity parameter``). For big models that is most of
 the disk: a store can instead keep one column per *neuron* (``neuron``: output unit ``i`` of a layer, the sum
-over row ``i`` of each of its tensors, as :meth:`lca_cli.layout.Layout.neurons` groups them) or per *tensor*
+over unit ``i`` of each of its tensors, as :meth:`lca_cli.layout.Layout.neurons` groups them) or per *tensor*
 (``tensor``), and ``--params GLOB`` keeps the columns of the tensors whose names match only, the rest summed
 into one last column named :data:`OTHER`, so that a row still sums to the pair's whole allocation and
 conservation stays checkable.
@@ -293,8 +293,8 @@ class ColumnReducer:
                 acc: torch.Tensor | None = None
                 for t in g.tensors:
                     p = self.layout.params[t]
-                    rows = lca_p[p.offset : p.stop].view(g.units, -1).sum(dim=1)  # (units,): row i = neuron i
-                    acc = rows if acc is None else acc + rows
+                    units = p.unit_sums(lca_p[p.offset : p.stop])  # (units,): unit i = neuron i
+                    acc = units if acc is None else acc + units
                 assert acc is not None
                 parts.append(acc)
         return torch.cat(parts)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,18 +33,81 @@ def layer_name(param_name: str) -> str:
     return head if sep else param_name
 
 
+def unit_axes(module: torch.nn.Module) -> dict[str, int]:
+    """Parameters whose output units are not along dim 0: ``{name: axis}``.
+
+    ``transformers``' ``Conv1D`` (GPT-2's attention and MLP projections) stores its weight as ``(in, out)``, the
+    transpose of ``nn.Linear``'s: its output unit ``i`` is column ``i`` of the weight (and entry ``i`` of the
+    bias). Recognised by the class name and its ``nf`` (output features), so ``transformers`` need not be
+    imported.
+
+    Args:
+        module: The model.
+
+    Returns:
+        ``{"transformer.h.0.attn.c_attn.weight": 1, ...}``; empty for models of ``nn.Linear`` and convolutions.
+
+    """
+    out: dict[str, int] = {}
+    for prefix, m in module.named_modules():
+        weight = getattr(m, "weight", None)
+        if (
+            type(m).__name__ == "Conv1D"
+            and weight is not None
+            and weight.dim() == 2
+            and getattr(m, "nf", None) == weight.shape[1]
+        ):
+            out[f"{prefix}.weight" if prefix else "weight"] = 1
+    return out
+
+
 @dataclass(frozen=True)
 class ParamInfo:
-    """One parameter tensor's place in the flat vector."""
+    """One parameter tensor's place in the flat vector.
+
+    ``axis`` is the dimension along which the tensor's output units (neurons) lie: 0 for ``nn.Linear`` and
+    convolution weights, 1 for a weight stored ``(in, out)`` (:func:`unit_axes`). It does not take part in
+    comparisons: a store made before it was recorded (every axis 0) still belongs to the same model.
+    """
 
     name: str
     shape: tuple[int, ...]
     offset: int
+    axis: int = field(default=0, compare=False)
 
     @property
     def numel(self) -> int:
         """Number of scalars in the tensor."""
         return math.prod(self.shape)
+
+    @property
+    def units(self) -> int:
+        """Number of output units: the size along :attr:`axis` (1 for a scalar)."""
+        return self.shape[self.axis] if self.shape else 1
+
+    def unit_sums(self, values: Any, **sum_kw: Any) -> Any:
+        """Sum values of this tensor by output unit: ``(..., numel) -> (..., units)``, numpy or torch.
+
+        Args:
+            values: The tensor's entries (flattened row-major) last, any leading dimensions first.
+            **sum_kw: Passed to ``sum`` (e.g. ``dtype=np.float64`` for numpy).
+
+        Returns:
+            Per-unit sums. Along axis 0 each unit is a contiguous block, summed as one.
+
+        """
+        lead = tuple(values.shape[:-1])
+        if self.axis == 0:
+            return values.reshape(*lead, self.units, -1).sum(len(lead) + 1, **sum_kw)
+        others = tuple(len(lead) + k for k in range(len(self.shape)) if k != self.axis)
+        return values.reshape(*lead, *self.shape).sum(others, **sum_kw)
+
+    def unit_index(self) -> np.ndarray:
+        """The output unit of each entry (flattened row-major): int64 ``(numel,)``."""
+        if not self.shape:
+            return np.zeros(1, dtype=np.int64)
+        along = [-1 if k == self.axis else 1 for k in range(len(self.shape))]
+        return np.broadcast_to(np.arange(self.units, dtype=np.int64).reshape(along), self.shape).ravel()
 
     @property
     def stop(self) -> int:
@@ -59,11 +122,12 @@ class Layout:
     params: tuple[ParamInfo, ...]
 
     @classmethod
-    def from_shapes(cls, shapes: Sequence[tuple[str, Sequence[int]]]) -> Layout:
+    def from_shapes(cls, shapes: Sequence[tuple[str, Sequence[int]]], axes: Mapping[str, int] | None = None) -> Layout:
         """Build a layout from ``(name, shape)`` pairs in order.
 
         Args:
             shapes: Parameter names and shapes, in ``named_parameters()`` order.
+            axes: The unit axis of the tensors whose units are not along dim 0 (see :func:`unit_axes`).
 
         Returns:
             The layout with consecutive offsets.
@@ -71,7 +135,7 @@ class Layout:
         """
         infos, offset = [], 0
         for name, shape in shapes:
-            info = ParamInfo(name, tuple(int(s) for s in shape), offset)
+            info = ParamInfo(name, tuple(int(s) for s in shape), offset, (axes or {}).get(name, 0))
             infos.append(info)
             offset = info.stop
         return cls(tuple(infos))
@@ -87,7 +151,7 @@ class Layout:
             Its layout.
 
         """
-        return cls.from_shapes([(n, tuple(p.shape)) for n, p in module.named_parameters()])
+        return cls.from_shapes([(n, tuple(p.shape)) for n, p in module.named_parameters()], unit_axes(module))
 
     @classmethod
     def from_attrs(cls, params: Sequence[Mapping[str, object]]) -> Layout:
@@ -104,12 +168,16 @@ class Layout:
         for p in params:
             shape: Any = p["shape"]
             offset: Any = p["offset"]
-            infos.append(ParamInfo(str(p["name"]), tuple(int(s) for s in shape), int(offset)))
+            axis: Any = p.get("axis", 0)  # absent: dim 0 (every store made before axes were recorded)
+            infos.append(ParamInfo(str(p["name"]), tuple(int(s) for s in shape), int(offset), int(axis)))
         return cls(tuple(infos))
 
     def to_attrs(self) -> list[dict[str, object]]:
-        """The ``params`` attribute written into a store: ``[{name, shape, offset}]``."""
-        return [{"name": p.name, "shape": list(p.shape), "offset": p.offset} for p in self.params]
+        """The ``params`` attribute written into a store: ``[{name, shape, offset}]``, ``axis`` when not 0."""
+        return [
+            {"name": p.name, "shape": list(p.shape), "offset": p.offset, **({"axis": p.axis} if p.axis else {})}
+            for p in self.params
+        ]
 
     @property
     def size(self) -> int:
@@ -141,25 +209,25 @@ class Layout:
         return out
 
     def neurons(self) -> list[tuple[str, list[tuple[int, int]]]]:
-        """Output units of each layer: index ``i`` along dim 0 of every tensor of the layer.
+        """Output units of each layer: index ``i`` along the unit axis of every tensor of the layer.
 
-        A layer whose tensors disagree on dim 0 (or hold a scalar) is split per tensor instead.
+        The unit axis is dim 0 except for weights stored ``(in, out)`` (:attr:`ParamInfo.axis`). A layer whose
+        tensors disagree on their number of units (or hold a scalar) is split per tensor instead.
 
         Returns:
-            ``[(layer_or_tensor_name, [(tensor index, dim-0 size)])]``: each entry's neurons are
-            ``0..size-1`` and neuron ``i`` gathers row ``i`` of every listed tensor.
+            ``[(layer_or_tensor_name, [(tensor index, units)])]``: each entry's neurons are ``0..units-1`` and
+            neuron ``i`` gathers unit ``i`` of every listed tensor (:meth:`ParamInfo.unit_sums`).
 
         """
         out: list[tuple[str, list[tuple[int, int]]]] = []
         for layer, idx in self.layers():
-            sizes = {self.params[i].shape[0] if self.params[i].shape else 1 for i in idx}
+            sizes = {self.params[i].units for i in idx}
             if len(sizes) == 1 and all(self.params[i].shape for i in idx):
                 n0 = sizes.pop()
                 out.append((layer, [(i, n0) for i in idx]))
             else:
                 for i in idx:
-                    shape = self.params[i].shape
-                    out.append((self.params[i].name, [(i, shape[0] if shape else 1)]))
+                    out.append((self.params[i].name, [(i, self.params[i].units)]))
         return out
 
     def flatten(self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -1350,6 +1350,10 @@ class _Compute:
         store = target.store
         # The run scale every row is held to, as the store recorded it when it was made (owner and helpers alike).
         engine.l1_scales = l1_scales_of(store, self.config.compute.l1_scope)
+        if engine.columns is not None:
+            # Neuron or tensor columns are summed as the store recorded them when it was made: a store made before
+            # the units' axes were recorded (GPT-2's Conv1D weights summed by input row) keeps its columns.
+            engine.columns = ColumnReducer(store.columns, store.layout)
         self._reporter = self.progress if isinstance(self.progress, ProgressReporter) else None
         scope = sch.scope if sch.until is None else dataclasses.replace(sch.scope, stop=sch.until)
         self._skipped = int(store.done().sum())

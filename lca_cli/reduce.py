@@ -337,7 +337,7 @@ def _add_concentration(store: LcaStore, rows: list[dict[str, Any]], colsum: np.n
 
 
 def neuron_index(store: LcaStore) -> tuple[list[str], np.ndarray]:
-    """Map every column of ``lca`` to its neuron (output unit along dim 0 of its layer's tensors).
+    """Map every column of ``lca`` to its neuron (output unit of its layer's tensors, see ``Layout.neurons``).
 
     Works at the resolution stored (:attr:`LcaStore.column_layout`): a neuron store's columns are its neurons,
     a store with ``--params`` has an ``(other)`` neuron for the rest.
@@ -364,11 +364,9 @@ def neuron_index(store: LcaStore) -> tuple[list[str], np.ndarray]:
         base = len(names)
         n0 = members[0][1]
         names.extend(f"{group}[{i}]" for i in range(n0))
-        for ti, size0 in members:
+        for ti, _ in members:
             p = layout.params[ti]
-            per_row = p.numel // size0 if size0 else 0
-            # Row-major flattening: the first `per_row` columns of the tensor are neuron 0, and so on.
-            col2neuron[p.offset : p.stop] = base + np.repeat(np.arange(size0), per_row)
+            col2neuron[p.offset : p.stop] = base + p.unit_index()
     return names, col2neuron
 
 

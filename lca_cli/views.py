@@ -701,7 +701,7 @@ def scan_parameters(
 
 
 def neuron_groups(layout: Layout) -> list[tuple[str, list[tuple[int, int]]]]:
-    """The neuron groups of a layout (``Layout.neurons()``): ``[(name, [(tensor index, dim-0 size)])]``."""
+    """The neuron groups of a layout (``Layout.neurons()``): ``[(name, [(tensor index, units)])]``."""
     return layout.neurons()
 
 
@@ -714,14 +714,14 @@ def neuron_totals(layout: Layout, total: np.ndarray, group: int) -> np.ndarray:
         group: Index into ``layout.neurons()``.
 
     Returns:
-        Per-unit totals (a unit gathers row ``i`` of every tensor of the group).
+        Per-unit totals (unit ``i`` of every tensor of the group, see ``Layout.neurons``).
 
     """
     _, members = layout.neurons()[group]
     out: np.ndarray | None = None
-    for ti, n0 in members:
+    for ti, _ in members:
         p = layout.params[ti]
-        part = np.asarray(total[p.offset : p.stop], dtype=np.float64).reshape(n0, -1).sum(axis=1)
+        part = p.unit_sums(np.asarray(total[p.offset : p.stop], dtype=np.float64))
         out = part if out is None else out + part
     assert out is not None
     return out
@@ -775,11 +775,10 @@ class NeuronMap:
 
 def _neuron_sums(rows: np.ndarray, layout: Layout, members: Sequence[tuple[int, int]]) -> np.ndarray:
     """Per-neuron sums of a block of rows: ``(r, P) -> (r, n0)`` float64."""
-    r = rows.shape[0]
     out: np.ndarray | None = None
-    for ti, n0 in members:
+    for ti, _ in members:
         p = layout.params[ti]
-        part = rows[:, p.offset : p.stop].reshape(r, n0, -1).sum(axis=2, dtype=np.float64)
+        part = p.unit_sums(rows[:, p.offset : p.stop], dtype=np.float64)
         out = part if out is None else out + part
     assert out is not None
     return out

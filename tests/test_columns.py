@@ -190,3 +190,89 @@ def test_the_report_works_at_the_resolution_stored(stores: dict[str, LcaStore], 
     for name in ("neuron", "params"):
         result = write_report(stores[name].path, tmp_path / f"{name}.html")
         assert result.html.exists() and result.html.stat().st_size > 10_000
+
+
+CONV1D_FACTORIES = '''
+import torch
+from torch import nn
+
+
+class Conv1D(nn.Module):
+    """transformers' Conv1D (GPT-2): y = x @ W + b with W stored (in, out)."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.5)
+        self.bias = nn.Parameter(torch.randn(nf) * 0.1)
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x, self.weight)
+
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(Conv1D(4, 4), nn.Tanh(), Conv1D(3, 4))
+
+
+def data():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 4, generator=g)
+    return x, x[:, :3].argmax(1)
+'''
+
+
+def _conv1d_run(root: Path, steps: int) -> Path:
+    from lca_cli.record import CheckpointWriter
+
+    root.mkdir()
+    (root / "convfactories.py").write_text(CONV1D_FACTORIES)
+    ns: dict[str, object] = {}
+    exec(compile(CONV1D_FACTORIES, "convfactories", "exec"), ns)
+    net, (x, y) = ns["model"](), ns["data"]()  # type: ignore[operator]
+    opt = torch.optim.SGD(net.parameters(), lr=0.2)
+    with CheckpointWriter(root) as writer:
+        writer.write_config(model="convfactories:model", data="convfactories:data", loss="cross_entropy")
+        writer.save(net, 0)
+        for step in range(1, steps + 1):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+            writer.save(net, step)
+    return root
+
+
+def test_neurons_of_weights_stored_in_out_are_their_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lca_cli.config import load_config
+
+    run = _conv1d_run(tmp_path / "run", steps=6)
+    config = load_config(run / "lca.toml").with_overrides(threads=1, l1_scope="pair")
+    compute(run, config, tmp_path / "p.zarr")
+    compute(run, config.with_overrides(granularity="neuron"), tmp_path / "n.zarr")
+    p, n = LcaStore.open(tmp_path / "p.zarr"), LcaStore.open(tmp_path / "n.zarr")
+    assert [q.axis for q in p.layout.params] == [1, 0, 1, 0]
+    rows = np.asarray(p.array("train", "lca")[:], dtype=np.float64)
+    # Layer "0": weight (4 in, 4 out), bias (4,). Neuron i = column i of the weight + bias i (not row i).
+    by_hand = rows[:, 0:16].reshape(-1, 4, 4).sum(1) + rows[:, 16:20]
+    np.testing.assert_allclose(np.asarray(n.array("train", "lca")[:, 0:4]), by_hand, rtol=1e-5, atol=1e-9)
+    neurons = {r["name"]: r["lca"] for r in summarize(p, by="neuron").rows}
+    np.testing.assert_allclose([neurons[f"0[{i}]"] for i in range(4)], by_hand.sum(0), rtol=1e-5, atol=1e-9)
+
+    # A store made before the axes were recorded summed these weights by row: checkpoints appended to it are
+    # summed that way too (its recorded columns), never a mix of the two.
+    monkeypatch.setattr("lca_cli.layout.unit_axes", lambda module: {})
+    compute(run, config.with_overrides(granularity="neuron"), tmp_path / "old_whole.zarr")
+    part = tmp_path / "part"
+    part.mkdir()
+    for f in run.iterdir():
+        if f.suffix != ".safetensors" or int(f.stem.split("_")[-1]) <= 3:
+            (part / f.name).write_bytes(f.read_bytes()) if f.is_file() else None
+    compute(part, config.with_overrides(granularity="neuron"), tmp_path / "old.zarr")
+    monkeypatch.undo()
+    for f in run.glob("*.safetensors"):
+        (part / f.name).write_bytes(f.read_bytes())
+    result = compute(part, config.with_overrides(granularity="neuron"), tmp_path / "old.zarr")
+    assert result.skipped == 3 and result.computed == 3
+    old, whole = LcaStore.open(tmp_path / "old.zarr"), LcaStore.open(tmp_path / "old_whole.zarr")
+    assert [q.axis for q in old.layout.params] == [0, 0, 0, 0]
+    assert np.array_equal(np.asarray(old.array("train", "lca")[:]), np.asarray(whole.array("train", "lca")[:]))

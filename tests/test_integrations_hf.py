@@ -127,6 +127,12 @@ def test_callback_writes_step_zero_every_step_and_a_tied_gpt2_conserves(hf_runs:
     assert store.steps.tolist() == [0, 1, 2, 3]
     assert store.attrs["tied"] == {"lm_head.weight": "transformer.wte.weight"}
     assert not np.isnan(lca).any() and np.abs(lca).sum() > 0
+    # GPT-2's Conv1D weights are stored (in, out): their neurons are columns, grouped with the bias of each.
+    transposed = {p.name for p in store.layout.params if p.axis == 1}
+    projections = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    assert transposed == {f"transformer.h.0.{n}" for n in projections}  # the test's GPT-2 has one block
+    groups = dict(store.layout.neurons())
+    assert groups["transformer.h.0.attn.c_attn"][0][1] == 3 * groups["transformer.h.0.attn.c_proj"][0][1]
 
 
 def test_trainer_checkpoint_folders_equal_flat_rows_bit_for_bit(hf_runs: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -129,3 +130,38 @@ def test_flatten_ignores_extra_names_and_casts() -> None:
 def test_param_info_scalar() -> None:
     info = ParamInfo("s", (), 5)
     assert info.numel == 1 and info.stop == 6
+
+
+class Conv1D(nn.Module):
+    """Stands in for transformers' Conv1D (same class name, same ``nf``): ``y = x @ W + b`` with W ``(in, out)``."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf))
+        self.bias = nn.Parameter(torch.randn(nf))
+
+
+def test_weights_stored_in_out_have_their_units_along_dim_1() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), Conv1D(5, 4), Conv1D(4, 4))
+    layout = Layout.from_module(model)
+    assert [p.axis for p in layout.params] == [0, 0, 1, 0, 1, 0]
+    # Conv1D(4, 4) is square: grouped by dim 0 it would sum input row i with output bias i; its units are columns.
+    assert layout.neurons() == [("0", [(0, 4), (1, 4)]), ("1", [(2, 5), (3, 5)]), ("2", [(4, 4), (5, 4)])]
+    assert Layout.from_attrs(layout.to_attrs()).params == layout.params  # the axes travel through a store
+    assert [p.axis for p in Layout.from_attrs(layout.to_attrs()).params] == [0, 0, 1, 0, 1, 0]
+    assert "axis" not in layout.to_attrs()[0]  # dim 0 is written as before: stores of other models are unchanged
+    old = Layout.from_shapes([(p.name, p.shape) for p in layout.params])
+    assert old == layout and old.params[2].axis == 0  # a store without axes is still the same model's
+
+
+@pytest.mark.parametrize(("shape", "axis"), [((4, 3), 0), ((4, 3), 1), ((2, 3, 5), 0), ((2, 3, 5), 1), ((6,), 0)])
+def test_unit_sums_and_index_against_loops(shape: tuple[int, ...], axis: int) -> None:
+    p = ParamInfo("w", shape, 0, axis)
+    values = np.arange(2 * p.numel, dtype=np.float64).reshape(2, p.numel) ** 1.5
+    expected = np.zeros((2, p.units))
+    for flat, idx in enumerate(np.ndindex(*shape)):
+        expected[:, idx[axis]] += values[:, flat]
+    np.testing.assert_allclose(p.unit_sums(values), expected, rtol=1e-14)
+    np.testing.assert_allclose(p.unit_sums(torch.from_numpy(values)).numpy(), expected, rtol=1e-14)
+    assert p.unit_index().tolist() == [idx[axis] for idx in np.ndindex(*shape)]
