@@ -160,9 +160,9 @@ def _fraction(helped: np.ndarray | float, hurt: np.ndarray | float) -> Any:
 
 
 def _num(x: float) -> float | None:
-    """JSON-friendly float: NaN becomes None."""
+    """JSON-friendly float: NaN becomes None, and -0.0 (a frozen layer's 0 over a negative total) 0.0."""
     x = float(x)
-    return None if math.isnan(x) else x
+    return None if math.isnan(x) else x + 0.0
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,21 @@ from lca_cli.store import BlockRows, LcaStore
 SHAPES = [("conv.weight", (3, 2, 2, 2)), ("conv.bias", (3,)), ("fc.weight", (2, 12)), ("fc.bias", (2,))]
 
 
-def synthetic_store(path: Path, t: int = 23, rows_per_chunk: int = 5, seed: int = 0) -> tuple[LcaStore, np.ndarray]:
-    """A store whose rows are random, with some exact zeros, written in chunk-aligned blocks."""
+def synthetic_store(
+    path: Path, t: int = 23, rows_per_chunk: int = 5, seed: int = 0, frozen: str | None = None
+) -> tuple[LcaStore, np.ndarray]:
+    """A store whose rows are random, with some exact zeros, written in chunk-aligned blocks.
+
+    ``frozen``: a tensor whose LCA is exactly 0 everywhere, in a run whose loss went down.
+    """
     layout = Layout.from_shapes(SHAPES)
     rng = np.random.default_rng(seed)
     lca = rng.normal(size=(t, layout.size)).astype(np.float32)
     lca[:, layout.params[0].offset : layout.params[0].offset + 4] = 0.0  # never-moving parameters
+    if frozen is not None:
+        lca -= 0.5
+        p = next(q for q in layout.params if q.name == frozen)
+        lca[:, p.offset : p.stop] = 0.0
     loss = np.concatenate([[2.0], 2.0 + np.cumsum(lca.astype(np.float64).sum(axis=1))])
     steps = np.arange(0, 2 * (t + 1), 2)  # steps 0, 2, 4, ...: windows are over steps, not indices
     store = LcaStore.create(path, layout=layout, sets=["train"], steps=steps, attrs={"method": "rk4"},
@@ -129,6 +139,13 @@ def test_neuron_index_covers_every_column(store: tuple[LcaStore, np.ndarray]) ->
     names, col2neuron = neuron_index(s)
     assert names[:3] == ["conv[0]", "conv[1]", "conv[2]"]
     assert np.bincount(col2neuron).tolist() == [9, 9, 9, 13, 13]
+
+
+def test_a_frozen_tensor_has_share_zero_not_minus_zero(tmp_path: Path) -> None:
+    store, _ = synthetic_store(tmp_path / "s.zarr", frozen="fc.bias")
+    rows = {r["name"]: r for r in summarize(store, by="tensor").rows}
+    frozen = rows["fc.bias"]
+    assert frozen["lca"] == 0.0 and frozen["share"] == 0.0 and math.copysign(1.0, frozen["share"]) == 1.0
 
 
 def test_top_sort_and_errors(store: tuple[LcaStore, np.ndarray]) -> None:
