@@ -447,9 +447,10 @@ def compute(
         code, name = _STOP_SIGNALS[signal.Signals(received[0])] if received else (EXIT_INTERRUPTED, "Interrupted")
         _err(f"{name}: {result.store} is resumable; rerun the same command to continue.")
         sys.exit(code)
-    new_flagged = sum(len(a.flagged_new) for a in result.accuracy.values())
+    new_flagged = {s: len(a.flagged_new) for s, a in result.accuracy.items() if a.flagged_new}
     if strict and new_flagged:
-        raise ToleranceError(f"{new_flagged} pair(s) computed by this call over tolerance (--strict)")
+        counts = " and ".join(f"{n} of set {s}" for s, n in new_flagged.items())
+        raise ToleranceError(f"pairs computed by this call over tolerance (--strict): {counts}")
 
 
 def _result_json(result: Any) -> dict[str, Any]:

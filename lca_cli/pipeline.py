@@ -409,6 +409,9 @@ class PairEngine:
                     raise _Abandoned
 
         try:
+            if stop is not None and stop.is_set():  # stopped before this block began: no pair starts
+                flush(final=True)
+                return 0, cache
             if cache is None or cache.index != block.start:
                 v0, fixed0 = loader.get(block.start)
                 cache = _Cache(block.start, v0, fixed0, {s: self._evaluate(s, v0, fixed0) for s in names})
@@ -618,7 +621,8 @@ def measure_l1_scales(
     read: Callable[[int], tuple[torch.Tensor, dict[str, torch.Tensor]]],
     n_pairs: int,
     note: NoteFn | None = None,
-) -> dict[str, float]:
+    stop: threading.Event | None = None,
+) -> dict[str, float] | None:
     """Per set, a run's scale of ``||lca||_1``: a fraction of the mean of ``||Δ ⊙ ∇L(v_t)||_1`` over a few pairs.
 
     :data:`SCALE_FRACTION` of the mean over :func:`scale_pairs`. That norm is the Euler row's, one gradient per
@@ -633,9 +637,11 @@ def measure_l1_scales(
         n_pairs: Pairs of the run.
         note: Told, when the first gradient says the rest will take more than :data:`SLOW_SCALE_SECONDS`, what
             is being done (before the progress display starts, a big model would otherwise sit silent).
+        stop: When set, the measurement ends before its next gradient (a big model's take minutes).
 
     Returns:
-        ``{set: scale}`` in loss units (0.0 when the run has no pair; pairs whose norm is not finite are left out).
+        ``{set: scale}`` in loss units (0.0 when the run has no pair; pairs whose norm is not finite are left out);
+        None when stopped.
 
     """
     norms: dict[str, list[float]] = {s: [] for s in engine.objectives}
@@ -645,6 +651,8 @@ def measure_l1_scales(
         v0, fixed0 = read(t)
         delta = read(t + 1)[0] - v0  # (D,) float64
         for s, obj in engine.objectives.items():
+            if stop is not None and stop.is_set():
+                return None
             grad = obj.value_and_grad(v0, fixed0)[1]  # (D,) float64
             norm = float(torch.linalg.vector_norm(delta * grad, 1))
             if np.isfinite(norm):  # a diverged checkpoint is the pair loop's to report, in one line
@@ -1237,10 +1245,14 @@ class _Compute:
         """Own the store (lock, prepare) or, when allowed and it is busy, join its owner; None when stopped."""
         engine, config = self.engine, self.config
         purpose = "lca compute --follow" if self.schedule.follow else "lca compute"
+        if self.stop.is_set():  # a signal during start-up: stop now, nothing created
+            return None
         scales: dict[str, float] | None = None
         if config.compute.l1_scope == "run" and (self.overwrite or inspect_path(self.out, deep=False).kind != "store"):
             # A new store: its run scale is measured now, from the checkpoints on disk, and recorded in it.
-            scales = measure_l1_scales(engine, lambda i: self._point(refs[i]), len(refs) - 1, self.say)
+            scales = measure_l1_scales(engine, lambda i: self._point(refs[i]), len(refs) - 1, self.say, self.stop)
+            if scales is None:
+                return None
             if len(refs) - 1 < SCALE_PAIRS:
                 self.say(
                     f"the run scale of --l1-tol (--l1-scope run) is measured over the {len(refs) - 1} pair(s) on "

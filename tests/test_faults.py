@@ -318,3 +318,26 @@ def test_a_second_sigterm_aborts_at_once_and_leaves_a_consistent_store(tmp_path:
     ref = tmp_path / "ref.zarr"
     assert fork_call(lambda: cli("compute", run, "--out", ref, "--quiet", *ROWS)) == 0
     assert_same_tree(out, ref)
+
+
+def test_a_sigterm_during_start_up_stops_before_any_pair(tmp_path: Path) -> None:
+    # A scheduler's grace period is short (docker stop: 10 s): a signal that arrives while the run scale is being
+    # measured (minutes on a big model) stops lca before its next gradient, before the store or any pair exists.
+    run = make_tiny_run(tmp_path, steps=12, name="slow")
+    out = tmp_path / "s.zarr"
+    env = {**os.environ, "LCA_TEST_PAUSE": "0.8"}  # 8 gradients of the run scale: over 5 s, so a note says so
+    start = "import runpy, signal; signal.signal(15, signal.SIG_DFL); runpy.run_module('lca_cli', run_name='__main__')"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", start, "compute", str(run), "--out", str(out), "--json", *ROWS],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    note = proc.stderr.readline()
+    assert note.startswith("Note: measuring the run scale of --l1-tol on 8 pair(s)"), note
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    stdout, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 143, rest
+    assert time.monotonic() - signalled < 2.5  # at most the gradient under way (0.8 s here), not 13 s
+    assert "Traceback" not in rest and not out.exists()  # no store, no pair, nothing half made
+    assert json.loads(stdout)["interrupted"] and json.loads(stdout)["computed"] == 0

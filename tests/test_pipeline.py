@@ -454,12 +454,19 @@ def test_interrupt_and_resume(runs: RunCache, tmp_path: Path) -> None:
     assert_same_store(store, full)
 
 
-def test_stop_already_set_computes_one_pair(runs: RunCache, tmp_path: Path) -> None:
+def test_stop_already_set_starts_nothing(runs: RunCache, tmp_path: Path) -> None:
+    # A stop ends the current pair; before the first one there is none: no pair starts, no store is made.
     run_dir, config = runs.run("tanh_mlp")
     stop = threading.Event()
     stop.set()
-    result, store = run_compute(run_dir, config, tmp_path / "s.zarr", stop=stop)
-    assert result.interrupted and result.computed == 1 and store.done().sum() == 1
+    result = compute(run_dir, config, tmp_path / "s.zarr", stop=stop)
+    assert result.interrupted and result.computed == 0 and not (tmp_path / "s.zarr").exists()
+    # On a store with rows: nothing more is computed, nothing is lost.
+    stop.clear()
+    first = compute(run_dir, config, tmp_path / "t.zarr", stop=stop, progress=lambda d, t: d == 3 and stop.set())
+    assert first.interrupted and first.computed == 3
+    again = compute(run_dir, config, tmp_path / "t.zarr", stop=stop)
+    assert again.interrupted and again.computed == 0 and int(LcaStore.open(tmp_path / "t.zarr").done().sum()) == 3
 
 
 def test_other_config_needs_overwrite(runs: RunCache, tmp_path: Path) -> None:
