@@ -102,6 +102,9 @@ class Report:
         damage: Damaged chunks.
         full: Whether checksums were verified (``verify``) or only sizes (``quick_check``).
         checked: Chunk files looked at.
+        unmarked: Per set, rows in stored ``lca`` chunks whose ``done`` chunk is missing (``verify`` only). Not damage: they count as not done and the next compute recomputes them.
+            A kill between a block's data and its done flags leaves this too, so it cannot be told from a
+            deleted ``done`` chunk; either way no row is read as zeros.
 
     """
 
@@ -112,6 +115,7 @@ class Report:
     damage: list[Damage] = field(default_factory=list)
     full: bool = False
     checked: int = 0
+    unmarked: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -156,6 +160,7 @@ class Report:
             "done": self.done,
             "ok": self.ok,
             "damaged_rows": self.damaged_rows(),
+            "unmarked_rows": self.unmarked,
             "damage": [
                 {
                     "array": d.node,
@@ -181,6 +186,12 @@ class Report:
             yield f"  {s}: {n} of {self.n_pairs} rows done; {state}"
         for d in self.damage:
             yield f"  damaged: {d.describe()} [{d.path}]"
+        for s, unmarked in self.unmarked.items():
+            yield (
+                f"  {s}: rows {_spans(unmarked)} lie in stored lca chunks but their done chunk is missing (deleted, "
+                "or a kill between a block's data and its done flags); they count as not done and the next lca "
+                "compute recomputes them"
+            )
 
 
 def _rows_of(store: LcaStore, node: str, chunk: int) -> range:
@@ -190,6 +201,21 @@ def _rows_of(store: LcaStore, node: str, chunk: int) -> range:
     if node.endswith("/loss"):  # loss[i] is the start of row i; loss[T] belongs to row T - 1
         first, stop = min(first, store.n_pairs - 1), min(stop, store.n_pairs)
     return range(first, max(first + 1, stop))
+
+
+def _unmarked_rows(store: LcaStore, set_name: str) -> list[int]:
+    """Rows of ``done`` chunks that are missing while ``lca`` chunks of those rows are stored (see Report)."""
+    done_node, lca_node = f"{set_name}/done", f"{set_name}/lca"
+    have_done = {c[0] for c in _listing(store, done_node, sizes=False)}
+    have_lca = {c[0] for c in _listing(store, lca_node, sizes=False)}
+    done_rows, lca_rows = int(store._node(done_node).chunks[0]), int(store._node(lca_node).chunks[0])
+    out: list[int] = []
+    for i in range(store.row_chunks(done_node)):
+        if i in have_done:
+            continue
+        rows = range(i * done_rows, min((i + 1) * done_rows, store.n_pairs))
+        out += [t for t in rows if t // lca_rows in have_lca]
+    return out
 
 
 def _needed_chunks(store: LcaStore, node: str, done: np.ndarray) -> list[int]:
@@ -301,6 +327,10 @@ def _scan(store: LcaStore, full: bool) -> Report:
     for s in store.sets:
         done = _read_done(store, s, report) if full else store.read(s, "done").astype(bool)
         report.done[s] = int(done.sum())
+        if full:
+            unmarked = _unmarked_rows(store, s)
+            if unmarked:
+                report.unmarked[s] = unmarked
         for node in nodes:
             if not node.startswith(f"{s}/") or node == f"{s}/done" or node.rsplit("/", 1)[-1] in SET_COORDINATES:
                 continue

@@ -542,7 +542,9 @@ def test_strict_exit_code_when_flagged(capsys: pytest.CaptureFixture[str], tmp_p
     assert "3 pair(s) over tolerance (3 computed now" in warning
     # The warning puts the worst residual on the run's scale and names a setting that would fix it.
     assert "the run's mean |ΔL| per pair" in warning and "--tolerance" in warning
-    assert err.strip().splitlines()[-1] == "Error: pairs computed by this call over tolerance (--strict): 3 of set train"
+    assert (
+        err.strip().splitlines()[-1] == "Error: pairs computed by this call over tolerance (--strict): 3 of set train"
+    )
 
 
 def test_strict_judges_only_this_calls_pairs(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

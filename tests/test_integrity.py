@@ -137,6 +137,21 @@ def test_missing_chunk_of_a_row_not_done_is_fine(damaged: tuple[Path, Path, Path
     assert len(list(LcaStore.open(store).iter_lca("train", 8))) == 1  # rows not needing it stream fine
 
 
+def test_a_missing_done_chunk_is_reported_and_its_rows_recomputed(
+    capsys: pytest.CaptureFixture[str], damaged: tuple[Path, Path, Path]
+) -> None:
+    """Rows whose data is stored but whose done chunk is gone (deleted, or a kill right before the flags)."""
+    run, ref, store = damaged
+    (store / "train" / "done" / "c" / "1").unlink()
+    report = verify(LcaStore.open(store, check=False))
+    assert report.ok and report.unmarked == {"train": [4, 5, 6, 7]} and report.done == {"train": 6}
+    code, out, _ = run_cli(capsys, "verify", store)
+    assert code == 0 and "train: rows 4..7 lie in stored lca chunks but their done chunk is missing" in out
+    code, _, _ = run_cli(capsys, "compute", run, "--out", store, "--quiet", *ROWS)
+    assert code == 0 and verify(LcaStore.open(store, check=False)).unmarked == {}
+    assert_same_tree(store, ref)  # recomputed, bit for bit
+
+
 def test_damaged_steps_cannot_be_repaired(capsys: pytest.CaptureFixture[str], damaged: tuple[Path, Path, Path]) -> None:
     run, _, store = damaged
     garble(store / "steps" / "c" / "0")
