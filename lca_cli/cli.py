@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -673,40 +673,62 @@ def verify(store: Path, as_json: bool) -> None:
         for line in report.lines():
             click.echo(line)
     if not report.ok:
+        if as_json:  # the report object says so ("ok": false): no second object
+            _err(f"Error: {report.summary()}")
+            raise click.exceptions.Exit(StoreError.exit_code)
         raise StoreError(report.summary())
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``lca`` console script: maps errors to one line and an exit code."""
+    """Entry point of the ``lca`` console script: maps errors to one line and an exit code.
+
+    With ``--json`` (``compute``, ``verify``) a failure also prints ``{"error": {"exit_code", "message"}}`` on
+    stdout, so that a script parsing it gets an object whatever happened (``--strict``'s exit 8 comes after the
+    result object and adds none).
+    """
+    args = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in args
+
+    def fail(code: int, message: str, show: bool = True) -> NoReturn:
+        if show:
+            _err(message)
+        if as_json:
+            click.echo(json.dumps({"error": {"exit_code": code, "message": message.removeprefix("Error: ")}}))
+        sys.exit(code)
+
     try:
-        cli.main(args=argv, prog_name="lca", standalone_mode=False)
+        # Outside standalone mode click returns, not raises, the code of a click Exit (verify --json's exit 6).
+        code = cli.main(args=argv, prog_name="lca", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
+        fail(exc.exit_code, exc.format_message(), show=False)
     except click.exceptions.Abort as exc:
         # click turns a KeyboardInterrupt (a second Ctrl-C, SIGTERM or SIGHUP) into Abort; keep its exit code.
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, KeyboardInterrupt):
-            _err("Interrupted; finished rows are saved and a rerun resumes.")
-            sys.exit(cause.exit_code if isinstance(cause, Interrupted) else EXIT_INTERRUPTED)
-        _err("Aborted.")
-        sys.exit(EXIT_INTERRUPTED)
+            code = cause.exit_code if isinstance(cause, Interrupted) else EXIT_INTERRUPTED
+            fail(code, "Interrupted; finished rows are saved and a rerun resumes.")
+        fail(EXIT_INTERRUPTED, "Aborted.")
     except KeyboardInterrupt as exc:
-        _err("Interrupted; finished rows are saved and a rerun resumes.")
-        sys.exit(exc.exit_code if isinstance(exc, Interrupted) else EXIT_INTERRUPTED)
+        code = exc.exit_code if isinstance(exc, Interrupted) else EXIT_INTERRUPTED
+        fail(code, "Interrupted; finished rows are saved and a rerun resumes.")
     except LcaError as exc:
         from lca_cli.distributed import env_rank
 
         rank = env_rank()
-        if not (rank and isinstance(exc, PeerFailed)):  # another rank's failure: rank 0 reports it, once
-            _err(f"Error: rank {rank}: {exc}" if rank else f"Error: {exc}")
-        sys.exit(exc.exit_code)
+        if rank or isinstance(exc, ToleranceError):  # rank 0 prints the job's objects; --strict's result is out
+            if not (rank and isinstance(exc, PeerFailed)):  # another rank's failure: rank 0 reports it, once
+                _err(f"Error: rank {rank}: {exc}" if rank else f"Error: {exc}")
+            sys.exit(exc.exit_code)
+        fail(exc.exit_code, f"Error: {exc}")
     except BrokenPipeError:
         sys.exit(0)
-    except Exception:
+    except Exception as exc:
         traceback.print_exc()
         _err("Error: internal error in lca (a bug); please report it with the traceback above.")
-        sys.exit(EXIT_INTERNAL)
+        fail(EXIT_INTERNAL, f"internal error in lca (a bug): {type(exc).__name__}: {exc}", show=False)
     sys.exit(0)

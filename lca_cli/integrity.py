@@ -102,9 +102,10 @@ class Report:
         damage: Damaged chunks.
         full: Whether checksums were verified (``verify``) or only sizes (``quick_check``).
         checked: Chunk files looked at.
-        unmarked: Per set, rows in stored ``lca`` chunks whose ``done`` chunk is missing (``verify`` only). Not damage: they count as not done and the next compute recomputes them.
-            A kill between a block's data and its done flags leaves this too, so it cannot be told from a
-            deleted ``done`` chunk; either way no row is read as zeros.
+        unmarked: Per set, rows in stored ``lca`` chunks whose ``done`` chunk is missing (``verify`` only). Not
+            damage: they count as not done and the next compute recomputes them. A kill between a block's data
+            and its done flags leaves this too, so it cannot be told from a deleted ``done`` chunk; either way
+            no row is read as zeros.
 
     """
 

@@ -278,6 +278,26 @@ def test_verify_of_a_run_dir_names_the_store_in_it(capsys: pytest.CaptureFixture
     assert_one_line_error(code, out, err, "store", f"did you mean {computed_run / 'lca.zarr'}?")
 
 
+def test_json_gets_an_object_on_failure_too(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # A cron script parsing stdout gets one object whatever happened; the error line stays on stderr.
+    code, out, err = run_cli(capsys, "compute", tmp_path / "nope", "--json")
+    assert code == EXIT_CODES["run_dir"] and err.startswith("Error: run directory")
+    assert json.loads(out) == {"error": {"exit_code": code, "message": err.strip().removeprefix("Error: ")}}
+    code, out, err = run_cli(capsys, "verify", tmp_path, "--json")
+    assert code == EXIT_CODES["store"] and json.loads(out)["error"]["exit_code"] == code
+
+
+def test_verify_json_of_a_damaged_store_is_one_object_and_exit_6(
+    capsys: pytest.CaptureFixture[str], computed_run: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "s.zarr"
+    shutil.copytree(computed_run / "lca.zarr", store)
+    (store / "train" / "lca" / "c" / "0" / "0").unlink()
+    code, out, err = run_cli(capsys, "verify", store, "--json")
+    assert code == EXIT_CODES["store"] and json.loads(out)["ok"] is False  # the report, no second object
+    assert err.startswith("Error: ") and "is damaged" in err
+
+
 def test_single_checkpoint(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     run = make_tiny_run(tmp_path, steps=1)
     (run / "step_00000001.safetensors").unlink()
