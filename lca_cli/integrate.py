@@ -188,7 +188,9 @@ def _l1_change(fine: torch.Tensor, coarse: torch.Tensor) -> float:
 def _finite(loss: torch.Tensor, what: str) -> float:
     value = float(loss)
     if value != value or value in (float("inf"), float("-inf")):
-        raise NumericalError(f"loss is {value} at {what}; the run diverged there or the data has NaNs")
+        raise NumericalError(
+            f"loss is {value} at {what}; the run diverged there, the data has NaNs, or a checkpoint file is damaged"
+        )
     return value
 
 

@@ -124,6 +124,7 @@ class ProgressInfo:
         elapsed: Seconds since the pair loop started.
         store: Store path.
         device: Compute device.
+        failed: The call is ending with an error (its last line must not say "finished").
 
     """
 
@@ -135,6 +136,7 @@ class ProgressInfo:
     elapsed: float
     store: Path
     device: str
+    failed: bool = False
 
 
 @runtime_checkable
@@ -599,6 +601,24 @@ SCALE_PAIRS = 8
 SCALE_FRACTION = 0.8
 #: A run scale expected to take longer than this is announced in a note.
 SLOW_SCALE_SECONDS = 5.0
+
+
+def step_gaps(steps: Sequence[int]) -> list[tuple[int, int]]:
+    """Consecutive checkpoints further apart than the run's usual spacing (its most common step difference).
+
+    Args:
+        steps: Checkpoint steps, increasing.
+
+    Returns:
+        ``[(step, next step)]`` of the pairs wider than the usual spacing (a checkpoint missing in between).
+
+    """
+    diffs = np.diff(np.asarray(steps, dtype=np.int64))
+    if diffs.size < 2:
+        return []
+    values, counts = np.unique(diffs, return_counts=True)
+    usual = int(values[np.argmax(counts)])
+    return [(int(a), int(b)) for a, b, d in zip(steps[:-1], steps[1:], diffs, strict=True) if d > usual]
 
 
 def scale_pairs(n_pairs: int, count: int = SCALE_PAIRS) -> list[int]:
@@ -1129,6 +1149,14 @@ class _Compute:
                 f"the first checkpoint is step {refs[0].step}: the iterations before it are not in the store (save "
                 "the initial weights as step 0; the lca callbacks for Hugging Face and Lightning do)"
             )
+        gaps = step_gaps([r.step for r in refs])
+        if gaps and inspect_path(self.out, deep=False).kind != "store":
+            a, b = gaps[0]
+            more = f" and {len(gaps) - 1} more" if len(gaps) > 1 else ""
+            self.say(
+                f"steps {a} -> {b}{more} span more iterations than the run's other pairs: checkpoints missing? Such a "
+                "pair's row is the LCA of every iteration between its checkpoints"
+            )
         return refs
 
     def run(self) -> ComputeResult:
@@ -1373,7 +1401,7 @@ class _Compute:
         self._mine: list[range] = []  # rows this process computed (--strict judges this call's pairs)
         self._t0 = time.perf_counter()
         pruner = Pruner(store, target.alignment, self.say) if sch.prune and self.role == "owner" else None
-        interrupted = False
+        interrupted = failed = False
         ended: str | None = None
         watcher = _AbortWatcher(self.board, self.job, self.stop, sch.poll) if self.team is not None else None
 
@@ -1467,13 +1495,16 @@ class _Compute:
                     writer.close()
             if pruner is not None and not interrupted:
                 pruner.prune()
+        except BaseException:
+            failed = True
+            raise
         finally:
             seconds = time.perf_counter() - self._t0
             self._threads_used = torch.get_num_threads()
             if watcher is not None:
                 watcher.close()
             if self._reporter is not None:
-                self._reporter.finish(self._info())
+                self._reporter.finish(dataclasses.replace(self._info(), failed=failed))
         return self._finish(interrupted, seconds, pruner, ended)
 
     # -- the end ----------------------------------------------------------------------------------------

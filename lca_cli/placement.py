@@ -73,8 +73,8 @@ def storage_error(exc: BaseException, doing: str) -> StorageError | None:
         if isinstance(cur, OSError) and cur.errno in STORAGE_ERRNOS:
             where = f" ({cur.filename})" if cur.filename else ""
             return StorageError(
-                f"{doing}: {_WHY[cur.errno]}{where}; finished rows are kept: free space or fix permissions, "
-                "then rerun the same command to resume"
+                f"{doing}: {_WHY[cur.errno]}{where}; rows written before it are kept: free space or fix "
+                "permissions, then rerun the same command to resume"
             )
         cur = cur.__cause__ or cur.__context__
     return None

@@ -54,7 +54,7 @@ def plain_line(info: ProgressInfo, elapsed: float | None = None, final: bool = F
     parts.append(f"{info.flagged} flagged")
     parts.append(f"elapsed {format_duration(t)}")
     if final:
-        parts.append("finished" if info.done == info.total else "stopped")
+        parts.append("stopped by an error" if info.failed else "finished" if info.done == info.total else "stopped")
     else:
         parts.append(f"ETA {format_duration((info.total - info.done) / rate)}" if rate > 0 else "ETA -")
     return ", ".join(parts)

@@ -32,7 +32,15 @@ from safetensors.torch import load_file, save_file
 from lca_cli.config import Config, FactorySpec, load_config
 from lca_cli.errors import CheckpointError, NumericalError, RunDirError, StoreError
 from lca_cli.integrate import residual_budget
-from lca_cli.pipeline import SCALE_FRACTION, SCALE_PAIRS, ComputeResult, compute, l1_scales_of, scale_pairs
+from lca_cli.pipeline import (
+    SCALE_FRACTION,
+    SCALE_PAIRS,
+    ComputeResult,
+    ProgressInfo,
+    compute,
+    l1_scales_of,
+    scale_pairs,
+)
 from lca_cli.store import LcaStore
 
 # -- named tolerances ----------------------------------------------------------------------------------
@@ -261,6 +269,21 @@ def test_a_float32_run_that_barely_moves_is_neither_refined_nor_flagged(tmp_path
     assert result.flagged == {"train": []} and (store.read("train", "splits") == 2).all()
     assert np.abs(store.read("train", "residual")).max() < 1e-7  # no float32 quantisation of the losses left
     check_conservation(store)
+
+
+def test_a_checkpoint_missing_in_the_middle_is_noted(tmp_path: Path) -> None:
+    from runs import make_tiny_run
+
+    from lca_cli.pipeline import step_gaps
+
+    assert step_gaps([0, 1, 2, 4, 5, 6]) == [(2, 4)] and step_gaps([0, 10, 20, 25]) == [] and step_gaps([0, 3]) == []
+    run = make_tiny_run(tmp_path, steps=8)
+    (run / "step_00000005.safetensors").unlink()
+    notes: list[str] = []
+    config = load_config(run / "lca.toml").with_overrides(threads=1)
+    result = compute(run, config, tmp_path / "s.zarr", note=notes.append)
+    assert result.n_pairs == 7
+    assert [n for n in notes if n.startswith("steps 4 -> 6 span more iterations")], notes
 
 
 def test_euler_is_much_worse_than_rk4(runs: RunCache, tmp_path: Path) -> None:
@@ -647,8 +670,17 @@ def test_an_error_at_pair_k_keeps_the_pairs_before_it(runs: RunCache, tmp_path: 
     part = copy_run(run_dir, tmp_path / "run")
     path = poison_step(part, 5, float("nan"))
     out = tmp_path / "s.zarr"
+    ends: list[ProgressInfo] = []
+
+    class Reporter:
+        def start(self, info: ProgressInfo) -> None: ...
+        def update(self, info: ProgressInfo) -> None: ...
+        def finish(self, info: ProgressInfo) -> None:
+            ends.append(info)
+
     with pytest.raises(NumericalError, match="steps 4 -> 5"):
-        compute(part, config, out)
+        compute(part, config, out, progress=Reporter())
+    assert len(ends) == 1 and ends[0].failed and ends[0].done == 4  # its last line says so, not "finished"
     store = LcaStore.open(out)
     assert store.rows_per_chunk > store.n_pairs and store.done().tolist()[:6] == [True] * 4 + [False] * 2
     shutil.copy2(run_dir / path.name, path)  # fixed: the rerun continues the block where it stopped

@@ -117,7 +117,7 @@ def test_exchange_swaps_two_folders(tmp_path: Path) -> None:
 def test_storage_errors_are_one_line() -> None:
     err = storage_error(OSError(errno.ENOSPC, "No space left on device", "/d/s.zarr/c/0"), "writing /d/s.zarr")
     assert isinstance(err, StorageError) and err.exit_code == 10
-    assert str(err).startswith("writing /d/s.zarr: the disk is full (/d/s.zarr/c/0); finished rows are kept")
+    assert str(err).startswith("writing /d/s.zarr: the disk is full (/d/s.zarr/c/0); rows written before it are kept")
     assert storage_error(OSError(errno.EIO, "I/O error"), "x") is None
     wrapped = RuntimeError("zarr failed")
     wrapped.__cause__ = OSError(errno.EROFS, "Read-only file system")

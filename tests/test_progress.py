@@ -27,6 +27,8 @@ def test_plain_line() -> None:
         "lca compute: 200/200 pairs (100%), 2 pairs/s, 2.0 gradients/pair, 3 flagged, elapsed 1m40s, finished"
     )
     assert plain_line(info(10), final=True).endswith("stopped")
+    failed = ProgressInfo(200, 200, 0, 400, 0, 10.0, Path("s.zarr"), "cpu", failed=True)  # e.g. the disk filled
+    assert plain_line(failed, final=True).endswith("elapsed 10s, stopped by an error")
 
 
 def test_lines_at_start_every_interval_and_end() -> None:
