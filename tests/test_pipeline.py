@@ -714,10 +714,17 @@ def test_a_stop_abandons_a_pair_still_running_after_the_grace(
     monkeypatch.setattr(pipeline, "STOP_GRACE_SECONDS", 0.0)
     run_dir, config = runs.run("tanh_mlp")
     stop = threading.Event()
-    stop.set()  # a SIGTERM that came before the first pair ended
+    integrate = pipeline.integrate_pair
+
+    def signalled(*args, **kwargs):  # type: ignore[no-untyped-def]
+        stop.set()  # a SIGTERM while the first pair runs, which then outlives the grace
+        return integrate(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "integrate_pair", signalled)
     result, store = run_compute(run_dir, config, tmp_path / "s.zarr", stop=stop)
     assert result.interrupted and result.computed == 0 and not store.done().any()
     stop.clear()
+    monkeypatch.setattr(pipeline, "integrate_pair", integrate)
     result, store = run_compute(run_dir, config, tmp_path / "s.zarr")
     assert result.computed == store.n_pairs
 
