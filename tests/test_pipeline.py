@@ -735,8 +735,11 @@ def test_overwrite_swaps_in_the_new_store_at_its_first_rows(runs: RunCache, tmp_
     compute(run_dir, config, out)
     other = config.with_overrides(max_splits=4)
     stop = threading.Event()
-    stop.set()  # one pair, then stop: that pair's row is the new store's first
+    stop.set()  # before the first pair: nothing starts, the old store stays as it was
     result, store = run_compute(run_dir, other, out, overwrite=True, stop=stop)
+    assert result.interrupted and store.attrs["max_splits"] == 32 and store.done().all()
+    stop.clear()  # one pair, then stop: that pair's row is the new store's first
+    result, store = run_compute(run_dir, other, out, overwrite=True, stop=stop, progress=lambda d, t: stop.set())
     assert result.interrupted and store.attrs["max_splits"] == 4 and store.done().sum() == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]  # the old store is gone, no sibling left
 
