@@ -114,9 +114,10 @@ def loss_rounding(dtype: torch.dtype) -> float:
     """The relative rounding bound of a loss value reduced in ``dtype``, for :func:`integrate_pair`.
 
     Four unit roundoffs: the final rounding of a mean (half an ulp, at most one unit roundoff relatively) and
-    a margin for the rounding inside its reduction. Measured on a float32 GPT-2 whose model computed its own
-    loss: residuals of late pairs up to 2.8 unit roundoffs of the loss, the rows within 2e-7 of float64 ones.
-    Float64 losses count as exact (0), as they always did.
+    a margin for the rounding inside its reduction. Measured (BENCHMARKS.md, *Float32 losses*): on a float32
+    GPT-2 whose model computed its own loss, residuals of late pairs up to 2.8 unit roundoffs of the loss on rows
+    within 1.9e-7 (relative L1) of the float64 network's; with the loss reduced in float64, a float32 network's
+    own rounding left 0.06-0.2. Float64 losses count as exact (0), as they always did.
 
     Args:
         dtype: The dtype the loss was computed in.
@@ -128,6 +129,11 @@ def loss_rounding(dtype: torch.dtype) -> float:
     if dtype == torch.float64 or not dtype.is_floating_point:
         return 0.0
     return 4 * torch.finfo(dtype).eps / 2
+
+
+def _rounding(loss_rounding: float, loss_a: float, loss_b: float) -> float:
+    """How large a residual between two losses can be from their rounding alone (loss units)."""
+    return loss_rounding * (abs(loss_a) + abs(loss_b))
 
 
 def within_tolerance(residual: float, delta_loss: float, tolerance: float, rtol: float) -> bool:
@@ -246,7 +252,6 @@ def integrate_pair(
         end = Evaluation(*point(1.0))
     loss1 = _finite(end.loss, f"the end of {label}")
     dl = loss1 - loss0
-    noise = loss_rounding * (abs(loss0) + abs(loss1))  # what the residual may be from rounding the two losses
     if method not in ("rk4", "euler"):
         raise ValueError(f"unknown method {method!r}")
     if method == "rk4" and refine == "local":
@@ -255,6 +260,7 @@ def integrate_pair(
         )
     if refine not in REFINE_SCHEMES:
         raise ValueError(f"unknown refine scheme {refine!r}")
+    noise = _rounding(loss_rounding, loss0, loss1)  # what the residual may be from rounding the two losses
 
     # The (D,) vector work below is a handful of passes per pair (about 1% of a pair for an MNIST-FC-sized
     # net on CPU): kept to in-place ops and fused kernels. Results are bitwise those of the plain formulas
@@ -361,7 +367,7 @@ def _integrate_local(
         panel_res = abs((right.loss - left.loss) - row_sum)
         # In the estimate, only the residual beyond what rounding the two losses can explain (all of it for exact
         # losses); an explicit residual tolerance is held as given.
-        proven = max(0.0, panel_res - loss_rounding * (abs(left.loss) + abs(right.loss)))
+        proven = max(0.0, panel_res - _rounding(loss_rounding, left.loss, right.loss))
         if budget is None:
             row_norm = float(row.abs().sum())
             budget = l1_tol * max(row_norm, l1_scale) if l1_tol > 0 else float("inf")
@@ -385,7 +391,8 @@ def _integrate_local(
         residual, norm = dl - row_sum, row_norm
     else:
         residual, norm = dl - float(lca.sum()), float(lca.abs().sum())
-    noise = loss_rounding * (abs(loss0) + abs(loss1))
-    flagged = abs(residual) - noise > residual_budget(dl, norm, tolerance, rtol, l1_tol, l1_scale)
+    flagged = abs(residual) - _rounding(loss_rounding, loss0, loss1) > residual_budget(
+        dl, norm, tolerance, rtol, l1_tol, l1_scale
+    )
     change = estimate / norm if norm > 0 else 0.0
     return PairResult(lca, loss0, loss1, residual, splits, flagged, end, change)
