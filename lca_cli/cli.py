@@ -531,6 +531,7 @@ _STEPS_HELP = (
               help="With --by layer|tensor: also the share of each group's parameters that does 50% / 90% of its "
               "learning (streams the lca array once; the other columns read only small arrays).")  # fmt: skip
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json (as compute and verify spell it).")
 def summarize(
     store: Path,
     by: str,
@@ -540,6 +541,7 @@ def summarize(
     sort: str | None,
     concentration: bool,
     fmt: str,
+    as_json: bool,
 ) -> None:
     """Summarise an LCA store: totals and who helped (LCA < 0) or hurt (LCA > 0).
 
@@ -556,6 +558,7 @@ def summarize(
     from lca_cli.reduce import summarize as run_summarize
     from lca_cli.tables import render_summary
 
+    fmt = "json" if as_json else fmt
     window = parse_window(steps)
     opened = open_store(store)
     summary = run_summarize(

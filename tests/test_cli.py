@@ -162,6 +162,8 @@ def test_summarize_json_sums_equal_direct_sums(capsys: pytest.CaptureFixture[str
 def test_summarize_header_conserves(capsys: pytest.CaptureFixture[str], computed_run: Path) -> None:
     _code, out, _ = run_cli(capsys, "summarize", computed_run / "lca.zarr", "--format", "json")
     header = json.loads(out)["header"]
+    _code, again, _ = run_cli(capsys, "summarize", computed_run / "lca.zarr", "--json")  # compute's spelling
+    assert json.loads(again) == json.loads(out)
     assert header["iterations"] == 12
     assert header["sum_lca"] == pytest.approx(header["delta_loss"], rel=1e-3)
     assert 0.0 < header["helped_fraction_mean"] < 1.0
