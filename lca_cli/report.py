@@ -557,8 +557,8 @@ def _set_title(d: SetData, first: str) -> str:
 
 
 def _nanmean(x: np.ndarray) -> float:
-    """Mean of the finite entries; NaN (without numpy's warning) when there is none, e.g. when nothing moved."""
-    return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
+    """Mean ignoring NaN entries; NaN (without numpy's warning) when every entry is NaN, e.g. when nothing moved."""
+    return float(np.nanmean(x)) if not np.isnan(x).all() else float("nan")
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
