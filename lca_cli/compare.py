@@ -30,6 +30,7 @@ from lca_cli.plots import (
     highlighted_layers,
     require_matplotlib,
     save_png,
+    step_axis,
 )
 from lca_cli.reduce import SIGNIFICANCE_RULE, open_store
 from lca_cli.report import (
@@ -231,7 +232,7 @@ def _view_loss(pdir: Path, pairs: list[tuple[SetData, SetData]], la: str, lb: st
             xs, ys = _thinned(d.curves.steps, d.curves.true_loss)
             ax.plot(xs, ys, color=color, lw=1.6)
         ax.set_title(f"set '{da.name}'", fontsize=9)
-        ax.set_xlabel("iteration (step)")
+        step_axis(ax)
     axes[0].set_ylabel("loss")
     _legend_runs(fig, la, lb)
     png = save_png(fig, pdir / "01_loss.png")
@@ -332,7 +333,7 @@ def _view_cumulative(pdir: Path, pairs: list[tuple[SetData, SetData]], match: La
             ax.plot(xs, cs, color=color, lw=1.4, ls=ls)
         ax.axhline(0, color="black", lw=0.6)
         ax.set_title(title, fontsize=8.5)
-        ax.set_xlabel("iteration (step)", fontsize=8)
+        step_axis(ax, "iteration (step)", fontsize=8)
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     for ax in axes[len(panels) :]:
         ax.set_axis_off()
@@ -360,7 +361,7 @@ def _view_shares(pdir: Path, pairs: list[tuple[SetData, SetData]], la: str, lb: 
             ax.plot(d.sel.start_steps, 100 * z, color=color, lw=0.9, ls=":")
         ax.axhline(50, color=NEUTRAL_COLOR, lw=0.8, ls="--")
         ax.set_ylim(0, 100)
-        ax.set_xlabel("iteration (step)")
+        step_axis(ax)
         ax.set_title(f"set '{da.name}'", fontsize=9)
     axes[0].set_ylabel("% of all parameters")
     extra = [
@@ -403,7 +404,7 @@ def _view_milestones(pdir: Path, pairs: list[tuple[SetData, SetData]], match: La
     ax.set_yticks(y, names)
     ax.set_ylim(len(names) - 0.5, -0.5)
     ax.grid(axis="y", visible=False)
-    ax.set_xlabel("step")
+    step_axis(ax, "step")
     ax.set_title(f"set '{da.name}': when each layer had done 50% (open) and 90% (filled) of its learning", fontsize=9)
     _legend_runs(fig, la, lb)
     png = save_png(fig, pdir / "05_milestones.png")

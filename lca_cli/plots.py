@@ -52,6 +52,7 @@ __all__ = [
     "require_matplotlib",
     "save_png",
     "sign_hints",
+    "step_axis",
 ]
 
 MATPLOTLIB_MISSING = "matplotlib is needed for lca report: pip install 'lca-cli[report]'"
@@ -188,6 +189,14 @@ def sign_hints(ax: Axes) -> None:
     kw: dict[str, Any] = {"transform": ax.transAxes, "fontsize": 7, "ha": "right"}
     ax.text(0.995, 0.985, "↑ hurt (LCA > 0)", color=HURT_COLOR, va="top", **kw)
     ax.text(0.995, 0.015, "↓ helped (LCA < 0)", color=HELPED_COLOR, va="bottom", **kw)
+
+
+def step_axis(ax: Axes, label: str = "iteration (step)", **kw: Any) -> None:
+    """Label an x axis of training steps, with whole-number ticks only (a short run showed steps 2.5, 7.5)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel(label, **kw)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def highlighted_layers(totals: np.ndarray, k: int = MAX_LABELLED_LAYERS) -> list[int]:

@@ -53,6 +53,7 @@ from lca_cli.plots import (
     require_matplotlib,
     save_png,
     sign_hints,
+    step_axis,
 )
 from lca_cli.reduce import SIGNIFICANCE_RULE, open_store
 from lca_cli.store import HELPED_RULE, LcaStore
@@ -605,7 +606,7 @@ def _view_loss(pdir: Path, data: list[SetData]) -> View:
             many = int(c.flagged.sum()) > 40
             ax2.plot(x[c.flagged], c.residual[c.flagged], ls="none", marker="." if many else "x", color=HURT_COLOR,
                      ms=4 if many else 6, label="over tolerance at the cap")  # fmt: skip
-        ax2.set_xlabel("iteration (step)")
+        step_axis(ax2)
         ax2.set_title(f"Σ|residual| = {fmt(d.error, 3)}, max |r| = {fmt(float(np.abs(c.residual).max()), 3)}",
                       fontsize=9)  # fmt: skip
         ax2.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
@@ -667,7 +668,7 @@ def _view_composition(pdir: Path, data: list[SetData]) -> View:
         ax.plot(xf, 100 * ff, color=NET_COLOR, lw=0.8, ls="--", label="helped / (helped + hurt), zeros excluded")
         ax.axhline(50, color="white", lw=0.8, ls=":")
         ax.set_ylim(0, 100)
-        ax.set_xlabel("iteration (step)")
+        step_axis(ax)
         ax.set_title(_set_title(d, data[0].name))
         ax.grid(False)
         if col == 0:
@@ -956,7 +957,7 @@ def _view_cumulative(pdir: Path, data: list[SetData]) -> View:
         xs, cs = _thinned(x, cumulative(d.per_layer))
         cumulative_layers(ax, xs, cs, names, keep)
         ax.set_title(_set_title(d, data[0].name), fontsize=9)
-        ax.set_xlabel("iteration (step)")
+        step_axis(ax)
         sign_hints(ax)
         if col == 0:
             ax.set_ylabel("cumulative LCA (loss units)")
@@ -1014,7 +1015,7 @@ def _view_milestones(pdir: Path, data: list[SetData]) -> View:
         for j in np.flatnonzero(~ok):
             ax.text(float(ends[0]), float(j), "  did not learn overall", va="center", fontsize=7, color=HURT_COLOR)
         ax.set_xlim(float(d.sel.start_steps[0]), float(ends[-1]))
-        ax.set_xlabel("step")
+        step_axis(ax, "step")
         ax.set_title(_set_title(d, data[0].name), fontsize=9)
         if col == 0:
             _layer_ticks(ax, names, d.verdicts)
@@ -1145,7 +1146,7 @@ def _view_heatmaps(pdir: Path, data: list[SetData], groups: list[int], output_gr
             grp = f", {rows_per} units/row" if rows_per > 1 else ""
             ax.set_title(f"{m.name} · set '{d.name}': {cols_txt}{grp}", fontsize=8.5)
             if r == n_maps - 1:
-                ax.set_xlabel("iteration (step)")
+                step_axis(ax)
         cb = fig.colorbar(im, ax=list(axes[r]), pad=0.01, fraction=0.03)
         cb.ax.tick_params(labelsize=7)
         cb.ax.ticklabel_format(style="sci", scilimits=(-2, 3))
@@ -1308,7 +1309,7 @@ def _view_trajectories(pdir: Path, data: list[SetData], labels: list[str], kinds
             if col == 0:
                 ax.set_ylabel("cumulative LCA")
             if r == len(present) - 1:
-                ax.set_xlabel("iteration (step)")
+                step_axis(ax)
         axes[r, -1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, handlelength=1.6)
     # Oscillation: per-iteration LCA of the most helpful and of the first random parameter (first set).
     main = data[0]
@@ -1322,7 +1323,7 @@ def _view_trajectories(pdir: Path, data: list[SetData], labels: list[str], kinds
                  lw=1.4)  # fmt: skip
         a.axhline(0, color="black", lw=0.6)
         a.set_title(f"{kinds[j]}: {labels[j]} ({main.name}), per iteration", fontsize=8.5)
-        a.set_xlabel(f"iteration (step), first {n_show}")
+        step_axis(a, f"iteration (step), first {n_show}")
         a.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     bax[0].set_ylabel("LCA per iteration")
     bottom.legend(handles=helped_hurt_handles(), loc="outside right center", fontsize=7.5)
@@ -1403,7 +1404,7 @@ def _view_sync(pdir: Path, data: list[SetData]) -> View:
                           fontsize=7 if n_l > 16 else 8)  # fmt: skip
         ax.set_ylim(-0.8, n_l - 0.2)
         ax.grid(axis="y", visible=False)
-        ax.set_xlabel("iteration (step)")
+        step_axis(ax)
         ax.set_title(f"{_set_title(d, data[0].name)}: learning = −LCA per layer, own scale", fontsize=8.5)
         b = baxes[col]
         drew = False

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from lca_cli.plots import DPI, SCALE, cumulative_layers, figure, highlighted_layers, png_info, save_png
+from lca_cli.plots import DPI, SCALE, cumulative_layers, figure, highlighted_layers, png_info, save_png, step_axis
 
 
 def test_save_png_is_true_colour_at_twice_the_resolution(tmp_path: Path) -> None:
@@ -43,3 +43,17 @@ def test_highlighted_layers_keep_the_first_the_last_and_the_largest() -> None:
     totals[[5, 17, 30]] = [-3.0, 2.0, -1.0]
     assert highlighted_layers(totals, 5) == [0, 5, 17, 30, 40]
     assert highlighted_layers(np.ones(4), 12) == [0, 1, 2, 3]
+
+
+def test_step_axes_tick_whole_steps_only() -> None:
+    # Three iterations over steps 0..3: matplotlib's default locator ticks 0.5 steps apart.
+    fig = figure(3, 2)
+    ax = fig.subplots()
+    ax.plot([0, 1, 2, 3], [0.0, 1.0, 0.5, 0.2])
+    ax.set_xlim(0, 3)
+    fig.canvas.draw()
+    assert any(t != int(t) for t in ax.get_xticks())  # the default, so the test can fail
+    step_axis(ax)
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if 0 <= t <= 3]
+    assert ticks and all(t == int(t) for t in ticks) and ax.get_xlabel() == "iteration (step)"
