@@ -183,6 +183,8 @@ def plan(
         engine, _, expected = build_engine(config, device)
         source = CheckpointSource(expected, state_dict_key=opts.state_dict_key or None, unsafe_pickle=unsafe_pickle)
         v, fixed = split_state(source.read(refs[0]), engine.vlayout, device)
+        for obj in engine.objectives.values():  # compute's pre-flight: data that does not fit fails in one line
+            obj.check(v, fixed, f"step {refs[0].step}")
         timing = {s: _time_gradient(obj, v, fixed, device) for s, obj in engine.objectives.items()}
         threads = torch.get_num_threads()
     layout = engine.layout

@@ -54,3 +54,23 @@ def test_dry_run_writes_nothing_and_plans_what_compute_does(tmp_path: Path, caps
     first = plan(run, config, tmp_path / "other.zarr", Schedule())
     assert "estimate   at least " in "\n".join(first.lines())
     assert "at least" not in "\n".join(later.lines())
+
+
+def test_dry_run_of_data_that_does_not_fit_is_compute_s_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It timed a gradient before any pre-flight: a label out of range was a traceback and exit 70.
+    run = make_tiny_run(tmp_path, steps=2)
+    # A module of its own: "tinyfactories" may already be imported from another test's run.
+    extra = "\n\ndef bad_data():\n    x, y = data()\n    return x, y + 40\n"
+    (run / "misfitdata.py").write_text((run / "tinyfactories.py").read_text() + extra)
+    config = (run / "lca.toml").read_text().replace("tinyfactories:data", "misfitdata:bad_data")
+    (run / "lca.toml").write_text(config)
+    with pytest.raises(SystemExit) as info:
+        main(["compute", str(run), "--dry-run", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert info.value.code == 3 and err.strip().splitlines() == [
+        "Error: evaluation set 'train' does not fit the model: label 42 is out of range for the model's 3 classes "
+        "(outputs (3,) per sample)"
+    ]
+    assert not (run / "lca.zarr").exists()
