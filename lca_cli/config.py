@@ -315,25 +315,30 @@ def settings_mismatch(stored: Mapping[str, Any], current: Mapping[str, Any]) -> 
     keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if not keys:
         return None
-    # Flags the store's refine scheme and dtype already imply (doubling brings the former tolerances) are left out.
+    # What the store's refine scheme and dtype imply (doubling brings the former tolerances).
     implied: dict[str, Any] = {}
     if old.get("refine") in REFINES and old.get("dtype") in DTYPES[1:]:
         implied = ComputeOptions(refine=old["refine"]).resolved("cpu", old["dtype"]).result_settings()
-    diffs, flags = [], []
+    diffs: list[str] = []
+    flags: list[str] = []
+    implied_flags: list[str] = []
     for k in keys:
         was, now = old.get(k), new.get(k)
         diffs.append(f"{k} {_flag_value(was)} (this call: {_flag_value(now)})")
-        if k not in ("refine", "dtype") and k in implied and implied[k] == was:
-            continue
         flag = "--" + k.replace("_", "-")
         if isinstance(was, bool):
-            flags.append(flag if was else f"--no-{k.replace('_', '-')}")
+            text = flag if was else f"--no-{k.replace('_', '-')}"
         elif isinstance(was, list):
-            flags.append(" ".join(f"{flag} {p!r}" for p in was) if was else f"no {flag}")
+            text = " ".join(f"{flag} {p!r}" for p in was) if was else f"no {flag}"
         elif was is None or was == "":
-            flags.append(f"no {flag}")
+            text = f"no {flag}"
         else:
-            flags.append(f"{flag} {_flag_value(was)}")
+            text = f"{flag} {_flag_value(was)}"
+        implied_by_scheme = k not in ("refine", "dtype") and k in implied and implied[k] == was
+        (implied_flags if implied_by_scheme else flags).append(text)
+    # Settings the store's refine scheme and dtype imply are left out when those flags bring them; when only such
+    # settings differ (a default changed by this call's flags), they are the flags to pass.
+    flags = flags or implied_flags
     return (
         f"other result-changing settings: {'; '.join(diffs)}. To keep appending to it with the settings it was "
         f"made with, pass {' '.join(flags)}; or pass --overwrite to recompute it with the new ones"

@@ -454,6 +454,17 @@ def _store_without_setting(
     return run, store, removed
 
 
+def test_a_setting_changed_from_its_default_names_the_flag_that_keeps_the_store(
+    capsys: pytest.CaptureFixture[str], computed_run: Path, tmp_path: Path
+) -> None:
+    # Only settings the store's scheme implies differ (the defaults, changed by this call): the hint named no flag.
+    store = tmp_path / "s.zarr"
+    shutil.copytree(computed_run / "lca.zarr", store)
+    code, out, err = run_cli(capsys, "compute", computed_run, "--out", store, "--quiet", "--max-splits", "2")
+    assert_one_line_error(code, out, err, "store", "max_splits 32 (this call: 2)", "--max-splits 32")
+    assert "pass ;" not in err
+
+
 def test_store_made_with_old_defaults(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     # The former defaults were doubling to rtol 1e-4 with a float64 network on CPU, and its stores have no
     # 'refine' setting: make such a store, then strip the setting as the old version never wrote it.
