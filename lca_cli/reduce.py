@@ -239,9 +239,13 @@ def _group_rows(
     total: float,
     n_iterations: int,
     error: float,
+    counted: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
+    # ``counted``: the values per iteration that ``helped`` and ``hurt`` count (the parameters, unless the store
+    # holds coarser columns: one per neuron in a neuron store).
+    counted = counts if counted is None else counted
     frac = _fraction(helped, hurt)
-    cells = np.maximum(np.asarray(counts, dtype=np.float64) * n_iterations, 1.0)
+    cells = np.maximum(np.asarray(counted, dtype=np.float64) * n_iterations, 1.0)
     verdicts = significance(np.asarray(lca, dtype=np.float64), error)
     return [
         {
@@ -251,11 +255,13 @@ def _group_rows(
             "share": _num(v / total) if total != 0 else None,
             "helped_fraction": _num(f),
             "helped_share": _num(h / x) if n_iterations else None,
-            "zero_share": _num((c * n_iterations - h - u) / x) if n_iterations else None,
+            "zero_share": _num((k * n_iterations - h - u) / x) if n_iterations else None,
             "hurt_share": _num(u / x) if n_iterations else None,
             "significance": sig,
         }
-        for n, c, v, f, h, u, x, sig in zip(names, counts, lca, frac, helped, hurt, cells, verdicts, strict=True)
+        for n, c, k, v, f, h, u, x, sig in zip(
+            names, counts, counted, lca, frac, helped, hurt, cells, verdicts, strict=True
+        )
     ]
 
 
@@ -317,11 +323,15 @@ def _column_totals(store: LcaStore, set_name: str, mask: np.ndarray) -> np.ndarr
 def _add_concentration(store: LcaStore, rows: list[dict[str, Any]], colsum: np.ndarray, by: str) -> None:
     """Add ``params_50`` / ``params_90``: the share of a group's parameters doing 50% / 90% of its learning.
 
-    At the resolution stored (:attr:`LcaStore.column_layout`): in a neuron or tensor store the share of a layer's
-    neurons or tensors; a group with no columns of its own (left out by ``--params``, or a tensor of a neuron
-    store) gets None.
+    At the resolution stored (:attr:`LcaStore.column_layout`): in a neuron store the share of a layer's neurons
+    (the table says so); a tensor store, and a group with no columns of its own (left out by ``--params``, or a
+    tensor of a neuron store), get None.
     """
     layout = store.column_layout
+    if store.columns.granularity == "tensor":  # a layer's tensors: too few units for a share to say anything
+        for row in rows:
+            row["params_50"] = row["params_90"] = None
+        return
     if by == "layer":
         groups = {name: [layout.params[i] for i in idx] for name, idx in layout.layers()}
     else:
@@ -398,6 +408,7 @@ def _by_neuron(store: LcaStore, set_name: str, mask: np.ndarray, error: float) -
         total,
         int(mask.sum()),
         error,
+        counted=np.bincount(col2neuron, minlength=n),  # stored columns per neuron: what the counts count
     )
 
 

@@ -1630,6 +1630,22 @@ def _window_text(sel: Selection) -> str:
     return f"[{'' if w[0] is None else w[0]}, {'' if w[1] is None else w[1]})"
 
 
+def _resolution_note(store: LcaStore) -> str:
+    """What a store's columns hold when they are not every parameter (the figures work on those columns)."""
+    cols = store.columns
+    if cols.full:
+        return ""
+    held = {"neuron": "one column per neuron", "tensor": "one column per tensor"}.get(
+        cols.granularity, "the columns of some tensors only"
+    )
+    kept = f" (--params {' '.join(cols.params)}; the rest in one '(other)' column)" if cols.params else ""
+    return (
+        f"This store holds {held}{kept} (--granularity {cols.granularity}): the figures and numbers below that speak "
+        "of parameters (trajectories, how few do most of the learning, how often one helped) are about those "
+        "columns; the totals per layer and per tensor are exact."
+    )
+
+
 def _page(store: LcaStore, data: list[SetData], nb: dict[str, Any], views: list[View], notes: dict[str, str]) -> str:
     e = html.escape
     main = data[0]
@@ -1695,6 +1711,9 @@ def _page(store: LcaStore, data: list[SetData], nb: dict[str, Any], views: list[
     ]
     for s, why in notes.items():
         parts.append(f'<p class="warn">set {e(s)} not shown: {e(why)}</p>')
+    resolution = _resolution_note(store)
+    if resolution:
+        parts.append(f'<p class="warn">{e(resolution)}</p>')
     n_flagged = sum(x["flagged"] for x in per)
     if n_flagged:
         parts.append(

@@ -128,11 +128,16 @@ def _group_table(summary: Summary) -> list[str]:
     out = _table(headers, rows, left)
     h = summary.header
     out.append(f"sig.: helps/hurts if |lca| > integration error Σ|residual| {h['integration_error']:.3g}, else ≈0")
-    out.append("h/0/h %: helped / zero / hurt, % of parameters x iterations; help≠0: no zeros")
+    # A neuron store counts its columns (neurons) where it reads lca (--by neuron, --concentration); the per-tensor
+    # counts behind --by layer and tensor were taken from every parameter when the rows were computed.
+    neurons = h.get("granularity") == "neuron"
+    counted = "neurons" if neurons and h.get("by") == "neuron" else "parameters"
+    out.append(f"h/0/h %: helped / zero / hurt, % of {counted} x iterations; help≠0: no zeros")
     if milestones:
         out.append("50/90% at: step by which the group had done 50% / 90% of its net learning")
     if conc:
-        out.append("conc.%: fewest parameters (% of the group's) doing 50% / 90% of its learning")
+        units = "neurons" if neurons else "parameters"
+        out.append(f"conc.%: fewest {units} (% of the group's) doing 50% / 90% of its learning")
     return out
 
 

@@ -150,6 +150,27 @@ def test_neuron_store_is_the_parameter_store_summed_per_neuron(stores: dict[str,
     assert summarize(n, by="layer").rows == summarize(ref, by="layer").rows
 
 
+def test_a_neuron_store_counts_neuron_iterations(stores: dict[str, LcaStore]) -> None:
+    # Its helped / zero / hurt counts are of its columns (one per neuron): the shares were divided by parameters x
+    # iterations (a share of 0.0013 helped and 0.9987 zero for a neuron that helped on 65% of the iterations).
+    from lca_cli.tables import render_summary
+
+    n = stores["neuron"]
+    cols = np.asarray(n.array("train", "lca")[:], dtype=np.float64)  # (T, 20): neuron LCA per iteration
+    labels = n.columns.labels(n.layout)
+    for row in summarize(n, by="neuron").rows:
+        v = cols[:, labels.index(row["name"])]
+        assert row["helped_share"] == pytest.approx(float((v < 0).mean()))
+        assert row["hurt_share"] == pytest.approx(float((v > 0).mean()))
+        assert row["zero_share"] == pytest.approx(float((v == 0).mean()))
+    text = render_summary(summarize(n, by="neuron"))
+    assert "% of neurons x iterations" in text
+    # --concentration: a share of a layer's neurons in a neuron store (so labelled); none in a tensor store.
+    text = render_summary(summarize(n, by="layer", concentration=True))
+    assert "fewest neurons (% of the group's)" in text and "% of parameters x iterations" in text
+    assert all(r["params_50"] is None for r in summarize(stores["tensor"], by="layer", concentration=True).rows)
+
+
 def test_params_store_keeps_its_columns_and_an_other_column(stores: dict[str, LcaStore]) -> None:
     ref, p = stores["parameter"], stores["params"]
     keep = [i for i, q in enumerate(ref.layout.params) if q.name.startswith("0.")]
@@ -187,9 +208,11 @@ def test_the_report_works_at_the_resolution_stored(stores: dict[str, LcaStore], 
     pytest.importorskip("matplotlib")
     from lca_cli.report import write_report
 
-    for name in ("neuron", "params"):
+    for name, held in (("neuron", "one column per neuron"), ("params", "the columns of some tensors only")):
         result = write_report(stores[name].path, tmp_path / f"{name}.html")
         assert result.html.exists() and result.html.stat().st_size > 10_000
+        # The page says what its "parameters" are on such a store.
+        assert f"This store holds {held}" in result.html.read_text(encoding="utf-8")
 
 
 CONV1D_FACTORIES = '''
