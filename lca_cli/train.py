@@ -246,6 +246,31 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> Iterat
         pending = pending[batch_size:]
 
 
+def _check_fits(
+    model: torch.nn.Module, loss_fn: Callable[..., torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor, n: int
+) -> None:
+    """One forward and loss on the first ``n`` samples, before anything is written.
+
+    Evaluation mode and no gradient, so no random number is drawn and no running statistic moves: training
+    afterwards is what it would have been. A model, data and loss that do not fit fail here in one line,
+    instead of a traceback after the run directory got step 0 and ``lca.toml``.
+
+    Raises:
+        ConfigError: If the forward pass or the loss fails.
+
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            loss_fn(model(inputs[:n]), targets[:n])
+    except Exception as exc:  # the user's model or data can fail in any way
+        text = " ".join(str(exc).split())[:300]
+        raise ConfigError(f"the model, data and loss do not fit: {type(exc).__name__}: {text}") from exc
+    finally:
+        model.train(was_training)
+
+
 def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"{run_dir} exists and is not a directory")
@@ -336,9 +361,10 @@ def train_run(
     names = [n for n, _ in model.named_parameters()]
     frozen = set(frozen_parameter_names(names, opts.freeze))
 
-    _prepare_run_dir(run, overwrite)
     model = model.to(dev)
     inputs, targets = inputs.to(dev), targets.to(dev)
+    _check_fits(model, loss_fn, inputs, targets, opts.batch_size)
+    _prepare_run_dir(run, overwrite)
     params = dict(model.named_parameters())
     optimizer: torch.optim.Optimizer
     trainable = list(params.values())

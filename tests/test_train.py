@@ -173,6 +173,13 @@ def test_config_errors_leave_the_run_dir_alone(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
     with pytest.raises(UsageError):
         train_run(config(tmp_path), tmp_path / "run", iterations=0)
+    # A model that does not fit its data: one line before anything is written (it was a traceback after step 0
+    # and lca.toml were, so that a rerun also needed --overwrite).
+    misfit = config(tmp_path).read_text().replace("in_features = 36", "in_features = 35")
+    (tmp_path / "misfit.toml").write_text(misfit)
+    with pytest.raises(ConfigError, match="the model, data and loss do not fit: RuntimeError: mat1 and mat2"):
+        train_run(tmp_path / "misfit.toml", tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_parse_train_options_validates_values() -> None:
