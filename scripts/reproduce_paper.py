@@ -1322,6 +1322,14 @@ def write_markdown(path: Path, mode: Mode, device: str, results: dict[str, Any],
 # main
 
 
+def default_out(mode: str) -> Path:
+    """Where a mode's page goes without ``--out``: the committed ``docs/`` for ``--cpu-scale`` only.
+
+    A quick or smoke run (the README's first command) wrote over the committed page and figures before.
+    """
+    return REPO / "docs" if mode == "cpu-scale" else Path(f"paper-{mode}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -1334,7 +1342,11 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     g.add_argument("--full", dest="mode", action="store_const", const="full", help="closer to the paper (GPU)")
     g.add_argument("--smoke", dest="mode", action="store_const", const="smoke", help="seconds; synthetic (tests)")
-    ap.add_argument("--out", type=Path, default=REPO / "docs", help="where paper.md and figures/ go [docs]")
+    ap.add_argument(
+        "--out", type=Path,
+        help="where paper.md and figures/ go [docs/ for --cpu-scale, the committed page; else ./paper-MODE, so that "
+        "a quick or smoke run never overwrites it]",
+    )  # fmt: skip
     ap.add_argument("--work", type=Path, help="runs and stores [a new directory under /tmp]")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
     ap.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
@@ -1351,6 +1363,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = ap.parse_args(argv)
     mode = MODES[args.mode or "quick"]
+    args.out = args.out or default_out(mode.name)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

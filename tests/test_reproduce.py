@@ -72,3 +72,9 @@ def test_committed_figures_exist_are_true_colour_and_small() -> None:
         assert path.is_file(), path
         assert path.stat().st_size < 500_000, path
         assert png_info(path)[2:] == (8, 2), path  # 8-bit true colour, no palette
+
+
+def test_only_the_cpu_scale_page_goes_to_docs_by_default() -> None:
+    rp = _load_script()
+    assert rp.default_out("cpu-scale") == SCRIPT.parent.parent / "docs"  # the committed page
+    assert rp.default_out("quick") == Path("paper-quick") and rp.default_out("smoke") == Path("paper-smoke")
