@@ -957,13 +957,15 @@ def _choose_threads(
     return tuner
 
 
-def _auto_dtype(refs: Sequence[CheckpointRef], out: Path, overwrite: bool, unsafe_pickle: bool) -> str:
+def _auto_dtype(
+    refs: Sequence[CheckpointRef], out: Path, overwrite: bool, unsafe_pickle: bool, state_dict_key: str | None
+) -> str:
     """What ``--dtype auto`` means for this run: the first checkpoint's dtype (:func:`checkpoint_dtype`).
 
     With no checkpoint left to read (rotation beside a finished store), the dtype the store was made with.
     """
     if refs:
-        return checkpoint_dtype(read_checkpoint(refs[0], unsafe_pickle))
+        return checkpoint_dtype(read_checkpoint(refs[0], unsafe_pickle, state_dict_key))
     if not overwrite and inspect_path(out, deep=False).kind == "store":
         dtype = LcaStore.open(out).attrs.get("identity", {}).get("compute", {}).get("dtype")
         if dtype in ("float32", "float64"):
@@ -1177,7 +1179,9 @@ class _Compute:
         ckpt_dtype = "float32"
         if self.config.compute.dtype == "auto" and deferred is None:
             try:
-                ckpt_dtype = _auto_dtype(refs, self.out, self.overwrite, self.unsafe_pickle)
+                ckpt_dtype = _auto_dtype(
+                    refs, self.out, self.overwrite, self.unsafe_pickle, self.config.compute.state_dict_key or None
+                )
             except BaseException as exc:
                 if self.lead:
                     self._share_failure(exc)

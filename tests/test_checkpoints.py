@@ -202,3 +202,18 @@ def test_check_state_dict_truncates_long_lists() -> None:
     expected = {f"t{i}": (1,) for i in range(10)}
     with pytest.raises(CheckpointError, match=r"t0, t1, t2, t3, t4, t5 \(\+4 more\)"):
         check_state_dict({}, expected, "ck")
+
+
+def test_a_dict_nesting_two_state_dicts_needs_a_key(tmp_path: Path) -> None:
+    # `lca compute` reads the first checkpoint for --dtype auto with this function: the ambiguous file said
+    # "expected a flat ... state_dict, found a dict", and --state-dict-key did not reach it.
+    a, b = {"w": torch.zeros(2, dtype=torch.float64)}, {"w": torch.ones(2)}
+    path = tmp_path / "step_1.pt"
+    torch.save({"model": a, "state_dict": b, "step": 1}, path)
+    with pytest.raises(
+        CheckpointError, match="entries state_dict, model each hold a state_dict; pass --state-dict-key"
+    ):
+        read_checkpoint(path)
+    assert torch.equal(read_checkpoint(path, state_dict_key="model")["w"], a["w"])
+    with pytest.raises(CheckpointError, match="--state-dict-key 'ema' not found"):
+        read_checkpoint(path, state_dict_key="ema")

@@ -170,6 +170,20 @@ def state(value: float = 0.0) -> dict[str, torch.Tensor]:
     return {"fc.weight": torch.full((2, 3), value), "fc.bias": torch.full((2,), value)}
 
 
+def test_a_run_of_ambiguous_dicts_computes_with_state_dict_key(flat, tmp_path: Path) -> None:
+    # Both entries fit the model: refused in one line naming both, and --state-dict-key (which --dtype auto's
+    # read of the first checkpoint ignored) chooses one; the rows are the flat run's.
+    src, states, ref = flat
+    run = new_run(src, tmp_path / "run")
+    for s, state in enumerate(states):
+        torch.save({"model": state, "state_dict": {k: v + 1 for k, v in state.items()}, "step": s}, run / f"c{s}.pt")
+    with pytest.raises(CheckpointError, match="entries state_dict, model each hold a state_dict"):
+        lca_rows(run)
+    config = load_config(run / "lca.toml").with_overrides(threads=1, state_dict_key="model")
+    compute(run, config, run / "lca.zarr")
+    assert np.array_equal(np.asarray(LcaStore.open(run / "lca.zarr").array("train", "lca")[:]), ref)
+
+
 def test_two_fitting_entries_need_state_dict_key() -> None:
     obj = {"model": state(1.0), "module": state(2.0), "epoch": 3}
     with pytest.raises(CheckpointError, match="model, module each fit the model; pass --state-dict-key"):

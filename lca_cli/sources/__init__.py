@@ -25,7 +25,7 @@ from lca_cli.sources.base import CheckpointRef, ModelSpec
 from lca_cli.sources.discover import describe_folder, find_checkpoints
 from lca_cli.sources.files import load_file
 from lca_cli.sources.folders import load_folder
-from lca_cli.sources.keys import NESTED_KEYS, check_state_dict, to_model_state
+from lca_cli.sources.keys import NESTED_KEYS, check_state_dict, select_entry, to_model_state
 
 __all__ = [
     "CheckpointRef",
@@ -60,25 +60,39 @@ def load_raw(ref: CheckpointRef | Path, unsafe_pickle: bool = False) -> Any:
         raise CheckpointError(f"{ref.path}: disappeared while reading; is training still rotating files?") from None
 
 
-def read_checkpoint(ref: CheckpointRef | Path, unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
+def read_checkpoint(
+    ref: CheckpointRef | Path, unsafe_pickle: bool = False, state_dict_key: str | None = None
+) -> dict[str, torch.Tensor]:
     """Read one checkpoint into a flat ``name -> CPU tensor`` map, without reference to a model.
 
     A dict that nests exactly one state_dict (under ``state_dict``, ``model``, ``model_state_dict`` or
-    ``module``) is unwrapped; prefixes and aliases are left as they are (:class:`CheckpointSource` maps them).
+    ``module``) is unwrapped, or the entry ``state_dict_key`` names (``--state-dict-key``; ``a/b`` for a deeper
+    one); prefixes and aliases are left as they are (:class:`CheckpointSource` maps them).
 
     Raises:
-        CheckpointError: If the file is corrupt, truncated, needs pickle, or holds no state_dict.
+        CheckpointError: If the file is corrupt, truncated, needs pickle, or holds no state_dict, or several
+            that the key does not choose between.
 
     """
     obj = load_raw(ref, unsafe_pickle)
     path = ref.path if isinstance(ref, CheckpointRef) else Path(ref)
+    if state_dict_key:
+        obj = select_entry(obj, state_dict_key, str(path))
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj
     if isinstance(obj, dict):
         nested = [k for k in NESTED_KEYS if isinstance(obj.get(k), dict)]
-        if len(nested) == 1 and all(isinstance(v, torch.Tensor) for v in obj[nested[0]].values()):
-            return dict(obj[nested[0]])
-    raise CheckpointError(f"{path}: expected a flat name -> tensor state_dict, found a {type(obj).__name__}")
+        flat = [k for k in nested if obj[k] and all(isinstance(v, torch.Tensor) for v in obj[k].values())]
+        if len(flat) == 1:
+            return dict(obj[flat[0]])
+        if len(flat) > 1:
+            raise CheckpointError(
+                f"{path}: entries {', '.join(flat)} each hold a state_dict; pass --state-dict-key NAME to choose one"
+            )
+    raise CheckpointError(
+        f"{path}: expected a flat name -> tensor state_dict, found a {type(obj).__name__}; pass --state-dict-key "
+        "NAME to choose the entry that holds the model's state_dict"
+    )
 
 
 class CheckpointSource:

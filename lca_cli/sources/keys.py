@@ -26,7 +26,7 @@ import torch
 from lca_cli.errors import CheckpointError
 from lca_cli.sources.base import ModelSpec, listing
 
-__all__ = ["NESTED_KEYS", "check_state_dict", "to_model_state"]
+__all__ = ["NESTED_KEYS", "check_state_dict", "select_entry", "to_model_state"]
 
 #: Entries of a saved dict that commonly hold the model's state_dict, tried in this order.
 NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module")
@@ -100,7 +100,13 @@ def _describe(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
-def _select(obj: Any, key: str, where: str) -> Any:
+def select_entry(obj: Any, key: str, where: str) -> Any:
+    """The entry ``key`` of a loaded checkpoint (``a/b`` for a nested one), as ``--state-dict-key`` names it.
+
+    Raises:
+        CheckpointError: If there is no such entry (the message says what the checkpoint holds).
+
+    """
     node = obj
     for part in key.split("/"):
         if not isinstance(node, Mapping) or part not in node:
@@ -192,7 +198,7 @@ def to_model_state(
     """
     notes: list[str] = []
     if state_dict_key:
-        obj = _select(obj, state_dict_key, str(where))
+        obj = select_entry(obj, state_dict_key, str(where))
         if not _is_flat(obj):
             raise CheckpointError(
                 f"{where}: --state-dict-key {state_dict_key!r} holds {_describe(obj)}, not a state_dict"
