@@ -31,6 +31,7 @@ from lca_cli.errors import (
     PeerFailed,
     StoreError,
     ToleranceError,
+    UsageError,
 )
 
 __all__ = ["cli", "main"]
@@ -194,7 +195,8 @@ def _compute_options(f: Any) -> Any:
             multiple=True,
             metavar="GLOB",
             help="Store the columns of the tensors whose names match (repeatable, e.g. 'encoder.*'); the rest "
-            "is stored as one '(other)' column, so rows still sum to the loss change [every tensor].",
+            "is stored as one '(other)' column, so rows still sum to the loss change [every tensor]. With "
+            "--granularity neuron a match keeps its whole layer (a neuron sums every tensor of it).",
         ),
     ]
     for opt in reversed(opts):
@@ -429,7 +431,7 @@ def compute(
     if as_json:
         click.echo(json.dumps(_result_json(result)))
     if not quiet:
-        rate = result.computed / result.seconds if result.seconds > 0 else 0.0
+        rate = f"{result.computed / result.seconds:.2f} pairs/s on " if result.computed and result.seconds > 0 else ""
         repaired = f", {result.repaired} damaged row(s) recomputed" if result.repaired else ""
         procs = f" in {result.processes} processes" if result.processes > 1 else ""
         others = f", {result.by_others} by other processes meanwhile" if result.by_others else ""
@@ -437,7 +439,7 @@ def compute(
         pruned = f"; {result.pruned} checkpoint(s) pruned" if result.pruned else ""
         _err(
             f"{result.store}: {result.computed} pair(s) computed{procs}{scope}{others}, {result.skipped} already done, "
-            f"{result.n_pairs} in total ({rate:.2f} pairs/s on {result.device}){repaired}{pruned}"
+            f"{result.n_pairs} in total ({rate}{result.device}){repaired}{pruned}"
         )
         if result.ended:
             _err(f"Note: {result.ended}")
@@ -558,6 +560,8 @@ def summarize(
     from lca_cli.reduce import summarize as run_summarize
     from lca_cli.tables import render_summary
 
+    if as_json and fmt not in ("table", "json"):
+        raise UsageError(f"--json is --format json; it cannot go with --format {fmt}")
     fmt = "json" if as_json else fmt
     window = parse_window(steps)
     opened = open_store(store)

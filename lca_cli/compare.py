@@ -48,7 +48,7 @@ from lca_cli.report import (
 from lca_cli.store import LcaStore
 from lca_cli.views import cumulative, require_set
 
-__all__ = ["LayerMatch", "match_layers", "write_comparison"]
+__all__ = ["LayerMatch", "match_layers", "run_labels", "write_comparison"]
 
 
 class LayerMatch:
@@ -112,6 +112,18 @@ def _label(path: Path) -> str:
     return p.parent.name if p.name.endswith(".zarr") and p.parent.name else p.name
 
 
+def run_labels(a: Path, b: Path, labels: Sequence[str] | None = None) -> tuple[str, str]:
+    """The two runs' names on the page: ``labels``, else their folders' names, else the stores' own names.
+
+    Two stores of one run folder (``lca.zarr`` and ``other.zarr``) are told apart by their names; two stores
+    that still share a name get ``A:`` and ``B:`` in front.
+    """
+    la, lb = (list(labels) if labels else [_label(a), _label(b)])[:2]
+    if la == lb and not labels and Path(a).name != Path(b).name:
+        la, lb = Path(a).name, Path(b).name
+    return (f"A: {la}", f"B: {lb}") if la == lb else (la, lb)
+
+
 def write_comparison(
     store_a: str | Path,
     store_b: str | Path,
@@ -148,9 +160,9 @@ def write_comparison(
     mpl = require_matplotlib()
     say = progress or (lambda _msg: None)
     a, b = open_store(store_a), open_store(store_b)
-    la, lb = (list(labels) if labels else [_label(a.path), _label(b.path)])[:2]
-    if la == lb:
-        la, lb = f"A: {la}", f"B: {lb}"
+    la, lb = run_labels(a.path, b.path, labels)
+    if a.path.resolve() == b.path.resolve():
+        say(f"note: {a.path} is compared with itself")
     sets = _common_sets(a, b, set_names)
     t0 = time.perf_counter()
     pairs = [(gather_set(a, s, steps), gather_set(b, s, steps)) for s in sets]

@@ -164,6 +164,8 @@ def test_summarize_header_conserves(capsys: pytest.CaptureFixture[str], computed
     header = json.loads(out)["header"]
     _code, again, _ = run_cli(capsys, "summarize", computed_run / "lca.zarr", "--json")  # compute's spelling
     assert json.loads(again) == json.loads(out)
+    code, _, err = run_cli(capsys, "summarize", computed_run / "lca.zarr", "--json", "--format", "csv")
+    assert code == EXIT_CODES["usage"] and "--json is --format json" in err  # not silently one of the two
     assert header["iterations"] == 12
     assert header["sum_lca"] == pytest.approx(header["delta_loss"], rel=1e-3)
     assert 0.0 < header["helped_fraction_mean"] < 1.0

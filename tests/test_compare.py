@@ -48,3 +48,13 @@ def test_comparison_of_runs_with_different_layers(tmp_path: Path) -> None:
     assert any("integration errors together" in c for c in captions)
     with pytest.raises(UsageError, match="no such evaluation set"):
         write_comparison(a.path, b.path, tmp_path / "x.html", set_names=["val"])
+
+
+def test_run_labels() -> None:
+    from lca_cli.compare import run_labels
+
+    assert run_labels(Path("runs/normal/lca.zarr"), Path("runs/frozen/lca.zarr")) == ("normal", "frozen")
+    # Two stores of one run folder: their own names (both were "out"), then A: / B: when even those agree.
+    assert run_labels(Path("out/a.zarr"), Path("out/b.zarr")) == ("a.zarr", "b.zarr")
+    assert run_labels(Path("x/out/lca.zarr"), Path("y/out/lca.zarr")) == ("A: out", "B: out")
+    assert run_labels(Path("a.zarr"), Path("b.zarr"), ["one", "two"]) == ("one", "two")
