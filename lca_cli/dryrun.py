@@ -182,9 +182,10 @@ def plan(
     with _threads(opts.threads), import_path(config.base_dir):
         engine, _, expected = build_engine(config, device)
         source = CheckpointSource(expected, state_dict_key=opts.state_dict_key or None, unsafe_pickle=unsafe_pickle)
-        v, fixed = split_state(source.read(refs[0]), engine.vlayout, device)
+        # The newest checkpoint, as compute's pre-flight reads it (pruning and rotation delete the oldest).
+        v, fixed = split_state(source.read(refs[-1]), engine.vlayout, device)
         for obj in engine.objectives.values():  # compute's pre-flight: data that does not fit fails in one line
-            obj.check(v, fixed, f"step {refs[0].step}")
+            obj.check(v, fixed, f"step {refs[-1].step}")
         timing = {s: _time_gradient(obj, v, fixed, device) for s, obj in engine.objectives.items()}
         threads = torch.get_num_threads()
     layout = engine.layout

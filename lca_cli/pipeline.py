@@ -960,12 +960,15 @@ def _choose_threads(
 def _auto_dtype(
     refs: Sequence[CheckpointRef], out: Path, overwrite: bool, unsafe_pickle: bool, state_dict_key: str | None
 ) -> str:
-    """What ``--dtype auto`` means for this run: the first checkpoint's dtype (:func:`checkpoint_dtype`).
+    """What ``--dtype auto`` means for this run: the checkpoints' dtype (:func:`checkpoint_dtype`).
 
-    With no checkpoint left to read (rotation beside a finished store), the dtype the store was made with.
+    Read from the newest checkpoint: ``--prune`` and keep-last-N rotation delete the oldest ones, maybe while this
+    call starts beside a running one (which it must then meet at the store's lock, exit 9, not at a checkpoint
+    that vanished, exit 5). With no checkpoint left to read (rotation beside a finished store), the dtype the
+    store was made with.
     """
     if refs:
-        return checkpoint_dtype(read_checkpoint(refs[0], unsafe_pickle, state_dict_key))
+        return checkpoint_dtype(read_checkpoint(refs[-1], unsafe_pickle, state_dict_key))
     if not overwrite and inspect_path(out, deep=False).kind == "store":
         dtype = LcaStore.open(out).attrs.get("identity", {}).get("compute", {}).get("dtype")
         if dtype in ("float32", "float64"):
@@ -1258,10 +1261,11 @@ class _Compute:
             self.expected, state_dict_key=opts.state_dict_key or None, unsafe_pickle=self.unsafe_pickle, note=self.say
         )
         if refs and self.lead:
-            # Pre-flight: data or a loss that does not fit the model fails here, in one line, before any pair.
-            v0, fixed0 = self._point(refs[0])
+            # Pre-flight: data or a loss that does not fit the model fails here, in one line, before any pair. On
+            # the newest checkpoint, which pruning and rotation never delete (see _auto_dtype).
+            v0, fixed0 = self._point(refs[-1])
             for obj in self.engine.objectives.values():
-                obj.check(v0, fixed0, f"step {refs[0].step}")
+                obj.check(v0, fixed0, f"step {refs[-1].step}")
             del v0, fixed0
 
     def _point(self, ref: CheckpointRef) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -341,3 +341,28 @@ def test_a_sigterm_during_start_up_stops_before_any_pair(tmp_path: Path) -> None
     assert time.monotonic() - signalled < 2.5  # at most the gradient under way (0.8 s here), not 13 s
     assert "Traceback" not in rest and not out.exists()  # no store, no pair, nothing half made
     assert json.loads(stdout)["interrupted"] and json.loads(stdout)["computed"] == 0
+
+
+@pytest.mark.parametrize("second", ["plain", "cooperate"])
+def test_a_second_compute_beside_a_pruning_one_meets_the_lock_not_a_vanished_checkpoint(
+    tmp_path: Path, second: str
+) -> None:
+    # An overlapping cron job beside `lca compute --prune`: it read the oldest checkpoints it had listed (for
+    # --dtype auto, the pre-flight and, joining, the fingerprints) while the owner deleted them: exit 5,
+    # "disappeared while reading". A plain second call must exit 9 (busy); a --cooperate one must join.
+    run = make_tiny_run(tmp_path, steps=300, name="long")
+    rows = ["--rows-per-chunk", "1", "--threads", "1"]  # a chunk per pair: the owner prunes a checkpoint per pair
+    ref = tmp_path / "ref.zarr"
+    assert fork_call(lambda: cli("compute", run, "--out", ref, "--quiet", *rows)) == 0
+    out = tmp_path / "s.zarr"
+    pid = fork_start(lambda: cli("compute", run, "--out", out, "--quiet", "--prune", *rows), stderr=tmp_path / "1.err")
+    deadline = time.time() + 60
+    while (run / "step_00000000.safetensors").exists() and time.time() < deadline:  # pruning has begun
+        time.sleep(0.01)
+    flags = ["--cooperate"] if second == "cooperate" else []
+    code = fork_call(lambda: cli("compute", run, "--out", out, "--quiet", *rows, *flags), stderr=tmp_path / "2.err")
+    assert fork_wait(pid) == 0, (tmp_path / "1.err").read_text()
+    err = (tmp_path / "2.err").read_text()
+    assert code == (9 if second == "plain" else 0), err
+    assert "disappeared" not in err and "cannot be read" not in err
+    assert_same_tree(out, ref)  # and the store is the one an uninterrupted single process makes

@@ -59,7 +59,10 @@ def _scan(root: Path, unsafe_pickle: bool) -> tuple[list[CheckpointRef], list[st
         if has_folders and last_digits(path.stem) is None and not _LAST.match(path.name):
             skipped.append(path.name)  # e.g. a Trainer's final model.safetensors beside checkpoint-N/ folders
             continue
-        refs.append(CheckpointRef(path, file_step(path, unsafe_pickle)))
+        try:
+            refs.append(CheckpointRef(path, file_step(path, unsafe_pickle)))
+        except FileNotFoundError:
+            continue  # deleted while the run was listed (pruning, rotation): as if it had not been there
     return refs, skipped
 
 

@@ -29,6 +29,8 @@ def _safetensors_step(path: Path) -> int | None:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as exc:  # safetensors raises several unrelated types for bad headers
+        if not path.exists():  # deleted since it was listed (pruning, rotation): gone, not damaged
+            raise FileNotFoundError(str(path)) from exc
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); delete or re-save it") from exc
     raw = meta.get("step")
     if raw is None:
@@ -129,6 +131,7 @@ def file_step(path: Path, unsafe_pickle: bool = False) -> int:
 
     Raises:
         CheckpointError: If no step can be found, or the file cannot be read.
+        FileNotFoundError: If the file was deleted since it was listed (discovery skips it).
 
     """
     step: int | None = None
