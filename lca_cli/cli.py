@@ -430,7 +430,9 @@ def compute(
 
     if as_json:
         click.echo(json.dumps(_result_json(result)))
-    if not quiet:
+    # Stopped before a store was opened (a signal during start-up, or a helper stopped while it waited): no counts.
+    before_store = result.interrupted and result.n_pairs == 0
+    if not quiet and not before_store:
         rate = f"{result.computed / result.seconds:.2f} pairs/s on " if result.computed and result.seconds > 0 else ""
         repaired = f", {result.repaired} damaged row(s) recomputed" if result.repaired else ""
         procs = f" in {result.processes} processes" if result.processes > 1 else ""
@@ -447,7 +449,10 @@ def compute(
         _err(line)
     if result.interrupted:
         code, name = _STOP_SIGNALS[signal.Signals(received[0])] if received else (EXIT_INTERRUPTED, "Interrupted")
-        _err(f"{name}: {result.store} is resumable; rerun the same command to continue.")
+        if before_store:
+            _err(f"{name} during start-up: nothing was computed or written; rerun the same command to start.")
+        else:
+            _err(f"{name}: {result.store} is resumable; rerun the same command to continue.")
         sys.exit(code)
     new_flagged = {s: len(a.flagged_new) for s, a in result.accuracy.items() if a.flagged_new}
     if strict and new_flagged:

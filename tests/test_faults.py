@@ -341,6 +341,10 @@ def test_a_sigterm_during_start_up_stops_before_any_pair(tmp_path: Path) -> None
     assert time.monotonic() - signalled < 2.5  # at most the gradient under way (0.8 s here), not 13 s
     assert "Traceback" not in rest and not out.exists()  # no store, no pair, nothing half made
     assert json.loads(stdout)["interrupted"] and json.loads(stdout)["computed"] == 0
+    # No "0 pair(s) ... 0 in total" and no "resumable" for a store that was never made: what happened.
+    assert rest.strip().splitlines()[-1] == (
+        "Terminated (SIGTERM) during start-up: nothing was computed or written; rerun the same command to start."
+    ), rest
 
 
 @pytest.mark.parametrize("second", ["plain", "cooperate"])
