@@ -1447,6 +1447,19 @@ class _Compute:
 
         queue = self._queue_now = self._queue(scope, first=True)
         self._counts["total"] = queue.total - queue.done_at_start
+        steps = store.steps
+        if (
+            queue.total == 0
+            and (scope.start is not None or scope.stop is not None)
+            and len(steps) > 1
+            and not sch.follow
+        ):
+            lo = "" if scope.start is None else scope.start
+            hi = "" if scope.stop is None else scope.stop
+            self.say(
+                f"--steps {lo}:{hi} holds no pair of this run (its pairs start at steps {int(steps[0])}.."
+                f"{int(steps[-2])}): nothing to compute"
+            )
         if self._counts["total"] and not target.read_only:
             local = self.team.local_size if self.team is not None else 1
             tuner = _choose_threads(engine, self.config.compute.threads, self.say, local)

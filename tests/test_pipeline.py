@@ -286,6 +286,20 @@ def test_a_checkpoint_missing_in_the_middle_is_noted(tmp_path: Path) -> None:
     assert [n for n in notes if n.startswith("steps 4 -> 6 span more iterations")], notes
 
 
+def test_a_steps_window_outside_the_run_is_noted(tmp_path: Path) -> None:
+    from runs import make_tiny_run
+
+    from lca_cli.distributed import Scope
+    from lca_cli.pipeline import Schedule
+
+    run = make_tiny_run(tmp_path, steps=5)
+    notes: list[str] = []
+    config = load_config(run / "lca.toml").with_overrides(threads=1)
+    result = compute(run, config, tmp_path / "s.zarr", note=notes.append, schedule=Schedule(Scope(900, 1000)))
+    assert result.computed == 0
+    assert "--steps 900:1000 holds no pair of this run (its pairs start at steps 0..4): nothing to compute" in notes
+
+
 def test_euler_is_much_worse_than_rk4(runs: RunCache, tmp_path: Path) -> None:
     run_dir, config = runs.run("relu_mlp")
     ref = runs.reference("relu_mlp")
