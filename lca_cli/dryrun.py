@@ -168,7 +168,7 @@ def plan(
         LcaError: The errors ``lca compute`` would raise before its first pair (config, checkpoints, store).
 
     """
-    from lca_cli.pipeline import _threads, build_engine, resolve_device
+    from lca_cli.pipeline import _threads, build_engine, preflight, resolve_device
 
     run = Path(run_dir)
     out_path = Path(out) if out is not None else run / "lca.zarr"
@@ -182,10 +182,7 @@ def plan(
     with _threads(opts.threads), import_path(config.base_dir):
         engine, _, expected = build_engine(config, device)
         source = CheckpointSource(expected, state_dict_key=opts.state_dict_key or None, unsafe_pickle=unsafe_pickle)
-        # The newest checkpoint, as compute's pre-flight reads it (pruning and rotation delete the oldest).
-        v, fixed = split_state(source.read(refs[-1]), engine.vlayout, device)
-        for obj in engine.objectives.values():  # compute's pre-flight: data that does not fit fails in one line
-            obj.check(v, fixed, f"step {refs[-1].step}")
+        v, fixed = preflight(engine, lambda ref: split_state(source.read(ref), engine.vlayout, device), refs)
         timing = {s: _time_gradient(obj, v, fixed, device) for s, obj in engine.objectives.items()}
         threads = torch.get_num_threads()
     layout = engine.layout

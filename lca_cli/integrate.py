@@ -52,7 +52,7 @@ __all__ = [
     "Evaluation",
     "PairResult",
     "integrate_pair",
-    "loss_rounding",
+    "loss_rounding_of",
     "residual_budget",
     "within_tolerance",
 ]
@@ -110,7 +110,7 @@ class PairResult:
     l1_change: float = float("nan")
 
 
-def loss_rounding(dtype: torch.dtype) -> float:
+def loss_rounding_of(dtype: torch.dtype) -> float:
     """The relative rounding bound of a loss value reduced in ``dtype``, for :func:`integrate_pair`.
 
     Four unit roundoffs: the final rounding of a mean (half an ulp, at most one unit roundoff relatively) and
@@ -234,7 +234,7 @@ def integrate_pair(
         l1_scale: ``"local"`` only: the run's scale of ``||lca||_1`` (loss units; see
             :func:`lca_cli.pipeline.measure_l1_scales`); the target is
             ``l1_tol`` times the larger of it and the pair's own norm. 0: each pair's own norm.
-        loss_rounding: Relative rounding bound of each loss value (see :func:`loss_rounding`; 0 = exact): a
+        loss_rounding: Relative rounding bound of each loss value (see :func:`loss_rounding_of`; 0 = exact): a
             residual within ``loss_rounding (|L(a)| + |L(b)|)`` of zero does not enter the per-parameter estimate
             and never flags (explicit residual tolerances still refine as given).
         label: Names the pair in error messages (e.g. ``"steps 4 -> 5"``).

@@ -26,7 +26,7 @@ from torch.func import functional_call
 
 from lca_cli.config import Config, import_factory
 from lca_cli.errors import ConfigError
-from lca_cli.integrate import loss_rounding
+from lca_cli.integrate import loss_rounding_of
 from lca_cli.layout import Layout
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "config_loss",
     "interpolated_buffer_names",
     "make_chunks",
+    "one_line",
     "prepare_model",
     "split_state",
 ]
@@ -684,7 +685,7 @@ class Objective:
         except ConfigError:
             raise
         except Exception as exc:  # the user's model can fail in any way on data of the wrong form
-            raise ConfigError(f"{head}: the forward pass at {where} failed: {_one_line(exc)}") from exc
+            raise ConfigError(f"{head}: the forward pass at {where} failed: {one_line(exc)}") from exc
         builtin = self.loss_fn if isinstance(self.loss_fn, BuiltinLoss) else None
         if builtin is not None and not builtin.model_labels:
             _check_targets(builtin, model_outputs(out), self.evalset, head)
@@ -693,7 +694,7 @@ class Objective:
         except ConfigError as exc:
             raise ConfigError(f"{head}: {exc}") from exc
         except Exception as exc:  # a loss fails in any way on outputs or targets of the wrong form
-            raise ConfigError(f"{head}: the loss failed on the model's outputs: {_one_line(exc)}") from exc
+            raise ConfigError(f"{head}: the loss failed on the model's outputs: {one_line(exc)}") from exc
         if not isinstance(loss, torch.Tensor):
             raise ConfigError(f"{head}: the loss returned a {type(loss).__name__}, not a tensor")
         if loss.numel() != 1:
@@ -710,7 +711,7 @@ class Objective:
         try:
             torch.autograd.grad(loss.reshape(()), leaves, allow_unused=True)
         except Exception as exc:  # autograd errors of a custom loss or model
-            raise ConfigError(f"{head}: the backward pass failed: {_one_line(exc)}") from exc
+            raise ConfigError(f"{head}: the backward pass failed: {one_line(exc)}") from exc
 
     def value_and_grad(self, v: torch.Tensor, fixed: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and gradient at one point.
@@ -750,12 +751,12 @@ class Objective:
 
     @property
     def loss_rounding(self) -> float:
-        """Relative rounding bound of the loss values (:func:`lca_cli.integrate.loss_rounding`).
+        """Relative rounding bound of the loss values (:func:`lca_cli.integrate.loss_rounding_of`).
 
         Of the coarser of the network's dtype and the loss's: a float32 network's outputs carry its rounding into
         the loss however precisely the loss is reduced.
         """
-        return max(loss_rounding(self.dtype), loss_rounding(self.loss_dtype))
+        return max(loss_rounding_of(self.dtype), loss_rounding_of(self.loss_dtype))
 
     def _weight_tensor(self, device: torch.device) -> torch.Tensor:
         """The chunk weights ``n_c / N`` as a float64 ``(C,)`` tensor on ``device`` (cached)."""
@@ -794,7 +795,8 @@ def _to(value: Any, device: torch.device) -> Any:
     return _map(value, lambda t: t.to(device, non_blocking=True))
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for a user: its type and up to 300 characters of its message."""
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 

@@ -603,6 +603,34 @@ SCALE_FRACTION = 0.8
 SLOW_SCALE_SECONDS = 5.0
 
 
+def preflight(
+    engine: PairEngine,
+    point: Callable[[CheckpointRef], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    refs: Sequence[CheckpointRef],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Check every evaluation set against the model on the newest checkpoint, before any pair (compute, dry-run).
+
+    Data or a loss that does not fit the model fails here in one line. The newest checkpoint, because pruning and
+    rotation delete the oldest, maybe while this call starts beside a running one (see :func:`_auto_dtype`).
+
+    Args:
+        engine: The pair engine.
+        point: ``ref -> (point vector, fixed buffers)`` on the engine's device.
+        refs: The run's checkpoints (at least one).
+
+    Returns:
+        The newest checkpoint's point, for a caller that times a gradient on it.
+
+    Raises:
+        ConfigError: If a set does not fit the model.
+
+    """
+    v, fixed = point(refs[-1])
+    for obj in engine.objectives.values():
+        obj.check(v, fixed, f"step {refs[-1].step}")
+    return v, fixed
+
+
 def step_gaps(steps: Sequence[int]) -> list[tuple[int, int]]:
     """Consecutive checkpoints further apart than the run's usual spacing (its most common step difference).
 
@@ -1261,12 +1289,7 @@ class _Compute:
             self.expected, state_dict_key=opts.state_dict_key or None, unsafe_pickle=self.unsafe_pickle, note=self.say
         )
         if refs and self.lead:
-            # Pre-flight: data or a loss that does not fit the model fails here, in one line, before any pair. On
-            # the newest checkpoint, which pruning and rotation never delete (see _auto_dtype).
-            v0, fixed0 = self._point(refs[-1])
-            for obj in self.engine.objectives.values():
-                obj.check(v0, fixed0, f"step {refs[-1].step}")
-            del v0, fixed0
+            preflight(self.engine, self._point, refs)
 
     def _point(self, ref: CheckpointRef) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """A checkpoint as the engine's point vector and fixed buffers, on the device."""

@@ -41,7 +41,7 @@ import torch
 from lca_cli.config import ComputeOptions, Config, FactorySpec, build_model, call_factory, load_config
 from lca_cli.errors import ConfigError, NumericalError, RunDirError, UsageError
 from lca_cli.layout import layer_name
-from lca_cli.objective import as_tensors, config_loss
+from lca_cli.objective import as_tensors, config_loss, one_line
 from lca_cli.record import CheckpointWriter
 
 __all__ = [
@@ -265,8 +265,7 @@ def _check_fits(
         with torch.no_grad():
             loss_fn(model(inputs[:n]), targets[:n])
     except Exception as exc:  # the user's model or data can fail in any way
-        text = " ".join(str(exc).split())[:300]
-        raise ConfigError(f"the model, data and loss do not fit: {type(exc).__name__}: {text}") from exc
+        raise ConfigError(f"the model, data and loss do not fit: {one_line(exc)}") from exc
     finally:
         model.train(was_training)
 

@@ -12,7 +12,7 @@ import reference
 import torch
 
 from lca_cli.errors import NumericalError
-from lca_cli.integrate import Evaluation, integrate_pair, loss_rounding, residual_budget, within_tolerance
+from lca_cli.integrate import Evaluation, integrate_pair, loss_rounding_of, residual_budget, within_tolerance
 from lca_cli.layout import Layout
 from lca_cli.objective import Objective, builtin_loss, make_chunks, prepare_model
 from lca_cli.quadrature import panel_rule
@@ -470,9 +470,9 @@ def test_local_leaves_caller_gradients_untouched() -> None:
 
 
 def test_loss_rounding_bounds() -> None:
-    assert loss_rounding(torch.float64) == 0.0  # float64 losses count as exact, as they always did
-    assert loss_rounding(torch.float32) == 4 * 2.0**-24  # four unit roundoffs
-    assert loss_rounding(torch.bfloat16) > loss_rounding(torch.float16) > loss_rounding(torch.float32)
+    assert loss_rounding_of(torch.float64) == 0.0  # float64 losses count as exact, as they always did
+    assert loss_rounding_of(torch.float32) == 4 * 2.0**-24  # four unit roundoffs
+    assert loss_rounding_of(torch.bfloat16) > loss_rounding_of(torch.float16) > loss_rounding_of(torch.float32)
 
 
 def _float32_losses(loss):  # type: ignore[no-untyped-def]
@@ -490,7 +490,7 @@ def test_a_residual_that_is_loss_rounding_neither_refines_nor_flags(refine: str)
     kw = {"refine": refine, "max_splits": 16, "l1_tol": 1e-3, **({"tolerance": 0.0} if refine == "doubling" else {})}
     blind = integrate_pair(point, delta, point.at(0.0), **kw)  # type: ignore[arg-type]
     assert blind.splits == 16 and blind.flagged and blind.residual != 0.0  # chased the rounding to the cap
-    aware = integrate_pair(point, delta, point.at(0.0), loss_rounding=loss_rounding(torch.float32), **kw)  # type: ignore[arg-type]
+    aware = integrate_pair(point, delta, point.at(0.0), loss_rounding=loss_rounding_of(torch.float32), **kw)  # type: ignore[arg-type]
     assert not aware.flagged and aware.residual == pytest.approx(blind.residual, rel=1e-9)
     # The per-parameter target alone stops at plain Simpson; an explicit tolerance (0 here) refines as given.
     assert aware.splits == (2 if refine == "local" else 16)
@@ -503,7 +503,7 @@ def test_loss_rounding_leaves_real_errors_to_refine_and_flag() -> None:
     v0, delta, loss_grad, exact = _one_kink(0.3)
     loss, grad = (lambda v: loss_grad(v)[0]), (lambda v: loss_grad(v)[1])
     point = Counted(_float32_losses(loss), grad, v0, delta)
-    rounding = loss_rounding(torch.float32)
+    rounding = loss_rounding_of(torch.float32)
     capped = integrate_pair(
         point, delta, point.at(0.0), refine="local", max_splits=2, l1_tol=1e-9, loss_rounding=rounding
     )
