@@ -2,9 +2,10 @@
 
 ``record`` trains the cases of ``bench.py --accuracy`` (or reuses runs already there) and evaluates, in a float64
 network, the loss and gradient at every point ``k / K`` of every pair. ``rules`` replays
-:func:`lca_cli.integrate.integrate_pair` (the library's own code) on those points for each scale fraction: the
+:func:`lca_cli.core.integrate.integrate_pair` (the library's own code) on those points for each scale fraction: the
 run scale ``S`` is the fraction times the mean Euler-row norm ``||Δ ⊙ ∇L(θ_t)||_1`` over the pairs
-:func:`lca_cli.pipeline.scale_pairs` picks (as ``lca compute`` measures it; fraction 0 is ``--l1-scope pair``),
+:func:`lca_cli.computation.pipeline.scale_pairs` picks (as ``lca compute`` measures it; fraction 0 is
+``--l1-scope pair``),
 and each run's relative L1 error is taken against composite Simpson on all ``K`` sub-intervals::
 
     python scripts/accuracy_study.py record --dir /tmp/lca-study    # 6 x 200 x 33 float64 gradients: ~2 GB
@@ -13,7 +14,7 @@ and each run's relative L1 error is taken against composite Simpson on all ``K``
 
 ``calibrate`` measures an alternative that was not built: the first panel's indicator factor taken from the run
 (``c`` times the ratio ``||S_2 - S_4||_1 / ||Δ (g_0 + g_1 - 2 g_m)||_1 / 12`` over the scale's pairs, clipped to
-``[--floor, JUMP_FACTOR]``) instead of :data:`lca_cli.integrate.JUMP_FACTOR`; the scheme is replayed by a numpy
+``[--floor, JUMP_FACTOR]``) instead of :data:`lca_cli.core.integrate.JUMP_FACTOR`; the scheme is replayed by a numpy
 copy of the local rule, checked against the library's own replay at ``c = 0`` (the default). BENCHMARKS.md
 ("A per-run target with a recorded scale" and "Where the default path's cost goes") has the figures.
 """
@@ -36,11 +37,11 @@ import bench  # noqa: E402  (the --accuracy cases)
 
 def record(case: str, folder: Path, points: int, pairs: int) -> Path:
     """Train ``case`` and save float64 losses ``L (T, K+1)``, gradients ``G (T, K+1, D)`` and steps ``D (T, D)``."""
-    from lca_cli.config import build_model, call_factory, parse_config
-    from lca_cli.layout import Layout
-    from lca_cli.objective import Objective, builtin_loss, make_chunks, prepare_model, split_state
+    from lca_cli.computation.config import build_model, call_factory, parse_config
+    from lca_cli.core.layout import Layout
+    from lca_cli.core.objective import Objective, builtin_loss, make_chunks, prepare_model, split_state
     from lca_cli.sources import find_checkpoints, read_checkpoint
-    from lca_cli.train import train_run
+    from lca_cli.training.train import train_run
 
     raw = bench.ACCURACY_CASES[case]
     config = parse_config({**raw, "train": {**raw["train"], "iterations": pairs}}, case)
@@ -93,7 +94,7 @@ def load_grid(path: Path, cap: int) -> Grid:
 
 def run_scale(grid: Grid, fraction: float) -> float:
     """The run scale as ``lca compute`` measures it: ``fraction`` of the mean Euler-row norm over the sampled pairs."""
-    from lca_cli.pipeline import scale_pairs
+    from lca_cli.computation.pipeline import scale_pairs
 
     grads, _, steps = grid
     return fraction * float(np.mean([np.abs(steps[t] * grads[t, 0]).sum() for t in scale_pairs(len(steps))]))
@@ -101,7 +102,7 @@ def run_scale(grid: Grid, fraction: float) -> float:
 
 def replay(grid: Grid, fraction: float, l1_tol: float) -> tuple[float, float, float, int]:
     """``(relative L1 of the run, conservation, gradients per pair, flagged pairs)`` of the local scheme."""
-    from lca_cli.integrate import Evaluation, integrate_pair
+    from lca_cli.core.integrate import Evaluation, integrate_pair
 
     grads, losses, steps = grid
     n, points = grads.shape[0], grads.shape[1] - 1
@@ -141,8 +142,8 @@ def _panel(g: np.ndarray, lt: np.ndarray, step: np.ndarray, a: int, b: int, k: i
 def local_rule(
     g: np.ndarray, lt: np.ndarray, step: np.ndarray, l1_tol: float, scale: float, first: float, cap: int
 ) -> tuple[np.ndarray, int]:
-    """The local scheme (:mod:`lca_cli.integrate`) with factor ``first`` on the whole pair's panel only."""
-    from lca_cli.integrate import JUMP_FACTOR
+    """The local scheme (:mod:`lca_cli.core.integrate`) with factor ``first`` on the whole pair's panel only."""
+    from lca_cli.core.integrate import JUMP_FACTOR
 
     k = g.shape[0] - 1
     min_width = 2 * k // cap
@@ -170,8 +171,8 @@ def local_rule(
 
 def calibrate(path: Path, factors: list[float], floor: float, l1_tol: float, cap: int) -> list[str]:
     """Plain Simpson's error against its indicator, and the run-calibrated first-panel factor, for one run."""
-    from lca_cli.integrate import JUMP_FACTOR
-    from lca_cli.pipeline import SCALE_FRACTION, scale_pairs
+    from lca_cli.computation.pipeline import SCALE_FRACTION, scale_pairs
+    from lca_cli.core.integrate import JUMP_FACTOR
 
     grid = load_grid(path, cap)
     grads, losses, steps = grid

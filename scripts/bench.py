@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Benchmark ``lca compute`` against its floor and a naive script, side by side in one run.
 
-For each size it generates a run (a few SGD steps written with :class:`lca_cli.record.CheckpointWriter`)
+For each size it generates a run (a few SGD steps written with :class:`lca_cli.training.record.CheckpointWriter`)
 in a temporary directory, then measures, each in a fresh child process (so that peak memory is the
 child's own), alternating the three in every round so that a noisy machine hurts them alike:
 
 * ``floor``: the two full-evaluation-set gradients per pair alone (forward + backward over every chunk,
   ``.backward()`` into ``.grad``), nothing else: what Simpson with end-point reuse cannot avoid.
-* ``compute``: :func:`lca_cli.pipeline.compute` (the library behind ``lca compute``), store writing
+* ``compute``: :func:`lca_cli.computation.pipeline.compute` (the library behind ``lca compute``), store writing
   included, timed around the whole call (model and data building, store creation, every pair).
 * ``naive``: the script a user would write: per pair, load both checkpoints, ``load_state_dict`` three
   times (start, midpoint, end), three full gradients, no reuse, no overlap, rows into a ``.npy``.
@@ -60,7 +60,7 @@ from torch import nn
 from torch.nn import functional as F
 
 if TYPE_CHECKING:
-    from lca_cli.config import ComputeOptions, Config
+    from lca_cli.computation.config import ComputeOptions, Config
 
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
@@ -128,7 +128,7 @@ class _Block(nn.Module):
 
 
 class _ResNet20(nn.Module):
-    """Local stand-in for ``lca_cli.zoo.models.resnet20`` (same 273,066 parameters)."""
+    """Local stand-in for ``lca_cli.training.zoo.models.resnet20`` (same 273,066 parameters)."""
 
     def __init__(self, classes: int = 10) -> None:
         super().__init__()
@@ -168,7 +168,7 @@ def build_model(size: str, seed: int = 0) -> nn.Module:
         return _seeded(seed, lambda: _mlp([64, 512, 512, 10]))
     if size == "resnet20":
         try:
-            from lca_cli.zoo.models import resnet20
+            from lca_cli.training.zoo.models import resnet20
         except ImportError:
             return _seeded(seed, _ResNet20)
         return resnet20(seed=seed)
@@ -196,7 +196,7 @@ def load_data(path: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def make_run(spec: Size, run_dir: Path, n_ckpt: int, samples: int, seed: int = 0) -> Path:
     """Write ``n_ckpt`` checkpoints of SGD (momentum 0.9, batch 128) and the evaluation set; return its path."""
-    from lca_cli.record import CheckpointWriter
+    from lca_cli.training.record import CheckpointWriter
 
     run_dir.mkdir(parents=True, exist_ok=True)
     x, y = make_data(spec, samples, seed)
@@ -302,7 +302,7 @@ def run_floor(spec: Size, run_dir: Path, data_path: Path, device: torch.device) 
 @contextlib.contextmanager
 def _ablation(variant: str) -> Iterator[None]:
     """Switch off one overlap of the pipeline (for ``compute-noprefetch`` / ``compute-syncwrite``)."""
-    import lca_cli.pipeline as pl
+    import lca_cli.computation.pipeline as pl
 
     if variant == "noprefetch":
         defaults = pl.CheckpointLoader.__init__.__defaults__
@@ -348,7 +348,7 @@ def _ablation(variant: str) -> Iterator[None]:
 
 def _config(spec: Size, data_path: Path, opts: ComputeOptions) -> Config:
     """The ``lca`` config of a size's run: this module's model and data factories, cross-entropy, ``opts``."""
-    from lca_cli.config import Config, FactorySpec
+    from lca_cli.computation.config import Config, FactorySpec
 
     return Config(
         model=FactorySpec("bench:build_model", {"size": spec.name}),
@@ -368,14 +368,14 @@ def run_compute(
     extra: dict[str, Any],
     variant: str = "",
 ) -> dict[str, Any]:
-    """``lca_cli.pipeline.compute`` into a fresh store, timed around the whole call.
+    """``lca_cli.computation.pipeline.compute`` into a fresh store, timed around the whole call.
 
     ``variant`` ``"default"`` is ``lca compute`` without flags (local refinement to its accuracy target, the
     checkpoints' dtype, ``--threads auto``); the others run Simpson only (``max_splits``) in the size's dtype at
     the process's thread count, the fixed-cost comparison with the floor.
     """
-    from lca_cli.config import ComputeOptions
-    from lca_cli.pipeline import compute
+    from lca_cli.computation.config import ComputeOptions
+    from lca_cli.computation.pipeline import compute
 
     if variant == "default":
         opts = ComputeOptions(batch_size=spec.batch_size, device=str(device))
@@ -422,8 +422,8 @@ def run_loop(spec: Size, run_dir: Path, data_path: Path, device: torch.device, m
     every checkpoint read before timing, rows computed and dropped: what ``compute`` costs beyond the floor
     before its reader thread, its writer thread, the store and the per-call set-up add theirs.
     """
-    from lca_cli.config import ComputeOptions
-    from lca_cli.pipeline import CheckpointLoader, build_engine
+    from lca_cli.computation.config import ComputeOptions
+    from lca_cli.computation.pipeline import CheckpointLoader, build_engine
     from lca_cli.sources import find_checkpoints
 
     opts = ComputeOptions(method="rk4", max_splits=max_splits, batch_size=spec.batch_size, device=str(device),
@@ -692,8 +692,8 @@ def vmap_check(spec: Size, device: torch.device, reps: int = 10) -> dict[str, An
     """
     from torch.func import functional_call, grad_and_value, vmap
 
-    from lca_cli.layout import Layout
-    from lca_cli.objective import Objective, builtin_loss, make_chunks, prepare_model
+    from lca_cli.core.layout import Layout
+    from lca_cli.core.objective import Objective, builtin_loss, make_chunks, prepare_model
 
     dtype = getattr(torch, spec.dtype)
     x, y = make_data(spec, spec.samples)
@@ -752,12 +752,12 @@ def per_gradient(spec: Size, device: torch.device, reps: int = 60) -> dict[str, 
     """One full-set gradient of the library against one of the floor, alternating ``reps`` times in one process.
 
     Each measurement takes tens of milliseconds, so neighbours see the same machine: this isolates the cost of
-    :meth:`lca_cli.objective.Objective.value_and_grad` (float64 accumulation, functional evaluation) from the
+    :meth:`lca_cli.core.objective.Objective.value_and_grad` (float64 accumulation, functional evaluation) from the
     drift that makes whole runs (seconds each) noisy on a shared host. The median of the per-pair ratios is
     reported.
     """
-    from lca_cli.layout import Layout
-    from lca_cli.objective import Objective, builtin_loss, make_chunks, prepare_model
+    from lca_cli.core.layout import Layout
+    from lca_cli.core.objective import Objective, builtin_loss, make_chunks, prepare_model
 
     dtype = getattr(torch, spec.dtype)
     x, y = make_data(spec, spec.samples)
@@ -851,7 +851,7 @@ def summarize_busy(size: str, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _usable_cores() -> int:
-    from lca_cli.tuning import usable_cores
+    from lca_cli.computation.tuning import usable_cores
 
     return usable_cores()
 
@@ -862,8 +862,10 @@ def _usable_cores() -> int:
 
 def _accuracy_config(model: str, mkw: dict[str, Any], optimizer: str, lr: float, flatten: bool) -> dict[str, Any]:
     return {
-        "model": {"factory": f"lca_cli.zoo.models:{model}", "kwargs": mkw},
-        "data": {"train": {"factory": "lca_cli.zoo.data:digits", "kwargs": {"split": "train", "flatten": flatten}}},
+        "model": {"factory": f"lca_cli.training.zoo.models:{model}", "kwargs": mkw},
+        "data": {
+            "train": {"factory": "lca_cli.training.zoo.data:digits", "kwargs": {"split": "train", "flatten": flatten}}
+        },
         "loss": {"name": "cross_entropy"},
         "train": {"iterations": 200, "batch_size": 128, "optimizer": optimizer, "lr": lr, "seed": 0},
     }
@@ -897,10 +899,10 @@ def accuracy_case(name: str, root: Path, pairs: int, threads: int | str) -> list
     """Train one case, compute it with every variant, and compare with the 32-sub-interval float64 reference."""
     from safetensors.torch import load_file
 
-    from lca_cli.config import build_model, call_factory, parse_config
-    from lca_cli.pipeline import compute
-    from lca_cli.store import LcaStore
-    from lca_cli.train import train_run
+    from lca_cli.computation.config import build_model, call_factory, parse_config
+    from lca_cli.computation.pipeline import compute
+    from lca_cli.store.lcastore import LcaStore
+    from lca_cli.training.train import train_run
 
     sys.path.insert(0, str(REPO / "tests"))
     import reference  # the tests' slow, obviously-correct float64 code
@@ -972,7 +974,7 @@ def _scaling_config(spec: Size, run_dir: Path, data_path: Path, args: argparse.N
     Written directly: the writer's ``write_run_config`` refuses factories of the running script (a training
     script would run again); this one only defines functions when imported.
     """
-    from lca_cli.record import dump_toml
+    from lca_cli.training.record import dump_toml
 
     doc = {
         "model": {"factory": "bench:build_model", "kwargs": {"size": spec.name}},

@@ -2,7 +2,7 @@
 """Store benchmark: write/read throughput of the ``lca`` array per codec and chunk size, and the streaming pass.
 
 Default mode: for each row length P, codec and chunk size it creates a real store with
-:meth:`lca_cli.store.LcaStore.create` (module constants patched), writes it block by block with
+:meth:`lca_cli.store.lcastore.LcaStore.create` (module constants patched), writes it block by block with
 :meth:`LcaStore.write_block` exactly as ``lca compute`` does, then reads it back with
 :meth:`LcaStore.iter_lca`, cold (the store's pages dropped from the page cache with ``posix_fadvise``; no
 global cache drop) and warm. It prints MB/s of raw float32 LCA values, the writer's CPU time per row, and the
@@ -45,9 +45,9 @@ REPO = SCRIPTS.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from lca_cli import store as store_mod  # noqa: E402
-from lca_cli.layout import Layout  # noqa: E402
-from lca_cli.store import BlockRows, LcaStore  # noqa: E402
+from lca_cli.core.layout import Layout  # noqa: E402
+from lca_cli.store import lcastore as store_mod  # noqa: E402
+from lca_cli.store.lcastore import BlockRows, LcaStore  # noqa: E402
 
 MB = 1e6
 
@@ -128,7 +128,7 @@ def make_store(path: Path, cols: int, n_rows: int, compressors: Any, chunk_bytes
 
 def layout_for(cols: int) -> Layout:
     """The layout of a zoo model with ``cols`` parameters (ResNet-20, MNIST-FC), else one tensor ``w``."""
-    from lca_cli.zoo.models import fc_mnist, resnet20
+    from lca_cli.training.zoo.models import fc_mnist, resnet20
 
     for build in (resnet20, fc_mnist):
         layout = Layout.from_module(build())
@@ -260,7 +260,7 @@ def _peak_rss_mib() -> float:
 def child_stream(path: Path, mode: str) -> None:
     """One pass in this (child) process; prints seconds, bytes and peak RSS as JSON.
 
-    ``iter_lca@N`` streams with read requests of N MiB instead of :data:`lca_cli.store.READ_BYTES`.
+    ``iter_lca@N`` streams with read requests of N MiB instead of :data:`lca_cli.store.lcastore.READ_BYTES`.
     """
     mode, _, read_mib = mode.partition("@")
     if read_mib:
@@ -268,7 +268,7 @@ def child_stream(path: Path, mode: str) -> None:
     if mode.startswith("summarize_"):  # the CLI command, in this process (VmHWM is this process's own)
         import contextlib
 
-        from lca_cli.cli import main
+        from lca_cli.cli.app import main
 
         t0 = time.perf_counter()
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.suppress(SystemExit):

@@ -5,10 +5,10 @@
     python scripts/reproduce_paper.py --cpu-scale --threads 1   # docs/paper.md: hours on a 2-core CPU
     python scripts/reproduce_paper.py --full --device auto   # closer to the paper: a GPU or a patient CPU
 
-Every network is trained with :func:`lca_cli.train.train_run` from a committed config in ``configs/``
+Every network is trained with :func:`lca_cli.training.train.train_run` from a committed config in ``configs/``
 (with mode-dependent iterations and evaluation-set sizes), its LCA is computed with
-:func:`lca_cli.pipeline.compute`, and the findings are measured from the stores with the streaming
-reductions of :mod:`lca_cli.views` (helped fractions, per-layer series, peak detection and the
+:func:`lca_cli.computation.pipeline.compute`, and the findings are measured from the stores with the streaming
+reductions of :mod:`lca_cli.analysis.views` (helped fractions, per-layer series, peak detection and the
 synchronisation statistic):
 
 1. noise: helped / zero / hurt shares of all parameters per iteration, the helped fraction without zeros,
@@ -48,10 +48,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from lca_cli.config import Config, FactorySpec, load_config, parse_config
+from lca_cli.analysis.views import (
+    SyncResult,
+    composition,
+    concentration,
+    integration_error,
+    layer_series,
+    learning_milestones,
+    scan_parameters,
+    select_rows,
+    significance,
+    sync_analysis,
+)
+from lca_cli.computation.config import Config, FactorySpec, load_config, parse_config
+from lca_cli.computation.pipeline import compute
 from lca_cli.errors import LcaError
-from lca_cli.pipeline import compute
-from lca_cli.plots import (
+from lca_cli.reporting.plots import (
     HELPED_COLOR,
     HURT_COLOR,
     NET_COLOR,
@@ -67,25 +79,13 @@ from lca_cli.plots import (
     require_matplotlib,
     save_png,
 )
-from lca_cli.store import LcaStore
-from lca_cli.train import train_run
-from lca_cli.views import (
-    SyncResult,
-    composition,
-    concentration,
-    integration_error,
-    layer_series,
-    learning_milestones,
-    scan_parameters,
-    select_rows,
-    significance,
-    sync_analysis,
-)
+from lca_cli.store.lcastore import LcaStore
+from lca_cli.training.train import train_run
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 
-#: Coincidence tolerance and seed of finding 3 (the peak rule is lca report's: lca_cli.views.sync_analysis).
+#: Coincidence tolerance and seed of finding 3 (the peak rule is lca report's: lca_cli.analysis.views.sync_analysis).
 SYNC_TOLERANCE = 1
 SYNC_SEED = 0
 
@@ -188,7 +188,7 @@ def _from_config(
 
 
 def _count(cfg: Config) -> int:
-    from lca_cli.config import import_factory
+    from lca_cli.computation.config import import_factory
 
     spec = cfg.data["train"]
     x, _ = import_factory(spec.factory, cfg.base_dir)(**spec.kwargs)
@@ -300,15 +300,18 @@ def _smoke_experiments() -> list[Experiment]:
     def cfg(model: dict[str, Any], data: dict[str, Any], train: dict[str, Any]) -> Config:
         return parse_config({"model": model, "data": data, "loss": {"name": "cross_entropy"}, "train": train})
 
-    img = {"factory": "lca_cli.zoo.data:synthetic_images", "kwargs": {"n": 64, "size": 8, "classes": 4}}
+    img = {"factory": "lca_cli.training.zoo.data:synthetic_images", "kwargs": {"n": 64, "size": 8, "classes": 4}}
     mlp = {
-        "factory": "lca_cli.zoo.models:mlp",
+        "factory": "lca_cli.training.zoo.models:mlp",
         "kwargs": {"in_features": 64, "hidden": [16, 8], "out_features": 4, "init": "he"},
     }
     train = {"iterations": 12, "batch_size": 16, "lr": 0.1, "momentum": 0.9}
-    cnn = {"factory": "lca_cli.zoo.models:small_cnn", "kwargs": {"size": 8, "channels": [2, 4], "hidden": 8}}
-    rgb = {"factory": "lca_cli.zoo.data:synthetic_images", "kwargs": {"n": 8, "channels": 3, "size": 32, "classes": 4}}
-    res = {"factory": "lca_cli.zoo.models:resnet20", "kwargs": {"num_classes": 4}}
+    cnn = {"factory": "lca_cli.training.zoo.models:small_cnn", "kwargs": {"size": 8, "channels": [2, 4], "hidden": 8}}
+    rgb = {
+        "factory": "lca_cli.training.zoo.data:synthetic_images",
+        "kwargs": {"n": 8, "channels": 3, "size": 32, "classes": 4},
+    }
+    res = {"factory": "lca_cli.training.zoo.models:resnet20", "kwargs": {"num_classes": 4}}
     synth = "synthetic images (smoke test only)"
     return [
         Experiment(
@@ -533,7 +536,7 @@ def layer_finding(store: LcaStore) -> dict[str, Any]:
 
 def sync_finding(layers: dict[str, Any], shuffles: int) -> dict[str, Any]:
     """Finding 3: peaks of per-layer learning and their coincidence, against circular shifts and against the
-    step-size-controlled baseline (:func:`lca_cli.views.sync_analysis`, exactly what ``lca report`` shows)."""
+    step-size-controlled baseline (:func:`lca_cli.analysis.views.sync_analysis`, exactly what ``lca report`` shows)."""
     sa = sync_analysis(layers["names"], layers["series"], tolerance=SYNC_TOLERANCE, n_shuffles=shuffles, seed=SYNC_SEED)
     learning = sa.learning
     ind = np.zeros((len(sa.peaks), learning.shape[0]), dtype=bool)
@@ -684,7 +687,7 @@ def _mean_sd(x: np.ndarray) -> str:
 
 
 def make_figures(results: dict[str, Any], figdir: Path, work: Path, log: Callable[[str], None]) -> dict[str, str]:
-    """PNGs in the style of ``lca report`` (:mod:`lca_cli.plots`); returns ``{name: relative path}``.
+    """PNGs in the style of ``lca report`` (:mod:`lca_cli.reporting.plots`); returns ``{name: relative path}``.
 
     Empty when matplotlib is missing. Besides the findings' figures, pictures of ``lca report``'s views on the
     FC MNIST run (and of the comparison normal vs last layer frozen) are copied here as ``report_*.png`` for the
@@ -855,8 +858,8 @@ README_VIEWS = {
 
 def _report_figures(results: dict[str, Any], figdir: Path, work: Path, log: Callable[[str], None]) -> dict[str, str]:
     """Draw ``lca report`` (and ``lca report A B``) on the FC MNIST runs and copy the README's pictures."""
-    from lca_cli.compare import write_comparison
-    from lca_cli.report import write_report
+    from lca_cli.reporting.compare import write_comparison
+    from lca_cli.reporting.report import write_report
 
     runs: dict[str, RunResult] = results["runs"]
     out: dict[str, str] = {}
@@ -897,7 +900,7 @@ def _f(x: float, digits: int = 3) -> str:
 
 def _tol_text(over: dict[str, Any]) -> str:
     """``n ≤ 8, atol 0.0001, rtol 0.01`` for a set of compute overrides (defaults where absent)."""
-    from lca_cli.config import ComputeOptions
+    from lca_cli.computation.config import ComputeOptions
 
     d = ComputeOptions(**{**NETWORK_DTYPE, **over}).resolved("cpu")
     parts = [f"n ≤ {d.max_splits}"]
@@ -1192,7 +1195,7 @@ def write_markdown(path: Path, mode: Mode, device: str, results: dict[str, Any],
     )
     any_sync = next(iter(sync.values()))["analysis"] if sync else None
     w(
-        "**Statistic** (`lca_cli.views.sync_analysis`, exactly what `lca report` shows): peaks are "
+        "**Statistic** (`lca_cli.analysis.views.sync_analysis`, exactly what `lca report` shows): peaks are "
         + (any_sync.rule if any_sync is not None else "")
         + ". Layers with fewer than 3 peaks are left out and fewer than 3 layers left means *no test*. For each "
         "pair of layers, a tolerant Jaccard index J = m / (|A| + |C| − m), m = peaks of one layer with a peak "
@@ -1420,7 +1423,7 @@ def main(argv: list[str] | None = None) -> int:
         results["figures"] = {} if args.no_figures else make_figures(results, args.out / "figures", work, log)
         if args.report_html and acc_run is not None:
             try:
-                from lca_cli.report import write_report
+                from lca_cli.reporting.report import write_report
 
                 write_report(acc_run.store, work / "fc_mnist_report.html")
                 log(f"  HTML report: {work / 'fc_mnist_report.html'}")

@@ -5,7 +5,7 @@
     lca compute runs/digits
 
 A checkpoint per iteration (step 0 = the initial weights) and ``lca.toml`` go to RUN_DIR; see
-:mod:`lca_cli.train` for the ``[train]`` keys. One result line goes to stderr; errors are one line too.
+:mod:`lca_cli.training.train` for the ``[train]`` keys. One result line goes to stderr; errors are one line too.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main(
     """Train CONFIG's model and write a checkpoint per iteration plus lca.toml into RUN_DIR."""
     import torch
 
-    from lca_cli.train import train_run
+    from lca_cli.training.train import train_run
 
     if threads is not None:
         if threads < 1:

@@ -1,7 +1,7 @@
 """Fixtures: tiny training runs written with the real writer, and their float64 reference LCA.
 
 ``make_run(dir, kind)`` trains one of the models of :data:`reference.RUN_KINDS` for a few SGD-with-momentum
-steps, saving a checkpoint per step with :class:`lca_cli.record.CheckpointWriter` and the run's ``lca.toml``
+steps, saving a checkpoint per step with :class:`lca_cli.training.record.CheckpointWriter` and the run's ``lca.toml``
 with ``write_config``. Factories are referenced as ``"reference:NAME"``: ``tests/`` is on ``sys.path``.
 Session fixtures train each kind once; tests that modify a run copy it first (:func:`copy_run`).
 """
@@ -25,8 +25,8 @@ if str(TESTS_DIR) not in sys.path:
 
 import reference  # noqa: E402
 
-from lca_cli.config import Config, load_config  # noqa: E402
-from lca_cli.record import CheckpointWriter  # noqa: E402
+from lca_cli.computation.config import Config, load_config  # noqa: E402
+from lca_cli.training.record import CheckpointWriter  # noqa: E402
 
 DEFAULT_STEPS = 16
 
@@ -144,7 +144,7 @@ def run_factory(tmp_path: Path) -> Callable[..., tuple[Path, Config]]:
 def lca_read_spy(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """A function that, once called, fails any read of ``lca`` outside ``LcaStore.iter_lca`` (call it after
     building the store) and returns ``{"calls": iter_lca passes started}``, updated as the test runs."""
-    from lca_cli.store import LcaStore
+    from lca_cli.store.lcastore import LcaStore
 
     def arm() -> dict[str, int]:
         monkeypatch.setattr(LcaStore, "iter_lca", iter_lca)

@@ -145,7 +145,7 @@ def copy_tree(src: Path, dst: Path) -> Path:
 
 def cli(*args: object) -> None:
     """Run the ``lca`` command line in this process (``SystemExit`` carries its exit code)."""
-    from lca_cli.cli import main
+    from lca_cli.cli.app import main
 
     main([str(a) for a in args])
 

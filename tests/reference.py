@@ -3,7 +3,7 @@
 The reference does everything the plain way so that it can be trusted by reading it:
 
 * the model is deep-copied and cast to float64, in ``eval()`` mode;
-* composite Simpson weights are computed here with numpy (``lca_cli.quadrature`` is *not* used, so the
+* composite Simpson weights are computed here with numpy (``lca_cli.core.quadrature`` is *not* used, so the
   comparison also checks the quadrature tables);
 * every point ``theta0 + s * Delta`` is loaded with ``load_state_dict`` and evaluated with one full-batch
   forward/backward over *all* samples at once (no chunking, no reuse of endpoint gradients).
@@ -39,7 +39,7 @@ def simpson_weights(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ref_loss(name: str) -> LossFn:
-    """Mean losses written out directly (not through ``lca_cli.objective.builtin_loss``)."""
+    """Mean losses written out directly (not through ``lca_cli.core.objective.builtin_loss``)."""
     if name == "cross_entropy":
         return lambda out, y: -torch.log_softmax(out, dim=1).gather(1, y.view(-1, 1)).mean()
     if name == "mse":

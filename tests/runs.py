@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from lca_cli.record import CheckpointWriter
+from lca_cli.training.record import CheckpointWriter
 
 FACTORIES = """
 import os

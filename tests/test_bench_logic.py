@@ -25,10 +25,10 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from lca_cli.config import Config
-from lca_cli.objective import Objective
-from lca_cli.pipeline import CheckpointLoader, build_engine, compute
-from lca_cli.store import LcaStore
+from lca_cli.computation.config import Config
+from lca_cli.computation.pipeline import CheckpointLoader, build_engine, compute
+from lca_cli.core.objective import Objective
+from lca_cli.store.lcastore import LcaStore
 
 CPU = torch.device("cpu")
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
@@ -64,7 +64,7 @@ def plain_value_and_grad(
 
 
 def _engine(config: Config, run_dir: Path, **overrides: object) -> tuple[Objective, CheckpointLoader]:
-    from lca_cli.checkpoints import find_checkpoints
+    from lca_cli.sources import find_checkpoints
 
     engine, _, expected = build_engine(config.with_overrides(device="cpu", **overrides), CPU)
     loader = CheckpointLoader(find_checkpoints(run_dir), expected, engine.vlayout, CPU)
@@ -102,8 +102,8 @@ def test_value_and_grad_equals_plain_formulation(runs, kind: str, overrides: dic
 
 
 def test_unused_parameter_gets_zero_gradient() -> None:
-    from lca_cli.layout import Layout
-    from lca_cli.objective import builtin_loss, make_chunks, prepare_model
+    from lca_cli.core.layout import Layout
+    from lca_cli.core.objective import builtin_loss, make_chunks, prepare_model
 
     class Net(torch.nn.Module):
         def __init__(self) -> None:
@@ -156,8 +156,8 @@ def test_block_reductions_match_rows_and_survive_a_cut_block(runs, tmp_path: Pat
 
 
 def test_loader_reads_ahead_and_matches_direct_reads(runs) -> None:
-    from lca_cli.checkpoints import find_checkpoints, read_checkpoint
-    from lca_cli.objective import split_state
+    from lca_cli.core.objective import split_state
+    from lca_cli.sources import find_checkpoints, read_checkpoint
 
     run_dir, config = runs.run("bn_mlp")
     obj, loader = _engine(config, run_dir, bn_mode="running")
@@ -253,7 +253,7 @@ def test_bench_round_order_keeps_floor_and_compute_adjacent(bench: ModuleType) -
 
 
 def test_bench_generates_a_run_and_links_a_prefix(bench: ModuleType, tmp_path: Path) -> None:
-    from lca_cli.checkpoints import find_checkpoints
+    from lca_cli.sources import find_checkpoints
 
     spec = bench._spec("small", True, 64, 32)
     data = bench.make_run(spec, tmp_path / "run", 4, spec.samples)
@@ -346,7 +346,7 @@ def test_bench_per_gradient_reports_interleaved_ratios(bench: ModuleType) -> Non
 def test_accuracy_study_local_rule_is_the_librarys(tmp_path: Path) -> None:
     # accuracy_study.py calibrate replays a numpy copy of the local rule; at the default factor it must be the
     # library's integrate_pair, row for row, on gradients that jump (ReLU-like) so that panels are split.
-    from lca_cli.integrate import JUMP_FACTOR, Evaluation, integrate_pair
+    from lca_cli.core.integrate import JUMP_FACTOR, Evaluation, integrate_pair
 
     study = _load_script("accuracy_study")
     rng = np.random.default_rng(0)

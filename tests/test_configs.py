@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lca_cli.config import import_factory, load_config
+from lca_cli.computation.config import import_factory, load_config
+from lca_cli.core.objective import builtin_loss
 from lca_cli.errors import ConfigError
-from lca_cli.objective import builtin_loss
-from lca_cli.train import parse_train_options
+from lca_cli.training.train import parse_train_options
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.toml"))
 SLICE = 4
@@ -61,7 +61,7 @@ def test_config_parses_and_builds(path: Path) -> None:
         import_factory(name, cfg.base_dir)
     model = build(**cfg.model.kwargs)
     if opts.freeze:
-        from lca_cli.train import frozen_parameter_names
+        from lca_cli.training.train import frozen_parameter_names
 
         assert frozen_parameter_names([n for n, _ in model.named_parameters()], opts.freeze)
     model.eval()

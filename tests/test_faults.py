@@ -36,9 +36,9 @@ from faults import (
 from runs import make_tiny_run
 from safetensors.torch import load_file, save_file
 
-from lca_cli.config import load_config
-from lca_cli.pipeline import compute
-from lca_cli.store import LcaStore
+from lca_cli.computation.config import load_config
+from lca_cli.computation.pipeline import compute
+from lca_cli.store.lcastore import LcaStore
 
 pytestmark = pytest.mark.slow
 

@@ -60,7 +60,7 @@ def test_smoke_run_writes_every_finding(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_committed_figures_exist_are_true_colour_and_small() -> None:
-    from lca_cli.plots import png_info
+    from lca_cli.reporting.plots import png_info
 
     root = SCRIPT.parent.parent
     linked = {

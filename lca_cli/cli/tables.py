@@ -1,0 +1,181 @@
+"""Plain-text tables of ``lca summarize``: every number whole, within 80 columns where the data allow.
+
+Column widths come from the content (never cut: a cut number such as ``-0.0…`` is worse than none), and the
+formats are chosen so that the iteration table fits 80 columns (steps up to 6 digits) and the layer table
+does for layer names up to about 14 characters. Several stored columns are shown merged here (helped / zero
+/ hurt shares as one ``71/ 4/25`` column, the 50% / 90% milestones as ``18/41``); ``--format json`` and
+``csv`` carry them separately, with full precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lca_cli.analysis.reduce import Summary
+
+__all__ = ["render_summary"]
+
+#: Short forms of the significance verdicts of :func:`lca_cli.analysis.views.significance`.
+_VERDICT = {"helps": "helps", "hurts": "hurts", "within error": "≈0"}
+
+
+def _g(digits: int) -> Callable[[Any], str]:
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        x = float(v)  # a number whenever not None
+        if x == 0:
+            return "0"
+        return f"{x:.{digits}g}"
+
+    return fmt
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{100 * float(v):.1f}%"
+
+
+def _shares(row: dict[str, Any]) -> str:
+    vals: list[Any] = [row.get(k) for k in ("helped_share", "zero_share", "hurt_share")]
+    if any(v is None for v in vals):
+        return "-"
+    return "/".join(f"{round(100 * float(v)):2d}" for v in vals)
+
+
+def _pair(a: Any, b: Any, fmt: Callable[[Any], str]) -> str:
+    if a is None and b is None:
+        return "-"
+    return f"{fmt(a)}/{fmt(b)}"
+
+
+def _int(v: Any) -> str:
+    return "-" if v is None else f"{int(v):,}"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[bool]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [c.ljust(w) if lf else c.rjust(w) for c, w, lf in zip(cells, widths, left, strict=True)]
+        return "  ".join(parts).rstrip()
+
+    return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+def _header_lines(h: dict[str, Any]) -> list[str]:
+    first = "-" if h["first_step"] is None else h["first_step"]
+    last = "-" if h["last_step"] is None else h["last_step"]
+    lines = [
+        str(h["store"]),
+        f"set {h['set']} · steps {first}..{last} · {h['iterations']} of {h['iterations_total']} iterations · "
+        f"{h['parameters']:,} parameters",
+        f"ΔL {h['delta_loss']:.6g} · Σ LCA {h['sum_lca']:.6g}"
+        + (f" · buffers {h['buffer_lca']:.3g}" if h["buffer_lca"] else "")
+        + f" · max |residual| {h['max_abs_residual']:.3g} · flagged pairs {h['flagged']}",
+    ]
+    if h.get("helped_share_mean") is not None:
+        lines.append(
+            f"per iteration, of all parameters: helped {_pct(h['helped_share_mean'])} · zero "
+            f"{_pct(h['zero_share_mean'])} · hurt {_pct(h['hurt_share_mean'])}"
+        )
+    if h["helped_fraction_mean"] is not None:
+        lines.append(
+            f"helped fraction, exact zeros excluded: {h['helped_fraction_mean']:.3f} ± {h['helped_fraction_sd']:.3f}"
+        )
+    if h.get("columns", h["parameters"]) != h["parameters"]:  # --granularity / --params
+        lines.append(
+            f"lca stored per {h['granularity']}: {h['columns']:,} columns (--by neuron works at that resolution; "
+            "--by layer, tensor and iteration are exact)"
+        )
+    if h.get("tied"):
+        ties = ", ".join(f"{alias} = {owner}" for alias, owner in h["tied"].items())
+        lines.append(f"tied parameters (one tensor, its LCA listed under the second name): {ties}")
+    return lines
+
+
+def _group_table(summary: Summary) -> list[str]:
+    cols = set(summary.columns)
+    g4 = _g(4)
+    headers = ["name", "params", "lca", "share", "sig.", "h/0/h %", "help≠0"]
+    left = [True, False, False, False, True, False, False]
+    milestones = "step_50" in cols
+    conc = "params_50" in cols
+    if milestones:
+        headers.append("50/90% at")
+        left.append(False)
+    if conc:
+        headers.append("conc.%")
+        left.append(False)
+    rows = []
+    for r in summary.rows:
+        cells = [
+            str(r["name"]),
+            _int(r["parameters"]),
+            g4(r["lca"]),
+            _pct(r["share"]),
+            _VERDICT.get(str(r.get("significance")), "-"),
+            _shares(r),
+            "-" if r.get("helped_fraction") is None else f"{r['helped_fraction']:.3f}",
+        ]
+        if milestones:
+            cells.append(_pair(r.get("step_50"), r.get("step_90"), _int))
+        if conc:
+            cells.append(
+                _pair(r.get("params_50"), r.get("params_90"), lambda v: "-" if v is None else f"{100 * v:.0f}")
+            )
+        rows.append(cells)
+    out = _table(headers, rows, left)
+    h = summary.header
+    out.append(f"sig.: helps/hurts if |lca| > integration error Σ|residual| {h['integration_error']:.3g}, else ≈0")
+    # A neuron store counts its columns (neurons) where it reads lca (--by neuron, --concentration); the per-tensor
+    # counts behind --by layer and tensor were taken from every parameter when the rows were computed.
+    neurons = h.get("granularity") == "neuron"
+    counted = "neurons" if neurons and h.get("by") == "neuron" else "parameters"
+    out.append(f"h/0/h %: helped / zero / hurt, % of {counted} x iterations; help≠0: no zeros")
+    if milestones:
+        out.append("50/90% at: step by which the group had done 50% / 90% of its net learning")
+    if conc:
+        units = "neurons" if neurons else "parameters"
+        out.append(f"conc.%: fewest {units} (% of the group's) doing 50% / 90% of its learning")
+    return out
+
+
+def _iteration_table(summary: Summary) -> list[str]:
+    headers = ["step", "ΔL", "Σ LCA", "residual", "n", "flag", "l1 chg", "help≠0", "h/0/h %"]
+    left = [False, False, False, False, False, True, False, False, False]
+    g4, g2 = _g(4), _g(2)
+    rows = [
+        [
+            str(r["step"]),
+            g4(r["delta_loss"]),
+            g4(r["lca"]),
+            g2(r["residual"]),
+            str(r["splits"]),
+            "yes" if r["flagged"] else "",
+            g2(r["l1_change"]),
+            "-" if r["helped_fraction"] is None else f"{r['helped_fraction']:.3f}",
+            _shares(r),
+        ]
+        for r in summary.rows
+    ]
+    out = _table(headers, rows, left)
+    out.append("row: pair step -> next checkpoint · n: sub-intervals · flag: over tol. at cap")
+    out.append("h/0/h %: helped / zero / hurt, % of all parameters; help≠0: exact zeros excluded")
+    return out
+
+
+def render_summary(summary: Summary) -> str:
+    """The table form of a summary (header lines, the table, a legend), as one string ending in a newline.
+
+    Args:
+        summary: A :class:`~lca_cli.analysis.reduce.Summary`.
+
+    Returns:
+        The text.
+
+    """
+    lines = _header_lines(summary.header)
+    lines.append("")
+    lines += _iteration_table(summary) if summary.header.get("by") == "iteration" else _group_table(summary)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""The HTML report and the comparison of two stores: gathering, figures, captions."""
