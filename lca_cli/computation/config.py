@@ -15,9 +15,12 @@ import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lca_cli.errors import ConfigError, LcaError
+
+if TYPE_CHECKING:
+    from lca_cli.core.objective import LossFn
 
 __all__ = [
     "DEFAULT_L1_TOL",
@@ -29,6 +32,7 @@ __all__ = [
     "FactorySpec",
     "build_model",
     "call_factory",
+    "config_loss",
     "import_factory",
     "import_path",
     "legacy_identity",
@@ -586,3 +590,22 @@ def import_factory(spec: str, base_dir: Path | None = None) -> Callable[..., Any
     if not callable(obj):
         raise ConfigError(f"factory {spec!r} is not callable")
     return obj
+
+
+def config_loss(config: Config) -> LossFn:
+    """The config's loss: its ``[loss] factory`` if given, else the built-in ``[loss] name``.
+
+    Args:
+        config: The config.
+
+    Returns:
+        A mean loss ``(outputs, targets) -> scalar``.
+
+    """
+    from lca_cli.core.objective import builtin_loss  # torch: only when a loss is built
+
+    if config.loss_factory:
+        fn: LossFn = import_factory(config.loss_factory, config.base_dir)
+        return fn
+    assert config.loss_name is not None
+    return builtin_loss(config.loss_name)

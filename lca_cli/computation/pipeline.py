@@ -35,7 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from lca_cli.computation.config import Config, build_model, call_factory, import_path
+from lca_cli.computation.config import Config, build_model, call_factory, config_loss, import_path
 from lca_cli.computation.distributed import Board, ChunkQueue, Scope, Team
 from lca_cli.computation.follow import IDLE_TIMEOUT_SECONDS, SETTLE_SECONDS, Follower, Pruner
 from lca_cli.computation.opening import Target, open_helper, prepare
@@ -47,7 +47,6 @@ from lca_cli.core.layout import Layout
 from lca_cli.core.objective import (
     EvalSet,
     Objective,
-    config_loss,
     interpolated_buffer_names,
     make_chunks,
     prepare_model,

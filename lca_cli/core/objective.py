@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from lca_cli.computation.config import Config, import_factory
 from lca_cli.core.integrate import loss_rounding_of
 from lca_cli.core.layout import Layout
 from lca_cli.errors import ConfigError
@@ -34,7 +33,6 @@ __all__ = [
     "Objective",
     "as_tensors",
     "builtin_loss",
-    "config_loss",
     "interpolated_buffer_names",
     "make_chunks",
     "one_line",
@@ -193,23 +191,6 @@ def builtin_loss(name: str) -> BuiltinLoss:
     if name not in LOSSES:
         raise ConfigError(f"unknown loss {name!r} (known: {', '.join(LOSSES)})")
     return BuiltinLoss(name, **LOSSES[name])
-
-
-def config_loss(config: Config) -> LossFn:
-    """The config's loss: its ``[loss] factory`` if given, else the built-in ``[loss] name``.
-
-    Args:
-        config: The config.
-
-    Returns:
-        A mean loss ``(outputs, targets) -> scalar``.
-
-    """
-    if config.loss_factory:
-        fn: LossFn = import_factory(config.loss_factory, config.base_dir)
-        return fn
-    assert config.loss_name is not None
-    return builtin_loss(config.loss_name)
 
 
 @dataclass(frozen=True)

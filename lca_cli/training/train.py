@@ -38,9 +38,17 @@ from typing import Any
 
 import torch
 
-from lca_cli.computation.config import ComputeOptions, Config, FactorySpec, build_model, call_factory, load_config
+from lca_cli.computation.config import (
+    ComputeOptions,
+    Config,
+    FactorySpec,
+    build_model,
+    call_factory,
+    config_loss,
+    load_config,
+)
 from lca_cli.core.layout import layer_name
-from lca_cli.core.objective import as_tensors, config_loss, one_line
+from lca_cli.core.objective import as_tensors, one_line
 from lca_cli.errors import ConfigError, NumericalError, RunDirError, UsageError
 from lca_cli.training.record import CheckpointWriter
 

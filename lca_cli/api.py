@@ -1,0 +1,1 @@
+"""The Python API (placeholder while the layout lands)."""

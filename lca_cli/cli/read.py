@@ -1,0 +1,194 @@
+"""The commands that read a store: ``lca summarize``, ``lca report`` and ``lca verify``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from lca_cli.errors import (
+    StoreError,
+    UsageError,
+)
+
+__all__ = ["report", "summarize", "verify"]
+
+from lca_cli.cli.common import STEPS_HELP, epilog, err
+
+
+@click.command(
+    epilog=epilog(
+        "lca summarize runs/exp1/lca.zarr                    # by layer",
+        "lca summarize runs/exp1/lca.zarr --concentration --set val",
+        "lca summarize runs/exp1/lca.zarr --by neuron --top 20 --sort hurt",
+        "lca summarize runs/exp1/lca.zarr --by iteration --steps 0:50 --format csv",
+    )
+)
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--by", type=click.Choice(["layer", "tensor", "neuron", "iteration"]), default="layer", show_default=True,
+              help="layer = parameter name minus its last component; neuron = output unit (dim 0; columns of weights "
+                   "stored (in, out), as transformers' Conv1D).")  # fmt: skip
+@click.option("--set", "set_name", help="Evaluation set [train, else the first].")
+@click.option("--steps", help=STEPS_HELP)
+@click.option("--top", type=int, help="Show only the first N rows (after sorting).")
+@click.option("--sort", type=click.Choice(["model", "helped", "hurt", "abs"]),
+              help="model order (default; neurons: helped), most helpful first, most harmful first, "
+              "or by |LCA|.")  # fmt: skip
+@click.option("--concentration", is_flag=True,
+              help="With --by layer|tensor: also the share of each group's parameters that does 50% / 90% of its "
+              "learning (streams the lca array once; the other columns read only small arrays).")  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json (as compute and verify spell it).")
+def summarize(
+    store: Path,
+    by: str,
+    set_name: str | None,
+    steps: str | None,
+    top: int | None,
+    sort: str | None,
+    concentration: bool,
+    fmt: str,
+    as_json: bool,
+) -> None:
+    """Summarise an LCA store: totals and who helped (LCA < 0) or hurt (LCA > 0).
+
+    The header gives the total loss change ΔL, the sum of all LCA (equal to ΔL up to the residual), the
+    largest |residual|, the pairs flagged over tolerance, and how many parameters helped per iteration in
+    both conventions: helped / zero / hurt as shares of all parameters (the paper's), and the helped
+    fraction with exact zeros excluded. Layer, tensor and neuron rows give the parameter count, LCA (loss
+    units), share of Σ LCA, both helped conventions and a significance verdict: a group helps or hurts only
+    when |its total| exceeds the window's integration error Σ|residual|. Layer and tensor rows add the steps
+    by which the group had done 50% and 90% of its learning. --format json prints one object
+    {"header", "columns", "rows"}; csv prints the rows only.
+    """
+    from lca_cli.analysis.reduce import open_store, parse_window
+    from lca_cli.analysis.reduce import summarize as run_summarize
+    from lca_cli.cli.tables import render_summary
+
+    if as_json and fmt not in ("table", "json"):
+        raise UsageError(f"--json is --format json; it cannot go with --format {fmt}")
+    fmt = "json" if as_json else fmt
+    window = parse_window(steps)
+    opened = open_store(store)
+    summary = run_summarize(
+        opened, by=by, set_name=set_name, window=window, top=top, sort=sort, concentration=concentration
+    )
+    # Tied parameters (alias -> owner) are one tensor: its allocation is the owner's row; say so.
+    tied = {str(k): str(v) for k, v in dict(opened.attrs.get("tied") or {}).items()}
+    summary.header["tied"] = tied
+    if fmt == "json":
+        click.echo(json.dumps(summary.to_dict(), indent=1))
+    elif fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=summary.columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(summary.rows)
+    else:
+        click.echo(render_summary(summary), nl=False)
+
+
+@click.command(
+    epilog=epilog(
+        "lca report runs/exp1/lca.zarr --out exp1.html",
+        "lca report runs/exp1/lca.zarr --out early.html --steps :200 --set train",
+        "lca report runs/normal/lca.zarr runs/frozen/lca.zarr --out cmp.html --label normal --label frozen",
+    )
+)
+@click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="HTML page to write.")
+@click.option("--set", "set_names", multiple=True,
+              help="Evaluation set to show (repeat for several) [every set of the store, side by side].")  # fmt: skip
+@click.option("--steps", help=STEPS_HELP)
+@click.option("--label", "labels", multiple=True,
+              help="Names of the two runs in a comparison (give twice) [the stores' folder names].")  # fmt: skip
+@click.option("--png-dir", type=click.Path(path_type=Path), help="Where the PNG figures go [<OUT stem>_files/].")
+@click.option("--view", "views", multiple=True,
+              help="Draw only this view (repeat for several): loss, composition, helped_hist, values, layers, "
+              "layer_shares, cumulative, milestones, concentration, heatmaps, input_maps, trajectories, sync "
+              "[all].")  # fmt: skip
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
+def report(
+    stores: tuple[Path, ...],
+    out: Path,
+    set_names: tuple[str, ...],
+    steps: str | None,
+    labels: tuple[str, ...],
+    png_dir: Path | None,
+    views: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Write a self-contained HTML report (and PNG figures) of one LCA store, or compare two.
+
+    One store: true vs reconstructed loss; helped / zero / hurt shares per iteration with the loss; the
+    helped fraction's histograms; all LCA values on a log scale; per-layer totals with the integration
+    error, helped shares, concentration and when each layer learned; cumulative LCA per layer; neuron x
+    iteration maps (rows sorted, output units by class) and first-layer input maps for image nets;
+    single-parameter trajectories; synchronisation of per-layer learning peaks with two baselines. Every
+    evaluation set side by side (train beside held-out). Captions are computed from the run ("paper: X;
+    this run: Y").
+
+    Two stores (A B): the runs side by side per layer (matched by name; unmatched layers are listed) and
+    over time, e.g. normal training vs the last layer frozen. The page needs no network to open. Needs
+    matplotlib: pip install 'lca-cli[report]'.
+    """
+    from lca_cli.analysis.reduce import parse_window
+    from lca_cli.errors import UsageError
+
+    window = parse_window(steps)
+    if len(stores) > 2:
+        raise UsageError(f"lca report takes one store, or two to compare (got {len(stores)})")
+    if labels and len(labels) != len(stores):
+        raise UsageError(f"--label: give one per store ({len(stores)}), got {len(labels)}")
+    if views and len(stores) == 2:
+        raise UsageError("--view applies to the report of one store, not to a comparison")
+    progress = None if quiet else err
+    if len(stores) == 2:
+        from lca_cli.reporting.compare import write_comparison
+
+        result = write_comparison(
+            stores[0], stores[1], out, labels=labels or None, set_names=set_names or None,
+            steps=(window.start, window.stop), png_dir=png_dir, progress=progress,
+        )  # fmt: skip
+    else:
+        from lca_cli.reporting.report import write_report
+
+        result = write_report(
+            stores[0], out, set_names=set_names or None, steps=(window.start, window.stop), png_dir=png_dir,
+            progress=progress, views=views or None,
+        )  # fmt: skip
+    click.echo(str(result.html))
+
+
+@click.command(
+    epilog=epilog(
+        "lca verify runs/exp1/lca.zarr          # every chunk present, right size, matching checksum",
+        "lca verify runs/exp1/lca.zarr --json   # the same as one JSON object",
+    )
+)
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def verify(store: Path, as_json: bool) -> None:
+    """Check a store's integrity: every chunk present, of the right size, with a matching checksum.
+
+    Reads the whole store once. Prints what was checked and, per evaluation set, the damaged rows (rows
+    of missing, truncated or garbled chunks); exits 6 when anything is damaged. `lca compute RUN_DIR
+    --out STORE --repair` recomputes exactly those rows while their checkpoints exist. (`compute`,
+    `summarize` and `report` run a cheap version of this check every time: a chunk missing for a done
+    row is an error, and every read verifies checksums.)
+    """
+    from lca_cli.analysis.reduce import open_store
+    from lca_cli.store.integrity import verify as run_verify
+
+    report = run_verify(open_store(store, check=False))
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=1))
+    else:
+        for line in report.lines():
+            click.echo(line)
+    if not report.ok:
+        if as_json:  # the report object says so ("ok": false): no second object
+            err(f"Error: {report.summary()}")
+            raise click.exceptions.Exit(StoreError.exit_code)
+        raise StoreError(report.summary())
