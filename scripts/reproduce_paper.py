@@ -48,18 +48,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from lca_cli.analysis.views import (
-    SyncResult,
-    composition,
-    concentration,
-    integration_error,
-    layer_series,
-    learning_milestones,
-    scan_parameters,
-    select_rows,
-    significance,
-    sync_analysis,
-)
+from lca_cli.analysis.parameters import concentration
+from lca_cli.analysis.passes import scan_parameters
+from lca_cli.analysis.selection import select_rows
+from lca_cli.analysis.series import composition, integration_error, layer_series, learning_milestones, significance
+from lca_cli.analysis.sync import SyncResult, sync_analysis
 from lca_cli.computation.config import Config, FactorySpec, load_config, parse_config
 from lca_cli.computation.pipeline import compute
 from lca_cli.errors import LcaError

@@ -10,7 +10,7 @@ Two conventions for "how many helped", both reported and labelled: ``helped_frac
 ``hurt_share`` are shares of *all* parameters (x iterations), the authors' convention, and sum to 1.
 
 Significance: a group *helps* or *hurts* only when ``|its total|`` exceeds the window's accumulated
-integration error ``sum |residual|`` (:func:`lca_cli.analysis.views.integration_error`); otherwise it is
+integration error ``sum |residual|`` (:func:`lca_cli.analysis.series.integration_error`); otherwise it is
 "within error".
 """
 
@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from lca_cli.analysis.views import concentration, learning_milestones, require_set, significance
+from lca_cli.analysis.parameters import concentration
+from lca_cli.analysis.selection import require_set
+from lca_cli.analysis.series import learning_milestones, significance
 from lca_cli.errors import StoreError, UsageError
 from lca_cli.store.lcastore import HELPED_RULE, LcaStore, column_counts
 

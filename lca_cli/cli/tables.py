@@ -16,7 +16,7 @@ from lca_cli.analysis.reduce import Summary
 
 __all__ = ["render_summary"]
 
-#: Short forms of the significance verdicts of :func:`lca_cli.analysis.views.significance`.
+#: Short forms of the significance verdicts of :func:`lca_cli.analysis.series.significance`.
 _VERDICT = {"helps": "helps", "hurts": "hurts", "within error": "≈0"}
 
 

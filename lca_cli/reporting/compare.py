@@ -21,7 +21,8 @@ import numpy as np
 
 from lca_cli import __version__
 from lca_cli.analysis.reduce import SIGNIFICANCE_RULE, open_store
-from lca_cli.analysis.views import cumulative, require_set
+from lca_cli.analysis.selection import require_set
+from lca_cli.analysis.series import cumulative
 from lca_cli.errors import UsageError
 from lca_cli.reporting.plots import (
     NEUTRAL_COLOR,

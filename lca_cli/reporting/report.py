@@ -30,40 +30,39 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lca_cli import __version__
-from lca_cli.analysis.reduce import SIGNIFICANCE_RULE, open_store
-from lca_cli.analysis.views import (
-    PEAK_WINDOW,
-    Composition,
+from lca_cli.analysis.parameters import (
     Concentration,
-    LayerComposition,
-    LossCurves,
+    concentration,
+    layer_concentration,
+    parameter_label,
+    select_parameters,
+)
+from lca_cli.analysis.passes import (
     NeuronMap,
     ParameterStats,
-    Selection,
-    SyncAnalysis,
-    SyncResult,
     bin_edges,
+    neuron_totals,
+    rank_neuron_groups,
+    scan_parameters,
+    scan_selected,
+)
+from lca_cli.analysis.reduce import SIGNIFICANCE_RULE, open_store
+from lca_cli.analysis.selection import Selection, require_set, select_rows
+from lca_cli.analysis.series import (
+    Composition,
+    LayerComposition,
+    LossCurves,
     composition,
-    concentration,
     cumulative,
     integration_error,
     layer_composition,
-    layer_concentration,
     layer_series,
     layer_split_from_tensors,
     learning_milestones,
     loss_curves,
-    neuron_totals,
-    parameter_label,
-    rank_neuron_groups,
-    require_set,
-    scan_parameters,
-    scan_selected,
-    select_parameters,
-    select_rows,
     significance,
-    sync_analysis,
 )
+from lca_cli.analysis.sync import PEAK_WINDOW, SyncAnalysis, SyncResult, sync_analysis
 from lca_cli.core.layout import Layout
 from lca_cli.errors import StoreError, UsageError
 from lca_cli.reporting.plots import (

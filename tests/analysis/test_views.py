@@ -1,4 +1,4 @@
-"""Streaming reductions of ``lca_cli.analysis.views`` against numpy on the full arrays of small synthetic stores."""
+"""The analysis modules (selection, series, passes, parameters, sync) against numpy on small synthetic stores."""
 
 from __future__ import annotations
 
@@ -7,23 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lca_cli.analysis.views import (
-    ParameterStats,
-    bin_edges,
-    cumulative,
-    detect_peaks,
-    helped_fraction_per_iteration,
-    layer_series,
-    loss_curves,
-    parameter_label,
-    peak_overlap,
-    rank_neuron_groups,
-    scan_parameters,
-    scan_selected,
-    select_parameters,
-    select_rows,
-    synchronisation,
-)
+from lca_cli.analysis.parameters import parameter_label, select_parameters
+from lca_cli.analysis.passes import ParameterStats, bin_edges, rank_neuron_groups, scan_parameters, scan_selected
+from lca_cli.analysis.selection import select_rows
+from lca_cli.analysis.series import cumulative, helped_fraction_per_iteration, layer_series, loss_curves
+from lca_cli.analysis.sync import detect_peaks, peak_overlap, synchronisation
 from lca_cli.core.layout import Layout
 from lca_cli.errors import StoreError, UsageError
 from lca_cli.store.lcastore import BlockRows, LcaStore
@@ -352,7 +340,7 @@ def test_views_stream_only_through_iter_lca(store3, lca_read_spy) -> None:  # ty
 
 
 def test_composition_and_layer_composition_match_numpy(store3) -> None:
-    from lca_cli.analysis.views import composition, layer_composition
+    from lca_cli.analysis.series import composition, layer_composition
 
     store, full, _ = store3
     sel = select_rows(store, "train", (10, 80))
@@ -372,7 +360,7 @@ def test_composition_and_layer_composition_match_numpy(store3) -> None:
 
 
 def test_learning_milestones_and_significance() -> None:
-    from lca_cli.analysis.views import learning_milestones, significance
+    from lca_cli.analysis.series import learning_milestones, significance
 
     # layer 0 learns 1 per iteration (half done after 2 of 4, 90% after 4 of 4); layer 1 learns everything on
     # the last iteration; layer 2 hurts overall (no milestone).
@@ -393,7 +381,7 @@ def _slow_concentration(total: np.ndarray, f: float) -> float:
 
 
 def test_concentration_matches_a_slow_reference() -> None:
-    from lca_cli.analysis.views import concentration
+    from lca_cli.analysis.parameters import concentration
 
     rng = np.random.default_rng(5)
     total = rng.standard_t(2, size=500) * 1e-3 - 2e-4
@@ -408,7 +396,7 @@ def test_concentration_matches_a_slow_reference() -> None:
 
 
 def test_value_histogram_matches_numpy_and_is_chunk_invariant() -> None:
-    from lca_cli.analysis.views import ValueHistogram
+    from lca_cli.analysis.passes import ValueHistogram
 
     rng = np.random.default_rng(2)
     rows = (rng.standard_normal((40, 30)) * 10.0 ** rng.uniform(-9, -2, (40, 30))).astype(np.float32)
@@ -452,7 +440,7 @@ def test_synchronisation_needs_three_layers_and_formats_p_at_its_floor() -> None
 
 
 def test_step_size_control_separates_a_shared_driver_from_synchronisation() -> None:
-    from lca_cli.analysis.views import step_size_controlled, sync_analysis
+    from lca_cli.analysis.sync import step_size_controlled, sync_analysis
 
     rng = np.random.default_rng(0)
     n, n_layers = 600, 6
