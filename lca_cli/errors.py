@@ -119,3 +119,20 @@ EXIT_CODES: dict[str, int] = {
     "sigterm": EXIT_SIGTERM,
     "sighup": EXIT_SIGHUP,
 }
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for a user: its type and up to 300 characters of its message.
+
+    Used where a user's own code (a model, a loss, a data factory) fails inside ``lca``: the error names what
+    failed, and this keeps the user's exception to one readable line instead of a traceback.
+
+    Args:
+        exc: The exception.
+
+    Returns:
+        ``"TypeError: ..."`` with whitespace collapsed; the type alone when the message is empty.
+
+    """
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__

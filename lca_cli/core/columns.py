@@ -7,7 +7,9 @@ over unit ``i`` of each of its tensors, as :meth:`lca_cli.core.layout.Layout.neu
 into one last column named :data:`OTHER`, so that a row still sums to the pair's whole allocation and
 conservation stays checkable.
 
-The pair is always integrated over every parameter; only what is stored shrinks. A :class:`Columns` map is
+The pair is always integrated over every parameter; only what is stored shrinks (the row is reduced on the
+compute device by :class:`lca_cli.core.vectors.ColumnReducer`; this module is numbers only, so that reading a
+store never imports torch). A :class:`Columns` map is
 recorded in the store's attributes (``granularity``, ``columns``), and :meth:`Columns.column_layout` describes
 the columns as a :class:`~lca_cli.core.layout.Layout` of pseudo-tensors, so that readers that group ``lca`` columns
 by layer or by neuron work on any store at the resolution it holds: a neuron group becomes one pseudo-tensor
@@ -19,17 +21,14 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from lca_cli.core.layout import Layout
 from lca_cli.errors import StoreError, UsageError
 
-if TYPE_CHECKING:  # torch only where rows are reduced (compute); readers never import it
-    import torch
-
-__all__ = ["GRANULARITIES", "OTHER", "ColumnGroup", "ColumnReducer", "Columns", "match_params"]
+__all__ = ["GRANULARITIES", "OTHER", "ColumnGroup", "Columns", "match_params"]
 
 GRANULARITIES = ("parameter", "neuron", "tensor")
 #: Name of the column that holds the sum over every parameter not selected by ``--params``.
@@ -246,55 +245,3 @@ class Columns:
             else:
                 shapes.append((f"{g.name}.units", (g.units,)))  # a layer's neurons: a pseudo-tensor in that layer
         return Layout.from_shapes(shapes)
-
-
-class ColumnReducer:
-    """Turns a pair's float64 LCA over every parameter into the store's columns, on the compute device.
-
-    Sums run in a fixed order over contiguous slices (no atomics), so a row's columns are the same bits
-    whichever process or device order computed them.
-
-    Args:
-        columns: The column map.
-        layout: The parameter layout.
-
-    """
-
-    def __init__(self, columns: Columns, layout: Layout) -> None:
-        self.columns = columns
-        self.layout = layout
-        self.size = columns.size
-
-    def apply(self, lca_p: torch.Tensor, tensor_sums: torch.Tensor) -> torch.Tensor:
-        """The row's columns.
-
-        Args:
-            lca_p: float64 ``(P,)``: LCA of every parameter.
-            tensor_sums: float64 ``(K,)``: its per-tensor sums (already computed for ``tensor_lca``).
-
-        Returns:
-            float64 ``(C,)``.
-
-        """
-        import torch
-
-        parts: list[torch.Tensor] = []
-        gran = self.columns.granularity
-        for g in self.columns.groups:
-            if g.name == OTHER or gran == "tensor":
-                total = tensor_sums[g.tensors[0]]
-                for t in g.tensors[1:]:
-                    total = total + tensor_sums[t]
-                parts.append(total.reshape(1))
-            elif gran == "parameter":
-                p = self.layout.params[g.tensors[0]]
-                parts.append(lca_p[p.offset : p.stop])
-            else:
-                acc: torch.Tensor | None = None
-                for t in g.tensors:
-                    p = self.layout.params[t]
-                    units = p.unit_sums(lca_p[p.offset : p.stop])  # (units,): unit i = neuron i
-                    acc = units if acc is None else acc + units
-                assert acc is not None
-                parts.append(acc)
-        return torch.cat(parts)

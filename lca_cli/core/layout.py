@@ -1,7 +1,8 @@
 """Parameter layout: names, shapes and offsets of the flat parameter vector, and its groupings.
 
 LCA rows are stored flat: the model's ``named_parameters()`` flattened row-major and concatenated in that
-order. Everything that maps a column back to a tensor, a layer or a neuron lives here.
+order. Everything that maps a column back to a tensor, a layer or a neuron lives here, in numbers only; the
+code that takes tensors (flattening, unflattening) is in :mod:`lca_cli.core.vectors`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # torch is imported lazily: reading a store (`lca summarize`, `lca report`) never needs it
+if TYPE_CHECKING:  # annotations only: reading a store (`lca summarize`, `lca report`) never imports torch
     import torch
 
 __all__ = ["Layout", "ParamInfo", "layer_name"]
@@ -229,31 +230,3 @@ class Layout:
                 for i in idx:
                     out.append((self.params[i].name, [(i, self.params[i].units)]))
         return out
-
-    def flatten(self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Concatenate named tensors into one flat vector in layout order.
-
-        Args:
-            tensors: ``name -> tensor`` with at least every layout name, of matching shapes.
-            dtype: dtype of the result (default float64).
-
-        Returns:
-            Flat vector of shape ``(P,)`` on the tensors' device.
-
-        """
-        import torch
-
-        dtype = torch.float64 if dtype is None else dtype
-        return torch.cat([tensors[p.name].reshape(-1).to(dtype) for p in self.params])
-
-    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Views of a flat ``(P,)`` vector as named tensors (no copy).
-
-        Args:
-            flat: A vector of length :attr:`size`.
-
-        Returns:
-            ``name -> view`` with the layout's shapes.
-
-        """
-        return {p.name: flat[p.offset : p.stop].view(p.shape) for p in self.params}

@@ -47,9 +47,9 @@ from lca_cli.computation.config import (
     config_loss,
     load_config,
 )
+from lca_cli.core.evalset import as_tensors
 from lca_cli.core.layout import layer_name
-from lca_cli.core.objective import as_tensors, one_line
-from lca_cli.errors import ConfigError, NumericalError, RunDirError, UsageError
+from lca_cli.errors import ConfigError, NumericalError, RunDirError, UsageError, one_line
 from lca_cli.training.record import CheckpointWriter
 
 __all__ = [
@@ -309,6 +309,68 @@ def _resolve_device(spec: str) -> torch.device:
     return resolve_device(spec)
 
 
+def _with_overrides(opts: TrainOptions, iterations: int | None, seed: int | None) -> TrainOptions:
+    """``opts`` with the caller's ``iterations`` and ``seed`` (when given) in place of the ``[train]`` table's.
+
+    Raises:
+        UsageError: If ``iterations`` is not an integer >= 1 or ``seed`` not an integer >= 0.
+
+    """
+    if iterations is not None:
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+            raise UsageError(f"--iterations {iterations!r}: must be an integer >= 1")
+        opts = dataclasses.replace(opts, iterations=iterations)
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise UsageError(f"--seed {seed!r}: must be an integer >= 0")
+        opts = dataclasses.replace(opts, seed=seed)
+    return opts
+
+
+def _optimizer(trainable: list[torch.nn.Parameter], opts: TrainOptions) -> torch.optim.Optimizer:
+    """The ``[train] optimizer`` over ``trainable``: SGD with momentum, or Adam."""
+    if opts.optimizer == "sgd":
+        return torch.optim.SGD(trainable, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
+    return torch.optim.Adam(trainable, lr=opts.lr, weight_decay=opts.weight_decay)
+
+
+def _write_config(ckpt: CheckpointWriter, cfg: Config) -> None:
+    """``lca.toml``: the config's ``[model]``, ``[data...]``, ``[loss]`` and ``[compute]`` tables (not ``[train]``)."""
+    data_tables: dict[str, dict[str, Any]] = {n: s.to_dict() for n, s in cfg.data.items()}
+    ckpt.write_config(
+        model=cfg.model.factory,
+        model_kwargs=dict(cfg.model.kwargs),
+        data=data_tables,
+        loss=cfg.loss_factory or cfg.loss_name or "cross_entropy",
+        compute=_compute_table(cfg.compute) or None,
+    )
+
+
+def _step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[..., torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    where: str,
+    lr: float,
+) -> float:
+    """One optimizer step on a minibatch; returns its loss.
+
+    Raises:
+        NumericalError: If the minibatch loss is not finite (``where`` names the iteration).
+
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(inputs), targets)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise NumericalError(f"training loss is {value} {where}; lower [train] lr (now {lr}) and retrain")
+    loss.backward()
+    optimizer.step()
+    return value
+
+
 def train_run(
     config: str | Path | Config,
     run_dir: str | Path,
@@ -350,14 +412,7 @@ def train_run(
     """
     cfg = config if isinstance(config, Config) else load_config(config)
     opts = parse_train_options(cfg.train, str(config) if not isinstance(config, Config) else "config")
-    if iterations is not None:
-        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-            raise UsageError(f"--iterations {iterations!r}: must be an integer >= 1")
-        opts = dataclasses.replace(opts, iterations=iterations)
-    if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise UsageError(f"--seed {seed!r}: must be an integer >= 0")
-        opts = dataclasses.replace(opts, seed=seed)
+    opts = _with_overrides(opts, iterations, seed)
     dev = _resolve_device(device)
     run = Path(run_dir)
 
@@ -373,26 +428,14 @@ def train_run(
     _check_fits(model, loss_fn, inputs, targets, opts.batch_size)
     _prepare_run_dir(run, overwrite)
     params = dict(model.named_parameters())
-    optimizer: torch.optim.Optimizer
-    trainable = list(params.values())
-    if opts.optimizer == "sgd":
-        optimizer = torch.optim.SGD(trainable, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
-    else:
-        optimizer = torch.optim.Adam(trainable, lr=opts.lr, weight_decay=opts.weight_decay)
+    optimizer = _optimizer(list(params.values()), opts)
 
-    data_tables: dict[str, dict[str, Any]] = {n: s.to_dict() for n, s in cfg.data.items()}
     gen = torch.Generator().manual_seed(opts.seed)
     batches = batch_indices(int(inputs.shape[0]), opts.batch_size, gen)
     fork_devices = [dev.index or 0] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices), CheckpointWriter(run) as ckpt:
         torch.manual_seed(opts.seed)  # dropout masks; restored on exit by fork_rng
-        ckpt.write_config(
-            model=cfg.model.factory,
-            model_kwargs=dict(cfg.model.kwargs),
-            data=data_tables,
-            loss=cfg.loss_factory or cfg.loss_name or "cross_entropy",
-            compute=_compute_table(cfg.compute) or None,
-        )
+        _write_config(ckpt, cfg)
         ckpt.save(model, step=0)
         model.train()
         for it in range(1, opts.iterations + 1):
@@ -403,15 +446,7 @@ def train_run(
                     params[n].requires_grad_(False)
                     params[n].grad = None
             idx = next(batches).to(dev)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(inputs[idx]), targets[idx])
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise NumericalError(
-                    f"training loss is {value} at iteration {it}; lower [train] lr (now {opts.lr}) and retrain"
-                )
-            loss.backward()
-            optimizer.step()
+            value = _step(model, optimizer, loss_fn, inputs[idx], targets[idx], f"at iteration {it}", opts.lr)
             ckpt.save(model, step=it)
             if progress is not None:
                 progress(it, opts.iterations, value)

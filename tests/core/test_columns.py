@@ -12,8 +12,9 @@ from conftest import RunCache
 
 from lca_cli.analysis.reduce import summarize
 from lca_cli.computation.pipeline import compute
-from lca_cli.core.columns import OTHER, ColumnReducer, Columns
+from lca_cli.core.columns import OTHER, Columns
 from lca_cli.core.layout import Layout, layer_name
+from lca_cli.core.vectors import ColumnReducer
 from lca_cli.errors import StoreError, UsageError
 from lca_cli.store.lcastore import LcaStore
 
@@ -75,6 +76,9 @@ def test_column_map_round_trips_through_attributes(layout: Layout) -> None:
         Columns.from_attrs({"columns": {"granularity": "neuron"}}, layout)
 
 
+# -- stores, against the per-parameter store reduced by hand ---------------------------------------------
+
+
 def _by_hand(layout: Layout, cols: Columns, row: np.ndarray) -> np.ndarray:
     """The columns of one float64 row, summed the obvious way."""
     out = []
@@ -96,9 +100,6 @@ def test_reducer_matches_sums_by_hand(layout: Layout, granularity: str, params: 
     sums = torch.stack([row[p.offset : p.stop].sum() for p in layout.params])
     got = ColumnReducer(cols, layout).apply(row, sums).numpy()
     np.testing.assert_allclose(got, _by_hand(layout, cols, row.numpy()), rtol=1e-13, atol=1e-13)
-
-
-# -- stores, against the per-parameter store reduced by hand ---------------------------------------------
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,14 @@ import pytest
 import reference
 import torch
 
+from lca_cli.core.evalset import make_chunks
 from lca_cli.core.integrate import Evaluation, integrate_pair, loss_rounding_of, residual_budget, within_tolerance
 from lca_cli.core.layout import Layout
-from lca_cli.core.objective import Objective, builtin_loss, make_chunks, prepare_model
+from lca_cli.core.losses import builtin_loss
+from lca_cli.core.model import prepare_model
+from lca_cli.core.objective import Objective
 from lca_cli.core.quadrature import panel_rule
+from lca_cli.core.vectors import flatten
 from lca_cli.errors import NumericalError
 
 
@@ -258,7 +262,7 @@ def test_linear_regression_mse_float64_matches_reference() -> None:
     g = torch.Generator().manual_seed(3)
     state0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
     state1 = {k: v + 0.5 * torch.randn(v.shape, generator=g) for k, v in state0.items()}
-    v0, v1 = layout.flatten(state0), layout.flatten(state1)
+    v0, v1 = flatten(layout, state0), flatten(layout, state1)
     delta = v1 - v0
     calls: list[float] = []
 

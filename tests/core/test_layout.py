@@ -1,14 +1,10 @@
-"""Parameter layout: offsets, flatten/unflatten, layers and neurons."""
+"""Parameter layout: offsets, layers and neurons (flatten/unflatten: test_vectors.py)."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import nn
 
 from lca_cli.core.layout import Layout, ParamInfo, layer_name
@@ -92,39 +88,6 @@ def test_neurons_split_layer_whose_tensors_disagree_on_dim0() -> None:
 def test_neurons_scalar_in_a_layer_splits_it() -> None:
     layout = Layout.from_shapes([("n.weight", (1,)), ("n.temperature", ())])
     assert layout.neurons() == [("n.weight", [(0, 1)]), ("n.temperature", [(1, 1)])]
-
-
-shape_st = st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple)
-
-
-@settings(max_examples=40, deadline=None)
-@given(st.lists(shape_st, min_size=1, max_size=6), st.integers(0, 2**31 - 1))
-def test_flatten_unflatten_round_trip(shapes: list[tuple[int, ...]], seed: int) -> None:
-    named = [(f"m{i}.t", s) for i, s in enumerate(shapes)]
-    layout = Layout.from_shapes(named)
-    g = torch.Generator().manual_seed(seed)
-    tensors = {n: torch.randn(s, generator=g, dtype=torch.float32) for n, s in named}
-    flat = layout.flatten(tensors)
-    assert flat.dtype == torch.float64
-    assert flat.shape == (layout.size,) and layout.size == sum(math.prod(s) for s in shapes)
-    # Flat order is row-major per tensor, concatenated at the offsets.
-    expected = torch.cat([tensors[n].reshape(-1).double() for n, _ in named])
-    assert torch.equal(flat, expected)
-    back = layout.unflatten(flat)
-    assert list(back) == [n for n, _ in named]
-    for n, s in named:
-        assert back[n].shape == s
-        assert torch.equal(back[n], tensors[n].double())
-    # unflatten returns views: writing into them writes the flat vector.
-    first = named[0][0]
-    back[first].fill_(7.0)
-    assert torch.all(flat[: layout.params[0].stop] == 7.0)
-
-
-def test_flatten_ignores_extra_names_and_casts() -> None:
-    layout = Layout.from_shapes([("w", (2, 2))])
-    flat = layout.flatten({"w": torch.ones(2, 2), "running_mean": torch.zeros(3)}, dtype=torch.float32)
-    assert flat.dtype == torch.float32 and flat.tolist() == [1.0] * 4
 
 
 def test_param_info_scalar() -> None:

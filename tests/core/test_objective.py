@@ -11,16 +11,12 @@ import reference
 import torch
 from torch import nn
 
+from lca_cli.core.evalset import make_chunks
 from lca_cli.core.layout import Layout
-from lca_cli.core.objective import (
-    Objective,
-    builtin_loss,
-    interpolated_buffer_names,
-    make_chunks,
-    prepare_model,
-    split_state,
-)
-from lca_cli.errors import ConfigError
+from lca_cli.core.losses import builtin_loss
+from lca_cli.core.model import interpolated_buffer_names, prepare_model
+from lca_cli.core.objective import Objective
+from lca_cli.core.vectors import split_state
 
 CPU = torch.device("cpu")
 
@@ -65,39 +61,6 @@ def test_chunked_float64_equals_full_batch(batch_size: int) -> None:
     assert float(obj.value(v, fixed)) == pytest.approx(ref_loss, rel=1e-13)
     sizes = obj.evalset.chunk_sizes
     assert sum(sizes) == 50 and sizes[-1] == 50 - batch_size * (len(sizes) - 1)  # the remainder is kept
-
-
-def _loss_case(name: str, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 outputs and targets of 4,096 samples for one built-in loss."""
-    n, c = 4096, 5
-    if name == "causal_lm":
-        return torch.randn(64, 65, c, generator=g), torch.randint(0, c, (64, 65), generator=g)
-    out = torch.randn(n, c, generator=g)
-    if name == "nll":
-        return out.log_softmax(1), torch.randint(0, c, (n,), generator=g)
-    if name == "cross_entropy":
-        return out, torch.randint(0, c, (n,), generator=g)
-    if name == "mse":
-        return out, torch.randn(n, c, generator=g)
-    return out, torch.randint(0, 2, (n, c), generator=g).float()  # bce_with_logits
-
-
-@pytest.mark.parametrize("name", ["cross_entropy", "nll", "mse", "bce_with_logits", "causal_lm"])
-def test_builtin_losses_are_not_rounded_to_the_networks_dtype(name: str) -> None:
-    # A float32 mean is a multiple of its ulp (1.2e-7 near 1): a loss change of a few ulps, late in training, would
-    # be that rounding. Nudge 10% of the float32 outputs by one float32 step, 40 times: the float64-reduced loss
-    # follows each nudge, where the float32 mean takes a handful of values.
-    g = torch.Generator().manual_seed(0)
-    out, y = _loss_case(name, g)
-    loss_fn = builtin_loss(name)
-    values64, values32 = set(), set()
-    for _ in range(40):
-        nudged = torch.where(torch.rand(out.shape, generator=g) < 0.1, torch.nextafter(out, out + 1), out)
-        loss = loss_fn(nudged, y)
-        assert loss.dtype == torch.float64
-        values64.add(float(loss))
-        values32.add(float(loss.float()))
-    assert len(values32) <= 8 and len(values64) >= 30, (len(values32), len(values64))
 
 
 def test_loss_rounding_follows_the_coarser_of_network_and_loss() -> None:
@@ -237,53 +200,8 @@ def test_single_element_custom_loss_is_summed_like_a_scalar() -> None:
     assert torch.equal(grad1, grad)
 
 
-def test_builtin_losses() -> None:
-    out = torch.tensor([[0.5], [1.5], [-1.0]], dtype=torch.float64)
-    y = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
-    # (N, 1) outputs against (N,) targets must not broadcast to (N, N).
-    assert float(builtin_loss("mse")(out, y)) == pytest.approx((0.25 + 0.25 + 1.0) / 3)
-    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
-    labels = torch.tensor([0, 1])
-    ce = float(builtin_loss("cross_entropy")(logits, labels))
-    assert ce == pytest.approx(float(reference.ref_loss("cross_entropy")(logits, labels)))
-    assert float(builtin_loss("nll")(torch.log_softmax(logits, 1), labels)) == pytest.approx(ce)
-    bce = float(builtin_loss("bce_with_logits")(out, y))
-    assert bce == pytest.approx(float(nn.functional.binary_cross_entropy_with_logits(out.reshape(-1), y)))
-    with pytest.raises(ConfigError, match="unknown loss"):
-        builtin_loss("hinge")
-
-
-def test_make_chunks_forms_and_errors() -> None:
-    ds = reference.image_dataset(n=10)
-    es = make_chunks("val", ds, 4, CPU, torch.float64)
-    assert es.n_samples == 10 and es.chunk_sizes == [4, 4, 2]
-    assert es.chunks[0][0].dtype == torch.float64 and es.chunks[0][1].dtype == torch.int64
-    x, _y = reference.images(n=10)
-    assert torch.equal(torch.cat([c[0] for c in es.chunks]), x.double())
-    with pytest.raises(ConfigError, match="3 inputs but 2 targets"):
-        make_chunks("train", (torch.zeros(3, 2), torch.zeros(2)), 2, CPU, torch.float32)
-    with pytest.raises(ConfigError, match="is empty"):
-        make_chunks("train", (torch.zeros(0, 2), torch.zeros(0)), 2, CPU, torch.float32)
-    with pytest.raises(ConfigError, match="is empty"):
-        make_chunks("train", [], 2, CPU, torch.float32)
-    with pytest.raises(ConfigError, match="returned int"):
-        make_chunks("train", 5, 2, CPU, torch.float32)
-
-
-def test_split_state() -> None:
-    model = trained_bn_model()
-    state = model.state_dict()
-    layout = Layout.from_module(model)
-    v, fixed = split_state(state, layout, CPU)
-    assert v.dtype == torch.float64 and v.shape == (layout.size,)
-    assert torch.equal(v, torch.cat([p.detach().reshape(-1).double() for p in model.parameters()]))
-    assert set(fixed) == {"1.running_mean", "1.running_var", "1.num_batches_tracked"}
-    assert interpolated_buffer_names(model, "batch") == []
-
-
 # -- structured data, model outputs of real frameworks, and the pre-flight fit check ------------------------
 
-from lca_cli.core.objective import as_batch, batch_len, model_outputs  # noqa: E402
 from lca_cli.errors import EXIT_CODES  # noqa: E402
 
 
@@ -332,25 +250,6 @@ def test_dict_inputs_are_keyword_arguments_and_labels_are_targets() -> None:
     items = [{"x": x[i], "mask": mask[i], "labels": int(y[i])} for i in range(20)]
     obj2, v2, fixed2 = build_objective(copy.deepcopy(model), items, 6, torch.float64)
     assert float(obj2.value_and_grad(v2, fixed2)[0]) == float(loss)
-
-
-def test_numpy_pair_is_n_samples_not_two() -> None:
-    x, y = DATA
-    inputs, targets = as_batch((x.numpy(), y.numpy()), "set")
-    assert batch_len(inputs) == 50 and torch.equal(inputs, x) and torch.equal(targets, y)  # type: ignore[arg-type]
-
-
-def test_model_outputs_and_forms() -> None:
-    t = torch.zeros(2, 3)
-    assert model_outputs(t) is t and model_outputs({"loss": 1, "logits": t}) is t and model_outputs((t, 1)) is t
-    inputs, targets = as_batch({"input_ids": [[1, 2], [3, 4]]}, "s")
-    assert targets is None and inputs["input_ids"].shape == (2, 2)
-    with pytest.raises(ConfigError, match="3-element"):
-        as_batch((t, t, t), "s")
-    with pytest.raises(ConfigError, match="different shapes"):
-        as_batch([{"input_ids": [1, 2]}, {"input_ids": [1, 2, 3]}], "s")
-    with pytest.raises(ConfigError, match="returned None"):
-        as_batch(None, "s")
 
 
 def test_causal_lm_is_the_token_mean_over_the_whole_set() -> None:
