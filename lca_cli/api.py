@@ -1,1 +1,451 @@
-"""The Python API (placeholder while the layout lands)."""
+"""The Python API: compute a store, open it, summarise it, verify it, report it. The CLI is a thin layer on it.
+
+Everything a notebook or script needs is here (and re-exported by :mod:`lca_cli`)::
+
+    import lca_cli
+
+    result = lca_cli.compute("runs/exp1")  # -> runs/exp1/lca.zarr, resumes if it exists
+    store = lca_cli.open_store(result.store)
+    store.summarize(by="layer").to_pandas()
+    lca_cli.report(store, "exp1.html")
+
+Library errors speak of arguments (``steps=0:5``, ``by='planet'``); the command line speaks of flags
+(``--steps 0:5``). The messages are written once, in the command line's words, by the layers below; the
+functions here turn the flags they name into argument names unless called inside :func:`flag_spelling`, which
+is what ``lca`` does. Opening and summarising a store never imports torch; :func:`compute` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lca_cli.analysis.reduce import Summary, Window, parse_window
+from lca_cli.analysis.reduce import open_store as _open_lca_store
+from lca_cli.analysis.reduce import summarize as _summarize
+from lca_cli.errors import LcaError, RunDirError, ToleranceError, UsageError
+
+if TYPE_CHECKING:
+    from lca_cli.reporting.report import ReportResult
+    from lca_cli.store.integrity import Report
+    from lca_cli.store.lcastore import LcaStore
+
+__all__ = [
+    "ComputeResult",
+    "Steps",
+    "Store",
+    "StoreLike",
+    "compute",
+    "flag_spelling",
+    "open_store",
+    "report",
+    "verify",
+]
+
+#: A window of iterations by start step: ``"A:B"`` (either end may be left out), a single start step, ``(A, B)``
+#: with None for an open end, a :class:`~lca_cli.analysis.reduce.Window`, or None for every iteration.
+Steps = str | int | tuple[int | None, int | None] | Window | None
+
+# ------------------------------------------------------------------------------------------------------------
+# errors: flags on the command line, arguments in Python
+
+_FLAG_SPELLING: ContextVar[bool] = ContextVar("lca_flag_spelling", default=False)
+
+#: Flags whose argument is named otherwise (a repeatable flag is a plural argument).
+_ARGUMENT_OF = {"label": "labels", "view": "views", "set": "set"}
+#: Flags that take no value: ``--repair and --overwrite`` must not become ``repair=and``.
+_SWITCHES = frozenset(
+    {"repair", "overwrite", "unsafe-pickle", "strict", "cooperate", "follow", "prune", "concentration", "dry-run",
+     "json", "quiet", "allow-tf32", "no-allow-tf32", "compile", "no-compile"}
+)  # fmt: skip
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9-]*)( (?=[^\s-]))?")
+
+
+@contextlib.contextmanager
+def flag_spelling() -> Iterator[None]:
+    """Inside this block the API's errors keep the command line's words (``--steps``): what ``lca`` uses."""
+    token = _FLAG_SPELLING.set(True)
+    try:
+        yield
+    finally:
+        _FLAG_SPELLING.reset(token)
+
+
+def _as_arguments(message: str) -> str:
+    """``--steps 5:2: ...`` -> ``steps=5:2: ...``; text in backticks (a command to run) stays as it is."""
+
+    def one(match: re.Match[str]) -> str:
+        flag = match.group(1)
+        name = _ARGUMENT_OF.get(flag, flag.replace("-", "_"))
+        if match.group(2) is None:
+            return name
+        return f"{name} " if flag in _SWITCHES else f"{name}="
+
+    parts = message.split("`")
+    return "`".join(_FLAG.sub(one, part) if i % 2 == 0 else part for i, part in enumerate(parts))
+
+
+@contextlib.contextmanager
+def _speaking_arguments() -> Iterator[None]:
+    """Re-word the flags in an :class:`LcaError` raised inside as argument names (unless :func:`flag_spelling`)."""
+    try:
+        yield
+    except LcaError as exc:
+        if not _FLAG_SPELLING.get() and len(exc.args) == 1 and isinstance(exc.args[0], str):
+            exc.args = (_as_arguments(exc.args[0]),)
+        raise
+
+
+def _window(steps: Steps) -> Window:
+    """Any :data:`Steps` as a checked :class:`Window` (one parser, one set of messages)."""
+    if steps is None or isinstance(steps, Window):
+        return steps or Window()
+    if isinstance(steps, str):
+        return parse_window(steps)
+    if isinstance(steps, int | np.integer):
+        return parse_window(str(int(steps)))
+    if isinstance(steps, tuple) and len(steps) == 2:
+        a, b = steps
+        return parse_window(f"{'' if a is None else int(a)}:{'' if b is None else int(b)}")
+    raise UsageError(f"--steps {steps!r}: expected 'A:B', a start step, (A, B) or None")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# reading a store
+
+
+class Store:
+    """An lca store opened for reading (:func:`open_store`); reading never imports torch.
+
+    Attributes:
+        path: Where the store is.
+
+    """
+
+    def __init__(self, store: LcaStore) -> None:
+        self._store = store
+        self.path: Path = Path(store.path)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, sets={self.sets}, pairs={self.n_pairs})"
+
+    @property
+    def sets(self) -> list[str]:
+        """Evaluation sets held, e.g. ``["train", "val"]``."""
+        return list(self._store.sets)
+
+    @property
+    def steps(self) -> np.ndarray:
+        """int64 ``(T + 1,)``: the step of each checkpoint."""
+        return np.asarray(self._store.steps)
+
+    @property
+    def n_pairs(self) -> int:
+        """Pairs (iterations) ``T`` the store has rows for, done or not."""
+        return int(self._store.n_pairs)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The store's attributes (format, settings, parameters; ``docs/store-format.md``)."""
+        return dict(self._store.attrs)
+
+    @property
+    def lca_store(self) -> LcaStore:
+        """The low-level :class:`~lca_cli.store.lcastore.LcaStore`, for :mod:`lca_cli.analysis`'s functions."""
+        return self._store
+
+    def summarize(
+        self,
+        by: str = "layer",
+        steps: Steps = None,
+        set: str | None = None,  # the CLI's --set: the name users know (shadows the builtin here only)
+        *,
+        top: int | None = None,
+        sort: str | None = None,
+        concentration: bool = False,
+    ) -> Summary:
+        """Totals and who helped (LCA < 0) or hurt (LCA > 0), as ``lca summarize`` prints them.
+
+        Args:
+            by: ``"layer"``, ``"tensor"``, ``"neuron"`` or ``"iteration"``.
+            steps: The iterations whose start step lies in a window (:data:`Steps`; default all done ones).
+            set: Evaluation set (default ``train`` when present, else the first).
+            top: Keep only the first ``top`` rows after sorting.
+            sort: ``"model"``, ``"helped"``, ``"hurt"`` or ``"abs"`` (default ``helped`` for neurons, else model
+                order).
+            concentration: With ``by="layer"`` or ``"tensor"``: add ``params_50`` / ``params_90`` (streams
+                ``lca`` once).
+
+        Returns:
+            The summary: ``.to_dict()`` is exactly what ``lca summarize --json`` prints; ``.to_pandas()`` and
+            ``.to_xarray()`` give a DataFrame and a Dataset.
+
+        Raises:
+            UsageError: An unknown ``by``, ``set`` or ``sort``, a bad ``top`` or a window holding no iteration.
+            StoreError: No iteration of the window is computed yet.
+
+        """
+        with _speaking_arguments():
+            summary = _summarize(
+                self._store, by=by, set_name=set, window=_window(steps), top=top, sort=sort,
+                concentration=concentration,
+            )  # fmt: skip
+        # Tied parameters (alias -> owner) are one tensor: its allocation is the owner's row; say so.
+        summary.header["tied"] = {str(k): str(v) for k, v in dict(self._store.attrs.get("tied") or {}).items()}
+        return summary
+
+    def report(self, out: str | Path, **options: Any) -> ReportResult:
+        """Write this store's HTML report: :func:`report` with this store."""
+        return report(self, out, **options)
+
+
+#: A store given to the API: its path, or a :class:`Store`.
+StoreLike = str | Path | Store
+
+
+def open_store(path: StoreLike) -> Store:
+    """Open an lca store for reading (checks that it is one, and that its finished chunks are there).
+
+    Args:
+        path: The store (usually ``RUN_DIR/lca.zarr``); a :class:`Store` is returned as it is.
+
+    Returns:
+        The store.
+
+    Raises:
+        StoreError: If ``path`` is not an lca store (for a run directory the message names the store inside
+            it, or says how to make one), or is damaged.
+
+    """
+    if isinstance(path, Store):
+        return path
+    with _speaking_arguments():
+        return Store(_open_lca_store(path))
+
+
+def verify(path: StoreLike) -> Report:
+    """Check a store's integrity: every chunk present, of the right size, with a matching checksum.
+
+    Reads the whole store once. ``lca compute RUN_DIR --out STORE --repair`` (``compute(..., repair=True)``)
+    recomputes the damaged rows while their checkpoints exist.
+
+    Args:
+        path: The store.
+
+    Returns:
+        The findings: ``.ok``, ``.lines()``, ``.summary()``, ``.to_dict()`` (what ``lca verify --json`` prints).
+
+    Raises:
+        StoreError: If ``path`` is not an lca store at all (damage is reported, not raised).
+
+    """
+    from lca_cli.store.integrity import verify as run_verify
+
+    where = path.path if isinstance(path, Store) else path
+    with _speaking_arguments():
+        return run_verify(_open_lca_store(where, check=False))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# reports
+
+
+def report(
+    store: StoreLike | Sequence[StoreLike],
+    out: str | Path,
+    *,
+    sets: Sequence[str] | str | None = None,
+    steps: Steps = None,
+    labels: Sequence[str] | None = None,
+    png_dir: str | Path | None = None,
+    views: Sequence[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ReportResult:
+    """Write a self-contained HTML report (and PNG figures) of one store, or compare two (``[a, b]``).
+
+    Needs matplotlib (``pip install 'lca-cli[report]'``).
+
+    Args:
+        store: One store, or a list of two to compare side by side.
+        out: The HTML page to write.
+        sets: Evaluation set(s) to show (default every set of the store, side by side).
+        steps: The iterations to cover (:data:`Steps`; default all).
+        labels: Names of the two runs of a comparison (default the stores' folder names).
+        png_dir: Where the PNG figures go (default ``<out stem>_files/``).
+        views: Draw only these views of a one-store report (``loss``, ``composition``, ...; default all).
+        progress: Called with one-line progress messages.
+
+    Returns:
+        The page written (``.html``), its figures (``.pngs``) and headline numbers (``.numbers``).
+
+    Raises:
+        UsageError: More than two stores, labels not one per store, views with a comparison, a bad window.
+        LcaError: If matplotlib is not installed.
+
+    """
+    with _speaking_arguments():
+        window = _window(steps)
+        stores: list[StoreLike] = list(store) if isinstance(store, list | tuple) else [store]  # type: ignore[list-item]
+        paths = [s.path if isinstance(s, Store) else Path(s) for s in stores]
+        if not paths or len(paths) > 2:
+            raise UsageError(f"lca report takes one store, or two to compare (got {len(paths)})")
+        if labels and len(labels) != len(paths):
+            raise UsageError(f"--label: give one per store ({len(paths)}), got {len(labels)}")
+        if views and len(paths) == 2:
+            raise UsageError("--view applies to the report of one store, not to a comparison")
+        set_names = [sets] if isinstance(sets, str) else (list(sets) if sets else None)
+        if len(paths) == 2:
+            from lca_cli.reporting.compare import write_comparison
+
+            return write_comparison(
+                paths[0], paths[1], out, labels=list(labels) if labels else None, set_names=set_names,
+                steps=(window.start, window.stop), png_dir=png_dir, progress=progress,
+            )  # fmt: skip
+        from lca_cli.reporting.report import write_report
+
+        return write_report(
+            paths[0], out, set_names=set_names, steps=(window.start, window.stop), png_dir=png_dir,
+            progress=progress, views=list(views) if views else None,
+        )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------------
+# computing a store
+
+
+@dataclass(frozen=True)
+class ComputeResult:
+    """What a :func:`compute` call did.
+
+    Attributes:
+        store: The store's path.
+        pairs: Pairs (iterations) in the store.
+        computed: Pairs computed by this call.
+        skipped: Pairs already done before this call.
+        gradients_per_pair: Per evaluation set, the mean gradients per pair this call computed (sub-intervals,
+            the end point of one reused as the start of the next); empty when nothing was computed.
+        flagged: Per evaluation set, the start steps of every done pair still over tolerance at the split cap.
+        interrupted: True when stopped early (``stop`` set); finished rows are saved and a rerun resumes.
+        seconds: Wall time of the pair loop.
+        device: The device used.
+        details: Everything else the engine reports (settings, accuracy per set, threads, ...).
+
+    """
+
+    store: Path
+    pairs: int
+    computed: int
+    skipped: int
+    gradients_per_pair: dict[str, float]
+    flagged: dict[str, list[int]]
+    interrupted: bool
+    seconds: float
+    device: str
+    details: Any = field(repr=False, default=None)
+
+    def open(self) -> Store:
+        """The store, opened for reading."""
+        return open_store(self.store)
+
+
+#: Options of :func:`compute` that are not ``[compute]`` settings of the config (they say what to do, not how).
+_RUN_OPTIONS = frozenset(
+    {"config", "overwrite", "repair", "unsafe_pickle", "strict", "steps", "shard", "cooperate", "follow", "until",
+     "idle_timeout", "prune", "progress", "note", "stop"}
+)  # fmt: skip
+
+
+def compute(run_dir: str | Path, out: str | Path | None = None, **options: Any) -> ComputeResult:
+    """Compute (or resume, extend, repair) the LCA store of a training run: ``lca compute`` as a function.
+
+    Takes the options of ``lca compute`` with the same defaults, spelled as arguments (``--max-splits 8`` is
+    ``max_splits=8``): the ``[compute]`` settings (``method``, ``refine``, ``l1_tol``, ``l1_scope``,
+    ``tolerance``, ``rtol``, ``max_splits``, ``batch_size``, ``device``, ``dtype``, ``bn_mode``, ``allow_tf32``,
+    ``compile``, ``rows_per_chunk``, ``threads``, ``state_dict_key``, ``granularity``, ``params``), which win over
+    the config's ``[compute]`` table, and ``config`` (the TOML file, default ``RUN_DIR/lca.toml``),
+    ``overwrite``, ``repair``, ``unsafe_pickle``, ``strict``, ``steps``, ``shard`` (``"I/N"``), ``cooperate``,
+    ``follow``, ``until``, ``idle_timeout``, ``prune``. Python only: ``progress`` (called with ``(done, total)``
+    after each pair), ``note`` (called with one-line notes) and ``stop`` (a ``threading.Event``: set it to stop
+    after the current pair, keeping finished rows).
+
+    Args:
+        run_dir: The run's checkpoints (any layout ``lca compute`` reads).
+        out: The store (default ``RUN_DIR/lca.zarr``).
+        **options: As above.
+
+    Returns:
+        The store path, pairs computed, gradients per pair and flagged pairs (:class:`ComputeResult`).
+
+    Raises:
+        UsageError: An unknown option or a bad value.
+        LcaError: Any other failure (config, run directory, checkpoints, store; see :mod:`lca_cli.errors`).
+        ToleranceError: With ``strict=True``, when a pair computed by this call stays over tolerance.
+
+    """
+    # TODO(computation layer): call the library entry point that builds one plan once it lands; until then
+    # this repeats `lca compute`'s set-up (config, overrides, schedule) around the pipeline.
+    from lca_cli.computation.config import ComputeOptions, load_config
+    from lca_cli.computation.distributed import Scope, parse_shard
+    from lca_cli.computation.follow import IDLE_TIMEOUT_SECONDS, wait_for_file
+    from lca_cli.computation.pipeline import Schedule
+    from lca_cli.computation.pipeline import compute as run_compute
+
+    settings = {f for f in ComputeOptions.__dataclass_fields__}
+    unknown = sorted(set(options) - settings - _RUN_OPTIONS)
+    if unknown:
+        raise UsageError(
+            f"compute: unknown option(s) {', '.join(unknown)} (options: {', '.join(sorted(settings | _RUN_OPTIONS))})"
+        )
+    run = Path(run_dir)
+    flags = {k: v for k, v in options.items() if k in settings}
+    if isinstance(flags.get("params"), str):
+        flags["params"] = (flags["params"],)
+    flags["params"] = tuple(flags.get("params") or ()) or None
+    with _speaking_arguments():
+        window = _window(options.get("steps"))
+        part, parts = parse_shard(options.get("shard"))
+        follow = bool(options.get("follow"))
+        idle = options.get("idle_timeout")
+        schedule = Schedule(
+            Scope(window.start, window.stop, part, parts), cooperate=bool(options.get("cooperate")), follow=follow,
+            until=options.get("until"), idle_timeout=IDLE_TIMEOUT_SECONDS if idle is None else idle,
+            prune=bool(options.get("prune")),
+        )  # fmt: skip
+        stop: threading.Event = options.get("stop") or threading.Event()
+        config_path = options.get("config")
+        config_file = Path(config_path) if config_path is not None else run / "lca.toml"
+        if config_path is None and not follow and not run.is_dir():  # a mistyped run_dir, not a missing config
+            raise RunDirError(f"run directory {run} does not exist (or is not a directory)")
+        if follow:  # training may not have written lca.toml yet
+            wait_for_file(config_file, schedule.idle_timeout, stop)
+        config = load_config(config_file).with_overrides(**flags)
+        config.compute.validate()
+        done = run_compute(
+            run, config, out, overwrite=bool(options.get("overwrite")), repair=bool(options.get("repair")),
+            progress=options.get("progress"), stop=stop, unsafe_pickle=bool(options.get("unsafe_pickle")),
+            note=options.get("note"), schedule=schedule,
+        )  # fmt: skip
+        new_flagged = {s: len(a.flagged_new) for s, a in done.accuracy.items() if a.flagged_new}
+        if options.get("strict") and new_flagged:
+            counts = " and ".join(f"{n} of set {s}" for s, n in new_flagged.items())
+            raise ToleranceError(f"pairs computed by this call over tolerance (--strict): {counts}")
+    return ComputeResult(
+        store=Path(done.store),
+        pairs=done.n_pairs,
+        computed=done.computed,
+        skipped=done.skipped,
+        gradients_per_pair={s: float(a.mean_splits) for s, a in done.accuracy.items() if done.computed},
+        flagged={s: list(v) for s, v in done.flagged.items()},
+        interrupted=done.interrupted,
+        seconds=done.seconds,
+        device=done.device,
+        details=done,
+    )

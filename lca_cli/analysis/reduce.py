@@ -16,6 +16,7 @@ integration error ``sum |residual|`` (:func:`lca_cli.analysis.series.integration
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,13 +28,15 @@ import numpy as np
 from lca_cli.analysis.parameters import concentration
 from lca_cli.analysis.selection import require_set
 from lca_cli.analysis.series import learning_milestones, significance
-from lca_cli.errors import StoreError, UsageError
+from lca_cli.errors import LcaError, StoreError, UsageError
 from lca_cli.store.lcastore import HELPED_RULE, LcaStore, column_counts
 
 __all__ = [
     "BY_CHOICES",
+    "PANDAS_MISSING",
     "SIGNIFICANCE_RULE",
     "SORT_CHOICES",
+    "XARRAY_MISSING",
     "Summary",
     "Window",
     "open_store",
@@ -47,6 +50,10 @@ SIGNIFICANCE_RULE = (
     "a layer (tensor, neuron) helps or hurts only when |its total LCA| exceeds the window's integration "
     "error, the sum of |residual| over its iterations; otherwise it is within error"
 )
+
+#: One line each for a summary converted without the library it needs.
+PANDAS_MISSING = "Summary.to_pandas needs pandas: pip install pandas (or 'lca-cli[xarray]', which brings it)"
+XARRAY_MISSING = "Summary.to_xarray needs xarray: pip install 'lca-cli[xarray]'"
 
 BY_CHOICES = ("layer", "tensor", "neuron", "iteration")
 SORT_CHOICES = ("model", "helped", "hurt", "abs")
@@ -183,8 +190,64 @@ class Summary:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form: ``{"header": ..., "columns": ..., "rows": [...]}``."""
+        """JSON form: ``{"header": ..., "columns": ..., "rows": [...]}`` (what ``lca summarize --json`` prints)."""
         return {"header": self.header, "columns": self.columns, "rows": self.rows}
+
+    @property
+    def by(self) -> str:
+        """What a row is: ``layer``, ``tensor``, ``neuron`` or ``iteration``."""
+        return str(self.header.get("by", "layer"))
+
+    def to_pandas(self) -> Any:
+        """The rows as a ``pandas.DataFrame``: indexed by ``name`` (by ``step`` for iterations), header in ``attrs``.
+
+        Missing values (``None`` in :meth:`to_dict`: a helped fraction with nothing moved, a milestone never
+        reached) become NaN.
+
+        Returns:
+            A ``pandas.DataFrame`` with the columns of :attr:`columns` (less the index).
+
+        Raises:
+            LcaError: If pandas is not installed (one line saying how to install it).
+
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise LcaError(PANDAS_MISSING) from None
+        index = "step" if self.by == "iteration" else "name"
+        columns = [c for c in self.columns if c != "name"] if index == "step" else self.columns
+        frame = pd.DataFrame(self.rows, columns=columns).set_index(index)
+        frame.index.name = "step" if index == "step" else self.by
+        frame.attrs.update(self.header)
+        return frame
+
+    def to_xarray(self) -> Any:
+        """The rows as an ``xarray.Dataset``: one variable per column along a dimension named by :attr:`by`.
+
+        The coordinate is the row names (the start steps for iterations); the header goes into ``attrs``, with
+        ``None`` entries left out and lists and maps as JSON text, so that the dataset saves to netCDF or Zarr.
+
+        Returns:
+            An ``xarray.Dataset``.
+
+        Raises:
+            LcaError: If xarray (or pandas) is not installed (one line saying how to install it).
+
+        """
+        try:
+            import xarray as xr
+        except ImportError:
+            raise LcaError(XARRAY_MISSING) from None
+        frame = self.to_pandas()
+        frame.attrs = {}
+        dataset = xr.Dataset.from_dataframe(frame.rename_axis(self.by))
+        if self.by == "iteration":
+            dataset = dataset.rename({"iteration": "step"}).swap_dims({"step": "iteration"})
+        dataset.attrs = {
+            k: (json.dumps(v) if isinstance(v, list | dict) else v) for k, v in self.header.items() if v is not None
+        }
+        return dataset
 
 
 def _header(store: LcaStore, set_name: str, mask: np.ndarray, window: Window) -> dict[str, Any]:

@@ -64,21 +64,18 @@ def summarize(
     by which the group had done 50% and 90% of its learning. --format json prints one object
     {"header", "columns", "rows"}; csv prints the rows only.
     """
-    from lca_cli.analysis.reduce import open_store, parse_window
-    from lca_cli.analysis.reduce import summarize as run_summarize
+    from lca_cli.analysis.reduce import parse_window
+    from lca_cli.api import flag_spelling, open_store
     from lca_cli.cli.tables import render_summary
 
     if as_json and fmt not in ("table", "json"):
         raise UsageError(f"--json is --format json; it cannot go with --format {fmt}")
     fmt = "json" if as_json else fmt
-    window = parse_window(steps)
-    opened = open_store(store)
-    summary = run_summarize(
-        opened, by=by, set_name=set_name, window=window, top=top, sort=sort, concentration=concentration
-    )
-    # Tied parameters (alias -> owner) are one tensor: its allocation is the owner's row; say so.
-    tied = {str(k): str(v) for k, v in dict(opened.attrs.get("tied") or {}).items()}
-    summary.header["tied"] = tied
+    with flag_spelling():
+        window = parse_window(steps)  # before opening the store: a bad --steps is reported first
+        summary = open_store(store).summarize(
+            by=by, steps=window, set=set_name, top=top, sort=sort, concentration=concentration
+        )
     if fmt == "json":
         click.echo(json.dumps(summary.to_dict(), indent=1))
     elif fmt == "csv":
@@ -134,29 +131,13 @@ def report(
     matplotlib: pip install 'lca-cli[report]'.
     """
     from lca_cli.analysis.reduce import parse_window
-    from lca_cli.errors import UsageError
+    from lca_cli.api import flag_spelling
+    from lca_cli.api import report as write
 
-    window = parse_window(steps)
-    if len(stores) > 2:
-        raise UsageError(f"lca report takes one store, or two to compare (got {len(stores)})")
-    if labels and len(labels) != len(stores):
-        raise UsageError(f"--label: give one per store ({len(stores)}), got {len(labels)}")
-    if views and len(stores) == 2:
-        raise UsageError("--view applies to the report of one store, not to a comparison")
-    progress = None if quiet else err
-    if len(stores) == 2:
-        from lca_cli.reporting.compare import write_comparison
-
-        result = write_comparison(
-            stores[0], stores[1], out, labels=labels or None, set_names=set_names or None,
-            steps=(window.start, window.stop), png_dir=png_dir, progress=progress,
-        )  # fmt: skip
-    else:
-        from lca_cli.reporting.report import write_report
-
-        result = write_report(
-            stores[0], out, set_names=set_names or None, steps=(window.start, window.stop), png_dir=png_dir,
-            progress=progress, views=views or None,
+    with flag_spelling():
+        result = write(
+            list(stores), out, sets=set_names or None, steps=parse_window(steps), labels=labels or None,
+            png_dir=png_dir, views=views or None, progress=None if quiet else err,
         )  # fmt: skip
     click.echo(str(result.html))
 
@@ -178,10 +159,11 @@ def verify(store: Path, as_json: bool) -> None:
     `summarize` and `report` run a cheap version of this check every time: a chunk missing for a done
     row is an error, and every read verifies checksums.)
     """
-    from lca_cli.analysis.reduce import open_store
-    from lca_cli.store.integrity import verify as run_verify
+    from lca_cli.api import flag_spelling
+    from lca_cli.api import verify as run_verify
 
-    report = run_verify(open_store(store, check=False))
+    with flag_spelling():
+        report = run_verify(store)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
     else:
