@@ -27,10 +27,10 @@ from typing import Protocol
 import numpy as np
 
 from lca_cli.errors import CheckpointError, StoreError
+from lca_cli.store.format import FINGERPRINT_BYTES
 
-__all__ = ["FINGERPRINT_BYTES", "Alignment", "align", "check_fingerprints", "fingerprint", "fingerprints"]
+__all__ = ["Alignment", "align", "check_fingerprints", "fingerprint", "fingerprints"]
 
-FINGERPRINT_BYTES = 16
 _HEAD = 256 << 10
 _TAIL = 64 << 10
 _SAMPLE = 64 << 10

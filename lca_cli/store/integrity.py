@@ -1,15 +1,14 @@
 """Integrity of a store: what is damaged, and getting it ready to recompute exactly that.
 
 Every chunk a done row needs must exist with its exact size (chunks are uncompressed, so the size is known;
-:meth:`LcaStore.chunk_size`) and, in format 2, end with a CRC-32C checksum of its bytes. A missing chunk
-never reads as fill values (zeros) without notice:
+:func:`lca_cli.store.chunks.chunk_size`) and end with a CRC-32C checksum of its bytes
+(:func:`lca_cli.store.chunks.checksum_ok`, the same check every direct read makes). A missing chunk never
+reads as fill values (zeros) without notice:
 
-* :func:`quick_check` (at the start of ``compute``, and of reading a format-1 store) looks at every chunk a
-  done row needs: present (and, without checksums, of its size), no data read. Reading a format-2 store
-  (``summarize``, ``report``) checks the same for each array it reads, when it reads it
+* :func:`quick_check` (at the start of ``compute``, and of ``summarize`` and ``report``) looks at every chunk
+  a done row needs: present, no data read. Reads check the same for each array they read, when they read it
   (:meth:`LcaStore.read`, :meth:`LcaStore.iter_lca` before streaming), and every read verifies checksums;
-* :func:`verify` (``lca verify``) also reads every chunk and checks its checksum (format 1, which has none:
-  decodes it);
+* :func:`verify` (``lca verify``) also reads every chunk and checks its size and checksum;
 * :func:`prepare_repair` (``lca compute --repair``) marks the rows of damaged chunks not done and deletes
   the damaged chunk files, so that computing recomputes exactly those rows (whole row chunks).
 """
@@ -21,19 +20,19 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lca_cli.errors import StoreError
-from lca_cli.store.lcastore import COORDINATES, SET_COORDINATES, LcaStore
+from lca_cli.store.chunks import Encoding, chunk_problem, chunk_size, col_chunks, list_chunks
+from lca_cli.store.format import COORDINATES, SET_COORDINATES
 from lca_cli.store.placement import fsync_paths, storage_errors
 
-__all__ = ["Damage", "Report", "prepare_repair", "quick_check", "remove_partial_files", "verify"]
+if TYPE_CHECKING:  # the store calls quick_check when opened with check=True: only its type is needed here
+    from lca_cli.store.lcastore import LcaStore
 
-#: Arrays a format-1 store always wrote for a done row (it skipped chunks equal to the fill value, so a
-#: missing ``residual`` chunk, say, could be all zeros): only these are required there.
-_FORMAT1_REQUIRED = ("lca", "loss", "tensor_lca")
+__all__ = ["Damage", "Report", "prepare_repair", "quick_check", "remove_partial_files", "verify"]
 
 
 @dataclass(frozen=True)
@@ -197,7 +196,7 @@ class Report:
 
 def _rows_of(store: LcaStore, node: str, chunk: int) -> range:
     n_rows = store.n_pairs + (1 if node in ("steps", "fingerprint") else 0)
-    size = int(store._node(node).chunks[0])
+    size = int(store.node(node).chunks[0])
     first, stop = chunk * size, min((chunk + 1) * size, n_rows)
     if node.endswith("/loss"):  # loss[i] is the start of row i; loss[T] belongs to row T - 1
         first, stop = min(first, store.n_pairs - 1), min(stop, store.n_pairs)
@@ -207,9 +206,9 @@ def _rows_of(store: LcaStore, node: str, chunk: int) -> range:
 def _unmarked_rows(store: LcaStore, set_name: str) -> list[int]:
     """Rows of ``done`` chunks that are missing while ``lca`` chunks of those rows are stored (see Report)."""
     done_node, lca_node = f"{set_name}/done", f"{set_name}/lca"
-    have_done = {c[0] for c in _listing(store, done_node, sizes=False)}
-    have_lca = {c[0] for c in _listing(store, lca_node, sizes=False)}
-    done_rows, lca_rows = int(store._node(done_node).chunks[0]), int(store._node(lca_node).chunks[0])
+    have_done = {c[0] for c in list_chunks(store.path, done_node, sizes=False)}
+    have_lca = {c[0] for c in list_chunks(store.path, lca_node, sizes=False)}
+    done_rows, lca_rows = int(store.node(done_node).chunks[0]), int(store.node(lca_node).chunks[0])
     out: list[int] = []
     for i in range(store.row_chunks(done_node)):
         if i in have_done:
@@ -220,33 +219,8 @@ def _unmarked_rows(store: LcaStore, set_name: str) -> list[int]:
 
 
 def _needed_chunks(store: LcaStore, node: str, done: np.ndarray) -> list[int]:
-    size = int(store._node(node).chunks[0])
-    rows = np.flatnonzero(done)
-    if node.endswith("/loss") and store.format_version < 2:
-        rows = np.union1d(rows, rows + 1)  # format 1 keeps every loss in ``loss`` itself
-    return sorted({int(r) // size for r in rows})
-
-
-def _check_file(path: str, size: int | None, checksum: bool) -> str | None:
-    """The problem with one chunk file, or None (reads it only when ``checksum``)."""
-    try:
-        if not checksum:
-            actual = os.stat(path).st_size
-            if size is None or actual == size:
-                return None
-            return f"{'truncated' if actual < size else 'wrong size'} ({actual} of {size} bytes)"
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return "missing"
-    except OSError as exc:
-        return f"unreadable ({exc.strerror})"
-    if size is not None and len(data) != size:
-        return f"{'truncated' if len(data) < size else 'wrong size'} ({len(data)} of {size} bytes)"
-    import google_crc32c  # zarr's own checksum implementation (a dependency of zarr)
-
-    crc = np.uint32(google_crc32c.value(data[:-4])).tobytes()
-    return None if crc == data[-4:] else "checksum mismatch"
+    size = int(store.node(node).chunks[0])
+    return sorted({int(r) // size for r in np.flatnonzero(done)})
 
 
 def _read_done(store: LcaStore, set_name: str, report: Report) -> np.ndarray:
@@ -265,66 +239,37 @@ def _read_done(store: LcaStore, set_name: str, report: Report) -> np.ndarray:
     return done
 
 
-def _listing(store: LcaStore, node: str, sizes: bool = True) -> dict[tuple[int, ...], tuple[str, int]]:
-    """Every chunk file of an array (``c/i`` or ``c/i/j``, Zarr's default chunk keys): coords -> (path, size).
-
-    One ``scandir`` per folder instead of a ``stat`` per expected chunk: the cheap check of a 12,000-pair
-    store with 24-row chunks looks at ~6,500 files. Without ``sizes`` no file is stat'ed (size -1).
-    """
-    out: dict[tuple[int, ...], tuple[str, int]] = {}
-
-    def walk(folder: str, prefix: tuple[int, ...]) -> None:
-        try:
-            entries = list(os.scandir(folder))
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        for e in entries:
-            if not e.name.isdigit():
-                continue  # *.partial files of a killed write
-            coords = (*prefix, int(e.name))
-            if e.is_dir(follow_symlinks=False):
-                walk(e.path, coords)
-            else:
-                out[coords] = (e.path, e.stat(follow_symlinks=False).st_size if sizes else -1)
-
-    walk(os.path.join(store.path, node, "c"), ())
-    return out
+#: One chunk file to look at: (node, row chunk, path, expected size, size found (None: missing; -1: not
+#: stat'ed), verify its checksum).
+_Job = tuple[str, int, str, int | None, int | None, bool]
 
 
-def _col_chunks(store: LcaStore, node: str) -> int:
-    arr = store._node(node)
-    return 1 if arr.ndim == 1 else max(1, -(-int(arr.shape[1]) // int(arr.chunks[1])))
-
-
-def _scan(store: LcaStore, full: bool) -> Report:
-    report = Report(store.path, store.format_version, store.n_pairs, full=full)
-    # (node, row chunk, path, expected size, exists with size, verify checksum)
-    jobs: list[tuple[str, int, str, int | None, int | None, bool]] = []
+def _plan(store: LcaStore, report: Report, full: bool) -> list[_Job]:
+    """The chunk files to look at: every one with ``full``, else every one a done row needs."""
+    jobs: list[_Job] = []
     nodes = store.nodes()
 
     def plan(node: str, need: set[int]) -> None:
+        arr = store.node(node)
+        checksum = Encoding.of(arr).checksum
         # Checksummed chunks are verified on every read, truncation included: the cheap check only needs
-        # to know they exist. Format 1 has no checksums: its sizes are checked.
-        sizes = full or not store.has_checksums(node)
-        listing = _listing(store, node, sizes)
-        size, crc = (store.chunk_size(node) if sizes else None), full and store.has_checksums(node)
-        ncols = _col_chunks(store, node)
+        # to know they exist.
+        sizes = full or not checksum
+        listing = list_chunks(store.path, node, sizes)
+        size = chunk_size(arr) if sizes else None
         chunks = set(range(store.row_chunks(node))) if full else need
         for i in sorted(chunks):
-            for j in range(ncols):
-                coords = (i,) if store._node(node).ndim == 1 else (i, j)
-                found = listing.get(coords)
+            for j in range(col_chunks(arr)):
+                found = listing.get((i,) if arr.ndim == 1 else (i, j))
                 if found is None and i not in need:
                     continue
                 path = found[0] if found else str(store.chunk_files(node, [i])[j])
-                jobs.append((node, i, path, size, found[1] if found else None, crc))
+                jobs.append((node, i, path, size, found[1] if found else None, full and checksum))
 
-    # Store-level arrays and coordinates: every chunk (format 1 wrote coordinates without every chunk).
+    # Store-level arrays and coordinates: every chunk.
     for node in nodes:
-        name = node.rsplit("/", 1)[-1]
-        if node in ("steps", "fingerprint") or name in (*COORDINATES, *SET_COORDINATES):
-            required = store.format_version >= 2 or node == "steps"
-            plan(node, set(range(store.row_chunks(node))) if required else set())
+        if node in ("steps", "fingerprint") or node.rsplit("/", 1)[-1] in (*COORDINATES, *SET_COORDINATES):
+            plan(node, set(range(store.row_chunks(node))))
     for s in store.sets:
         done = _read_done(store, s, report) if full else store.read(s, "done").astype(bool)
         report.done[s] = int(done.sum())
@@ -335,27 +280,23 @@ def _scan(store: LcaStore, full: bool) -> Report:
         for node in nodes:
             if not node.startswith(f"{s}/") or node == f"{s}/done" or node.rsplit("/", 1)[-1] in SET_COORDINATES:
                 continue
-            required = store.format_version >= 2 or node.rsplit("/", 1)[1] in _FORMAT1_REQUIRED
-            plan(node, set(_needed_chunks(store, node, done)) if required else set())
+            plan(node, set(_needed_chunks(store, node, done)))
+    return jobs
+
+
+def _scan(store: LcaStore, full: bool) -> Report:
+    report = Report(store.path, store.format_version, store.n_pairs, full=full)
+    jobs = _plan(store, report, full)
     report.checked = len(jobs)
 
-    def run(job: tuple[str, int, str, int | None, int | None, bool]) -> Damage | None:
-        node, i, path, size, actual, crc = job
-        if not crc:  # presence and size only
-            if actual is None:
-                problem: str | None = "missing"
-            elif size is None or actual == size or actual < 0:
-                problem = None
-            else:
-                problem = f"{'truncated' if actual < size else 'wrong size'} ({actual} of {size} bytes)"
+    def run(job: _Job) -> Damage | None:
+        node, i, path, size, actual, checksum = job
+        if actual is None and not checksum:
+            problem: str | None = "missing"
+        elif actual is not None and actual < 0 and not checksum:
+            problem = None  # presence was all that was asked
         else:
-            problem = _check_file(path, size, crc)
-        if problem is None and full and not store.has_checksums(node):
-            try:  # format 1: no checksum; decoding at least catches truncation and bad bytes of other codecs
-                rows = _rows_of(store, node, i)
-                np.asarray(store._node(node)[rows.start : rows.stop])
-            except Exception as exc:
-                problem = f"unreadable ({type(exc).__name__})"
+            problem = chunk_problem(path, size, checksum, actual)
         return None if problem is None else Damage(node, i, _rows_of(store, node, i), problem, Path(path))
 
     if full:
@@ -368,7 +309,7 @@ def _scan(store: LcaStore, full: bool) -> Report:
 
 
 def quick_check(store: LcaStore) -> Report:
-    """Check, without reading data, that every chunk a done row needs exists with its exact size.
+    """Check, without reading data, that every chunk a done row needs exists (reads verify the rest).
 
     Args:
         store: An open store.
@@ -425,7 +366,7 @@ def prepare_repair(store: LcaStore, report: Report) -> dict[str, list[int]]:
     with storage_errors(f"repairing {store.path}"):
         done_files: list[Path] = []
         for s, bad in rows.items():
-            size = int(store._node(f"{s}/done").chunks[0])
+            size = int(store.node(f"{s}/done").chunks[0])
             done_files += store.chunk_files(f"{s}/done", sorted({t // size for t in bad}))
         for path in done_files:
             path.unlink(missing_ok=True)

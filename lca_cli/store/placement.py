@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from lca_cli.errors import StorageError, StoreError
+from lca_cli.store.format import COORDINATES, PER_ROW, PER_TENSOR, SET_COORDINATES
 
 __all__ = [
     "PathState",
@@ -256,12 +257,9 @@ def _has_done_rows(root: Path) -> bool:
     return any(root.glob("*/done/c/*"))
 
 
-#: Names of the arrays of one evaluation set (every format), and of the store-level arrays.
-SET_ARRAYS = frozenset(
-    {"lca", "loss", "loss_end", "residual", "splits", "flagged", "l1_change", "done", "buffer_lca"}
-    | {"tensor_lca", "tensor_helped", "tensor_hurt", "layer", "parameter_tensor", "neuron"}
-)
-TOP_ARRAYS = frozenset({"steps", "fingerprint", "checkpoint", "iteration", "tensor"})
+#: Names of the arrays of one evaluation set, and of the store-level arrays.
+SET_ARRAYS = frozenset({"lca", "loss", *PER_ROW, *PER_TENSOR, *SET_COORDINATES})
+TOP_ARRAYS = frozenset({"steps", "fingerprint", *COORDINATES})
 
 
 def _node_type(folder: Path) -> str | None:

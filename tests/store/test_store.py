@@ -1,4 +1,4 @@
-"""The Zarr store contract: create/open/extend/write round trips, streaming reads, block planning."""
+"""The store object (lca_cli.store.lcastore): create/open/extend/write round trips, streaming reads, block planning."""
 
 from __future__ import annotations
 
@@ -12,19 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lca_cli import __version__
-from lca_cli.computation.pipeline import plan_blocks
 from lca_cli.core.layout import Layout
 from lca_cli.errors import StoreError
-from lca_cli.store.lcastore import (
-    CHUNK_BYTES,
-    FORMAT_VERSION,
-    HELPED_RULE,
-    BlockRows,
-    LcaStore,
-    _write_all,
-    choose_rows_per_chunk,
-    column_counts,
-)
+from lca_cli.store import FORMAT_VERSION, HELPED_RULE, BlockRows, LcaStore
+from lca_cli.store.chunks import Encoding
 
 LAYOUT = Layout.from_shapes([("fc1.weight", (3, 2)), ("fc1.bias", (3,)), ("fc2.weight", (1, 3))])
 P, K = LAYOUT.size, len(LAYOUT.params)
@@ -134,16 +125,6 @@ def test_write_block_ending_the_run_across_chunks(tmp_path: Path) -> None:
     np.testing.assert_array_equal(again.read("train", "loss_end")[6:10], np.concatenate([head.loss[1:], tail.loss[1:]]))
 
 
-def test_write_all_finishes_every_write_before_raising(tmp_path: Path) -> None:
-    good = zarr.create_array(store=str(tmp_path / "a.zarr"), shape=(6,), chunks=(3,), dtype="f8")
-    zarr.create_array(store=str(tmp_path / "b.zarr"), shape=(6,), chunks=(3,), dtype="f8")
-    read_only = zarr.open_array(str(tmp_path / "b.zarr"), mode="r")
-    with pytest.raises(ValueError, match="read-only"):
-        _write_all([(read_only, slice(0, 3), np.ones(3)), (good, slice(0, 6), np.arange(6.0))])
-    np.testing.assert_array_equal(good[:], np.arange(6.0))  # the other write ended, and landed
-    assert np.all(read_only[:] == 0)
-
-
 def test_done_mask_over_sets(tmp_path: Path) -> None:
     store = new_store(tmp_path / "s.zarr", sets=("train", "val"))
     store.write_block("train", make_rows(0, 3))
@@ -219,7 +200,7 @@ def test_extend_heals_an_interrupted_extend(tmp_path: Path) -> None:
     again.extend(list(range(0, 50, 10)))  # the rerun sees the same checkpoints
     assert len(again.done()) == again.n_pairs == 4 and again.done().all()
     assert again.array("train", "lca").shape == (4, P) and again.array("train", "tensor_hurt").shape == (4, K)
-    assert plan_blocks(again.done(), again.rows_per_chunk) == []
+    assert _plan_blocks(again.done(), again.rows_per_chunk) == []
     again.extend(list(range(0, 70, 10)))  # and later ones append normally
     assert again.n_pairs == 6 and again.done().tolist() == [True] * 4 + [False] * 2
 
@@ -254,21 +235,20 @@ def test_iter_lca_chunk_aligned(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("request_chunks", [1, 2, 5])
-def test_iter_lca_read_ahead_same_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request_chunks: int) -> None:
+def test_iter_lca_read_ahead_same_blocks(tmp_path: Path, request_chunks: int) -> None:
     # Requests of 1, 2 or 5 chunks (several requests, so the background reader runs): the same chunk-aligned
     # blocks and values as reading without read-ahead, for windows that start and end inside chunks.
     import threading
 
-    import lca_cli.store.lcastore as store_mod
-
     store = new_store(tmp_path / "s.zarr", n_ckpt=15, rows_per_chunk=3)
     for start in range(0, 14, 3):
         store.write_block("train", make_rows(start, min(3, 14 - start), seed=start))
-    monkeypatch.setattr(store_mod, "READ_BYTES", request_chunks * 3 * 4 * store.layout.size)
+    request = request_chunks * 3 * 4 * store.layout.size
     full = np.asarray(store.array("train", "lca")[:])
     for start, stop in [(0, 14), (2, 13), (4, 5), (7, 7)]:
-        plain = [(t, r.copy()) for t, r in store.iter_lca("train", start, stop, read_ahead=False)]
-        ahead = [(t, r.copy()) for t, r in store.iter_lca("train", start, stop)]
+        streamed = store.iter_lca("train", start, stop, read_ahead=False, request_bytes=request)
+        plain = [(t, r.copy()) for t, r in streamed]
+        ahead = [(t, r.copy()) for t, r in store.iter_lca("train", start, stop, request_bytes=request)]
         assert [t for t, _ in ahead] == [t for t, _ in plain]
         for (t, a), (_, b) in zip(ahead, plain, strict=True):
             np.testing.assert_array_equal(a, b)
@@ -276,7 +256,7 @@ def test_iter_lca_read_ahead_same_blocks(tmp_path: Path, monkeypatch: pytest.Mon
             assert a.shape[0] <= 3 and (t == start or t % 3 == 0)
         assert sum(r.shape[0] for _, r in ahead) == stop - start
     # Leaving early stops the reader thread (no thread left behind).
-    it = store.iter_lca("train")
+    it = store.iter_lca("train", request_bytes=request)
     next(it)
     it.close()
     assert not [th for th in threading.enumerate() if th.name.startswith("lca-stream")]
@@ -300,43 +280,29 @@ def test_iter_lca_covers_any_window(tmp_path_factory: pytest.TempPathFactory, st
     assert covered == list(range(start, stop))
 
 
-def test_column_counts_match_plain_counts() -> None:
-    rng = np.random.default_rng(3)
-    rows = rng.standard_normal((300, 17)).astype(np.float32)
-    rows[rng.random(rows.shape) < 0.2] = 0.0  # exact zeros count as neither
-    rows[:, 0] = -1.0  # a column that helped on every row (300 > 255: a uint8 accumulator would wrap)
-    helped, hurt = column_counts(rows)
-    np.testing.assert_array_equal(helped, (rows < 0).sum(axis=0))
-    np.testing.assert_array_equal(hurt, (rows > 0).sum(axis=0))
-    assert helped[0] == 300 and hurt[0] == 0
-    empty = column_counts(np.zeros((0, 4), np.float32))
-    assert [a.tolist() for a in empty] == [[0] * 4, [0] * 4]
-
-
-def test_choose_rows_per_chunk() -> None:
-    assert choose_rows_per_chunk(100, 7) == 7
-    assert choose_rows_per_chunk(10) == 1024  # small rows: capped
-    assert choose_rows_per_chunk(CHUNK_BYTES // 4) == 1  # a row of one chunk's size: one row per chunk
-    assert choose_rows_per_chunk(1 << 16) == CHUNK_BYTES // (4 << 16)
-    assert choose_rows_per_chunk(1 << 30) == 1
-
-
 # -- plan_blocks (lca_cli.computation.pipeline) -----------------------------------------------------------------------
+
+
+def _plan_blocks(done: np.ndarray, rows: int) -> list[range]:
+    # Imported when used: the store's own tests do not need the computation layer to import.
+    from lca_cli.computation.engine import plan_blocks
+
+    return plan_blocks(done, rows)
 
 
 def test_plan_blocks_examples() -> None:
     done = np.array([True, False, False, False, False, True, False, False, False, False])
-    assert plan_blocks(done, 4) == [range(1, 4), range(4, 5), range(6, 8), range(8, 10)]
-    assert plan_blocks(np.zeros(5, bool), 1024) == [range(0, 5)]
-    assert plan_blocks(np.ones(5, bool), 2) == []
-    assert plan_blocks(np.zeros(0, bool), 3) == []
+    assert _plan_blocks(done, 4) == [range(1, 4), range(4, 5), range(6, 8), range(8, 10)]
+    assert _plan_blocks(np.zeros(5, bool), 1024) == [range(0, 5)]
+    assert _plan_blocks(np.ones(5, bool), 2) == []
+    assert _plan_blocks(np.zeros(0, bool), 3) == []
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.booleans(), max_size=40), st.integers(1, 9))
 def test_plan_blocks_property(done_list: list[bool], rows: int) -> None:
     done = np.array(done_list, dtype=bool)
-    blocks = plan_blocks(done, rows)
+    blocks = _plan_blocks(done, rows)
     covered = [t for b in blocks for t in b]
     assert covered == [t for t in range(len(done)) if not done[t]]  # union == not done, in order, no overlap
     for b in blocks:
@@ -347,14 +313,14 @@ def test_plan_blocks_property(done_list: list[bool], rows: int) -> None:
         assert a.stop < b.start or b.start % rows == 0
 
 
-# -- format 2: blocks own their chunks, checksums, commits -------------------------------------------------
+# -- blocks own their chunks, checksums, commits -------------------------------------------------
 
 
 def test_every_array_is_chunked_by_block_and_checksummed(tmp_path: Path) -> None:
     store = new_store(tmp_path / "s.zarr", sets=("train", "val"), rows_per_chunk=3)
     for node in store.nodes():
-        arr = store._node(node)
-        assert store.has_checksums(node), node
+        arr = store.node(node)
+        assert Encoding.of(arr).checksum, node
         if node.rsplit("/", 1)[-1] not in ("steps", "fingerprint", "checkpoint", "iteration", "tensor", "layer",
                                            "parameter_tensor"):  # fmt: skip
             assert arr.chunks[0] == 3, node  # a block's rows live in chunks of their own
@@ -415,8 +381,8 @@ def test_an_append_is_committed_last(tmp_path: Path) -> None:
 
 
 def make_format1_store(path: Path, rows: BlockRows) -> None:
-    """A store as lca format 1 wrote it: no checksums, 4096-row per-row chunks, chunks equal to the fill value
-    skipped, no loss_end, fingerprint or n_checkpoints."""
+    """A store as lca format 1 wrote it (no checksums, 4096-row per-row chunks, no loss_end, fingerprint or
+    n_checkpoints): this release refuses it."""
     n = 10
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     group.attrs.update({"format_version": 1, "params": LAYOUT.to_attrs(), "sets": ["train"], "rows_per_chunk": 3})
@@ -440,32 +406,15 @@ def make_format1_store(path: Path, rows: BlockRows) -> None:
     sub["done"][:k] = True
 
 
-def test_format_1_stores_are_still_read(tmp_path: Path) -> None:
-    rows = make_rows(0, 3)
-    make_format1_store(tmp_path / "old.zarr", rows)
-    store = LcaStore.open(tmp_path / "old.zarr")  # the cheap check passes: buffer_lca's chunk may be absent
-    assert store.format_version == 1 and store.fingerprints is None and store.n_pairs == 10
-    assert store.done().tolist() == [True] * 3 + [False] * 7
-    np.testing.assert_array_equal(store.read("train", "loss")[:4], rows.loss)
-    np.testing.assert_array_equal(next(iter(store.iter_lca("train")))[1], rows.lca)
-    with pytest.raises(StoreError, match=r"older lca \(store format 1.*--overwrite"):
-        LcaStore.open(tmp_path / "old.zarr", mode="r+").write_block("train", make_rows(3, 3))
-    (tmp_path / "old.zarr" / "train" / "lca" / "c" / "0" / "0").unlink()
-    with pytest.raises(StoreError, match=r"train/lca chunk 0 .*missing"):
-        LcaStore.open(tmp_path / "old.zarr")
+def test_format_1_stores_are_refused(tmp_path: Path) -> None:
+    make_format1_store(tmp_path / "old.zarr", make_rows(0, 3))
+    for mode in ("r", "r+"):
+        with pytest.raises(StoreError, match=r"store format 1; lca \S+ reads store format 2 only \(an older lca"):
+            LcaStore.open(tmp_path / "old.zarr", mode=mode)
 
 
-def test_direct_chunk_reads_equal_zarr_reads(tmp_path: Path) -> None:
-    store = new_store(tmp_path / "s.zarr", n_ckpt=11, rows_per_chunk=3)
-    for start in (0, 3, 9):  # rows 6..8 never written: fill values
-        store.write_block("train", make_rows(start, min(3, 10 - start)))
-    for name in ("loss", "loss_end", "residual", "splits", "flagged", "l1_change", "done", "buffer_lca",
-                 "tensor_lca", "tensor_helped", "tensor_hurt"):  # fmt: skip
-        arr = store.array("train", name)
-        n = arr.shape[0]
-        direct = store._read_plain_chunks(f"train/{name}", n)
-        assert direct is not None and direct.dtype == arr.dtype, name
-        np.testing.assert_array_equal(direct, np.asarray(arr[:n]), err_msg=name)
+def test_a_read_store_is_a_snapshot_handed_out_as_copies(tmp_path: Path) -> None:
+    new_store(tmp_path / "s.zarr").write_block("train", make_rows(0, 3))
     reader = LcaStore.open(tmp_path / "s.zarr")
     first = reader.read("train", "residual")
     first[:] = 0  # callers get a copy of what a read-only store keeps
@@ -479,7 +428,7 @@ def _computed(tmp_path: Path, steps: int = 5) -> Path:
     from runs import make_tiny_run
 
     from lca_cli.computation.config import load_config
-    from lca_cli.computation.pipeline import compute
+    from lca_cli.computation.runner import compute
 
     run = make_tiny_run(tmp_path, steps=steps)
     compute(run, load_config(run / "lca.toml").with_overrides(threads=1, rows_per_chunk=2), run / "lca.zarr")
