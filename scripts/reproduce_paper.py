@@ -7,8 +7,8 @@
 
 Every network is trained with :func:`lca_cli.training.train.train_run` from a committed config in ``configs/``
 (with mode-dependent iterations and evaluation-set sizes), its LCA is computed with
-:func:`lca_cli.computation.pipeline.compute`, and the findings are measured from the stores with the streaming
-reductions of :mod:`lca_cli.analysis.views` (helped fractions, per-layer series, peak detection and the
+:func:`lca_cli.computation.compute_run`, and the findings are measured from the stores with the streaming
+reductions of :mod:`lca_cli.analysis` (helped fractions, per-layer series, peak detection and the
 synchronisation statistic):
 
 1. noise: helped / zero / hurt shares of all parameters per iteration, the helped fraction without zeros,
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import torch
 
-from lca_cli.errors import LcaError
-from lca_cli.store.lcastore import LcaStore
+from lca_cli import LcaError
+from lca_cli.store import LcaStore
 
 SCRIPTS = Path(__file__).resolve().parent
 if str(SCRIPTS) not in sys.path:  # the paper/ package beside this script, also when it is loaded by file path
@@ -154,7 +154,7 @@ def write_html_report(runs: dict[str, RunResult], work: Path) -> None:
     if acc_run is None:
         return
     try:
-        from lca_cli.reporting.report import write_report
+        from lca_cli.reporting import write_report
 
         write_report(acc_run.store, work / "fc_mnist_report.html")
         log(f"  HTML report: {work / 'fc_mnist_report.html'}")

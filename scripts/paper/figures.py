@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lca_cli.errors import LcaError
+from lca_cli import LcaError
 from lca_cli.reporting.plots import (
     HELPED_COLOR,
     HURT_COLOR,
@@ -247,8 +247,7 @@ def report_figures(runs: dict[str, RunResult], figdir: Path, work: Path, log: Lo
         ``{name: path relative to the page}`` of the pictures copied.
 
     """
-    from lca_cli.reporting.compare import write_comparison
-    from lca_cli.reporting.report import write_report
+    from lca_cli.reporting import write_comparison, write_report
 
     out: dict[str, str] = {}
     if "fc_mnist" not in runs:

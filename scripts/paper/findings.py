@@ -29,7 +29,7 @@ from lca_cli.analysis.passes import scan_parameters
 from lca_cli.analysis.selection import select_rows
 from lca_cli.analysis.series import composition, integration_error, layer_series, learning_milestones, significance
 from lca_cli.analysis.sync import sync_analysis
-from lca_cli.store.lcastore import LcaStore
+from lca_cli.store import LcaStore
 
 from .experiments import NETWORK_DTYPE, tol_text
 from .runs import Log, RunResult, compute_store, fingerprint

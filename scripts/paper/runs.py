@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
+from lca_cli.computation import compute_run
 from lca_cli.computation.config import Config
-from lca_cli.computation.pipeline import compute
 from lca_cli.training.train import train_run
 
 from .experiments import NETWORK_DTYPE, Experiment
@@ -70,8 +70,12 @@ def fingerprint(exp: Experiment, device: str) -> dict[str, Any]:
 
 
 def compute_store(run_dir: Path, cfg: Config, store: Path) -> Any:
-    """Compute the LCA store of the checkpoints in ``run_dir`` afresh (one place that calls the library)."""
-    return compute(run_dir, cfg, store, overwrite=True)
+    """Compute the LCA store of the checkpoints in ``run_dir`` afresh (one place that calls the library).
+
+    ``compute_run`` is ``lca compute`` as a function that also takes a loaded config: the experiments' configs are
+    built in memory (cut evaluation sets, seeds), so there is no file to name.
+    """
+    return compute_run(run_dir, store, config=cfg, overwrite=True)
 
 
 def run_experiment(
