@@ -197,7 +197,7 @@ class Columns:
         return self.granularity == "parameter" and not any(g.name == OTHER for g in self.groups)
 
     def settings(self) -> dict[str, Any]:
-        """What goes into the store's identity (empty for the plain layout, so older stores still match)."""
+        """What goes into the store's identity: the granularity and patterns, each only when not the default."""
         out: dict[str, Any] = {}
         if self.granularity != "parameter":
             out["granularity"] = self.granularity

@@ -29,7 +29,7 @@ residual within ``loss_rounding (|L(a)| + |L(b)|)`` counts as zero in the per-pa
 it neither refines a panel nor flags a pair (an explicit ``tolerance``/``rtol`` is still held as given when
 refining). The built-in losses are reduced in float64; the network's own rounding remains.
 
-``refine="doubling"`` (the former default): double the number of uniform sub-intervals while the residual
+``refine="doubling"``: double the number of uniform sub-intervals while the residual
 ``r = (L1 - L0) - Σ LCA`` exceeds ``tolerance + rtol |L1 - L0|`` (and, with ``l1_tol``, while the last doubling
 moved the row by more than ``l1_tol`` in relative L1), evaluating only the new odd points. Three running sums
 are kept (shapes ``(D,)``, float64): ``ends = g(0) + g(1)``, ``odd`` (points of weight 4) and ``even``
@@ -232,7 +232,7 @@ def integrate_pair(
         l1_tol: Per-parameter target: the estimated L1 error of the row relative to ``||lca||_1`` (``"local"``),
             or the relative L1 change of the last doubling (``"doubling"``); 0 disables it.
         l1_scale: ``"local"`` only: the run's scale of ``||lca||_1`` (loss units; see
-            :func:`lca_cli.computation.pipeline.measure_l1_scales`); the target is
+            :func:`lca_cli.computation.scale.measure_l1_scales`); the target is
             ``l1_tol`` times the larger of it and the pair's own norm. 0: each pair's own norm.
         loss_rounding: Relative rounding bound of each loss value (see :func:`loss_rounding_of`; 0 = exact): a
             residual within ``loss_rounding (|L(a)| + |L(b)|)`` of zero does not enter the per-parameter estimate

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -67,14 +67,13 @@ class ParamInfo:
     """One parameter tensor's place in the flat vector.
 
     ``axis`` is the dimension along which the tensor's output units (neurons) lie: 0 for ``nn.Linear`` and
-    convolution weights, 1 for a weight stored ``(in, out)`` (:func:`unit_axes`). It does not take part in
-    comparisons: a store made before it was recorded (every axis 0) still belongs to the same model.
+    convolution weights, 1 for a weight stored ``(in, out)`` (:func:`unit_axes`).
     """
 
     name: str
     shape: tuple[int, ...]
     offset: int
-    axis: int = field(default=0, compare=False)
+    axis: int = 0
 
     @property
     def numel(self) -> int:
@@ -169,7 +168,7 @@ class Layout:
         for p in params:
             shape: Any = p["shape"]
             offset: Any = p["offset"]
-            axis: Any = p.get("axis", 0)  # absent: dim 0 (every store made before axes were recorded)
+            axis: Any = p.get("axis", 0)  # absent: dim 0 (to_attrs writes it only when it is not 0)
             infos.append(ParamInfo(str(p["name"]), tuple(int(s) for s in shape), int(offset), int(axis)))
         return cls(tuple(infos))
 

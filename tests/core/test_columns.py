@@ -11,7 +11,7 @@ import torch
 from conftest import RunCache
 
 from lca_cli.analysis.reduce import summarize
-from lca_cli.computation.pipeline import compute
+from lca_cli.computation.runner import compute
 from lca_cli.core.columns import OTHER, Columns
 from lca_cli.core.layout import Layout, layer_name
 from lca_cli.core.vectors import ColumnReducer
@@ -38,7 +38,7 @@ def layout() -> Layout:
 def test_parameter_granularity_is_the_plain_layout(layout: Layout) -> None:
     cols = Columns.build(layout)
     assert cols.full and cols.size == layout.size and cols.column_layout(layout) is layout
-    assert cols.settings() == {}  # older stores' identity stays the same
+    assert cols.settings() == {}  # the default adds nothing to the identity
     assert Columns.from_attrs({}, layout) == cols
 
 
@@ -266,7 +266,7 @@ def _conv1d_run(root: Path, steps: int) -> Path:
     return root
 
 
-def test_neurons_of_weights_stored_in_out_are_their_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_neurons_of_weights_stored_in_out_are_their_columns(tmp_path: Path) -> None:
     from lca_cli.computation.config import load_config
 
     run = _conv1d_run(tmp_path / "run", steps=6)
@@ -281,22 +281,3 @@ def test_neurons_of_weights_stored_in_out_are_their_columns(tmp_path: Path, monk
     np.testing.assert_allclose(np.asarray(n.array("train", "lca")[:, 0:4]), by_hand, rtol=1e-5, atol=1e-9)
     neurons = {r["name"]: r["lca"] for r in summarize(p, by="neuron").rows}
     np.testing.assert_allclose([neurons[f"0[{i}]"] for i in range(4)], by_hand.sum(0), rtol=1e-5, atol=1e-9)
-
-    # A store made before the axes were recorded summed these weights by row: checkpoints appended to it are
-    # summed that way too (its recorded columns), never a mix of the two.
-    monkeypatch.setattr("lca_cli.core.layout.unit_axes", lambda module: {})
-    compute(run, config.with_overrides(granularity="neuron"), tmp_path / "old_whole.zarr")
-    part = tmp_path / "part"
-    part.mkdir()
-    for f in run.iterdir():
-        if f.suffix != ".safetensors" or int(f.stem.split("_")[-1]) <= 3:
-            (part / f.name).write_bytes(f.read_bytes()) if f.is_file() else None
-    compute(part, config.with_overrides(granularity="neuron"), tmp_path / "old.zarr")
-    monkeypatch.undo()
-    for f in run.glob("*.safetensors"):
-        (part / f.name).write_bytes(f.read_bytes())
-    result = compute(part, config.with_overrides(granularity="neuron"), tmp_path / "old.zarr")
-    assert result.skipped == 3 and result.computed == 3
-    old, whole = LcaStore.open(tmp_path / "old.zarr"), LcaStore.open(tmp_path / "old_whole.zarr")
-    assert [q.axis for q in old.layout.params] == [0, 0, 0, 0]
-    assert np.array_equal(np.asarray(old.array("train", "lca")[:]), np.asarray(whole.array("train", "lca")[:]))
