@@ -17,10 +17,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lca_cli.computation.options import (
+    COMPUTE_KEYS,
+    DEFAULT_ATOL,
+    DEFAULT_L1_TOL,
+    DOUBLING_RTOL,
+    DTYPES,
+    L1_SCOPES,
+    OPTIONS,
+    REFINES,
+    default_of,
+    flag_of,
+)
 from lca_cli.errors import ConfigError, LcaError
 
 if TYPE_CHECKING:
-    from lca_cli.core.objective import LossFn
+    from lca_cli.core.losses import LossFn
 
 __all__ = [
     "DEFAULT_L1_TOL",
@@ -35,34 +47,12 @@ __all__ = [
     "config_loss",
     "import_factory",
     "import_path",
-    "legacy_identity",
     "load_config",
     "parse_config",
     "settings_mismatch",
 ]
 
 LOSS_NAMES = ("cross_entropy", "mse", "nll", "bce_with_logits", "causal_lm", "model_loss")
-METHODS = ("rk4", "euler")
-BN_MODES = ("batch", "running")
-DTYPES = ("auto", "float32", "float64")
-#: How refinement picks sub-intervals (see :mod:`lca_cli.core.integrate`): split only the panels whose error estimate
-#: is large, or double them all (the only scheme before ``refine`` existed: stores without the setting used it).
-REFINES = ("local", "doubling")
-#: ``refine`` of a store made before the setting existed.
-LEGACY_REFINE = "doubling"
-#: Per-parameter accuracy target of ``refine="local"``: the estimated L1 error of each row relative to its L1 norm,
-#: or to the run's scale when that is larger (``l1_scope``), so that the run's relative L1 error per parameter is
-#: about this or below (README, "Accuracy").
-DEFAULT_L1_TOL = 1e-3
-#: What ``l1_tol`` is relative to (``refine="local"``): ``"run"``, each pair's own ``||lca||_1`` or the run's scale
-#: (a fraction of its mean one, measured once, when the store is created, and recorded in it), whichever is
-#: larger; ``"pair"``, each pair's own. Stores made before the setting existed used ``"pair"``.
-L1_SCOPES = ("run", "pair")
-LEGACY_L1_SCOPE = "pair"
-#: ``refine="doubling"`` defaults (the former defaults): absolute residual tolerance by network dtype (about 10x
-#: its loss rounding noise) and the relative part.
-DEFAULT_ATOL = {"float64": 1e-9, "float32": 1e-7}
-DOUBLING_RTOL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -84,7 +74,7 @@ class ComputeOptions:
     Attributes:
         method: ``"rk4"`` (adaptive composite Simpson, what the paper calls RK4) or ``"euler"`` (first order).
         refine: ``"local"`` (split only the sub-intervals whose per-parameter error estimate is large) or
-            ``"doubling"`` (double every sub-interval while the residual is over tolerance; the former default).
+            ``"doubling"`` (double every sub-interval while the residual is over tolerance).
         tolerance: Absolute residual tolerance per pair, in loss units, or None. ``"local"``: None means no
             residual criterion besides ``l1_tol``; ``"doubling"``: None means :data:`DEFAULT_ATOL` by dtype.
         rtol: Relative residual tolerance (times ``|ΔL|``), or None (``"doubling"``: :data:`DOUBLING_RTOL`). When
@@ -95,7 +85,7 @@ class ComputeOptions:
         l1_scope: What ``l1_tol`` is relative to with ``"local"`` (:data:`L1_SCOPES`): ``"run"`` (default) budgets
             each pair ``l1_tol * max(||lca||_1, S)`` where S, the run's scale, is 0.8 times its mean ``||lca||_1``
             (estimated once, when the store is created, from a few pairs spread over the run, and recorded in the
-            store; :func:`lca_cli.computation.pipeline.measure_l1_scales`), so the run as a whole meets ``l1_tol`` and
+            store; :func:`lca_cli.computation.scale.measure_l1_scales`), so the run as a whole meets ``l1_tol`` and
             pairs that hardly move are not refined for their own sake; ``"pair"`` holds every pair to ``l1_tol`` of
             its own row. Resolved to ``"pair"`` where nothing is refined against ``l1_tol`` (``"doubling"``,
             ``"euler"``, ``max_splits`` 2, ``l1_tol`` 0).
@@ -122,24 +112,25 @@ class ComputeOptions:
 
     """
 
-    method: str = "rk4"
-    refine: str = "local"
-    tolerance: float | None = None
-    rtol: float | None = None
-    l1_tol: float | None = None
-    l1_scope: str = "run"
-    max_splits: int = 32
-    batch_size: int = 1024
-    device: str = "auto"
-    dtype: str = "auto"
-    bn_mode: str = "batch"
-    allow_tf32: bool = False
-    compile: bool = False
-    rows_per_chunk: int = 0
-    threads: int | str = "auto"
-    state_dict_key: str = ""
-    granularity: str = "parameter"
-    params: tuple[str, ...] = ()
+    # Defaults come from the one option spec (lca_cli.computation.options), like the CLI's help and the config keys.
+    method: str = default_of("method")
+    refine: str = default_of("refine")
+    tolerance: float | None = default_of("tolerance")
+    rtol: float | None = default_of("rtol")
+    l1_tol: float | None = default_of("l1_tol")
+    l1_scope: str = default_of("l1_scope")
+    max_splits: int = default_of("max_splits")
+    batch_size: int = default_of("batch_size")
+    device: str = default_of("device")
+    dtype: str = default_of("dtype")
+    bn_mode: str = default_of("bn_mode")
+    allow_tf32: bool = default_of("allow_tf32")
+    compile: bool = default_of("compile")
+    rows_per_chunk: int = default_of("rows_per_chunk")
+    threads: int | str = default_of("threads")
+    state_dict_key: str = default_of("state_dict_key")
+    granularity: str = default_of("granularity")
+    params: tuple[str, ...] = default_of("params")
 
     def validate(self) -> ComputeOptions:
         """Check every value, raising :class:`~lca_cli.errors.UsageError` on the first bad one.
@@ -151,20 +142,18 @@ class ComputeOptions:
         from lca_cli.errors import UsageError
 
         def bad(key: str, why: str) -> UsageError:
-            return UsageError(f"--{key.replace('_', '-')}: {why}")
+            return UsageError(f"{flag_of(key)}: {why}")
 
-        if self.method not in METHODS:
-            raise bad("method", f"{self.method!r} is not one of {', '.join(METHODS)}")
-        if self.refine not in REFINES:
-            raise bad("refine", f"{self.refine!r} is not one of {', '.join(REFINES)}")
+        for key, choices in _CHOICES.items():  # method, refine, l1_scope, dtype, bn_mode, granularity
+            value = getattr(self, key)
+            if value not in choices:
+                raise bad(key, f"{value!r} is not one of {', '.join(choices)}")
         if self.tolerance is not None and not (self.tolerance >= 0):
             raise bad("tolerance", f"{self.tolerance} must be >= 0")
         if self.rtol is not None and not (self.rtol >= 0):
             raise bad("rtol", f"{self.rtol} must be >= 0")
         if self.l1_tol is not None and not (self.l1_tol >= 0):
             raise bad("l1_tol", f"{self.l1_tol} must be >= 0 (0 = off)")
-        if self.l1_scope not in L1_SCOPES:
-            raise bad("l1_scope", f"{self.l1_scope!r} is not one of {', '.join(L1_SCOPES)}")
         th = self.threads
         if th != "auto" and (isinstance(th, bool) or not isinstance(th, int) or th < 0):
             raise bad("threads", f"{th!r} must be auto or a count >= 1 (0 = torch's default)")
@@ -173,19 +162,11 @@ class ComputeOptions:
             raise bad("max_splits", f"{ms} is not a power of two >= 2 (2 = plain Simpson)")
         if self.batch_size < 1:
             raise bad("batch_size", f"{self.batch_size} must be >= 1")
-        if self.dtype not in DTYPES:
-            raise bad("dtype", f"{self.dtype!r} is not one of {', '.join(DTYPES)}")
-        if self.bn_mode not in BN_MODES:
-            raise bad("bn_mode", f"{self.bn_mode!r} is not one of {', '.join(BN_MODES)}")
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise bad("device", f"{dev!r} is not auto, cpu, cuda or cuda:N")
         if self.rows_per_chunk < 0:
             raise bad("rows_per_chunk", "must be >= 0")
-        from lca_cli.core.columns import GRANULARITIES
-
-        if self.granularity not in GRANULARITIES:
-            raise bad("granularity", f"{self.granularity!r} is not one of {', '.join(GRANULARITIES)}")
         if self.params and self.granularity == "tensor":
             raise bad("params", "needs --granularity parameter or neuron (tensor rows are already one per tensor)")
         return self
@@ -271,23 +252,6 @@ class Config:
         return dataclasses.replace(self, compute=dataclasses.replace(self.compute, **given))
 
 
-def legacy_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
-    """A store's recorded identity with the result settings added since it was made, at their old values.
-
-    Args:
-        identity: The store's ``identity`` attribute.
-
-    Returns:
-        A copy whose ``compute`` table has every current key (a store made before ``refine`` existed used
-        doubling; one made before ``l1_scope`` existed held every pair to its own row).
-
-    """
-    compute = dict(identity.get("compute") or {})
-    compute.setdefault("refine", LEGACY_REFINE)
-    compute.setdefault("l1_scope", LEGACY_L1_SCOPE)
-    return {**identity, "compute": compute}
-
-
 #: Result settings a store's identity leaves out at their default (so older stores still match), with that default.
 _ABSENT_SETTINGS: dict[str, Any] = {"granularity": "parameter", "params": [], "state_dict_key": ""}
 
@@ -304,7 +268,7 @@ def settings_mismatch(stored: Mapping[str, Any], current: Mapping[str, Any]) -> 
     """Which compute settings differ between a store and this call, and the flags that keep using the store.
 
     Args:
-        stored: The store's identity (after :func:`legacy_identity`).
+        stored: The store's identity.
         current: This call's identity (:meth:`Config.identity`).
 
     Returns:
@@ -319,7 +283,7 @@ def settings_mismatch(stored: Mapping[str, Any], current: Mapping[str, Any]) -> 
     keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if not keys:
         return None
-    # What the store's refine scheme and dtype imply (doubling brings the former tolerances).
+    # What the store's refine scheme and dtype imply (doubling brings its own default tolerances).
     implied: dict[str, Any] = {}
     if old.get("refine") in REFINES and old.get("dtype") in DTYPES[1:]:
         implied = ComputeOptions(refine=old["refine"]).resolved("cpu", old["dtype"]).result_settings()
@@ -349,12 +313,13 @@ def settings_mismatch(stored: Mapping[str, Any], current: Mapping[str, Any]) -> 
     )
 
 
-#: The TOML type of each [compute] key (ints are accepted for floats; threads is "auto" or an int).
+#: The TOML type of each [compute] key, from the option spec (ints are accepted for floats; threads is "auto" or an
+#: int; a repeatable option is a list).
 _COMPUTE_TYPES: dict[str, type] = {
-    "method": str, "refine": str, "tolerance": float, "rtol": float, "l1_tol": float, "l1_scope": str,
-    "max_splits": int, "batch_size": int, "device": str, "dtype": str, "bn_mode": str, "allow_tf32": bool,
-    "compile": bool, "rows_per_chunk": int, "threads": int, "state_dict_key": str, "granularity": str, "params": list,
-}  # fmt: skip
+    o.name: {"threads": int, tuple: list}.get(o.type, o.type) for o in OPTIONS if o.config_key
+}
+#: The choices of each [compute] key that has a fixed set.
+_CHOICES: dict[str, tuple[str, ...]] = {o.name: o.choices for o in OPTIONS if o.choices}
 
 
 def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str, source: str) -> None:
@@ -425,8 +390,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>", base_dir: Pat
     comp_raw = raw.get("compute", {})
     if not isinstance(comp_raw, Mapping):
         raise ConfigError(f"{source}: [compute] must be a table")
-    known = {f.name for f in dataclasses.fields(ComputeOptions)}
-    _check_keys(comp_raw, known, "[compute]", source)
+    _check_keys(comp_raw, set(COMPUTE_KEYS), "[compute]", source)
     for name, value in comp_raw.items():
         # TOML values have types; a wrong one (max_splits = "8") would crash validate() with a TypeError.
         want = _COMPUTE_TYPES[name]
@@ -602,7 +566,7 @@ def config_loss(config: Config) -> LossFn:
         A mean loss ``(outputs, targets) -> scalar``.
 
     """
-    from lca_cli.core.objective import builtin_loss  # torch: only when a loss is built
+    from lca_cli.core.losses import builtin_loss  # torch: only when a loss is built
 
     if config.loss_factory:
         fn: LossFn = import_factory(config.loss_factory, config.base_dir)

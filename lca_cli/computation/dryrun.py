@@ -1,9 +1,10 @@
 """``lca compute --dry-run``: what a compute would do and cost, before a long run; nothing is written.
 
-It finds the checkpoints, builds the model and evaluation sets, times a few full-set gradients at the first
-checkpoint (after one warm-up), reads an existing store's done rows and sub-interval counts, and reports
-the pairs to compute (within ``--steps`` / ``--shard``), the gradients per pair expected, a time estimate,
-and the disk the checkpoints take and the store will take once complete.
+It takes compute's own plan (:func:`~lca_cli.computation.plan.build_plan`), builds the model and evaluation
+sets, times a few full-set gradients at the newest checkpoint (after one warm-up), reads an existing store's
+done rows and sub-interval counts, and reports the pairs to compute (within ``--steps`` / ``--shard``), the
+gradients per pair expected, a time estimate, and the disk the checkpoints take and the store will take once
+complete.
 """
 
 from __future__ import annotations
@@ -14,24 +15,22 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from lca_cli.computation.config import Config, import_path
+from lca_cli.computation.engine import build_engine, preflight
+from lca_cli.computation.plan import ComputePlan, environment
 from lca_cli.core.columns import Columns
-from lca_cli.core.objective import split_state
+from lca_cli.core.vectors import split_state
 from lca_cli.errors import RunDirError
-from lca_cli.sources import CheckpointSource, describe_folder, find_checkpoints
+from lca_cli.sources import CheckpointSource, describe_folder
+from lca_cli.store import LcaStore, choose_rows_per_chunk
 from lca_cli.store.identity import align
-from lca_cli.store.lcastore import LcaStore, choose_rows_per_chunk
 from lca_cli.store.placement import inspect_path
 
-if TYPE_CHECKING:
-    from lca_cli.computation.pipeline import Schedule
-
-__all__ = ["Plan", "plan", "store_bytes"]
+__all__ = ["DryRun", "dry_run", "store_bytes"]
 
 #: Gradients timed per evaluation set (the fastest counts: the first calls warm caches up).
 TIMED_CALLS = 3
@@ -60,7 +59,7 @@ def store_bytes(n_pairs: int, columns: int, tensors: int, sets: int, rows_per_ch
 
 
 @dataclass
-class Plan:
+class DryRun:
     """What ``lca compute`` would do (see the module docstring); sizes in bytes, times in seconds."""
 
     run: Path
@@ -159,29 +158,30 @@ def _time_gradient(obj: Any, v: torch.Tensor, fixed: Any, device: torch.device) 
     return best
 
 
-def plan(
-    run_dir: str | Path, config: Config, out: str | Path | None, schedule: Schedule, *, unsafe_pickle: bool = False
-) -> Plan:
-    """Measure and describe what ``lca compute`` would do; nothing is written, nothing is locked.
+def dry_run(plan: ComputePlan) -> DryRun:
+    """Measure and describe what ``compute`` would do with a plan; nothing is written, nothing is locked.
+
+    The plan is the one ``compute`` builds (:func:`~lca_cli.computation.plan.build_plan`): the same checkpoints,
+    device, dtype (``auto``: the checkpoints' own), tolerances and columns, so the timing is of what compute runs.
+
+    Args:
+        plan: The call's plan.
+
+    Returns:
+        What compute would do and cost.
 
     Raises:
         LcaError: The errors ``lca compute`` would raise before its first pair (config, checkpoints, store).
 
     """
-    from lca_cli.computation.pipeline import _threads, build_engine, preflight, resolve_device
-
-    run = Path(run_dir)
-    out_path = Path(out) if out is not None else run / "lca.zarr"
-    refs = find_checkpoints(run, unsafe_pickle=unsafe_pickle)
-    if len(refs) < 2:
+    run, out_path, refs, device, opts = plan.run_dir, plan.out, list(plan.refs), plan.device, plan.options
+    if len(refs) < 2:  # beside a store (rotation): compute has nothing to do, and there is nothing to time
         raise RunDirError(f"{run} holds {len(refs)} checkpoint(s); LCA needs at least two ({describe_folder(run)})")
-    device = resolve_device(config.compute.device)
-    opts = config.compute.resolved(device.type)
-    config = dataclasses.replace(config, compute=opts)
     notes: list[str] = []
-    with _threads(opts.threads), import_path(config.base_dir):
-        engine, _, expected = build_engine(config, device)
-        source = CheckpointSource(expected, state_dict_key=opts.state_dict_key or None, unsafe_pickle=unsafe_pickle)
+    with environment(opts, plan.config.base_dir):
+        engine, _, expected = build_engine(plan.config, device)
+        key = opts.state_dict_key or None
+        source = CheckpointSource(expected, state_dict_key=key, unsafe_pickle=plan.unsafe_pickle)
         v, fixed = preflight(engine, lambda ref: split_state(source.read(ref), engine.vlayout, device), refs)
         timing = {s: _time_gradient(obj, v, fixed, device) for s, obj in engine.objectives.items()}
         threads = torch.get_num_threads()
@@ -209,24 +209,10 @@ def plan(
     else:
         store_state = "new" if state in ("missing", "empty", "half") else f"cannot be used: {state}"
     n_pairs = len(steps) - 1
-    scope = schedule.scope if schedule.until is None else dataclasses.replace(schedule.scope, stop=schedule.until)
+    scope = plan.schedule.window
     in_scope = scope.mask(np.asarray(steps), rows_per_chunk)
     to_compute = int((in_scope & ~done).sum())
-    if opts.method == "euler":
-        gpp = dict.fromkeys(sets, 1.0)
-        basis = "--method euler: one gradient per pair"
-    elif any(len(x) for x in splits.values()):
-        gpp = {s: float(np.mean(splits[s])) if len(splits.get(s, ())) else 2.0 for s in sets}
-        basis = "the mean sub-intervals of the pairs already done, about one gradient each"
-    elif opts.max_splits == 2:
-        gpp = dict.fromkeys(sets, 2.0)
-        basis = "plain Simpson, --max-splits 2: exactly 2, the end gradient being reused"
-    else:
-        gpp = dict.fromkeys(sets, 2.0)
-        basis = (
-            f"the minimum: plain Simpson with the end gradient reused; refinement adds more where needed, up to "
-            f"{opts.max_splits}: 2 to about 10 on the nets of the README's Accuracy table"
-        )
+    gpp, basis = _gradients_per_pair(opts.method, opts.max_splits, sets, splits)
     estimate = to_compute * sum(gpp[s] * timing[s] for s in sets)
     total, lca = store_bytes(n_pairs, columns.size, len(layout.params), len(sets), rows_per_chunk)
     per_param, _ = store_bytes(
@@ -237,8 +223,25 @@ def plan(
         for f in ref.weight_files:
             with contextlib.suppress(OSError):  # deleted meanwhile
                 ckpt_bytes += f.stat().st_size
-    return Plan(
+    return DryRun(
         run, out_path, store_state, len(refs), refs[0].step, refs[-1].step, ckpt_bytes, n_pairs, int(done.sum()),
         int(in_scope.sum()), to_compute, scope.describe(), columns.granularity, columns.size, layout.size, sets,
         total, lca, per_param, gpp, basis, timing, str(device), opts.dtype, threads, estimate, notes,
     )  # fmt: skip
+
+
+def _gradients_per_pair(
+    method: str, max_splits: int, sets: list[str], splits: dict[str, np.ndarray]
+) -> tuple[dict[str, float], str]:
+    """Gradients per pair and set a compute is expected to take, and what that is based on."""
+    if method == "euler":
+        return dict.fromkeys(sets, 1.0), "--method euler: one gradient per pair"
+    if any(len(x) for x in splits.values()):
+        gpp = {s: float(np.mean(splits[s])) if len(splits.get(s, ())) else 2.0 for s in sets}
+        return gpp, "the mean sub-intervals of the pairs already done, about one gradient each"
+    if max_splits == 2:
+        return dict.fromkeys(sets, 2.0), "plain Simpson, --max-splits 2: exactly 2, the end gradient being reused"
+    return dict.fromkeys(sets, 2.0), (
+        f"the minimum: plain Simpson with the end gradient reused; refinement adds more where needed, up to "
+        f"{max_splits}: 2 to about 10 on the nets of the README's Accuracy table"
+    )

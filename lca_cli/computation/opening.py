@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from lca_cli.computation.config import legacy_identity, settings_mismatch
+from lca_cli.computation.config import settings_mismatch
 from lca_cli.core.columns import Columns
 from lca_cli.core.layout import Layout
 from lca_cli.errors import StorageError, StoreBusyError, StoreError
@@ -176,8 +176,7 @@ def _move_into_place(new: Path, out: Path, kind: str) -> None:
 
 def _check_same(store: LcaStore, identity: Any, layout: Layout, sets: list[str]) -> None:
     out = store.path
-    # A store made before a result setting existed recorded none: it used that setting's former value.
-    stored = _normalise(legacy_identity(store.attrs.get("identity") or {}))
+    stored = _normalise(store.attrs.get("identity") or {})
     if stored != identity or store.layout != layout:
         differ = settings_mismatch(stored, identity) if store.layout == layout else None
         if differ:  # only result-changing compute settings differ: say which, and how to keep using the store

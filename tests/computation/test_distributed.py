@@ -23,7 +23,8 @@ from runs import make_tiny_run
 
 from lca_cli.computation.config import load_config
 from lca_cli.computation.distributed import Board, ChunkQueue, Scope, Team, choose_chunk, claims_path, parse_shard
-from lca_cli.computation.pipeline import Schedule, compute
+from lca_cli.computation.plan import Schedule
+from lca_cli.computation.runner import compute
 from lca_cli.errors import UsageError
 from lca_cli.store.lcastore import LcaStore
 

@@ -16,7 +16,8 @@ from faults import PER_PAIR, assert_same_tree, reference_run
 from lca_cli.computation.config import load_config
 from lca_cli.computation.distributed import Scope
 from lca_cli.computation.follow import END_MARKER, Follower, Pruner, read_end_marker
-from lca_cli.computation.pipeline import Schedule, compute
+from lca_cli.computation.plan import Schedule
+from lca_cli.computation.runner import compute
 from lca_cli.errors import UsageError
 from lca_cli.sources import CheckpointRef, find_checkpoints
 from lca_cli.store.identity import Alignment

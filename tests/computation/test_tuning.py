@@ -11,7 +11,7 @@ from conftest import RunCache, copy_run
 from safetensors.torch import load_file, save_file
 
 from lca_cli.computation import tuning
-from lca_cli.computation.pipeline import compute
+from lca_cli.computation.runner import compute
 from lca_cli.computation.tuning import ThreadTuner, checkpoint_dtype, usable_cores
 from lca_cli.store.lcastore import LcaStore
 

@@ -1,4 +1,4 @@
-"""End to end: ``pipeline.compute`` on tiny trained runs against the float64 reference (tests/reference.py).
+"""End to end: ``runner.compute`` on tiny trained runs against the float64 reference (tests/reference.py).
 
 Measured on the runs of conftest.py (16 SGD-momentum steps, 12 for the CNN; float32 network unless said),
 relative L1 error ``sum |lca - ref| / sum |ref|`` against a 32-sub-interval float64 reference:
@@ -30,15 +30,9 @@ from conftest import RunCache, copy_run, load_states
 from safetensors.torch import load_file, save_file
 
 from lca_cli.computation.config import Config, FactorySpec, load_config
-from lca_cli.computation.pipeline import (
-    SCALE_FRACTION,
-    SCALE_PAIRS,
-    ComputeResult,
-    ProgressInfo,
-    compute,
-    l1_scales_of,
-    scale_pairs,
-)
+from lca_cli.computation.result import ComputeResult, ProgressInfo
+from lca_cli.computation.runner import compute
+from lca_cli.computation.scale import SCALE_FRACTION, SCALE_PAIRS, l1_scales_of, scale_pairs
 from lca_cli.core.integrate import residual_budget
 from lca_cli.errors import CheckpointError, NumericalError, RunDirError, StoreError
 from lca_cli.store.lcastore import LcaStore
@@ -274,7 +268,7 @@ def test_a_float32_run_that_barely_moves_is_neither_refined_nor_flagged(tmp_path
 def test_a_checkpoint_missing_in_the_middle_is_noted(tmp_path: Path) -> None:
     from runs import make_tiny_run
 
-    from lca_cli.computation.pipeline import step_gaps
+    from lca_cli.computation.plan import step_gaps
 
     assert step_gaps([0, 1, 2, 4, 5, 6]) == [(2, 4)] and step_gaps([0, 10, 20, 25]) == [] and step_gaps([0, 3]) == []
     run = make_tiny_run(tmp_path, steps=8)
@@ -290,7 +284,7 @@ def test_a_steps_window_outside_the_run_is_noted(tmp_path: Path) -> None:
     from runs import make_tiny_run
 
     from lca_cli.computation.distributed import Scope
-    from lca_cli.computation.pipeline import Schedule
+    from lca_cli.computation.plan import Schedule
 
     run = make_tiny_run(tmp_path, steps=5)
     notes: list[str] = []
@@ -457,12 +451,12 @@ def test_run_scale_is_measured_once_and_recorded(runs: RunCache, tmp_path: Path)
 
 def test_a_slow_run_scale_is_announced(runs: RunCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The survey runs before the progress display: when its first gradient says it will be slow, a note says so."""
-    import lca_cli.computation.pipeline as pipeline
+    import lca_cli.computation.scale as scale
 
     run_dir, config = runs.run("tanh_mlp")
     for threshold, expected in ((-1.0, 1), (1e9, 0)):
         said: list[str] = []
-        monkeypatch.setattr(pipeline, "SLOW_SCALE_SECONDS", threshold)
+        monkeypatch.setattr(scale, "SLOW_SCALE_SECONDS", threshold)
         compute(run_dir, config, tmp_path / f"s{expected}.zarr", note=said.append)
         notes = [n for n in said if n.startswith("measuring the run scale of --l1-tol on 8 pair(s) (8 gradients")]
         assert len(notes) == expected, said
@@ -723,22 +717,22 @@ def test_rows_become_visible_while_a_block_runs(runs: RunCache, tmp_path: Path) 
 def test_a_stop_abandons_a_pair_still_running_after_the_grace(
     runs: RunCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lca_cli.computation.pipeline as pipeline
+    import lca_cli.computation.engine as engine
 
-    monkeypatch.setattr(pipeline, "STOP_GRACE_SECONDS", 0.0)
+    monkeypatch.setattr(engine, "STOP_GRACE_SECONDS", 0.0)
     run_dir, config = runs.run("tanh_mlp")
     stop = threading.Event()
-    integrate = pipeline.integrate_pair
+    integrate = engine.integrate_pair
 
     def signalled(*args, **kwargs):  # type: ignore[no-untyped-def]
         stop.set()  # a SIGTERM while the first pair runs, which then outlives the grace
         return integrate(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "integrate_pair", signalled)
+    monkeypatch.setattr(engine, "integrate_pair", signalled)
     result, store = run_compute(run_dir, config, tmp_path / "s.zarr", stop=stop)
     assert result.interrupted and result.computed == 0 and not store.done().any()
     stop.clear()
-    monkeypatch.setattr(pipeline, "integrate_pair", integrate)
+    monkeypatch.setattr(engine, "integrate_pair", integrate)
     result, store = run_compute(run_dir, config, tmp_path / "s.zarr")
     assert result.computed == store.n_pairs
 
@@ -758,7 +752,10 @@ def test_overwrite_swaps_in_the_new_store_at_its_first_rows(runs: RunCache, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]  # the old store is gone, no sibling left
 
 
-def test_store_of_format_1_is_refused_for_computing(runs: RunCache, tmp_path: Path) -> None:
+def test_store_of_format_1_is_refused_for_computing(
+    runs: RunCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "store"))  # this file alone: tests/store too
     from test_store import make_format1_store, make_rows
 
     run_dir, config = runs.run("tanh_mlp")
