@@ -2,7 +2,7 @@
 
 A store records, per checkpoint, a 16-byte fingerprint of the file its rows came from: a BLAKE2b hash of the
 file's size, its first 256 KiB (a safetensors header and the first tensors), its last 64 KiB and four 64 KiB
-samples spread over it (the whole file when it is under 512 KiB). Reading ~0.5 MiB per checkpoint is cheap
+samples spread over it (the whole file when it is at most 576 KiB). Reading ~0.5 MiB per checkpoint is cheap
 beside the full read computing needs, and any other training run differs in those bytes.
 
 Matching rules (:func:`align`), for a store being resumed or extended with the files now in the run:

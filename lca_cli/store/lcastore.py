@@ -1,26 +1,9 @@
 """The store object: :class:`LcaStore` creates, opens, reads, grows and writes an lca Zarr store.
 
-Layout (Zarr format 3 group; store format 2, :mod:`lca_cli.store.format`; ``docs/store-format.md`` is the full
-reference)::
-
-    STORE/                   attrs: format_version, lca_cli_version, params, sets, method, tolerance, rtol,
-                             max_splits, config, identity, evaluation, helped_rule, rows_per_chunk,
-                             n_checkpoints, checksum, coordinates, ...
-      steps         int64   (T+1,)    step of each checkpoint
-      fingerprint   uint8   (T+1, 16) fingerprint of each checkpoint file (lca_cli.store.identity)
-      <set>/                          one group per evaluation set
-        lca           float32 (T, P)  LCA of parameter p over steps[t] -> steps[t+1] (loss units)
-        loss          float64 (T+1,)  loss on the set at each checkpoint
-        loss_end      float64 (T,)    loss at checkpoint t + 1 as computed with row t (= loss[t + 1])
-        residual      float64 (T,)    (loss[t+1] - loss[t]) - sum_p lca[t, p] - buffer_lca[t]
-        splits        int32   (T,)    sub-intervals used (1 for euler)
-        flagged       bool    (T,)    residual still over tolerance at the cap
-        l1_change     float64 (T,)    relative L1 change of the row at the last refinement (accuracy indicator)
-        done          bool    (T,)    row t is complete (written last: resume trusts only this)
-        tensor_lca    float64 (T, K)  per-tensor sums of the float64 LCA row (K = number of tensors)
-        tensor_helped int64   (T, K)  per-tensor count of parameters with LCA < 0
-        tensor_hurt   int64   (T, K)  per-tensor count of parameters with LCA > 0
-        buffer_lca    float64 (T,)    share of BatchNorm running statistics (bn_mode = running), else 0
+A store is a Zarr format 3 group: ``steps`` and ``fingerprint`` at the root, and per evaluation set ``lca``
+(T, C) with the per-row arrays beside it (``loss``, ``loss_end``, ``residual``, ``splits``, ``flagged``,
+``l1_change``, ``done``, ``tensor_lca``, ``tensor_helped``, ``tensor_hurt``, ``buffer_lca``). Their names,
+dtypes and chunking are :mod:`lca_cli.store.format`'s; ``docs/store-format.md`` is the full reference.
 
 Every per-row array is chunked like ``lca``'s rows, so the rows of one block (a row chunk) live in chunks of
 their own: writing a block never reads or rewrites another block's rows, whichever process writes it.

@@ -217,7 +217,7 @@ class PathState:
     Attributes:
         kind: ``missing``; ``file`` (or anything that is not a folder); ``empty`` (an empty folder);
             ``store`` (an lca store holding only Zarr files); ``half`` (a Zarr group without a finished row:
-            an interrupted creation, e.g. by an older lca); ``foreign`` (anything else: never touched).
+            an interrupted creation); ``foreign`` (anything else: never touched).
         detail: For ``foreign``, an example of what is there; for ``store``, the format version.
 
     """
@@ -346,8 +346,8 @@ def inspect_path(path: Path, deep: bool = True) -> PathState:
         return PathState("half")  # creation killed after the attributes, before every array existed
     if attrs:
         return PathState("foreign", "a Zarr group without lca attributes")
-    # A Zarr group with no attributes (or an unreadable root) holding only lca's array names: a creation
-    # killed before it wrote the attributes. Without a finished row it holds nothing of value.
+    # A Zarr group whose root metadata holds no attributes or cannot be read, holding only lca's array names: a
+    # creation killed before its root metadata was complete. Without a finished row it holds nothing of value.
     other = _lca_vocabulary(path)
     if other is not None:
         return PathState("foreign", other)

@@ -64,7 +64,7 @@ def test_other_zarr_data_is_foreign(tmp_path: Path) -> None:
 
 
 def test_half_created_stores_are_recognised(tmp_path: Path) -> None:
-    # An older lca killed during creation: a group with no attributes yet, a few of lca's arrays.
+    # A creation killed before its root held the attributes: a group without attributes, a few of lca's arrays.
     old = zarr.open_group(str(tmp_path / "old.zarr"), mode="w", zarr_format=3)
     old.create_array("steps", shape=(3,), dtype="i8")
     old.require_group("train").create_array("lca", shape=(2, 8), dtype="f4")
