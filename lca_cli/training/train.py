@@ -304,7 +304,7 @@ def _compute_table(compute: ComputeOptions) -> dict[str, Any]:
 
 
 def _resolve_device(spec: str) -> torch.device:
-    from lca_cli.computation.pipeline import resolve_device  # local: pipeline imports heavy modules
+    from lca_cli.computation.plan import resolve_device  # local: the plan imports heavy modules
 
     return resolve_device(spec)
 

@@ -367,7 +367,7 @@ def test_data_or_loss_that_does_not_fit_is_one_line_exit_3_before_any_pair(
 
 def test_numpy_data_gives_the_same_store_as_tensors(tmp_path: Path) -> None:
     from lca_cli.computation.config import load_config
-    from lca_cli.computation.pipeline import compute
+    from lca_cli.computation.runner import compute
     from lca_cli.store.lcastore import LcaStore
 
     losses = {}

@@ -17,7 +17,7 @@ from runs import make_tiny_run
 from safetensors.torch import load_file, save_file
 
 from lca_cli.computation.config import load_config
-from lca_cli.computation.pipeline import compute
+from lca_cli.computation.runner import compute
 from lca_cli.errors import CheckpointError, RunDirError
 from lca_cli.sources import CheckpointRef, ModelSpec, describe_folder, find_checkpoints
 from lca_cli.sources.keys import to_model_state

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from lca_cli.computation.config import load_config
-from lca_cli.computation.pipeline import compute
+from lca_cli.computation.runner import compute
 from lca_cli.store.lcastore import LcaStore
 
 pytestmark = [

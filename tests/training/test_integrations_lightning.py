@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from lca_cli.computation.config import load_config
-from lca_cli.computation.pipeline import compute
+from lca_cli.computation.runner import compute
 from lca_cli.store.lcastore import LcaStore
 
 pytestmark = [

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lca_cli.computation.config import load_config, parse_config
-from lca_cli.computation.pipeline import compute
+from lca_cli.computation.runner import compute
 from lca_cli.errors import ConfigError, RunDirError, UsageError
 from lca_cli.store.lcastore import LcaStore
 from lca_cli.training.train import batch_indices, frozen_parameter_names, parse_train_options, train_run
