@@ -24,6 +24,8 @@ from lca_cli.analysis.reduce import SIGNIFICANCE_RULE, open_store
 from lca_cli.analysis.selection import require_set
 from lca_cli.analysis.series import cumulative
 from lca_cli.errors import UsageError
+from lca_cli.reporting.gather import SetSummary, gather_set
+from lca_cli.reporting.html import CSS, ReportResult, View, output_folders, sections, table
 from lca_cli.reporting.plots import (
     NEUTRAL_COLOR,
     RUN_COLORS,
@@ -34,22 +36,15 @@ from lca_cli.reporting.plots import (
     require_matplotlib,
     save_png,
     step_axis,
+    thinned,
 )
-from lca_cli.reporting.report import (
-    _CSS,
-    ReportResult,
-    SetData,
-    View,
-    _output_folders,
-    _pct,
-    _sections,
-    _table,
-    _thinned,
-    gather_set,
-)
-from lca_cli.store.lcastore import LcaStore
+from lca_cli.reporting.text import pct
+from lca_cli.store import LcaStore
 
 __all__ = ["LayerMatch", "match_layers", "run_labels", "write_comparison"]
+
+#: Per evaluation set compared, the two runs' summaries (A, B).
+Pairs = list[tuple[SetSummary, SetSummary]]
 
 
 class LayerMatch:
@@ -168,7 +163,7 @@ def write_comparison(
     t0 = time.perf_counter()
     pairs = [(gather_set(a, s, steps), gather_set(b, s, steps)) for s in sets]
     match = match_layers(pairs[0][0].layer_names, pairs[0][1].layer_names)
-    out, pdir = _output_folders(out_html, png_dir)
+    out, pdir = output_folders(out_html, png_dir)
     say(f"comparing {la} ({a.path}) with {lb} ({b.path}) on set(s) {', '.join(sets)}")
     numbers = _numbers(a, b, la, lb, pairs, match)
     views: list[View] = []
@@ -188,9 +183,7 @@ def write_comparison(
 # numbers
 
 
-def _numbers(
-    a: LcaStore, b: LcaStore, la: str, lb: str, pairs: list[tuple[SetData, SetData]], match: LayerMatch
-) -> dict[str, Any]:
+def _numbers(a: LcaStore, b: LcaStore, la: str, lb: str, pairs: Pairs, match: LayerMatch) -> dict[str, Any]:
     per_set: dict[str, Any] = {}
     for da, db in pairs:
         ta = match.values(da.layer_names, da.totals)
@@ -236,13 +229,13 @@ def _legend_runs(fig: Any, la: str, lb: str, extra: Sequence[Any] = ()) -> None:
     fig.legend(handles=[*handles, *extra], loc="outside lower center", ncol=2 + len(extra))
 
 
-def _view_loss(pdir: Path, pairs: list[tuple[SetData, SetData]], la: str, lb: str) -> View:
+def _view_loss(pdir: Path, pairs: Pairs, la: str, lb: str) -> View:
     n = len(pairs)
     fig = figure(4.2 * n + 1.0, 3.4)
     axes = list(np.atleast_1d(fig.subplots(1, n, squeeze=False)[0]))
     for ax, (da, db) in zip(axes, pairs, strict=True):
         for d, color in ((da, RUN_COLORS[0]), (db, RUN_COLORS[1])):
-            xs, ys = _thinned(d.curves.steps, d.curves.true_loss)
+            xs, ys = thinned(d.curves.steps, d.curves.true_loss)
             ax.plot(xs, ys, color=color, lw=1.6)
         ax.set_title(f"set '{da.name}'", fontsize=9)
         step_axis(ax)
@@ -260,7 +253,7 @@ def _view_loss(pdir: Path, pairs: list[tuple[SetData, SetData]], la: str, lb: st
     return View("loss", "Loss of both runs", png, caption)
 
 
-def _view_layers(pdir: Path, pairs: list[tuple[SetData, SetData]], match: LayerMatch, la: str, lb: str) -> View:
+def _view_layers(pdir: Path, pairs: Pairs, match: LayerMatch, la: str, lb: str) -> View:
     names = match.names
     n = len(pairs)
     fig = figure(3.8 * n + 2.0, max(2.6, 0.3 * len(names) + 1.5))
@@ -306,7 +299,7 @@ def _view_layers(pdir: Path, pairs: list[tuple[SetData, SetData]], match: LayerM
     return View("layers", "Per-layer totals side by side", png, caption, _layer_table(pairs, match, la, lb))
 
 
-def _layer_table(pairs: list[tuple[SetData, SetData]], match: LayerMatch, la: str, lb: str) -> str:
+def _layer_table(pairs: Pairs, match: LayerMatch, la: str, lb: str) -> str:
     rows: list[tuple[str, str]] = []
     for da, db in pairs:
         ta = match.values(da.layer_names, da.totals)
@@ -318,10 +311,10 @@ def _layer_table(pairs: list[tuple[SetData, SetData]], match: LayerMatch, la: st
             text_a = f"{la} {fmt(float(x), 4)} ({va.get(nm, 'absent')})"
             text_b = f"{lb} {fmt(float(y), 4)} ({vb.get(nm, 'absent')})"
             rows.append((f"{da.name}: {nm}", f"{text_a}, {text_b}{diff}"))
-    return _table(rows)
+    return table(rows)
 
 
-def _view_cumulative(pdir: Path, pairs: list[tuple[SetData, SetData]], match: LayerMatch, la: str, lb: str) -> View:
+def _view_cumulative(pdir: Path, pairs: Pairs, match: LayerMatch, la: str, lb: str) -> View:
     da, db = pairs[0]
     ta = match.values(da.layer_names, da.totals)
     tb = match.values(db.layer_names, db.totals)
@@ -342,7 +335,7 @@ def _view_cumulative(pdir: Path, pairs: list[tuple[SetData, SetData]], match: La
                 series = d.per_layer[:, d.layer_names.index(nm)]
             else:
                 continue
-            xs, cs = _thinned(x, cumulative(series))
+            xs, cs = thinned(x, cumulative(series))
             ax.plot(xs, cs, color=color, lw=1.4, ls=ls)
         ax.axhline(0, color="black", lw=0.6)
         ax.set_title(title, fontsize=8.5)
@@ -361,7 +354,7 @@ def _view_cumulative(pdir: Path, pairs: list[tuple[SetData, SetData]], match: La
     return View("cumulative", "Cumulative LCA per layer, both runs", png, caption)
 
 
-def _view_shares(pdir: Path, pairs: list[tuple[SetData, SetData]], la: str, lb: str) -> View:
+def _view_shares(pdir: Path, pairs: Pairs, la: str, lb: str) -> View:
     from matplotlib.lines import Line2D
 
     n = len(pairs)
@@ -384,8 +377,8 @@ def _view_shares(pdir: Path, pairs: list[tuple[SetData, SetData]], la: str, lb: 
     _legend_runs(fig, la, lb, extra)
     png = save_png(fig, pdir / "04_shares.png")
     run = "; ".join(
-        f"{da.name}: helped on average {la} {_pct(float(da.comp.shares()[0].mean()))}, "
-        f"{lb} {_pct(float(db.comp.shares()[0].mean()))}"
+        f"{da.name}: helped on average {la} {pct(float(da.comp.shares()[0].mean()))}, "
+        f"{lb} {pct(float(db.comp.shares()[0].mean()))}"
         for da, db in pairs
     )
     caption = (
@@ -396,7 +389,7 @@ def _view_shares(pdir: Path, pairs: list[tuple[SetData, SetData]], la: str, lb: 
     return View("shares", "Helped and zero shares over time", png, caption)
 
 
-def _view_milestones(pdir: Path, pairs: list[tuple[SetData, SetData]], match: LayerMatch, la: str, lb: str) -> View:
+def _view_milestones(pdir: Path, pairs: Pairs, match: LayerMatch, la: str, lb: str) -> View:
     names = match.names
     da, db = pairs[0]
     fig = figure(6.4, max(2.4, 0.28 * len(names) + 1.4))
@@ -437,7 +430,7 @@ def _page(
     b: LcaStore,
     la: str,
     lb: str,
-    pairs: list[tuple[SetData, SetData]],
+    pairs: Pairs,
     match: LayerMatch,
     nb: dict[str, Any],
     views: list[View],
@@ -462,15 +455,15 @@ def _page(
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>LCA comparison: {e(la)} vs {e(lb)}</title>",
-        f"<style>{_CSS}</style></head><body><main>",
+        f"<style>{CSS}</style></head><body><main>",
         f"<h1>Loss Change Allocation: {e(la)} vs {e(lb)}</h1>",
         f'<p class="sub">generated by lca {e(__version__)} on {e(time.strftime("%Y-%m-%d %H:%M"))} in '
         f'{e(fmt(nb["seconds"], 3))} s · run colours: <b style="color:{RUN_COLORS[0]}">{e(la)}</b>, '
         f'<b style="color:{RUN_COLORS[1]}">{e(lb)}</b></p>',
-        _table(rows),
+        table(rows),
         f"<blockquote>Significance: {e(SIGNIFICANCE_RULE)}; a difference between the runs counts only when it "
         "exceeds both runs' integration errors together.</blockquote>",
     ]
-    parts.extend(_sections(views))
+    parts.extend(sections(views))
     parts.append("</main></body></html>")
     return "\n".join(parts) + "\n"

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lca_cli.analysis.passes import bin_edges
 from lca_cli.errors import LcaError
 
 if TYPE_CHECKING:
@@ -37,11 +38,14 @@ __all__ = [
     "HURT_COLOR",
     "MATPLOTLIB_MISSING",
     "MAX_LABELLED_LAYERS",
+    "MAX_LINE_POINTS",
     "NET_COLOR",
     "RUN_COLORS",
     "SCALE",
     "STYLE",
     "ZERO_COLOR",
+    "binned",
+    "column_axes",
     "cumulative_layers",
     "figure",
     "fmt",
@@ -53,6 +57,7 @@ __all__ = [
     "save_png",
     "sign_hints",
     "step_axis",
+    "thinned",
 ]
 
 MATPLOTLIB_MISSING = "matplotlib is needed for lca report: pip install 'lca-cli[report]'"
@@ -73,6 +78,8 @@ DPI = 100
 SCALE = 2
 #: Layers drawn in their own colour and named in a legend; more layers are drawn grey except highlighted ones.
 MAX_LABELLED_LAYERS = 12
+#: Points drawn per line at most (longer series are averaged in bins; cumulative ones subsampled).
+MAX_LINE_POINTS = 1500
 
 #: rc settings applied (in a context) to every figure: no text below 7 pt at display size.
 STYLE: dict[str, Any] = {
@@ -255,3 +262,57 @@ def cumulative_layers(
     if total_line:
         ax.plot(x, cum.sum(axis=1), color=NET_COLOR, lw=1.1, ls="--", label="all layers (Σ LCA)", zorder=2)
     ax.axhline(0, color="black", lw=0.6)
+
+
+def column_axes(fig: Any, n: int, **kw: Any) -> list[Axes]:
+    """A row of ``n`` axes on ``fig`` (one per evaluation set), as a list even when ``n`` is 1.
+
+    Args:
+        fig: The figure (or subfigure).
+        n: Number of columns.
+        **kw: Passed to ``subplots`` (``sharey=True``, ...).
+
+    Returns:
+        The axes, left to right.
+
+    """
+    return list(np.atleast_1d(fig.subplots(1, n, squeeze=False, **kw)[0]))
+
+
+def binned(x: np.ndarray, y: np.ndarray, max_points: int = MAX_LINE_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``y`` (and ``x``) in at most ``max_points`` bins along axis 0 (unchanged when shorter).
+
+    Args:
+        x: ``(n,)`` positions.
+        y: ``(n,)`` or ``(n, k)`` values.
+        max_points: Bins at most.
+
+    Returns:
+        The binned ``x`` and ``y``.
+
+    """
+    if len(x) <= max_points:
+        return x, y
+    e = bin_edges(len(x), max_points)
+    cnt = np.diff(e).astype(np.float64)
+    xs = np.add.reduceat(np.asarray(x, np.float64), e[:-1]) / cnt
+    ys = np.add.reduceat(np.asarray(y, np.float64), e[:-1], axis=0) / (cnt if y.ndim == 1 else cnt[:, None])
+    return xs, ys
+
+
+def thinned(x: np.ndarray, y: np.ndarray, max_points: int = MAX_LINE_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """Every k-th point (always the first and the last) of a smooth series such as a cumulative sum.
+
+    Args:
+        x: ``(n,)`` positions.
+        y: ``(n,)`` or ``(n, k)`` values.
+        max_points: Points kept at most (about).
+
+    Returns:
+        The kept ``x`` and ``y`` (unchanged when short enough).
+
+    """
+    if len(x) <= max_points:
+        return x, y
+    idx = np.unique(np.concatenate([np.linspace(0, len(x) - 1, max_points).astype(np.int64), [0, len(x) - 1]]))
+    return x[idx], y[idx]

@@ -12,12 +12,15 @@ pytest.importorskip("matplotlib")
 from lca_cli.reporting.plots import (
     DPI,
     SCALE,
+    binned,
+    column_axes,
     cumulative_layers,
     figure,
     highlighted_layers,
     png_info,
     save_png,
     step_axis,
+    thinned,
 )
 
 
@@ -66,3 +69,21 @@ def test_step_axes_tick_whole_steps_only() -> None:
     fig.canvas.draw()
     ticks = [t for t in ax.get_xticks() if 0 <= t <= 3]
     assert ticks and all(t == int(t) for t in ticks) and ax.get_xlabel() == "iteration (step)"
+
+
+def test_long_series_are_binned_or_thinned() -> None:
+    x = np.arange(10)
+    y = np.arange(10.0) * 2
+    assert binned(x, y, 20)[0] is x and thinned(x, y, 20)[1] is y  # short series unchanged
+    xb, yb = binned(x, np.stack([y, -y], 1), 5)  # means over 5 bins of 2
+    np.testing.assert_array_equal(xb, [0.5, 2.5, 4.5, 6.5, 8.5])
+    np.testing.assert_array_equal(yb, np.stack([2 * xb, -2 * xb], 1))
+    xt, yt = thinned(x, y, 4)  # every third point, the first and the last always kept
+    np.testing.assert_array_equal(xt, [0, 3, 6, 9])
+    np.testing.assert_array_equal(yt, 2 * xt)
+
+
+def test_column_axes_are_a_list_even_for_one_column() -> None:
+    assert len(column_axes(figure(3, 2), 1)) == 1
+    axes = column_axes(figure(6, 2), 3, sharey=True)
+    assert len(axes) == 3 and axes[1].get_shared_y_axes().joined(axes[0], axes[1])
