@@ -46,7 +46,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from lca_cli.core.layout import Layout  # noqa: E402
-from lca_cli.store import lcastore as store_mod  # noqa: E402
+from lca_cli.store import format as store_mod  # noqa: E402
 from lca_cli.store.lcastore import BlockRows, LcaStore  # noqa: E402
 
 MB = 1e6

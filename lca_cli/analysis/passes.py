@@ -15,7 +15,7 @@ import numpy as np
 
 from lca_cli.analysis.selection import Selection
 from lca_cli.core.layout import Layout
-from lca_cli.store.lcastore import LcaStore, column_counts
+from lca_cli.store import LcaStore, column_counts
 
 __all__ = [
     "HIST_BINS",

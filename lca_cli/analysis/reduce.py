@@ -29,7 +29,7 @@ from lca_cli.analysis.parameters import concentration
 from lca_cli.analysis.selection import require_set
 from lca_cli.analysis.series import learning_milestones, significance
 from lca_cli.errors import LcaError, StoreError, UsageError
-from lca_cli.store.lcastore import HELPED_RULE, LcaStore, column_counts
+from lca_cli.store import HELPED_RULE, LcaStore, column_counts
 
 __all__ = [
     "BY_CHOICES",
