@@ -35,7 +35,8 @@ from lca_cli.errors import (
 
 if TYPE_CHECKING:
     from lca_cli.analysis.reduce import Summary
-    from lca_cli.api import ComputeResult, Store, compute, open_store, report, verify
+    from lca_cli.api import Store, compute, open_store, report, verify
+    from lca_cli.computation.result import ComputeResult
 
 __version__ = "0.1.0"
 
@@ -68,7 +69,7 @@ __all__ = [  # noqa: RUF022 (grouped by task, not sorted: the order a reader loo
 #: Lazily loaded names and the module that holds each (loading lca_cli.api pulls in numpy and zarr, not torch).
 _LAZY = {
     "compute": "lca_cli.api",
-    "ComputeResult": "lca_cli.api",
+    "ComputeResult": "lca_cli.computation.result",
     "open_store": "lca_cli.api",
     "Store": "lca_cli.api",
     "verify": "lca_cli.api",

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,15 +29,15 @@ import numpy as np
 from lca_cli.analysis.reduce import Summary, Window, parse_window
 from lca_cli.analysis.reduce import open_store as _open_lca_store
 from lca_cli.analysis.reduce import summarize as _summarize
-from lca_cli.errors import LcaError, RunDirError, ToleranceError, UsageError
+from lca_cli.errors import LcaError, UsageError
 
 if TYPE_CHECKING:
-    from lca_cli.reporting.report import ReportResult
+    from lca_cli.computation.result import ComputeResult
+    from lca_cli.reporting import ReportResult
     from lca_cli.store.integrity import Report
     from lca_cli.store.lcastore import LcaStore
 
 __all__ = [
-    "ComputeResult",
     "Steps",
     "Store",
     "StoreLike",
@@ -321,60 +319,18 @@ def report(
 # computing a store
 
 
-@dataclass(frozen=True)
-class ComputeResult:
-    """What a :func:`compute` call did.
-
-    Attributes:
-        store: The store's path.
-        pairs: Pairs (iterations) in the store.
-        computed: Pairs computed by this call.
-        skipped: Pairs already done before this call.
-        gradients_per_pair: Per evaluation set, the mean gradients per pair this call computed (sub-intervals,
-            the end point of one reused as the start of the next); empty when nothing was computed.
-        flagged: Per evaluation set, the start steps of every done pair still over tolerance at the split cap.
-        interrupted: True when stopped early (``stop`` set); finished rows are saved and a rerun resumes.
-        seconds: Wall time of the pair loop.
-        device: The device used.
-        details: Everything else the engine reports (settings, accuracy per set, threads, ...).
-
-    """
-
-    store: Path
-    pairs: int
-    computed: int
-    skipped: int
-    gradients_per_pair: dict[str, float]
-    flagged: dict[str, list[int]]
-    interrupted: bool
-    seconds: float
-    device: str
-    details: Any = field(repr=False, default=None)
-
-    def open(self) -> Store:
-        """The store, opened for reading."""
-        return open_store(self.store)
-
-
-#: Options of :func:`compute` that are not ``[compute]`` settings of the config (they say what to do, not how).
-_RUN_OPTIONS = frozenset(
-    {"config", "overwrite", "repair", "unsafe_pickle", "strict", "steps", "shard", "cooperate", "follow", "until",
-     "idle_timeout", "prune", "progress", "note", "stop"}
-)  # fmt: skip
-
-
 def compute(run_dir: str | Path, out: str | Path | None = None, **options: Any) -> ComputeResult:
     """Compute (or resume, extend, repair) the LCA store of a training run: ``lca compute`` as a function.
 
     Takes the options of ``lca compute`` with the same defaults, spelled as arguments (``--max-splits 8`` is
-    ``max_splits=8``): the ``[compute]`` settings (``method``, ``refine``, ``l1_tol``, ``l1_scope``,
-    ``tolerance``, ``rtol``, ``max_splits``, ``batch_size``, ``device``, ``dtype``, ``bn_mode``, ``allow_tf32``,
-    ``compile``, ``rows_per_chunk``, ``threads``, ``state_dict_key``, ``granularity``, ``params``), which win over
-    the config's ``[compute]`` table, and ``config`` (the TOML file, default ``RUN_DIR/lca.toml``),
-    ``overwrite``, ``repair``, ``unsafe_pickle``, ``strict``, ``steps``, ``shard`` (``"I/N"``), ``cooperate``,
-    ``follow``, ``until``, ``idle_timeout``, ``prune``. Python only: ``progress`` (called with ``(done, total)``
-    after each pair), ``note`` (called with one-line notes) and ``stop`` (a ``threading.Event``: set it to stop
-    after the current pair, keeping finished rows).
+    ``max_splits=8``; the list and defaults are :data:`lca_cli.computation.options.OPTIONS`, the one place they
+    are written): the ``[compute]`` settings (``method``, ``refine``, ``l1_tol``, ``max_splits``, ``threads``,
+    ``granularity``, ``params``, ...), which win over the config's ``[compute]`` table, and ``config`` (a TOML
+    file or a loaded config; default ``RUN_DIR/lca.toml``), ``overwrite``, ``repair``, ``unsafe_pickle``,
+    ``strict``, ``steps`` (any :data:`Steps`), ``shard`` (``"I/N"``), ``cooperate``, ``follow``, ``until``,
+    ``idle_timeout``, ``prune``. Python only: ``progress`` (called with ``(done, total)`` after each pair),
+    ``note`` (called with one-line notes), ``stop`` (a ``threading.Event``: set it to stop after the current
+    pair, keeping finished rows) and ``hooks`` (:class:`lca_cli.computation.plan.Hooks`, for benchmarks).
 
     Args:
         run_dir: The run's checkpoints (any layout ``lca compute`` reads).
@@ -382,7 +338,8 @@ def compute(run_dir: str | Path, out: str | Path | None = None, **options: Any) 
         **options: As above.
 
     Returns:
-        The store path, pairs computed, gradients per pair and flagged pairs (:class:`ComputeResult`).
+        What was done: ``store``, ``n_pairs``, ``computed``, ``skipped``, ``gradients_per_pair``, ``flagged``
+        (start steps per set) and ``flagged_pairs``, ``accuracy`` per set (:class:`ComputeResult`).
 
     Raises:
         UsageError: An unknown option or a bad value.
@@ -390,62 +347,10 @@ def compute(run_dir: str | Path, out: str | Path | None = None, **options: Any) 
         ToleranceError: With ``strict=True``, when a pair computed by this call stays over tolerance.
 
     """
-    # TODO(computation layer): call the library entry point that builds one plan once it lands; until then
-    # this repeats `lca compute`'s set-up (config, overrides, schedule) around the pipeline.
-    from lca_cli.computation.config import ComputeOptions, load_config
-    from lca_cli.computation.distributed import Scope, parse_shard
-    from lca_cli.computation.follow import IDLE_TIMEOUT_SECONDS, wait_for_file
-    from lca_cli.computation.pipeline import Schedule
-    from lca_cli.computation.pipeline import compute as run_compute
+    from lca_cli.computation import compute_run
 
-    settings = {f for f in ComputeOptions.__dataclass_fields__}
-    unknown = sorted(set(options) - settings - _RUN_OPTIONS)
-    if unknown:
-        raise UsageError(
-            f"compute: unknown option(s) {', '.join(unknown)} (options: {', '.join(sorted(settings | _RUN_OPTIONS))})"
-        )
-    run = Path(run_dir)
-    flags = {k: v for k, v in options.items() if k in settings}
-    if isinstance(flags.get("params"), str):
-        flags["params"] = (flags["params"],)
-    flags["params"] = tuple(flags.get("params") or ()) or None
-    with _speaking_arguments():
-        window = _window(options.get("steps"))
-        part, parts = parse_shard(options.get("shard"))
-        follow = bool(options.get("follow"))
-        idle = options.get("idle_timeout")
-        schedule = Schedule(
-            Scope(window.start, window.stop, part, parts), cooperate=bool(options.get("cooperate")), follow=follow,
-            until=options.get("until"), idle_timeout=IDLE_TIMEOUT_SECONDS if idle is None else idle,
-            prune=bool(options.get("prune")),
-        )  # fmt: skip
-        stop: threading.Event = options.get("stop") or threading.Event()
-        config_path = options.get("config")
-        config_file = Path(config_path) if config_path is not None else run / "lca.toml"
-        if config_path is None and not follow and not run.is_dir():  # a mistyped run_dir, not a missing config
-            raise RunDirError(f"run directory {run} does not exist (or is not a directory)")
-        if follow:  # training may not have written lca.toml yet
-            wait_for_file(config_file, schedule.idle_timeout, stop)
-        config = load_config(config_file).with_overrides(**flags)
-        config.compute.validate()
-        done = run_compute(
-            run, config, out, overwrite=bool(options.get("overwrite")), repair=bool(options.get("repair")),
-            progress=options.get("progress"), stop=stop, unsafe_pickle=bool(options.get("unsafe_pickle")),
-            note=options.get("note"), schedule=schedule,
-        )  # fmt: skip
-        new_flagged = {s: len(a.flagged_new) for s, a in done.accuracy.items() if a.flagged_new}
-        if options.get("strict") and new_flagged:
-            counts = " and ".join(f"{n} of set {s}" for s, n in new_flagged.items())
-            raise ToleranceError(f"pairs computed by this call over tolerance (--strict): {counts}")
-    return ComputeResult(
-        store=Path(done.store),
-        pairs=done.n_pairs,
-        computed=done.computed,
-        skipped=done.skipped,
-        gradients_per_pair={s: float(a.mean_splits) for s, a in done.accuracy.items() if done.computed},
-        flagged={s: list(v) for s, v in done.flagged.items()},
-        interrupted=done.interrupted,
-        seconds=done.seconds,
-        device=done.device,
-        details=done,
-    )
+    if options.get("steps") is not None:
+        with _speaking_arguments():
+            window = _window(options["steps"])
+        options["steps"] = (window.start, window.stop)
+    return compute_run(run_dir, out, **options)

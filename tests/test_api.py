@@ -47,13 +47,13 @@ def test_compute_makes_the_cli_store_bit_for_bit(both: tuple[Path, lca_cli.Compu
 def test_compute_result_says_what_was_done(both: tuple[Path, lca_cli.ComputeResult, Path]) -> None:
     run, result, _ = both
     assert result.store == run.parent / "api.zarr"
-    assert (result.pairs, result.computed, result.skipped) == (12, 12, 0)
+    assert (result.n_pairs, result.computed, result.skipped) == (12, 12, 0)
     assert result.flagged == {"train": []}
-    assert set(result.gradients_per_pair) == {"train"} and result.gradients_per_pair["train"] >= 2
+    assert result.gradients_per_pair >= 2 and result.flagged_pairs == 0
     assert not result.interrupted
     again = lca_cli.compute(run, out=result.store, threads=1)  # resumes: nothing left to do
-    assert (again.computed, again.skipped, again.gradients_per_pair) == (0, 12, {})
-    assert again.open().path == result.store
+    assert (again.computed, again.skipped, again.gradients_per_pair) == (0, 12, 0.0)
+    assert lca_cli.open_store(again.store).path == result.store
 
 
 @pytest.mark.parametrize("by", BYS)
