@@ -4,7 +4,7 @@
 network, the loss and gradient at every point ``k / K`` of every pair. ``rules`` replays
 :func:`lca_cli.core.integrate.integrate_pair` (the library's own code) on those points for each scale fraction: the
 run scale ``S`` is the fraction times the mean Euler-row norm ``||Δ ⊙ ∇L(θ_t)||_1`` over the pairs
-:func:`lca_cli.computation.pipeline.scale_pairs` picks (as ``lca compute`` measures it; fraction 0 is
+:func:`lca_cli.computation.scale.scale_pairs` picks (as ``lca compute`` measures it; fraction 0 is
 ``--l1-scope pair``),
 and each run's relative L1 error is taken against composite Simpson on all ``K`` sub-intervals::
 
@@ -38,8 +38,12 @@ import bench  # noqa: E402  (the --accuracy cases)
 def record(case: str, folder: Path, points: int, pairs: int) -> Path:
     """Train ``case`` and save float64 losses ``L (T, K+1)``, gradients ``G (T, K+1, D)`` and steps ``D (T, D)``."""
     from lca_cli.computation.config import build_model, call_factory, parse_config
+    from lca_cli.core.evalset import make_chunks
     from lca_cli.core.layout import Layout
-    from lca_cli.core.objective import Objective, builtin_loss, make_chunks, prepare_model, split_state
+    from lca_cli.core.losses import builtin_loss
+    from lca_cli.core.model import prepare_model
+    from lca_cli.core.objective import Objective
+    from lca_cli.core.vectors import split_state
     from lca_cli.sources import find_checkpoints, read_checkpoint
     from lca_cli.training.train import train_run
 
@@ -94,7 +98,7 @@ def load_grid(path: Path, cap: int) -> Grid:
 
 def run_scale(grid: Grid, fraction: float) -> float:
     """The run scale as ``lca compute`` measures it: ``fraction`` of the mean Euler-row norm over the sampled pairs."""
-    from lca_cli.computation.pipeline import scale_pairs
+    from lca_cli.computation.scale import scale_pairs
 
     grads, _, steps = grid
     return fraction * float(np.mean([np.abs(steps[t] * grads[t, 0]).sum() for t in scale_pairs(len(steps))]))
@@ -171,7 +175,7 @@ def local_rule(
 
 def calibrate(path: Path, factors: list[float], floor: float, l1_tol: float, cap: int) -> list[str]:
     """Plain Simpson's error against its indicator, and the run-calibrated first-panel factor, for one run."""
-    from lca_cli.computation.pipeline import SCALE_FRACTION, scale_pairs
+    from lca_cli.computation.scale import SCALE_FRACTION, scale_pairs
     from lca_cli.core.integrate import JUMP_FACTOR
 
     grid = load_grid(path, cap)

@@ -7,7 +7,7 @@ child's own), alternating the three in every round so that a noisy machine hurts
 
 * ``floor``: the two full-evaluation-set gradients per pair alone (forward + backward over every chunk,
   ``.backward()`` into ``.grad``), nothing else: what Simpson with end-point reuse cannot avoid.
-* ``compute``: :func:`lca_cli.computation.pipeline.compute` (the library behind ``lca compute``), store writing
+* ``compute``: :func:`lca_cli.computation.compute_run` (the library behind ``lca compute``), store writing
   included, timed around the whole call (model and data building, store creation, every pair).
 * ``naive``: the script a user would write: per pair, load both checkpoints, ``load_state_dict`` three
   times (start, midpoint, end), three full gradients, no reuse, no overlap, rows into a ``.npy``.
@@ -38,7 +38,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -49,7 +48,7 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,46 +108,6 @@ def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
         return build()
 
 
-class _Block(nn.Module):
-    """ResNet-20 basic block, Keras/LCA variant: biased 3x3 convs, 1x1 projection on downsampling."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut: nn.Module = (
-            nn.Identity() if stride == 1 and c_in == c_out else nn.Conv2d(c_in, c_out, 1, stride=stride)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class _ResNet20(nn.Module):
-    """Local stand-in for ``lca_cli.training.zoo.models.resnet20`` (same 273,066 parameters)."""
-
-    def __init__(self, classes: int = 10) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(16)
-        layers, c_in = [], 16
-        for c_out, stride in ((16, 1), (32, 2), (64, 2)):
-            layers.append(
-                nn.Sequential(*[_Block(c_in if k == 0 else c_out, c_out, stride if k == 0 else 1) for k in range(3)])
-            )
-            c_in = c_out
-        self.layer1, self.layer2, self.layer3 = layers
-        self.fc = nn.Linear(64, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer3(self.layer2(self.layer1(out)))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
-
-
 def _mlp(widths: Sequence[int]) -> nn.Module:
     layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
     for k in range(1, len(widths)):
@@ -167,10 +126,8 @@ def build_model(size: str, seed: int = 0) -> nn.Module:
     if size == "wide":
         return _seeded(seed, lambda: _mlp([64, 512, 512, 10]))
     if size == "resnet20":
-        try:
-            from lca_cli.training.zoo.models import resnet20
-        except ImportError:
-            return _seeded(seed, _ResNet20)
+        from lca_cli.training.zoo.models import resnet20
+
         return resnet20(seed=seed)
     raise ValueError(f"unknown size {size!r}")
 
@@ -299,51 +256,9 @@ def run_floor(spec: Size, run_dir: Path, data_path: Path, device: torch.device) 
     return {"seconds": time.perf_counter() - t0, "pairs": n_pairs}
 
 
-@contextlib.contextmanager
-def _ablation(variant: str) -> Iterator[None]:
-    """Switch off one overlap of the pipeline (for ``compute-noprefetch`` / ``compute-syncwrite``)."""
-    import lca_cli.computation.pipeline as pl
-
-    if variant == "noprefetch":
-        defaults = pl.CheckpointLoader.__init__.__defaults__
-        pl.CheckpointLoader.__init__.__defaults__ = (0,)  # ahead=0: each checkpoint read when needed
-        try:
-            yield
-        finally:
-            pl.CheckpointLoader.__init__.__defaults__ = defaults
-    elif variant == "syncwrite":
-
-        class SyncWriter:
-            def __init__(self, store: Any, buffers: Any = None, before: Any = None, after: Any = None) -> None:
-                self.store, self.buffers, self.before, self.after = store, buffers, before, after
-
-            def submit(self, rows: dict[str, Any], release: Any = (), then: Any = None) -> None:
-                if rows and self.before is not None:
-                    self.before()
-                for name, block in rows.items():
-                    self.store.write_block(name, block)
-                if rows and self.after is not None:
-                    self.after()
-                if then is not None:
-                    then()
-                if self.buffers is not None:
-                    for array in release:
-                        self.buffers.give(array)
-
-            def drain(self) -> None:
-                pass
-
-            def close(self) -> None:
-                pass
-
-        writer = pl._Writer
-        pl._Writer = SyncWriter  # type: ignore[assignment,misc]
-        try:
-            yield
-        finally:
-            pl._Writer = writer  # type: ignore[misc]
-    else:
-        yield
+#: The documented hooks (lca_cli.computation.plan.Hooks) that switch off one overlap of compute, per variant:
+#: ``noprefetch`` reads each checkpoint when it is needed, ``syncwrite`` writes each block before the next pair.
+ABLATION_HOOKS: dict[str, dict[str, Any]] = {"noprefetch": {"read_ahead": 0}, "syncwrite": {"sync_writes": True}}
 
 
 def _config(spec: Size, data_path: Path, opts: ComputeOptions) -> Config:
@@ -368,14 +283,15 @@ def run_compute(
     extra: dict[str, Any],
     variant: str = "",
 ) -> dict[str, Any]:
-    """``lca_cli.computation.pipeline.compute`` into a fresh store, timed around the whole call.
+    """``lca_cli.computation.compute_run`` (``lca compute`` as a function) into a fresh store, timed around the call.
 
     ``variant`` ``"default"`` is ``lca compute`` without flags (local refinement to its accuracy target, the
     checkpoints' dtype, ``--threads auto``); the others run Simpson only (``max_splits``) in the size's dtype at
     the process's thread count, the fixed-cost comparison with the floor.
     """
+    from lca_cli.computation import compute_run
     from lca_cli.computation.config import ComputeOptions
-    from lca_cli.computation.pipeline import compute
+    from lca_cli.computation.plan import Hooks
 
     if variant == "default":
         opts = ComputeOptions(batch_size=spec.batch_size, device=str(device))
@@ -399,8 +315,7 @@ def run_compute(
     before = torch.get_num_threads()
     _sync(device)
     t0 = time.perf_counter()
-    with _ablation(variant):
-        res = compute(run_dir, config, out, overwrite=True)
+    res = compute_run(run_dir, out, config=config, overwrite=True, hooks=Hooks(**ABLATION_HOOKS.get(variant, {})))
     _sync(device)
     seconds = time.perf_counter() - t0
     torch.set_num_threads(before)
@@ -423,28 +338,17 @@ def run_loop(spec: Size, run_dir: Path, data_path: Path, device: torch.device, m
     before its reader thread, its writer thread, the store and the per-call set-up add theirs.
     """
     from lca_cli.computation.config import ComputeOptions
-    from lca_cli.computation.pipeline import CheckpointLoader, build_engine
+    from lca_cli.computation.engine import build_engine, preload_points, run_pairs
     from lca_cli.sources import find_checkpoints
 
     opts = ComputeOptions(method="rk4", max_splits=max_splits, batch_size=spec.batch_size, device=str(device),
                           dtype=spec.dtype, threads=torch.get_num_threads())  # fmt: skip
     config = _config(spec, data_path, opts)
     engine, _, expected = build_engine(config, device)
-    refs = find_checkpoints(run_dir)
-    loader = CheckpointLoader(refs, expected, engine.vlayout, device)
-    try:
-        points = [loader.get(i) for i in range(len(refs))]
-    finally:
-        loader.close()
-
-    class Preloaded:
-        def get(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            return points[i]
-
-    n_pairs = len(refs) - 1
+    points = preload_points(engine, expected, find_checkpoints(run_dir), device)
     _sync(device)
     t0 = time.perf_counter()
-    done, _ = engine.run_block(range(n_pairs), Preloaded(), list(range(len(refs))))  # type: ignore[arg-type]
+    done = run_pairs(engine, points)
     _sync(device)
     return {"seconds": time.perf_counter() - t0, "pairs": done}
 
@@ -692,8 +596,12 @@ def vmap_check(spec: Size, device: torch.device, reps: int = 10) -> dict[str, An
     """
     from torch.func import functional_call, grad_and_value, vmap
 
+    from lca_cli.core.evalset import make_chunks
     from lca_cli.core.layout import Layout
-    from lca_cli.core.objective import Objective, builtin_loss, make_chunks, prepare_model
+    from lca_cli.core.losses import builtin_loss
+    from lca_cli.core.model import prepare_model
+    from lca_cli.core.objective import Objective
+    from lca_cli.core.vectors import flatten, unflatten
 
     dtype = getattr(torch, spec.dtype)
     x, y = make_data(spec, spec.samples)
@@ -701,13 +609,13 @@ def vmap_check(spec: Size, device: torch.device, reps: int = 10) -> dict[str, An
     layout = Layout.from_module(model)
     evalset = make_chunks("train", (x, y), spec.batch_size, device, dtype)
     obj = Objective(model, layout, evalset, builtin_loss("cross_entropy"), dtype)
-    v1 = layout.flatten(dict(model.named_parameters()), torch.float64)
+    v1 = flatten(layout, dict(model.named_parameters()), torch.float64)
     v2 = v1 + 1e-3 * torch.randn_like(v1)
     fixed = {k: b for k, b in model.named_buffers()}
     weights = [xc.shape[0] / spec.samples for xc, _ in evalset.chunks]
 
     def chunk_loss(flat: torch.Tensor, xc: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:
-        tensors = {**fixed, **layout.unflatten(flat)}
+        tensors = {**fixed, **unflatten(layout, flat)}
         return F.cross_entropy(functional_call(model, tensors, (xc,)), yc)
 
     batched_fn = vmap(grad_and_value(chunk_loss), in_dims=(0, None, None))
@@ -756,8 +664,12 @@ def per_gradient(spec: Size, device: torch.device, reps: int = 60) -> dict[str, 
     drift that makes whole runs (seconds each) noisy on a shared host. The median of the per-pair ratios is
     reported.
     """
+    from lca_cli.core.evalset import make_chunks
     from lca_cli.core.layout import Layout
-    from lca_cli.core.objective import Objective, builtin_loss, make_chunks, prepare_model
+    from lca_cli.core.losses import builtin_loss
+    from lca_cli.core.model import prepare_model
+    from lca_cli.core.objective import Objective
+    from lca_cli.core.vectors import flatten
 
     dtype = getattr(torch, spec.dtype)
     x, y = make_data(spec, spec.samples)
@@ -767,7 +679,7 @@ def per_gradient(spec: Size, device: torch.device, reps: int = 60) -> dict[str, 
     layout = Layout.from_module(model)
     obj = Objective(model, layout, make_chunks("train", (x, y), spec.batch_size, device, dtype),
                     builtin_loss("cross_entropy"), dtype)  # fmt: skip
-    v = layout.flatten(dict(model.named_parameters()), torch.float64)
+    v = flatten(layout, dict(model.named_parameters()), torch.float64)
     fixed = {k: b.clone() for k, b in model.named_buffers()}
 
     def floor() -> None:
@@ -900,7 +812,7 @@ def accuracy_case(name: str, root: Path, pairs: int, threads: int | str) -> list
     from safetensors.torch import load_file
 
     from lca_cli.computation.config import build_model, call_factory, parse_config
-    from lca_cli.computation.pipeline import compute
+    from lca_cli.computation.runner import compute
     from lca_cli.store.lcastore import LcaStore
     from lca_cli.training.train import train_run
 

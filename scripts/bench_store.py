@@ -2,8 +2,8 @@
 """Store benchmark: write/read throughput of the ``lca`` array per codec and chunk size, and the streaming pass.
 
 Default mode: for each row length P, codec and chunk size it creates a real store with
-:meth:`lca_cli.store.lcastore.LcaStore.create` (module constants patched), writes it block by block with
-:meth:`LcaStore.write_block` exactly as ``lca compute`` does, then reads it back with
+:meth:`lca_cli.store.lcastore.LcaStore.create` (its ``rows_per_chunk`` and ``lca_compressors``), writes it
+block by block with :meth:`LcaStore.write_block` exactly as ``lca compute`` does, then reads it back with
 :meth:`LcaStore.iter_lca`, cold (the store's pages dropped from the page cache with ``posix_fadvise``; no
 global cache drop) and warm. It prints MB/s of raw float32 LCA values, the writer's CPU time per row, and the
 size on disk.
@@ -116,14 +116,14 @@ def du(path: Path) -> int:
 
 
 def make_store(path: Path, cols: int, n_rows: int, compressors: Any, chunk_bytes: int) -> LcaStore:
-    """A real lca store with the given codec and chunk size (module constants patched for the call)."""
-    old = store_mod.LCA_COMPRESSORS, store_mod.CHUNK_BYTES
-    store_mod.LCA_COMPRESSORS, store_mod.CHUNK_BYTES = compressors, chunk_bytes
-    try:
-        layout = Layout.from_shapes([("w", (cols,))])
-        return LcaStore.create(path, layout=layout, sets=["train"], steps=list(range(n_rows + 1)), attrs={})
-    finally:
-        store_mod.LCA_COMPRESSORS, store_mod.CHUNK_BYTES = old
+    """A real lca store with the given codec and chunk size (``LcaStore.create``'s documented arguments)."""
+    # The rows per chunk that store_mod.choose_rows_per_chunk picks for a chunk of ``chunk_bytes``.
+    rows = int(min(1024, max(1, chunk_bytes // (4 * max(1, min(cols, store_mod.MAX_CHUNK_COLS))))))
+    layout = Layout.from_shapes([("w", (cols,))])
+    return LcaStore.create(
+        path, layout=layout, sets=["train"], steps=list(range(n_rows + 1)), attrs={}, rows_per_chunk=rows,
+        lca_compressors=compressors,
+    )  # fmt: skip
 
 
 def layout_for(cols: int) -> Layout:
@@ -176,11 +176,11 @@ def write_all(store: LcaStore, args: argparse.Namespace, cols: int, n_rows: int)
     }
 
 
-def read_all(store: LcaStore, read_ahead: bool = True) -> tuple[float, float]:
+def read_all(store: LcaStore, read_ahead: bool = True, request_bytes: int | None = None) -> tuple[float, float]:
     """One streaming pass (per-column sum); returns (seconds, checksum)."""
     t0 = time.perf_counter()
     acc: np.ndarray | None = None
-    for _, rows in store.iter_lca("train", read_ahead=read_ahead):
+    for _, rows in store.iter_lca("train", read_ahead=read_ahead, request_bytes=request_bytes):
         s = rows.sum(0, dtype=np.float64)
         acc = s if acc is None else acc + s
     return time.perf_counter() - t0, float(acc.sum()) if acc is not None else 0.0
@@ -260,11 +260,10 @@ def _peak_rss_mib() -> float:
 def child_stream(path: Path, mode: str) -> None:
     """One pass in this (child) process; prints seconds, bytes and peak RSS as JSON.
 
-    ``iter_lca@N`` streams with read requests of N MiB instead of :data:`lca_cli.store.lcastore.READ_BYTES`.
+    ``iter_lca@N`` streams with read requests of N MiB instead of :data:`lca_cli.store.format.READ_BYTES`.
     """
     mode, _, read_mib = mode.partition("@")
-    if read_mib:
-        store_mod.READ_BYTES = int(float(read_mib) * 2**20)
+    request_bytes = int(float(read_mib) * 2**20) if read_mib else None
     if mode.startswith("summarize_"):  # the CLI command, in this process (VmHWM is this process's own)
         import contextlib
 
@@ -275,7 +274,7 @@ def child_stream(path: Path, mode: str) -> None:
             main(["summarize", str(path), "--by", mode.partition("_")[2], "--format", "json"])
         seconds, check, nbytes = time.perf_counter() - t0, 0.0, 0
     elif mode.startswith("iter_lca"):
-        seconds, check = read_all(LcaStore.open(path), read_ahead=mode == "iter_lca")
+        seconds, check = read_all(LcaStore.open(path), read_ahead=mode == "iter_lca", request_bytes=request_bytes)
         nbytes = du(path / "train" / "lca")
     else:  # raw: read every chunk file of lca, in row order
         files = sorted(p for p in (path / "train" / "lca").rglob("*") if p.is_file())

@@ -26,8 +26,10 @@ import torch
 from torch.func import functional_call
 
 from lca_cli.computation.config import Config
-from lca_cli.computation.pipeline import CheckpointLoader, build_engine, compute
+from lca_cli.computation.engine import CheckpointLoader, build_engine
+from lca_cli.computation.runner import compute
 from lca_cli.core.objective import Objective
+from lca_cli.core.vectors import flatten, unflatten
 from lca_cli.store.lcastore import LcaStore
 
 CPU = torch.device("cpu")
@@ -52,7 +54,7 @@ def plain_value_and_grad(
     for name in obj._mutable:
         if name in tensors:
             tensors[name] = tensors[name].clone()
-    tensors.update(obj.vlayout.unflatten(flat))
+    tensors.update(unflatten(obj.vlayout, flat))
     loss = torch.zeros((), dtype=torch.float64)
     grad = torch.zeros(flat.shape, dtype=torch.float64)
     for (x, y), w in zip(obj.evalset.chunks, obj._weights, strict=True):
@@ -102,8 +104,10 @@ def test_value_and_grad_equals_plain_formulation(runs, kind: str, overrides: dic
 
 
 def test_unused_parameter_gets_zero_gradient() -> None:
+    from lca_cli.core.evalset import make_chunks
     from lca_cli.core.layout import Layout
-    from lca_cli.core.objective import builtin_loss, make_chunks, prepare_model
+    from lca_cli.core.losses import builtin_loss
+    from lca_cli.core.model import prepare_model
 
     class Net(torch.nn.Module):
         def __init__(self) -> None:
@@ -118,7 +122,7 @@ def test_unused_parameter_gets_zero_gradient() -> None:
     layout = Layout.from_module(net)
     data = (torch.randn(10, 3), torch.randint(0, 2, (10,)))
     obj = Objective(net, layout, make_chunks("train", data, 4, CPU, torch.float32), builtin_loss("cross_entropy"))
-    v = layout.flatten(dict(net.named_parameters()))
+    v = flatten(layout, dict(net.named_parameters()))
     loss, grad = obj.value_and_grad(v, {})
     ref_loss, ref_grad = plain_value_and_grad(obj, v, {})
     assert torch.equal(grad, ref_grad) and torch.equal(loss, ref_loss)
@@ -156,7 +160,7 @@ def test_block_reductions_match_rows_and_survive_a_cut_block(runs, tmp_path: Pat
 
 
 def test_loader_reads_ahead_and_matches_direct_reads(runs) -> None:
-    from lca_cli.core.objective import split_state
+    from lca_cli.core.vectors import split_state
     from lca_cli.sources import find_checkpoints, read_checkpoint
 
     run_dir, config = runs.run("bn_mlp")
@@ -265,7 +269,7 @@ def test_bench_generates_a_run_and_links_a_prefix(bench: ModuleType, tmp_path: P
     assert [r.step for r in find_checkpoints(tmp_path / "two")] == [0, 1]
     model = bench.build_model("mnist_fc")
     assert sum(p.numel() for p in model.parameters()) == 84_060
-    assert sum(p.numel() for p in bench._ResNet20().parameters()) == 273_066
+    assert sum(p.numel() for p in bench.build_model("resnet20").parameters()) == 273_066
 
 
 def test_bench_store_synthetic_rows_and_table(bench_store: ModuleType) -> None:
