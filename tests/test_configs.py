@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lca_cli.computation.config import import_factory, load_config
-from lca_cli.core.objective import builtin_loss
+from lca_cli.core.losses import builtin_loss
 from lca_cli.errors import ConfigError
 from lca_cli.training.train import parse_train_options
 

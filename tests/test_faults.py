@@ -37,7 +37,7 @@ from runs import make_tiny_run
 from safetensors.torch import load_file, save_file
 
 from lca_cli.computation.config import load_config
-from lca_cli.computation.pipeline import compute
+from lca_cli.computation.runner import compute
 from lca_cli.store.lcastore import LcaStore
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,6 @@
 """Progress of ``lca compute`` on stderr: a live bar on a terminal, plain lines in logs.
 
-Both are :class:`~lca_cli.computation.pipeline.ProgressReporter` objects. :class:`PlainProgress` is for stderr that is
+Both are :class:`~lca_cli.computation.result.ProgressReporter` objects. :class:`PlainProgress` is for stderr that is
 not a terminal (cron, CI, ``nohup``, a Slurm log): a line at the start, one every ``interval`` seconds from a
 background thread (also while a long pair runs) and one at the end, each with pairs done/total, pairs/s,
 gradients per pair, ETA and the flagged count, so a log shows where a run stands while it runs.
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lca_cli.computation.pipeline import ProgressInfo
+    from lca_cli.computation.result import ProgressInfo
 
 __all__ = ["PLAIN_INTERVAL", "BarProgress", "PlainProgress", "format_duration", "plain_line"]
 

@@ -467,37 +467,6 @@ def test_a_setting_changed_from_its_default_names_the_flag_that_keeps_the_store(
     assert "pass ;" not in err
 
 
-def test_store_made_with_old_defaults(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    # The former defaults were doubling to rtol 1e-4 with a float64 network on CPU, and its stores have no
-    # 'refine' setting: make such a store, then strip the setting as the old version never wrote it.
-    run, _, _ = _store_without_setting(capsys, tmp_path, ["--refine", "doubling", "--dtype", "float64"], "refine")
-    # New defaults: refused in one line that names the settings that differ and the flags that keep the store.
-    code, out, err = run_cli(capsys, "compute", run, "--quiet")
-    assert_one_line_error(code, out, err, "store", "refine doubling (this call: local)")
-    assert "dtype float64 (this call: float32)" in err
-    assert "pass --dtype float64 --refine doubling;" in err and "--overwrite" in err
-    # Those flags resume it: only the two new pairs are computed, with the settings it was made with.
-    code, out, err = run_cli(capsys, "compute", run, "--quiet", "--json", "--dtype", "float64", "--refine", "doubling")
-    assert code == 0, err
-    result = json.loads(out)
-    assert result["computed"] == 2 and result["skipped"] == 4
-    assert result["settings"]["tolerance"] == 1e-9 and result["settings"]["rtol"] == 1e-4
-
-
-def test_store_made_before_l1_scope(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    # Stores made before --l1-scope held every pair to its own row, and their identity has no 'l1_scope': make
-    # such a store with --l1-scope pair (it records no run scale), then strip the setting.
-    run, store, removed = _store_without_setting(capsys, tmp_path, ["--l1-scope", "pair"], "l1_scope")
-    assert removed == "pair" and "l1_scale" not in store.attrs
-    code, out, err = run_cli(capsys, "compute", run, "--quiet")
-    assert_one_line_error(code, out, err, "store", "l1_scope pair (this call: run)", "pass --l1-scope pair;")
-    code, out, err = run_cli(capsys, "compute", run, "--quiet", "--json", "--l1-scope", "pair")
-    assert code == 0, err
-    result = json.loads(out)
-    assert result["computed"] == 2 and result["skipped"] == 4 and result["settings"]["l1_scope"] == "pair"
-    assert "l1_scale" not in result["settings"]  # per pair: no run scale
-
-
 def test_out_naming_a_file(capsys: pytest.CaptureFixture[str], computed_run: Path, tmp_path: Path) -> None:
     target = tmp_path / "results.csv"
     target.write_text("keep me")

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from lca_cli.cli.progress import PlainProgress, format_duration, plain_line
-from lca_cli.computation.pipeline import ProgressInfo
+from lca_cli.computation.result import ProgressInfo
 
 
 def info(done: int, total: int = 200, elapsed: float = 30.0, flagged: int = 0) -> ProgressInfo:

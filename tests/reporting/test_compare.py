@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_views import SHAPES, make_store
+from stores import SHAPES, make_store
 
 from lca_cli.errors import UsageError
 

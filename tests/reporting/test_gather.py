@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_views import make_store
+from stores import make_store
 
 from lca_cli.analysis.reduce import open_store
 from lca_cli.errors import StoreError, UsageError

@@ -280,7 +280,7 @@ def test_iter_lca_covers_any_window(tmp_path_factory: pytest.TempPathFactory, st
     assert covered == list(range(start, stop))
 
 
-# -- plan_blocks (lca_cli.computation.pipeline) -----------------------------------------------------------------------
+# -- plan_blocks (lca_cli.computation.engine) -----------------------------------------------------------------------
 
 
 def _plan_blocks(done: np.ndarray, rows: int) -> list[range]:
