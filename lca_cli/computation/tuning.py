@@ -13,6 +13,10 @@ per gradient than the first pairs after the last check (another job started), at
 
 Float reductions may round differently with another number of threads, so rows computed at different counts
 can differ in their last bits (BENCHMARKS.md, "Threads"); an explicit ``--threads N`` fixes the count.
+
+The probe runs the model like every pair does: on a point made by :func:`model_point`, whose tensors pass through
+the same name mapping as a checkpoint's (:func:`lca_cli.sources.keys.to_model_state`), so that a tied
+parameter is given once, under its owner's name (``functional_call`` refuses both names of one tied tensor).
 """
 
 from __future__ import annotations
@@ -25,7 +29,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["ThreadTuner", "checkpoint_dtype", "usable_cores"]
+from lca_cli.core.layout import Layout
+from lca_cli.core.vectors import split_state
+from lca_cli.sources import ModelSpec
+from lca_cli.sources.keys import to_model_state
+
+__all__ = ["ThreadTuner", "checkpoint_dtype", "model_point", "usable_cores"]
 
 #: A re-check happens when the last :data:`SLOW_PAIRS` pairs each took more than this multiple of the baseline
 #: (seconds per gradient: the median of the first :data:`WINDOW` pairs after the last check) ...
@@ -59,6 +68,30 @@ def checkpoint_dtype(state: Mapping[str, torch.Tensor]) -> str:
     """
     floating = [t.dtype for t in state.values() if t.is_floating_point()]
     return "float64" if floating and all(d == torch.float64 for d in floating) else "float32"
+
+
+def model_point(
+    model: torch.nn.Module, spec: ModelSpec, vlayout: Layout, device: torch.device
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The model's own weights as a point of the pair engine, for timing a gradient without reading a checkpoint.
+
+    The model's ``state_dict()`` lists a tied tensor under every name; it goes through the mapping every checkpoint
+    goes through (:func:`~lca_cli.sources.keys.to_model_state`: aliases dropped, the owner kept), so the probe
+    calls the model exactly as the pairs do.
+
+    Args:
+        model: The engine's model (its weights stand for a checkpoint's: only the timing matters).
+        spec: What the model expects of a checkpoint (its tied aliases).
+        vlayout: Layout of the point vector.
+        device: Compute device.
+
+    Returns:
+        ``(v, fixed)`` as :func:`~lca_cli.core.vectors.split_state` makes them from a checkpoint.
+
+    """
+    state = {k: t.detach().cpu() for k, t in model.state_dict().items()}
+    mapped, _ = to_model_state(state, spec, "the model's own weights")
+    return split_state(mapped, vlayout, device)
 
 
 def usable_cores() -> int:

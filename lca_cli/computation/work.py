@@ -38,11 +38,13 @@ from lca_cli.computation.result import (
     accuracy_of,
 )
 from lca_cli.computation.scale import l1_scales_of
-from lca_cli.computation.tuning import ThreadTuner, usable_cores
+from lca_cli.computation.staging import MISSING_ATTR, missing_rows, record_missing
+from lca_cli.computation.tuning import ThreadTuner, model_point, usable_cores
 from lca_cli.computation.writer import BlockBuffers, RowWriter
-from lca_cli.core.vectors import ColumnReducer, split_state
+from lca_cli.core.vectors import ColumnReducer
 from lca_cli.errors import PeerFailed
-from lca_cli.sources import CheckpointSource
+from lca_cli.sources import CheckpointSource, ModelSpec
+from lca_cli.sources.base import listing
 
 __all__ = ["Crew", "run_work"]
 
@@ -91,7 +93,7 @@ class _AbortWatcher:
 
 
 def choose_threads(
-    engine: PairEngine, threads: int | str, note: NoteFn, local_processes: int = 1
+    engine: PairEngine, threads: int | str, note: NoteFn, spec: ModelSpec, local_processes: int = 1
 ) -> ThreadTuner | None:
     """``threads="auto"`` on CPU: time one evaluation chunk at one thread and at every usable core.
 
@@ -102,6 +104,8 @@ def choose_threads(
         engine: The pair engine.
         threads: The ``threads`` option.
         note: Told the choice.
+        spec: What the model expects of a checkpoint: the probe maps the model's weights as a checkpoint's
+            (tied parameters under one name).
         local_processes: Processes of this job on this machine.
 
     Returns:
@@ -116,8 +120,7 @@ def choose_threads(
         return None
     obj = next(iter(engine.objectives.values()))
     head = obj.head(1)
-    model_state = {k: t.detach().cpu() for k, t in obj.model.state_dict().items()}
-    v, fixed = split_state(model_state, engine.vlayout, engine.device)
+    v, fixed = model_point(obj.model, spec, engine.vlayout, engine.device)
     cores = max(1, usable_cores() // max(1, local_processes))
     tuner = ThreadTuner(lambda: head.value_and_grad(v, fixed), sorted({1, cores}), note)
     tuner.choose()
@@ -153,14 +156,49 @@ class _Work:
         self.tuner: ThreadTuner | None = None
         self.cache: _Cache | None = None
         self.threads_used = 0
-        owner = plan.schedule.prune and crew.role == "owner"
-        self.pruner = Pruner(self.store, target.alignment, say) if owner else None
+        owner = crew.role == "owner"
+        self.pruner = None
+        if owner and (plan.schedule.prune or (follower is not None and follower.staging is not None)):
+            # Following: held checkpoints are released as their pairs are stored; --prune deletes the run's own.
+            self.pruner = Pruner(
+                self.store, target.alignment, say, run=plan.run_dir, prune=plan.schedule.prune,
+                release=None if follower is None else follower.release,
+            )  # fmt: skip
         self.queue = ChunkQueue(
             self.store, crew.board, self.scope, wait=crew.role == "owner" or crew.team is not None,
             start=(crew.team.rank, crew.team.size) if crew.team is not None else None, stop=stop, idle=self._idle,
             poll=plan.schedule.poll,
         )  # fmt: skip
         self.counts["total"] = self.queue.total - self.queue.done_at_start
+        self._missing(frozenset(), report=True)
+
+    def _missing(self, holes: frozenset[int], report: bool = False) -> None:
+        """Leave out pairs whose checkpoints were lost while following, recording them in the store.
+
+        Args:
+            holes: Steps the follower saw but could not hold.
+            report: Say which pairs the store records as missing (a later call reports them).
+
+        """
+        rows = np.flatnonzero(missing_rows(self.target.alignment, self.store, self.queue.done, holes))
+        if not len(rows):
+            return
+        self.queue.exclude(rows.tolist())
+        if self.target.read_only or self.crew.role != "owner":
+            return
+        new = record_missing(self.store, rows.tolist())
+        steps = self.target.alignment.steps
+        pairs = [f"{steps[t]}->{steps[t + 1]}" for t in rows]
+        if new and not report:
+            self.say(
+                f"--follow: {len(new)} pair(s) recorded as missing in {self.target.out} (their checkpoints were lost "
+                f"before they could be held): {listing(pairs)}"
+            )
+        elif report:
+            self.say(
+                f"{self.target.out}: {len(rows)} pair(s) are missing (their checkpoints were lost while following, "
+                f"recorded in '{MISSING_ATTR}'): {listing(pairs)}; they are left uncomputed"
+            )
 
     # -- progress ---------------------------------------------------------------------------------------
 
@@ -224,7 +262,7 @@ class _Work:
         self._say_empty_window()
         if self.counts["total"] and not target.read_only:
             local = crew.team.local_size if crew.team is not None else 1
-            self.tuner = choose_threads(self.engine, self.plan.options.threads, self.say, local)
+            self.tuner = choose_threads(self.engine, self.plan.options.threads, self.say, self.source.spec, local)
         self.last_pair = time.perf_counter()
         if self.reporter is not None:
             self.reporter.start(self.info())
@@ -288,6 +326,7 @@ class _Work:
                 if self.pruner is not None:
                     self.pruner.update(target.alignment)
                 self.queue.extend()
+                self._missing(self.follower.holes)
                 self.counts["total"] = self.queue.total - self.queue.done_at_start
         finally:
             loader.close()

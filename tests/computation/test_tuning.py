@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import RunCache, copy_run
 from safetensors.torch import load_file, save_file
 
 from lca_cli.computation import tuning
+from lca_cli.computation.config import load_config
+from lca_cli.computation.engine import build_engine
 from lca_cli.computation.runner import compute
 from lca_cli.computation.tuning import ThreadTuner, checkpoint_dtype, usable_cores
 from lca_cli.store.lcastore import LcaStore
+from lca_cli.training.record import CheckpointWriter
 
 
 @pytest.fixture(autouse=True)
@@ -142,3 +149,81 @@ def test_dtype_auto_follows_float64_checkpoints(runs: RunCache, tmp_path: Path) 
     assert store.attrs["evaluation"]["dtype"] == "float64" == result.settings["dtype"]
     # float64 checkpoints in a float64 network: plain Simpson's residual is float64 rounding only.
     assert store.attrs["identity"]["compute"]["dtype"] == "float64"
+
+
+# -- tied weights under the default --threads auto ------------------------------------------------------------
+
+TIED_FACTORIES = """
+import torch
+
+
+class TiedLM(torch.nn.Module):
+    def __init__(self, vocab=13, dim=8):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, dim)
+        self.mix = torch.nn.Linear(dim, dim)
+        self.out = torch.nn.Linear(dim, vocab)
+        self.out.weight = self.emb.weight  # one tensor, two names (GPT-2's tie)
+
+    def forward(self, ids):
+        return self.out(torch.tanh(self.mix(self.emb(ids))))
+
+
+def model():
+    torch.manual_seed(0)
+    return TiedLM()
+
+
+def data(n=96):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 13, (n,), generator=g)
+    return ids, (ids * 5 + 2) % 13
+"""
+
+
+def tied_run(root: Path, steps: int = 4) -> Path:
+    """A plain-PyTorch run of a model whose output layer shares the embedding's weight, written by the writer."""
+    run = root / "tied"
+    run.mkdir(parents=True)
+    (run / "tiedlm.py").write_text(TIED_FACTORIES)
+    ns: dict[str, object] = {}
+    exec(compile(TIED_FACTORIES, "tiedlm", "exec"), ns)
+    net: torch.nn.Module = ns["model"]()  # type: ignore[operator]
+    x, y = ns["data"]()  # type: ignore[operator]
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    with CheckpointWriter(run) as ckpt:
+        ckpt.write_config(model="tiedlm:model", data="tiedlm:data", loss="cross_entropy")
+        ckpt.save(net, 0)
+        for step in range(1, steps + 1):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+            ckpt.save(net, step)
+    return run
+
+
+def test_model_point_gives_a_tied_tensor_once(tmp_path: Path) -> None:
+    run = tied_run(tmp_path, steps=1)
+    engine, _, spec = build_engine(load_config(run / "lca.toml"), torch.device("cpu"))
+    assert spec.aliases == {"out.weight": "emb.weight"}
+    v, fixed = tuning.model_point(next(iter(engine.objectives.values())).model, spec, engine.vlayout, engine.device)
+    assert "out.weight" not in fixed and v.numel() == engine.vlayout.size
+    loss, grad = next(iter(engine.objectives.values())).head(1).value_and_grad(v, fixed)  # the tuner's probe
+    assert torch.isfinite(loss) and grad.shape == v.shape
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="--threads auto times nothing on one core")
+def test_tied_weights_compute_with_no_flags(tmp_path: Path) -> None:
+    """``lca compute RUN`` as a user types it: --threads auto times the model, which must see the tie once."""
+    run = tied_run(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # auto must time
+    proc = subprocess.run(
+        [sys.executable, "-m", "lca_cli", "compute", str(run)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "threads: " in proc.stderr and "--threads auto" in proc.stderr  # the timing step ran
+    store = LcaStore.open(run / "lca.zarr")
+    assert store.done().all() and len(store.steps) == 5
+    assert store.attrs["tied"] == {"out.weight": "emb.weight"}
+    loss, residual = store.read("train", "loss"), store.read("train", "residual")
+    assert np.abs(residual).max() <= 1e-4 * np.abs(np.diff(loss)).max()  # conserves
