@@ -560,6 +560,7 @@ class ChunkQueue:
         self.done_at_start = int((self.done & self.in_scope).sum())
         #: Rows in scope known to be done (by any process).
         self.done_now = self.done_at_start
+        self._excluded: set[int] = set()
         self._todo = self._count()
 
     def _count(self) -> np.ndarray:
@@ -576,7 +577,14 @@ class ChunkQueue:
         """The store grew (checkpoints appended while following): new rows are not done."""
         old = len(self.done)
         self.in_scope = self.scope.mask(self.store.steps, self.rows)
+        self.in_scope[sorted(self._excluded)] = False
         self.done = np.concatenate([self.done, np.zeros(len(self.in_scope) - old, dtype=bool)])
+        self._todo = self._count()
+
+    def exclude(self, rows: Sequence[int]) -> None:
+        """Rows that cannot be computed (their checkpoints were lost while following): out of scope for good."""
+        self._excluded.update(int(t) for t in rows)
+        self.in_scope[sorted(self._excluded)] = False
         self._todo = self._count()
 
     def mark(self, rows: range) -> None:

@@ -35,9 +35,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lca_cli.computation.staging import BACKLOG_CHECKPOINTS, Hole, Staging, delete_checkpoint
 from lca_cli.errors import CheckpointError, ConfigError, RunDirError
 from lca_cli.sources import CheckpointRef, find_checkpoints
-from lca_cli.sources.folders import INDEX_FILES, is_auxiliary
+from lca_cli.sources.base import listing
 from lca_cli.store.identity import Alignment
 
 if TYPE_CHECKING:  # the checkpoint writer imports this module: it must not pull Zarr into training scripts
@@ -65,10 +66,6 @@ SETTLE_SECONDS = 2.0
 IDLE_TIMEOUT_SECONDS = 1800.0
 #: How often the pruner reads the store's done mask for rows other processes wrote.
 REFRESH_SECONDS = 30.0
-#: Files a per-step training folder may hold besides the weights; pruning removes them with the folder.
-_FOLDER_STATE = frozenset(
-    {"config.json", "generation_config.json", "trainer_state.json", "training_args.bin", *INDEX_FILES}
-)
 
 
 def write_end_marker(run_dir: Path, last_step: int | None) -> Path:
@@ -139,7 +136,11 @@ class _Seen:
 
 
 class Follower:
-    """Watches a run directory for new checkpoints while ``lca compute --follow`` runs.
+    """Watches a run directory for new checkpoints while ``lca compute --follow`` runs, holding each one it sees.
+
+    A watcher thread looks at the run every ``poll`` seconds, also while pairs are computed, and holds every
+    new checkpoint at once (:class:`~lca_cli.computation.staging.Staging`), so a trainer's rotation cannot take
+    it away before its pairs are stored; :meth:`release` lets one go. Call :meth:`close` at the end.
 
     Args:
         run: The run directory.
@@ -150,6 +151,8 @@ class Follower:
         settle: See :data:`SETTLE_SECONDS`.
         poll: See :data:`POLL_SECONDS`.
         notes: Receives one-line notes for the user.
+        backlog: Checkpoints held at most for pairs not yet stored (:data:`BACKLOG_CHECKPOINTS`).
+        hold: Hold checkpoints in a staging folder (off: read the run's own files, as they are).
 
     """
 
@@ -164,6 +167,8 @@ class Follower:
         settle: float = SETTLE_SECONDS,
         poll: float = POLL_SECONDS,
         notes: Callable[[str], None] | None = None,
+        backlog: int = BACKLOG_CHECKPOINTS,
+        hold: bool = True,
     ) -> None:
         self.run = run
         self.until = until
@@ -173,8 +178,25 @@ class Follower:
         self.settle = settle
         self.poll = poll
         self.say = notes or (lambda message: None)
+        self.backlog = backlog
         self._seen = _Seen(changed=time.monotonic())
         self._unreadable: dict[str, float] = {}
+        self.staging = Staging(run, backlog, self.say) if hold else None
+        #: Steps seen: True where held (or, without staging, listed), a :class:`Hole` where lost.
+        self._known: dict[int, CheckpointRef | Hole | None] = {}
+        self._direct: list[CheckpointRef] = []
+        self._error: BaseException | None = None
+        self._behind: str | None = None  # why checkpoints are not held now (the backlog is full)
+        self._lost: list[int] = []
+        self._look_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def holes(self) -> frozenset[int]:
+        """Steps seen but not held (their pairs are missing)."""
+        with self._look_lock:
+            return frozenset(s for s, r in self._known.items() if isinstance(r, Hole))
 
     def _sleep(self) -> None:
         if self.stop is not None:
@@ -185,31 +207,131 @@ class Follower:
     def _stopped(self) -> bool:
         return self.stop is not None and self.stop.is_set()
 
+    # -- the watcher ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start looking at the run in the background (holding checkpoints while pairs are computed)."""
+        if self._thread is None and self.staging is not None:
+            self._thread = threading.Thread(target=self._watch, name="lca-follow", daemon=True)
+            self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._closed.wait(self.poll):
+            if self._stopped():
+                return
+            self._look()
+
+    def close(self) -> None:
+        """Stop watching and remove every held checkpoint (the staging folder)."""
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.staging is not None:
+            self.staging.close()
+
+    def release(self, step: int) -> CheckpointRef | None:
+        """Both pairs of the checkpoint at ``step`` are stored: let it go; returns the run's own checkpoint."""
+        if self.staging is None:
+            return None
+        return self.staging.release(step)
+
+    def _look(self) -> None:
+        """List the run once and hold the checkpoints not seen before (watcher thread or caller)."""
+        with self._look_lock:
+            try:
+                refs = find_checkpoints(self.run, unsafe_pickle=self.unsafe_pickle)
+            except CheckpointError as exc:
+                # Most likely a file being written in place (torch.save): wait, unless it stays broken.
+                first = self._unreadable.setdefault(str(exc), time.monotonic())
+                if time.monotonic() - first > max(self.idle_timeout, 4 * self.settle):
+                    self._error = exc
+                return
+            except RunDirError as exc:
+                if self.run.exists():
+                    self._error = exc
+                return
+            except OSError:
+                return  # a folder rotated away while it was listed: look again
+            self._unreadable.clear()
+            self._direct = refs
+            if self.staging is None or self.staging.disabled:
+                return
+            new = [r for r in refs if r.step not in self._known]
+            if self._known and new:
+                last = max(self._known)
+                new = [r for r in new if r.step > last]  # an older step appearing later is the store's concern
+            for ref in new:
+                if self._past_until(ref.step):
+                    break
+                self._hold(ref)
+            if new:
+                self._seen.changed = time.monotonic()
+
+    def _past_until(self, step: int) -> bool:
+        """A checkpoint at or past ``until`` is held already: later ones are not this call's."""
+        return self.until is not None and any(s >= self.until for s in self._known) and step > self.until
+
+    def _hold(self, ref: CheckpointRef) -> None:
+        assert self.staging is not None
+        behind = self.staging.backlog_full()
+        outcome = "behind" if behind is not None else self.staging.hold(ref, self.settle)
+        if outcome == "later" or outcome == "off":
+            return
+        if outcome == "held":
+            self._known[ref.step] = ref
+            if self._behind is not None:
+                self.say(
+                    f"--follow: caught up; holding checkpoints again from step {ref.step} ({len(self._lost)} "
+                    f"missed: step(s) {_steps(self._lost)}; their pairs are recorded as missing)"
+                )
+                self._behind, self._lost = None, []
+            return
+        self._known[ref.step] = Hole(ref.path, ref.step)
+        self._lost.append(ref.step)
+        if outcome == "gone":
+            self.say(f"--follow: {ref.path} was deleted before it could be held; its pairs are recorded as missing")
+        elif self._behind is None:
+            self._behind = behind
+            self.say(
+                f"--follow: falling behind training: {behind}; step {ref.step} and the next checkpoints are not "
+                "held until pairs are stored, and their pairs are recorded as missing (never computed over a longer "
+                "step)"
+            )
+
+    # -- what the loop asks -----------------------------------------------------------------------------
+
     def checkpoints(self) -> list[CheckpointRef]:
         """The run's complete checkpoints now (a newer one still being written ends the list before it).
+
+        Held checkpoints are given as held (in the staging folder); a checkpoint seen but lost is a
+        :class:`Hole`; one released (both its pairs stored) is no longer listed.
 
         Raises:
             CheckpointError: If a checkpoint stays unreadable past the idle timeout.
 
         """
-        try:
-            refs = find_checkpoints(self.run, unsafe_pickle=self.unsafe_pickle)
-        except CheckpointError as exc:
-            # Most likely a file being written in place (torch.save): wait, unless it stays broken.
-            first = self._unreadable.setdefault(str(exc), time.monotonic())
-            if time.monotonic() - first > max(self.idle_timeout, 4 * self.settle):
-                raise
-            return []
-        except RunDirError:
-            if self.run.exists():
-                raise
-            return []
-        self._unreadable.clear()
+        self._look()
+        if self._error is not None:
+            raise self._error
         now = time.time()
-        for k, ref in enumerate(refs):
-            if not _settled(ref, now, self.settle):
-                refs = refs[:k]
-                break
+        refs: list[Any] = []
+        if self.staging is None or self.staging.disabled:
+            for ref in self._direct:
+                if not _settled(ref, now, self.settle):
+                    break
+                refs.append(ref)
+        else:
+            with self._look_lock:
+                known = sorted(self._known.items())
+            for step, seen in known:
+                if isinstance(seen, Hole):
+                    refs.append(seen)
+                    continue
+                staged = self.staging.staged(step, now, self.settle)
+                if staged is False:
+                    break  # still being written
+                if staged is not None:
+                    refs.append(staged)
         steps = tuple(r.step for r in refs)
         if steps != self._seen.steps:
             if set(steps) - set(self._seen.steps):
@@ -217,11 +339,34 @@ class Follower:
             self._seen.steps = steps
         return refs
 
+    def _forget(self, upto: int) -> None:
+        """Steps up to ``upto`` are not the store's (lost before it was made): let them go."""
+        with self._look_lock:
+            for step in [s for s in self._known if s <= upto]:
+                del self._known[step]
+                self.release(step)
+            self._lost = [s for s in self._lost if s > upto]
+
     def wait_for_start(self) -> list[CheckpointRef]:
-        """Wait until the run holds two complete checkpoints (or the idle timeout passes) and return them."""
+        """Wait until the run holds two complete checkpoints (or the idle timeout passes) and return them.
+
+        A store starts after the last hole (a checkpoint lost before the store existed): its pairs before it are
+        not this store's, and a note says so.
+        """
+        self.start()
         while True:
             refs = self.checkpoints()
+            holes = [k for k, r in enumerate(refs) if isinstance(r, Hole)]
+            lost: list[Any] = []
+            if holes:
+                lost, refs = refs[: holes[-1] + 1], refs[holes[-1] + 1 :]
+                self._forget(lost[-1].step)
             if len(refs) >= 2 or self._stopped() or self.idle() is not None or read_end_marker(self.run) is not None:
+                if holes:
+                    self.say(
+                        f"--follow: the store starts at step {refs[0].step if refs else '?'}: step(s) "
+                        f"{_steps([r.step for r in lost])} were lost before it was made"
+                    )
                 return refs
             self._sleep()
 
@@ -275,7 +420,11 @@ class Follower:
 
 
 class Pruner:
-    """Deletes checkpoints whose pairs are all durably stored, never the newest (see the module docstring).
+    """Lets go of checkpoints whose pairs are all durably stored, never the newest (see the module docstring).
+
+    Letting go is releasing the held copy (``release``, following) and, with ``prune``, deleting the run's own
+    checkpoint (:func:`~lca_cli.computation.staging.delete_checkpoint`: regular files discovery listed, inside
+    the run folder, never through a symlink).
 
     It keeps its own view of the done rows: the rows the pipeline reports written (:meth:`written`, called
     from the writer thread once they are durable) and, every :data:`REFRESH_SECONDS`, the store's done mask
@@ -286,12 +435,27 @@ class Pruner:
         store: The store.
         alignment: The store's checkpoints and the run's file for each.
         notes: Receives one-line notes (a folder kept because it holds other files).
+        run: The run folder (nothing outside it is deleted); default: each checkpoint's parent folder.
+        prune: Delete the run's checkpoints (``--prune``); off: only release held copies.
+        release: Releases a held checkpoint by step and returns the run's own one (None: not held).
 
     """
 
-    def __init__(self, store: LcaStore, alignment: Alignment, notes: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: LcaStore,
+        alignment: Alignment,
+        notes: Callable[[str], None] | None = None,
+        *,
+        run: Path | None = None,
+        prune: bool = True,
+        release: Callable[[int], CheckpointRef | None] | None = None,
+    ) -> None:
         self.store = store
         self.say = notes or (lambda message: None)
+        self.run = run
+        self.prune_files = prune
+        self.release = release
         self.deleted = 0
         self._refs: list[Any] = []
         self._known = np.zeros(0, dtype=bool)
@@ -350,31 +514,20 @@ class Pruner:
                 if self._delete(refs[i]):
                     refs[i] = None
                     count += 1
-            self.deleted += count
+            self.deleted += count if self.prune_files else 0
             return count
 
     def _delete(self, ref: CheckpointRef) -> bool:
-        path = ref.path
-        try:
-            if not ref.files:  # a flat checkpoint file
-                path.unlink()
-                return True
-            for f in ref.files:
-                f.unlink(missing_ok=True)
-            for name in INDEX_FILES:
-                (path / name).unlink(missing_ok=True)
-            for p in path.iterdir():
-                if p.is_file() and (p.name in _FOLDER_STATE or is_auxiliary(p.name) or p.name.startswith("rng_state")):
-                    p.unlink()
-            rest = sorted(p.name for p in path.iterdir())
-            if rest:
-                kept = ", ".join(rest[:3])
-                self.say(f"--prune: kept {kept} in {path} (not a checkpoint's files); its checkpoint files are deleted")
-            else:
-                path.rmdir()
+        original = (self.release(ref.step) if self.release is not None else None) or ref
+        if not self.prune_files:
             return True
-        except FileNotFoundError:
-            return True  # gone already
+        try:
+            return delete_checkpoint(original, self.run or original.path.parent, self.say)
         except OSError as exc:
-            self.say(f"--prune: could not delete {path} ({exc.strerror or exc}); it stays")
+            self.say(f"--prune: could not delete {original.path} ({exc.strerror or exc}); it stays")
             return False
+
+
+def _steps(steps: Sequence[int]) -> str:
+    """``3, 4, 5 (+12 more)`` for notes."""
+    return listing([str(s) for s in steps])

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from lca_cli.computation.config import settings_mismatch
+from lca_cli.computation.staging import new_fingerprints, without_holes
 from lca_cli.core.columns import Columns
 from lca_cli.core.layout import Layout
 from lca_cli.errors import StorageError, StoreBusyError, StoreError
@@ -126,8 +127,7 @@ class Target:
         al = _match_run(self.store, refs, run, self.store.done())
         grown = len(al.steps) > al.n_stored
         if grown:
-            appended = [r for r in al.refs[al.n_stored :] if r is not None]
-            fps = np.concatenate([np.zeros((al.n_stored, 16), np.uint8), fingerprints(appended)])
+            fps = new_fingerprints(al)  # a hole (a checkpoint lost while following) has none
             self.store.extend(al.steps, fps)
         self.alignment = al
         return grown
@@ -193,7 +193,9 @@ def _match_run(store: LcaStore, refs: Sequence[Any], run: Path, done: np.ndarray
     """Align the store's checkpoints with the run's and check the ones that matter are the same files."""
     al = align(store.steps, refs, store.path, run)
     grown = np.concatenate([done, np.zeros(len(al.steps) - 1 - len(done), bool)])
-    missing = al.missing_for(grown)
+    # Pairs known to be missing (checkpoints lost while following, recorded in the store) are not asked for.
+    al, known = without_holes(al, store, grown)
+    missing = al.missing_for(grown | known)
     if missing:
         t, i = missing[0]
         n = len({p for p, _ in missing})
@@ -377,8 +379,7 @@ def _prepare_locked(req: _Request, lock: Lease, keeper: Keeper) -> Target:
                 "wait for them to finish, or compute into the store as it is with --cooperate"
             )
         if len(al.steps) > al.n_stored:
-            appended = [r for r in al.refs[al.n_stored :] if r is not None]
-            fps = np.concatenate([np.zeros((al.n_stored, 16), np.uint8), fingerprints(appended)])
+            fps = new_fingerprints(al)  # a hole (a checkpoint lost while following) has none
             store.extend(al.steps, fps)
         else:
             store.extend(al.steps)  # heals arrays left longer by an interrupted append

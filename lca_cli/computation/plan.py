@@ -25,6 +25,7 @@ from lca_cli.computation.engine import FLUSH_SECONDS, READ_AHEAD
 from lca_cli.computation.follow import SETTLE_SECONDS
 from lca_cli.computation.options import IDLE_TIMEOUT_SECONDS
 from lca_cli.computation.result import NoteFn
+from lca_cli.computation.staging import BACKLOG_CHECKPOINTS
 from lca_cli.computation.tuning import checkpoint_dtype
 from lca_cli.errors import RunDirError, UsageError
 from lca_cli.sources import CheckpointRef, describe_folder, find_checkpoints, read_checkpoint
@@ -62,6 +63,8 @@ class Schedule:
         settle: With ``follow``: seconds a checkpoint's files (other than a flat ``.safetensors``) must be
             unchanged before it is used.
         poll: Seconds between looks while waiting (for checkpoints, for other processes' chunks).
+        backlog: With ``follow``: checkpoints held at most for pairs not yet stored
+            (:mod:`lca_cli.computation.staging`).
 
     """
 
@@ -73,6 +76,7 @@ class Schedule:
     prune: bool = False
     settle: float = SETTLE_SECONDS
     poll: float = POLL_SECONDS
+    backlog: int = BACKLOG_CHECKPOINTS
 
     def check(self, *, overwrite: bool, repair: bool, team: Team | None) -> None:
         """Refuse combinations that cannot work, in one line.

@@ -156,6 +156,7 @@ class _Runner:
             self.follower = Follower(
                 self.run_dir, until=sch.until, idle_timeout=sch.idle_timeout, stop=self.stop,
                 unsafe_pickle=self.unsafe_pickle, settle=sch.settle, poll=sch.poll, notes=self.say,
+                backlog=sch.backlog,
             )  # fmt: skip
             refs = self.follower.wait_for_start()
         return build_plan(
@@ -169,6 +170,8 @@ class _Runner:
         try:
             self.plan = self._plan()
         except BaseException as exc:
+            if self.follower is not None:
+                self.follower.close()
             if self.lead:
                 self._share_failure(exc)
                 raise
@@ -183,6 +186,8 @@ class _Runner:
                 self.board.close(self.job)
                 if self.target is not None:
                     self.target.close()
+                if self.follower is not None:  # held checkpoints go (the store's pairs no longer need them)
+                    self.follower.close()
 
     def _share_failure(self, exc: BaseException) -> None:
         if self.team is not None and self.lead:
