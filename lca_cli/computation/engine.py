@@ -515,6 +515,9 @@ def build_engine(config: Config, device: torch.device) -> tuple[PairEngine, dict
         "buffers": [{"name": n, "shape": list(buffers[n].shape)} for n in buf_names],
         "dropout": "off (model.eval())",
     }
+    frozen = getattr(model, "lca_frozen", None)  # a PEFT adapter run: which parameters stay fixed (hf_models)
+    if frozen:
+        details["frozen"] = frozen
     return engine, details, expected
 
 

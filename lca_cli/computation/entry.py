@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -24,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from lca_cli.computation.config import Config, load_config
+from lca_cli.computation.datafiles import data_spec
 from lca_cli.computation.distributed import Scope, parse_shard
 from lca_cli.computation.dryrun import DryRun, dry_run
 from lca_cli.computation.follow import wait_for_file
+from lca_cli.computation.hf_models import auto_config, with_adapters
 from lca_cli.computation.options import COMPUTE_KEYS, RUN_KEYS, default_of, speak_arguments
 from lca_cli.computation.plan import ComputePlan, Hooks, Schedule, build_plan
 from lca_cli.computation.result import ComputeResult, NoteFn, ProgressFn, ProgressReporter
@@ -115,8 +118,14 @@ def prepare_call(
         idle_timeout=run["idle_timeout"], prune=run["prune"],
     )  # fmt: skip
     run_path = Path(run_dir)
+    data = None if run["data"] is None else data_spec(run["data"])
+    zero_glue = None  # a Hugging Face run without lca.toml: the model from its checkpoints' config.json
+    if config is None and not (run_path / "lca.toml").is_file() and run_path.is_dir():
+        zero_glue = auto_config(run_path, data)
     if isinstance(config, Config):
         loaded = config
+    elif zero_glue is not None:
+        loaded = zero_glue
     else:
         config_file = Path(config) if config is not None else run_path / "lca.toml"
         if config is None and not run["follow"] and not run_path.is_dir():  # a mistyped RUN_DIR, not a config
@@ -124,6 +133,10 @@ def prepare_call(
         if run["follow"] and not dry_run:  # training may not have written lca.toml yet
             wait_for_file(config_file, schedule.idle_timeout, stop)
         loaded = load_config(config_file)
+    if data is not None:  # --data replaces the config's evaluation sets
+        loaded = dataclasses.replace(loaded, data={"train": data})
+    if run_path.is_dir():  # adapter-only checkpoints: the config's model is the frozen base under the adapter
+        loaded = with_adapters(loaded, run_path)
     overrides = {k: v for k, v in given.items() if k in COMPUTE_KEYS}
     if "params" in overrides:
         overrides["params"] = tuple(overrides["params"]) or None

@@ -208,6 +208,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     # -- one call's options (not [compute] keys) ---------------------------------------------------------------
     Option(
+        "data", str, None, "Evaluation data without a data factory: a .safetensors or .pt file of named tensors "
+        "(input_ids, attention_mask, labels, ...) or a datasets folder saved with save_to_disk; it replaces the "
+        "config's [data]. With Hugging Face checkpoints (config.json in checkpoint-N/) and no lca.toml, the model "
+        "is built from their config and scored by its own loss: no config needed.", config_key=False,
+        metavar="PATH",
+    ),
+    Option(
         "overwrite", bool, False, "Replace an existing lca store instead of resuming it (only an lca store or an "
         "empty folder is ever replaced; the old store stays until the new one has its first rows).",
         config_key=False, switch=False,
