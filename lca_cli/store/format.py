@@ -30,6 +30,7 @@ __all__ = [
     "FORMAT_VERSION",
     "HELPED_RULE",
     "LCA_COMPRESSORS",
+    "MAX_CHUNK_BYTES",
     "MAX_CHUNK_COLS",
     "PER_ROW",
     "PER_TENSOR",
@@ -72,6 +73,10 @@ READ_BYTES = 32 << 20
 CACHE_BYTES = 32 << 20
 #: Columns per ``lca`` chunk at most (very wide models get column chunks too).
 MAX_CHUNK_COLS = 1 << 22
+#: Bytes of one chunk at most (:mod:`lca_cli.store.validate` refuses metadata that claims more): a reader holds
+#: a few chunks in memory, so this bounds its memory whatever a damaged ``zarr.json`` says. Automatic chunks
+#: are about :data:`CHUNK_BYTES`; an explicit ``rows_per_chunk`` is capped so that chunks stay under it.
+MAX_CHUNK_BYTES = 1 << 30
 #: Rows per chunk of the store-level per-checkpoint arrays (``steps``, ``fingerprint``, ``checkpoint``,
 #: ``iteration``), written only at creation and append (under the store lock).
 SMALL_ROWS = 4096
@@ -144,15 +149,16 @@ def choose_rows_per_chunk(n_params: int, requested: int = 0) -> int:
 
     Args:
         n_params: Number of parameters P (row length).
-        requested: Explicit choice (0 = automatic).
+        requested: Explicit choice (0 = automatic), capped at :data:`MAX_CHUNK_BYTES` per chunk.
 
     Returns:
         A positive row count.
 
     """
-    if requested > 0:
-        return requested
     row_bytes = 4 * max(1, min(n_params, MAX_CHUNK_COLS))
+    if requested > 0:
+        # Capped: a store whose chunks claim more than MAX_CHUNK_BYTES is refused as damaged when opened.
+        return min(requested, MAX_CHUNK_BYTES // row_bytes)
     return int(min(1024, max(1, CHUNK_BYTES // row_bytes)))
 
 

@@ -60,6 +60,7 @@ from lca_cli.store.format import (
 )
 from lca_cli.store.integrity import quick_check
 from lca_cli.store.placement import fsync_paths, fsync_tree, storage_errors
+from lca_cli.store.validate import validate
 
 __all__ = ["BlockRows", "LcaStore"]
 
@@ -238,6 +239,7 @@ class LcaStore:
         except Exception as exc:
             raise StoreError(f"{p}: its attributes are damaged ({type(exc).__name__}: {exc})") from None
         store._check_arrays()
+        validate(store)  # shapes, chunks and attributes against each other, before anything is sized by them
         if check:
             quick_check(store)
         return store
