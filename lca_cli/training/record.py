@@ -15,8 +15,11 @@ Usage in a training loop::
 happen in a background thread (``background=False`` writes synchronously). Each file is written to a hidden
 temporary file in the same directory and renamed into place, so a reader never sees a partial checkpoint.
 
-``close`` (the end of a ``with`` block) leaves the end marker ``lca.end`` in the run directory, so that
-``lca compute --follow`` knows training ended; ``append=True`` removes it again (training continues).
+``close`` (the end of a ``with`` block that training left normally) leaves the end marker ``lca.end`` in the run
+directory, so that ``lca compute --follow`` knows training finished; a ``with`` block left by an exception (training
+raised, or the writer refused the config) writes the checkpoints saved so far but no marker, since training did not
+finish. ``append=True`` removes an earlier marker (training continues). Each step is saved once: a second save of
+a step is refused (a loop that counts steps wrongly would otherwise overwrite its own checkpoints).
 
 Refused when written, not when ``lca compute`` runs: a folder that already holds checkpoints (another run's,
 unless ``append=True``), ``__main__`` factories and factories defined in the running training script (importing
@@ -274,6 +277,7 @@ class CheckpointWriter:
         (self.run_dir / END_MARKER).unlink(missing_ok=True)
         self.digits = digits
         self._last_step: int | None = None
+        self._saved: set[int] = set()  # the steps this writer saved (a second save of one is refused)
         self._failed = False
         self._closed = False
         self._error: BaseException | None = None
@@ -287,8 +291,11 @@ class CheckpointWriter:
     def __enter__(self) -> CheckpointWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # training raised (or the writer refused something): keep what was saved, but no end marker
+            self.abort()
 
     def write_config(self, **kwargs: Any) -> Path:
         """Write the run's ``lca.toml``; see :func:`write_run_config` for the arguments."""
@@ -307,10 +314,16 @@ class CheckpointWriter:
 
         Raises:
             LcaError: If an earlier background write failed.
+            UsageError: If this writer already saved ``step``.
 
         """
         if self._error is not None:
             raise LcaError(f"checkpoint writer failed earlier: {self._error}") from self._error
+        if step in self._saved:
+            raise UsageError(
+                f"step {step} was already saved to {self.run_dir}; each step is saved once (does the loop count steps?)"
+            )
+        self._saved.add(step)
         state = _state_without_aliases(model) if isinstance(model, torch.nn.Module) else model
         # The one device-to-host copy; a copy also for CPU tensors, because training mutates them in place.
         host = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
@@ -364,15 +377,30 @@ class CheckpointWriter:
         if self._error is not None:
             raise LcaError(f"checkpoint writer failed: {self._error}") from self._error
 
-    def close(self) -> None:
-        """Flush, stop the background thread, and leave the end marker ``lca.end`` (training ended).
-
-        The marker is written after the last checkpoint is in place, so a follower that sees it finds every
-        checkpoint; it is not written when a checkpoint failed to be written.
-        """
+    def _stop(self) -> None:
+        """Write what is queued and stop the background thread."""
         if self._queue is not None and self._thread is not None and self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+
+    def abort(self) -> None:
+        """Write the checkpoints saved so far and stop, without the end marker: training did not finish.
+
+        What the end of a ``with`` block does when an exception leaves it, and what a framework callback calls
+        when training raised. A background write error is not raised here (the training error is the one to
+        report); a later :meth:`close` does nothing.
+        """
+        self._stop()
+        self._closed = True
+
+    def close(self) -> None:
+        """Flush, stop the background thread, and leave the end marker ``lca.end`` (training finished).
+
+        The marker is written after the last checkpoint is in place, so a follower that sees it finds every
+        checkpoint; it is not written when a checkpoint failed to be written, nor after a ``with`` block that an
+        exception left.
+        """
+        self._stop()
         if self._error is not None:
             raise LcaError(f"checkpoint writer failed: {self._error}") from self._error
         if not self._closed and not self._failed:

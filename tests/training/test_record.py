@@ -273,3 +273,62 @@ def test_tied_model_is_saved_once_per_shared_tensor(tmp_path: Path) -> None:
         path = ckpt.save(net, 0)
     saved = load_file(str(path))
     assert set(saved) == {"0.weight", "1.bias"} and torch.equal(saved["0.weight"], net[0].weight.detach())
+
+
+def test_end_marker_only_when_training_finished(tmp_path: Path) -> None:
+    with CheckpointWriter(tmp_path / "done") as ckpt:
+        ckpt.save(reference.linear_model(), 0)
+    assert (tmp_path / "done" / END_MARKER).exists()
+
+    with pytest.raises(RuntimeError, match="diverged"), CheckpointWriter(tmp_path / "raised") as ckpt:
+        ckpt.save(reference.linear_model(), 0)
+        ckpt.save(reference.linear_model(), 1)
+        raise RuntimeError("diverged")
+    # what was saved is on disk (a rerun with append=True continues), but training did not finish
+    assert [r.step for r in find_checkpoints(tmp_path / "raised")] == [0, 1]
+    assert not (tmp_path / "raised" / END_MARKER).exists()
+
+
+def test_refused_factory_in_the_running_script_leaves_no_end_marker(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "train_here.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from lca_cli.training.record import CheckpointWriter\n"
+        "from lca_cli.errors import ConfigError\n"
+        "def build():\n    return torch.nn.Linear(2, 2)\n"
+        "try:\n"
+        "    with CheckpointWriter(sys.argv[1]) as ckpt:\n"
+        "        ckpt.save(build(), 0)\n"
+        "        ckpt.write_config(model='train_here:build', data='train_here:build')\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "run")], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
+    assert "is defined in the running script" in done.stdout, done
+    assert not (tmp_path / "run" / "lca.toml").exists()
+    assert not (tmp_path / "run" / END_MARKER).exists()
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_second_save_of_a_step_is_refused(tmp_path: Path, background: bool) -> None:
+    from lca_cli.errors import UsageError
+
+    model = reference.linear_model()
+    with CheckpointWriter(tmp_path, background=background) as ckpt:
+        ckpt.save(model, 0)
+        ckpt.flush()
+        first = load_file(str(tmp_path / checkpoint_name(0)))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        with pytest.raises(UsageError, match=r"^step 0 was already saved to .*; each step is saved once") as info:
+            ckpt.save(model, 0)
+        assert "\n" not in str(info.value)
+        ckpt.save(model, 1)
+    # the first save of step 0 stands
+    assert all(torch.equal(first[k], v) for k, v in load_file(str(tmp_path / checkpoint_name(0))).items())

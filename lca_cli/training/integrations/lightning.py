@@ -132,8 +132,10 @@ class LcaCallback(Callback):
         self._close()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        """Flush what was saved before the failure."""
-        self._close()
+        """Flush what was saved before the failure; no end marker (training did not finish)."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.abort()
 
     def _close(self) -> None:
         if self._writer is not None:
