@@ -174,9 +174,11 @@ def compute(
     """
     stop = threading.Event()
     received: list[int] = []
-    with _stop_signals(stop, received):  # before the slow imports: a SIGTERM during start-up is handled too
+    planned: Any = None
+    # stdout is lca's: the user's factories, forward passes and losses run inside this call, and whatever they
+    # print goes to stderr, so that stdout holds only what lca prints after it (one JSON document with --json).
+    with _stop_signals(stop, received), contextlib.redirect_stdout(sys.stderr):
         from lca_cli.analysis.reduce import parse_window
-        from lca_cli.cli.progress import BarProgress, PlainProgress
         from lca_cli.computation.distributed import env_rank
         from lca_cli.computation.entry import check_strict, plan_of, prepare_call
         from lca_cli.computation.runner import compute as run_compute
@@ -191,32 +193,28 @@ def compute(
             from lca_cli.computation.dryrun import dry_run as measure
 
             planned = measure(plan_of(call))
-            if rank:
-                return  # under torchrun, rank 0 prints the plan
-            if as_json:
-                click.echo(json.dumps(planned.to_dict(), indent=1))
-            else:
-                for line in planned.lines():
-                    click.echo(line)
-            return
-        if quiet or progress_mode == "none":
-            reporter: Any = None
-        elif progress_mode == "bar" or (progress_mode == "auto" and sys.stderr.isatty()):
-            reporter = BarProgress()
         else:
-            reporter = PlainProgress()
-        result = run_compute(
-            call.run_dir,
-            call.config,
-            call.out,
-            overwrite=call.overwrite,
-            repair=call.repair,
-            progress=reporter,
-            stop=stop,
-            unsafe_pickle=call.unsafe_pickle,
-            note=None if quiet else (lambda message: err(f"Note: {message}")),
-            schedule=call.schedule,
-        )
+            result = run_compute(
+                call.run_dir,
+                call.config,
+                call.out,
+                overwrite=call.overwrite,
+                repair=call.repair,
+                progress=_reporter(quiet, progress_mode),
+                stop=stop,
+                unsafe_pickle=call.unsafe_pickle,
+                note=None if quiet else (lambda message: err(f"Note: {message}")),
+                schedule=call.schedule,
+            )
+    if planned is not None:
+        if rank:
+            return  # under torchrun, rank 0 prints the plan
+        if as_json:
+            click.echo(json.dumps(planned.to_dict(), indent=1))
+        else:
+            for line in planned.lines():
+                click.echo(line)
+        return
     if rank:  # a torchrun rank other than 0: rank 0 prints the job's result
         if result.interrupted:
             sys.exit(_STOP_SIGNALS[signal.Signals(received[0])][0] if received else EXIT_INTERRUPTED)
@@ -239,6 +237,17 @@ def compute(
         sys.exit(code)
     if call.strict:
         check_strict(result)
+
+
+def _reporter(quiet: bool, mode: str) -> Any:
+    """The progress reporter ``--progress`` and ``--quiet`` ask for (None: no progress)."""
+    from lca_cli.cli.progress import BarProgress, PlainProgress
+
+    if quiet or mode == "none":
+        return None
+    if mode == "bar" or (mode == "auto" and sys.stderr.isatty()):
+        return BarProgress()
+    return PlainProgress()
 
 
 def _summary(result: Any) -> None:
