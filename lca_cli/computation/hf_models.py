@@ -32,6 +32,7 @@ from lca_cli.sources.base import last_digits
 
 __all__ = [
     "ADAPTER_CONFIG",
+    "ADAPTER_FACTORY",
     "HF_CONFIG",
     "adapter_model",
     "auto_config",
@@ -45,7 +46,8 @@ __all__ = [
 HF_CONFIG = "config.json"
 #: A PEFT adapter's config, beside ``adapter_model.safetensors`` in an adapter-only checkpoint folder.
 ADAPTER_CONFIG = "adapter_config.json"
-_ADAPTER_FACTORY = "lca_cli.computation.hf_models:adapter_model"
+#: The model factory of an adapter-only run.
+ADAPTER_FACTORY = "lca_cli.computation.hf_models:adapter_model"
 _HF_EXTRA = "pip install 'lca-cli[hf]'"
 _MAX_DEPTH = 3
 
@@ -196,7 +198,7 @@ def auto_config(run_dir: Path, data: FactorySpec | None) -> Config | None:
         if base is None:
             raise ConfigError(_adapter_refusal(folder, adapter))
         what, source = f"a PEFT adapter over the base model in {base}", folder / ADAPTER_CONFIG
-        model = FactorySpec(_ADAPTER_FACTORY, {"adapter": _compact(adapter), "base": str(base)})
+        model = FactorySpec(ADAPTER_FACTORY, {"adapter": _compact(adapter), "base": str(base)})
     else:
         config = _read_json(folder / HF_CONFIG)
         architecture = _architecture(config, folder / HF_CONFIG)
@@ -230,14 +232,14 @@ def with_adapters(config: Config, run_dir: Path) -> Config:
         The config, its model an :func:`adapter_model` when the newest checkpoint folder holds an adapter.
 
     """
-    if config.model.factory == _ADAPTER_FACTORY:
+    if config.model.factory == ADAPTER_FACTORY:
         return config
     folder = find_hf_folder(run_dir)
     if folder is None or not (folder / ADAPTER_CONFIG).is_file():
         return config
     adapter = _read_json(folder / ADAPTER_CONFIG)
     model = FactorySpec(
-        _ADAPTER_FACTORY,
+        ADAPTER_FACTORY,
         {"adapter": _compact(adapter), "base_factory": config.model.factory, "base_kwargs": dict(config.model.kwargs)},
     )
     return dataclasses.replace(config, model=model)

@@ -13,6 +13,11 @@ step (``state.global_step``), on the main process only, and writes ``lca.toml``.
 factory, the model is rebuilt by :func:`from_config` from the architecture's class name and its config
 (stored in ``lca.toml``), so a Hugging Face model needs no factory of its own.
 
+A PEFT model (LoRA...) needs none either: the callback saves the adapter's parameters only, as PEFT names them
+in ``adapter_model.safetensors``, and the frozen base once (the local folder the adapter config names, else
+``RUN_DIR/base_model/`` written by ``save_pretrained`` at the start); lca computes LCA over the adapter's
+parameters (:func:`lca_cli.computation.hf_models.adapter_model`).
+
 Needs ``transformers`` (``pip install 'lca-cli[hf]'``); it is imported when this module is.
 """
 
@@ -26,37 +31,11 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from lca_cli.computation.hf_models import ADAPTER_FACTORY, HF_CONFIG, from_config
 from lca_cli.errors import ConfigError
 from lca_cli.training.record import CheckpointWriter
 
 __all__ = ["LcaTrainerCallback", "from_config"]
-
-
-def from_config(architecture: str, config: str) -> torch.nn.Module:
-    """Build a ``transformers`` model from its class name and its config (random weights; lca loads them).
-
-    Args:
-        architecture: A class exported by ``transformers`` (``"GPT2LMHeadModel"``, ``"BertForMaskedLM"``...).
-        config: The model config as JSON (``model.config.to_json_string()``).
-
-    Returns:
-        The model.
-
-    Raises:
-        ConfigError: If the class is unknown to ``transformers`` or the config does not fit it.
-
-    """
-    import transformers
-
-    cls = getattr(transformers, architecture, None)
-    if cls is None or not hasattr(cls, "config_class"):
-        raise ConfigError(
-            f"transformers has no model class {architecture!r}; name a builder of your own instead ([model] factory = "
-            "'pkg.module:build' in lca.toml, or model='pkg.module:build' to the callback)"
-        )
-    cfg = cls.config_class.from_dict(json.loads(config))
-    model: torch.nn.Module = cls(cfg)
-    return model
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -66,6 +45,51 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
         while isinstance(inner, torch.nn.Module):
             model, inner = inner, getattr(inner, attr, None)
     return model
+
+
+def _adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A PEFT model's trainable tensors under the names ``adapter_model.safetensors`` gives them."""
+    from peft.utils import get_peft_model_state_dict
+
+    trainable = {p.data_ptr() for p in model.parameters() if p.requires_grad}
+    saved = get_peft_model_state_dict(model)
+    return {k: v for k, v in saved.items() if v.data_ptr() in trainable}
+
+
+def _save_base(model: torch.nn.Module, folder: Path) -> None:
+    """Save a PEFT model's frozen base as a plain ``save_pretrained`` folder (the adapter layers left out)."""
+    from safetensors.torch import save_file
+
+    base = getattr(model, "get_base_model")()  # noqa: B009 - a PeftModel's
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    owners = {name: p for name, p in base.named_parameters(remove_duplicate=False)}
+    tensors: dict[str, torch.Tensor] = {}
+    for name, tensor in base.state_dict().items():
+        if name in owners and id(owners[name]) in trainable:
+            continue  # the adapter's: saved per step
+        # PEFT wraps each adapted layer's original module as ``base_layer``: the plain model's name drops it.
+        tensors[name.replace(".base_layer.", ".")] = tensor.detach().cpu().clone().contiguous()
+    folder.mkdir(parents=True, exist_ok=True)
+    config = json.loads(base.config.to_json_string(use_diff=False))
+    config["architectures"] = [type(base).__name__]  # a model built in memory has none; lca builds this class
+    (folder / HF_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _peft_model_config(model: torch.nn.Module, run_dir: Path) -> dict[str, Any]:
+    """The lca.toml ``[model]`` kwargs of a PEFT model: its adapter config and the folder of its frozen base."""
+    adapter = next(iter(getattr(model, "peft_config").values()))  # noqa: B009 - not every Module has one
+    settings = adapter.to_dict()
+    name = settings.get("base_model_name_or_path")
+    local = Path(name).expanduser() if isinstance(name, str) and name else None
+    if local is not None and (local / HF_CONFIG).is_file():
+        base = local.resolve()
+    else:  # a hub name or a model built in memory: lca never downloads, so the base is saved with the run
+        base = run_dir.resolve() / "base_model"
+        _save_base(model, base)
+    settings = json.loads(json.dumps(settings, default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
+    compact = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return {"adapter": compact, "base": str(base)}
 
 
 class LcaTrainerCallback(TrainerCallback):
@@ -78,7 +102,8 @@ class LcaTrainerCallback(TrainerCallback):
             ``attention_mask``, ``labels``), a tuple, or a map-style Dataset of these.
         loss: ``"model_loss"`` (the model's own loss; the data needs ``labels``), ``"causal_lm"``, any built-in
             name, or ``"pkg.module:fn"``.
-        model: Model factory; None = :func:`from_config` with the trained model's class and config.
+        model: Model factory; None = :func:`from_config` with the trained model's class and config (a PEFT
+            model: its adapter over the frozen base, saved once unless its config names a local folder).
         model_kwargs: Keyword arguments of ``model``.
         data_kwargs: Keyword arguments of a single data factory.
         compute: Defaults for ``lca compute`` flags.
@@ -108,10 +133,12 @@ class LcaTrainerCallback(TrainerCallback):
         self.append = append
         self._writer: CheckpointWriter | None = None
         self._last: int | None = None
+        self._adapter = False  # a PEFT model: only the adapter's tensors are saved
 
     def _save(self, model: torch.nn.Module, step: int) -> None:
         if self._writer is not None and step != self._last and step % self.every == 0:
-            self._writer.save(_unwrap(model), step)
+            plain = _unwrap(model)
+            self._writer.save(_adapter_state(plain) if self._adapter else plain, step)
             self._last = step
 
     def on_train_begin(
@@ -122,7 +149,9 @@ class LcaTrainerCallback(TrainerCallback):
             return
         plain = _unwrap(model)
         factory, kwargs = self.model_factory, self.model_kwargs
-        if factory is None:
+        if factory is None and hasattr(plain, "peft_config"):
+            factory, kwargs, self._adapter = ADAPTER_FACTORY, _peft_model_config(plain, self.run_dir), True
+        elif factory is None:
             config = getattr(plain, "config", None)
             if config is None:
                 raise ConfigError("the model has no Hugging Face config; pass model='pkg.module:build'")
