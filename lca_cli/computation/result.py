@@ -136,8 +136,7 @@ def accuracy_of(store: LcaStore, new: np.ndarray, scales: Mapping[str, float]) -
     for s in store.sets:
 
         def row_l1(t: int, s: str = s) -> float:
-            norm = float(np.abs(np.asarray(store.array(s, "lca")[t], dtype=np.float64)).sum())
-            return max(norm, scales.get(s, 0.0))
+            return float(np.abs(np.asarray(store.array(s, "lca")[t], dtype=np.float64)).sum())
 
         out[s] = set_accuracy(
             store.steps,
@@ -148,5 +147,7 @@ def accuracy_of(store: LcaStore, new: np.ndarray, scales: Mapping[str, float]) -
             done,
             new & done,
             row_l1,
+            scales.get(s, 0.0),
+            store.read(s, "l1_change"),
         )
     return out
