@@ -75,16 +75,15 @@ def _from_dataset(p: Path) -> dict[str, Any]:
             splits = ", ".join(ds)
             raise ConfigError(f"--data {p} holds the splits {splits}; pass one split's folder ({p}/SPLIT)")
         ds = next(iter(ds.values()))
-    ds = ds.with_format("torch")
-    columns: dict[str, Any] = {}
+    numeric = []
     for name in ds.column_names:
         feature = ds.features[name]
         dtype = getattr(feature, "dtype", None) or getattr(getattr(feature, "feature", None), "dtype", None)
-        if dtype is None or dtype in ("string", "large_string"):
-            continue  # text columns are no model input; the token columns are
-        columns[name] = ds[name]
-    if not columns:
+        if dtype is not None and dtype not in ("string", "large_string"):
+            numeric.append(name)  # text columns are no model input; the token columns are
+    if not numeric:
         raise ConfigError(f"--data {p}: no numeric columns (tokenize the text and save input_ids, labels, ...)")
+    columns: dict[str, Any] = ds.with_format("torch", columns=numeric)[:]  # every row, a tensor per column
     return columns
 
 
