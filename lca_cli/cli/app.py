@@ -14,7 +14,7 @@ from typing import NoReturn
 import click
 
 from lca_cli import __version__
-from lca_cli.cli.common import epilog, err
+from lca_cli.cli.common import HelpContext, HelpGroup, epilog, err
 from lca_cli.cli.compute import compute
 from lca_cli.cli.read import report, summarize, verify
 from lca_cli.errors import (
@@ -30,11 +30,12 @@ __all__ = ["cli", "main"]
 
 
 @click.group(
+    cls=HelpGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=epilog(
-        "lca compute runs/exp1                         # checkpoints -> runs/exp1/lca.zarr",
-        "lca summarize runs/exp1/lca.zarr --by layer   # who helped, who hurt",
-        "lca report runs/exp1/lca.zarr --out exp1.html # figures, one self-contained page",
+        "lca compute runs/exp1                          # -> runs/exp1/lca.zarr",
+        "lca summarize runs/exp1/lca.zarr --by layer    # who helped, who hurt",
+        "lca report runs/exp1/lca.zarr --out exp1.html  # figures, one page",
     ),
 )
 @click.version_option(__version__, prog_name="lca")
@@ -51,6 +52,8 @@ cli.add_command(compute)
 cli.add_command(summarize)
 cli.add_command(report)
 cli.add_command(verify)
+for _command in cli.commands.values():  # their help, too, never splits a word at a hyphen
+    _command.context_class = HelpContext
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -114,19 +114,21 @@ def _stop_signals(stop: threading.Event, received: list[int]) -> Iterator[None]:
 
 @click.command(
     epilog=epilog(
-        "lca compute runs/exp1                          # -> runs/exp1/lca.zarr (resumes if it exists)",
+        "lca compute runs/exp1                  # -> runs/exp1/lca.zarr; resumes",
         "lca compute runs/exp1 --dtype float32 --rtol 1e-3 --threads 1",
         "lca compute runs/exp1 --config exp.toml --out /data/exp1.zarr --json",
-        "torchrun --standalone --nproc-per-node 4 -m lca_cli compute runs/exp1   # 4 GPUs or processes",
+        "torchrun --standalone --nproc-per-node 4 -m lca_cli compute runs/exp1",
         "lca compute runs/exp1 --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT",
-        "lca compute runs/exp1 --follow --prune          # beside training, under a disk budget",
+        "lca compute runs/exp1 --follow --prune # beside training, bounded disk",
         "lca compute runs/exp1 --dry-run --granularity neuron",
         before_exit_codes=SECURITY_HELP,
     )
 )
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config TOML [RUN_DIR/lca.toml].")
-@click.option("--out", type=click.Path(path_type=Path), help="Store path [RUN_DIR/lca.zarr].")
+@click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), help="Config TOML [default: RUN_DIR/lca.toml]."
+)
+@click.option("--out", type=click.Path(path_type=Path), help="Store path [default: RUN_DIR/lca.zarr].")
 @_spec_options(config_keys=True)
 @_spec_options(config_keys=False)
 @click.option(

@@ -16,7 +16,7 @@ from lca_cli.errors import (
 
 __all__ = ["report", "summarize", "verify"]
 
-from lca_cli.cli.common import STEPS_HELP, epilog, err
+from lca_cli.cli.common import READ_EXIT_CODES, STEPS_HELP, epilog, err
 
 
 @click.command(
@@ -25,18 +25,19 @@ from lca_cli.cli.common import STEPS_HELP, epilog, err
         "lca summarize runs/exp1/lca.zarr --concentration --set val",
         "lca summarize runs/exp1/lca.zarr --by neuron --top 20 --sort hurt",
         "lca summarize runs/exp1/lca.zarr --by iteration --steps 0:50 --format csv",
+        exit_codes=READ_EXIT_CODES,
     )
 )
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--by", type=click.Choice(["layer", "tensor", "neuron", "iteration"]), default="layer", show_default=True,
               help="layer = parameter name minus its last component; neuron = output unit (dim 0; columns of weights "
                    "stored (in, out), as transformers' Conv1D).")  # fmt: skip
-@click.option("--set", "set_name", help="Evaluation set [train, else the first].")
+@click.option("--set", "set_name", help="Evaluation set [default: train, else the first].")
 @click.option("--steps", help=STEPS_HELP)
 @click.option("--top", type=int, help="Show only the first N rows (after sorting).")
 @click.option("--sort", type=click.Choice(["model", "helped", "hurt", "abs"]),
-              help="model order (default; neurons: helped), most helpful first, most harmful first, "
-              "or by |LCA|.")  # fmt: skip
+              help="Row order: model order, most helpful first, most harmful first, or by |LCA| "
+              "[default: model; --by neuron: helped].")  # fmt: skip
 @click.option("--concentration", is_flag=True,
               help="With --by layer|tensor: also the share of each group's parameters that does 50% / 90% of its "
               "learning (streams the lca array once; the other columns read only small arrays).")  # fmt: skip
@@ -90,21 +91,27 @@ def summarize(
     epilog=epilog(
         "lca report runs/exp1/lca.zarr --out exp1.html",
         "lca report runs/exp1/lca.zarr --out early.html --steps :200 --set train",
-        "lca report runs/normal/lca.zarr runs/frozen/lca.zarr --out cmp.html --label normal --label frozen",
+        "lca report a.zarr b.zarr --out cmp.html --label normal --label frozen",
+        exit_codes=(0, 1, *READ_EXIT_CODES[1:]),
+        notes={1: "matplotlib missing: pip install 'lca-cli[report]'"},
     )
 )
 @click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="HTML page to write.")
 @click.option("--set", "set_names", multiple=True,
-              help="Evaluation set to show (repeat for several) [every set of the store, side by side].")  # fmt: skip
+              help="Evaluation set to show (repeat for several) [default: every set of the store, side by "
+              "side].")  # fmt: skip
 @click.option("--steps", help=STEPS_HELP)
 @click.option("--label", "labels", multiple=True,
-              help="Names of the two runs in a comparison (give twice) [the stores' folder names].")  # fmt: skip
-@click.option("--png-dir", type=click.Path(path_type=Path), help="Where the PNG figures go [<OUT stem>_files/].")
+              help="Names of the two runs in a comparison (give twice) [default: the stores' folder "
+              "names].")  # fmt: skip
+@click.option(
+    "--png-dir", type=click.Path(path_type=Path), help="Where the PNG figures go [default: <OUT stem>_files/]."
+)
 @click.option("--view", "views", multiple=True,
               help="Draw only this view (repeat for several): loss, composition, helped_hist, values, layers, "
               "layer_shares, cumulative, milestones, concentration, heatmaps, input_maps, trajectories, sync "
-              "[all].")  # fmt: skip
+              "[default: all].")  # fmt: skip
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 def report(
     stores: tuple[Path, ...],
@@ -144,8 +151,9 @@ def report(
 
 @click.command(
     epilog=epilog(
-        "lca verify runs/exp1/lca.zarr          # every chunk present, right size, matching checksum",
+        "lca verify runs/exp1/lca.zarr          # every chunk's size and checksum",
         "lca verify runs/exp1/lca.zarr --json   # the same as one JSON object",
+        exit_codes=READ_EXIT_CODES,
     )
 )
 @click.argument("store", type=click.Path(path_type=Path))

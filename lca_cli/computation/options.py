@@ -140,23 +140,23 @@ _CONSTANTS: dict[str, Any] = {
 OPTIONS: tuple[Option, ...] = (
     Option(
         "method", str, "rk4", "rk4: adaptive composite Simpson (the paper's 'RK4'); euler: first order, for "
-        "comparison [default {default}].", METHODS,
+        "comparison [default: {default}].", METHODS,
     ),
     Option(
         "refine", str, "local", "local: split only the sub-intervals whose per-parameter error estimate is large; "
-        "doubling: double every sub-interval while the residual is over tolerance [default {default}].", REFINES,
+        "doubling: double every sub-interval while the residual is over tolerance [default: {default}].", REFINES,
     ),
     Option(
         "l1_tol", float, None, "Per-parameter accuracy target: refine until a row's estimated L1 error is at most "
         "this times its L1 norm, or the run's scale when that is larger (--l1-scope), so the run's relative L1 "
-        "error per parameter is about this [default {DEFAULT_L1_TOL}; --refine doubling: 0 = off, else the "
+        "error per parameter is about this [default: {DEFAULT_L1_TOL}; --refine doubling: 0 = off, else the "
         "relative L1 change of the last doubling].",
     ),
     Option(
         "l1_scope", str, "run", "What --l1-tol is relative to. run: a pair's own L1 norm or the run's scale, "
         "whichever is larger ({SCALE_FRACTION:g} x the mean L1 norm of {SCALE_PAIRS} pairs spread over the run, "
         "measured when the store is created and recorded in it), so pairs that hardly move are not refined for "
-        "their own sake; pair: every pair to its own row (costlier on ReLU nets) [default {default}].", L1_SCOPES,
+        "their own sake; pair: every pair to its own row (costlier on ReLU nets) [default: {default}].", L1_SCOPES,
     ),
     Option(
         "tolerance", float, None, "Absolute residual tolerance per pair, in loss units: also refine until "
@@ -168,43 +168,44 @@ OPTIONS: tuple[Option, ...] = (
         "doubling: {DOUBLING_RTOL}].",
     ),
     Option(
-        "max_splits", int, 32, "Cap on sub-intervals (power of two) [default {default}]; 2 = plain Simpson, no "
+        "max_splits", int, 32, "Cap on sub-intervals (power of two) [default: {default}]; 2 = plain Simpson, no "
         "refinement.",
     ),
-    Option("batch_size", int, 1024, "Evaluation chunk size in samples [default {default}]."),
-    Option("device", str, "auto", "auto (CUDA when present), cpu, cuda or cuda:N [default {default}]."),
+    Option("batch_size", int, 1024, "Evaluation chunk size in samples [default: {default}]."),
+    Option("device", str, "auto", "auto (CUDA when present), cpu, cuda or cuda:N [default: {default}]."),
     Option(
-        "dtype", str, "auto", "Network dtype; sums are float64 either way [default {default}: the checkpoints' "
+        "dtype", str, "auto", "Network dtype; sums are float64 either way [default: {default}: the checkpoints' "
         "dtype].", DTYPES,
     ),
     Option(
         "bn_mode", str, "batch", "BatchNorm: batch = statistics of each evaluation chunk (the paper); running = "
-        "checkpoint running statistics, interpolated, their share stored as buffer_lca [default {default}].",
+        "checkpoint running statistics, interpolated, their share stored as buffer_lca [default: {default}].",
         BN_MODES,
     ),
-    Option("allow_tf32", bool, False, "Allow TF32 on GPU (faster, less exact) [{default}]."),
-    Option("compile", bool, False, "torch.compile the model (opt-in) [{default}]."),
+    Option("allow_tf32", bool, False, "Allow TF32 on GPU (faster, less exact) [default: {default}]."),
+    Option("compile", bool, False, "torch.compile the model (opt-in) [default: {default}]."),
     Option(
-        "rows_per_chunk", int, 0, "Store rows per chunk ({default} = about 8 MiB per chunk) [default {default}]."
+        "rows_per_chunk", int, 0, "Store rows per chunk ({default} = about 8 MiB per chunk) [default: {default}]."
     ),
     Option(
         "threads", "threads", "auto", "CPU threads for torch: auto = time one thread against every usable core at "
         "start-up (and again when pairs slow down) and keep the faster; N fixes the count; 0 = torch's default "
-        "[{default}].",
+        "[default: {default}].",
     ),
     Option(
         "state_dict_key", str, "", "Entry of the saved checkpoint dicts holding the model's state_dict (a/b for a "
-        "deeper one) [found automatically: state_dict, model, model_state_dict or module].",
+        "deeper one) [default: found: state_dict, model, model_state_dict or module].",
     ),
     Option(
         "granularity", str, "parameter", "What a stored lca column holds: one parameter, one neuron (output unit "
         "of a layer) or one tensor; neuron and tensor rows take orders of magnitude less disk. Pairs are "
-        "integrated over every parameter either way [{default}].", GRANULARITIES,
+        "integrated over every parameter either way [default: {default}].", GRANULARITIES,
     ),
     Option(
         "params", tuple, (), "Store the columns of the tensors whose names match (repeatable, e.g. 'encoder.*'); "
-        "the rest is stored as one '(other)' column, so rows still sum to the loss change [every tensor]. With "
-        "--granularity neuron a match keeps its whole layer (a neuron sums every tensor of it).", metavar="GLOB",
+        "the rest is stored as one '(other)' column, so rows still sum to the loss change [default: every "
+        "tensor]. With --granularity neuron a match keeps its whole layer (a neuron sums every tensor of it).",
+        metavar="GLOB",
     ),
     # -- one call's options (not [compute] keys) ---------------------------------------------------------------
     Option(
@@ -225,7 +226,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "unsafe_pickle", bool, False, "Allow torch checkpoints that need pickle (it can run any code: only for "
-        "files you trust) [{default}: weights_only=True].", config_key=False, switch=False,
+        "files you trust) [default: {default}, weights_only=True].", config_key=False, switch=False,
     ),
     Option(
         "strict", bool, False, "Exit with code 8 when a pair computed by this call stays over tolerance at the cap "
@@ -233,7 +234,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "steps", str, None, "Compute only the pairs whose start step is in A:B (half-open; either end may be "
-        "omitted) [all].", config_key=False, metavar="A:B",
+        "omitted) [default: all].", config_key=False, metavar="A:B",
     ),
     Option(
         "shard", str, None, "Compute the I-th of N contiguous parts of the pairs (Slurm array tasks, machines "
@@ -255,7 +256,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "idle_timeout", float, IDLE_TIMEOUT_SECONDS, "With --follow: stop after this long without a new "
-        "checkpoint [{default}].", config_key=False, metavar="SECONDS",
+        "checkpoint [default: {default}].", config_key=False, metavar="SECONDS",
     ),
     Option(
         "prune", bool, False, "Delete each checkpoint once every pair needing it is stored (never the newest; "

@@ -33,9 +33,9 @@ def test_every_option_is_a_click_option_with_the_spec_choices() -> None:
 
 
 def test_help_shows_the_spec_defaults() -> None:
-    assert "[default 32]" in help_of("max_splits") and "[default 1024]" in help_of("batch_size")
-    assert "[default 1e-3;" in help_of("l1_tol") and "1e-9 in float64, 1e-7 in float32" in help_of("tolerance")
-    assert "[1800]" in help_of("idle_timeout") and "0.8 x the mean L1 norm of 8 pairs" in help_of("l1_scope")
+    assert "[default: 32]" in help_of("max_splits") and "[default: 1024]" in help_of("batch_size")
+    assert "[default: 1e-3;" in help_of("l1_tol") and "1e-9 in float64, 1e-7 in float32" in help_of("tolerance")
+    assert "[default: 1800]" in help_of("idle_timeout") and "0.8 x the mean L1 norm of 8 pairs" in help_of("l1_scope")
     assert all("{" not in o.help_text for o in OPTIONS)
 
 
