@@ -1,20 +1,26 @@
-"""Plain-text tables of ``lca summarize``: every number whole, within 80 columns where the data allow.
+"""Plain-text tables of ``lca summarize``: every number whole, within the terminal's width (80 when piped).
 
-Column widths come from the content (never cut: a cut number such as ``-0.0…`` is worse than none), and the
-formats are chosen so that the iteration table fits 80 columns (steps up to 6 digits) and the layer table
-does for layer names up to about 14 characters. Several stored columns are shown merged here (helped / zero
-/ hurt shares as one ``71/ 4/25`` column, the 50% / 90% milestones as ``18/41``); ``--format json`` and
-``csv`` carry them separately, with full precision.
+Column widths come from the content (numbers are never cut: a cut number such as ``-0.0…`` is worse than none),
+and the formats are chosen so that the iteration table fits 80 columns (steps up to 6 digits). Names that would
+make a layer, tensor or neuron table wider than the terminal (a transformer's
+``bert.encoder.layer.11.attention.output.LayerNorm``) are shortened in the middle (``b.e.l.11.a.o.LayerNorm``;
+see :func:`shorten_middle`), distinct; ``--format json`` and ``csv`` carry them whole. Several stored columns are
+shown merged here (helped / zero / hurt shares as one ``71/ 4/25`` column, the 50% / 90% milestones as
+``18/41``); ``--format json`` and ``csv`` carry them separately, with full precision.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from lca_cli.analysis.reduce import Summary
 
 __all__ = ["render_summary"]
+
+#: The narrowest a shortened name gets: below this the table is allowed to be wider than the terminal.
+MIN_NAME_WIDTH = 12
 
 #: Short forms of the significance verdicts of :func:`lca_cli.analysis.series.significance`.
 _VERDICT = {"helps": "helps", "hurts": "hurts", "within error": "≈0"}
@@ -51,6 +57,55 @@ def _pair(a: Any, b: Any, fmt: Callable[[Any], str]) -> str:
 
 def _int(v: Any) -> str:
     return "-" if v is None else f"{int(v):,}"
+
+
+def _abbreviated(name: str, width: int) -> str:
+    """``name`` with its dotted parts cut to their first letter from the middle outwards until it fits.
+
+    The last part (``weight``, ``LayerNorm``) and numbers (``layer.11``) stay whole: they tell rows apart.
+    """
+    parts = name.split(".")
+    middle = (len(parts) - 1) / 2
+    for i in sorted(range(len(parts) - 1), key=lambda i: (abs(i - middle), i)):
+        if len(".".join(parts)) <= width:
+            break
+        if not parts[i].isdigit():
+            parts[i] = parts[i][:1]
+    return ".".join(parts)
+
+
+def shorten_middle(names: Sequence[str], width: int) -> list[str]:
+    """Names shortened in the middle to at most ``width`` characters, still distinct where possible.
+
+    First the dotted parts in the middle are cut to their first letter
+    (``bert.encoder.layer.11.attention.output.LayerNorm`` -> ``b.e.l.11.a.o.LayerNorm``); what is still too long
+    loses characters in the middle (``head…tail``), at a cut moved outwards from the middle until no two
+    different names read the same.
+
+    Args:
+        names: The names.
+        width: The widest a name may be (at least 3).
+
+    Returns:
+        The names, those longer than ``width`` shortened.
+
+    """
+    if all(len(n) <= width for n in names):
+        return list(names)
+    distinct = len(set(names))
+    parts = [n if len(n) <= width else _abbreviated(n, width) for n in names]
+    if len(set(parts)) < distinct:  # two names met: cut characters from the names themselves instead
+        parts = list(names)
+    keep = max(width, 3) - 1  # characters kept around the ellipsis
+
+    def cut(head: int) -> list[str]:
+        return [n if len(n) <= width else f"{n[:head]}…{n[len(n) - (keep - head) :]}" for n in parts]
+
+    for head in sorted(range(1, keep), key=lambda h: (abs(h - keep // 2), h)):
+        shortened = cut(head)
+        if len(set(shortened)) == distinct:
+            return shortened
+    return cut(keep // 2)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[bool]) -> list[str]:
@@ -94,7 +149,20 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _group_table(summary: Summary) -> list[str]:
+def _fit_names(rows: list[list[str]], headers: Sequence[str], width: int) -> bool:
+    """Shorten the first column (names) in place so that the table fits ``width``; True if any was shortened."""
+    if not rows:
+        return False
+    others = sum(max(len(h), *(len(r[i]) for r in rows)) + 2 for i, h in enumerate(headers) if i)
+    room = max(width - others, MIN_NAME_WIDTH, len(headers[0]))
+    names = [r[0] for r in rows]
+    short = shorten_middle(names, room)
+    for r, name in zip(rows, short, strict=True):
+        r[0] = name
+    return short != names
+
+
+def _group_table(summary: Summary, width: int) -> list[str]:
     cols = set(summary.columns)
     g4 = _g(4)
     headers = ["name", "params", "lca", "share", "sig.", "h/0/h %", "help≠0"]
@@ -125,6 +193,7 @@ def _group_table(summary: Summary) -> list[str]:
                 _pair(r.get("params_50"), r.get("params_90"), lambda v: "-" if v is None else f"{100 * v:.0f}")
             )
         rows.append(cells)
+    shortened = _fit_names(rows, headers, width)
     out = _table(headers, rows, left)
     h = summary.header
     out.append(f"sig.: helps/hurts if |lca| > integration error Σ|residual| {h['integration_error']:.3g}, else ≈0")
@@ -138,6 +207,8 @@ def _group_table(summary: Summary) -> list[str]:
     if conc:
         units = "neurons" if neurons else "parameters"
         out.append(f"conc.%: fewest {units} (% of the group's) doing 50% / 90% of its learning")
+    if shortened:
+        out.append("names shortened in the middle to fit; --format csv or json gives them whole")
     return out
 
 
@@ -165,17 +236,21 @@ def _iteration_table(summary: Summary) -> list[str]:
     return out
 
 
-def render_summary(summary: Summary) -> str:
+def render_summary(summary: Summary, width: int | None = None) -> str:
     """The table form of a summary (header lines, the table, a legend), as one string ending in a newline.
 
     Args:
         summary: A :class:`~lca_cli.analysis.reduce.Summary`.
+        width: Columns to fit (long names are shortened in the middle); default the terminal's width, or
+            ``COLUMNS``, else 80 (stdout piped or redirected).
 
     Returns:
         The text.
 
     """
+    width = width or shutil.get_terminal_size((80, 24)).columns
     lines = _header_lines(summary.header)
     lines.append("")
-    lines += _iteration_table(summary) if summary.header.get("by") == "iteration" else _group_table(summary)
+    by_iteration = summary.header.get("by") == "iteration"
+    lines += _iteration_table(summary) if by_iteration else _group_table(summary, width)
     return "\n".join(lines) + "\n"

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
 from lca_cli.analysis.reduce import _COLUMNS, _GROUP_COLUMNS, Summary
-from lca_cli.cli.tables import render_summary
+from lca_cli.cli.tables import render_summary, shorten_middle
 
 HEADER = {
     "store": "/data/runs/a/lca.zarr", "set": "train", "first_step": 999_000, "last_step": 999_999,
@@ -42,3 +49,56 @@ def test_layer_table_shows_verdicts_and_merged_columns() -> None:
     assert "helps" in table[0] and "12/250" in table[0] and "50/ 0/50" in table[0]
     assert "≈0" in table[1] and table[1].rstrip().endswith("-")
     assert "integration error Σ|residual| 3.2e-05" in text
+
+
+def bert_like_shapes() -> list[tuple[str, tuple[int, ...]]]:
+    """A BERT's parameter names (12 layers) on tiny tensors: the names, not the sizes, make a table wide."""
+    shapes: list[tuple[str, tuple[int, ...]]] = [("bert.embeddings.word_embeddings.weight", (5, 3))]
+    for i in range(12):
+        for part in ("attention.self.query", "attention.self.key", "attention.output.dense", "output.dense"):
+            shapes += [(f"bert.encoder.layer.{i}.{part}.weight", (3, 3)), (f"bert.encoder.layer.{i}.{part}.bias", (3,))]
+        for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
+            shapes += [(f"bert.encoder.layer.{i}.{norm}.weight", (3,)), (f"bert.encoder.layer.{i}.{norm}.bias", (3,))]
+    return [*shapes, ("cls.predictions.transform.LayerNorm.weight", (3,))]
+
+
+@pytest.mark.parametrize("by", ["layer", "tensor"])
+def test_transformer_names_fit_80_columns_and_stay_whole_in_csv_and_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], by: str
+) -> None:
+    from stores import make_store
+
+    from lca_cli.cli.app import main
+
+    make_store(tmp_path / "lca.zarr", n_pairs=10, shapes=bert_like_shapes())
+    monkeypatch.setenv("COLUMNS", "80")  # what a person's 80-column terminal (or a pipe) gives
+
+    def run(*args: str) -> str:
+        with pytest.raises(SystemExit) as info:
+            main(["summarize", str(tmp_path / "lca.zarr"), "--by", by, *args])
+        assert info.value.code == 0
+        return capsys.readouterr().out
+
+    text = run()
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    assert "names shortened in the middle to fit" in text
+    full = [r["name"] for r in json.loads(run("--format", "json"))["rows"]]
+    assert "bert.encoder.layer.11.attention.output.LayerNorm" in [n.rsplit(".", 1)[0] for n in full] + full
+    assert all("…" not in n for n in full)
+    assert [r["name"] for r in csv.DictReader(io.StringIO(run("--format", "csv")))] == full
+    # every table row is one of them, shortened in the middle, and no two read the same
+    lines = text.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.startswith("----"))
+    names = [line.split()[0] for line in lines[rule + 1 : rule + 1 + len(full)]]
+    assert len(names) == len(full) == len(set(names))
+    for short, name in zip(names, full, strict=True):  # parts cut to a letter, then characters (…) if need be
+        assert short == name or (len(short) < len(name) and short[0] == name[0] and short[-1] in (name[-1], "…"))
+
+
+def test_shorten_middle_keeps_names_distinct() -> None:
+    names = [f"bert.encoder.layer.{i}.attention.output.dense" for i in (1, 10, 11)]
+    assert shorten_middle(names, 24) == [f"bert.e.l.{i}.a.o.dense" for i in (1, 10, 11)]
+    # too long even with parts cut to a letter: characters go in the middle, at a cut that keeps them apart
+    short = shorten_middle(names, 12)
+    assert all(len(s) <= 12 and "…" in s for s in short) and len(set(short)) == 3, short
+    assert shorten_middle(["fc1", "fc2"], 16) == ["fc1", "fc2"]
