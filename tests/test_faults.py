@@ -134,7 +134,7 @@ def test_sigterm_and_sighup_keep_finished_rows(
     )  # fmt: skip
     assert proc.stderr is not None
     first = proc.stderr.readline()  # plain progress (stderr is a pipe): the start line
-    assert first.startswith("lca compute: 40 pair(s) to compute (0 already done)"), first
+    assert " lca compute: 40 pair(s) to compute (0 already done)" in first, first  # after the time
     time.sleep(1.5)
     proc.send_signal(sig)
     stdout, rest = proc.communicate(timeout=120)
@@ -370,3 +370,73 @@ def test_a_second_compute_beside_a_pruning_one_meets_the_lock_not_a_vanished_che
     assert code == (9 if second == "plain" else 0), err
     assert "disappeared" not in err and "cannot be read" not in err
     assert_same_tree(out, ref)  # and the store is the one an uninterrupted single process makes
+
+
+# -- a paused process whose lock was taken over (fencing) ------------------------------------------------------
+
+
+def _pause_after_check(n: int) -> None:  # pragma: no cover - runs in a forked child
+    """SIGSTOP this process right after its ``n``-th lock check passed: the moment before a write, where a
+    Slurm suspend is most harmful (the check is done, the write is not)."""
+    from lca_cli.store.claims import Lease
+
+    orig, count = Lease.check, [0]
+
+    def check(self: Lease) -> None:
+        orig(self)
+        count[0] += 1
+        if count[0] == n:
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    Lease.check = check  # type: ignore[method-assign]
+
+
+def _as_another_host() -> None:  # pragma: no cover - runs in a forked child
+    """Make this process judge the lock as a process on another machine would, with a half-second lease: by
+    its heartbeat alone (a paused holder on this machine is a live pid, never taken over)."""
+    import lca_cli.store.claims as claims
+
+    claims.LEASE_SECONDS = 0.5
+    claims._machine = lambda: "another-host|boot|ns"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["resume", "overwrite"])
+@pytest.mark.parametrize("pause_at", [1, 2, 3])
+def test_a_paused_compute_whose_lock_was_taken_over_never_writes_again(
+    tiny: tuple[Path, Path], tmp_path: Path, overwrite: bool, pause_at: int
+) -> None:
+    """Stopped (SIGSTOP) between its lock check and its write, a compute whose lock another host's compute took
+    over after the lease writes nothing on SIGCONT: exit 9, one line, the new owner's store as it left it."""
+    run, ref = tiny
+    out = tmp_path / "s.zarr"
+    if overwrite:
+        shutil.copytree(ref, out)
+    else:
+        shutil.copytree(ref, out)
+        shutil.rmtree(out / "train" / "done" / "c")  # nothing done yet: every block is to compute
+    flags = ["--overwrite"] if overwrite else []
+    err_a, err_b = tmp_path / "a.err", tmp_path / "b.err"
+
+    def paused() -> None:
+        _pause_after_check(pause_at)
+        cli("compute", run, "--out", out, "--quiet", *ROWS, *flags)
+
+    pid = fork_start(paused, stderr=err_a)
+    _, status = os.waitpid(pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), err_a.read_text()
+    time.sleep(0.6)  # past the taker's lease: no heartbeat from a stopped process
+
+    def taker() -> None:
+        _as_another_host()
+        cli("compute", run, "--out", out, "--quiet", *ROWS)
+
+    assert fork_call(taker, stderr=err_b) == 0, err_b.read_text()
+    finished = tree(out)
+    os.kill(pid, signal.SIGCONT)
+    assert fork_wait(pid) == 9, err_a.read_text()
+    lines = err_a.read_text().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "took over" in lines[0], lines
+    assert tree(out) == finished  # not one byte written after the takeover
+    assert_same_tree(out, ref)
+    assert fork_call(lambda: cli("verify", out)) == 0
+    assert leftovers(tmp_path, {"s.zarr", "a.err", "b.err"}) == []  # no fence, lock or half-built store left

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,17 +40,15 @@ from lca_cli.core.columns import Columns
 from lca_cli.core.layout import Layout
 from lca_cli.errors import StorageError, StoreBusyError, StoreError
 from lca_cli.store.claims import Keeper, Lease, store_lock_path
+from lca_cli.store.fencing import Fence
 from lca_cli.store.identity import Alignment, align, check_fingerprints, fingerprints
 from lca_cli.store.integrity import prepare_repair, quick_check, remove_partial_files, verify
 from lca_cli.store.lcastore import LcaStore
 from lca_cli.store.placement import (
-    exchange,
     fsync_paths,
     inspect_path,
-    new_token,
     remove_stale_sibling,
     remove_store,
-    sibling,
     stale_siblings,
     storage_errors,
 )
@@ -103,7 +100,8 @@ class Target:
         if self.helper:
             return  # the owner alone writes attributes
         if self.pending is not None:
-            _swap_in(self.store.path, self.pending)
+            assert self.lock is not None and self.lock.fence is not None
+            _swap_in(self.store.path, self.pending, self.lock.fence)
             self.store.relocate(self.pending)
             self.pending = None
         if not self._touched:  # a store is only touched when rows are written (read-only no-ops stay exit 0)
@@ -145,33 +143,19 @@ class Target:
                 self.lock.release()
 
 
-def _swap_in(new: Path, out: Path) -> None:
+def _swap_in(new: Path, out: Path, fence: Fence) -> None:
+    """Put a new store (built in the lock's fence folder) at ``out``, replacing the old one.
+
+    A rename out of the fence: a process that lost the lock while paused never swaps its store in.
+    """
     with storage_errors(f"replacing {out}"):
-        if exchange(new, out):
-            old = new  # the exchange put the old store where the new one was built
-        else:
-            old = sibling(out, "old", new_token())
-            os.rename(out, old)
-            os.rename(new, out)
+        old = fence.place(new, out)
         fsync_paths([out], parents=True)
-        # Someone may have put a file into the old store meanwhile: then it stays, as a hidden sibling.
-        with contextlib.suppress(StoreError):
-            remove_store(old)
-
-
-def _move_into_place(new: Path, out: Path, kind: str) -> None:
-    """Put a freshly created store at ``out``, where there is nothing, an empty folder or a half-created store."""
-    with storage_errors(f"creating {out}"):
-        if kind in ("missing", "empty"):
-            os.rename(new, out)  # over an empty folder too: rename(2) replaces an empty directory
-        elif exchange(new, out):
-            remove_store(new)  # the half-created one
-        else:
-            old = sibling(out, "old", new_token())
-            os.rename(out, old)
-            os.rename(new, out)
-            remove_store(old)
-        fsync_paths([out], parents=True)
+        # Someone may have put a file into the old store meanwhile: then it stays, in the fence folder, which the
+        # next owner of the store retires.
+        if old is not None:
+            with contextlib.suppress(StoreError):
+                remove_store(old)
 
 
 def _check_same(store: LcaStore, identity: Any, layout: Layout, sets: list[str]) -> None:
@@ -312,7 +296,7 @@ def prepare(
     with storage_errors(f"cannot create {out.parent}"):
         out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        lock = Lease.acquire(store_lock_path(out), str(out), purpose=purpose)
+        lock = Lease.acquire(store_lock_path(out), str(out), purpose=purpose, fenced=True)
     except StorageError:
         if state.kind != "store" or overwrite or repair:
             raise
@@ -349,7 +333,7 @@ def _read_only(out: Path, run: Path, refs: Sequence[Any], identity: Any, layout:
 
 def _prepare_locked(req: _Request, lock: Lease, keeper: Keeper) -> Target:
     # Holding the lock, no other owner works on this store: siblings left by a killed run are ours to clean.
-    for stale in stale_siblings(req.out):
+    for stale in stale_siblings(req.out):  # names of lca before fencing (a new store is now built in the fence)
         remove_stale_sibling(stale)
     # Again: another process may have finished creating it meanwhile.
     state = inspect_path(req.out, deep=req.overwrite)
@@ -361,7 +345,7 @@ def _prepare_locked(req: _Request, lock: Lease, keeper: Keeper) -> Target:
         what = "replace" if req.overwrite else "repair"
         raise StoreBusyError(f"{req.out}: {active}; cannot {what} it now: wait for them to finish, or stop them")
     if state.kind == "store" and not req.overwrite:
-        store = LcaStore.open(req.out, mode="r+", check=False, durable=req.durable)
+        store = LcaStore.open(req.out, mode="r+", check=False, durable=req.durable, fence=lock.fence)
         store.require_current()
         _check_same(store, req.identity, req.layout, req.sets)
         if not active:  # a *.partial file may be a live helper's chunk write in flight
@@ -388,11 +372,12 @@ def _prepare_locked(req: _Request, lock: Lease, keeper: Keeper) -> Target:
         raise StoreError(f"--repair: {req.out} is not an lca store yet; run without --repair to create it")
     steps = [r.step for r in req.refs]
     fps = fingerprints(list(req.refs))
-    new = sibling(req.out, "new", new_token())
+    assert lock.fence is not None  # the store lock is always fenced
+    new = lock.fence.temp("store")  # built in the fence: only the lock's holder can move it into place
     try:
         store = LcaStore.create(
             new, layout=req.layout, sets=req.sets, steps=steps, attrs=req.attrs, rows_per_chunk=req.rows_per_chunk,
-            fingerprints=fps, durable=req.durable, columns=req.columns,
+            fingerprints=fps, durable=req.durable, columns=req.columns, fence=lock.fence,
         )  # fmt: skip
     except BaseException:
         with contextlib.suppress(Exception):
@@ -401,7 +386,11 @@ def _prepare_locked(req: _Request, lock: Lease, keeper: Keeper) -> Target:
     al = Alignment(steps, list(req.refs), len(steps))
     if state.kind == "store":  # overwrite: swapped in once the first rows are durable
         return Target(store, req.out, al, lock, keeper, pending=req.out, device=req.device)
-    _move_into_place(new, req.out, state.kind)
+    with storage_errors(f"creating {req.out}"):
+        old = lock.fence.place(new, req.out)  # over nothing, an empty folder or a half-created store
+        fsync_paths([req.out], parents=True)
+        if old is not None:
+            remove_store(old)
     store.relocate(req.out)
     return Target(store, req.out, al, lock, keeper, device=req.device)
 

@@ -13,7 +13,10 @@ time rewritten every :data:`HEARTBEAT_SECONDS` by a background thread (:class:`K
 
 Taking over renames the stale file aside and checks that it was still the stale one, so two processes
 reclaiming at once cannot both win, and a holder whose claim was taken (it was stopped for longer than the
-lease) notices at its next heartbeat or :meth:`Lease.check` and stops before writing anything more.
+lease) notices at its next heartbeat or :meth:`Lease.check` and stops. A check before a write still leaves a
+moment between the two in which the holder can be paused; a *fenced* lease (the store lock) closes it: its
+holder writes only by renames out of its own fence folder, which a takeover retires before it returns
+(:mod:`lca_cli.store.fencing`), so a holder that lost the lock never writes again, whenever it was paused.
 
 The store lock is :func:`store_lock_path` (a hidden sibling of the store, so it exists before the store
 does and stays put when a new store is swapped in). Per-chunk claims of the processes that compute into a
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from lca_cli.errors import StoreBusyError
+from lca_cli.store.fencing import Fence, fence_folder, retire_fences
 from lca_cli.store.placement import new_token, storage_errors
 
 __all__ = ["HEARTBEAT_SECONDS", "LEASE_SECONDS", "Holder", "Keeper", "Lease", "read_claim", "store_lock_path"]
@@ -168,10 +172,12 @@ class Lease:
     before each write that must not happen after losing the claim.
     """
 
-    def __init__(self, path: Path, fd: int, holder: Holder, lease: float) -> None:
+    def __init__(self, path: Path, fd: int, holder: Holder, lease: float, fence: Fence | None = None) -> None:
         self.path = path
         self.holder = holder
         self.lease = lease
+        #: The holder's fence (a fenced lease), through which every write it protects goes.
+        self.fence = fence
         self._fd = fd
         self._lost: str | None = None
         self._lock = threading.Lock()
@@ -179,14 +185,20 @@ class Lease:
     # -- taking -----------------------------------------------------------------------------------------
 
     @classmethod
-    def acquire(cls, path: Path, what: str, *, purpose: str = "lca compute", lease: float = LEASE_SECONDS) -> Lease:
+    def acquire(
+        cls, path: Path, what: str, *, purpose: str = "lca compute", lease: float | None = None, fenced: bool = False
+    ) -> Lease:
         """Take the claim at ``path``, taking over a stale one; refuse at once if someone live holds it.
 
         Args:
             path: The claim file.
             what: What it protects, for messages (e.g. the store path).
             purpose: What this process is doing, recorded for others' messages.
-            lease: Seconds without a heartbeat after which a holder on another machine counts as dead.
+            lease: Seconds without a heartbeat after which a holder on another machine counts as dead (None:
+                :data:`LEASE_SECONDS`, read at the call, so a test can shorten it in its process).
+            fenced: Also make this holder's fence folder, and retire every earlier holder's before returning
+                (:mod:`lca_cli.store.fencing`): writes through :attr:`fence` can then never come from a holder
+                that lost the claim.
 
         Returns:
             The held lease.
@@ -196,7 +208,23 @@ class Lease:
             StorageError: If the claim file cannot be created (read-only file system, permissions, ...).
 
         """
+        lease = LEASE_SECONDS if lease is None else lease
         me = new_token()
+        fence = None
+        if fenced:  # made before the claim exists, so a claim never has a holder without its fence
+            folder = fence_folder(path, me)
+            with storage_errors(f"cannot create the lock {path}"):
+                os.mkdir(folder)
+            fence = Fence(folder, path)
+        try:
+            return cls._acquire(path, what, me, purpose, lease, fence)
+        except BaseException:
+            if fence is not None:
+                fence.close()
+            raise
+
+    @classmethod
+    def _acquire(cls, path: Path, what: str, me: str, purpose: str, lease: float, fence: Fence | None) -> Lease:
         for _ in range(6):
             now = time.time()
             holder = Holder(me, os.getpid(), socket.gethostname(), _machine(), _process_start(os.getpid()),
@@ -228,7 +256,11 @@ class Lease:
             finally:
                 with contextlib.suppress(OSError):
                     temp.unlink()
-            lease_obj = cls(path, fd, holder, lease)
+            lease_obj = cls(path, fd, holder, lease, fence)
+            if fence is not None:
+                # Ours now: every earlier holder's fence goes before we touch what the claim protects, so none
+                # of their writes can land after ours begin (a paused holder's pending renames fail).
+                retire_fences(path, me)
             for other in path.parent.glob(f"{glob_escape(path.name)}.tmp-*"):  # left by killed processes
                 with contextlib.suppress(OSError):
                     other.unlink()
@@ -307,7 +339,7 @@ class Lease:
             StoreBusyError: If another process took the claim over.
 
         """
-        if self._lost is None and not self._ours():
+        if self._lost is None and (not self._ours() or (self.fence is not None and not self.fence.alive())):
             self._lost = f"the lock {self.path} was taken over by another process"
         if self._lost is not None:
             raise StoreBusyError(f"{self._lost}; stopped without writing further (was this process paused?)")
@@ -324,6 +356,8 @@ class Lease:
             finally:
                 os.close(self._fd)
                 self._fd = -1
+                if self.fence is not None:
+                    self.fence.close()  # ours alone (named by our token), retired already if the claim was lost
 
     def __enter__(self) -> Lease:
         return self

@@ -43,6 +43,7 @@ from lca_cli.errors import StoreError
 from lca_cli.store import format as store_format
 from lca_cli.store.chunks import chunk_files, chunk_size, read_rows, reading, stream_rows, write_all
 from lca_cli.store.coordinates import write_coordinates, write_step_coordinates
+from lca_cli.store.fencing import Fence, FencedStore, fenced
 from lca_cli.store.format import (
     CACHE_BYTES,
     COORDINATES,
@@ -113,10 +114,11 @@ class LcaStore:
 
     """
 
-    def __init__(self, path: Path, group: zarr.Group, durable: bool = True) -> None:
+    def __init__(self, path: Path, group: zarr.Group, durable: bool = True, fence: Fence | None = None) -> None:
         self.path = path
         self.group = group
         self.durable = durable
+        self.fence = fence  # the lock holder's: every write is fenced (lca_cli.store.fencing)
         self.attrs: dict[str, Any] = dict(group.attrs)
         self.layout = Layout.from_attrs(self.attrs["params"])
         #: What ``lca``'s columns hold (one per parameter unless made with --granularity / --params).
@@ -145,6 +147,7 @@ class LcaStore:
         durable: bool = True,
         columns: Columns | None = None,
         lca_compressors: Sequence[Any] | None = None,
+        fence: Fence | None = None,
     ) -> LcaStore:
         """Create a new, empty store at a path where nothing exists yet.
 
@@ -164,6 +167,7 @@ class LcaStore:
             lca_compressors: Zarr compressors of ``lca`` (None: the format's default,
                 :data:`lca_cli.store.format.LCA_COMPRESSORS`, which is none); the hook ``scripts/bench_store.py``
                 compares codecs with. Readers need nothing more: the codecs are in the array's metadata.
+            fence: The store lock's fence: ``path`` lies in its folder, and every write is fenced.
 
         Returns:
             The store, open for writing.
@@ -184,18 +188,20 @@ class LcaStore:
             raise ValueError(f"fingerprints must be ({len(steps)}, {FINGERPRINT_BYTES}), not {fps.shape}")
         with storage_errors(f"cannot create {p}"):
             # The attributes go into the group's first zarr.json: a creation killed later is recognisable.
-            group = zarr.create_group(str(p), zarr_format=3, attributes=all_attrs)
+            fence.mkdir(p) if fence is not None else p.mkdir(parents=True)
+            group = zarr.create_group(store=FencedStore(p, fence=fence), zarr_format=3, attributes=all_attrs)
             compressors = store_format.LCA_COMPRESSORS if lca_compressors is None else lca_compressors
             create_arrays(group, sets, steps, fps, len(layout.params), rows, columns, compressors)
             write_coordinates(group, layout, sets, steps, all_attrs, columns)
             if durable:
                 fsync_tree(p)
-        return cls(p, group, durable)
+        return cls(p, group, durable, fence)
 
     @classmethod
     def open(
-        cls, path: str | Path, mode: Literal["r", "r+"] = "r", *, check: bool = False, durable: bool = True
-    ) -> LcaStore:
+        cls, path: str | Path, mode: Literal["r", "r+"] = "r", *, check: bool = False, durable: bool = True,
+        fence: Fence | None = None,
+    ) -> LcaStore:  # fmt: skip
         """Open an existing store.
 
         Reads check what they read (a chunk missing for a done row is an error, never fill values, and
@@ -207,6 +213,7 @@ class LcaStore:
             check: Run the cheap integrity check (:func:`lca_cli.store.integrity.quick_check`: every chunk a done
                 row needs exists) now.
             durable: See :meth:`create`.
+            fence: See :meth:`create` (``"r+"`` only).
 
         Returns:
             The store.
@@ -223,7 +230,8 @@ class LcaStore:
             raise StoreError(f"{p} is a file, not an lca store (a store is a folder)")
         try:
             # Never the consolidated metadata: it is for other readers, and stale while a compute runs.
-            group = zarr.open_group(str(p), mode=mode, use_consolidated=False)
+            where = FencedStore(p, fence=fence) if mode == "r+" else str(p)  # fenced; never re-creates a deleted one
+            group = zarr.open_group(store=where, mode=mode, use_consolidated=False)
             attrs = dict(group.attrs)
         except (zarr.errors.GroupNotFoundError, FileNotFoundError, NotADirectoryError):
             raise StoreError(f"{p} is not an lca store (no Zarr group there)") from None
@@ -235,7 +243,7 @@ class LcaStore:
             raise StoreError(f"{p} is a Zarr group but not an lca store (no lca attributes)")
         check_format_version(p, attrs)
         try:
-            store = cls(p, group, durable)
+            store = cls(p, group, durable, fence)
         except Exception as exc:
             raise StoreError(f"{p}: its attributes are damaged ({type(exc).__name__}: {exc})") from None
         store._check_arrays()
@@ -271,7 +279,7 @@ class LcaStore:
     def relocate(self, path: Path) -> None:
         """Point this handle at the same store after it was moved to ``path`` (a swap into place)."""
         self.path = path
-        self.group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+        self.group = zarr.open_group(store=FencedStore(path, fence=self.fence), mode="r+", use_consolidated=False)
         self._nodes.clear()
 
     # -- reading --------------------------------------------------------------------------------------
@@ -673,7 +681,7 @@ class LcaStore:
         writes += [(name, rows_, getattr(rows, name)) for name in PER_TENSOR]
         l1 = np.full(rows.count, np.nan) if rows.l1_change is None else rows.l1_change
         writes.append(("l1_change", rows_, l1))
-        with storage_errors(f"writing {self.path}"):
+        with storage_errors(f"writing {self.path}"), fenced(self.fence):
             write_all([(self.array(set_name, name), where, np.asarray(v)) for name, where, v in writes])
             if self.durable:
                 fsync_paths([*extra, *(f for n in written for f in self.chunk_files(f"{set_name}/{n}", chunks))])
