@@ -17,16 +17,17 @@ for set in train val; do
   echo
   lca summarize "$store" --by layer --set "$set"
 done
-report="lca report $store --out digits.html             # figures, one page"
+hint=""
 if ! python -c 'import matplotlib' >/dev/null 2>&1; then
-  report="$report (first: python -m pip install -e '.[report]')"
+  hint="(lca report needs matplotlib: python -m pip install -e '.[report]')"
 fi
 cat <<TXT
 
 Made: $run (a checkpoint per iteration and lca.toml) and $store (the LCA of every
 checkpoint pair, sets train and val; the two tables above sum it by layer).
 Next, with .venv active (. .venv/bin/activate):
-  $report
+  lca report $store --out digits.html                # figures, one page
   lca summarize $store --by neuron --top 10          # the units that helped most
   lca summarize $store --by iteration --steps :10    # the first iterations
+$hint
 TXT
