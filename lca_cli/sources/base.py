@@ -8,16 +8,32 @@ mapping) when asked to load it; :mod:`lca_cli.sources.keys` then maps that objec
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lca_cli.errors import CheckpointError
+
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["WEIGHT_SUFFIXES", "CheckpointRef", "ModelSpec", "last_digits", "listing"]
+__all__ = [
+    "STEP_RANGE",
+    "WEIGHT_SUFFIXES",
+    "CheckpointRef",
+    "ModelSpec",
+    "check_name",
+    "confine",
+    "last_digits",
+    "listing",
+    "shown",
+]
+
+#: Steps a store can hold (its ``steps`` array is int64).
+STEP_RANGE = range(-(1 << 63), 1 << 63)
 
 #: File suffixes that may hold model weights.
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -37,6 +53,65 @@ def listing(names: Sequence[str], limit: int = 6) -> str:
     return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
+def shown(path: Path) -> str:
+    r"""A path for a message, printable whatever its bytes (a name that is not UTF-8 shows as ``\xff``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def check_name(path: Path) -> None:
+    r"""Refuse a file name that is not valid UTF-8, in one line that says so (safetensors cannot open it).
+
+    Raises:
+        CheckpointError: Naming the file (its odd bytes as ``\xff``) and asking to rename it.
+
+    """
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise CheckpointError(
+            f"{shown(path)}: the file name is not valid UTF-8 (the file itself may be fine); rename it "
+            "(e.g. step_00000042.safetensors)"
+        ) from None
+
+
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def confine(ref: CheckpointRef, run_dir: Path) -> CheckpointRef:
+    """Check that every file a per-step folder leads lca to resolves inside that folder or the run folder.
+
+    A shard index's names, a model file and ``trainer_state.json`` are data: a symlink or a name such as
+    ``../../x`` could point lca anywhere. Symlinks are resolved first, so a link that stays inside is fine. A
+    step folder that is itself a symlink to a folder outside the run is its own folder: it is read, and
+    :mod:`lca_cli.computation.work`'s ``--prune`` never deletes through it. Flat files are the run folder's
+    own entries and are not checked (a link to a checkpoint elsewhere is read, never deleted).
+
+    Args:
+        ref: A checkpoint.
+        run_dir: The run folder.
+
+    Returns:
+        ``ref``.
+
+    Raises:
+        CheckpointError: One line naming the file and where it leads.
+
+    """
+    if not ref.files:
+        return ref
+    roots = [ref.path.resolve(), run_dir.resolve()]
+    extra = ref.path / "trainer_state.json"
+    for path in (*ref.files, *((extra,) if extra.exists() else ())):
+        target = path.resolve()
+        if not _inside(target, roots):
+            raise CheckpointError(
+                f"{shown(path)} leads to {shown(target)}, outside its step folder and the run folder {shown(run_dir)}; "
+                "lca reads only files inside the run: copy the checkpoint into the run folder"
+            )
+    return ref
+
+
 @dataclass(frozen=True)
 class CheckpointRef:
     """One checkpoint of a run and its training step.
@@ -52,6 +127,17 @@ class CheckpointRef:
     path: Path
     step: int
     files: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Every path and step comes from the file system or a file's contents: checked here, once, so that
+        # no later step (int64 steps array, safetensors' UTF-8 paths) meets an impossible value.
+        for path in (self.path, *self.files):
+            check_name(path)
+        if self.step not in STEP_RANGE:
+            raise CheckpointError(
+                f"{shown(self.path)}: step {self.step} is out of range (a step must fit in 64 bits, "
+                f"{STEP_RANGE.start}..{STEP_RANGE.stop - 1}); fix its 'step' metadata or the digits of its name"
+            )
 
     @property
     def weight_files(self) -> tuple[Path, ...]:

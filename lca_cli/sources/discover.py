@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from lca_cli.errors import CheckpointError, RunDirError
-from lca_cli.sources.base import WEIGHT_SUFFIXES, CheckpointRef, last_digits, listing
+from lca_cli.sources.base import WEIGHT_SUFFIXES, CheckpointRef, confine, last_digits, listing
 from lca_cli.sources.files import file_step
 from lca_cli.sources.folders import INDEX_FILES, is_auxiliary, is_shard, step_folder
 
@@ -109,7 +109,7 @@ def find_checkpoints(
     if skipped and notes is not None:
         notes.append(f"ignored {listing(skipped, 3)} in {root}: no step in the name, beside per-step folders")
     if refs or not nested:
-        return _dedupe(refs)
+        return [confine(r, root) for r in _dedupe(refs)]
     found: list[tuple[Path, list[CheckpointRef]]] = []
     for sub in _subfolders(root):
         try:
@@ -125,7 +125,7 @@ def find_checkpoints(
         sub, sub_refs = found[0]
         if notes is not None:
             notes.append(f"checkpoints found in {sub}")
-        return _dedupe(sub_refs)
+        return [confine(r, root) for r in _dedupe(sub_refs)]
     return []
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lca_cli.errors import CheckpointError
-from lca_cli.sources.base import last_digits
+from lca_cli.sources.base import check_name, last_digits
 
 __all__ = ["TORCH_SUFFIXES", "file_step", "load_file", "load_safetensors", "load_torch"]
 
@@ -25,6 +25,7 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 def _safetensors_step(path: Path) -> int | None:
     from safetensors import safe_open
 
+    check_name(path)  # safetensors cannot open a name that is not UTF-8: say that, not "re-save it"
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

@@ -53,6 +53,12 @@ def _index_files(folder: Path, index: Path) -> tuple[Path, ...]:
         names = sorted(set(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{index}: not a readable shard index ({exc}); re-save the checkpoint") from None
+    outside = [n for n in names if not isinstance(n, str) or Path(n).is_absolute() or ".." in Path(n).parts]
+    if outside:  # data naming a file elsewhere (../../x, /abs): never read, so never pruned either
+        raise CheckpointError(
+            f"{index} names {str(outside[0])[:200]!r}, outside {folder}; a shard index may name only files in its "
+            "own folder: re-save the checkpoint"
+        )
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
         raise CheckpointError(f"{index} names shard(s) {', '.join(missing)} that are not in {folder}")
