@@ -162,6 +162,18 @@ def window_mask(store: LcaStore, window: Window, set_name: str) -> np.ndarray:
     return mask
 
 
+def _delta_loss(store: LcaStore, set_name: str) -> np.ndarray:
+    """Loss change of each pair, ``(T,)``: ``loss_end[t] - loss[t]``, where row t stored its end loss.
+
+    A done row always holds both its start loss and its end loss (``loss_end``), whereas ``loss[t + 1]`` is the
+    next block's to write: on a partly computed store it is missing (NaN) for the last finished row of a block
+    whose next rows are not done. Rows without an end loss (not done) fall back to ``loss[t + 1] - loss[t]``.
+    """
+    loss = store.read(set_name, "loss")
+    end = store.read(set_name, "loss_end")
+    return np.where(np.isfinite(end), end - loss[: len(end)], loss[1 : len(end) + 1] - loss[: len(end)])
+
+
 def _fraction(helped: np.ndarray | float, hurt: np.ndarray | float) -> Any:
     helped_a, hurt_a = np.asarray(helped, dtype=np.float64), np.asarray(hurt, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -251,8 +263,7 @@ class Summary:
 
 
 def _header(store: LcaStore, set_name: str, mask: np.ndarray, window: Window) -> dict[str, Any]:
-    loss = store.read(set_name, "loss")
-    dl = loss[1:] - loss[:-1]
+    dl = _delta_loss(store, set_name)
     tensor_lca = store.read(set_name, "tensor_lca")[mask]  # (t, K)
     helped = store.read(set_name, "tensor_helped")[mask].sum(axis=1)
     hurt = store.read(set_name, "tensor_hurt")[mask].sum(axis=1)
@@ -478,7 +489,7 @@ def _by_neuron(store: LcaStore, set_name: str, mask: np.ndarray, error: float) -
 
 
 def _by_iteration(store: LcaStore, set_name: str, mask: np.ndarray) -> list[dict[str, Any]]:
-    loss = store.read(set_name, "loss")
+    dl = _delta_loss(store, set_name)
     steps = store.steps
     tl = store.read(set_name, "tensor_lca").sum(axis=1)
     helped = store.read(set_name, "tensor_helped").sum(axis=1)
@@ -494,7 +505,7 @@ def _by_iteration(store: LcaStore, set_name: str, mask: np.ndarray) -> list[dict
             "name": str(int(steps[t])),
             "step": int(steps[t]),
             "next_step": int(steps[t + 1]),
-            "delta_loss": float(loss[t + 1] - loss[t]),
+            "delta_loss": float(dl[t]),
             "lca": float(tl[t]),
             "residual": float(residual[t]),
             "splits": int(splits[t]),

@@ -258,3 +258,26 @@ def test_open_store_points_a_run_directory_at_its_store(tmp_path: Path) -> None:
     assert open_store(run / "lca.zarr").n_pairs == 23
     with pytest.raises(StoreError, match="not an lca store"):
         open_store(tmp_path / "run" / "..")  # a plain folder without a store or run files
+
+
+def test_a_partly_computed_store_has_finite_loss_changes_for_every_finished_row(tmp_path: Path) -> None:
+    """Issue 22: the last finished row of a partial store (its next checkpoint's loss not written) showed nan."""
+    from runs import make_tiny_run
+
+    from lca_cli.cli import main
+
+    run = make_tiny_run(tmp_path, steps=8)
+    with pytest.raises(SystemExit) as info:
+        main(["compute", str(run), "--steps", "0:5", "--quiet"])
+    assert info.value.code == 0
+    store = LcaStore.open(run / "lca.zarr")
+    done = np.flatnonzero(store.done("train"))
+    assert list(done) == [0, 1, 2, 3, 4]
+    rows = summarize(store, by="iteration").rows
+    loss = store.read("train", "loss")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    for r in rows:
+        assert math.isfinite(r["delta_loss"]), r
+        assert r["delta_loss"] == pytest.approx(r["lca"] + r["residual"], abs=1e-6)
+    assert math.isfinite(summarize(store, by="layer").header["delta_loss"])
+    assert math.isfinite(loss[5])  # the end loss of row 4, from loss_end, on every read
