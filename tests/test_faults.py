@@ -338,7 +338,8 @@ def test_a_sigterm_during_start_up_stops_before_any_pair(tmp_path: Path) -> None
     proc.send_signal(signal.SIGTERM)
     stdout, rest = proc.communicate(timeout=60)
     assert proc.returncode == 143, rest
-    assert time.monotonic() - signalled < 2.5  # at most the gradient under way (0.8 s here), not 13 s
+    # At most the gradient under way (0.8 s here) and process exit, not 13 s; generous for a loaded 2-core CI host.
+    assert time.monotonic() - signalled < 6.0
     assert "Traceback" not in rest and not out.exists()  # no store, no pair, nothing half made
     assert json.loads(stdout)["interrupted"] and json.loads(stdout)["computed"] == 0
     # No "0 pair(s) ... 0 in total" and no "resumable" for a store that was never made: what happened.
