@@ -230,18 +230,36 @@ def step_gaps(steps: Sequence[int]) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b, d in zip(steps[:-1], steps[1:], diffs, strict=True) if d > usual]
 
 
+#: Checkpoint dtypes below float32, replayed in float32 by ``dtype="auto"`` (:func:`_auto_dtype` notes it).
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
 def _auto_dtype(
-    refs: Sequence[CheckpointRef], out: Path, overwrite: bool, unsafe_pickle: bool, state_dict_key: str | None
+    refs: Sequence[CheckpointRef],
+    out: Path,
+    overwrite: bool,
+    unsafe_pickle: bool,
+    state_dict_key: str | None,
+    say: NoteFn,
 ) -> str:
     """What ``dtype="auto"`` means for this run: the checkpoints' dtype (:func:`checkpoint_dtype`).
 
     Read from the newest checkpoint: pruning and keep-last-N rotation delete the oldest ones, maybe while this
     call starts beside a running one (which it must then meet at the store's lock, exit 9, not at a checkpoint
     that vanished, exit 5). With no checkpoint left to read (rotation beside a finished store), the dtype the
-    store was made with.
+    store was made with. Half-precision checkpoints (bfloat16, float16) are replayed in float32, and ``say``
+    gets a note saying so.
     """
     if refs:
-        return checkpoint_dtype(read_checkpoint(refs[-1], unsafe_pickle, state_dict_key))
+        state = read_checkpoint(refs[-1], unsafe_pickle, state_dict_key)
+        dtype = checkpoint_dtype(state)
+        half = sorted({str(t.dtype).removeprefix("torch.") for t in state.values() if t.dtype in _HALF_DTYPES})
+        if half:
+            say(
+                f"checkpoints are {' and '.join(half)}; evaluated in {dtype} (their values are exact in {dtype}; "
+                "losses and gradients are summed in float64; --dtype float64 runs a float64 network)"
+            )
+        return dtype
     if not overwrite and inspect_path(out, deep=False).kind == "store":
         dtype = LcaStore.open(out).attrs.get("identity", {}).get("compute", {}).get("dtype")
         if dtype in ("float32", "float64"):
@@ -330,7 +348,7 @@ def build_plan(
     ckpt_dtype = "float32"
     if config.compute.dtype == "auto":
         key = config.compute.state_dict_key or None
-        ckpt_dtype = _auto_dtype(listed, target, overwrite, unsafe_pickle, key)
+        ckpt_dtype = _auto_dtype(listed, target, overwrite, unsafe_pickle, key, note or (lambda message: None))
     resolved = dataclasses.replace(config, compute=config.compute.resolved(device.type, ckpt_dtype))
     return ComputePlan(
         run_dir=run, out=target, config=resolved, refs=tuple(listed), device=device, store_state=state,
