@@ -260,9 +260,13 @@ def _summary(result: Any) -> None:
     others = f", {result.by_others} by other processes meanwhile" if result.by_others else ""
     scope = f" ({result.scope})" if result.scope != "every pair" else ""
     pruned = f"; {result.pruned} checkpoint(s) pruned" if result.pruned else ""
+    total = f"{result.n_pairs} in total"
+    if result.interrupted:  # done and planned apart: "in total" read as done after a SIGTERM
+        left = result.n_pairs - result.computed - result.skipped - result.by_others
+        total = f"{result.n_pairs} planned" + (f", {left} not done" if result.scope == "every pair" else "")
     err(
         f"{result.store}: {result.computed} pair(s) computed{procs}{scope}{others}, {result.skipped} already done, "
-        f"{result.n_pairs} in total ({rate}{result.device}){repaired}{pruned}"
+        f"{total} ({rate}{result.device}){repaired}{pruned}"
     )
     if result.ended:
         err(f"Note: {result.ended}")

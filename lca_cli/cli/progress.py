@@ -2,8 +2,10 @@
 
 Both are :class:`~lca_cli.computation.result.ProgressReporter` objects. :class:`PlainProgress` is for stderr that is
 not a terminal (cron, CI, ``nohup``, a Slurm log): a line at the start, one every ``interval`` seconds from a
-background thread (also while a long pair runs) and one at the end, each with pairs done/total, pairs/s,
-gradients per pair, ETA and the flagged count, so a log shows where a run stands while it runs.
+background thread (also while a long pair runs) and one at the end, each starting with the local time in ISO 8601
+(``2026-12-07T03:12:45+01:00``: a log read the next morning says when), with pairs done/planned, pairs/s,
+gradients per pair, ETA and the flagged count, so a log shows where a run stands while it runs; a run that
+stopped early says how many planned pairs are left.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lca_cli.computation.result import ProgressInfo
 
-__all__ = ["PLAIN_INTERVAL", "BarProgress", "PlainProgress", "format_duration", "plain_line"]
+__all__ = ["PLAIN_INTERVAL", "BarProgress", "PlainProgress", "format_duration", "iso_now", "plain_line"]
 
 #: Seconds between plain progress lines.
 PLAIN_INTERVAL = 30.0
@@ -33,6 +36,11 @@ def format_duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def iso_now() -> str:
+    """The local time in ISO 8601 to the second, with its UTC offset (``2026-12-07T03:12:45+01:00``)."""
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
 def plain_line(info: ProgressInfo, elapsed: float | None = None, final: bool = False) -> str:
     """One plain progress line.
 
@@ -43,7 +51,7 @@ def plain_line(info: ProgressInfo, elapsed: float | None = None, final: bool = F
 
     Returns:
         E.g. ``lca compute: 37/200 pairs (18%), 1.23 pairs/s, 2.0 gradients/pair, 0 flagged, elapsed 30s,
-        ETA 2m13s``.
+        ETA 2m13s``; an end line says ``finished``, or ``stopped: 37 of 200 planned pairs done, 163 left``.
 
     """
     t = info.elapsed if elapsed is None else elapsed
@@ -54,7 +62,10 @@ def plain_line(info: ProgressInfo, elapsed: float | None = None, final: bool = F
     parts.append(f"{info.flagged} flagged")
     parts.append(f"elapsed {format_duration(t)}")
     if final:
-        parts.append("stopped by an error" if info.failed else "finished" if info.done == info.total else "stopped")
+        end = "stopped by an error" if info.failed else "finished" if info.done == info.total else "stopped"
+        if info.done < info.total:  # done and planned apart, so that a log says what a rerun has left
+            end += f": {info.done} of {info.total} planned pairs done, {info.total - info.done} left"
+        parts.append(end)
     else:
         parts.append(f"ETA {format_duration((info.total - info.done) / rate)}" if rate > 0 else "ETA -")
     return ", ".join(parts)
@@ -64,13 +75,14 @@ class PlainProgress:
     """Plain progress lines at the start, every ``interval`` seconds and at the end.
 
     Args:
-        write: Where a line goes (default: stderr, flushed).
+        write: Where a line goes (default: stderr, flushed); each line starts with :func:`iso_now`.
         interval: Seconds between lines.
 
     """
 
     def __init__(self, write: Callable[[str], None] | None = None, interval: float = PLAIN_INTERVAL) -> None:
-        self.write = write or _stderr_line
+        out = write or _stderr_line
+        self.write: Callable[[str], None] = lambda line: out(f"{iso_now()} {line}")
         self.interval = interval
         self._info: ProgressInfo | None = None
         self._t0 = 0.0

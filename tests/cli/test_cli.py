@@ -111,8 +111,9 @@ def test_compute_reports_progress_on_stderr(capsys: pytest.CaptureFixture[str], 
     # --threads auto says once which count it chose (a note, before the pairs).
     assert [line for line in lines if line.startswith("Note: threads: ")] == lines[1:2]
     lines = lines[2:]
-    assert lines[0].startswith("lca compute: 4 pair(s) to compute (0 already done)")
-    assert lines[1].startswith("lca compute: 4/4 pairs (100%),") and lines[1].endswith("finished")
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d "  # each plain line starts with the local time
+    assert re.match(stamp + re.escape("lca compute: 4 pair(s) to compute (0 already done)"), lines[0]), lines[0]
+    assert re.match(stamp + re.escape("lca compute: 4/4 pairs (100%),"), lines[1]) and lines[1].endswith("finished")
     code, _, err = run_cli(capsys, "compute", run, "--progress", "none")
     assert code == 0 and err.strip().splitlines() == [err.strip()] and "0 pair(s) computed" in err
 
@@ -131,10 +132,11 @@ def test_plain_progress_in_a_real_process_with_a_pipe_for_stderr(tmp_path: Path)
     lines = done.stderr.strip().splitlines()
     assert lines[0].startswith("Note: the run scale of --l1-tol")  # 5 pairs: fewer than the scale's survey takes
     lines = lines[1:]
-    assert re.fullmatch(r"lca compute: 5 pair\(s\) to compute \(0 already done\) into .*lca\.zarr on cpu; a progress "
-                        r"line every 30s", lines[0]), lines[0]  # fmt: skip
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d "
+    assert re.fullmatch(stamp + r"lca compute: 5 pair\(s\) to compute \(0 already done\) into .*lca\.zarr on cpu; "
+                        r"a progress line every 30s", lines[0]), lines[0]  # fmt: skip
     assert re.fullmatch(
-        r"lca compute: 5/5 pairs \(100%\), [0-9.e+]+ pairs/s, [0-9.]+ gradients/pair, 0 flagged, elapsed \d+s, "
+        stamp + r"lca compute: 5/5 pairs \(100%\), [0-9.e+]+ pairs/s, [0-9.]+ gradients/pair, 0 flagged, elapsed \d+s, "
         r"finished",
         lines[1],
     ), lines[1]
