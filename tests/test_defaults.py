@@ -7,9 +7,9 @@ included): ``lca compute RUN`` and ``lca summarize STORE --by layer --json``. Bo
 keep the README's *Accuracy* contract: the run conserves (``Σ|residual| / Σ|ΔL| <= 1e-3``, so ``Σ LCA`` is ``ΔL``
 within that) and no pair is flagged.
 
-Known gaps this matrix found, kept failing until their fixes land: tied weights under ``--threads auto`` (the
-timing probe called the model with both tied keys) and the README's Lightning layout (the folder that holds
-``lightning_logs/``).
+Defects of issue 21 that these cases reproduce on the code before their fixes: tied weights under ``--threads auto``
+(exit 70: the timing probe called the model with both tied names), the README's Lightning layout (the folder that
+holds ``lightning_logs/``: exit 4) and half-precision checkpoints evaluated in float32 without a note.
 """
 
 from __future__ import annotations
