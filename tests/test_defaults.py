@@ -8,8 +8,8 @@ keep the README's *Accuracy* contract: the run conserves (``Σ|residual| / Σ|Δ
 within that) and no pair is flagged.
 
 Defects of issue 21 that these cases reproduce on the code before their fixes: tied weights under ``--threads auto``
-(exit 70: the timing probe called the model with both tied names), the README's Lightning layout (the folder that
-holds ``lightning_logs/``: exit 4) and half-precision checkpoints evaluated in float32 without a note.
+(exit 70: the timing probe called the model with both tied names) and half-precision checkpoints evaluated in
+float32 without a note. The Lightning cases run both of the README's commands for ``ModelCheckpoint`` files.
 """
 
 from __future__ import annotations
