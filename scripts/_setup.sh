@@ -16,10 +16,9 @@ lca_setup() {
   if [ "${LCA_SKIP_SETUP:-0}" = "1" ]; then
     return 0
   fi
-  # The README's install command (torch is pinned so that pip takes the CPU wheel on this kind of machine instead
-  # of downloading a CUDA build; see README "Install"). -qq: pip prints errors only, not the warnings it gives
-  # for every index location a package is missing from.
-  install=(python -m pip install -qq torch==2.13.0 -e)
+  # The README's install command, the extra appended (torch is pinned so that pip takes the CPU wheel on this kind
+  # of machine instead of downloading a CUDA build; see README "Install").
+  install=(python -m pip install torch==2.13.0 -e)
   python="${LCA_PYTHON:-python3}"
   if ! command -v "$python" >/dev/null 2>&1; then
     echo "Error: $python not found; install Python 3.11+ or set LCA_PYTHON=/path/to/python3.11" >&2
@@ -45,9 +44,10 @@ lca_setup() {
     fi
   done
   echo "setup: installing lca-cli[$extra] and its dependencies into .venv (a minute or more the first time)" >&2
+  # -qq: pip prints errors only, not the warning it gives for every index location a package is missing from.
   # setuptools reports every editable install as a warning ("Editable installation ... be careful with
   # folders ... with the same name as your package"): expected here, so filtered out; other warnings show.
   (cd "$root" && python -m pip install -qq --upgrade pip \
-    && PYTHONWARNINGS="ignore:Editable installation" "${install[@]}" ".[$extra]") || return 1
+    && PYTHONWARNINGS="ignore:Editable installation" "${install[@]}" ".[$extra]" -qq) || return 1
   echo "$want $extra" > "$stamp"
 }

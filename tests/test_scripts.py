@@ -23,7 +23,12 @@ def test_readme_install_command_is_the_setup_command() -> None:
     assert readme_cmd is not None
     setup_cmd = re.search(r"^\s*install=\((.*)\)$", SETUP, re.M)
     assert setup_cmd is not None
-    assert readme_cmd.group(1).strip() == setup_cmd.group(1).strip()
+    # the set-up appends the extra its script needs: dev for scripts/test.sh, as the README's command
+    assert readme_cmd.group(1).strip() == setup_cmd.group(1).strip() + ' ".[dev]"'
+    assert re.search(r"^lca_setup dev$", (ROOT / "scripts" / "test.sh").read_text(encoding="utf-8"), re.M)
+    assert re.search(
+        r"^lca_setup examples dev$", (ROOT / "scripts" / "quickstart.sh").read_text(encoding="utf-8"), re.M
+    )
 
 
 def test_readme_opens_with_the_two_commands_and_ci_runs_them() -> None:
@@ -40,11 +45,11 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_them() -> None:
         assert "lca_setup" in path.read_text(encoding="utf-8")
 
 
-def _run_setup(root: Path, env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _run_setup(root: Path, env_extra: dict[str, str], extras: str = "dev") -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV",)}
     env.update(env_extra)
     return subprocess.run(
-        ["bash", "-c", ". scripts/_setup.sh && lca_setup && command -v python"],
+        ["bash", "-c", f". scripts/_setup.sh && lca_setup {extras} && command -v python"],
         cwd=root,
         env=env,
         capture_output=True,
@@ -63,7 +68,8 @@ def _fake_project(tmp_path: Path) -> Path:
     venv_bin.mkdir(parents=True)
     python = venv_bin / "python"
     python.write_text(
-        '#!/bin/sh\nif [ "$1 $2" = "-m pip" ]; then echo "pip $*" >> "$(dirname "$0")/pip.log"; exit 0; fi\n'
+        '#!/bin/sh\nif [ "$1 $2" = "-m pip" ]; then\n'
+        '  echo "pip $* ($PYTHONWARNINGS)" >> "$(dirname "$0")/pip.log"; exit 0\nfi\n'
         f'exec "{sys.executable}" "$@"\n',
         encoding="utf-8",
     )
@@ -81,7 +87,10 @@ def test_setup_installs_once_then_skips_until_pyproject_changes(tmp_path: Path) 
     assert first.returncode == 0, first.stderr
     assert "setup: installing" in first.stderr
     assert first.stdout.strip() == str(venv_bin / "python")  # the venv is active afterwards
-    assert "pip -m pip install torch==2.13.0 -e .[dev] --quiet" in log.read_text(encoding="utf-8")
+    # errors only: pip -qq, and setuptools' expected "Editable installation" warning filtered
+    assert "pip -m pip install torch==2.13.0 -e .[dev] -qq (ignore:Editable installation)" in log.read_text(
+        encoding="utf-8"
+    )
     installs = log.read_text(encoding="utf-8").count("install torch")
     second = _run_setup(tmp_path, {"LCA_PYTHON": sys.executable})
     assert second.returncode == 0, second.stderr
@@ -105,3 +114,19 @@ def test_setup_refuses_an_old_python_in_one_line(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         "Error: Python 3.9.1 is too old; lca needs Python 3.11+ (set LCA_PYTHON)"
     ]
+
+
+def test_quickstart_setup_installs_examples_only_and_takes_a_dev_install(tmp_path: Path) -> None:
+    venv_bin = _fake_project(tmp_path)
+    log = venv_bin / "pip.log"
+    env = {"LCA_PYTHON": sys.executable}
+    first = _run_setup(tmp_path, env, "examples dev")  # what scripts/quickstart.sh asks for on a fresh clone
+    assert first.returncode == 0 and "setup: installing lca-cli[examples]" in first.stderr, first.stderr
+    assert "-e .[examples] -qq" in log.read_text(encoding="utf-8")
+    # scripts/test.sh next: examples is not enough for the suite
+    assert "setup: installing lca-cli[dev]" in _run_setup(tmp_path, env, "dev").stderr
+    installs = log.read_text(encoding="utf-8").count("install torch")
+    # CI's order, test.sh then quickstart.sh: a dev install does for the quick start (no second install)
+    again = _run_setup(tmp_path, env, "examples dev")
+    assert again.returncode == 0 and "installing" not in again.stderr, again.stderr
+    assert log.read_text(encoding="utf-8").count("install torch") == installs
