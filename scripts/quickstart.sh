@@ -29,5 +29,7 @@ Next, with .venv active (. .venv/bin/activate):
   lca report $store --out digits.html                # figures, one page
   lca summarize $store --by neuron --top 10          # the units that helped most
   lca summarize $store --by iteration --steps :10    # the first iterations
-$hint
 TXT
+if [ -n "$hint" ]; then
+  echo "$hint"
+fi
