@@ -23,6 +23,7 @@ Anything else is damage: one line (:class:`~lca_cli.errors.StoreError`, exit 6),
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -117,8 +118,18 @@ def _check_attrs(attrs: Mapping[str, Any], sets: Sequence[Any]) -> tuple[int, in
         value = attrs.get(key)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise _Damage(f"attribute {key!r} is {value!r}")
-    if not isinstance(attrs.get("params"), list):
+    params = attrs.get("params")
+    if not isinstance(params, list):
         raise _Damage("attribute 'params' is not a list")
+    for p in params:  # the format writes {name: str, shape: [int], offset: int, axis?: int}
+        if not (
+            isinstance(p, dict)
+            and isinstance(p.get("name"), str)
+            and isinstance(p.get("shape"), list)
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in p["shape"])
+            and all(isinstance(p.get(k, 0), int) and not isinstance(p.get(k, 0), bool) for k in ("offset", "axis"))
+        ):
+            raise _Damage(f"an entry of 'params' is {str(p)[:60]}, not {{name, shape, offset}}")
     if not isinstance(sets, list) or not sets:
         raise _Damage("attribute 'sets' is not a non-empty list")
     for name in sets:
@@ -216,10 +227,12 @@ def _check_arrays(store: _Store, n_checkpoints: int, rows: int) -> None:
             _check_array(_required(store, f"{s}/{name}"), f"{s}/{name}", dtype, (None,), (rows,), pairs)
         for name, (dtype, _) in PER_TENSOR.items():
             _check_array(_required(store, f"{s}/{name}"), f"{s}/{name}", dtype, (None, k), (rows, max(1, k)), pairs)
+        _check_uncommitted(store, s, pairs, rows)
         _check_coordinate(store, f"{s}/parameter_tensor", width)
         _check_coordinate(store, f"{s}/layer", k)
         _check_coordinate(store, f"{s}/neuron", width)
     _check_coordinate(store, "tensor", k)
+    _check_names(store)
     for name in ("checkpoint", "iteration"):
         arr = _node(store, name)
         if arr is None:
@@ -239,6 +252,44 @@ def _check_coordinate(store: _Store, node: str, size: int) -> None:
     if chunk < 1 or (size and chunk > max(size, MAX_CHUNK_COLS)):
         raise _Damage(f"coordinate {node} has chunks {arr.chunks}")
     _check_last_chunk(store.path, node, arr, size)
+
+
+def _check_uncommitted(store: _Store, set_name: str, pairs: int, rows: int) -> None:
+    """No row past the committed steps is marked done (an append commits its steps before any row is done).
+
+    A lowered ``n_checkpoints`` would otherwise hide finished rows and show a shorter run with exit 0.
+    """
+    node = f"{set_name}/done"
+    folder = store.path / node / "c"
+    try:
+        names = [e.name for e in os.scandir(folder)]
+    except OSError:
+        return
+    last = (pairs - 1) // rows if pairs else -1
+    if any(n.isdigit() and int(n) > last for n in names):
+        raise _Damage(f"{node} has rows marked done past the {pairs} pairs of 'n_checkpoints'")
+    arr = _required(store, node)
+    stop = min(int(arr.shape[0]), (last + 1) * rows)
+    if pairs < stop:
+        try:
+            past = np.asarray(arr[pairs:stop])
+        except Exception:  # a damaged chunk: `lca verify` reports it
+            return
+        if past.any():
+            raise _Damage(f"{node} has rows marked done past the {pairs} pairs of 'n_checkpoints'")
+
+
+def _check_names(store: _Store) -> None:
+    """The ``tensor`` coordinate (written from ``params`` at creation) names the same tensors, in order."""
+    arr = _node(store, "tensor")
+    if arr is None:
+        return
+    try:
+        names = [str(n) for n in np.asarray(arr[:]).tolist()]
+    except Exception:  # a damaged chunk: `lca verify` reports it and a repair rewrites coordinates
+        return
+    if names != store.layout.names:
+        raise _Damage("the tensor names of 'params' and of the tensor coordinate differ")
 
 
 def _check_steps(store: _Store, n_checkpoints: int) -> None:

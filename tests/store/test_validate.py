@@ -7,6 +7,7 @@ exhausted memory (exit 70), and an edited ``params`` printed 1,000,000,000,032 p
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import time
@@ -24,6 +25,8 @@ from lca_cli.errors import EXIT_CODES
 
 #: An answer slower than this is a hang (the checks themselves take milliseconds).
 LIMIT_S = 5
+#: Examples of the property test: lean in the suite; LCA_FUZZ_EXAMPLES=1000 for a long campaign.
+FUZZ_EXAMPLES = int(os.environ.get("LCA_FUZZ_EXAMPLES", "60"))
 #: Worst answer time seen by the property test (reported by the last test of the module).
 WORST: list[float] = [0.0]
 EXAMPLES: list[int] = [0]
@@ -118,6 +121,20 @@ def test_params_that_disagree_with_lca_are_damage(store: Path) -> None:
     assert_damage(store)
 
 
+def test_a_lowered_n_checkpoints_is_damage(store: Path) -> None:
+    """Rows marked done past the committed steps: a lowered n_checkpoints would hide them with exit 0."""
+    edit(store / "zarr.json", lambda m: m["attributes"].update(n_checkpoints=4))
+    assert_damage(store)
+
+
+def test_params_names_that_disagree_with_the_tensor_coordinate_are_damage(store: Path) -> None:
+    def rename(m: dict[str, Any]) -> None:
+        m["attributes"]["params"][0]["name"] = "other.weight"
+
+    edit(store / "zarr.json", rename)
+    assert_damage(store)
+
+
 def test_steps_not_ascending_are_damage(store: Path) -> None:
     import numpy as np
     import zarr
@@ -159,7 +176,12 @@ _NUMBERS = ("iterations", "first_step", "last_step", "parameters", "columns", "d
 
 
 @pytest.mark.slow
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize="LCA_FUZZ_EXAMPLES" not in os.environ,
+)
 @given(data=st.data())
 def test_any_metadata_edit_is_one_line_or_harmless(
     computed: Path, baseline: dict[str, Any], tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
@@ -167,6 +189,7 @@ def test_any_metadata_edit_is_one_line_or_harmless(
     store = tmp_path_factory.mktemp("fuzz") / "s.zarr"
     shutil.copytree(computed, store)
     files = sorted(str(p.relative_to(store)) for p in store.rglob("zarr.json"))
+    files += ["zarr.json"] * (len(files) // 2)  # the root's attributes (params, sets, ...) as often as the rest
     for _ in range(data.draw(st.integers(1, 2), label="edits")):
         target = store / data.draw(st.sampled_from(files), label="file")
         doc = json.loads(target.read_text())
