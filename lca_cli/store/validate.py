@@ -15,13 +15,15 @@ against the store's other records, reading no chunk except the few files it name
   committed ``n_checkpoints`` - 1), columns = the column map's width, tensors = the layout's tensors;
 * the store's own files bound its size: the last chunk of ``steps`` and of each column coordinate (written in
   full at creation) exists with the size the metadata gives, so an edited shape cannot claim more than is on
-  disk; the steps are strictly ascending.
+  disk; the steps are strictly ascending; the ``tensor`` coordinate names the layout's tensors; no row past
+  the committed ``n_checkpoints`` is marked done (unless another process has just committed more).
 
 Anything else is damage: one line (:class:`~lca_cli.errors.StoreError`, exit 6), in milliseconds.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -266,7 +268,7 @@ def _check_uncommitted(store: _Store, set_name: str, pairs: int, rows: int) -> N
     except OSError:
         return
     last = (pairs - 1) // rows if pairs else -1
-    if any(n.isdigit() and int(n) > last for n in names):
+    if any(n.isdigit() and int(n) > last for n in names) and not _grown(store.path, pairs):
         raise _Damage(f"{node} has rows marked done past the {pairs} pairs of 'n_checkpoints'")
     arr = _required(store, node)
     stop = min(int(arr.shape[0]), (last + 1) * rows)
@@ -275,8 +277,17 @@ def _check_uncommitted(store: _Store, set_name: str, pairs: int, rows: int) -> N
             past = np.asarray(arr[pairs:stop])
         except Exception:  # a damaged chunk: `lca verify` reports it
             return
-        if past.any():
+        if past.any() and not _grown(store.path, pairs):
             raise _Damage(f"{node} has rows marked done past the {pairs} pairs of 'n_checkpoints'")
+
+
+def _grown(root: Path, pairs: int) -> bool:
+    """Whether another process committed more checkpoints since the attributes were read (an append)."""
+    try:
+        committed = json.loads((root / "zarr.json").read_text(encoding="utf-8"))["attributes"]["n_checkpoints"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return isinstance(committed, int) and committed - 1 > pairs
 
 
 def _check_names(store: _Store) -> None:
