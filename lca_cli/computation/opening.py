@@ -41,7 +41,7 @@ from lca_cli.core.layout import Layout
 from lca_cli.errors import StorageError, StoreBusyError, StoreError
 from lca_cli.store.claims import Keeper, Lease, store_lock_path
 from lca_cli.store.fencing import Fence
-from lca_cli.store.identity import Alignment, align, check_fingerprints, fingerprints
+from lca_cli.store.identity import Alignment, align, check_fingerprints, fingerprints, upgrade, whole_content
 from lca_cli.store.integrity import prepare_repair, quick_check, remove_partial_files, verify
 from lca_cli.store.lcastore import LcaStore
 from lca_cli.store.placement import (
@@ -200,7 +200,11 @@ def _match_run(store: LcaStore, refs: Sequence[Any], run: Path, done: np.ndarray
         check = {i for t in np.flatnonzero(~grown) for i in (int(t), int(t) + 1) if i < n and bound[i]}
         ends = [i for i in present if bound[i]]
         check |= {ends[0], ends[-1]} if ends else set()  # another run differs at both ends
-        check_fingerprints(al, stored, sorted(check), store.path, run)
+        every_byte = whole_content(store.attrs)
+        check_fingerprints(al, stored, sorted(check), store.path, run, every_byte)
+        if not every_byte and not store.read_only:
+            upgrade(store, al)  # a store of an older lca: its sampled fingerprints become whole-content ones
+            stored = store.fingerprints
         loose = [i for i in present if not bound[i]]
         if loose:
             fresh = fingerprints([al.refs[i] for i in loose])  # type: ignore[misc]
@@ -424,5 +428,6 @@ def open_helper(
     stored = store.fingerprints
     present = [i for i, r in enumerate(al.refs) if r is not None]
     if stored is not None and present:
-        check_fingerprints(al, stored, sorted({present[0], present[-1]}), store.path, run)
+        ends = sorted({present[0], present[-1]})
+        check_fingerprints(al, stored, ends, store.path, run, whole_content(store.attrs))
     return Target(store, out, al, helper=True)

@@ -59,6 +59,7 @@ from lca_cli.store.format import (
     required_arrays,
     root_attrs,
 )
+from lca_cli.store.identity import SCHEME, SCHEME_ATTR
 from lca_cli.store.integrity import quick_check
 from lca_cli.store.placement import fsync_paths, fsync_tree, storage_errors
 from lca_cli.store.validate import validate
@@ -182,7 +183,7 @@ class LcaStore:
             raise StoreError(f"{p} already exists; LcaStore.create never writes over anything")
         columns = columns or Columns.build(layout)
         rows = choose_rows_per_chunk(columns.size, rows_per_chunk)
-        all_attrs = root_attrs(attrs, layout, sets, len(steps), rows, columns)
+        all_attrs = root_attrs({**attrs, SCHEME_ATTR: SCHEME}, layout, sets, len(steps), rows, columns)
         fps = np.zeros((len(steps), FINGERPRINT_BYTES), np.uint8) if fingerprints is None else fingerprints
         if fps.shape != (len(steps), FINGERPRINT_BYTES):
             raise ValueError(f"fingerprints must be ({len(steps)}, {FINGERPRINT_BYTES}), not {fps.shape}")
