@@ -38,6 +38,14 @@ class CheckpointError(LcaError, ValueError):
     exit_code = 5
 
 
+class CheckpointRefused(CheckpointError):
+    """A checkpoint refused for what its files say, not for being incomplete (exit code 5).
+
+    A shard index or a link that leads out of the run, a step beyond 64 bits, a name that is not UTF-8: waiting
+    for the writer cannot fix these, so ``--follow`` stops at once instead of waiting for the idle timeout.
+    """
+
+
 class StoreError(LcaError, ValueError):
     """A path is not an lca store, or the store belongs to another model, config or run (exit code 6)."""
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lca_cli.computation.staging import BACKLOG_CHECKPOINTS, Hole, Staging, delete_checkpoint
-from lca_cli.errors import CheckpointError, ConfigError, RunDirError
+from lca_cli.errors import CheckpointError, CheckpointRefused, ConfigError, RunDirError
 from lca_cli.sources import CheckpointRef, find_checkpoints
 from lca_cli.sources.base import listing
 from lca_cli.store.identity import Alignment
@@ -240,6 +240,9 @@ class Follower:
         with self._look_lock:
             try:
                 refs = find_checkpoints(self.run, unsafe_pickle=self.unsafe_pickle)
+            except CheckpointRefused as exc:  # what its files say: waiting cannot fix it
+                self._error = exc
+                return
             except CheckpointError as exc:
                 # Most likely a file being written in place (torch.save): wait, unless it stays broken.
                 first = self._unreadable.setdefault(str(exc), time.monotonic())

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lca_cli.errors import CheckpointError
+from lca_cli.errors import CheckpointRefused
 
 if TYPE_CHECKING:
     import torch
@@ -62,13 +62,13 @@ def check_name(path: Path) -> None:
     r"""Refuse a file name that is not valid UTF-8, in one line that says so (safetensors cannot open it).
 
     Raises:
-        CheckpointError: Naming the file (its odd bytes as ``\xff``) and asking to rename it.
+        CheckpointRefused: Naming the file (its odd bytes as ``\xff``) and asking to rename it.
 
     """
     try:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
-        raise CheckpointError(
+        raise CheckpointRefused(
             f"{shown(path)}: the file name is not valid UTF-8 (the file itself may be fine); rename it "
             "(e.g. step_00000042.safetensors)"
         ) from None
@@ -95,7 +95,7 @@ def confine(ref: CheckpointRef, run_dir: Path) -> CheckpointRef:
         ``ref``.
 
     Raises:
-        CheckpointError: One line naming the file and where it leads.
+        CheckpointRefused: One line naming the file and where it leads.
 
     """
     if not ref.files:
@@ -105,7 +105,7 @@ def confine(ref: CheckpointRef, run_dir: Path) -> CheckpointRef:
     for path in (*ref.files, *((extra,) if extra.exists() else ())):
         target = path.resolve()
         if not _inside(target, roots):
-            raise CheckpointError(
+            raise CheckpointRefused(
                 f"{shown(path)} leads to {shown(target)}, outside its step folder and the run folder {shown(run_dir)}; "
                 "lca reads only files inside the run: copy the checkpoint into the run folder"
             )
@@ -134,7 +134,7 @@ class CheckpointRef:
         for path in (self.path, *self.files):
             check_name(path)
         if self.step not in STEP_RANGE:
-            raise CheckpointError(
+            raise CheckpointRefused(
                 f"{shown(self.path)}: step {self.step} is out of range (a step must fit in 64 bits, "
                 f"{STEP_RANGE.start}..{STEP_RANGE.stop - 1}); fix its 'step' metadata or the digits of its name"
             )

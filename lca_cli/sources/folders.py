@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lca_cli.errors import CheckpointError
+from lca_cli.errors import CheckpointError, CheckpointRefused
 from lca_cli.sources.base import WEIGHT_SUFFIXES, CheckpointRef, last_digits
 from lca_cli.sources.files import load_file
 
@@ -55,7 +55,7 @@ def _index_files(folder: Path, index: Path) -> tuple[Path, ...]:
         raise CheckpointError(f"{index}: not a readable shard index ({exc}); re-save the checkpoint") from None
     outside = [n for n in names if not isinstance(n, str) or Path(n).is_absolute() or ".." in Path(n).parts]
     if outside:  # data naming a file elsewhere (../../x, /abs): never read, so never pruned either
-        raise CheckpointError(
+        raise CheckpointRefused(
             f"{index} names {str(outside[0])[:200]!r}, outside {folder}; a shard index may name only files in its "
             "own folder: re-save the checkpoint"
         )

@@ -135,3 +135,30 @@ def test_a_name_that_is_not_utf8_says_so(capsys: pytest.CaptureFixture[str], fla
     code, _, err = run_cli(capsys, "compute", run, "--quiet")
     line = one_line(code, err, "checkpoint", "not valid UTF-8", "rename it", "\\xff")
     assert "re-save" not in line
+
+
+def test_under_follow_a_refused_index_stops_at_once(
+    capsys: pytest.CaptureFixture[str], flat_run: Path, tmp_path: Path, decoy: Path
+) -> None:
+    """--follow waited 30 minutes (its idle timeout) on a refused index as if it were a file being written."""
+    import signal
+    import time
+
+    run = folder_run(flat_run, tmp_path / "a" / "b")
+    point_index(run / "checkpoint-1", str(decoy))
+    before = decoy.read_bytes()
+
+    def ring(*_: object) -> None:
+        raise TimeoutError("--follow kept waiting on a refused checkpoint")
+
+    old = signal.signal(signal.SIGALRM, ring)
+    signal.alarm(60)
+    start = time.monotonic()
+    try:
+        code, _, err = run_cli(capsys, "compute", run, "--follow", "--until", "3", "--prune", "--quiet")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    one_line(code, err, "checkpoint", "outside", "checkpoint-1")
+    assert time.monotonic() - start < 30
+    assert decoy.read_bytes() == before
