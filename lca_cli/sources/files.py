@@ -6,18 +6,26 @@ needs pickle is refused in one line that names ``--unsafe-pickle``, the opt-in f
 Step of a file: the safetensors metadata entry ``"step"``; for Lightning ``.ckpt`` files their own record,
 ``global_step``; else the last run of digits in the file name; for other torch files without digits, an
 integer ``global_step`` or ``step`` entry in the saved dict.
+
+Two quick looks help discovery tell a checkpoint from what is not one yet, or not one at all:
+:func:`is_complete` (a file still being written is shorter than its own header says, or lacks the zip directory
+that ``torch.save`` writes last) and :func:`not_weights` (an optimizer or scheduler ``state_dict``, an RNG state:
+training state saved beside the model under any name).
 """
 
 from __future__ import annotations
 
+import json
 import re
+import struct
+import zipfile
 from pathlib import Path
 from typing import Any
 
 from lca_cli.errors import CheckpointError
 from lca_cli.sources.base import check_name, last_digits
 
-__all__ = ["TORCH_SUFFIXES", "file_step", "load_file", "load_safetensors", "load_torch"]
+__all__ = ["TORCH_SUFFIXES", "file_step", "is_complete", "load_file", "load_safetensors", "load_torch", "not_weights"]
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
@@ -163,3 +171,81 @@ def load_file(path: Path, unsafe_pickle: bool = False) -> Any:
     if path.suffix in TORCH_SUFFIXES:
         return load_torch(path, unsafe_pickle)
     raise CheckpointError(f"{path}: unknown checkpoint format (known: .safetensors, {', '.join(TORCH_SUFFIXES)})")
+
+
+def is_complete(path: Path) -> bool:
+    """Whether a weights file is whole, as far as its format tells without reading the tensors.
+
+    A safetensors file is complete when it is as long as its header says (8 bytes of header length, the JSON
+    header, then the data up to the largest tensor end offset); a zip-format ``torch.save`` file when its zip
+    directory, written last, is there. Files of other formats (legacy ``torch.save``) count as complete.
+
+    Args:
+        path: The file.
+
+    Returns:
+        False when the file is shorter than it declares (being written, or cut off).
+
+    Raises:
+        FileNotFoundError: If the file is gone.
+
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if path.suffix == ".safetensors":
+            if len(head) < 8:
+                return False
+            (n,) = struct.unpack("<Q", head)
+            if size < 8 + n:
+                return False
+            try:
+                header = json.loads(f.read(n))
+                end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+                return True  # whole but damaged: an error when read, not a file still being written
+            return size >= 8 + n + end
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip format: the central directory comes last
+        return zipfile.is_zipfile(path)
+    return len(head) > 0
+
+
+def _holds_floats(obj: Any, depth: int = 3) -> bool:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.is_floating_point()
+    if depth > 0 and isinstance(obj, dict):
+        return any(_holds_floats(v, depth - 1) for v in obj.values())
+    return False
+
+
+def not_weights(path: Path, unsafe_pickle: bool = False) -> str | None:
+    """Why a torch file is training state rather than a model's weights, or None when it may be weights.
+
+    Whatever the file is named: an optimizer ``state_dict`` (entries ``state`` and ``param_groups``), or a file
+    without floating-point tensors in its top three levels (a scheduler's or a GradScaler's ``state_dict``, an RNG
+    state, training arguments). Unreadable files and safetensors files (always tensors) may be weights.
+
+    Args:
+        path: The file.
+        unsafe_pickle: Allow torch files that need pickle.
+
+    Returns:
+        A short reason for a note, or None.
+
+    """
+    if path.suffix not in TORCH_SUFFIXES:
+        return None
+    try:
+        obj = load_torch(path, unsafe_pickle, mmap=True)
+    except Exception:  # not zip-format (mmap needs it), needs pickle, or damaged: read it whole, or let it be
+        try:
+            obj = load_torch(path, unsafe_pickle)
+        except Exception:
+            return None
+    if isinstance(obj, dict) and "state" in obj and "param_groups" in obj:
+        return "an optimizer state_dict"
+    if not _holds_floats(obj):
+        return "no floating-point tensors"
+    return None

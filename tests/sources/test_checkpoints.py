@@ -94,6 +94,7 @@ def test_non_integer_step_metadata(tmp_path: Path) -> None:
 def test_corrupt_header_is_a_checkpoint_error(tmp_path: Path) -> None:
     path = save(tmp_path / "step_1.safetensors", step=1)
     path.write_bytes(path.read_bytes()[:5])
+    save(tmp_path / "step_2.safetensors", step=2)  # before the newest: an error (the newest is still being written)
     with pytest.raises(CheckpointError, match=r"step_1\.safetensors"):
         find_checkpoints(tmp_path)
     with pytest.raises(CheckpointError):
@@ -110,6 +111,12 @@ def test_truncated_data_is_a_checkpoint_error(tmp_path: Path) -> None:
 def test_garbage_file_is_a_checkpoint_error(tmp_path: Path) -> None:
     path = tmp_path / "step_2.safetensors"
     path.write_bytes(b"\x00" * 3)
+    save(tmp_path / "step_3.safetensors", step=3)
+    with pytest.raises(CheckpointError):
+        find_checkpoints(tmp_path)
+    # Whole but damaged (a header that is no JSON, of the length it declares): an error even as the newest.
+    path.write_bytes((4).to_bytes(8, "little") + b"{{{{")
+    (tmp_path / "step_3.safetensors").unlink()
     with pytest.raises(CheckpointError):
         find_checkpoints(tmp_path)
 
