@@ -441,3 +441,48 @@ def test_a_paused_compute_whose_lock_was_taken_over_never_writes_again(
     assert_same_tree(out, ref)
     assert fork_call(lambda: cli("verify", out)) == 0
     assert leftovers(tmp_path, {"s.zarr", "a.err", "b.err"}) == []  # no fence, lock or half-built store left
+
+
+def test_kill_during_overwrite_leaves_nothing_the_next_run_does_not_remove(
+    tiny: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """kill -9 anywhere in an --overwrite (the new store built, swapped in, the old one being deleted): the next
+    run that owns the store removes whatever the killed one left (it used to leave the old store hidden)."""
+    run, ref = tiny
+    out = tmp_path / "s.zarr"
+
+    def job() -> None:
+        cli("compute", run, "--out", out, "--quiet", "--overwrite", *ROWS)
+
+    shutil.copytree(ref, out)
+    steps = count_writes(job, tmp_path / "writes.log")
+    n = len(steps)
+    retire = next(i for i, (name, _) in enumerate(steps, 1) if name == "rmdir")  # deleting the swapped-out store
+    for k in sorted({2, n // 3, retire - 1, retire, retire + 2, n - 2, n}):
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(ref, out)
+        assert fork_call(job, kill_at=k) == -signal.SIGKILL, k
+        assert fork_call(lambda: cli("compute", run, "--out", out, "--quiet", *ROWS)) == 0, (k, steps[k - 1])
+        assert_same_tree(out, ref)
+        assert leftovers(tmp_path, {"s.zarr", "writes.log"}) == [], (k, steps[k - 1])
+
+
+def test_a_store_deleted_under_a_running_compute_stops_it_and_is_not_re_created(tmp_path: Path) -> None:
+    run = make_tiny_run(tmp_path, steps=40, name="long")
+    out = tmp_path / "s.zarr"
+    err = tmp_path / "deleted.err"
+
+    def job() -> None:
+        os.environ["LCA_TEST_PAUSE"] = "0.02"
+        cli("compute", run, "--out", out, "--quiet", *ROWS)
+
+    pid = fork_start(job, stderr=err)
+    deadline = time.time() + 60
+    while not (out / "train" / "done" / "c").exists() and time.time() < deadline:  # rows are being written
+        time.sleep(0.02)
+    shutil.rmtree(out)
+    assert fork_wait(pid) == 6, err.read_text()
+    lines = err.read_text().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "deleted" in lines[0], lines
+    assert not out.exists()  # no folder of chunk files without their zarr.json
+    assert leftovers(tmp_path, {"long", "deleted.err"}) == []

@@ -35,7 +35,7 @@ import errno
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
@@ -181,8 +181,17 @@ class Fence:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(aside)
 
-    def write(self, dest: Path, data: Any, *, exclusive: bool = False) -> None:
-        """Write ``data`` to the file ``dest`` (its folder must exist) as a rename out of the fence.
+    def write(
+        self, dest: Path, data: Any, *, exclusive: bool = False, parents: Callable[[], None] | None = None
+    ) -> None:
+        """Write ``data`` to the file ``dest`` as a rename out of the fence.
+
+        Args:
+            dest: The file.
+            data: Its bytes (any buffer).
+            exclusive: Never replace an existing file.
+            parents: Called when ``dest``'s folder is missing, to create it (then the rename is tried again,
+                without writing the bytes again).
 
         Raises:
             StoreBusyError: If the fence was retired (another process took the lock over).
@@ -194,15 +203,19 @@ class Fence:
         try:
             with open(fd, "wb", closefd=True) as f:
                 f.write(data)
-            if exclusive:
+            for attempt in range(2):
                 try:
-                    os.link(temp, dest)
+                    if exclusive:
+                        os.link(temp, dest)
+                    else:
+                        os.rename(temp, dest)
+                    break
                 except FileNotFoundError:
                     if not self.alive():
                         raise self.lost() from None
-                    raise
-            else:
-                self.move_in(temp, dest)
+                    if attempt or parents is None:
+                        raise
+                    parents()
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(temp)  # after a link, or a failure: the temporary name goes
@@ -293,7 +306,7 @@ class FencedStore(LocalStore):
         for attempt in range(2):
             try:
                 if self.fence is not None:
-                    self.fence.write(dest, data, exclusive=exclusive)
+                    self.fence.write(dest, data, exclusive=exclusive, parents=lambda: self._parents(dest))
                     return
                 temp = dest.with_name(f"{dest.name}.{uuid.uuid4().hex}.partial")
                 with open(temp, "xb") as f:
