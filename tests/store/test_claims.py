@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from lca_cli.errors import StoreBusyError
 from lca_cli.store.claims import Holder, Keeper, Lease, store_lock_path
+from lca_cli.store.fencing import fence_folder
 
 
 def test_lock_path_is_a_hidden_sibling(tmp_path: Path) -> None:
@@ -93,3 +95,57 @@ def test_keeper_renews_the_heartbeat(tmp_path: Path) -> None:
             time.sleep(0.01)
         assert Holder.decode(path.read_bytes()).heartbeat > first  # type: ignore[union-attr]
         keeper.remove(lease)
+
+
+# -- fencing ---------------------------------------------------------------------------------------------------
+
+
+def test_a_fenced_lease_owns_a_fence_folder_until_released(tmp_path: Path) -> None:
+    path = tmp_path / ".s.lock"
+    lease = Lease.acquire(path, "s", fenced=True)
+    assert lease.fence is not None and lease.fence.folder == fence_folder(path, lease.holder.token)
+    assert lease.fence.folder.is_dir()
+    lease.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # lock and fence gone
+
+
+def test_a_takeover_retires_the_old_holders_fence_so_its_writes_fail(tmp_path: Path) -> None:
+    path = tmp_path / ".s.lock"
+    store = tmp_path / "s"
+    store.mkdir()
+    old = Lease.acquire(path, "s", fenced=True)
+    assert old.fence is not None
+    old.fence.write(store / "a", b"1")  # written while it holds the lock
+    os.rename(path, tmp_path / "gone")  # the holder was presumed dead and its claim moved aside
+    new = Lease.acquire(path, "s", fenced=True)
+    assert not old.fence.folder.exists()  # retired before acquire returned
+    with pytest.raises(StoreBusyError, match="another process took over the lock"):
+        old.fence.write(store / "b", b"2")  # a paused holder waking up: nothing reaches the store
+    with pytest.raises(StoreBusyError, match="another process took over the lock"):
+        old.fence.remove(store / "a")
+    with pytest.raises(StoreBusyError, match="taken over"):
+        old.check()
+    assert sorted(p.name for p in store.iterdir()) == ["a"]
+    old.release()
+    new.release()
+
+
+def test_a_fenced_store_never_re_creates_a_deleted_store(tmp_path: Path) -> None:
+    import numpy as np
+    import zarr
+
+    from lca_cli.errors import StoreError
+    from lca_cli.store.fencing import FencedStore
+
+    path = tmp_path / ".s.lock"
+    lease = Lease.acquire(path, "s", fenced=True)
+    root = tmp_path / "s.zarr"
+    root.mkdir()
+    group = zarr.create_group(store=FencedStore(root, fence=lease.fence), zarr_format=3)
+    arr = group.create_array("x", shape=(4, 2), chunks=(1, 2), dtype="f4")
+    arr[0:1] = np.ones((1, 2), np.float32)
+    shutil.rmtree(root)
+    with pytest.raises(StoreError, match="deleted while lca was writing"):
+        arr[1:2] = np.ones((1, 2), np.float32)
+    assert not root.exists()
+    lease.release()
