@@ -96,7 +96,9 @@ def _hook(kill_at: int, log: Path | None) -> None:  # pragma: no cover - runs in
             count[0] += 1
             if log is not None:
                 with open(log, "a") as f:
-                    f.write(json.dumps([_name, str(args[0]) if args else ""]) + "\n")
+                    # A rename's target too: lca's writes are renames out of its fence folder (the source).
+                    where = " -> ".join(str(a) for a in args[:2] if isinstance(a, (str, Path)))
+                    f.write(json.dumps([_name, where]) + "\n")
             if count[0] == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
             return _orig(*args, **kwargs)
