@@ -395,10 +395,14 @@ def _pause_after_check(n: int) -> None:  # pragma: no cover - runs in a forked c
 def _as_another_host() -> None:  # pragma: no cover - runs in a forked child
     """Make this process judge the lock as a process on another machine would, with a half-second lease: by
     its heartbeat alone (a paused holder on this machine is a live pid, never taken over)."""
+    import lca_cli.computation.distributed as distributed
     import lca_cli.store.claims as claims
 
     claims.LEASE_SECONDS = 0.5
     claims._machine = lambda: "another-host|boot|ns"  # type: ignore[attr-defined]
+    # The paused process also holds the claim of the chunk it computes: judged by the same half-second lease.
+    claims.read_claim.__defaults__ = (0.5,)
+    distributed.Board.__init__.__defaults__ = (0.5,)
 
 
 @pytest.mark.parametrize("overwrite", [False, True], ids=["resume", "overwrite"])
