@@ -87,3 +87,17 @@ def test_the_folder_holding_lightning_logs_is_a_run(trained: Path) -> None:
         # The same weights as the callback's files: the same rows (up to the last bits: --threads auto may pick
         # another thread count, and so another summation order, in each call).
         np.testing.assert_allclose(rows, flat[1:], rtol=1e-4, atol=1e-6 * float(np.abs(flat).max()))
+
+
+def test_the_readme_example_verbatim(tmp_path: Path) -> None:
+    """README's classifier.py and train.py as written (only ``max_steps`` cut), then ``lca compute runs/pl``."""
+    train = readme_block("train.py")
+    assert "max_steps=500" in train
+    (tmp_path / "classifier.py").write_text(readme_block("classifier.py"))
+    (tmp_path / "train.py").write_text(train.replace("max_steps=500", "max_steps=4"))
+    proc = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = lca(tmp_path, "compute", "runs/pl")
+    assert proc.returncode == 0, proc.stderr
+    store = LcaStore.open(tmp_path / "runs/pl/lca.zarr")
+    assert store.steps.tolist() == [0, 1, 2, 3, 4] and bool(np.asarray(store.array("train", "done")[:]).all())
