@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lca_cli.computation.config import Config, load_config
+from lca_cli.computation.config import Config, FactorySpec, load_config
 from lca_cli.computation.datafiles import data_spec
 from lca_cli.computation.distributed import Scope, parse_shard
 from lca_cli.computation.dryrun import DryRun, dry_run
-from lca_cli.computation.follow import wait_for_file
+from lca_cli.computation.follow import wait_for_file, wait_until
 from lca_cli.computation.hf_models import auto_config, with_adapters
 from lca_cli.computation.options import COMPUTE_KEYS, RUN_KEYS, default_of, speak_arguments
 from lca_cli.computation.plan import ComputePlan, Hooks, Schedule, build_plan
@@ -122,6 +122,10 @@ def prepare_call(
     zero_glue = None  # a Hugging Face run without lca.toml: the model from its checkpoints' config.json
     if config is None and not (run_path / "lca.toml").is_file() and run_path.is_dir():
         zero_glue = auto_config(run_path, data)
+    if zero_glue is None and config is None and data is not None and run["follow"] and not dry_run:
+        # Following a Hugging Face run from its start: its first checkpoint folder (with config.json) may come
+        # before any lca.toml ever will; wait for whichever appears first.
+        zero_glue = _wait_for_model(run_path, data, schedule.idle_timeout, stop)
     if isinstance(config, Config):
         loaded = config
     elif zero_glue is not None:
@@ -257,3 +261,30 @@ def plan_of(call: Call) -> ComputePlan:
         call.run_dir, call.config, call.out, schedule=call.schedule, overwrite=call.overwrite, repair=call.repair,
         unsafe_pickle=call.unsafe_pickle,
     )  # fmt: skip
+
+
+def _wait_for_model(run_path: Path, data: FactorySpec, timeout: float, stop: threading.Event | None) -> Config | None:
+    """``--follow --data`` before training wrote anything: the zero-glue config of the first checkpoint folder.
+
+    Args:
+        run_path: The run directory (it may not exist yet).
+        data: ``--data``'s factory.
+        timeout: Seconds to wait at most (``idle_timeout``).
+        stop: Ends the wait early.
+
+    Returns:
+        The config built from the first folder's ``config.json``, or None when ``lca.toml`` appeared first.
+
+    """
+    found: list[Config] = []
+
+    def ready() -> bool:
+        if (run_path / "lca.toml").is_file():
+            return True
+        config = auto_config(run_path, data) if run_path.is_dir() else None
+        if config is not None:
+            found.append(config)
+        return config is not None
+
+    wait_until(ready, timeout, stop, f"neither {run_path / 'lca.toml'} nor a checkpoint folder with config.json found")
+    return found[0] if found else None

@@ -53,6 +53,7 @@ __all__ = [
     "Pruner",
     "read_end_marker",
     "wait_for_file",
+    "wait_until",
     "write_end_marker",
 ]
 
@@ -109,10 +110,29 @@ def wait_for_file(path: Path, timeout: float, stop: threading.Event | None, poll
         ConfigError: If it does not appear within ``timeout`` seconds (or ``stop`` is set).
 
     """
+    wait_until(path.exists, timeout, stop, f"config file {path} not found", poll)
+
+
+def wait_until(
+    ready: Callable[[], bool], timeout: float, stop: threading.Event | None, missing: str, poll: float = POLL_SECONDS
+) -> None:
+    """Wait until ``ready()`` holds: what a run needs before its first pair has been written by training.
+
+    Args:
+        ready: Checked every ``poll`` seconds.
+        timeout: Seconds to wait at most.
+        stop: Ends the wait early (a signal), as a timeout does.
+        missing: What is missing, for the error (``"config file runs/x/lca.toml not found"``).
+        poll: Seconds between checks.
+
+    Raises:
+        ConfigError: If ``ready()`` does not hold within ``timeout`` seconds (or ``stop`` is set).
+
+    """
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not ready():
         if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
-            raise ConfigError(f"config file {path} not found (waited {timeout:.0f} s for training to write it)")
+            raise ConfigError(f"{missing} (waited {timeout:.0f} s for training to write it)")
         time.sleep(poll) if stop is None else stop.wait(poll)
 
 

@@ -256,3 +256,40 @@ def test_data_reads_a_datasets_folder(tmp_path: Path, monkeypatch: pytest.Monkey
         assert torch.equal(loaded[k], v)
     with pytest.raises(UsageError, match="no such file"):
         data_spec(tmp_path / "missing.safetensors")
+
+
+def test_follow_with_data_waits_for_the_first_checkpoint_folder(tmp_path: Path) -> None:
+    """``--follow --data`` started before a Trainer wrote anything: it waits for the first ``checkpoint-N/``.
+
+    It used to wait for an ``lca.toml`` that a zero-glue run never writes, and failed at the idle timeout.
+    """
+    import subprocess
+    import sys
+    import time
+
+    import transformers
+
+    run = tmp_path / "run"
+    run.mkdir()
+    eval_file(str(tmp_path / "eval.safetensors"))
+    cmd = [sys.executable, "-m", "lca_cli", "compute", str(run), "--data", str(tmp_path / "eval.safetensors"),
+           "--follow", "--until", "2", "--idle-timeout", "90"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)  # lca is waiting: no lca.toml and no checkpoint folder yet
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=16)
+        model = transformers.GPT2LMHeadModel(config)
+        for step in range(3):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.01 * torch.randn_like(p))
+            model.save_pretrained(tmp_path / "partial")
+            (tmp_path / "partial").rename(run / f"checkpoint-{step}")  # a folder appears whole, as Trainer's
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    store = LcaStore.open(run / "lca.zarr")
+    assert list(store.steps) == [0, 1, 2] and bool(np.asarray(store.array("train", "done")[:]).all())
+    assert store.attrs["identity"]["loss"]["name"] == "model_loss"
