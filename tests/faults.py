@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import traceback
 import warnings
@@ -52,7 +53,12 @@ def fork_wait(pid: int) -> int:
 
 
 def fork_start(fn: Callable[[], Any], *, kill_at: int = 0, log: Path | None = None, stderr: Path | None = None) -> int:
-    """Start ``fn`` in a forked child (see :func:`fork_call`) and return its pid."""
+    """Start ``fn`` in a forked child (see :func:`fork_call`) and return its pid.
+
+    The child must use one torch thread (``lca compute ... --threads 1``): a fork of a test process whose OpenMP
+    pool has run (an earlier test timed ``--threads auto`` in-process) deadlocks in the child as soon as torch
+    uses more than one thread. A test of the defaults runs ``lca`` in a fresh process (:func:`run_lca`).
+    """
     sys.stdout.flush()
     sys.stderr.flush()
     with warnings.catch_warnings():
@@ -143,6 +149,17 @@ def copy_tree(src: Path, dst: Path) -> Path:
     """Copy a store or run folder."""
     shutil.copytree(src, dst)
     return dst
+
+
+def run_lca(
+    *args: object, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``lca ARGS`` in a fresh process, as a user runs it (``python -m lca_cli``), output captured as text.
+
+    A fresh process, not a fork of the test process: see :func:`fork_start` for what a fork may not do.
+    """
+    cmd = [sys.executable, "-m", "lca_cli", *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def cli(*args: object) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from faults import run_lca
 from runs import make_tiny_run
 from test_golden import store_digests
 
@@ -20,10 +21,7 @@ import lca_cli.errors
 BYS = ("layer", "tensor", "neuron", "iteration")
 
 
-def lca(*args: object) -> subprocess.CompletedProcess[str]:
-    """``lca ARGS`` in a fresh process, as a user runs it."""
-    cmd = [sys.executable, "-m", "lca_cli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+lca = run_lca  # ``lca ARGS`` in a fresh process, as a user runs it
 
 
 @pytest.fixture(scope="module")

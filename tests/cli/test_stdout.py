@@ -8,11 +8,10 @@ it).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from faults import run_lca
 from runs import make_tiny_run
 
 CHATTY = """
@@ -45,10 +44,7 @@ def chatty_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-def lca(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lca_cli", *map(str, args)], capture_output=True, text=True, timeout=300
-    )
+lca = run_lca  # ``lca ARGS`` in a fresh process, as a user runs it
 
 
 def test_compute_json_is_one_document_whatever_user_code_prints(chatty_run: Path) -> None:

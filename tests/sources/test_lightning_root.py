@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from faults import run_lca
 
 from lca_cli.store.lcastore import LcaStore
 
@@ -55,9 +56,7 @@ def readme_block(name: str) -> str:
 
 
 def lca(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lca_cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+    return run_lca(*args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

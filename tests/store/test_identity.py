@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from faults import run_lca
 from runs import FACTORIES
 from safetensors.torch import save_file
 
@@ -43,13 +43,9 @@ def _big_run(root: Path, steps: int = 3) -> Path:
 
 
 def _compute(run: Path, out: Path) -> subprocess.CompletedProcess[str]:
-    """``lca compute RUN --out OUT --quiet`` in a fresh process, as a user runs it.
-
-    Not a fork of the test process: a fork of a process whose OpenMP pool has run (earlier tests time
-    ``--threads auto`` in-process) deadlocks in the child as soon as torch uses more than one thread.
-    """
-    cmd = [sys.executable, "-m", "lca_cli", "compute", str(run), "--out", str(out), "--quiet"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    """``lca compute RUN --out OUT --quiet`` in a fresh process with the default threads (not a fork: see
+    ``faults.fork_start``)."""
+    return run_lca("compute", run, "--out", out, "--quiet", timeout=600)
 
 
 def _flip_middle_byte(path: Path) -> None:
