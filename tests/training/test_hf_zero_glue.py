@@ -261,8 +261,10 @@ def test_data_reads_a_datasets_folder(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_follow_with_data_waits_for_the_first_checkpoint_folder(tmp_path: Path) -> None:
     """``--follow --data`` started before a Trainer wrote anything: it waits for the first ``checkpoint-N/``.
 
-    It used to wait for an ``lca.toml`` that a zero-glue run never writes, and failed at the idle timeout.
+    It used to wait for an ``lca.toml`` that a zero-glue run never writes, and failed at the idle timeout. The
+    "trainer" here rotates as ``save_total_limit=2`` does: every pair is stored all the same.
     """
+    import shutil
     import subprocess
     import sys
     import time
@@ -273,23 +275,27 @@ def test_follow_with_data_waits_for_the_first_checkpoint_folder(tmp_path: Path) 
     run.mkdir()
     eval_file(str(tmp_path / "eval.safetensors"))
     cmd = [sys.executable, "-m", "lca_cli", "compute", str(run), "--data", str(tmp_path / "eval.safetensors"),
-           "--follow", "--until", "2", "--idle-timeout", "90"]  # fmt: skip
+           "--follow", "--until", "4", "--idle-timeout", "90"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(2)  # lca is waiting: no lca.toml and no checkpoint folder yet
         torch.manual_seed(0)
         config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=16)
         model = transformers.GPT2LMHeadModel(config)
-        for step in range(3):
+        for step in range(5):
             with torch.no_grad():
                 for p in model.parameters():
                     p.add_(0.01 * torch.randn_like(p))
             model.save_pretrained(tmp_path / "partial")
             (tmp_path / "partial").rename(run / f"checkpoint-{step}")  # a folder appears whole, as Trainer's
+            if step >= 2:
+                shutil.rmtree(run / f"checkpoint-{step - 2}")  # rotation: the newest two are kept
+            time.sleep(1.0)
         _, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
     assert proc.returncode == 0, err
     store = LcaStore.open(run / "lca.zarr")
-    assert list(store.steps) == [0, 1, 2] and bool(np.asarray(store.array("train", "done")[:]).all())
-    assert store.attrs["identity"]["loss"]["name"] == "model_loss"
+    assert list(store.steps) == [0, 1, 2, 3, 4] and bool(np.asarray(store.array("train", "done")[:]).all())
+    assert store.attrs["identity"]["loss"]["name"] == "model_loss" and not store.attrs.get("missing_pairs")
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-3", "checkpoint-4", "lca.zarr"]  # staging gone
