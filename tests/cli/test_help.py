@@ -70,3 +70,13 @@ def test_group_lists_whole_command_summaries() -> None:
 def test_exit_codes_listed_are_those_of_the_command(command: list[str]) -> None:
     listed = {int(m) for m in re.findall(r"^ +(\d+)  ", section(help_at_80(command), "Exit codes"), re.M)}
     assert listed == CODES[command[0] if command else ""]
+
+
+def test_report_help_lists_every_view_the_report_draws() -> None:
+    # The option's help names the views by hand (importing the report to list them would slow every command).
+    from lca_cli.reporting import VIEWS
+
+    text = " ".join(help_at_80(["report"]).split())
+    listed = re.search(r"Draw only this view \(repeat for several\): (.*?) \[default", text)
+    assert listed is not None, text
+    assert [v.strip() for v in listed.group(1).split(",")] == list(VIEWS)
