@@ -350,10 +350,14 @@ def report(
     png_dir: str | Path | None = None,
     views: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    vs: Sequence[StoreLike] | None = None,
+    min_abs: float | None = None,
 ) -> ReportResult:
     """Write a self-contained HTML report (and PNG figures) of one store, or compare two (``[a, b]``).
 
-    Needs matplotlib (``pip install 'lca-cli[report]'``).
+    With ``vs``, compare two seed groups instead (``lca report A1 A2 A3 --vs B1 B2 B3``): ``store`` is group A
+    (one store or a list), ``vs`` group B; per layer and set, each group's mean / sd / n and B − A with its
+    standard error. Needs matplotlib (``pip install 'lca-cli[report]'``).
 
     Args:
         store: One store, or a list of two to compare side by side.
@@ -364,12 +368,15 @@ def report(
         png_dir: Where the PNG figures go (default ``<out stem>_files/``).
         views: Draw only these views of a one-store report (``loss``, ``composition``, ...; default all).
         progress: Called with one-line progress messages.
+        vs: Group B of a group comparison (``--vs``).
+        min_abs: A noise floor for the helped / hurt counts (``--min-abs``; :mod:`lca_cli.analysis.floor`).
 
     Returns:
         The page written (``.html``), its figures (``.pngs``) and headline numbers (``.numbers``).
 
     Raises:
-        UsageError: More than two stores, labels not one per store, views with a comparison, a bad window.
+        UsageError: More than two stores without ``vs``, labels not one per store (group), views with a
+            comparison, stores of a group comparison that are not comparable, a bad window.
         LcaError: If matplotlib is not installed.
 
     """
@@ -377,6 +384,16 @@ def report(
         window = _window(steps)
         stores: list[StoreLike] = list(store) if isinstance(store, list | tuple) else [store]  # type: ignore[list-item]
         paths = [s.path if isinstance(s, Store) else Path(s) for s in stores]
+        if vs is not None:
+            if views:
+                raise UsageError("--view applies to the report of one store, not to a comparison")
+            from lca_cli.reporting.groups import write_group_comparison
+
+            return write_group_comparison(
+                paths, [s.path if isinstance(s, Store) else Path(s) for s in vs], out, labels=labels,
+                set_names=[sets] if isinstance(sets, str) else sets, steps=window, png_dir=png_dir,
+                progress=progress, min_abs=min_abs,
+            )  # fmt: skip
         if not paths or len(paths) > 2:
             raise UsageError(f"lca report takes one store, or two to compare (got {len(paths)})")
         if labels and len(labels) != len(paths):
