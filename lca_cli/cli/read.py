@@ -140,7 +140,7 @@ class _GroupsCommand(click.Command):
         "lca report runs/exp1/lca.zarr --out exp1.html",
         "lca report runs/exp1/lca.zarr --out early.html --steps :200 --set train",
         "lca report a.zarr b.zarr --out cmp.html --label normal --label frozen",
-        "lca report a1.zarr a2.zarr a3.zarr --vs b1.zarr b2.zarr b3.zarr --out groups.html",
+        "lca report a1.zarr a2.zarr a3.zarr --vs b1.zarr b2.zarr b3.zarr --out g.html",
         exit_codes=(0, 1, *READ_EXIT_CODES[1:]),
         notes={1: "matplotlib missing: pip install 'lca-cli[report]'"},
     ),
