@@ -406,13 +406,13 @@ def report(
 
             return write_comparison(
                 paths[0], paths[1], out, labels=list(labels) if labels else None, set_names=set_names,
-                steps=(window.start, window.stop), png_dir=png_dir, progress=progress,
+                steps=(window.start, window.stop), png_dir=png_dir, progress=progress, min_abs=min_abs,
             )  # fmt: skip
         from lca_cli.reporting.report import write_report
 
         return write_report(
             paths[0], out, set_names=set_names, steps=(window.start, window.stop), png_dir=png_dir,
-            progress=progress, views=list(views) if views else None,
+            progress=progress, views=list(views) if views else None, min_abs=min_abs,
         )  # fmt: skip
 
 

@@ -114,6 +114,7 @@ def write_report(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     views: Sequence[str] | None = None,
+    min_abs: float | None = None,
 ) -> ReportResult:
     """Write the HTML report of a store (and its figures as PNG files).
 
@@ -129,6 +130,8 @@ def write_report(
         progress: Called with one-line messages while working.
         views: Keys of the views to draw (:data:`VIEWS`; default all). The numbers are computed in full
             either way; views that do not apply (input maps of a net that does not read images) are skipped.
+        min_abs: A noise floor for the helped / hurt counts (``--min-abs``); ``numbers["floor"]`` then gives,
+            per set, the floor and the share of entries below float resolution.
 
     Returns:
         The paths written and the headline numbers.
@@ -151,10 +154,12 @@ def write_report(
     store = open_store(store_path)
     t_start = time.perf_counter()
     # Sets and window are checked on the small arrays before any folder is made or any pass runs.
-    summaries, notes = gather_sets(store, set_names, steps)
+    summaries, notes = gather_sets(store, set_names, steps, min_abs)
     out, pdir = output_folders(out_html, png_dir)
     report = gather_report(store, summaries, notes, heatmap_layers=heatmap_layers, seed=seed, progress=say)
     numbers = report_numbers(store, report)
+    if min_abs is not None:
+        numbers["floor"] = {s.name: s.floor for s in report.sets}
     drawn: list[View] = []
     with mpl.rc_context(STYLE):
         say("drawing")
