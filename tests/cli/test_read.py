@@ -87,3 +87,19 @@ def test_series_csv(capsys: pytest.CaptureFixture[str], group: list[Path]) -> No
         assert float(r["neg"]) + float(r["pos"]) == pytest.approx(float(r["lca"]), rel=1e-5, abs=1e-9)
     code, out, _ = run_cli(capsys, "summarize", group[1], "--series", "--json")
     assert json.loads(out)["header"]["series"] is True
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["a1", "a2", "--vs", "b1", "b2", "--out", "x.html"],
+        ["a1", "--vs", "b1", "--set", "val", "a2", "--vs", "b2", "--out", "x.html"],
+        ["a1", "a2", "--vs", "b1", "--vs", "b2", "-q", "--out", "x.html"],
+    ],
+)
+def test_vs_takes_every_path_up_to_the_next_option(args: list[str]) -> None:
+    from lca_cli.cli.read import report
+
+    params = report.make_context("report", list(args)).params
+    assert [str(p) for p in params["vs"]] == ["b1", "b2"]
+    assert [str(p) for p in params["stores"]][:2] == ["a1", "a2"]
