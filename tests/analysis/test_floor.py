@@ -80,3 +80,28 @@ def test_floor_refuses_a_negative_floor(tmp_path: Path) -> None:
     store = make_store(tmp_path / "s.zarr", n_pairs=9)[0]
     with pytest.raises(UsageError, match="--min-abs -1"):
         summarize(store, min_abs=-1.0)
+
+
+def test_floor_and_series_refuse_a_store_of_neuron_columns(tmp_path: Path) -> None:
+    from lca_cli.core.columns import Columns
+    from lca_cli.core.layout import Layout
+    from lca_cli.store import BlockRows
+
+    layout = Layout.from_shapes([("fc.weight", (3, 4)), ("fc.bias", (3,))])
+    columns = Columns.build(layout, "neuron")
+    n = 4
+    store = LcaStore.create(tmp_path / "n.zarr", layout=layout, sets=["train"], steps=list(range(n + 1)),
+                            attrs={"method": "rk4"}, columns=columns)  # fmt: skip
+    k = len(layout.params)
+    store.write_block(
+        "train",
+        BlockRows(0, np.full((n, columns.size), -1e-3, np.float32), np.linspace(2, 1, n + 1), np.zeros(n),
+                  np.full(n, 2, np.int32), np.zeros(n, bool), np.full((n, k), -1e-3), np.ones((n, k), int),
+                  np.zeros((n, k), int), np.zeros(n)),
+    )  # fmt: skip
+    store = LcaStore.open(tmp_path / "n.zarr")
+    assert summarize(store).rows  # the plain summary works
+    with pytest.raises(UsageError, match=r"--min-abs needs one lca column per parameter.*--granularity neuron"):
+        summarize(store, min_abs=0.0)
+    with pytest.raises(UsageError, match="--series needs one lca column per parameter"):
+        summarize(store, series=True)
