@@ -328,6 +328,12 @@ def _summary_rows(per: Sequence[dict[str, Any]]) -> list[tuple[str, list[str]]]:
         row("synchronisation (circular shifts)", lambda x: sync_line(x, "sync")),
         row("synchronisation (step-size controlled)", lambda x: sync_line(x, "sync_controlled")),
     ]  # fmt: skip
+    if per and per[0].get("floor"):  # --min-abs: the helped / hurt counts above are taken above the floor
+        at = next((i + 1 for i, r in enumerate(rows) if r[0].startswith("helped fraction")), len(rows))
+        rows.insert(at, row("noise floor (--min-abs) · entries below float resolution", lambda x: (
+            f"|LCA| <= {x['floor']['min_abs']:g} counts as zero in helped / hurt · "
+            f"{100 * x['floor']['below_resolution_share']:.3g}% below {x['floor']['dtype']} resolution "
+            "(0 < |LCA| <= eps x the iteration's largest |LCA|)")))  # fmt: skip
     return rows
 
 

@@ -158,8 +158,10 @@ def write_report(
     out, pdir = output_folders(out_html, png_dir)
     report = gather_report(store, summaries, notes, heatmap_layers=heatmap_layers, seed=seed, progress=say)
     numbers = report_numbers(store, report)
-    if min_abs is not None:
+    if min_abs is not None:  # the page's summary table states the floor per set (html._summary_rows)
         numbers["floor"] = {s.name: s.floor for s in report.sets}
+        for s in report.sets:
+            numbers["per_set"][s.name]["floor"] = s.floor
     drawn: list[View] = []
     with mpl.rc_context(STYLE):
         say("drawing")

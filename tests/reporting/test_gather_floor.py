@@ -59,3 +59,6 @@ def test_report_of_one_store_gives_the_floor_per_set(tmp_path: Path) -> None:
     floored = lca_cli.report(tmp_path / "s.zarr", tmp_path / "f.html", views=["composition"], min_abs=1e-3)
     assert "floor" not in plain.numbers and sorted(floored.numbers["floor"]) == ["train", "val"]
     assert floored.numbers["helped_share_mean"] < plain.numbers["helped_share_mean"]
+    page = floored.html.read_text()
+    assert "noise floor (--min-abs)" in page and "|LCA| &lt;= 0.001 counts as zero" in page
+    assert "noise floor" not in plain.html.read_text()
