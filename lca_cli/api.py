@@ -395,7 +395,10 @@ def report(
                 progress=progress, min_abs=min_abs,
             )  # fmt: skip
         if not paths or len(paths) > 2:
-            raise UsageError(f"lca report takes one store, or two to compare (got {len(paths)})")
+            raise UsageError(
+                f"lca report takes one store, or two to compare (got {len(paths)}); for seed groups give "
+                "group B with --vs, as in `lca report A1 A2 A3 --vs B1 B2 B3`"
+            )
         if labels and len(labels) != len(paths):
             raise UsageError(f"--label: give one per store ({len(paths)}), got {len(labels)}")
         if views and len(paths) == 2:
