@@ -59,6 +59,8 @@ def test_stores_that_are_not_comparable_are_refused(tmp_path: Path) -> None:
     other_sets = make_store(tmp_path / "c.zarr", n_pairs=9, sets=("train", "val"))[0]
     with pytest.raises(UsageError, match="evaluation sets"):
         summarize_group([base, other_sets])
+    with pytest.raises(UsageError, match="is given twice"):
+        summarize_group([base, make_store(tmp_path / "e.zarr", n_pairs=9)[0], base])
     shifted = make_store(tmp_path / "d.zarr", n_pairs=9, first_step=1)[0]
     with pytest.raises(UsageError, match=r"iterations \(start steps\) in the window differ"):
         summarize_group([base, shifted], by="iteration")
