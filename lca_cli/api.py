@@ -268,6 +268,36 @@ class Group:
                 concentration=concentration, min_abs=min_abs,
             )  # fmt: skip
 
+    def compare(
+        self,
+        other: Group,
+        by: str = "layer",
+        steps: Steps = None,
+        set: str | None = None,  # the CLI's --set
+        *,
+        labels: tuple[str, str] = ("A", "B"),
+        min_abs: float | None = None,
+    ) -> dict[str, Any]:
+        """Compare with ``other``: per row and statistic, this group's (A) and its (B) mean / sd / n, and B − A ± se.
+
+        The numbers of one set of ``lca report A1 A2 --vs B1 B2``'s page
+        (:func:`lca_cli.analysis.groups.compare_groups`; the rule is its ``difference_rule``).
+
+        Returns:
+            ``{"labels", "stores", "set", "by", "difference_rule", "sd_rule", "stats", "rows"}``.
+
+        Raises:
+            UsageError: Groups whose layers or sets differ, or a bad option.
+
+        """
+        from lca_cli.analysis.groups import check_comparable, compare_groups
+
+        with _speaking_arguments():
+            check_comparable([self.stores[0].lca_store, other.stores[0].lca_store], layers_only=True)
+            a = self.summarize(by=by, steps=steps, set=set, min_abs=min_abs)
+            b = other.summarize(by=by, steps=steps, set=set, min_abs=min_abs)
+            return compare_groups(a, b, labels)
+
 
 def open_group(paths: Sequence[StoreLike]) -> Group:
     """Open several stores of one condition (seeds of one configuration) as a group.

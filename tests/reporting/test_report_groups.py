@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from stores import make_store
 
+import lca_cli
 from lca_cli.analysis.reduce import open_store, summarize
 from lca_cli.errors import UsageError
 
@@ -62,3 +63,10 @@ def test_groups_that_differ_are_refused_before_anything_is_written(
     with pytest.raises(UsageError, match="sets"):
         write_group_comparison(a, [train_only.path], tmp_path / "y.html")
     assert not (tmp_path / "x.html").exists() and not (tmp_path / "y_files").exists()
+
+
+def test_the_api_comparison_is_the_page_numbers(groups: tuple[list[Path], list[Path]], tmp_path: Path) -> None:
+    a, b = groups
+    page = write_group_comparison(a, b, tmp_path / "p.html", set_names=["val"], min_abs=1e-4).numbers
+    api = lca_cli.open_group(a).compare(lca_cli.open_group(b), set="val", min_abs=1e-4)
+    assert api == page["per_set"]["val"]
