@@ -266,6 +266,7 @@ def report(
     png_dir: str | Path | None = None,
     views: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    figures: str = "png",
 ) -> ReportResult:
     """Write a self-contained HTML report (and PNG figures) of one store, or compare two (``[a, b]``).
 
@@ -280,6 +281,8 @@ def report(
         png_dir: Where the PNG figures go (default ``<out stem>_files/``).
         views: Draw only these views of a one-store report (``loss``, ``composition``, ...; default all).
         progress: Called with one-line progress messages.
+        figures: ``png`` (default), or ``svg`` / ``pdf``: also a vector copy of every figure beside its PNG
+            (``.vectors``).
 
     Returns:
         The page written (``.html``), its figures (``.pngs``) and headline numbers (``.numbers``).
@@ -302,16 +305,18 @@ def report(
         set_names = [sets] if isinstance(sets, str) else (list(sets) if sets else None)
         if len(paths) == 2:
             from lca_cli.reporting.compare import write_comparison
+            from lca_cli.reporting.plots import vector_figures
 
-            return write_comparison(
-                paths[0], paths[1], out, labels=list(labels) if labels else None, set_names=set_names,
-                steps=(window.start, window.stop), png_dir=png_dir, progress=progress,
-            )  # fmt: skip
+            with vector_figures(figures):
+                return write_comparison(
+                    paths[0], paths[1], out, labels=list(labels) if labels else None, set_names=set_names,
+                    steps=(window.start, window.stop), png_dir=png_dir, progress=progress,
+                )  # fmt: skip
         from lca_cli.reporting.report import write_report
 
         return write_report(
             paths[0], out, set_names=set_names, steps=(window.start, window.stop), png_dir=png_dir,
-            progress=progress, views=list(views) if views else None,
+            progress=progress, views=list(views) if views else None, figures=figures,
         )  # fmt: skip
 
 

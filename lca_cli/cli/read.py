@@ -112,6 +112,9 @@ def summarize(
               help="Draw only this view (repeat for several): loss, composition, helped_hist, values, layers, "
               "layer_shares, cumulative, milestones, concentration, heatmaps, input_maps, trajectories, sync "
               "[default: all].")  # fmt: skip
+@click.option("--figures", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True,
+              help="Also write every figure as SVG or PDF beside its PNG (vector figures for a paper); the page "
+              "embeds the PNGs.")  # fmt: skip
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 def report(
     stores: tuple[Path, ...],
@@ -121,6 +124,7 @@ def report(
     labels: tuple[str, ...],
     png_dir: Path | None,
     views: tuple[str, ...],
+    figures: str,
     quiet: bool,
 ) -> None:
     """Write a self-contained HTML report (and PNG figures) of one LCA store, or compare two.
@@ -144,7 +148,7 @@ def report(
     with flag_spelling():
         result = write(
             list(stores), out, sets=set_names or None, steps=parse_window(steps), labels=labels or None,
-            png_dir=png_dir, views=views or None, progress=None if quiet else err,
+            png_dir=png_dir, views=views or None, progress=None if quiet else err, figures=figures,
         )  # fmt: skip
     click.echo(str(result.html))
 
