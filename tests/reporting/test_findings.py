@@ -152,3 +152,13 @@ def test_a_view_that_does_not_apply_keeps_its_number_with_a_note_and_vector_figu
         assert "<svg" in text and "<dc:date>" not in text
     assert "Verdicts against the paper" in page and "set &#x27;train&#x27;" in page
     assert math.isfinite(result.numbers["abs_over_delta_median"])
+
+
+def test_config_comments_give_the_last_layer_claim_to_resnet_only() -> None:
+    # The paper found a hurting last layer in ResNet-20 on CIFAR-10; a config said "the last layer of its nets".
+    root = Path(__file__).resolve().parents[2] / "configs"
+    for toml in sorted(root.glob("*.toml")):
+        comments = " ".join(line.lstrip("# ") for line in toml.read_text(encoding="utf-8").splitlines()
+                            if line.startswith("#"))  # fmt: skip
+        if re.search(r"paper found[^.]*last layer[^.]*hurts", comments):
+            assert "ResNet" in comments, toml.name
