@@ -26,7 +26,7 @@ from lca_cli.analysis.verdicts import (
     per_parameter_verdict,
     whole_vs_late,
 )
-from lca_cli.reporting.findings import random_sign_changes, robustness, set_findings, sync_window_text
+from lca_cli.reporting.findings import random_sign_changes, robustness, set_findings, steps_text, sync_window_text
 from lca_cli.reporting.gather import InputImage, ReportData, SetData
 from lca_cli.reporting.numbers import input_pixels, nanmean
 from lca_cli.reporting.plots import fmt, highlighted_layers
@@ -170,11 +170,15 @@ def layers_caption(r: ReportData) -> str:
         if unclear:
             text += f"; within error (no sign can be given): {', '.join(unclear)}"
         rob = robustness(d)
-        flips = rob.sentences()
-        text += (f"; starting transient of {rob.transient} iteration(s)" if rob.transient else "") + (
-            "; verdicts that flip: " + "; ".join(flips)
-            if flips
-            else "; no verdict flips without the transient or per phase"
+        if rob.transient:
+            lab = f"without first {rob.transient}"
+            moved = [n for n, labs in rob.flips.items() if lab in labs]
+            text += f"; without the starting transient ({rob.transient} iteration(s)) the verdict flips for " + (
+                ", ".join(f"{n} ({rob.verdicts[lab][d.layer_names.index(n)]})" for n in moved) if moved else "no layer"
+            )
+        phase = [n for n, labs in rob.flips.items() if any(x in ("early", "middle", "late") for x in labs)]
+        text += f"; {len(phase)} layer(s) flip between the thirds of the window" + (
+            f" ({', '.join(phase[:8])}{', …' if len(phase) > 8 else ''}; see the tables above)" if phase else ""
         )
         f = first_last_verdict(d.layer_names, v, "whole window", d.name)
         return text + f" — first and last layer hurting: {f.verdict}"
@@ -397,7 +401,7 @@ def sync_caption(r: ReportData) -> str:
         text = f"shifts over the whole run: {sync_window_text(s)}; step-size controlled: {sync_window_text(c)}"
         if act is not None:
             text += (
-                f"; shifts within iterations {act.span[0]}-{act.span[1] - 1} (95% of the peaks): "
+                f"; shifts within {steps_text(d, act.span)} (95% of the peaks): "
                 f"{sync_window_text(act.raw)}, step-size controlled {sync_window_text(act.controlled)}"
             )
         f = set_findings(r, d)[-1]

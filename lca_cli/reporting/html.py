@@ -19,7 +19,7 @@ from typing import Any
 from lca_cli import __version__
 from lca_cli.analysis.selection import Selection
 from lca_cli.errors import UsageError
-from lca_cli.reporting.findings import findings_html, sync_window_text
+from lca_cli.reporting.findings import findings_html, steps_text, sync_window_text
 from lca_cli.reporting.gather import ReportData, SetData
 from lca_cli.reporting.plots import HELPED_COLOR, HURT_COLOR, SCALE, ZERO_COLOR, fmt, png_info
 from lca_cli.reporting.text import pct
@@ -214,7 +214,7 @@ def sync_table(data: Sequence[SetData]) -> str:
             )
         for w in d.sync.windows:
             where = "95% of the peaks" if w.label == "active" else f"{w.label} third"
-            span = f"iterations {w.span[0]}-{w.span[1] - 1} ({where})"
+            span = f"{steps_text(d, w.span)} ({where})"
             rows.append((f"{d.name}: shifts within {span}", sync_window_text(w.raw)))
             rows.append((f"{d.name}: step-size controlled, within {span}", sync_window_text(w.controlled)))
     return table(rows)
