@@ -152,6 +152,25 @@ def test_a_view_that_does_not_apply_keeps_its_number_with_a_note_and_vector_figu
         assert "<svg" in text and "<dc:date>" not in text
     assert "Verdicts against the paper" in page and "set &#x27;train&#x27;" in page
     assert math.isfinite(result.numbers["abs_over_delta_median"])
+    # The synchronisation table: both tests within the window holding 95% of the peaks and within each third.
+    assert [w["window"] for w in result.numbers["sync_windows"]] == ["active", "early", "middle", "late"]
+    assert page.count("(95% of the peaks)") == 2 and page.count("(late third)") == 2
+
+
+def test_cli_report_writes_pdf_figures_beside_the_pngs(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from faults import cli
+
+    make_store(tmp_path / "s.zarr", n_pairs=8)
+    with pytest.raises(SystemExit) as done:
+        cli("report", tmp_path / "s.zarr", "--out", tmp_path / "p.html", "--view", "loss", "--figures", "pdf", "-q")
+    assert done.value.code in (0, None)
+    pdf = tmp_path / "p_files" / "01_loss.pdf"
+    assert pdf.read_bytes().startswith(b"%PDF") and (tmp_path / "p_files" / "01_loss.png").exists()
+    with pytest.raises(SystemExit) as bad:
+        cli("report", tmp_path / "s.zarr", "--out", tmp_path / "q.html", "--figures", "eps", "-q")
+    assert bad.value.code == 2  # a usage error, before any work
+    assert not (tmp_path / "q_files").exists()
 
 
 def test_config_comments_give_the_last_layer_claim_to_resnet_only() -> None:
