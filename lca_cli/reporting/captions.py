@@ -161,8 +161,8 @@ def values_caption(r: ReportData) -> str:
     return (
         "Every LCA value of the window (one per parameter and iteration) by magnitude on a log scale, helped "
         "(blue) and hurt (red) apart; exact zeros are counted separately in the titles. The wider the spread, "
-        "the more a few large allocations carry each iteration's loss change. This run (magnitudes to within a "
-        "bin of the histogram): " + by_set(r.sets, describe) + "."
+        "the more a few large allocations carry each iteration's loss change. Magnitudes are to within a bin of "
+        "the histogram. This run: " + by_set(r.sets, describe) + "."
     )
 
 
