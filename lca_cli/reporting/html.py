@@ -343,7 +343,7 @@ def _summary_rows(per: Sequence[dict[str, Any]]) -> list[tuple[str, list[str]]]:
         row("helped fraction, exact zeros excluded", lambda x: pct(x["helped_fraction_mean"])),
         row("parameters doing 50% · 90% of the learning",
             lambda x: f"{pct(x['concentration_50'])} · {pct(x['concentration_90'])}"),
-        row("layers hurting beyond the integration error", lambda x: ", ".join(x["layers_hurting"]) or "none"),
+        row("layers hurting beyond their error estimate", lambda x: ", ".join(x["layers_hurting"]) or "none"),
         row("layers with a positive total", lambda x: ", ".join(x["layers_positive"]) or "none"),
         row("synchronisation (circular shifts)", lambda x: sync_line(x, "sync")),
         row("synchronisation (step-size controlled)", lambda x: sync_line(x, "sync_controlled")),
