@@ -129,9 +129,11 @@ def report(
 ) -> None:
     """Write a self-contained HTML report (and PNG figures) of one LCA store, or compare two.
 
-    One store: true vs reconstructed loss; helped / zero / hurt shares per iteration with the loss; the
-    helped fraction's histograms; all LCA values on a log scale; per-layer totals with the integration
-    error, helped shares, concentration and when each layer learned; cumulative LCA per layer; neuron x
+    One store: a table of verdicts against the paper (each computed by a stated rule, per set and
+    convention) and the layer totals without the starting transient and per phase; true vs reconstructed
+    loss; helped / zero / hurt shares per iteration with the loss; the helped fraction's histograms; all
+    LCA values on a log scale; per-layer totals with each layer's error estimate, helped shares,
+    concentration and when each layer learned; cumulative LCA per layer; neuron x
     iteration maps (rows sorted, output units by class) and first-layer input maps for image nets;
     single-parameter trajectories; synchronisation of per-layer learning peaks with two baselines. Every
     evaluation set side by side (train beside held-out). Captions are computed from the run ("paper: X;
