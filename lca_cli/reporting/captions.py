@@ -419,7 +419,8 @@ def sync_caption(r: ReportData) -> str:
                 f"{sync_window_text(act.raw)}, step-size controlled {sync_window_text(act.controlled)}"
             )
         f = set_findings(r, d)[-1]
-        return text + f" — {f.verdict}"
+        rests = f.summary.rsplit("; ", 1)[-1] if "peaking together" in f.summary else ""
+        return text + (f"; {rests}" if rests else "") + f" — {f.verdict}"
 
     return (
         "Top: each layer's learning on each iteration (−LCA of the layer: up = the layer lowered the loss), "

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lca_cli.analysis.sync import PhaseSync, SyncResult
+from lca_cli.analysis.sync import FEW_COINCIDENCES, PhaseSync, SyncResult, coinciding_iterations
 from lca_cli.analysis.verdicts import (
     ERROR_RULE,
     TRANSIENT_SHARE,
@@ -131,6 +131,10 @@ def set_findings(r: ReportData, d: SetData) -> list[Finding]:
     else:
         span = steps_text(d, act.span)
         detail = f"{span}: raw {sync_window_text(act.raw)}; step-size controlled {sync_window_text(act.controlled)}"
+        k = coinciding_iterations(d.sync.peaks, act.span)
+        detail += f"; {k} iterations with two or more layers peaking together" + (
+            f" (fewer than {FEW_COINCIDENCES}: a fragile result)" if k < FEW_COINCIDENCES else ""
+        )
         ctrl = act.controlled.passes if act.controlled.tested else None
         out.append(sync_verdict(act.raw.passes, ctrl, detail, d.name))
     return out

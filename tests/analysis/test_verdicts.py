@@ -156,3 +156,11 @@ def test_apportioned_errors_take_the_larger_of_the_residual_share_and_the_l1_est
     assert c["pos_over_neg"].tolist() == pytest.approx([1 / 3, 1.0])
     assert c["hurt_iterations"].tolist() == [0.0, 0.5]
     assert c["abs_over_delta_median"] == pytest.approx(5.0) and c["abs_over_delta_window"] == pytest.approx(3.5)
+
+
+def test_coinciding_iterations_count_where_two_layers_peak_together() -> None:
+    from lca_cli.analysis.sync import coinciding_iterations
+
+    peaks = [np.array([1, 5, 9]), np.array([5, 9, 12]), np.array([9, 20])]
+    assert coinciding_iterations(peaks, (0, 30)) == 2  # 5 and 9
+    assert coinciding_iterations(peaks, (0, 8)) == 1 and coinciding_iterations(peaks, (10, 30)) == 0
