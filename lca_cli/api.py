@@ -382,6 +382,7 @@ def report(
     progress: Callable[[str], None] | None = None,
     vs: Sequence[StoreLike] | None = None,
     min_abs: float | None = None,
+    figures: str = "png",
 ) -> ReportResult:
     """Write a self-contained HTML report (and PNG figures) of one store, or compare two (``[a, b]``).
 
@@ -400,6 +401,8 @@ def report(
         progress: Called with one-line progress messages.
         vs: Group B of a group comparison (``--vs``).
         min_abs: A noise floor for the helped / hurt counts (``--min-abs``; :mod:`lca_cli.analysis.floor`).
+        figures: ``png`` (default), or ``svg`` / ``pdf``: also a vector copy of every figure beside its PNG
+            (``.vectors``).
 
     Returns:
         The page written (``.html``), its figures (``.pngs``) and headline numbers (``.numbers``).
@@ -418,12 +421,14 @@ def report(
             if views:
                 raise UsageError("--view applies to the report of one store, not to a comparison")
             from lca_cli.reporting.groups import write_group_comparison
+            from lca_cli.reporting.plots import vector_figures
 
-            return write_group_comparison(
-                paths, [s.path if isinstance(s, Store) else Path(s) for s in vs], out, labels=labels,
-                set_names=[sets] if isinstance(sets, str) else sets, steps=window, png_dir=png_dir,
-                progress=progress, min_abs=min_abs,
-            )  # fmt: skip
+            with vector_figures(figures):
+                return write_group_comparison(
+                    paths, [s.path if isinstance(s, Store) else Path(s) for s in vs], out, labels=labels,
+                    set_names=[sets] if isinstance(sets, str) else sets, steps=window, png_dir=png_dir,
+                    progress=progress, min_abs=min_abs,
+                )  # fmt: skip
         if not paths or len(paths) > 2:
             raise UsageError(
                 f"lca report takes one store, or two to compare (got {len(paths)}); for seed groups give "
@@ -436,16 +441,18 @@ def report(
         set_names = [sets] if isinstance(sets, str) else (list(sets) if sets else None)
         if len(paths) == 2:
             from lca_cli.reporting.compare import write_comparison
+            from lca_cli.reporting.plots import vector_figures
 
-            return write_comparison(
-                paths[0], paths[1], out, labels=list(labels) if labels else None, set_names=set_names,
-                steps=(window.start, window.stop), png_dir=png_dir, progress=progress, min_abs=min_abs,
-            )  # fmt: skip
+            with vector_figures(figures):
+                return write_comparison(
+                    paths[0], paths[1], out, labels=list(labels) if labels else None, set_names=set_names,
+                    steps=(window.start, window.stop), png_dir=png_dir, progress=progress, min_abs=min_abs,
+                )  # fmt: skip
         from lca_cli.reporting.report import write_report
 
         return write_report(
             paths[0], out, set_names=set_names, steps=(window.start, window.stop), png_dir=png_dir,
-            progress=progress, views=list(views) if views else None, min_abs=min_abs,
+            progress=progress, views=list(views) if views else None, min_abs=min_abs, figures=figures,
         )  # fmt: skip
 
 

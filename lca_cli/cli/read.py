@@ -167,6 +167,9 @@ class _GroupsCommand(click.Command):
 @click.option("--min-abs", type=float, metavar="X",
               help="Noise floor: |LCA| <= X counts as zero in the helped / hurt counts and shares (totals "
               "unchanged); the numbers add the share of entries below float resolution.")  # fmt: skip
+@click.option("--figures", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True,
+              help="Also write every figure as SVG or PDF beside its PNG (vector figures for a paper); the page "
+              "embeds the PNGs.")  # fmt: skip
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 def report(
     stores: tuple[Path, ...],
@@ -178,13 +181,16 @@ def report(
     views: tuple[str, ...],
     vs: tuple[Path, ...],
     min_abs: float | None,
+    figures: str,
     quiet: bool,
 ) -> None:
     """Write a self-contained HTML report (and PNG figures) of one LCA store, or compare two.
 
-    One store: true vs reconstructed loss; helped / zero / hurt shares per iteration with the loss; the
-    helped fraction's histograms; all LCA values on a log scale; per-layer totals with the integration
-    error, helped shares, concentration and when each layer learned; cumulative LCA per layer; neuron x
+    One store: a table of verdicts against the paper (each computed by a stated rule, per set and
+    convention) and the layer totals without the starting transient and per phase; true vs reconstructed
+    loss; helped / zero / hurt shares per iteration with the loss; the helped fraction's histograms; all
+    LCA values on a log scale; per-layer totals with each layer's error estimate, helped shares,
+    concentration and when each layer learned; cumulative LCA per layer; neuron x
     iteration maps (rows sorted, output units by class) and first-layer input maps for image nets;
     single-parameter trajectories; synchronisation of per-layer learning peaks with two baselines. Every
     evaluation set side by side (train beside held-out). Captions are computed from the run ("paper: X;
@@ -205,7 +211,7 @@ def report(
     with flag_spelling():
         result = write(
             list(stores), out, sets=set_names or None, steps=parse_window(steps), labels=labels or None,
-            png_dir=png_dir, views=views or None, progress=None if quiet else err, vs=list(vs) or None,
+            png_dir=png_dir, views=views or None, progress=None if quiet else err, vs=list(vs) or None, figures=figures,
             **({"min_abs": min_abs} if min_abs is not None else {}),
         )  # fmt: skip
     click.echo(str(result.html))

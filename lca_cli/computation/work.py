@@ -389,6 +389,8 @@ class _Work:
         # while one runs. A finished store on a read-only file system is left as it is; helpers never write
         # metadata.
         if crew.role == "owner" and not target.read_only and not store.has_consolidated():
+            if computed:  # rows were written: ``updated`` becomes this compute's end (the first write's was its start)
+                store.update_attrs({"updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             store.consolidate()
         new = np.zeros(store.n_pairs, dtype=bool)
         for a, b in mine:

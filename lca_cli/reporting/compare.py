@@ -37,6 +37,7 @@ from lca_cli.reporting.plots import (
     save_png,
     step_axis,
     thinned,
+    vector_copies,
 )
 from lca_cli.reporting.text import pct
 from lca_cli.store import LcaStore
@@ -179,7 +180,8 @@ def write_comparison(
     numbers["seconds"] = round(time.perf_counter() - t0, 3)
     out.write_text(_page(a, b, la, lb, pairs, match, numbers, views), encoding="utf-8")
     say(f"wrote {out} ({len(views)} figures in {pdir})")
-    return ReportResult(out, [v.png for v in views], numbers)
+    pngs = [v.png for v in views if v.png is not None]
+    return ReportResult(out, pngs, numbers, vector_copies(pngs))
 
 
 # --------------------------------------------------------------------------------------------------------

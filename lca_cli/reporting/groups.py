@@ -33,7 +33,7 @@ from lca_cli.analysis.reduce import SIGNIFICANCE_RULE, Window, open_store
 from lca_cli.errors import UsageError
 from lca_cli.reporting.gather import resolve_sets
 from lca_cli.reporting.html import CSS, ReportResult, View, output_folders, sections, table
-from lca_cli.reporting.plots import RUN_COLORS, STYLE, figure, fmt, require_matplotlib, save_png
+from lca_cli.reporting.plots import RUN_COLORS, STYLE, figure, fmt, require_matplotlib, save_png, vector_copies
 
 __all__ = ["write_group_comparison"]
 
@@ -148,7 +148,8 @@ def write_group_comparison(
     }
     out.write_text(_page(la, lb, per_set, numbers, views), encoding="utf-8")
     say(f"wrote {out} ({len(views)} figures in {pdir})")
-    return ReportResult(out, [v.png for v in views], numbers)
+    pngs = [v.png for v in views if v.png is not None]
+    return ReportResult(out, pngs, numbers, vector_copies(pngs))
 
 
 _STAT_TEXT = {
