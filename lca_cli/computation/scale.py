@@ -3,7 +3,7 @@
 A pair's accuracy budget is ``l1_tol * max(||lca||_1, S)``, where S is :data:`SCALE_FRACTION` of the run's mean
 ``||lca||_1``, estimated from :data:`SCALE_PAIRS` pairs spread over the run: the Euler row's norm
 ``||Δ ⊙ ∇L(v_t)||_1`` (one gradient), or, for a pair the store already holds, its stored row's norm (no gradient).
-On runs of at least ``MIN_PROBES * PAIRS_PER_PROBE`` pairs, some of those pairs are also *probes*: refined once
+On runs of at least ``MIN_PROBES * PAIRS_PER_PROBE`` (200) pairs, some of those pairs are also *probes*: refined once
 (four more gradients each) to calibrate the local scheme's first-panel factor on this run
 (:mod:`lca_cli.core.calibration`).
 
@@ -57,8 +57,10 @@ __all__ = [
 SLOW_SCALE_SECONDS = 5.0
 #: A store's survey is made again once the run has this many times the pairs the last one saw.
 RESURVEY_GROWTH = 1.5
-#: One probe per this many pairs (at most :data:`SCALE_PAIRS`): four gradients each, at most 0.16 per pair.
-PAIRS_PER_PROBE = 25
+#: One probe per this many pairs (at most :data:`SCALE_PAIRS`): four gradients each, at most 0.08 per pair. With
+#: one per 25 (8 probes on 200 pairs, 0.16 per pair) the probes cost more than they saved on three of the five
+#: bench runs measured (BENCHMARKS.md, *Cost per accuracy*); four on 200 pairs gave the same factors but one.
+PAIRS_PER_PROBE = 50
 #: The store attribute listing, per survey, the rows computed under it.
 CALLS_ATTR = "l1_scale_calls"
 
@@ -148,7 +150,8 @@ def survey_run(
     sets = list(engine.objectives)
     norms: dict[str, list[float]] = {s: [] for s in sets}
     probes: dict[str, list[Probe]] = {s: [] for s in sets}
-    picked, probed = scale_pairs(n_pairs), set(scale_pairs(n_pairs, probe_count(n_pairs)))
+    picked = scale_pairs(n_pairs)
+    probed = {picked[i] for i in scale_pairs(len(picked), probe_count(n_pairs))}  # spread over the picked pairs
     t0, done = time.perf_counter(), 0
     planned = sum(4 * (t in probed) + 1 for t in picked) * len(sets)
     for t in picked:

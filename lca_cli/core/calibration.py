@@ -46,8 +46,10 @@ POOL_MARGIN = 0.6
 REFINED_SHARE = 0.5
 #: The largest pooling multiplier.
 KAPPA_MAX = 8.0
-#: The first panel's factor is never below this (a run whose probes all happen to be smooth).
-FACTOR_FLOOR = 0.2
+#: The first panel's factor is never below this: the safety margin against a few probes that happen to be
+#: smooth. At 0.2, four probes of the bench's SGD ReLU MLP (plain Simpson 9.9e-4, at the contract) pooled fully
+#: and the run came out at 9.1e-4; its ratio over the whole run is 0.59, and on the SGD CNN 0.42-0.48.
+FACTOR_FLOOR = 0.5
 #: Fewer probes than this give no calibration (the fixed factor is used).
 MIN_PROBES = 4
 

@@ -20,7 +20,7 @@ from test_runner import check_conservation
 from lca_cli.computation.config import load_config
 from lca_cli.computation.runner import compute
 from lca_cli.computation.scale import RESURVEY_GROWTH, needs_survey, probe_count, row_scales
-from lca_cli.core.calibration import MIN_PROBES, Probe, first_panel_factor
+from lca_cli.core.calibration import FACTOR_FLOOR, MIN_PROBES, Probe, first_panel_factor
 from lca_cli.store.lcastore import LcaStore
 from lca_cli.training.record import CheckpointWriter
 
@@ -118,7 +118,7 @@ def test_resurvey_policy_and_probe_count() -> None:
     assert not needs_survey(Attrs(10), 10, "run") and not needs_survey(Attrs(10), 40, "pair")  # type: ignore[arg-type]
     assert needs_survey(Attrs(None), 3, "run")  # type: ignore[arg-type]  # a store made before surveys repeated
     assert RESURVEY_GROWTH == 1.5
-    assert probe_count(99) == 0 and probe_count(100) == MIN_PROBES and probe_count(10_000) == 8
+    assert probe_count(199) == 0 and probe_count(200) == MIN_PROBES and probe_count(10_000) == 8
 
 
 def test_first_panel_factor_pools_only_what_the_probes_show() -> None:
@@ -127,7 +127,7 @@ def test_first_panel_factor_pools_only_what_the_probes_show() -> None:
     # plain Simpson (the largest pooling multiplier), and the factor is the ratio over it.
     calm = [Probe(indicator=1.0, diff=0.11, norm=1000.0)] * 4
     factor, rho, kappa = first_panel_factor(calm, 1e-3, 0.0, 1.4) or (0, 0, 0)
-    assert rho == pytest.approx(0.11) and kappa == 8.0 and factor == pytest.approx(max(0.2, 0.11 / 8))
+    assert rho == pytest.approx(0.11) and kappa == 8.0 and factor == FACTOR_FLOOR
     # Errors at 2e-3 of each row: no room; the factor is the run's ratio, clipped to the fixed one.
     rough = [Probe(indicator=1.0, diff=2.2, norm=1000.0)] * 4
     factor, rho, kappa = first_panel_factor(rough, 1e-3, 0.0, 1.4) or (0, 0, 0)
@@ -136,6 +136,10 @@ def test_first_panel_factor_pools_only_what_the_probes_show() -> None:
     # fixed factor), no pooling.
     tight = [Probe(indicator=1.0, diff=0.99, norm=1000.0)] * 4
     assert first_panel_factor(tight, 1e-3, 0.0, 1.4) == (pytest.approx(0.99), pytest.approx(0.99), 1.0)
+    # Half the probes rough, half calm: pooling up to the rough ones' switch point, not beyond.
+    mixed = [Probe(1.0, 2.2, 1000.0)] * 2 + [Probe(1.0, 0.011, 1000.0)] * 2
+    factor, rho, kappa = first_panel_factor(mixed, 1e-3, 0.0, 1.4) or (0, 0, 0)
+    assert 1.0 <= kappa < rho and factor == pytest.approx(min(1.4, rho / kappa))
     # Too few probes, or nothing to calibrate: the fixed factor applies.
     assert first_panel_factor(calm[:3], 1e-3, 0.0, 1.4) is None
     assert first_panel_factor([Probe(0.0, 0.0, 0.0)] * 4, 1e-3, 0.0, 1.4) is None
