@@ -223,8 +223,8 @@ def needs_survey(store: LcaStore, n_pairs: int, scope: str) -> bool:
     """Whether a call on an existing store surveys the run again: it has grown by :data:`RESURVEY_GROWTH`.
 
     Args:
-        store: The store (its attributes say what the last survey saw; a store made before surveys were
-            repeated says nothing, and is surveyed again once it has grown).
+        store: The store (its attributes say what the last survey saw; for a store made before surveys were
+            repeated, its done pairs stand for it).
         n_pairs: Pairs of the run now.
         scope: The store's ``l1_scope``.
 
@@ -234,7 +234,8 @@ def needs_survey(store: LcaStore, n_pairs: int, scope: str) -> bool:
     """
     if scope != "run":
         return False
-    over = int(store.attrs.get("l1_scale_over") or 0)
+    recorded = store.attrs.get("l1_scale_over")
+    over = int(recorded) if recorded is not None else int(store.done().sum())
     return n_pairs > over and n_pairs >= RESURVEY_GROWTH * over
 
 

@@ -7,7 +7,11 @@ the same warm-up run is computed in one call and in three calls as its checkpoin
 
 from __future__ import annotations
 
+import itertools
 import math
+import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,8 @@ from conftest import copy_run, load_states
 from test_runner import check_conservation
 
 from lca_cli.computation.config import load_config
+from lca_cli.computation.follow import END_MARKER
+from lca_cli.computation.plan import Schedule
 from lca_cli.computation.runner import compute
 from lca_cli.computation.scale import RESURVEY_GROWTH, needs_survey, probe_count, row_scales
 from lca_cli.core.calibration import FACTOR_FLOOR, MIN_PROBES, Probe, first_panel_factor
@@ -111,12 +117,17 @@ def test_resurvey_policy_and_probe_count() -> None:
     """When a later call surveys the run again, and how many probes a run's calibration takes."""
 
     class Attrs:
-        def __init__(self, over: int | None) -> None:
+        def __init__(self, over: int | None, done: int = 0) -> None:
             self.attrs = {} if over is None else {"l1_scale_over": over}
+            self.done_pairs = done
+
+        def done(self) -> np.ndarray:
+            return np.arange(20) < self.done_pairs
 
     assert needs_survey(Attrs(10), 15, "run") and not needs_survey(Attrs(10), 14, "run")  # type: ignore[arg-type]
     assert not needs_survey(Attrs(10), 10, "run") and not needs_survey(Attrs(10), 40, "pair")  # type: ignore[arg-type]
-    assert needs_survey(Attrs(None), 3, "run")  # type: ignore[arg-type]  # a store made before surveys repeated
+    # A store made before surveys were repeated: its done pairs stand for what its survey saw.
+    assert not needs_survey(Attrs(None, done=10), 10, "run") and needs_survey(Attrs(None, done=10), 15, "run")  # type: ignore[arg-type]
     assert RESURVEY_GROWTH == 1.5
     assert probe_count(199) == 0 and probe_count(200) == MIN_PROBES and probe_count(10_000) == 8
 
@@ -143,3 +154,38 @@ def test_first_panel_factor_pools_only_what_the_probes_show() -> None:
     # Too few probes, or nothing to calibrate: the fixed factor applies.
     assert first_panel_factor(calm[:3], 1e-3, 0.0, 1.4) is None
     assert first_panel_factor([Probe(0.0, 0.0, 0.0)] * 4, 1e-3, 0.0, 1.4) is None
+
+
+@pytest.mark.slow
+def test_follow_surveys_the_run_again_as_it_grows(tmp_path: Path) -> None:
+    """--follow (and --prune) beside a warm-up run: its store is made from the first checkpoints; as the run
+    grows the follower surveys it again between chunks, from stored rows where the checkpoints are gone."""
+    steps = 60
+    full = warmup_run(tmp_path / "full", steps, warmup=25)
+    one = compute(full, load_config(full / "lca.toml"), tmp_path / "one.zarr")
+    live = tmp_path / "live"
+    live.mkdir()
+    shutil.copy2(full / "lca.toml", live)
+    names = sorted(p.name for p in full.glob("step_*.safetensors"))
+
+    def train() -> None:  # a checkpoint every 20 ms, then the end marker
+        for name in names:
+            shutil.copy2(full / name, live / name)
+            time.sleep(0.02)
+        (live / END_MARKER).write_text(f'{{"last_step": {steps}}}')
+
+    writer = threading.Thread(target=train)
+    writer.start()
+    schedule = Schedule(follow=True, prune=True, poll=0.05, idle_timeout=60)
+    result = compute(live, load_config(live / "lca.toml"), live / "lca.zarr", schedule=schedule)
+    writer.join()
+    store = LcaStore.open(live / "lca.zarr")
+    assert result.computed == steps and not store.read("train", "flagged").any()
+    calls = store.attrs["l1_scale_calls"]
+    overs = [c["over"] for c in calls]
+    assert len(calls) >= 2 and overs == sorted(overs) and store.attrs["l1_scale_over"] == overs[-1]
+    assert all(b >= RESURVEY_GROWTH * a for a, b in itertools.pairwise(overs))
+    check_conservation(store)
+    splits = store.read("train", "splits").mean()
+    assert splits <= APPEND_COST * LcaStore.open(tmp_path / "one.zarr").read("train", "splits").mean(), splits
+    assert one.computed == steps
