@@ -1046,7 +1046,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="only: the defaults against the float64 reference on ordinary runs (--cases; --pairs, default 200)",
     )
-    p.add_argument("--cases", default=",".join(ACCURACY_CASES), help="--accuracy cases, comma-separated")
+    p.add_argument(
+        "--cost-per-accuracy",
+        action="store_true",
+        help="only: default gradients per pair beside the oracle minimum, and the overhead per gradient "
+        "(scripts/oracle.py; --cases of its runs, --pairs, --rounds, --quick)",
+    )
+    p.add_argument("--l1-tol", type=float, default=1e-3, help="--cost-per-accuracy: the per-run contract")
+    p.add_argument("--cases", default="", help="--accuracy / --cost-per-accuracy cases, comma-separated (default: all)")
     p.add_argument("--keep", type=Path, help="generate runs here and keep them (default: a temp dir, deleted)")
     p.add_argument(
         "--scaling",
@@ -1068,6 +1075,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child:
         child_main(args)
         return 0
+    if args.cost_per_accuracy:
+        import oracle  # scripts/oracle.py (imports this module)
+
+        args.rounds = args.rounds or (1 if args.quick else 2)
+        return oracle.main(args)
     args.rounds = args.rounds or (1 if args.quick else 5)
 
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
@@ -1175,7 +1187,7 @@ def accuracy_main(args: argparse.Namespace) -> int:
     assert root is not None
     rows: list[dict[str, Any]] = []
     try:
-        for name in [c.strip() for c in args.cases.split(",") if c.strip()]:
+        for name in [c.strip() for c in (args.cases or ",".join(ACCURACY_CASES)).split(",") if c.strip()]:
             if name not in ACCURACY_CASES:
                 raise SystemExit(f"unknown case {name!r}; known: {', '.join(ACCURACY_CASES)}")
             rows += accuracy_case(name, root, args.pairs or (4 if args.quick else 200), args.threads or "auto")
