@@ -515,6 +515,13 @@ def summarize_case(case: Case) -> dict[str, Any]:
     if "default" in per_pair:
         out["default_gradients_per_pair"] = statistics.mean(r["gradients_per_pair"] for r in case.rounds["default"])
         out["default_threads"] = sorted({r["threads"] for r in case.rounds["default"]})
+        if "floor" in per_pair:  # issue 23's overhead target: time per gradient, the floor's being 2 per pair
+            per_gradient = [
+                (d / r["gradients_per_pair"]) / (f / 2)
+                for d, r, f in zip(per_pair["default"], case.rounds["default"], per_pair["floor"], strict=True)
+            ]
+            out["default_per_gradient_over_floor"] = statistics.median(per_gradient)
+            out["default_per_gradient_over_floor_rounds"] = per_gradient
     for kind in ("compute", "default"):
         for base in ("floor", "naive"):
             if kind in per_pair and base in per_pair:
@@ -1151,6 +1158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = f", loop only {s['compute_loop_s_per_pair']:.4f} s/pair" if "compute_loop_s_per_pair" in s else ""
         res = f", max |residual| {s['max_abs_residual']:.2e}" if "max_abs_residual" in s else ""
         print(f"{s['size']}: {SIZES[s['size']].description}{extra}{res}")
+        if "default_per_gradient_over_floor" in s:
+            rounds_ = s["default_per_gradient_over_floor_rounds"]
+            print(f"  default per gradient / floor per gradient: {s['default_per_gradient_over_floor']:.3f} (median "
+                  f"of rounds; {min(rounds_):.3f}-{max(rounds_):.3f}; {s['default_gradients_per_pair']:.2f} "
+                  "gradients per pair)")  # fmt: skip
         for k in ABLATIONS:
             if f"{k}_over_compute" in s:
                 print(f"  {k}/compute: {s[f'{k}_over_compute']:.3f} (median {s[f'{k}_over_compute_median']:.3f})")

@@ -96,3 +96,44 @@ def test_cost_per_accuracy_on_a_quadratic_loss_is_two(oracle: ModuleType, tmp_pa
     assert row["rel_l1"] < 1e-5 and row["flagged"] == 0  # float32 rows against the float64 reference
     assert row["overhead_per_gradient"] > 0
     assert "| quadratic | 3 (8) | 2.00 (2.00; 2.00) |" in oracle.table([row])
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_lca_{name}", SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_accuracy_study_oracle_row_on_a_recorded_grid(tmp_path: Path) -> None:
+    # accuracy_study.py oracle on a recorded grid (G, L, D) of a quadratic loss: the oracle is 2, and the
+    # library's scheme replayed on it spends 2 as well (its indicator is 0 where the gradient is linear).
+    study = _script("accuracy_study")
+    rng = np.random.default_rng(1)
+    pairs, k, dim = 6, 16, 30
+    s = np.linspace(0.0, 1.0, k + 1)[None, :, None]  # (1, k + 1, 1)
+    g0, slope = rng.standard_normal((pairs, 1, dim)), rng.standard_normal((pairs, 1, dim))
+    grads = g0 + slope * s  # (pairs, k + 1, dim): linear along each segment
+    steps = rng.standard_normal((pairs, dim)) * 1e-2
+    losses = (steps[:, None] * (g0 * s + slope * s**2 / 2)).sum(2)  # the exact loss along each segment
+    np.savez(tmp_path / "quadratic.npz", G=grads, L=losses, D=steps)
+    row = study.oracle_row(tmp_path / "quadratic.npz", 1e-3, k)
+    assert row.startswith("| quadratic | 6 | 2.00 (2.00) -> ") and row.endswith("| 1.00 |")
+
+
+def test_bench_summary_gives_time_per_gradient_over_the_floors() -> None:
+    bench = _script("bench")
+    case = bench.Case("wide", "d", pairs=10, samples=100)
+    case.rounds = {
+        "floor": [{"seconds": 1.0, "pairs": 10, "cpu_seconds": 1.0}, {"seconds": 2.0, "pairs": 10, "cpu_seconds": 2.0}],
+        "default": [
+            {"seconds": 3.3, "pairs": 10, "cpu_seconds": 3.3, "gradients_per_pair": 6.0, "threads": 2},
+            {"seconds": 4.0, "pairs": 10, "cpu_seconds": 4.0, "gradients_per_pair": 4.0, "threads": 2},
+        ],
+    }
+    s = bench.summarize_case(case)
+    # per round: (3.3 / 6) / (1.0 / 2) = 1.1 and (4.0 / 4) / (2.0 / 2) = 1.0
+    assert s["default_per_gradient_over_floor_rounds"] == pytest.approx([1.1, 1.0])
+    assert s["default_per_gradient_over_floor"] == pytest.approx(1.05)
