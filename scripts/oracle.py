@@ -276,7 +276,7 @@ def _mlp_case(hidden: list[int], activation: str, optimizer: str, lr: float, **t
 
 
 RUNS: dict[str, Run] = {
-    **{n: Run(n, "digits, 200 steps of batch 128", 200, 12, config=c) for n, c in bench.ACCURACY_CASES.items()},
+    **{n: Run(n, "digits, 200 steps of batch 128", 200, 6, config=c) for n, c in bench.ACCURACY_CASES.items()},
     # Fine-tuning-like: a ~1.1M-parameter ReLU MLP that plain SGD with a small learning rate barely moves (the
     # loss changes by about 1e-4 a step), the runs that went to the cap in issue 23.
     "barely_moving_relu": Run(
