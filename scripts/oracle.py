@@ -28,7 +28,7 @@
 
 Usage::
 
-    python scripts/bench.py --cost-per-accuracy --quick         # a few minutes on 2 cores: few pairs per run
+    python scripts/bench.py --cost-per-accuracy --quick         # 3-12 pairs per run (the CNN grids dominate)
     flock /work/tools/bench.lock python scripts/bench.py --cost-per-accuracy      # the full mode, for the record
     python scripts/bench.py --cost-per-accuracy --cases relu_mlp_adam --pairs 20 --json out.json
 """
