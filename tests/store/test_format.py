@@ -79,3 +79,21 @@ def test_choose_rows_per_chunk() -> None:
     assert choose_rows_per_chunk(CHUNK_BYTES // 4) == 1  # a row of one chunk's size: one row per chunk
     assert choose_rows_per_chunk(1 << 16) == CHUNK_BYTES // (4 << 16)
     assert choose_rows_per_chunk(1 << 30) == 1
+    # Fitted to the store's rows when it will not grow: never a chunk of far more rows than the store has.
+    assert choose_rows_per_chunk(10, 0, 5) == 5 and choose_rows_per_chunk(1 << 16, 0, 1000) == 32
+    assert choose_rows_per_chunk(10, 7, 5) == 7  # an explicit choice is the user's
+
+
+def test_a_neuron_store_of_a_few_rows_takes_about_its_rows_on_disk(tmp_path: Path) -> None:
+    # Chunks were 1,024 rows whatever the store held: 5 rows x 15 neuron columns (300 B) took a 61 KB chunk.
+    from runs import make_tiny_run
+
+    from lca_cli.computation.config import load_config
+    from lca_cli.computation.runner import compute
+
+    run = make_tiny_run(tmp_path, steps=5)
+    config = load_config(run / "lca.toml").with_overrides(threads=1, granularity="neuron", l1_scope="pair")
+    compute(run, config, run / "lca.zarr")
+    lca = run / "lca.zarr" / "train" / "lca"
+    on_disk = sum(p.stat().st_size for p in lca.rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert on_disk == 5 * 15 * 4 + 4  # the rows and one chunk's CRC-32C
