@@ -454,6 +454,16 @@ def sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM raises SystemExit, so that ``finally`` blocks remove the runs (a 64M run is 1.5 GB)."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments; run the sweep, or one child measurement."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -481,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.sizes, args.pairs, args.rounds = "30k", 2, 1
+    _exit_on_sigterm()
     if args.lock is None:
         args.lock = str(DEFAULT_LOCK) if DEFAULT_LOCK.exists() and not args.quick else ""
     return sweep(args)
