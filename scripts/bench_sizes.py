@@ -2,9 +2,10 @@
 """Model-size sweep (issue 26): ``lca compute`` against a minimal script, per gradient and per byte.
 
 For each size (plain-PyTorch ReLU MLPs, widths chosen to hit the parameter count: ``1M``, ``4M``, ``16M``,
-``64M`` by default) it writes a barely-moving run: full-batch SGD on the 256-sample evaluation set with the
-learning rate chosen so that the first step lowers the loss by about 1e-4 (as in fine-tuning with a small learning
-rate), 5 pairs written by :class:`lca_cli.training.record.CheckpointWriter`. Then, each in a FRESH child process
+``64M`` by default) it writes a barely-moving run: SGD on batches of 32 from a training set of other samples
+(``--train fullbatch``: gradient descent on the 256-sample evaluation set itself), the learning rate chosen so that
+a step lowers the evaluation loss by about 1e-4 (as in fine-tuning with a small learning rate), 5 pairs written by
+:class:`lca_cli.training.record.CheckpointWriter`. Then, each in a FRESH child process
 (so that peak memory and page faults are the child's own), alternating which goes first round by round:
 
 * ``script``: the minimal script. Per pair 3 gradients (start, midpoint, end; the end's gradient is the next
@@ -130,36 +131,56 @@ def load_data(path: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(blob["x"]), torch.from_numpy(blob["y"])
 
 
-def make_run(width: int, run_dir: Path, data_path: Path, pairs: int) -> dict[str, Any]:
-    """Write ``pairs + 1`` checkpoints of full-batch SGD whose first step lowers the loss by ~``TARGET_DROP``.
+def make_train(n: int = 2048, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training set of the evaluation set's task (its class prototypes), other samples."""
+    protos = torch.rand(CLASSES, IN_DIM, generator=torch.Generator().manual_seed(0))  # make_data's, seed 0
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, CLASSES, (n,), generator=gen)
+    x = 0.5 * protos[y] + 0.5 * torch.rand(n, IN_DIM, generator=gen)
+    return x.contiguous(), y
 
-    The learning rate is ``TARGET_DROP / |g|^2`` at the initial weights (first order: a step of ``lr g`` lowers
-    the loss by ``lr |g|^2``). Returns the learning rate and the measured loss of every checkpoint.
+
+def make_run(width: int, run_dir: Path, data_path: Path, pairs: int, train: str = "minibatch") -> dict[str, Any]:
+    """Write ``pairs + 1`` checkpoints of SGD whose steps lower the evaluation loss by ~``TARGET_DROP``.
+
+    The learning rate is ``TARGET_DROP / |g|^2`` with ``g`` the evaluation set's gradient at the initial weights
+    (first order: a step of ``lr g`` lowers the loss by ``lr |g|^2``). ``train="minibatch"`` (fine-tuning as it
+    is run: batches of 32 from a training set of 2,048 other samples, so each step's direction is noisy) or
+    ``"fullbatch"`` (gradient descent on the evaluation set itself: the smoothest path, plain Simpson's best case).
+    Returns the learning rate and the evaluation loss at every checkpoint.
     """
     from lca_cli.training.record import CheckpointWriter
 
     x, y = load_data(str(data_path))
+    tx, ty = make_train()
+    gen = torch.Generator().manual_seed(2)
     model = build_model(width)
     params = list(model.parameters())
 
-    def loss_and_grad() -> float:
+    def loss_and_grad(xb: torch.Tensor, yb: torch.Tensor) -> float:
         model.zero_grad(set_to_none=False)
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(model(xb), yb)
         loss.backward()
         return float(loss)
 
-    losses = [loss_and_grad()]
+    losses = [loss_and_grad(x, y)]
     sq = [float((p.grad.double() ** 2).sum()) for p in params if p.grad is not None]
     lr = TARGET_DROP / sum(sq)
     with CheckpointWriter(run_dir) as ckpt:
         ckpt.save(model, 0)
         for step in range(1, pairs + 1):
+            if train == "minibatch":
+                idx = torch.randint(0, len(ty), (32,), generator=gen)
+                loss_and_grad(tx[idx], ty[idx])
             with torch.no_grad():
                 for p in params:
                     p.sub_(p.grad, alpha=lr)  # type: ignore[arg-type]
             ckpt.save(model, step)
-            losses.append(loss_and_grad())
-    return {"lr": lr, "losses": losses}
+            with torch.no_grad():
+                losses.append(float(F.cross_entropy(model(x), y)))
+            if train == "fullbatch":
+                loss_and_grad(x, y)
+    return {"lr": lr, "losses": losses, "train": train}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -279,7 +300,7 @@ def child_main(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     run_dir, data = Path(args.run_dir), Path(args.data)
     if args.child == "make":
-        print("BENCH " + json.dumps(make_run(args.width, run_dir, data, args.pairs)), flush=True)
+        print("BENCH " + json.dumps(make_run(args.width, run_dir, data, args.pairs, args.train)), flush=True)
         return
     if args.child == "bare":
         import lca_cli.computation  # what both children import before building anything
@@ -342,7 +363,7 @@ def child(args: argparse.Namespace, kind: str, width: int, run_dir: Path, data: 
     """Run one measurement in a fresh child process; its ``BENCH`` line parsed."""
     cmd = [*lock_prefix(args.lock), sys.executable, str(Path(__file__).resolve()), "--child", kind,
            "--width", str(width), "--run-dir", str(run_dir), "--data", str(data), "--pairs", str(args.pairs),
-           "--threads", str(args.threads), "--device", args.device]  # fmt: skip
+           "--threads", str(args.threads), "--device", args.device, "--train", args.train]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")]
     if proc.returncode != 0 or not lines:
@@ -423,8 +444,9 @@ def sweep(args: argparse.Namespace) -> int:
             if not run_dir.exists():
                 runs[size] = child(args, "make", width, run_dir, data)
                 drops = np.diff(runs[size]["losses"])
-                print(f"# {size}: width {width}, {n_params(width):,} parameters, lr {runs[size]['lr']:.3g}, loss "
-                      f"change per step {drops.mean():.2e}", file=sys.stderr, flush=True)  # fmt: skip
+                print(f"# {size}: width {width}, {n_params(width):,} parameters, {args.train} SGD, lr "
+                      f"{runs[size]['lr']:.3g}, evaluation loss change per step {drops.mean():.2e} (from "
+                      f"{drops.min():.2e} to {drops.max():.2e})", file=sys.stderr, flush=True)  # fmt: skip
             rounds: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
             for r in range(args.rounds):
                 for kind in KINDS if r % 2 == 0 else KINDS[::-1]:
@@ -472,6 +494,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", type=int, default=5, help="checkpoint pairs per run")
     p.add_argument("--threads", type=int, default=2, help="torch threads of every child")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument(
+        "--train", choices=("minibatch", "fullbatch"), default="minibatch",
+        help="the run: SGD on batches of 32 of a training set (default), or gradient descent on the evaluation set",
+    )  # fmt: skip
     p.add_argument("--quick", action="store_true", help="smoke test: one tiny size (30k), 2 pairs, one round")
     p.add_argument(
         "--lock",

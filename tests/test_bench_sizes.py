@@ -73,5 +73,5 @@ def test_quick_sweep_runs_end_to_end_through_bench_py(tmp_path: Path) -> None:
     assert script_round["gradients"] == 2 * script_round["pairs"] + 1
     assert row["gradients_per_pair"] >= 2.0
     losses = row["run"]["losses"]
-    assert all(b < a for a, b in itertools.pairwise(losses))  # a barely-moving but descending run
-    assert abs((losses[0] - losses[1]) - 1e-4) < 5e-5
+    drop = (losses[0] - losses[-1]) / (len(losses) - 1)  # minibatch steps: noisy, about 1e-4 on average
+    assert 2e-5 < drop < 5e-4 and max(abs(b - a) for a, b in itertools.pairwise(losses)) < 1e-3
