@@ -264,25 +264,28 @@ def run_script(width: int, run_dir: Path, data_path: Path, device: torch.device)
     return {"loop_seconds": time.perf_counter() - t0, "pairs": len(files) - 1, "gradients": gradients}
 
 
-def _config(width: int, data_path: Path, device: torch.device) -> Any:
+def _config(width: int, data_path: Path, device: torch.device, extra: dict[str, Any]) -> Any:
     from lca_cli.computation.config import ComputeOptions, Config, FactorySpec
 
     return Config(
         model=FactorySpec("bench_sizes:build_model", {"width": width}),
         data={"train": FactorySpec("bench_sizes:load_data", {"path": str(data_path)})},
         loss_name="cross_entropy",
-        compute=ComputeOptions(device=str(device)),  # default options (the device is where the sweep runs)
+        # Default options (the device is where the sweep runs), unless --lca-options says otherwise.
+        compute=ComputeOptions(**{"device": str(device), **extra}),
         base_dir=SCRIPTS,
     )
 
 
-def run_lca(width: int, run_dir: Path, data_path: Path, device: torch.device) -> dict[str, Any]:
-    """``compute_run`` with default options into a fresh store."""
+def run_lca(
+    width: int, run_dir: Path, data_path: Path, device: torch.device, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``compute_run`` with default options (or ``extra`` ones) into a fresh store."""
     from lca_cli.computation import compute_run
 
     out = run_dir.parent / f"{run_dir.name}.lca.zarr"
     shutil.rmtree(out, ignore_errors=True)
-    res = compute_run(run_dir, out, config=_config(width, data_path, device), overwrite=True)
+    res = compute_run(run_dir, out, config=_config(width, data_path, device, extra or {}), overwrite=True)
     _sync(device)
     return {
         "loop_seconds": res.seconds,
@@ -311,7 +314,10 @@ def child_main(args: argparse.Namespace) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    res = (run_script if args.child == "script" else run_lca)(args.width, run_dir, data, device)
+    if args.child == "script":
+        res = run_script(args.width, run_dir, data, device)
+    else:
+        res = run_lca(args.width, run_dir, data, device, json.loads(args.lca_options))
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     res.update(
         seconds=time.perf_counter() - t0,
@@ -363,7 +369,8 @@ def child(args: argparse.Namespace, kind: str, width: int, run_dir: Path, data: 
     """Run one measurement in a fresh child process; its ``BENCH`` line parsed."""
     cmd = [*lock_prefix(args.lock), sys.executable, str(Path(__file__).resolve()), "--child", kind,
            "--width", str(width), "--run-dir", str(run_dir), "--data", str(data), "--pairs", str(args.pairs),
-           "--threads", str(args.threads), "--device", args.device, "--train", args.train]  # fmt: skip
+           "--threads", str(args.threads), "--device", args.device, "--train", args.train,
+           "--lca-options", args.lca_options]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")]
     if proc.returncode != 0 or not lines:
@@ -497,6 +504,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--train", choices=("minibatch", "fullbatch"), default="minibatch",
         help="the run: SGD on batches of 32 of a training set (default), or gradient descent on the evaluation set",
+    )  # fmt: skip
+    p.add_argument(
+        "--lca-options", default="{}",
+        help='ComputeOptions for lca as JSON (default: none, lca\'s defaults), e.g. \'{"threads": 2}\' to fix '
+        "lca's threads to the script's",
     )  # fmt: skip
     p.add_argument("--quick", action="store_true", help="smoke test: one tiny size (30k), 2 pairs, one round")
     p.add_argument(
