@@ -1015,7 +1015,16 @@ def machine() -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
+    rest = list(sys.argv[1:] if argv is None else argv)
+    if "--model-sizes" in rest:  # the model-size sweep has its own options: hand them all to it
+        rest.remove("--model-sizes")
+        from bench_sizes import main as model_sizes
+
+        return model_sizes(rest)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--model-sizes", action="store_true", help="only: the model-size sweep, scripts/bench_sizes.py (its options)"
+    )
     p.add_argument("--sizes", default="small,mnist_fc,resnet20", help=f"comma-separated, of {', '.join(SIZES)}")
     p.add_argument("--pairs", type=int, default=0, help="pairs per size (default: per size; 3 with --quick)")
     p.add_argument("--rounds", type=int, default=0, help="timing rounds (default 5; 1 with --quick)")

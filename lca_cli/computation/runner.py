@@ -33,6 +33,7 @@ from lca_cli.core.vectors import split_state
 from lca_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, Interrupted, PeerFailed, StoreBusyError, UsageError
 from lca_cli.sources import CheckpointRef, CheckpointSource
 from lca_cli.store.claims import read_claim, store_lock_path
+from lca_cli.store.format import choose_rows_per_chunk
 from lca_cli.store.placement import inspect_path, new_token
 
 __all__ = ["compute", "store_attrs"]
@@ -318,9 +319,12 @@ class _Runner:
             config, built.details, plan.device, built.expected.aliases, scales,
             {s: o.loss_rounding for s, o in engine.objectives.items()},
         )  # fmt: skip
+        rows = config.compute.rows_per_chunk
+        if not rows and self.schedule.follow:  # a followed run grows: chunks for the run to come, not fitted to T
+            rows = choose_rows_per_chunk(engine.width)
         return prepare(
             self.out, self.run_dir, list(plan.refs), identity=config.identity(), layout=engine.layout,
-            sets=list(engine.objectives), attrs=attrs, rows_per_chunk=config.compute.rows_per_chunk,
+            sets=list(engine.objectives), attrs=attrs, rows_per_chunk=rows,
             overwrite=self.overwrite, repair=self.repair, device=str(plan.device), durable=plan.hooks.durable,
             columns=None if engine.columns is None else engine.columns.columns, busy=self.board.busy,
             purpose="lca compute --follow" if self.schedule.follow else "lca compute",

@@ -718,7 +718,7 @@ def test_an_error_at_pair_k_keeps_the_pairs_before_it(runs: RunCache, tmp_path: 
         compute(part, config, out, progress=Reporter())
     assert len(ends) == 1 and ends[0].failed and ends[0].done == 4  # its last line says so, not "finished"
     store = LcaStore.open(out)
-    assert store.rows_per_chunk > store.n_pairs and store.done().tolist()[:6] == [True] * 4 + [False] * 2
+    assert store.rows_per_chunk >= store.n_pairs and store.done().tolist()[:6] == [True] * 4 + [False] * 2
     shutil.copy2(run_dir / path.name, path)  # fixed: the rerun continues the block where it stopped
     result, store = run_compute(part, config, out)
     assert result.skipped == 4
@@ -736,7 +736,7 @@ def test_rows_become_visible_while_a_block_runs(runs: RunCache, tmp_path: Path) 
             seen.append(int(LcaStore.open(out).done().sum()))
 
     compute(run_dir, config, out, progress=progress, flush_seconds=0.0)
-    assert LcaStore.open(out).rows_per_chunk > 16  # all in one block
+    assert LcaStore.open(out).rows_per_chunk >= 16  # all in one block
     assert seen[-1] >= 14 and seen == sorted(seen), seen
     _, full = run_compute(run_dir, config, tmp_path / "full.zarr")  # flushing changes no byte
     assert_same_store(LcaStore.open(out), full)
