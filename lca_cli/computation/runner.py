@@ -25,6 +25,7 @@ from lca_cli.computation.follow import Follower
 from lca_cli.computation.opening import Target, open_helper, prepare
 from lca_cli.computation.options import SCALE_PAIRS
 from lca_cli.computation.plan import ComputePlan, Hooks, Schedule, build_plan, default_out, environment
+from lca_cli.computation.precision import choose_accumulation
 from lca_cli.computation.result import ComputeResult, NoteFn, ProgressFn, ProgressReporter
 from lca_cli.computation.scale import measure_l1_scales
 from lca_cli.computation.work import Crew, run_work
@@ -283,14 +284,31 @@ class _Runner:
             )
         return False, scales
 
-    def _prepare(self, scales: dict[str, float] | None) -> Target:
+    def _accumulation(self) -> dict[str, Any] | None:
+        """A new store's accumulation dtype and its bound (:mod:`lca_cli.computation.precision`); None: kept."""
+        plan, built = self.plan, self.built
+        assert plan is not None and built is not None
+        if not (self.overwrite or inspect_path(self.out, deep=False).kind != "store"):
+            return None
+        opts, refs = plan.options, plan.refs
+        assert opts.l1_tol is not None
+        return choose_accumulation(
+            built.engine, lambda i: built.point(refs[i]), len(refs) - 1, requested=opts.accumulate,
+            network_dtype=opts.dtype, l1_tol=opts.l1_tol, max_splits=opts.max_splits,
+            explicit_tolerance=opts.tolerance is not None or opts.rtol is not None,
+        )  # fmt: skip
+
+    def _prepare(self, scales: dict[str, float] | None, accumulation: dict[str, Any] | None) -> Target:
         plan, built = self.plan, self.built
         assert plan is not None and built is not None
         engine, config = built.engine, plan.config
+        details = built.details if accumulation is None else {**built.details, "accumulation": accumulation["dtype"]}
         attrs = store_attrs(
-            config, built.details, plan.device, built.expected.aliases, scales,
+            config, details, plan.device, built.expected.aliases, scales,
             {s: o.loss_rounding for s, o in engine.objectives.items()},
         )  # fmt: skip
+        if accumulation is not None:
+            attrs["accumulation"] = accumulation
         return prepare(
             self.out, self.run_dir, list(plan.refs), identity=config.identity(), layout=engine.layout,
             sets=list(engine.objectives), attrs=attrs, rows_per_chunk=config.compute.rows_per_chunk,
@@ -306,9 +324,10 @@ class _Runner:
         stopped, scales = self._run_scales()
         if stopped:
             return None
+        accumulation = self._accumulation()
         while True:
             try:
-                target = self._prepare(scales)
+                target = self._prepare(scales, accumulation)
             except StoreBusyError as exc:
                 held = read_claim(store_lock_path(self.out))
                 owned = held is not None and held[1] and held[0] is not None

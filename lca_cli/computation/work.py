@@ -29,6 +29,7 @@ from lca_cli.computation.engine import CheckpointLoader, PairEngine, _Cache
 from lca_cli.computation.follow import Follower, Pruner
 from lca_cli.computation.opening import Target
 from lca_cli.computation.plan import ComputePlan
+from lca_cli.computation.precision import accumulation_of
 from lca_cli.computation.result import (
     ComputeResult,
     NoteFn,
@@ -449,6 +450,8 @@ def run_work(
     store = target.store
     # The run scale every row is held to, as the store recorded it when it was made (owner and helpers alike).
     engine.l1_scales = l1_scales_of(store, plan.options.l1_scope)
+    # Gradients and rows in the dtype the store chose when it was made (its recorded bound), or forced float64.
+    engine.accumulate = accumulation_of(store, plan.options.accumulate)
     if engine.columns is not None:
         # Neuron or tensor columns are summed as the store recorded them when it was made.
         engine.columns = ColumnReducer(store.columns, store.layout)

@@ -215,6 +215,7 @@ def integrate_pair(
     l1_scale: float = 0.0,
     loss_rounding: float = 0.0,
     label: str = "pair",
+    work: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> PairResult:
     """Allocate one pair's loss change to the coordinates of ``Δ``.
 
@@ -238,6 +239,9 @@ def integrate_pair(
             residual within ``loss_rounding (|L(a)| + |L(b)|)`` of zero does not enter the per-parameter estimate
             and never flags (explicit residual tolerances still refine as given).
         label: Names the pair in error messages (e.g. ``"steps 4 -> 5"``).
+        work: ``x -> a free buffer like x`` for the ``"local"`` scheme's ``(D,)`` rows and temporaries (e.g.
+            :meth:`~lca_cli.core.vectors.BufferPool.like`: no allocation per panel); fresh tensors when None.
+            The arithmetic runs in the dtype of ``delta`` and the gradients, and is the same either way.
 
     Returns:
         The pair's result, including the end evaluation for reuse.
@@ -255,8 +259,9 @@ def integrate_pair(
         raise ValueError(f"unknown method {method!r}")
     if method == "rk4" and refine == "local":
         return _integrate_local(
-            point, delta, start, end, loss0, loss1, max_splits, tolerance, rtol, l1_tol, l1_scale, loss_rounding, label
-        )
+            point, delta, start, end, loss0, loss1, max_splits, tolerance, rtol, l1_tol, l1_scale, loss_rounding, label,
+            work or torch.empty_like,
+        )  # fmt: skip
     if refine not in REFINE_SCHEMES:
         raise ValueError(f"unknown refine scheme {refine!r}")
     noise = _rounding(loss_rounding, loss0, loss1)  # what the residual may be from rounding the two losses
@@ -371,6 +376,7 @@ def _integrate_local(
     l1_scale: float,
     loss_rounding: float,
     label: str,
+    work: Callable[[torch.Tensor], torch.Tensor],
 ) -> PairResult:
     """Local adaptive Simpson, depth first (see the module docstring).
 
@@ -400,9 +406,9 @@ def _integrate_local(
         left, centre, right = stack.pop()
         width = right.s - left.s
         w = float(width)
-        ends = left.grad + right.grad  # (D,)
+        ends = torch.add(left.grad, right.grad, out=work(left.grad))  # (D,)
         # (D,) Δ (g_a + g_b - 2 g_m): the trapezoid rule on the halves minus Simpson, times 12 / width.
-        second = torch.add(ends, centre.grad, alpha=-2.0).mul_(delta)
+        second = torch.add(ends, centre.grad, alpha=-2.0, out=work(ends)).mul_(delta)
         indicator = JUMP_FACTOR * float(second.abs_().sum()) * w / 12.0
         del second
         # (D,) the panel's row: (g_a + 4 g_m + g_b) Δ w / 6 (w is dyadic: the product by w is exact)
@@ -414,7 +420,7 @@ def _integrate_local(
         # losses); an explicit residual tolerance is held as given.
         proven = max(0.0, panel_res - _rounding(loss_rounding, left.loss, right.loss))
         if budget is None:
-            row_norm = float(row.abs().sum())
+            row_norm = float(torch.abs(row, out=work(row)).sum())
             budget = l1_tol * max(row_norm, l1_scale) if l1_tol > 0 else float("inf")
         est = max(indicator, proven)
         share, res_share = budget * w, res_tol * w
@@ -435,7 +441,7 @@ def _integrate_local(
     if splits == 2:  # plain Simpson: the sums of its only panel
         residual, norm = dl - row_sum, row_norm
     else:
-        residual, norm = dl - float(lca.sum()), float(lca.abs().sum())
+        residual, norm = dl - float(lca.sum()), float(torch.abs(lca, out=work(lca)).sum())
     flagged = abs(residual) - _rounding(loss_rounding, loss0, loss1) > residual_budget(
         dl, norm, tolerance, rtol, l1_tol, l1_scale
     )
