@@ -35,7 +35,7 @@ from lca_cli.core.integrate import Evaluation, PairResult, integrate_pair
 from lca_cli.core.layout import Layout
 from lca_cli.core.model import bind_parameters, interpolated_buffer_names, prepare_model
 from lca_cli.core.objective import SCRATCH, Objective
-from lca_cli.core.vectors import BufferPool, ColumnReducer, split_state
+from lca_cli.core.vectors import BufferPool, ColumnReducer, split_state, sum64
 from lca_cli.sources import CheckpointRef, CheckpointSource, ModelSpec, check_state_dict, read_checkpoint
 from lca_cli.store.lcastore import BlockRows
 
@@ -157,6 +157,7 @@ class CheckpointLoader:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lca-read")
         self._futures: dict[int, Future[Point]] = {}
         self._point_bytes = 0  # of the last point read: read-ahead is bounded in bytes (READ_AHEAD_BYTES)
+        self._host = BufferPool()  # point vectors the pair loop let go, refilled (used by the reader thread only)
 
     @property
     def window(self) -> int:
@@ -174,7 +175,7 @@ class CheckpointLoader:
             state = read_checkpoint(ref)
             check_state_dict(state, self.expected, ref.path)
         # On CUDA, split_state flattens into pinned memory and copies asynchronously (this thread's queue).
-        v, fixed = split_state(state, self.vlayout, self.device)
+        v, fixed = split_state(state, self.vlayout, self.device, self._host)
         del state  # the checkpoint as read: gone before the point is handed over
         self._point_bytes = v.nbytes + sum(t.nbytes for t in fixed.values())
         return v, fixed
@@ -273,7 +274,7 @@ class _BlockRows:
             torch.from_numpy(self.rows32[s][i]).copy_(row)
             r = self.per_pair[s]
             r["tensor"].append(reductions)
-            r["buffer"].append(res.lca[n_params:].sum())
+            r["buffer"].append(sum64(res.lca[n_params:]))
             r["loss"].append(res.loss1)
             r["residual"].append(res.residual)
             r["splits"].append(res.splits)
@@ -516,7 +517,7 @@ class PairEngine:
 
         """
         sign = torch.sign(lca_p, out=self.pool.like(lca_p))
-        sums = torch.stack([lca_p[a:b].sum() for a, b in self._bounds]).double()
+        sums = torch.stack([sum64(lca_p[a:b]) for a, b in self._bounds])  # float64 sums, also of float32 rows
         net = torch.stack([_count_sum(sign[a:b]) for a, b in self._bounds])
         moved = torch.stack([torch.count_nonzero(sign[a:b]) for a, b in self._bounds]).to(sums.dtype)
         return torch.stack([sums, (moved - net) / 2, (moved + net) / 2])

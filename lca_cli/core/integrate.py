@@ -45,6 +45,7 @@ from fractions import Fraction
 import torch
 
 from lca_cli.core.quadrature import new_points, split_points
+from lca_cli.core.vectors import sum64
 from lca_cli.errors import NumericalError
 
 __all__ = [
@@ -414,7 +415,7 @@ def _integrate_local(
         # (D,) the panel's row: (g_a + 4 g_m + g_b) Δ w / 6 (w is dyadic: the product by w is exact)
         row = ends.add_(centre.grad, alpha=4.0).mul_(delta)
         row = row.div_(6.0) if width == 1 else row.mul_(w).div_(6.0)
-        row_sum = float(row.sum())
+        row_sum = float(sum64(row))  # float64 sums of float32 rows: the residual's bookkeeping stays exact
         panel_res = abs((right.loss - left.loss) - row_sum)
         # In the estimate, only the residual beyond what rounding the two losses can explain (all of it for exact
         # losses); an explicit residual tolerance is held as given.
@@ -441,7 +442,7 @@ def _integrate_local(
     if splits == 2:  # plain Simpson: the sums of its only panel
         residual, norm = dl - row_sum, row_norm
     else:
-        residual, norm = dl - float(lca.sum()), float(torch.abs(lca, out=work(lca)).sum())
+        residual, norm = dl - float(sum64(lca)), float(torch.abs(lca, out=work(lca)).sum())
     flagged = abs(residual) - _rounding(loss_rounding, loss0, loss1) > residual_budget(
         dl, norm, tolerance, rtol, l1_tol, l1_scale
     )

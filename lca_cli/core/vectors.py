@@ -17,7 +17,7 @@ import torch
 from lca_cli.core.columns import OTHER, Columns
 from lca_cli.core.layout import Layout
 
-__all__ = ["BufferPool", "ColumnReducer", "flatten", "point_dtype", "split_state", "unflatten"]
+__all__ = ["BufferPool", "ColumnReducer", "flatten", "point_dtype", "split_state", "sum64", "unflatten"]
 
 
 def flatten(layout: Layout, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -34,6 +34,30 @@ def flatten(layout: Layout, tensors: Mapping[str, torch.Tensor], dtype: torch.dt
     """
     dtype = torch.float64 if dtype is None else dtype
     return torch.cat([tensors[p.name].reshape(-1).to(dtype) for p in layout.params])
+
+
+#: Elements per block of :func:`sum64` (an 8 MB float64 temporary at most: the allocator reuses it).
+SUM_BLOCK = 1 << 20
+
+
+def sum64(x: torch.Tensor) -> torch.Tensor:
+    """``Σ x`` accumulated in float64, as a float64 scalar tensor (no host synchronisation).
+
+    ``x.sum(dtype=torch.float64)`` on CPU first makes a float64 copy of the whole of ``x``; block by block the copy
+    is one block. For a float64 ``x`` it is ``x.sum()``, bit for bit.
+
+    Args:
+        x: A 1-d tensor.
+
+    Returns:
+        The sum.
+
+    """
+    if x.dtype == torch.float64:
+        return x.sum()
+    if x.numel() <= SUM_BLOCK:
+        return x.sum(dtype=torch.float64)
+    return torch.stack([x[a : a + SUM_BLOCK].sum(dtype=torch.float64) for a in range(0, x.numel(), SUM_BLOCK)]).sum()
 
 
 def unflatten(layout: Layout, flat: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -79,7 +103,7 @@ def point_dtype(state: Mapping[str, torch.Tensor], vlayout: Layout) -> torch.dty
 
 
 def split_state(
-    state: Mapping[str, torch.Tensor], vlayout: Layout, device: torch.device
+    state: Mapping[str, torch.Tensor], vlayout: Layout, device: torch.device, pool: BufferPool | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Split a checkpoint into the point vector and the fixed remainder.
 
@@ -87,6 +111,8 @@ def split_state(
         state: The checkpoint's ``name -> tensor`` (CPU).
         vlayout: Layout of the point vector.
         device: Target device.
+        pool: On CPU, where the point vector's buffer comes from (a reader's pool: a vector the pair loop has let
+            go is filled again instead of a fresh one page-faulted in for every checkpoint); a new one when None.
 
     Returns:
         ``(v, fixed)``: ``v`` ``(P + B,)`` in :func:`point_dtype` (float32 or float64: exact either way),
@@ -97,7 +123,11 @@ def split_state(
     # On CUDA the vector is flattened straight into pinned memory, so that the copy to the device is truly
     # asynchronous (from pageable memory it is not); the caching host allocator keeps the buffer alive until the
     # copy is done.
-    host = torch.empty(vlayout.size, dtype=point_dtype(state, vlayout), pin_memory=device.type == "cuda")
+    dtype = point_dtype(state, vlayout)
+    if pool is not None and device.type == "cpu":
+        host = pool.take(vlayout.size, dtype, device)
+    else:
+        host = torch.empty(vlayout.size, dtype=dtype, pin_memory=device.type == "cuda")
     _flatten_into(host, state, vlayout)
     v = host.to(device, non_blocking=True)
     fixed = {k: t.to(device, non_blocking=True) for k, t in state.items() if k not in names}
