@@ -162,9 +162,10 @@ class CheckpointLoader:
     @property
     def window(self) -> int:
         """Checkpoints read ahead now: ``ahead``, cut to :data:`READ_AHEAD_BYTES` (at least one when ``ahead``)."""
-        if self.ahead <= 0 or self._point_bytes <= 0:
-            return min(self.ahead, 1)
-        return max(1, min(self.ahead, READ_AHEAD_BYTES // self._point_bytes))
+        if self.ahead <= 0:
+            return 0
+        size = self._point_bytes or 4 * self.vlayout.size  # float32 until the first point says otherwise
+        return max(1, min(self.ahead, READ_AHEAD_BYTES // size))
 
     def _load(self, i: int) -> Point:
         ref = self.refs[i]

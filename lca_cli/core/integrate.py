@@ -297,7 +297,7 @@ def _integrate_euler(
     ends = start.grad + end.grad  # (D,) weight-1 points
     coarse = torch.mul(delta, ends).div_(2.0)  # (D,) trapezoid rule: the comparison for Euler
     lca = delta * start.grad
-    residual = dl - float(lca.sum())
+    residual = dl - float(sum64(lca))
     change = _l1_change(lca, coarse)
     budget = residual_budget(dl, float(torch.linalg.vector_norm(lca, 1)), tolerance, rtol, l1_tol)
     ok = abs(residual) - noise <= budget and (l1_tol <= 0 or change <= l1_tol)
@@ -344,7 +344,7 @@ def _integrate_doubling(
         if even is not None:
             weighted.add_(even, alpha=2.0)
         lca = weighted.mul_(delta).div_(3.0 * n)
-        residual = dl - float(lca.sum())
+        residual = dl - float(sum64(lca))
         change = _l1_change(lca, coarse)
         l1_ok = l1_tol <= 0 or change <= l1_tol
         ok = within_tolerance(residual, dl, atol_d, rtol_d) and l1_ok  # the tolerance as given: refines to the cap

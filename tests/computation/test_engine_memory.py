@@ -30,3 +30,23 @@ def test_pair_loop_reuses_its_buffers(runs: RunCache) -> None:
     # running row and the panel's row or temporaries (2).
     levels = config.compute.max_splits.bit_length() - 2
     assert vectors <= 1 + 3 + 2 * levels + 1 + 2, vectors
+
+
+def test_read_ahead_is_bounded_in_bytes(runs: RunCache, monkeypatch) -> None:
+    # Two checkpoints ahead of a small model's, one ahead of a model whose point vector is over READ_AHEAD_BYTES
+    # (a 64M-parameter float32 model holds 256 MB per checkpoint): never none, never more than asked.
+    from lca_cli.computation import engine as engine_module
+    from lca_cli.computation.engine import CheckpointLoader
+
+    run_dir, config = runs.run("tanh_mlp")
+    eng, _, expected = build_engine(config, CPU)
+    loader = CheckpointLoader(find_checkpoints(run_dir), expected, eng.vlayout, CPU)
+    try:
+        loader.get(0)
+        assert loader.window == 2 and set(loader._futures) == {1, 2}
+        monkeypatch.setattr(engine_module, "READ_AHEAD_BYTES", 4 * eng.vlayout.size - 1)
+        assert loader.window == 1
+        loader.get(1)
+        assert set(loader._futures) == {2}
+    finally:
+        loader.close()
