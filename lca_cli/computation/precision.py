@@ -92,7 +92,8 @@ def measure_cancellation(engine: PairEngine, read: Callable[[int], Point]) -> di
     κ is a ratio of sums of magnitudes, needed to a few digits.
 
     Args:
-        engine: The pair engine (its objectives; their accumulation dtype is restored afterwards).
+        engine: The pair engine (its objectives accumulate in float32 afterwards: the pooled float32 buffers the
+            probe touched are the ones the run scale and the pair loop then reuse, when float32 is chosen).
         read: ``i -> (point vector, fixed buffers)`` of checkpoint ``i``.
 
     Returns:
@@ -100,26 +101,22 @@ def measure_cancellation(engine: PairEngine, read: Callable[[int], Point]) -> di
 
     """
     (v0, fixed0), (v1, fixed1) = read(0), read(1)
-    before = engine.accumulate
     engine.accumulate = torch.float32
-    try:
-        absd = torch.sub(v1, v0).abs_().float()  # (D,) |Δ|
-        out: dict[str, float] = {}
-        for s, obj in engine.objectives.items():
-            mag = engine.pool.like(absd)  # (D,) Σ_c |w_c g_c| at one end, then the other
-            g0 = obj.value_and_grad(v0, fixed0, magnitude=mag)[1]
-            magnitudes = float(torch.dot(absd, mag))
-            g1 = obj.value_and_grad(v1, fixed1, magnitude=mag)[1]
-            magnitudes += float(torch.dot(absd, mag))
-            signed = float(torch.dot(absd, g0.add_(g1).abs_()))
-            del g0, g1, mag
-            if not (math.isfinite(magnitudes) and math.isfinite(signed)):
-                out[s] = math.inf
-            else:
-                out[s] = magnitudes / signed if signed > 0 else 1.0
-        return out
-    finally:
-        engine.accumulate = before
+    absd = torch.sub(v1, v0, out=engine.pool.take(v0.numel(), torch.float32, v0.device)).abs_()  # (D,) |Δ|
+    out: dict[str, float] = {}
+    for s, obj in engine.objectives.items():
+        mag = engine.pool.like(absd)  # (D,) Σ_c |w_c g_c| at one end, then the other
+        g0 = obj.value_and_grad(v0, fixed0, magnitude=mag)[1]
+        magnitudes = float(torch.dot(absd, mag))
+        g1 = obj.value_and_grad(v1, fixed1, magnitude=mag)[1]
+        magnitudes += float(torch.dot(absd, mag))
+        signed = float(torch.dot(absd, g0.add_(g1).abs_()))
+        del g0, g1, mag
+        if not (math.isfinite(magnitudes) and math.isfinite(signed)):
+            out[s] = math.inf
+        else:
+            out[s] = magnitudes / signed if signed > 0 else 1.0
+    return out
 
 
 def choose_accumulation(
@@ -144,6 +141,9 @@ def choose_accumulation(
         l1_tol: The per-parameter target (0: none).
         max_splits: Cap on sub-intervals.
         explicit_tolerance: A residual tolerance (``--tolerance``/``--rtol``) was given.
+
+    Decided before the run scale is measured, so that the scale's gradients are accumulated (and its buffers
+    pooled) in the dtype the pair loop uses.
 
     Returns:
         ``{"dtype", "reason"}``, with the bound's numbers when it was measured: ``bound`` (the largest over the

@@ -321,10 +321,11 @@ class _Runner:
         """Own the store (lock, prepare) or, when allowed and it is busy, join its owner; None when stopped."""
         if self.stop.is_set():  # a signal during start-up: stop now, nothing created
             return None
+        # The accumulation dtype first: the run scale's gradients then use the pair loop's dtype and buffers.
+        accumulation = self._accumulation()
         stopped, scales = self._run_scales()
         if stopped:
             return None
-        accumulation = self._accumulation()
         while True:
             try:
                 target = self._prepare(scales, accumulation)

@@ -73,11 +73,11 @@ def measure_l1_scales(
     t0, done = time.perf_counter(), 0
     for t in picked:
         v0, fixed0 = read(t)
-        delta = engine.delta(v0, read(t + 1)[0])  # (D,) exact in float64, a pooled buffer
+        delta = engine.delta(v0, read(t + 1)[0])  # (D,) accumulation dtype (exact in float64), a pooled buffer
         for s, obj in engine.objectives.items():
             if stop is not None and stop.is_set():
                 return None
-            grad = obj.value_and_grad(v0, fixed0)[1]  # (D,) float64
+            grad = obj.value_and_grad(v0, fixed0)[1]  # (D,) accumulation dtype
             norm = float(torch.linalg.vector_norm(grad.mul_(delta), 1))
             if np.isfinite(norm):  # a diverged checkpoint is the pair loop's to report, in one line
                 norms[s].append(norm)
