@@ -134,6 +134,10 @@ def split_state(
     return v, fixed
 
 
+#: The use count of a storage (tensors, views and autograd nodes sharing it), where this torch has it.
+_USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)
+
+
 class BufferPool:
     """Parameter-sized work vectors reused across gradients and pairs, instead of allocated for each.
 
@@ -158,7 +162,9 @@ class BufferPool:
         # Four Python references when free: the pool's list, take's loop variable, this argument and getrefcount's.
         # Storage use count 2: the tensor and the temporary storage object made here; one more per view or saved
         # tensor (tests/core/test_vectors.py holds both numbers to what this CPython and torch do).
-        return sys.getrefcount(buf) <= 4 and torch._C._storage_Use_Count(buf.untyped_storage()._cdata) <= 2
+        if _USE_COUNT is None:  # a torch without it: never reuse (correct, only slower)
+            return False
+        return sys.getrefcount(buf) <= 4 and _USE_COUNT(buf.untyped_storage()._cdata) <= 2
 
     def take(self, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """A ``(n,)`` buffer of ``dtype`` on ``device`` that nothing else holds (contents undefined)."""
