@@ -64,8 +64,9 @@ STOP_GRACE_SECONDS = 5.0
 #: Checkpoints read ahead of the one in use, by default, within :data:`READ_AHEAD_BYTES`.
 READ_AHEAD = 2
 #: Point vectors read ahead hold at most this many bytes (at least one is always read ahead, so that reading
-#: overlaps the gradients): two for small models, one from about 16M float32 parameters up.
-READ_AHEAD_BYTES = 128 << 20
+#: overlaps the gradients; one is enough wherever a pair takes longer than a read): two for small models, one
+#: from about 8M float32 parameters up.
+READ_AHEAD_BYTES = 64 << 20
 
 #: Every parameter-sized buffer of the pair loop, in bytes per parameter (``D = P + B``) with float32 checkpoints
 #: and network: ``a`` is the accumulation dtype's size (4 for float32 accumulation, 8 for float64), ``k`` the
@@ -73,7 +74,7 @@ READ_AHEAD_BYTES = 128 << 20
 #: costs*, gives the measured totals.
 MEMORY_BUDGET = {
     "checkpoints v0, v1 (point vectors in the checkpoints' dtype, float32 or float64)": "2 x 4",
-    "read-ahead (READ_AHEAD_BYTES; one or two point vectors) and the reader's state_dict being flattened": "4-8 + 4",
+    "read-ahead (READ_AHEAD_BYTES: one point vector from 8M parameters up), the checkpoint being read": "4 + 4",
     "delta = v1 - v0 (accumulation dtype)": "a",
     "the point v0 + s delta, in the network's dtype (the model's own parameters point into it)": "4",
     "gradients held by the integrator (pooled, accumulation dtype)": "k x a",
