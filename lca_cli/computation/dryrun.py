@@ -7,7 +7,8 @@ temporary store (in ``$TMPDIR``, deleted afterwards). From that call it reports 
 pair and per gradient, gradients per pair (the adaptive estimator's own count on those pairs), the call's
 start-up, and the process's peak memory during the call (VmHWM, reset before it; on CUDA also the peak allocated
 device memory). The store size is the temporary store's, complete (every array, the coordinates and metadata
-included; :mod:`lca_cli.store.sizing`). What it cannot know is said: how many gradients the other pairs need
+included; :mod:`lca_cli.store.sizing`); a later call that surveys a grown run adds its record to the metadata
+(a few hundred bytes). What it cannot know is said: how many gradients the other pairs need
 (refinement adapts per pair, so a run whose pairs differ needs a different count) and how memory grows with
 the rows of a full chunk.
 """
@@ -30,6 +31,7 @@ import torch
 from lca_cli.computation.distributed import Scope
 from lca_cli.computation.plan import ComputePlan, Schedule
 from lca_cli.computation.runner import compute
+from lca_cli.computation.scale import CALLS_ATTR
 from lca_cli.errors import RunDirError
 from lca_cli.sources import describe_folder
 from lca_cli.store import LcaStore, choose_rows_per_chunk
@@ -281,7 +283,11 @@ def dry_run(plan: ComputePlan) -> DryRun:
         if len(todo) or existing is None:
             first = int(todo[0]) if len(todo) else 0
             measured = _probe(plan, probe_path, first, min(PROBE_PAIRS, n_pairs - first))
-            probe = LcaStore.open(probe_path)
+            probe = LcaStore.open(probe_path, "r+")
+            calls = probe.attrs.get(CALLS_ATTR)
+            if calls:  # complete under this survey, the store's record names every row, not the probe's few
+                probe.update_attrs({CALLS_ATTR: [{**calls[-1], "rows": [[0, n_pairs]]}]})
+                probe.consolidate()  # as a finished compute leaves it
         else:
             probe = existing
         size = complete_size(probe.path)

@@ -32,6 +32,29 @@ def _lca_peak(tmp: Path, *args: object) -> tuple[subprocess.CompletedProcess[str
     return subprocess.CompletedProcess(cmd, proc.returncode, out.read_text(), err.read_text()), usage.ru_maxrss * 1024
 
 
+#: ``lca ARGS`` with the process's VmHWM reset after the imports (as the dry run resets it before its probe),
+#: its peak during the call written to the file named by the first argument.
+_CALL_PEAK = """
+import sys
+from lca_cli.cli import main
+from lca_cli.computation.dryrun import _peak_rss, _reset_peak_rss
+out, args = sys.argv[1], sys.argv[2:]
+_reset_peak_rss()
+try:
+    main(args)
+finally:
+    open(out, "w").write(str(_peak_rss()))
+"""
+
+
+def _lca_call_peak(tmp: Path, *args: object) -> tuple[subprocess.CompletedProcess[str], int]:
+    """``lca ARGS`` in a fresh process, with its peak RSS during the call (VmHWM reset after the imports)."""
+    peak_file = tmp / "call_peak.txt"
+    cmd = [sys.executable, "-c", _CALL_PEAK, str(peak_file), *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return proc, int(peak_file.read_text())
+
+
 def _store_files(store: Path, part: str = "", *, chunks: bool = False) -> int:
     """Bytes of the files under ``store/part`` (``chunks``: its chunk files alone, no ``zarr.json``)."""
     files = [p for p in (store / part).rglob("*") if p.is_file() and not (chunks and p.name == "zarr.json")]
@@ -63,7 +86,9 @@ def test_dry_run_writes_nothing_and_measures_what_compute_does(
     assert later.in_scope == 0 and later.to_compute == 0  # one chunk of 12 rows: shard 0/2 holds none, 1/2 all
     assert later.measured_pairs == 0 and "measured   nothing" in "\n".join(later.lines())
     compute(run, config, run / "lca.zarr")
-    assert _store_files(run / "lca.zarr") == doc["store_bytes"] == later.store_bytes
+    assert _store_files(run / "lca.zarr") == doc["store_bytes"]
+    # The half-done store's record of its rows ("rows": [[0, 5]]) grows by a digit or two once they are all done.
+    assert 0 <= doc["store_bytes"] - later.store_bytes <= 4
     assert _store_files(run / "lca.zarr", "train/lca", chunks=True) == doc["lca_bytes"]
 
 
@@ -77,14 +102,16 @@ def test_dry_run_forecast_against_a_real_compute_in_fresh_processes(tmp_path: Pa
     assert doc["measured_pairs"] == 3 and not (run / "lca.zarr").exists()
     assert doc["peak_rss_bytes"] <= dry_peak  # the probe's peak, within the whole process's
     # The same three pairs, computed by a plain call: the same gradients (the estimator is deterministic).
-    proc, peak = _lca_peak(tmp_path, "compute", run, "--steps", "0:3", "--json")
+    proc, peak = _lca_call_peak(tmp_path, "compute", run, "--steps", "0:3", "--json")
     assert proc.returncode == 0, proc.stderr
     first = json.loads(proc.stdout)
     assert first["computed"] == 3
     store = LcaStore.open(run / "lca.zarr")
     splits = store.read("train", "splits")[:3]
     assert doc["gradients_per_pair"] == pytest.approx(float(np.mean(splits)), abs=1e-12)
-    assert 0.7 < doc["peak_rss_bytes"] / peak < 1.4  # same model, data and loop; only the imports differ
+    # Both peaks from RSS after the imports (importing torch alone peaks near 315 MB here, above this tiny
+    # run's whole call: a process's lifetime peak would compare the imports, not the call).
+    assert 0.7 < doc["peak_rss_bytes"] / peak < 1.4  # same model, data and loop
     proc, _ = _lca_peak(tmp_path, "compute", run, "--json")  # the rest
     assert proc.returncode == 0, proc.stderr
     rest = json.loads(proc.stdout)
