@@ -29,6 +29,7 @@ def test_the_documented_configs_exist() -> None:
         "cifar10_resnet20",
         "linreg",
         "mnist_fc_freeze_last",
+        "resnet20_standin_freeze_last",
     } <= names
 
 
