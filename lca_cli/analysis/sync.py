@@ -5,25 +5,31 @@ Pure numpy over ``(n, L)`` series (:func:`lca_cli.analysis.series.layer_series`)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "ACTIVE_SHARE",
     "MIN_SYNC_LAYERS",
     "MIN_SYNC_PEAKS",
     "PEAK_K_SD",
     "PEAK_MIN_SIZE",
     "PEAK_WINDOW",
+    "PhaseSync",
     "SyncAnalysis",
     "SyncResult",
+    "active_window",
     "detect_peaks",
     "peak_overlap",
     "step_size_controlled",
     "sync_analysis",
     "synchronisation",
+    "windowed_synchronisation",
 ]
 
 
@@ -39,6 +45,10 @@ PEAK_MIN_SIZE = 0.10
 #: fewer the statistic takes only a handful of values (2 layers: one pair) and a p-value means nothing.
 MIN_SYNC_LAYERS = 3
 MIN_SYNC_PEAKS = 3
+#: The windowed baseline shifts peaks only within the shortest window holding this share of all peaks: learning
+#: peaks cluster early in training, and shifts over the whole run would spread them over quiet iterations
+#: where no peak could be, making any coincidence look significant.
+ACTIVE_SHARE = 0.95
 
 
 def detect_peaks(x: np.ndarray, k_sd: float = 1.0, window: int | None = None, min_size: float = 0.0) -> np.ndarray:
@@ -159,6 +169,7 @@ class SyncResult:
         tested: Whether there was enough to test (see :data:`MIN_SYNC_LAYERS`, :data:`MIN_SYNC_PEAKS`).
         reason: Why there is no test (empty when tested).
         layers: Indices of the layers in the test (those with enough peaks).
+        span: ``(first, stop)`` iterations the peaks were taken from and shifted within (None: the whole series).
 
     """
 
@@ -174,6 +185,14 @@ class SyncResult:
     tested: bool = True
     reason: str = ""
     layers: tuple[int, ...] = ()
+    span: tuple[int, int] | None = None
+
+    @property
+    def effect_size(self) -> float:
+        """``(observed - baseline mean) / baseline sd``: the effect in the baseline's spread (NaN without one)."""
+        if not self.tested or not self.baseline_sd > 0:
+            return float("nan")
+        return (self.observed - self.baseline_mean) / self.baseline_sd
 
     @property
     def ratio(self) -> float:
@@ -280,6 +299,76 @@ def synchronisation(
     )
 
 
+def active_window(peaks: Sequence[np.ndarray], n: int, share: float = ACTIVE_SHARE) -> tuple[int, int]:
+    """The shortest window ``[first, stop)`` of iterations that holds ``share`` of all layers' peaks together.
+
+    Args:
+        peaks: Peak indices per layer (each in ``0..n-1``).
+        n: Length of the series.
+        share: Share of the pooled peaks the window must hold.
+
+    Returns:
+        ``(first, stop)``; ``(0, n)`` when there are no peaks.
+
+    """
+    pooled = np.sort(np.concatenate([np.asarray(p, dtype=np.int64) for p in peaks])) if len(peaks) else np.zeros(0)
+    if pooled.size == 0:
+        return 0, n
+    need = max(1, math.ceil(share * pooled.size))
+    # Windows from pooled[i] to pooled[i + need - 1]: the narrowest one (the earliest among equals).
+    widths = pooled[need - 1 :] - pooled[: pooled.size - need + 1]
+    i = int(np.argmin(widths))
+    return int(pooled[i]), int(pooled[i + need - 1]) + 1
+
+
+def windowed_synchronisation(
+    peaks: Sequence[np.ndarray],
+    n: int,
+    span: tuple[int, int],
+    **kwargs: Any,
+) -> SyncResult:
+    """:func:`synchronisation` within a window: only the peaks in ``[first, stop)``, shifted within it.
+
+    Circular shifts over a whole run whose peaks cluster early move peaks onto quiet iterations, where by
+    chance they rarely meet: a baseline drawn there is too low and the effect too large. Restricted to the
+    window where the peaks are (:func:`active_window`), or to one phase of the run, the baseline keeps each
+    layer's peak count and spacing and the time when learning happens.
+
+    Args:
+        peaks: Peak indices per layer (each in ``0..n-1``).
+        n: Length of the series.
+        span: ``(first, stop)`` window.
+        **kwargs: Passed to :func:`synchronisation` (``tolerance``, ``n_shuffles``, ``seed``, ...).
+
+    Returns:
+        The result, with ``span`` set (peaks in the matrix and the statistic are the window's).
+
+    """
+    a, b = max(0, int(span[0])), min(n, int(span[1]))
+    inside = [np.asarray(p, dtype=np.int64) for p in peaks]
+    inside = [p[(p >= a) & (p < b)] - a for p in inside]
+    r = synchronisation(inside, max(b - a, 0), **kwargs)
+    return dataclasses.replace(r, span=(a, b))
+
+
+@dataclass(frozen=True)
+class PhaseSync:
+    """Both synchronisation tests within one window of the run.
+
+    Attributes:
+        label: ``active``, ``early``, ``middle``, ``late``.
+        span: ``(first, stop)`` iterations.
+        raw: Peaks of learning, shifted within the window.
+        controlled: Peaks of the step-size-controlled series, shifted within the window.
+
+    """
+
+    label: str
+    span: tuple[int, int]
+    raw: SyncResult
+    controlled: SyncResult
+
+
 def step_size_controlled(learning: np.ndarray) -> np.ndarray:
     """Each layer's learning minus what the other layers' learning on the same iteration predicts.
 
@@ -322,6 +411,8 @@ class SyncAnalysis:
         controlled_peaks: Peak positions per layer on ``controlled``.
         controlled_shift: The same test on ``controlled`` (alignment beyond the shared step size).
         rule: The peak rule in words.
+        windows: Both tests with shifts within the window holding :data:`ACTIVE_SHARE` of the peaks
+            (``active``) and within each third of the run (``early``, ``middle``, ``late``), in that order.
 
     """
 
@@ -333,6 +424,12 @@ class SyncAnalysis:
     controlled_peaks: list[np.ndarray]
     controlled_shift: SyncResult
     rule: str
+    windows: list[PhaseSync] = field(default_factory=list)
+
+    @property
+    def active(self) -> PhaseSync | None:
+        """The tests within the window holding most peaks (None when not computed)."""
+        return next((w for w in self.windows if w.label == "active"), None)
 
 
 def sync_analysis(
@@ -376,7 +473,14 @@ def sync_analysis(
         + (f", rising at least {100 * min_size:g}% of the layer's largest learning above that mean" if min_size else "")
         + f"; coinciding within ±{tolerance} iteration{'s' if tolerance != 1 else ''}"
     )
-    kw = {"tolerance": tolerance, "n_shuffles": n_shuffles, "seed": seed}
+    kw: dict[str, Any] = {"tolerance": tolerance, "n_shuffles": n_shuffles, "seed": seed}
+    spans = [("active", active_window(peaks, n))] + [
+        (lab, (i * n // 3, (i + 1) * n // 3)) for i, lab in enumerate(("early", "middle", "late")) if n >= 3
+    ]
+    windows = [
+        PhaseSync(lab, sp, windowed_synchronisation(peaks, n, sp, **kw), windowed_synchronisation(cpeaks, n, sp, **kw))
+        for lab, sp in spans
+    ]
     return SyncAnalysis(
         list(names),
         learning,
@@ -386,4 +490,5 @@ def sync_analysis(
         cpeaks,
         synchronisation(cpeaks, n, **kw),
         rule,
+        windows,
     )
