@@ -34,8 +34,9 @@ from lca_cli.errors import (
 )
 
 if TYPE_CHECKING:
+    from lca_cli.analysis.groups import GroupSummary
     from lca_cli.analysis.reduce import Summary
-    from lca_cli.api import Store, compute, open_store, report, verify
+    from lca_cli.api import Group, Store, compute, open_group, open_store, report, verify
     from lca_cli.computation.result import ComputeResult
 
 __version__ = "0.1.0"
@@ -48,6 +49,9 @@ __all__ = [  # noqa: RUF022 (grouped by task, not sorted: the order a reader loo
     "open_store",
     "Store",
     "Summary",
+    "open_group",
+    "Group",
+    "GroupSummary",
     "verify",
     # Reports
     "report",
@@ -75,6 +79,9 @@ _LAZY = {
     "verify": "lca_cli.api",
     "report": "lca_cli.api",
     "Summary": "lca_cli.analysis.reduce",
+    "open_group": "lca_cli.api",
+    "Group": "lca_cli.api",
+    "GroupSummary": "lca_cli.analysis.groups",
 }
 
 

@@ -32,17 +32,20 @@ from lca_cli.analysis.reduce import summarize as _summarize
 from lca_cli.errors import LcaError, UsageError
 
 if TYPE_CHECKING:
+    from lca_cli.analysis.groups import GroupSummary
     from lca_cli.computation.result import ComputeResult
     from lca_cli.reporting import ReportResult
     from lca_cli.store.integrity import Report
     from lca_cli.store.lcastore import LcaStore
 
 __all__ = [
+    "Group",
     "Steps",
     "Store",
     "StoreLike",
     "compute",
     "flag_spelling",
+    "open_group",
     "open_store",
     "report",
     "verify",
@@ -169,6 +172,8 @@ class Store:
         top: int | None = None,
         sort: str | None = None,
         concentration: bool = False,
+        min_abs: float | None = None,
+        series: bool = False,
     ) -> Summary:
         """Totals and who helped (LCA < 0) or hurt (LCA > 0), as ``lca summarize`` prints them.
 
@@ -181,6 +186,10 @@ class Store:
                 order).
             concentration: With ``by="layer"`` or ``"tensor"``: add ``params_50`` / ``params_90`` (streams
                 ``lca`` once).
+            min_abs: A noise floor X (``--min-abs``): ``|lca| <= X`` counts as zero in the helped / hurt counts and
+                shares, and every helped / hurt figure gains ``below_resolution_share`` (streams ``lca`` once).
+            series: With ``by="layer"`` or ``"tensor"`` (``--series``): one row per iteration and group, ``step,
+                <by>, lca, neg, pos`` (streams ``lca`` once); ``.to_xarray()`` gives a step x layer Dataset.
 
         Returns:
             The summary: ``.to_dict()`` is exactly what ``lca summarize --json`` prints; ``.to_pandas()`` and
@@ -194,7 +203,7 @@ class Store:
         with _speaking_arguments():
             summary = _summarize(
                 self._store, by=by, set_name=set, window=_window(steps), top=top, sort=sort,
-                concentration=concentration,
+                concentration=concentration, min_abs=min_abs, series=series,
             )  # fmt: skip
         # Tied parameters (alias -> owner) are one tensor: its allocation is the owner's row; say so.
         summary.header["tied"] = {str(k): str(v) for k, v in dict(self._store.attrs.get("tied") or {}).items()}
@@ -207,6 +216,81 @@ class Store:
 
 #: A store given to the API: its path, or a :class:`Store`.
 StoreLike = str | Path | Store
+
+
+class Group:
+    """Several stores of one condition (seeds) opened for reading (:func:`open_group`).
+
+    Attributes:
+        stores: The member stores, in the order given.
+
+    """
+
+    def __init__(self, stores: Sequence[Store]) -> None:
+        self.stores = list(stores)
+
+    def __repr__(self) -> str:
+        return f"Group({[str(s.path) for s in self.stores]!r})"
+
+    @property
+    def paths(self) -> list[Path]:
+        """The member stores' paths."""
+        return [s.path for s in self.stores]
+
+    def summarize(
+        self,
+        by: str = "layer",
+        steps: Steps = None,
+        set: str | None = None,  # the CLI's --set
+        *,
+        top: int | None = None,
+        sort: str | None = None,
+        concentration: bool = False,
+        min_abs: float | None = None,
+    ) -> GroupSummary:
+        """Mean, sd (ddof = 1) and n over the stores per row and statistic: ``lca summarize S1 S2 ...``.
+
+        Takes :meth:`Store.summarize`'s arguments (no ``series``); ``sort`` and ``top`` act on the mean LCA.
+
+        Returns:
+            The group summary: ``.to_dict()`` is exactly what ``lca summarize S1 S2 ... --json`` prints.
+
+        Raises:
+            UsageError: Stores that are not comparable (tensors, sets, rows in the window) or a bad option.
+            StoreError: A store with no finished iteration in the window.
+
+        """
+        from lca_cli.analysis.groups import summarize_group
+
+        with _speaking_arguments():
+            return summarize_group(
+                [s.lca_store for s in self.stores], by=by, set_name=set, window=_window(steps), top=top, sort=sort,
+                concentration=concentration, min_abs=min_abs,
+            )  # fmt: skip
+
+
+def open_group(paths: Sequence[StoreLike]) -> Group:
+    """Open several stores of one condition (seeds of one configuration) as a group.
+
+    Args:
+        paths: The stores (at least one); each as :func:`open_store` takes it.
+
+    Returns:
+        The group.
+
+    Raises:
+        UsageError: No store given, or stores that are not comparable (other tensors or evaluation sets).
+        StoreError: A path that is not an lca store.
+
+    """
+    from lca_cli.analysis.groups import check_comparable
+
+    stores = [open_store(p) for p in paths]
+    if not stores:
+        raise UsageError("a group needs at least one store")
+    with _speaking_arguments():
+        check_comparable([s.lca_store for s in stores])
+    return Group(stores)
 
 
 def open_store(path: StoreLike) -> Store:

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from lca_cli.analysis import floor
+from lca_cli.analysis.longform import check_series, series_columns, series_rows
 from lca_cli.analysis.parameters import concentration
 from lca_cli.analysis.selection import require_set
 from lca_cli.analysis.series import learning_milestones, significance
@@ -227,10 +229,13 @@ class Summary:
             import pandas as pd
         except ImportError:
             raise LcaError(PANDAS_MISSING) from None
-        index = "step" if self.by == "iteration" else "name"
-        columns = [c for c in self.columns if c != "name"] if index == "step" else self.columns
-        frame = pd.DataFrame(self.rows, columns=columns).set_index(index)
-        frame.index.name = "step" if index == "step" else self.by
+        if self.header.get("series"):  # long format (--series): indexed by (step, layer)
+            frame = pd.DataFrame(self.rows, columns=self.columns).set_index(["step", self.by])
+        else:
+            index = "step" if self.by == "iteration" else "name"
+            columns = [c for c in self.columns if c != "name"] if index == "step" else self.columns
+            frame = pd.DataFrame(self.rows, columns=columns).set_index(index)
+            frame.index.name = "step" if index == "step" else self.by
         frame.attrs.update(self.header)
         return frame
 
@@ -253,7 +258,7 @@ class Summary:
             raise LcaError(XARRAY_MISSING) from None
         frame = self.to_pandas()
         frame.attrs = {}
-        dataset = xr.Dataset.from_dataframe(frame.rename_axis(self.by))
+        dataset = xr.Dataset.from_dataframe(frame if self.header.get("series") else frame.rename_axis(self.by))
         if self.by == "iteration":
             dataset = dataset.rename({"iteration": "step"}).swap_dims({"step": "iteration"})
         dataset.attrs = {
@@ -262,11 +267,20 @@ class Summary:
         return dataset
 
 
-def _header(store: LcaStore, set_name: str, mask: np.ndarray, window: Window) -> dict[str, Any]:
+def _tensor_counts(store: LcaStore, set_name: str, counts: floor.RowCounts | None) -> tuple[np.ndarray, np.ndarray]:
+    """Helped and hurt entries per iteration and tensor, ``(T, K)`` each: stored, or above ``counts``' floor X."""
+    if counts is not None:
+        return counts.helped, counts.hurt
+    return store.read(set_name, "tensor_helped"), store.read(set_name, "tensor_hurt")
+
+
+def _header(
+    store: LcaStore, set_name: str, mask: np.ndarray, window: Window, counts: floor.RowCounts | None = None
+) -> dict[str, Any]:
     dl = _delta_loss(store, set_name)
     tensor_lca = store.read(set_name, "tensor_lca")[mask]  # (t, K)
-    helped = store.read(set_name, "tensor_helped")[mask].sum(axis=1)
-    hurt = store.read(set_name, "tensor_hurt")[mask].sum(axis=1)
+    helped_t, hurt_t = _tensor_counts(store, set_name, counts)
+    helped, hurt = helped_t[mask].sum(axis=1), hurt_t[mask].sum(axis=1)
     frac = _fraction(helped, hurt)
     frac = frac[~np.isnan(frac)]
     n_params = store.layout.size
@@ -350,13 +364,13 @@ def _milestones(rows: list[dict[str, Any]], per_iteration: np.ndarray, end_steps
 
 
 def _by_tensor_or_layer(
-    store: LcaStore, set_name: str, mask: np.ndarray, by: str, error: float
+    store: LcaStore, set_name: str, mask: np.ndarray, by: str, error: float, counts: floor.RowCounts | None = None
 ) -> list[dict[str, Any]]:
     layout = store.layout
     per_it = store.read(set_name, "tensor_lca")[mask]  # (t, K)
     tl = per_it.sum(axis=0)  # (K,)
-    th = store.read(set_name, "tensor_helped")[mask].sum(axis=0)
-    tu = store.read(set_name, "tensor_hurt")[mask].sum(axis=0)
+    helped_t, hurt_t = _tensor_counts(store, set_name, counts)
+    th, tu = helped_t[mask].sum(axis=0), hurt_t[mask].sum(axis=0)
     sizes = np.array([p.numel for p in layout.params])
     total = float(tl.sum())
     n_it = int(mask.sum())
@@ -456,13 +470,17 @@ def neuron_index(store: LcaStore) -> tuple[list[str], np.ndarray]:
     return names, col2neuron
 
 
-def _by_neuron(store: LcaStore, set_name: str, mask: np.ndarray, error: float) -> list[dict[str, Any]]:
+def _by_neuron(
+    store: LcaStore, set_name: str, mask: np.ndarray, error: float, min_abs: float | None = None
+) -> list[dict[str, Any]]:
     names, col2neuron = neuron_index(store)
     n = len(names)
     width = store.columns.size
     colsum = np.zeros(width, dtype=np.float64)
     colhelped = np.zeros(width, dtype=np.int64)
     colhurt = np.zeros(width, dtype=np.int64)
+    coltiny = np.zeros(width, dtype=np.int64)
+    eps = float(np.finfo(floor.run_dtype(store)).eps)
     rows = np.flatnonzero(mask)
     if rows.size:
         for first, block in store.iter_lca(set_name, int(rows[0]), int(rows[-1]) + 1):
@@ -471,11 +489,13 @@ def _by_neuron(store: LcaStore, set_name: str, mask: np.ndarray, error: float) -
                 continue
             b = block if keep.all() else block[keep]  # (r, P) float32; a mask copies, so only when needed
             colsum += b.sum(axis=0, dtype=np.float64)
-            helped, hurt = column_counts(b)
+            helped, hurt = column_counts(b) if min_abs is None else floor.floor_column_counts(b, min_abs)
             colhelped += helped
             colhurt += hurt
+            if min_abs is not None:
+                coltiny += floor.below_resolution(b, eps).sum(axis=0)
     total = float(colsum.sum())
-    return _group_rows(
+    rows_out = _group_rows(
         names,
         np.bincount(col2neuron, weights=store.columns.parameter_counts(store.layout), minlength=n).astype(np.int64),
         np.bincount(col2neuron, weights=colsum, minlength=n),
@@ -486,14 +506,19 @@ def _by_neuron(store: LcaStore, set_name: str, mask: np.ndarray, error: float) -
         error,
         counted=np.bincount(col2neuron, minlength=n),  # stored columns per neuron: what the counts count
     )
+    if min_abs is not None:
+        floor.add_resolution(rows_out, np.bincount(col2neuron, weights=coltiny, minlength=n), int(mask.sum()))
+    return rows_out
 
 
-def _by_iteration(store: LcaStore, set_name: str, mask: np.ndarray) -> list[dict[str, Any]]:
+def _by_iteration(
+    store: LcaStore, set_name: str, mask: np.ndarray, counts: floor.RowCounts | None = None
+) -> list[dict[str, Any]]:
     dl = _delta_loss(store, set_name)
     steps = store.steps
     tl = store.read(set_name, "tensor_lca").sum(axis=1)
-    helped = store.read(set_name, "tensor_helped").sum(axis=1)
-    hurt = store.read(set_name, "tensor_hurt").sum(axis=1)
+    helped_t, hurt_t = _tensor_counts(store, set_name, counts)
+    helped, hurt = helped_t.sum(axis=1), hurt_t.sum(axis=1)
     frac = _fraction(helped, hurt)
     n_params = max(store.layout.size, 1)
     residual = store.read(set_name, "residual")
@@ -583,6 +608,8 @@ def summarize(
     top: int | None = None,
     sort: str | None = None,
     concentration: bool = False,
+    min_abs: float | None = None,
+    series: bool = False,
 ) -> Summary:
     """Summarise a store.
 
@@ -597,18 +624,27 @@ def summarize(
         concentration: For ``layer`` and ``tensor``: also the share of each group's parameters that does
             50% and 90% of its learning (``params_50``, ``params_90``). Needs per-parameter totals, so it
             streams ``lca`` once (the other columns read only the small arrays).
+        min_abs: A noise floor X: entries with ``|lca| <= X`` count as zero in the helped / hurt counts and
+            shares (:data:`lca_cli.analysis.floor.FLOOR_RULE`; totals unchanged), and every helped / hurt figure
+            gains ``below_resolution_share`` (:data:`~lca_cli.analysis.floor.RESOLUTION_RULE`). Streams ``lca``
+            once; 0 keeps the counts and adds the resolution shares.
+        series: With ``by="layer"`` or ``"tensor"``: rows ``step, <by>, lca, neg, pos``, one per iteration and
+            group (:mod:`lca_cli.analysis.longform`; streams ``lca`` once).
 
     Returns:
         The summary.
 
     Raises:
         UsageError: On an unknown set, ``by`` or ``sort``, a non-positive ``top``, ``concentration`` with
-            another ``by``, or a window in which no iteration starts.
+            another ``by``, ``series`` with another ``by`` or with ``top``, ``sort`` or ``concentration``, a
+            negative ``min_abs``, ``min_abs`` or ``series`` on a store without one column per parameter, or a
+            window in which no iteration starts.
         StoreError: If no iteration of the window is computed yet.
 
     """
     if by not in BY_CHOICES:
         raise UsageError(f"--by {by!r}: expected one of {', '.join(BY_CHOICES)}")
+    check_series(series, by, top, sort, concentration)
     sort = sort or ("helped" if by == "neuron" else "model")
     if sort not in SORT_CHOICES:
         raise UsageError(f"--sort {sort!r}: expected one of {', '.join(SORT_CHOICES)}")
@@ -621,21 +657,31 @@ def summarize(
     require_set(store, set_name)
     mask = window_mask(store, window, set_name)
     _check_window(store, set_name, window, mask)
-    header = _header(store, set_name, mask, window)
+    counts = None
+    if min_abs is not None or series:
+        floor.require_full_columns(store, "--min-abs" if min_abs is not None else "--series")
+        counts = floor.tensor_counts(store, set_name, mask, min_abs)  # (--by neuron counts its columns in a 2nd pass)
+    header = _header(store, set_name, mask, window, counts)
     header["by"] = by
     error = header["integration_error"]
-    if by == "iteration":
-        rows = _by_iteration(store, set_name, mask)
+    if series and counts is not None:
+        header["series"] = True
+        rows, columns = series_rows(store, set_name, mask, by, counts), series_columns(by)
+    elif by == "iteration":
+        rows = _by_iteration(store, set_name, mask, counts)
         columns = ["name", *_COLUMNS["iteration"]]
     elif by == "neuron":
-        rows = _by_neuron(store, set_name, mask, error)
+        rows = _by_neuron(store, set_name, mask, error, min_abs)
         columns = list(_GROUP_COLUMNS)
     else:
-        rows = _by_tensor_or_layer(store, set_name, mask, by, error)
+        rows = _by_tensor_or_layer(store, set_name, mask, by, error, counts)
         columns = [*_GROUP_COLUMNS, *_MILESTONE_COLUMNS]
         if concentration:
             _add_concentration(store, rows, _column_totals(store, set_name, mask), by)
             columns += _CONCENTRATION_COLUMNS
+    if counts is not None and min_abs is not None:
+        floor.add_floor(store, header, rows, counts, mask, "series" if series else by)
+        columns += [] if series else ["below_resolution_share"]
     if sort == "helped":
         rows.sort(key=lambda r: r["lca"])
     elif sort == "hurt":

@@ -6,6 +6,7 @@ import csv
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -25,10 +26,13 @@ from lca_cli.cli.common import READ_EXIT_CODES, STEPS_HELP, epilog, err
         "lca summarize runs/exp1/lca.zarr --concentration --set val",
         "lca summarize runs/exp1/lca.zarr --by neuron --top 20 --sort hurt",
         "lca summarize runs/exp1/lca.zarr --by iteration --steps 0:50 --format csv",
+        "lca summarize runs/exp1/lca.zarr --min-abs 1e-10    # noise floor",
+        "lca summarize runs/exp1/lca.zarr --series --format csv > series.csv",
+        "lca summarize runs/seed*/lca.zarr --format json     # mean, sd, n",
         exit_codes=READ_EXIT_CODES,
     )
 )
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--by", type=click.Choice(["layer", "tensor", "neuron", "iteration"]), default="layer", show_default=True,
               help="layer = parameter name minus its last component; neuron = output unit (dim 0; columns of weights "
                    "stored (in, out), as transformers' Conv1D).")  # fmt: skip
@@ -41,16 +45,25 @@ from lca_cli.cli.common import READ_EXIT_CODES, STEPS_HELP, epilog, err
 @click.option("--concentration", is_flag=True,
               help="With --by layer|tensor: also the share of each group's parameters that does 50% / 90% of its "
               "learning (streams the lca array once; the other columns read only small arrays).")  # fmt: skip
+@click.option("--min-abs", type=float, metavar="X",
+              help="Noise floor: |LCA| <= X counts as zero in the helped / hurt counts and shares (totals "
+              "unchanged); adds below_resolution_share, the share of entries below the float resolution of the run's "
+              "dtype (0 keeps the counts and adds it). Streams lca once.")  # fmt: skip
+@click.option("--series", is_flag=True,
+              help="With --by layer|tensor: a layer x iteration table in long format, one row per step and layer: "
+              "step, layer, lca, neg (Σ of negative entries), pos (Σ of positive). Streams lca once.")  # fmt: skip
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json (as compute and verify spell it).")
 def summarize(
-    store: Path,
+    stores: tuple[Path, ...],
     by: str,
     set_name: str | None,
     steps: str | None,
     top: int | None,
     sort: str | None,
     concentration: bool,
+    min_abs: float | None,
+    series: bool,
     fmt: str,
     as_json: bool,
 ) -> None:
@@ -64,19 +77,29 @@ def summarize(
     when |its total| exceeds the window's integration error Σ|residual|. Layer and tensor rows add the steps
     by which the group had done 50% and 90% of its learning. --format json prints one object
     {"header", "columns", "rows"}; csv prints the rows only.
+
+    Several stores (seeds of one configuration: same tensors, same sets) give each statistic's mean, sd
+    (sample sd, ddof = 1) and n over the stores per row: columns <stat>_mean, <stat>_sd, <stat>_n, and the
+    number of stores in which the row helps / hurts / is within error.
     """
     from lca_cli.analysis.reduce import parse_window
-    from lca_cli.api import flag_spelling, open_store
+    from lca_cli.api import flag_spelling, open_group, open_store
     from lca_cli.cli.tables import render_summary
 
     if as_json and fmt not in ("table", "json"):
         raise UsageError(f"--json is --format json; it cannot go with --format {fmt}")
     fmt = "json" if as_json else fmt
+    options: dict[str, Any] = {"by": by, "set": set_name, "top": top, "sort": sort, "concentration": concentration}
+    if min_abs is not None:  # only when given: the library's defaults stay the one place they are written
+        options["min_abs"] = min_abs
     with flag_spelling():
         window = parse_window(steps)  # before opening the store: a bad --steps is reported first
-        summary = open_store(store).summarize(
-            by=by, steps=window, set=set_name, top=top, sort=sort, concentration=concentration
-        )
+        if len(stores) > 1:
+            if series:
+                raise UsageError("--series takes one store (a series per seed: run it once per store)")
+            summary: Any = open_group(stores).summarize(steps=window, **options)
+        else:
+            summary = open_store(stores[0]).summarize(steps=window, series=series, **options)
     if fmt == "json":
         click.echo(json.dumps(summary.to_dict(), indent=1))
     elif fmt == "csv":

@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from lca_cli.analysis.groups import GroupSummary
 from lca_cli.analysis.reduce import Summary
 
 __all__ = ["render_summary"]
@@ -143,10 +144,26 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
             f"lca stored per {h['granularity']}: {h['columns']:,} columns (--by neuron works at that resolution; "
             "--by layer, tensor and iteration are exact)"
         )
+    lines += _floor_lines(h)
     if h.get("tied"):
         ties = ", ".join(f"{alias} = {owner}" for alias, owner in h["tied"].items())
         lines.append(f"tied parameters (one tensor, its LCA listed under the second name): {ties}")
     return lines
+
+
+def _floor_lines(h: dict[str, Any]) -> list[str]:
+    """The noise floor and the share of entries below float resolution, when ``--min-abs`` was given."""
+    if h.get("min_abs") is None:
+        return []
+    share = h.get("below_resolution_share")
+    if isinstance(share, dict):  # a group: mean ± sd over its stores
+        share = share.get("mean")
+    return [
+        f"noise floor --min-abs {h['min_abs']:g}: |lca| <= {h['min_abs']:g} counts as zero in helped / hurt "
+        "(totals unchanged)",
+        f"below {h['dtype']} resolution (0 < |lca| <= eps x the iteration's largest |lca|, eps {h['eps']:.3g}): "
+        f"{_pct(share)} of entries",
+    ]
 
 
 def _fit_names(rows: list[list[str]], headers: Sequence[str], width: int) -> bool:
@@ -175,6 +192,10 @@ def _group_table(summary: Summary, width: int) -> list[str]:
     if conc:
         headers.append("conc.%")
         left.append(False)
+    tiny = "below_resolution_share" in cols
+    if tiny:
+        headers.append("<res %")
+        left.append(False)
     rows = []
     for r in summary.rows:
         cells = [
@@ -192,6 +213,8 @@ def _group_table(summary: Summary, width: int) -> list[str]:
             cells.append(
                 _pair(r.get("params_50"), r.get("params_90"), lambda v: "-" if v is None else f"{100 * v:.0f}")
             )
+        if tiny:
+            cells.append(_pct(r.get("below_resolution_share")))
         rows.append(cells)
     shortened = _fit_names(rows, headers, width)
     out = _table(headers, rows, left)
@@ -207,9 +230,73 @@ def _group_table(summary: Summary, width: int) -> list[str]:
     if conc:
         units = "neurons" if neurons else "parameters"
         out.append(f"conc.%: fewest {units} (% of the group's) doing 50% / 90% of its learning")
+    if tiny:
+        out.append("<res %: entries below float resolution, % of parameters x iterations")
     if shortened:
         out.append("names shortened in the middle to fit; --format csv or json gives them whole")
     return out
+
+
+def _series_table(summary: Summary) -> list[str]:
+    by = summary.by
+    g4 = _g(4)
+    rows = [[str(r["step"]), str(r[by]), g4(r["lca"]), g4(r["neg"]), g4(r["pos"])] for r in summary.rows]
+    out = _table(["step", by, "lca", "Σneg", "Σpos"], rows, [False, True, False, False, False])
+    out.append(f"one row per iteration (start step) and {by}; Σneg / Σpos: sums of its negative / positive entries")
+    return out
+
+
+def _ms(s: dict[str, Any] | None, fmt: Callable[[Any], str]) -> str:
+    """``mean ± sd`` (``mean`` alone when there is no sd) of a ``{"mean", "sd", "n"}`` statistic."""
+    if not s or s.get("mean") is None:
+        return "-"
+    return fmt(s["mean"]) if s.get("sd") is None else f"{fmt(s['mean'])} ± {fmt(s['sd'])}"
+
+
+def _group_lines(summary: GroupSummary, width: int) -> list[str]:
+    h = summary.header
+    st = h["stats"]
+    g4 = _g(4)
+    lines = [
+        f"group of {h['n']} stores: {', '.join(str(p) for p in h['stores'])}",
+        f"set {h['set']} · steps {h['window']} · {h['parameters']:,} parameters · mean ± sd over the stores "
+        f"(sample sd, ddof {h['sd_ddof']})",
+        f"ΔL {_ms(st.get('delta_loss'), g4)} · Σ LCA {_ms(st.get('sum_lca'), g4)} · integration error "
+        f"{_ms(st.get('integration_error'), _g(2))}",
+    ]
+    if "helped_share_mean" in st:
+        lines.append(
+            f"per iteration, of all parameters: helped {_ms(st['helped_share_mean'], _pct)} · hurt "
+            f"{_ms(st['hurt_share_mean'], _pct)}"
+        )
+    lines += _floor_lines({**h, "below_resolution_share": st.get("below_resolution_share")})
+    lines.append("")
+    stat = "lca" if summary.by != "iteration" else "delta_loss"
+    headers = ["name", "n", f"{stat} mean ± sd", "helped % ± sd", "help≠0 ± sd"]
+    verdicts = "significance_helps" in summary.columns
+    if verdicts:
+        headers.append("helps/hurts/≈0")
+    rows = []
+    for r in summary.rows:
+        cells = [
+            str(r["name"]),
+            str(r["n"]),
+            _ms({"mean": r.get(f"{stat}_mean"), "sd": r.get(f"{stat}_sd")}, g4),
+            _ms({"mean": r.get("helped_share_mean"), "sd": r.get("helped_share_sd")}, _pct),
+            _ms({"mean": r.get("helped_fraction_mean"), "sd": r.get("helped_fraction_sd")}, _g(3)),
+        ]
+        if verdicts:
+            cells.append(f"{r['significance_helps']}/{r['significance_hurts']}/{r['significance_within']}")
+        rows.append(cells)
+    shortened = _fit_names(rows, headers, width)
+    lines += _table(headers, rows, [True, *([False] * (len(headers) - 1))])
+    lines.append("n: stores; helped %: of parameters x iterations; help≠0: exact zeros excluded")
+    if verdicts:
+        lines.append("helps/hurts/≈0: stores in which the row helps / hurts / is within its integration error")
+    lines.append("--format json or csv: every statistic as <stat>_mean, <stat>_sd, <stat>_n")
+    if shortened:
+        lines.append("names shortened in the middle to fit; --format csv or json gives them whole")
+    return lines
 
 
 def _iteration_table(summary: Summary) -> list[str]:
@@ -236,11 +323,12 @@ def _iteration_table(summary: Summary) -> list[str]:
     return out
 
 
-def render_summary(summary: Summary, width: int | None = None) -> str:
+def render_summary(summary: Summary | GroupSummary, width: int | None = None) -> str:
     """The table form of a summary (header lines, the table, a legend), as one string ending in a newline.
 
     Args:
-        summary: A :class:`~lca_cli.analysis.reduce.Summary`.
+        summary: A :class:`~lca_cli.analysis.reduce.Summary`, or a group's
+            (:class:`~lca_cli.analysis.groups.GroupSummary`: mean ± sd per row).
         width: Columns to fit (long names are shortened in the middle); default the terminal's width, or
             ``COLUMNS``, else 80 (stdout piped or redirected).
 
@@ -249,8 +337,14 @@ def render_summary(summary: Summary, width: int | None = None) -> str:
 
     """
     width = width or shutil.get_terminal_size((80, 24)).columns
+    if isinstance(summary, GroupSummary):
+        return "\n".join(_group_lines(summary, width)) + "\n"
     lines = _header_lines(summary.header)
     lines.append("")
-    by_iteration = summary.header.get("by") == "iteration"
-    lines += _iteration_table(summary) if by_iteration else _group_table(summary, width)
+    if summary.header.get("series"):
+        lines += _series_table(summary)
+    elif summary.header.get("by") == "iteration":
+        lines += _iteration_table(summary)
+    else:
+        lines += _group_table(summary, width)
     return "\n".join(lines) + "\n"
