@@ -39,12 +39,14 @@ from pathlib import Path
 import torch
 
 from lca_cli import LcaError
+from lca_cli.analysis.selection import select_rows
 from lca_cli.store import LcaStore
 
 SCRIPTS = Path(__file__).resolve().parent
 if str(SCRIPTS) not in sys.path:  # the paper/ package beside this script, also when it is loaded by file path
     sys.path.insert(0, str(SCRIPTS))
 
+from paper.checks import FLOORS, floor_check, layer_check, noise_verdicts, seed_noise, sync_windows  # noqa: E402
 from paper.experiments import FREEZE_SEEDS, MODES, Experiment, Mode, experiments  # noqa: E402
 from paper.figures import make_figures  # noqa: E402
 from paper.findings import (  # noqa: E402
@@ -131,17 +133,38 @@ def compute_only(exps: list[Experiment], only: str, mode: Mode, work: Path, devi
 
 
 def measure(runs: dict[str, RunResult], mode: Mode, work: Path, device: str, reuse: bool, argv: list[str]) -> Findings:
-    """The four findings of every run, by role (figures not drawn yet)."""
+    """The four findings of every run, by role, and the checks on them (figures not drawn yet)."""
     noise, layers, sync = {}, {}, {}
+    found = Findings(mode.name, argv, runs, noise, layers, sync)
+    seed_keys = [k for k, r in runs.items() if k == "fc_mnist" or "seed" in r.exp.roles]
     for k, r in runs.items():
         store = LcaStore.open(r.store)
         layers[k] = layer_finding(store)
-        if "noise" in r.exp.roles:
-            noise[k] = noise_finding(store)
-        if "sync" in r.exp.roles:
-            sync[k] = sync_finding(layers[k], mode.shuffles)
-    found = Findings(mode.name, argv, runs, noise, layers, sync)
+        wants_noise = "noise" in r.exp.roles or k in seed_keys
+        sel = select_rows(store, "train")
+        found.floors[k] = floor_check(store, sel, FLOORS if wants_noise else ())
+        found.layer_checks[k] = layer_check(layers[k], found.floors[k])
+        if wants_noise:
+            nz = noise_finding(store)
+            if "noise" in r.exp.roles:
+                noise[k] = nz
+            found.noise_checks[k] = noise_verdicts(found.floors[k], nz["params"], nz["param_helped"], nz["param_hurt"])
+        if "sync" in r.exp.roles or k in seed_keys:
+            s = sync_finding(layers[k], mode.shuffles)
+            if "sync" in r.exp.roles:
+                sync[k] = s
+            found.sync_checks[k] = sync_windows(s["analysis"])
+    if len(seed_keys) > 1:
+        found.seeds = {
+            "keys": seed_keys,
+            "noise": seed_noise(
+                {k: found.noise_checks[k] for k in seed_keys}, {k: found.floors[k] for k in seed_keys},
+                LcaStore.open(runs[seed_keys[0]].store).layout.size,
+            ),
+            "sync": {k: found.sync_checks[k] for k in seed_keys},
+        }  # fmt: skip
     found.freeze = freeze_finding(runs, layers, FREEZE_SEEDS.get(mode.name, (0,)))
+    found.freeze_resnet = freeze_finding(runs, layers, (0,), "resnet20_standin", "resnet20_standin_frozen")
     acc_run = next((r for r in runs.values() if "acc" in r.exp.roles), None)
     if acc_run is not None:
         found.accuracy = accuracy_finding(acc_run, work, mode.accuracy_pairs, device, log, reuse=reuse)

@@ -50,9 +50,9 @@ def test_smoke_run_writes_every_finding(tmp_path: Path, capsys: pytest.CaptureFi
     # The frozen layer's LCA is exactly zero, and the reference row of finding 4 is there.
     assert "max |LCA| over its parameters, all seeds = 0." in text
     # both conventions of finding 1, the integration error of finding 2, both baselines of finding 3
-    assert "all parameters: helped / zero / hurt" in text and "zeros excluded" in text
+    assert "(a) all entries" in text and "(a) nonzero entries" in text and "zeros excluded" in text
     assert "integration error" in text and "| helps |" in text
-    assert "circular shifts: observed vs baseline" in text and "step-size controlled" in text
+    assert "raw: observed vs baseline" in text and "step-size controlled: observed vs baseline" in text
     assert "reference (float64, n = 32 on every pair)" in text
     assert not (out / "figures").exists()  # --no-figures
     # Runs and stores stay in --work.
