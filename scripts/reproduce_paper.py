@@ -11,12 +11,18 @@ Every network is trained with :func:`lca_cli.training.train.train_run` from a co
 reductions of :mod:`lca_cli.analysis` (helped fractions, per-layer series, peak detection and the
 synchronisation statistic):
 
-1. noise: helped / zero / hurt shares of all parameters per iteration, the helped fraction without zeros,
-   per-parameter fractions and the concentration of learning;
-2. layers that hurt: per-layer totals against the run's integration error, when each layer learned, and the
-   freeze-the-last-layer experiment on the FC net (over 3 seeds in ``--cpu-scale``);
-3. synchronisation of per-layer learning peaks against circular shifts and a step-size-controlled baseline;
+1. noise: both of the paper's helped claims (share per iteration, fraction per parameter) under each convention
+   (all entries, nonzero entries, above a noise floor) with the share of entries below float resolution, over
+   the FC net's seeds (mean ± sd, n);
+2. layers that hurt: per-layer totals against per-layer error estimates, with and without the starting
+   transient and per third of the run, the cancellation statistics, and the freeze-the-last-layer experiments
+   on the FC net (over 3 seeds in ``--cpu-scale``) and on the ResNet-20 stand-in;
+3. synchronisation of per-layer learning peaks against circular shifts over the run, within the window holding
+   the peaks and per third, beside the step-size-controlled test;
 4. method accuracy: first order, Simpson and adaptive Simpson against a float64 32-interval reference.
+
+Every verdict is computed by the rules of :mod:`lca_cli.analysis.verdicts` (``paper/checks.py``), and the page
+ends with each finding's verdict and the list of where the runs disagree with the paper.
 
 ``--only KEYS`` trains and computes some runs into ``--work`` (parallel processes can share it); ``--reuse``
 takes finished runs (and the accuracy runs) with the same config as they are, with the times measured when

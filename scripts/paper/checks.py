@@ -242,8 +242,9 @@ def sync_windows(sa: SyncAnalysis) -> dict[str, Any]:
 
     Returns:
         ``verdict`` (:func:`~lca_cli.analysis.verdicts.sync_verdict` on the active window), ``coincide``
-        ``{label: iterations in the window where ≥ 2 layers peak}`` and ``fragile`` (the active window's verdict
-        rests on fewer than :data:`FEW_COINCIDENCES` such iterations).
+        ``{label: iterations in the window where ≥ 2 layers peak}``, ``fragile`` (the active window's verdict
+        rests on fewer than :data:`FEW_COINCIDENCES` such iterations) and ``active`` (its
+        :class:`~lca_cli.analysis.sync.PhaseSync`, None without one).
 
     """
     coincide = {}
@@ -270,7 +271,7 @@ def sync_windows(sa: SyncAnalysis) -> dict[str, Any]:
         verdict = sync_verdict(act.raw.passes, act.controlled.passes if act.controlled.tested else None, detail,
                                "train")  # fmt: skip
     fragile = bool(act is not None and act.raw.tested and coincide.get("active", 0) < FEW_COINCIDENCES)
-    return {"verdict": verdict, "coincide": coincide, "fragile": fragile}
+    return {"verdict": verdict, "coincide": coincide, "fragile": fragile, "active": act}
 
 
 def disagreements(verdicts: Sequence[tuple[str, str, Finding]]) -> list[tuple[str, str, Finding]]:

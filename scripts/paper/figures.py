@@ -50,6 +50,9 @@ README_VIEWS = {
     "sync": "13_sync.png",
 }
 
+#: The page's figures as they were named before they were numbered (removed when the page is redrawn).
+UNNUMBERED = ("helped_fraction", "cumulative_layer_lca", "layer_totals", "layer_learning_peaks", "freeze_last_layer")
+
 #: Figures larger than this are worth a warning (the tests allow 500 KB per committed figure).
 LARGE_FIGURE = 450_000
 
@@ -77,6 +80,9 @@ def make_figures(found: Findings, figdir: Path, work: Path, log: Log) -> dict[st
         log(f"  {exc}: no figures")
         return {}
     figdir.mkdir(parents=True, exist_ok=True)
+    # A figure of an earlier page that this one does not draw would stay linked to nothing under a stale number.
+    for old in [*figdir.glob("fig[0-9]*_*.png"), *(figdir / f"{name}.png" for name in UNNUMBERED)]:
+        old.unlink(missing_ok=True)
     out: dict[str, str] = {}
     found.figure_numbers = {}
     with mpl.rc_context(STYLE):

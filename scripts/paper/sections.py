@@ -25,7 +25,7 @@ from lca_cli.analysis.verdicts import (
     Finding,
 )
 
-from .checks import FEW_COINCIDENCES, FLOORS
+from .checks import FEW_COINCIDENCES, FLOORS, seed_spread
 from .findings import SYNC_SEED, Findings
 from .fmt import f, mean_sd, pct, peak_counts, verdict_word
 
@@ -370,10 +370,21 @@ def sync_section(found: Findings) -> list[str]:
     sd = found.seeds
     if sd:
         vs = [sd["sync"][k]["verdict"].verdict for k in sd["keys"]]
+        act = [sd["sync"][k]["active"] for k in sd["keys"]]
+        spread = {
+            what: seed_spread([getattr(getattr(a, test), attr) for a in act if a is not None])
+            for what, test, attr in (
+                ("observed", "raw", "observed"), ("baseline", "raw", "baseline_mean"), ("effect", "raw", "effect_size"),
+                ("controlled effect", "controlled", "effect_size"),
+            )
+        }  # fmt: skip
         w(
             f"- Seeds of the FC MNIST net ({', '.join(sd['keys'])}): "
             + ", ".join(f"{k} {v}" for k, v in zip(sd["keys"], vs, strict=True))
-            + f" ({vs.count('agrees')} of {len(vs)} agree)."
+            + f" ({vs.count('agrees')} of {len(vs)} agree). Within each seed's active window, mean ± sd over seeds "
+            + "(n): "
+            + "; ".join(f"{what} {sp.text(pct=False)}" for what, sp in spread.items())
+            + " (effects in baseline sd)."
         )
     w("")
     return lines
