@@ -208,7 +208,11 @@ class ParameterStats:
 
 
 def scan_parameters(
-    store: LcaStore, sel: Selection, progress: Progress | None = None, label: str = "pass 1/2 (per-parameter totals)"
+    store: LcaStore,
+    sel: Selection,
+    progress: Progress | None = None,
+    label: str = "pass 1/2 (per-parameter totals)",
+    on_rows: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> ParameterStats:
     """First streaming pass: per-parameter negative/positive sums, helped/hurt counts and the value histogram.
 
@@ -217,14 +221,18 @@ def scan_parameters(
         sel: The iterations.
         progress: Optional progress callback.
         label: Progress label of the pass.
+        on_rows: Also called with ``(positions in sel.rows, rows (r, C))`` of each block, for per-iteration
+            sums read in the same pass.
 
     Returns:
         The accumulated statistics.
 
     """
     stats = ParameterStats.zeros(store.columns.size)  # lca's columns: parameters, or neurons / tensors
-    for _, rows in _iter_selected(store, sel, label, progress):
+    for pos, rows in _iter_selected(store, sel, label, progress):
         stats.add(rows)
+        if on_rows is not None:
+            on_rows(pos, rows)
     return stats
 
 

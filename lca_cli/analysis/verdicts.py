@@ -31,10 +31,12 @@ import numpy as np
 __all__ = [
     "AGREES",
     "DISAGREES",
+    "ERROR_RULE",
     "FIRST_LAST_RULE",
     "HELPED_SHARE_AGREES",
     "HELPED_SHARE_PARTLY",
     "HELPED_SHARE_RULE",
+    "LAYER_SIGNIFICANCE_RULE",
     "NO_DATA",
     "OSCILLATION_AGREES",
     "OSCILLATION_PARTLY",
@@ -55,6 +57,8 @@ __all__ = [
     "Fact",
     "Finding",
     "LayerRobustness",
+    "apportion_errors",
+    "cancellation",
     "first_last_verdict",
     "helped_share_verdict",
     "layer_robustness",
@@ -586,3 +590,84 @@ def overfitting(train_loss: np.ndarray, held_out_loss: np.ndarray, tolerance: fl
                                                  f"than {100 * tolerance:g}% of its minimum while training went on)")
     )  # fmt: skip
     return Fact(bool(over), text, nums)
+
+
+#: How :func:`apportion_errors` splits a pair's error among layers.
+ERROR_RULE = (
+    "each pair's error estimate is shared among layers in proportion to the layer's Σ|LCA| on that pair: the "
+    "larger of |residual| x (layer's share of the pair's Σ|LCA|) and the stored relative L1 error estimate "
+    "(l1_change, where measured) x the layer's Σ|LCA|; a layer's error over a window is the sum over its pairs"
+)
+
+#: What "helps" / "hurts" / "within error" mean for a layer with per-layer error estimates (``lca report``).
+LAYER_SIGNIFICANCE_RULE = (
+    "a layer helps or hurts only when |its total LCA| over a window exceeds its own error estimate over that "
+    "window (the per-layer estimates below, which add up to at least the network's Σ|residual|); otherwise it "
+    "is within error"
+)
+
+
+def apportion_errors(residual: np.ndarray, l1_change: np.ndarray | None, layer_abs: np.ndarray) -> np.ndarray:
+    """Per-layer error estimates of each pair (:data:`ERROR_RULE`), instead of the whole network's bound for each.
+
+    The residual of a pair is what the quadrature left unallocated over the whole network; the stored
+    ``l1_change`` is the pair's estimated relative L1 error of its per-parameter row. A layer's share of
+    either is taken in proportion to its Σ|LCA| on the pair, the size of what it was allocated: the residual
+    shares add up to the network's ``|residual|`` over the layers, and the L1 term is the row's error estimate
+    restricted to the layer.
+
+    Args:
+        residual: ``(n,)`` residual per pair.
+        l1_change: ``(n,)`` relative L1 error estimate per pair (NaN where not measured), or None.
+        layer_abs: ``(n, L)`` Σ|LCA| of each layer's entries per pair.
+
+    Returns:
+        float64 ``(n, L)`` error estimates (>= 0).
+
+    """
+    a = np.abs(np.asarray(layer_abs, dtype=np.float64))
+    tot = a.sum(axis=1, keepdims=True)
+    share = np.divide(a, tot, out=np.full_like(a, 1.0 / max(a.shape[1], 1)), where=tot > 0)
+    out = np.abs(np.asarray(residual, dtype=np.float64))[:, None] * share
+    if l1_change is not None:
+        l1 = np.asarray(l1_change, dtype=np.float64)
+        l1 = np.where(np.isfinite(l1), np.abs(l1), 0.0)[:, None]
+        out = np.maximum(out, l1 * a)
+    return out
+
+
+def cancellation(
+    per_layer: np.ndarray, layer_neg: np.ndarray, layer_pos: np.ndarray, abs_per_iteration: np.ndarray,
+    delta_loss: np.ndarray,
+) -> dict[str, np.ndarray | float]:  # fmt: skip
+    """How much of the allocated work cancels: per layer and per iteration.
+
+    Args:
+        per_layer: ``(n, L)`` LCA per iteration and layer.
+        layer_neg: ``(L,)`` sums of the negative entries of each layer (<= 0).
+        layer_pos: ``(L,)`` sums of the positive entries (>= 0).
+        abs_per_iteration: ``(n,)`` Σ|LCA| over all entries of each iteration.
+        delta_loss: ``(n,)`` loss change per iteration.
+
+    Returns:
+        ``pos_over_neg`` ``(L,)`` Σpos / |Σneg| (1 = all cancels; NaN for a layer that never helped),
+        ``hurt_iterations`` ``(L,)`` the fraction of iterations on which each layer's net LCA was > 0,
+        ``abs_over_delta`` ``(n,)`` Σ|LCA| / |ΔL| per iteration (NaN where ΔL = 0),
+        ``abs_over_delta_median`` its median and ``abs_over_delta_window`` Σ_t Σ|LCA| / |Σ_t ΔL|.
+
+    """
+    v = np.asarray(per_layer, dtype=np.float64)
+    neg = np.abs(np.asarray(layer_neg, dtype=np.float64))
+    pos = np.asarray(layer_pos, dtype=np.float64)
+    a = np.asarray(abs_per_iteration, dtype=np.float64)
+    d = np.abs(np.asarray(delta_loss, dtype=np.float64))
+    ratio = np.divide(a, d, out=np.full_like(a, np.nan), where=d > 0)
+    ok = np.isfinite(ratio)
+    total_delta = abs(float(np.sum(delta_loss)))
+    return {
+        "pos_over_neg": np.divide(pos, neg, out=np.full_like(pos, np.nan), where=neg > 0),
+        "hurt_iterations": (v > 0).mean(axis=0) if v.shape[0] else np.full(v.shape[1], np.nan),
+        "abs_over_delta": ratio,
+        "abs_over_delta_median": float(np.median(ratio[ok])) if ok.any() else float("nan"),
+        "abs_over_delta_window": float(a.sum() / total_delta) if total_delta > 0 else float("nan"),
+    }

@@ -9,12 +9,26 @@ the captions can be read and tested without matplotlib.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from lca_cli.analysis.verdicts import (
+    HELPED_SHARE_RULE,
+    OSCILLATION_RULE,
+    PAPER_FIRST_LAST,
+    PAPER_HELPED_SHARE,
+    PAPER_OSCILLATION,
+    PAPER_PER_PARAMETER,
+    PAPER_SYNC,
+    PER_PARAMETER_RULE,
+    SYNC_RULE,
+    first_last_verdict,
+    oscillation_verdict,
+    per_parameter_verdict,
+    whole_vs_late,
+)
+from lca_cli.reporting.findings import random_sign_changes, robustness, set_findings, sync_window_text
 from lca_cli.reporting.gather import InputImage, ReportData, SetData
-from lca_cli.reporting.numbers import input_pixels, nanmean, random_sign_changes
+from lca_cli.reporting.numbers import input_pixels, nanmean
 from lca_cli.reporting.plots import fmt, highlighted_layers
 from lca_cli.reporting.text import by_set, paper, pct
 
@@ -68,59 +82,50 @@ def loss_caption(r: ReportData) -> str:
 
 
 def composition_caption(r: ReportData) -> str:
-    """Caption of the helped / zero / hurt shares per iteration, with a verdict against the paper's "barely half"."""
-    run = by_set(
-        r.sets,
-        lambda d: (
-            f"on an average iteration {pct(float(d.comp.shares()[0].mean()))} of all parameters helped, "
-            f"{pct(float(d.comp.shares()[1].mean()))} were exactly zero and {pct(float(d.comp.shares()[2].mean()))} "
-            f"hurt; of the nonzero ones {pct(nanmean(d.comp.nonzero_fraction()))} helped"
-        ),
-    )
-    main = r.main
-    frac = nanmean(main.comp.nonzero_fraction())
-    late_mean = nanmean(main.comp.nonzero_fraction()[main.sel.n // 2 :])
-    verdict = (
-        " — no parameter moved"
-        if not math.isfinite(frac)
-        else " — close to the paper's barely-over-half"
-        if 0.5 < frac < 0.6
-        else (
-            " — more than the paper's barely-over-half; short runs weigh the steep early phase, when most "
-            f"parameters move downhill together (second half of this window: {pct(late_mean)})"
-            if frac >= 0.6
-            else " — not more than half"
+    """Caption of the helped / zero / hurt shares per iteration, with each set's verdicts in both conventions.
+
+    Each set's numbers, its verdicts against the paper's "barely over 50%" (all entries, then nonzero entries,
+    by :data:`~lca_cli.analysis.verdicts.HELPED_SHARE_RULE`) and the comparison of its whole window with its
+    second half are computed on that set and printed after its name.
+    """
+
+    def run(d: SetData) -> str:
+        helped, zero, hurt = d.comp.shares()
+        all_v, nz_v = set_findings(r, d)[:2]
+        late = whole_vs_late(helped, "the helped share", "all entries")
+        return (
+            f"on an average iteration {pct(float(helped.mean()))} of all parameters helped, "
+            f"{pct(float(zero.mean()))} were exactly zero and {pct(float(hurt.mean()))} hurt; of the nonzero ones "
+            f"{pct(nanmean(d.comp.nonzero_fraction()))} helped. Verdict, all entries: {all_v.verdict}; nonzero "
+            f"entries: {nz_v.verdict}. {late.text[0].upper() + late.text[1:]}"
         )
-    )
+
     return (
         "On each iteration, the share of all parameters that helped (blue, LCA < 0), did nothing (grey, LCA "
-        "exactly 0: did not move, or zero gradient, such as weights of always-black input pixels) and hurt "
+        "exactly 0: did not move, or zero gradient, such as weights of constant input pixels) and hurt "
         "(red), stacked to 100%; the dashed line is the other convention, the helped fraction among nonzero "
         "parameters; the black line is the loss (right axis). Runs longer than 300 iterations are shown as "
         "means over bins of consecutive iterations. "
         + paper(
-            "barely over 50% of parameters help on any iteration (shares of all parameters).",
-            run + verdict + ".",
+            f"{PAPER_HELPED_SHARE} (shares of all parameters). Rule: {HELPED_SHARE_RULE}.",
+            by_set(r.sets, run) + ".",
         )
     )
 
 
 def helped_hist_caption(r: ReportData) -> str:
-    """Caption of the histograms of how often parameters help."""
+    """Caption of the histograms of how often parameters help, with each set's per-parameter verdict."""
 
     def per_param(d: SetData) -> str:
-        fp = d.stats.helped_fraction
-        fp = fp[np.isfinite(fp)]
-        mid = float(np.mean((fp >= 0.4) & (fp <= 0.6))) if fp.size else float("nan")
-        med = float(np.median(fp)) if fp.size else float("nan")
-        return f"median parameter helped on {pct(med)} of its nonzero iterations, {pct(mid)} of parameters in 40-60%"
+        f = per_parameter_verdict(d.stats.helped, d.stats.hurt, d.name)
+        return f"{f.summary} — {f.verdict}"
 
     return (
         "Top: how the share of parameters helping is distributed over iterations, in both conventions (all "
         "parameters, filled; nonzero ones, outline). Bottom: for each parameter, the share of its nonzero "
         "iterations on which it helped (parameters that never moved the loss are left out). "
         + paper(
-            "each parameter helps on about half of the iterations (a noisy, coin-flip-like process).",
+            f"{PAPER_PER_PARAMETER} (a noisy, coin-flip-like process). Rule: {PER_PARAMETER_RULE}.",
             by_set(r.sets, per_param) + ".",
         )
     )
@@ -149,31 +154,40 @@ def values_caption(r: ReportData) -> str:
 
 
 def layers_caption(r: ReportData) -> str:
-    """Caption of the per-layer totals: which layers help or hurt beyond the integration error."""
+    """Caption of the per-layer totals: which layers help or hurt beyond their own error estimate, and flips."""
 
     def run(d: SetData) -> str:
         v = d.verdicts
         hurting = [n for n, x in zip(d.layer_names, v, strict=True) if x == "hurts"]
         unclear = [n for n, x in zip(d.layer_names, v, strict=True) if x == "within error"]
         first, last = d.layer_names[0], d.layer_names[-1]
-        t = d.totals
+        t, err = d.totals, d.layer_errors
         text = (
-            f"first layer {first} {fmt(float(t[0]), 3)} ({v[0]}), last layer {last} {fmt(float(t[-1]), 3)} "
-            f"({v[-1]}); layers that hurt beyond the integration error {fmt(d.error, 2)}: "
+            f"first layer {first} {fmt(float(t[0]), 3)} ± {fmt(float(err[0]), 2)} ({v[0]}), last layer {last} "
+            f"{fmt(float(t[-1]), 3)} ± {fmt(float(err[-1]), 2)} ({v[-1]}); layers that hurt beyond their error: "
             f"{', '.join(hurting) if hurting else 'none'}"
         )
         if unclear:
             text += f"; within error (no sign can be given): {', '.join(unclear)}"
-        return text
+        rob = robustness(d)
+        flips = rob.sentences()
+        text += (f"; starting transient of {rob.transient} iteration(s)" if rob.transient else "") + (
+            "; verdicts that flip: " + "; ".join(flips)
+            if flips
+            else "; no verdict flips without the transient or per phase"
+        )
+        f = first_last_verdict(d.layer_names, v, "whole window", d.name)
+        return text + f" — first and last layer hurting: {f.verdict}"
 
     return (
         "For each layer, the blue bar sums every negative LCA entry of its parameters over the window "
         "(everything that lowered the loss), the red bar every positive one, and the diamond is the layer's net "
-        "total, with the "
-        "run's integration error (summed |residual|) as error bar. A layer helps or hurts only when its net "
-        "total exceeds that error; names in red bold hurt, grey italic are within error. Bars much longer than "
-        "the net show how much of the work cancels out. "
-        + paper("in ResNet-20 on CIFAR-10 the first and the last layer hurt overall.", by_set(r.sets, run) + ".")
+        "total with its own error estimate as error bar (each iteration's error shared among layers in "
+        "proportion to their Σ|LCA|; see the rules above). A layer helps or hurts only when its net total "
+        "exceeds that error; names in red bold hurt, grey italic are within error. Bars much longer than the "
+        "net show how much of the work cancels out. The tables above give the totals without the starting "
+        "transient and per phase. "
+        + paper(PAPER_FIRST_LAST + " (a claim about ResNet-20 only).", by_set(r.sets, run) + ".")
     )
 
 
@@ -319,18 +333,21 @@ def heatmaps_caption(r: ReportData) -> str:
 def input_maps_caption(r: ReportData, image: InputImage) -> str:
     """Caption of the first layer's input maps (``image``: :attr:`ReportData.image`): where its learning came from."""
     c, h, w = image.shape
-    main = input_pixels(r.main, image)[0].reshape(-1)
+    pixels, still = input_pixels(r.main, image)
+    main = pixels.reshape(-1)
     gains = np.sort(-main[main < 0])[::-1]
     k = max(1, main.size // 10)
     share = float(gains[:k].sum() / gains.sum()) if gains.size else float("nan")
+    zero = int((main == 0).sum())
     return (
         f"The first layer ({image.tensor}) read as an image ({h}x{w}"
         + (f", {c} channels summed" if c > 1 else "")
         + ", a layout inferred from its input size): each pixel's LCA summed over all the weights attached to "
         "it, over the window, on one colour scale for all sets. Blue pixels are where the first layer's "
-        "learning came from; white ones did nothing (the always-black border of MNIST digits has LCA exactly "
-        f"0). This run: the 10% most helpful pixels carry {pct(share)} of the first layer's helpful learning "
-        f"on set '{r.main.name}'."
+        "learning came from; white ones did nothing (a pixel that is constant over the evaluation set gives its "
+        f"weights zero gradient). This run: on set '{r.main.name}', the 10% most helpful pixels carry {pct(share)} "
+        f"of the first layer's helpful learning; {zero} of the {h * w} pixels have LCA exactly 0 ({still} whose "
+        "weights never moved the loss)."
     )
 
 
@@ -352,7 +369,8 @@ def trajectories_caption(r: ReportData) -> str:
             parts.append(
                 f"the random parameters hurt on {pct(float(np.median(hurts)), 0)} of their nonzero iterations "
                 "(median) and their sign flips between consecutive nonzero iterations "
-                f"{pct(float(np.mean(flips)), 0)} of the time (50% would be coin flips, more is oscillation)"
+                f"{pct(float(np.median(flips)), 0)} of the time (median; 50% would be coin flips, more is "
+                f"oscillation) — {oscillation_verdict(flips, d.name).verdict}"
             )
         return "; ".join(parts) or "no parameter moved"
 
@@ -362,29 +380,28 @@ def trajectories_caption(r: ReportData) -> str:
         "differ by orders of magnitude), the same parameters on every set. Bottom: the per-iteration LCA of the "
         "most helpful and of a random parameter, blue when it helped and red when it hurt. "
         + paper(
-            "parameters oscillate, alternating between helping and hurting (phase lag of momentum suggested as the "
-            "cause).",
+            f"{PAPER_OSCILLATION} (phase lag of momentum suggested as the cause). Rule: {OSCILLATION_RULE}.",
             by_set(r.sets, run) + ".",
         )
     )
 
 
 def sync_caption(r: ReportData) -> str:
-    """Caption of the synchronisation test: the peak rule, both baselines and each set's result."""
+    """Caption of the synchronisation test: the peak rule, the baselines (whole run, windowed), each set's result."""
 
     def run(d: SetData) -> str:
         s, c = d.sync.shift, d.sync.controlled_shift
         if not s.tested:
             return s.reason
-        return (
-            f"observed {s.observed:.3f} vs {s.baseline_mean:.3f} ± {s.baseline_sd:.3f} by chance ({s.p_text()}, "
-            f"{'passes' if s.passes else 'does not pass'}); step-size controlled: "
-            + (
-                f"{c.observed:.3f} vs {c.baseline_mean:.3f} ({c.p_text()}, {'passes' if c.passes else 'does not pass'})"
-                if c.tested
-                else c.reason
+        act = d.sync.active
+        text = f"shifts over the whole run: {sync_window_text(s)}; step-size controlled: {sync_window_text(c)}"
+        if act is not None:
+            text += (
+                f"; shifts within iterations {act.span[0]}-{act.span[1] - 1} (95% of the peaks): "
+                f"{sync_window_text(act.raw)}, step-size controlled {sync_window_text(act.controlled)}"
             )
-        )
+        f = set_findings(r, d)[-1]
+        return text + f" — {f.verdict}"
 
     return (
         "Top: each layer's learning on each iteration (−LCA of the layer: up = the layer lowered the loss), "
@@ -396,12 +413,10 @@ def sync_caption(r: ReportData) -> str:
         "spacing): they test alignment beyond chance, but not beyond the one driver all layers share, the "
         "optimizer's step, which makes every layer learn much on the same large-step iterations. The "
         "step-size-controlled test removes that: each layer's learning minus its least-squares fit on the "
-        "summed learning of all other layers on the same iteration, then the same peaks and shifts; it passes "
-        "when groups of layers learn together beyond what the iteration's overall size explains (a burst "
-        "shared by every layer looks like a large step and is removed too: a conservative test). p at its "
-        "floor is shown as p < 1/(1 + shuffles). "
-        + paper(
-            "per-layer learning peaks on the same iterations across layers (synchronisation).",
-            by_set(r.sets, run) + ".",
-        )
+        "summed learning of all other layers on the same iteration, then the same peaks and shifts. Peaks "
+        "cluster early in training, so shifts over the whole run put them on quiet iterations and make any "
+        "coincidence look significant: the verdict uses shifts within the window holding 95% of the peaks, "
+        "and the table below repeats both tests within each third of the run. Effect = (observed − baseline "
+        "mean) / baseline sd. p at its floor is shown as p < 1/(1 + shuffles). "
+        + paper(f"{PAPER_SYNC}. Rule: {SYNC_RULE}.", by_set(r.sets, run) + ".")
     )

@@ -176,7 +176,7 @@ def write_comparison(
     numbers["seconds"] = round(time.perf_counter() - t0, 3)
     out.write_text(_page(a, b, la, lb, pairs, match, numbers, views), encoding="utf-8")
     say(f"wrote {out} ({len(views)} figures in {pdir})")
-    return ReportResult(out, [v.png for v in views], numbers)
+    return ReportResult(out, [v.png for v in views if v.png is not None], numbers)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def _layer_ticks(ax: Axes, names: Sequence[str], verdicts: Sequence[str] | None 
 
 
 def draw_layers(pdir: Path, data: Sequence[SetData]) -> Path:
-    """Per layer, the sums of its helped and hurt entries and its net total ± the error: ``05_layers.png``.
+    """Per layer, the sums of its helped and hurt entries and its net total ± its error estimate: ``05_layers.png``.
 
     Args:
         pdir: Folder of the page's figures.
@@ -87,8 +87,8 @@ def draw_layers(pdir: Path, data: Sequence[SetData]) -> Path:
         net = d.totals
         ax.barh(y, neg, color=HELPED_COLOR, height=0.7, label="helped: Σ of all negative LCA entries")
         ax.barh(y, pos, color=HURT_COLOR, height=0.7, label="hurt: Σ of all positive LCA entries")
-        ax.errorbar(net, y, xerr=d.error, fmt="D", color=NET_COLOR, ms=4, capsize=2.5, lw=1,
-                    label="net total ± integration error Σ|residual|")  # fmt: skip
+        ax.errorbar(net, y, xerr=d.layer_errors, fmt="D", color=NET_COLOR, ms=4, capsize=2.5, lw=1,
+                    label="net total ± the layer's error estimate")  # fmt: skip
         ax.axvline(0, color="black", lw=0.8)
         if col == 0:
             _layer_ticks(ax, names, d.verdicts)

@@ -19,6 +19,7 @@ from lca_cli.reporting.plots import (
     RECON_COLOR,
     binned,
     figure,
+    fmt,
     layer_colors,
     save_png,
     step_axis,
@@ -67,7 +68,7 @@ def _test_panel(b: Any, d: SetData) -> None:
         if r.tested and r.n_shuffles:
             b.hist(r.baseline, bins=30, color=color, alpha=0.55, histtype="stepfilled", label=f"baseline: {lab}")
             b.axvline(r.observed, color=color, lw=2.2,
-                      label=f"observed ({lab.split(',')[0]}) {r.observed:.3f}, {r.p_text()}")  # fmt: skip
+                      label=f"observed ({lab.split(',')[0]}) {fmt(r.observed, 3)}, {r.p_text()}")  # fmt: skip
             drew = True
     if not drew:
         b.text(0.5, 0.5, "no test:\n" + sy.shift.reason.removeprefix("no test: ").replace(" (", "\n("),

@@ -52,6 +52,7 @@ from lca_cli.analysis.series import (
     significance,
 )
 from lca_cli.analysis.sync import SyncAnalysis, sync_analysis
+from lca_cli.analysis.verdicts import apportion_errors, layer_verdicts
 from lca_cli.core.layout import Layout
 from lca_cli.errors import StoreError, UsageError
 from lca_cli.store import LcaStore
@@ -127,6 +128,10 @@ class SetData(SetSummary):
         traj: float64 ``(n, k)`` per-iteration LCA of the followed parameters.
         maps: Neuron x iteration maps of the mapped layers.
         sync: Synchronisation analysis of per-layer learning.
+        layer_abs: float64 ``(n, L)`` Σ|LCA| of each layer's entries per iteration (from ``lca``'s columns; for a
+            layer without columns of its own, ``|net|`` of the layer, a lower bound).
+        layer_err: float64 ``(n, L)`` per-layer error estimate of each iteration
+            (:func:`lca_cli.analysis.verdicts.apportion_errors`).
 
     """
 
@@ -139,6 +144,18 @@ class SetData(SetSummary):
     traj: np.ndarray
     maps: list[NeuronMap]
     sync: SyncAnalysis
+    layer_abs: np.ndarray
+    layer_err: np.ndarray
+
+    @property
+    def layer_errors(self) -> np.ndarray:
+        """``(L,)`` each layer's error estimate over the window (the sum of its per-iteration estimates)."""
+        return self.layer_err.sum(axis=0)
+
+    @property
+    def verdicts(self) -> list[str]:
+        """``helps`` / ``hurts`` / ``within error`` per layer against its own error estimate (not the network's)."""
+        return layer_verdicts(self.totals, self.layer_errors)
 
     def layer_curve(self, j: int) -> Concentration | None:
         """Concentration curve of layer ``j`` from the per-parameter totals (None when it has no columns)."""
@@ -293,6 +310,8 @@ class _FirstPass(NamedTuple):
     layer_pos: np.ndarray
     layer_conc: np.ndarray
     spans: list[list[tuple[int, int]] | None]
+    layer_abs: np.ndarray
+    layer_err: np.ndarray
 
 
 def _first_pass(store: LcaStore, s: SetSummary, layout: Layout, say: Progress) -> _FirstPass:
@@ -304,11 +323,24 @@ def _first_pass(store: LcaStore, s: SetSummary, layout: Layout, say: Progress) -
     has no concentration curve.
     """
     say(f"set {s.name}: {s.sel.n} iterations (steps {int(s.sel.start_steps[0])}..{int(s.sel.end_steps[-1])})")
-    stats = scan_parameters(store, s.sel, progress=say, label=f"set {s.name}: pass 1/2 (per-parameter totals)")
-    conc = concentration(stats.total)
     layers = layout.layers()
     where = {name: j for j, (name, _) in enumerate(layers)}
     pick = [where.get(n) for n in s.layer_names]
+    tensor_spans = [[(layout.params[i].offset, layout.params[i].stop) for i in idx] for _, idx in layers]
+    abs_cols = np.zeros((s.sel.n, len(layers)))  # (n, L of the column layout): Σ|LCA| per iteration and layer
+
+    def add_abs(pos: np.ndarray, rows: np.ndarray) -> None:
+        a = np.abs(rows)  # (r, C)
+        for j, spans in enumerate(tensor_spans):
+            abs_cols[pos, j] += sum(a[:, lo:hi].sum(axis=1, dtype=np.float64) for lo, hi in spans)
+
+    label = f"set {s.name}: pass 1/2 (per-parameter totals)"
+    stats = scan_parameters(store, s.sel, progress=say, label=label, on_rows=add_abs)
+    conc = concentration(stats.total)
+    layer_abs = np.stack(
+        [np.abs(s.per_layer[:, k]) if j is None else abs_cols[:, j] for k, j in enumerate(pick)], axis=1
+    ).reshape(s.sel.n, len(pick))
+    l1 = store.read(s.name, "l1_change")[s.sel.rows].astype(np.float64)
     _, neg, pos = stats.by_layer(layout)
     layer_conc = layer_concentration(layout, stats.total)[1]
     split = layer_split_from_tensors(store, s.sel) if None in pick else {}
@@ -318,10 +350,9 @@ def _first_pass(store: LcaStore, s: SetSummary, layout: Layout, say: Progress) -
         layer_neg=np.array([split[n][0] if j is None else neg[j] for n, j in zip(s.layer_names, pick, strict=True)]),
         layer_pos=np.array([split[n][1] if j is None else pos[j] for n, j in zip(s.layer_names, pick, strict=True)]),
         layer_conc=np.stack([[np.nan if j is None else row[j] for j in pick] for row in layer_conc]),
-        spans=[
-            None if j is None else [(layout.params[i].offset, layout.params[i].stop) for i in layers[j][1]]
-            for j in pick
-        ],
+        spans=[None if j is None else tensor_spans[j] for j in pick],
+        layer_abs=layer_abs,
+        layer_err=apportion_errors(s.curves.residual, l1, layer_abs),
     )
 
 
@@ -404,6 +435,8 @@ def _set_data(s: SetSummary, p: _FirstPass, traj: np.ndarray, maps: list[NeuronM
         traj=traj,
         maps=maps,
         sync=sync,
+        layer_abs=p.layer_abs,
+        layer_err=p.layer_err,
     )
 
 

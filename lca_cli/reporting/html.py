@@ -19,6 +19,7 @@ from typing import Any
 from lca_cli import __version__
 from lca_cli.analysis.selection import Selection
 from lca_cli.errors import UsageError
+from lca_cli.reporting.findings import findings_html, sync_window_text
 from lca_cli.reporting.gather import ReportData, SetData
 from lca_cli.reporting.plots import HELPED_COLOR, HURT_COLOR, SCALE, ZERO_COLOR, fmt, png_info
 from lca_cli.reporting.text import pct
@@ -46,32 +47,39 @@ class ReportResult:
         pngs: The figures, in page order (the same images are embedded in the page).
         numbers: Headline numbers (JSON-serialisable): loss change, residuals, helped shares, per-layer
             totals, synchronisation statistics, ..., for the first set shown, and ``per_set`` for all.
+        vectors: The vector copies of the figures (``--figures svg|pdf``), in page order; empty for PNG only.
 
     """
 
     html: Path
     pngs: list[Path] = field(default_factory=list)
     numbers: dict[str, Any] = field(default_factory=dict)
+    vectors: list[Path] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class View:
     """One section of a page: a figure, its caption (plain text) and optional extra HTML (a table).
 
+    A view that does not apply to the store has no figure and a note saying why; it keeps its number, so
+    that the page's figure numbers stay those of the file names (``11_input_maps.png`` is figure 11).
+
     Attributes:
         key: The section's id (a view key of ``lca report --view``).
         title: Its heading.
-        png: The figure.
-        caption: What the figure shows, as plain text.
+        png: The figure (None when the view does not apply).
+        caption: What the figure shows, as plain text (or, without a figure, why there is none).
         extra_html: HTML shown below the figure (already escaped).
+        number: The figure's number (0: its place on the page).
 
     """
 
     key: str
     title: str
-    png: Path
+    png: Path | None
     caption: str
     extra_html: str = ""
+    number: int = 0
 
 
 #: The pages' style sheet, inline (no fonts or links out).
@@ -91,6 +99,8 @@ blockquote{margin:.5em 0;padding:.4em .8em;border-left:4px solid #2166ac;backgro
 .key span{display:inline-block;width:.9em;height:.9em;vertical-align:-.1em;margin:0 .3em 0 .8em}
 nav ol{columns:2;font-size:.92em}
 .warn{color:#b2182b;font-weight:600}
+.note{color:#555;font-style:italic}
+h3{font-size:1em;margin:1em 0 .2em}
 code{font-size:.92em}
 """
 
@@ -153,7 +163,10 @@ def sections(views: Sequence[View]) -> list[str]:
     e = html.escape
     parts = []
     for i, v in enumerate(views, 1):
-        parts.append(f'<section id="{v.key}"><h2>{i}. {e(v.title)}</h2>')
+        parts.append(f'<section id="{v.key}"><h2>{v.number or i}. {e(v.title)}</h2>')
+        if v.png is None:
+            parts.append(f'<p class="note">Not drawn for this store: {e(v.caption)}</p></section>')
+            continue
         parts.append(f"<figure>{_img(v.png, v.title)}")
         parts.append(f"<figcaption>{e(v.caption)}</figcaption></figure>")
         if v.extra_html:
@@ -169,7 +182,10 @@ def _img(path: Path, alt: str) -> str:
 
 
 def sync_table(data: Sequence[SetData]) -> str:
-    """The synchronisation test's results per set and baseline, as a table below its figure.
+    """The synchronisation tests per set, baseline and window, as a table below its figure.
+
+    Rows: shifts over the whole run (raw and step-size controlled), then shifts within the window holding
+    95% of the peaks and within each third of the run, each with its effect size in baseline sd.
 
     Args:
         data: The sets shown.
@@ -181,9 +197,10 @@ def sync_table(data: Sequence[SetData]) -> str:
     rows: list[tuple[str, str]] = []
     for d in data:
         for label, r, peaks in (
-            ("peaks of learning, circular shifts", d.sync.shift, d.sync.peaks),
-            ("step-size controlled, circular shifts", d.sync.controlled_shift, d.sync.controlled_peaks),
-        ):
+            ("peaks of learning, circular shifts over the whole run", d.sync.shift, d.sync.peaks),
+            ("step-size controlled, circular shifts over the whole run", d.sync.controlled_shift,
+             d.sync.controlled_peaks),
+        ):  # fmt: skip
             key = f"{d.name}: {label}"
             if not r.tested:
                 rows.append((key, r.reason))
@@ -191,12 +208,15 @@ def sync_table(data: Sequence[SetData]) -> str:
             rows.append(
                 (
                     key,
-                    f"observed {fmt(r.observed)} vs baseline {fmt(r.baseline_mean)} ± {fmt(r.baseline_sd)} "
-                    f"(ratio {fmt(r.ratio, 3)}, {r.p_text()}, {r.n_shuffles} shuffles, {r.pairs} layer pairs); "
-                    f"{'passes' if r.passes else 'does not pass'} (p < 0.05 and above the baseline); peaks per layer: "
+                    f"{sync_window_text(r)}, {r.n_shuffles} shuffles, {r.pairs} layer pairs; peaks per layer: "
                     + ", ".join(str(len(p)) for p in peaks),
                 )
             )
+        for w in d.sync.windows:
+            where = "95% of the peaks" if w.label == "active" else f"{w.label} third"
+            span = f"iterations {w.span[0]}-{w.span[1] - 1} ({where})"
+            rows.append((f"{d.name}: shifts within {span}", sync_window_text(w.raw)))
+            rows.append((f"{d.name}: step-size controlled, within {span}", sync_window_text(w.controlled)))
     return table(rows)
 
 
@@ -382,10 +402,14 @@ def report_page(store: LcaStore, report: ReportData, nb: dict[str, Any], views: 
     parts.append(f"<blockquote>Helped / hurt: {e(nb['helped_rule'])}. Shares of all parameters count exact "
                  "zeros as a third group (the authors' convention).</blockquote>")  # fmt: skip
     parts.append(f"<blockquote>Significance: {e(nb['significance_rule'])}.</blockquote>")
+    parts.append(f"<blockquote>Per-layer error estimates: {e(nb['layer_error_rule'])}.</blockquote>")
+    parts.append(findings_html(report))
     parts.append("<h2>Evaluation</h2>")
     parts.append(table(describe_evaluation(store.attrs, main.name)))
     parts.append("<nav><ol>")
-    parts.extend(f'<li><a href="#{v.key}">{e(v.title)}</a></li>' for v in views)
+    parts.extend(
+        f'<li value="{v.number or i}"><a href="#{v.key}">{e(v.title)}</a></li>' for i, v in enumerate(views, 1)
+    )
     parts.append("</ol></nav>")
     parts.extend(sections(views))
     parts.append("</main></body></html>")

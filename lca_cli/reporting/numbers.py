@@ -11,8 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from lca_cli.analysis.reduce import SIGNIFICANCE_RULE
 from lca_cli.analysis.sync import SyncResult
+from lca_cli.analysis.verdicts import ERROR_RULE, LAYER_SIGNIFICANCE_RULE
+from lca_cli.reporting.findings import (
+    cancellation_of,
+    finding_numbers,
+    random_sign_changes,
+    robustness,
+    set_findings,
+)
 from lca_cli.reporting.gather import InputImage, ReportData, SetData
 from lca_cli.store import HELPED_RULE, LcaStore
 
@@ -48,27 +55,6 @@ def nanmean(x: np.ndarray) -> float:
     return float(np.nanmean(x)) if not np.isnan(x).all() else float("nan")
 
 
-def random_sign_changes(traj: np.ndarray, kinds: list[str]) -> tuple[list[float], list[float]]:
-    """For each random parameter that moved on two iterations or more: how often its sign flips, how often it hurt.
-
-    Args:
-        traj: ``(n, k)`` per-iteration LCA of the followed parameters.
-        kinds: ``helpful`` / ``harmful`` / ``random`` per followed parameter.
-
-    Returns:
-        The share of consecutive nonzero iterations on which the sign changed, and the share of nonzero
-        iterations on which it hurt (LCA > 0), one entry per random parameter counted.
-
-    """
-    flips, hurts = [], []
-    for j, k in enumerate(kinds):
-        nz = traj[:, j][traj[:, j] != 0]
-        if k == "random" and len(nz) > 1:
-            flips.append(float(np.mean(np.sign(nz[1:]) != np.sign(nz[:-1]))))
-            hurts.append(float(np.mean(nz > 0)))
-    return flips, hurts
-
-
 def input_pixels(d: SetData, image: InputImage) -> tuple[np.ndarray, int]:
     """Each input pixel's LCA summed over the first layer's weights on it (units and channels), and the still ones.
 
@@ -99,6 +85,7 @@ def _sync_numbers(r: SyncResult, prefix: str) -> dict[str, Any]:
         f"{prefix}_shuffles": r.n_shuffles,
         f"{prefix}_pairs": r.pairs,
         f"{prefix}_passes": r.passes,
+        f"{prefix}_effect_size": finite(r.effect_size),
     }
 
 
@@ -127,12 +114,48 @@ def _layer_numbers(d: SetData) -> dict[str, Any]:
     }
 
 
-def set_numbers(store: LcaStore, d: SetData) -> dict[str, Any]:
+def _robust_numbers(r: ReportData, d: SetData) -> dict[str, Any]:
+    """Verdicts, layer robustness, per-layer errors, cancellation and windowed synchronisation of one set."""
+    names = d.layer_names
+    rob = robustness(d)
+    can = cancellation_of(d)
+
+    def per_layer(x: np.ndarray) -> dict[str, float | None]:
+        return {n: finite(v) for n, v in zip(names, np.asarray(x, dtype=np.float64), strict=True)}
+
+    return {
+        "verdicts": [finding_numbers(f) for f in set_findings(r, d)],
+        "layer_error_estimate": per_layer(d.layer_errors),
+        "layer_error_rule": ERROR_RULE,
+        "layer_pos_over_neg": per_layer(can["pos_over_neg"]),
+        "layer_hurt_iteration_fraction": per_layer(can["hurt_iterations"]),
+        "abs_over_delta_median": finite(can["abs_over_delta_median"]),
+        "abs_over_delta_window": finite(can["abs_over_delta_window"]),
+        "transient_iterations": rob.transient,
+        "layer_windows": {lab: list(w) for lab, w in rob.windows.items()},
+        "layer_totals_by_window": {lab: per_layer(t) for lab, t in rob.totals.items()},
+        "layer_verdicts_by_window": {lab: dict(zip(names, v, strict=True)) for lab, v in rob.verdicts.items()},
+        "layer_verdict_flips": rob.flips,
+        "sync_windows": [
+            {
+                "window": w.label,
+                "span": list(w.span),
+                **_sync_numbers(w.raw, "sync"),
+                **_sync_numbers(w.controlled, "sync_controlled"),
+            }
+            for w in d.sync.windows
+        ],
+    }
+
+
+def set_numbers(store: LcaStore, d: SetData, r: ReportData | None = None) -> dict[str, Any]:
     """JSON-ready numbers of one set: loss change, residuals, shares, concentration, per layer, synchronisation.
 
     Args:
         store: The store.
         d: The set's data.
+        r: The report's data (the followed parameters): adds the verdicts, layer robustness, per-layer error
+            estimates, cancellation and windowed synchronisation.
 
     Returns:
         The numbers (the keys of ``ReportResult.numbers["per_set"][set]``).
@@ -176,6 +199,7 @@ def set_numbers(store: LcaStore, d: SetData) -> dict[str, Any]:
         "sync_tolerance": sync.shift.tolerance,
         **_sync_numbers(sync.shift, "sync"),
         **_sync_numbers(sync.controlled_shift, "sync_controlled"),
+        **(_robust_numbers(r, d) if r is not None else {}),
     }
 
 
@@ -190,7 +214,7 @@ def report_numbers(store: LcaStore, report: ReportData) -> dict[str, Any]:
         The numbers (``ReportResult.numbers`` without ``seconds``).
 
     """
-    per_set = {d.name: set_numbers(store, d) for d in report.sets}
+    per_set = {d.name: set_numbers(store, d, report) for d in report.sets}
     main = report.main
     flips, hurt_shares = random_sign_changes(main.traj, report.kinds)
     params = []
@@ -218,6 +242,6 @@ def report_numbers(store: LcaStore, report: ReportData) -> dict[str, Any]:
         "random_sign_flip_rate": finite(np.mean(flips)) if flips else None,
         "random_hurt_share_median": finite(np.median(hurt_shares)) if hurt_shares else None,
         "helped_rule": str(store.attrs.get("helped_rule", HELPED_RULE)),
-        "significance_rule": SIGNIFICANCE_RULE,
+        "significance_rule": LAYER_SIGNIFICANCE_RULE,
         "per_set": per_set,
     }

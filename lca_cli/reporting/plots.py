@@ -17,15 +17,17 @@ imported inside the functions only (``pip install 'lca-cli[report]'``), always t
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lca_cli.analysis.passes import bin_edges
-from lca_cli.errors import LcaError
+from lca_cli.errors import LcaError, UsageError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DIVERGING_CMAP",
     "DPI",
+    "FIGURE_FORMATS",
     "HELPED_COLOR",
     "HURT_COLOR",
     "MATPLOTLIB_MISSING",
@@ -58,6 +61,7 @@ __all__ = [
     "sign_hints",
     "step_axis",
     "thinned",
+    "vector_figures",
 ]
 
 MATPLOTLIB_MISSING = "matplotlib is needed for lca report: pip install 'lca-cli[report]'"
@@ -101,6 +105,34 @@ STYLE: dict[str, Any] = {
 }
 
 
+#: ``lca report --figures``: PNG only (the default), or a vector copy of every figure beside its PNG.
+FIGURE_FORMATS = ("png", "svg", "pdf")
+#: The vector format :func:`save_png` also writes (None: PNG only); set by :func:`vector_figures`.
+_VECTOR: ContextVar[str | None] = ContextVar("lca_vector_figures", default=None)
+
+
+@contextlib.contextmanager
+def vector_figures(kind: str | None) -> Iterator[None]:
+    """Within the block, :func:`save_png` also writes each figure as ``kind`` (``svg`` or ``pdf``) beside its PNG.
+
+    The page still embeds the PNGs (a browser shows them at once); the vector files are for a paper.
+
+    Args:
+        kind: ``png`` or None (PNG only), ``svg`` or ``pdf``.
+
+    Raises:
+        UsageError: Another format.
+
+    """
+    if kind is not None and kind not in FIGURE_FORMATS:
+        raise UsageError(f"--figures {kind}: expected one of {', '.join(FIGURE_FORMATS)}")
+    token = _VECTOR.set(None if kind in (None, "png") else kind)
+    try:
+        yield
+    finally:
+        _VECTOR.reset(token)
+
+
 def require_matplotlib() -> Any:
     """Import matplotlib (Agg canvas), or raise an :class:`~lca_cli.errors.LcaError` saying how to install it."""
     try:
@@ -122,7 +154,9 @@ def figure(width: float, height: float) -> Figure:
 
 
 def save_png(fig: Figure, path: Path) -> Path:
-    """Write ``fig`` as a true-colour PNG at ``SCALE`` times its display resolution.
+    """Write ``fig`` as a true-colour PNG at ``SCALE`` times its display resolution (and a vector copy, if asked).
+
+    Within :func:`vector_figures` the same figure is also written as SVG or PDF beside the PNG (same stem).
 
     The figure is rendered once by Agg at the higher resolution and encoded once by Pillow: RGB (colour
     type 2; no palette, no alpha) at zlib level 6, and without text chunks (no software name or URL in the
@@ -147,6 +181,11 @@ def save_png(fig: Figure, path: Path) -> Path:
         Image.fromarray(np.ascontiguousarray(rgba[..., :3])).save(path, format="PNG", compress_level=6)
     finally:
         fig.set_dpi(DPI)
+    kind = _VECTOR.get()
+    if kind is not None:
+        # No dates in the file: the same figure gives the same bytes (vector backends write a creation date).
+        meta = {"Date": None} if kind == "svg" else {"CreationDate": None}
+        fig.savefig(path.with_suffix(f".{kind}"), format=kind, dpi=DPI, metadata=meta)
     return path
 
 
@@ -164,12 +203,30 @@ def png_info(path: Path) -> tuple[int, int, int, int]:
 
 
 def fmt(x: float | None, digits: int = 4) -> str:
-    """Compact number for captions and tables; ``n/a`` for None or non-finite."""
+    """Compact number for captions and tables, ``digits`` significant digits; ``n/a`` for None or non-finite.
+
+    A nonzero value never prints as 0: below 1 the decimals grow with the magnitude (``fmt(0.0017, 2)`` is
+    ``0.0017``; a fixed number of decimals printed it as 0), below 1e-3 and from 1e5 on it is in exponent form.
+
+    Args:
+        x: The number (or None).
+        digits: Significant digits (at least 1).
+
+    Returns:
+        The text.
+
+    """
     if x is None or not math.isfinite(x):
         return "n/a"
-    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
+    digits = max(1, int(digits))
+    if x == 0:
+        return "0"
+    if abs(x) < 1e-3 or abs(x) >= 1e5:
         return f"{x:.{digits - 1}e}"
-    return f"{x:.{digits}g}" if abs(x) >= 1 else f"{x:.{digits}f}".rstrip("0").rstrip(".")
+    if abs(x) >= 1:
+        return f"{x:.{digits}g}"
+    decimals = digits - 1 - math.floor(math.log10(abs(x)))  # significant digits, not decimals, below 1
+    return f"{x:.{decimals}f}".rstrip("0").rstrip(".")
 
 
 def layer_colors(n: int) -> list[Any]:

@@ -38,7 +38,8 @@ from lca_cli.reporting.figures_sync import draw_sync
 from lca_cli.reporting.gather import ReportData, gather_report, gather_sets
 from lca_cli.reporting.html import ReportResult, View, output_folders, report_page, sync_table
 from lca_cli.reporting.numbers import report_numbers
-from lca_cli.reporting.plots import STYLE, require_matplotlib
+from lca_cli.reporting.plots import STYLE, require_matplotlib, vector_figures
+from lca_cli.store import LcaStore
 
 __all__ = ["TITLES", "VIEWS", "write_report"]
 
@@ -60,6 +61,27 @@ TITLES = {
 }
 #: The views' keys, in page order.
 VIEWS = tuple(TITLES)
+
+
+def _not_drawn(store: LcaStore, key: str) -> str:
+    """Why view ``key`` does not apply to this store (the note shown in its place)."""
+    match key:
+        case "heatmaps":
+            return "no layer was asked for (heatmap_layers=0)."
+        case "input_maps":
+            if not store.columns.full:
+                return "the store's columns are not one per parameter (--granularity), so there are no pixels."
+            layout = store.layout
+            name, idx = layout.layers()[0]
+            shapes = ", ".join(f"{layout.params[i].name} {tuple(layout.params[i].shape)}" for i in idx)
+            return (
+                f"the first layer ({name}: {shapes}) does not read a flattened image (a fully connected weight "
+                "over c x s x s inputs, s >= 8); a convolution's kernels are shared over every position, so "
+                "they have no pixel of their own to map."
+            )
+        case "trajectories":
+            return "no parameter moved the loss in the window, so there is none to follow."
+    return "it does not apply to this store."
 
 
 def _view(key: str, pdir: Path, r: ReportData) -> View | None:
@@ -100,7 +122,7 @@ def _view(key: str, pdir: Path, r: ReportData) -> View | None:
             png, caption, extra = draw_sync(pdir, d), captions.sync_caption(r), sync_table(d)
         case _:
             raise ValueError(f"unknown view {key!r}")
-    return View(key, TITLES[key], png, caption, extra)
+    return View(key, TITLES[key], png, caption, extra, number=VIEWS.index(key) + 1)
 
 
 def write_report(
@@ -114,8 +136,9 @@ def write_report(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     views: Sequence[str] | None = None,
+    figures: str = "png",
 ) -> ReportResult:
-    """Write the HTML report of a store (and its figures as PNG files).
+    """Write the HTML report of a store (and its figures as PNG files, with vector copies if asked).
 
     Args:
         store_path: The lca store.
@@ -128,7 +151,8 @@ def write_report(
         seed: Seed of the random parameters and of the synchronisation baselines.
         progress: Called with one-line messages while working.
         views: Keys of the views to draw (:data:`VIEWS`; default all). The numbers are computed in full
-            either way; views that do not apply (input maps of a net that does not read images) are skipped.
+            either way; a view that does not apply (input maps of a conv net) keeps its number with a note why.
+        figures: ``png`` (default), or ``svg`` / ``pdf``: also a vector copy of every figure beside its PNG.
 
     Returns:
         The paths written and the headline numbers.
@@ -140,6 +164,8 @@ def write_report(
 
     """
     mpl = require_matplotlib()
+    with vector_figures(figures):  # checks the format before any work
+        pass
     only = None if views is None else set(views)
     if only is not None and only - set(VIEWS):
         raise UsageError(f"--view {sorted(only - set(VIEWS))[0]}: expected one of {', '.join(VIEWS)}")
@@ -156,14 +182,15 @@ def write_report(
     report = gather_report(store, summaries, notes, heatmap_layers=heatmap_layers, seed=seed, progress=say)
     numbers = report_numbers(store, report)
     drawn: list[View] = []
-    with mpl.rc_context(STYLE):
+    with mpl.rc_context(STYLE), vector_figures(figures):
         say("drawing")
-        for key in VIEWS:
+        for number, key in enumerate(VIEWS, 1):
             if only is None or key in only:
                 view = _view(key, pdir, report)
-                if view is not None:
-                    drawn.append(view)
+                drawn.append(view or View(key, TITLES[key], None, _not_drawn(store, key), number=number))
     numbers["seconds"] = round(time.perf_counter() - t_start, 3)
     out.write_text(report_page(store, report, numbers, drawn), encoding="utf-8")
-    say(f"wrote {out} ({len(drawn)} figures in {pdir})")
-    return ReportResult(out, [v.png for v in drawn], numbers)
+    pngs = [v.png for v in drawn if v.png is not None]
+    vectors = [p.with_suffix(f".{figures}") for p in pngs] if figures != "png" else []
+    say(f"wrote {out} ({len(pngs)} figures in {pdir}{f', each also as {figures}' if vectors else ''})")
+    return ReportResult(out, pngs, numbers, vectors)

@@ -31,6 +31,9 @@ _D = TypeVar("_D", bound=Named)
 def pct(x: float | None, digits: int = 1) -> str:
     """``x`` as a percentage with ``digits`` decimals (``0.123`` -> ``12.3%``); ``n/a`` for None or non-finite.
 
+    A nonzero share too small for ``digits`` decimals gets one significant digit (``0.00002`` -> ``0.002%``),
+    never ``0.0%``.
+
     Args:
         x: A share in ``[0, 1]`` (or None).
         digits: Decimals shown.
@@ -39,7 +42,12 @@ def pct(x: float | None, digits: int = 1) -> str:
         The percentage text.
 
     """
-    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.{digits}f}%"
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    v = 100 * x
+    if v != 0 and abs(v) < 0.5 * 10.0**-digits:  # would print as 0.0%: show one significant digit instead
+        return f"{v:.{max(digits, -math.floor(math.log10(abs(v))))}f}%"
+    return f"{v:.{digits}f}%"
 
 
 def set_title(name: str) -> str:
