@@ -168,6 +168,13 @@ def test_the_disagreement_list_is_computed_from_the_verdicts(tmp_path: Path) -> 
     assert "all entries, |LCA| ≤ 1e-10 counted as zero" in where and "`net`, all entries:" not in where
     table = text.split("### Where")[0]
     assert "\\|LCA\\| ≤ 1e-10" in table  # a pipe inside a table cell is escaped
+    assert "Not tested" not in text
+    # a run without a test is said to be untested, not counted as a disagreement
+    found.sync = {"lenet": {}}
+    found.sync_checks = {"lenet": sync_windows(sync_analysis(["a", "b"], _spiky(100, [10, 50]), n_shuffles=50))}
+    text = "\n".join(verdicts_section(found))
+    assert "`lenet`" not in text.split("### Where")[1].split("Not tested")[0]
+    assert "Not tested (no verdict either way): 3 synchronisation, `lenet`: no test" in text
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])

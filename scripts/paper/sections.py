@@ -430,14 +430,21 @@ def verdicts_section(found: Findings) -> list[str]:
         lines.append(
             f"| {sec}: {_esc(x.claim)} | {run} | {verdict_word(x.verdict)} | {_esc(x.convention)} | {_esc(x.summary)} |"
         )
-    bad = [r for r in rows if r[2].verdict != "agrees"]
+    bad = [r for r in rows if r[2].verdict in ("partly", "disagrees")]
+    untested = [r for r in rows if r[2].verdict not in ("agrees", "partly", "disagrees")]
     lines.append("\n### Where this disagrees with the paper\n")
     if not bad:
-        lines.append("Every verdict above agrees with the paper.\n")
+        lines.append("No verdict above is *partly* or *disagrees*.\n")
     rules: dict[str, str] = {}
     for sec, run, x in bad:
         rules.setdefault(sec, x.rule)
         lines.append(f"- **{sec}**, `{run}`, {x.convention}: {verdict_word(x.verdict)}: {x.summary}.")
     if rules:
         lines.append("\nRules: " + " ".join(f"*{sec}*: {rule}." for sec, rule in rules.items()) + "\n")
+    if untested:
+        lines.append(
+            "Not tested (no verdict either way): "
+            + "; ".join(f"{sec}, `{run}`: {x.summary}" for sec, run, x in untested)
+            + ".\n"
+        )
     return lines
