@@ -200,16 +200,20 @@ def resnet_experiments(mode: str) -> list[Experiment]:
         mode: A non-smoke mode.
 
     Returns:
-        The ``resnet20_standin`` experiment and its twin with the last layer ``fc`` frozen at initialisation.
+        The ``resnet20_standin`` experiment and (not in ``quick``) its twin with the last layer ``fc`` frozen at
+        initialisation.
 
     """
     resnet = SIZES[mode]["resnet"]
     data = "CIFAR-10 STAND-IN: Fashion-MNIST zero-padded to 32x32, 3 channels (not CIFAR-10)"
     out = []
-    for key, cfg_name, what, roles in (
+    variants = [
         ("resnet20_standin", "resnet20_standin", "", ("noise", "layers", "sync")),
         ("resnet20_standin_frozen", "resnet20_standin_freeze_last", ", fc frozen at init", ("freeze_resnet",)),
-    ):
+    ]
+    if mode == "quick":  # CI's paper run: the twin would double its costliest part (minutes of ResNet LCA)
+        variants = variants[:1]
+    for key, cfg_name, what, roles in variants:
         cfg, n = from_config(cfg_name, eval_limit=resnet[0], iterations=resnet[1], batch_size=resnet[2], lr=resnet[3])
         out.append(
             Experiment(

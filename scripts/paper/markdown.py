@@ -201,7 +201,7 @@ def modes_section() -> list[str]:
         "`python scripts/reproduce_paper.py --cpu-scale --threads 1 --work W --reuse --only KEY1,KEY2` per "
         "process, then `python scripts/reproduce_paper.py --cpu-scale --threads 1 --work W --reuse` for the page.\n"
         "- `--quick` (CI, a few minutes): FC nets 150 iterations on 1,000 samples; LeNet 40, ResNet-20 stand-in "
-        "16; n ≤ 8 and residual tolerance 1e-4 + 1e-2 |ΔL| only; 1,000 shuffles.\n"
+        "16 (without its frozen twin); n ≤ 8 and residual tolerance 1e-4 + 1e-2 |ΔL| only; 1,000 shuffles.\n"
         "- `--full` (a GPU): FC nets 800 iterations, LeNet 400 on 4,000 samples, ResNet-20 stand-in 600 on "
         "2,000, the tool's default refinement. For real CIFAR-10 use `configs/cifar10_resnet20.toml` by hand.\n"
         "- `--smoke`: synthetic data, seconds; used by `tests/test_reproduce.py`.\n"
