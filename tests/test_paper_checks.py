@@ -19,9 +19,9 @@ if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 
 from paper.checks import FLOORS, floor_check, layer_check, noise_verdicts, seed_noise, seed_spread, sync_windows  # noqa: E402
-from paper.findings import Findings  # noqa: E402
+from paper.findings import Findings, sync_finding  # noqa: E402
 from paper.fmt import f, pct  # noqa: E402
-from paper.sections import page_verdicts, verdicts_section  # noqa: E402
+from paper.sections import page_verdicts, sync_section, verdicts_section  # noqa: E402
 
 
 def _store(path: Path, lca: np.ndarray, shapes: list[tuple[str, tuple[int, ...]]]) -> LcaStore:
@@ -186,3 +186,20 @@ def test_numbers_never_print_a_nonzero_value_as_zero(sign: float) -> None:
                 assert float(f(x, digits)) != 0.0, (x, digits)
             assert pct(x / 100) not in ("0.0%", "-0.0%"), x
     assert f(0.0) == "0.000" and f(float("nan")) == "n/a" and pct(float("nan")) == "n/a"
+
+
+def test_sync_over_seeds_gives_mean_sd_and_n_of_the_active_window() -> None:
+    names = ["l1", "l2", "l3", "l4"]
+    found = Findings("smoke", [], {}, {}, {}, {})
+    for key, seed in (("fc_mnist", 0), ("fc_mnist_s1", 1)):
+        s = sync_finding({"names": names, "series": _spiky(400, list(range(10, 400, 25)), seed=seed)}, 200)
+        found.sync_checks[key] = sync_windows(s["analysis"])
+        if seed == 0:
+            found.sync[key] = s
+    found.seeds = {"keys": ["fc_mnist", "fc_mnist_s1"], "sync": found.sync_checks}
+    text = "\n".join(sync_section(found))
+    line = next(x for x in text.splitlines() if x.startswith("- Seeds of the FC MNIST net"))
+    obs = [found.sync_checks[k]["active"].raw.observed for k in ("fc_mnist", "fc_mnist_s1")]
+    assert f"observed {seed_spread(obs).text(pct=False)}" in line and "(n = 2)" in line
+    verdicts = [found.sync_checks[k]["verdict"].verdict for k in ("fc_mnist", "fc_mnist_s1")]
+    assert f"({verdicts.count('agrees')} of 2 agree)" in line
