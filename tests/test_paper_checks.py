@@ -21,6 +21,7 @@ if str(SCRIPTS) not in sys.path:
 from paper.checks import FLOORS, floor_check, layer_check, noise_verdicts, seed_noise, seed_spread, sync_windows  # noqa: E402
 from paper.findings import Findings, sync_finding  # noqa: E402
 from paper.fmt import f, pct  # noqa: E402
+from paper.markdown import accuracy_verdict  # noqa: E402
 from paper.sections import page_verdicts, sync_section, verdicts_section  # noqa: E402
 
 
@@ -203,3 +204,12 @@ def test_sync_over_seeds_gives_mean_sd_and_n_of_the_active_window() -> None:
     assert f"observed {seed_spread(obs).text(pct=False)}" in line and "(n = 2)" in line
     verdicts = [found.sync_checks[k]["verdict"].verdict for k in ("fc_mnist", "fc_mnist_s1")]
     assert f"({verdicts.count('agrees')} of 2 agree)" in line
+
+
+@pytest.mark.parametrize(
+    ("first_order", "simpson", "verdict"),
+    [(0.30, 0.01, "agrees"), (0.05, 0.005, "partly"), (0.30, 0.10, "disagrees"), (0.01, 0.001, "disagrees")],
+)
+def test_method_accuracy_verdict_follows_its_rule(first_order: float, simpson: float, verdict: str) -> None:
+    x = accuracy_verdict([{"rel_l1": first_order}, {"rel_l1": simpson}])
+    assert x.verdict == verdict and x.measured == {"first_order": first_order, "simpson": simpson}

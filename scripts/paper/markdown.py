@@ -10,12 +10,15 @@ import datetime as _dt
 import os
 import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from lca_cli.analysis.verdicts import AGREES, DISAGREES, PARTLY, Finding, Verdict
+
 from .experiments import NETWORK_DTYPE, Mode, tol_text
 from .findings import Findings
-from .fmt import f, pct
+from .fmt import f, pct, verdict_word
 from .runs import command_line
 from .sections import freeze_section, layers_section, noise_section, sync_section, verdicts_section
 
@@ -166,24 +169,35 @@ def accuracy_section(found: Findings) -> list[str]:
                 f"| {row['method']} | {f(row['rel_l1'])} | {f(row['conservation'])} | "
                 f"{f(row['max_rel_residual'])} | {row['mean_splits']:.1f} | {row['seconds']:.1f} |"
             )
-        e = acc["table"][0]
-        simpson = acc["table"][1]
-        much_better = simpson["rel_l1"] < e["rel_l1"] / 5
-        verdict = (
-            "Agrees"
-            if e["rel_l1"] >= 0.1 and much_better
-            else "Partly agrees"
-            if much_better and e["rel_l1"] > 0.02
-            else "Does not reproduce"
-        )
+        x = accuracy_verdict(acc["table"])
+        acc["verdict"] = x
+        e, simpson = acc["table"][0], acc["table"][1]
         w(
-            f"\n**{verdict}.** First order is {pct(e['rel_l1'])} off the reference per parameter (the method "
-            f"note says tens of percent) and misses {pct(e['conservation'])} of the loss change; plain Simpson "
-            f"is {pct(simpson['rel_l1'])} off, and the default adaptive refinement "
-            f"{pct(acc['table'][-2]['rel_l1'])}. The reference row is 0 against itself by construction; its "
-            "conservation error shows how close even 32 intervals get on this ReLU net.\n"
+            f"\n{verdict_word(x.verdict)} ({x.rule}). First order is {pct(e['rel_l1'])} off the reference per "
+            f"parameter and misses {pct(e['conservation'])} of the loss change; plain Simpson is "
+            f"{pct(simpson['rel_l1'])} off, and the default adaptive refinement {pct(acc['table'][-2]['rel_l1'])}. "
+            "The reference row is 0 against itself by construction; its conservation error shows how close even "
+            "32 intervals get on this net.\n"
         )
     return lines
+
+
+#: The method note's claim and the rule finding 4 is judged by.
+ACCURACY_CLAIM = "a first-order approximation is badly wrong (tens of percent); Simpson is far closer"
+ACCURACY_RULE = (
+    "agrees when first order is at least 10% off the reference and plain Simpson at least 5 times closer; partly "
+    "when Simpson is 5 times closer and first order more than 2% off; else disagrees"
+)
+
+
+def accuracy_verdict(table: list[dict[str, Any]]) -> Finding:
+    """Finding 4's verdict by :data:`ACCURACY_RULE` from the first two rows (first order, plain Simpson)."""
+    e, simpson = table[0]["rel_l1"], table[1]["rel_l1"]
+    much_better = simpson < e / 5
+    verdict: Verdict = AGREES if e >= 0.1 and much_better else PARTLY if much_better and e > 0.02 else DISAGREES
+    summary = f"relative L1 error vs the float64 reference: first order {pct(e)}, plain Simpson {pct(simpson)}"
+    measured = {"first_order": e, "simpson": simpson}
+    return Finding(ACCURACY_CLAIM, verdict, measured, "per-parameter LCA, all entries", ACCURACY_RULE, summary, "train")
 
 
 def modes_section() -> list[str]:

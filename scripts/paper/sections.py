@@ -411,6 +411,8 @@ def page_verdicts(found: Findings) -> list[tuple[str, str, Finding]]:
         rows.append(("3 synchronisation", k, found.sync_checks[k]["verdict"]))
     if found.seeds:
         rows += [("3 synchronisation", k, found.seeds["sync"][k]["verdict"]) for k in found.seeds["keys"][1:]]
+    if found.accuracy is not None and "verdict" in found.accuracy:
+        rows.append(("4 method accuracy", "fc_mnist", found.accuracy["verdict"]))
     return rows
 
 
