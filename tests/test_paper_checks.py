@@ -213,3 +213,33 @@ def test_sync_over_seeds_gives_mean_sd_and_n_of_the_active_window() -> None:
 def test_method_accuracy_verdict_follows_its_rule(first_order: float, simpson: float, verdict: str) -> None:
     x = accuracy_verdict([{"rel_l1": first_order}, {"rel_l1": simpson}])
     assert x.verdict == verdict and x.measured == {"first_order": first_order, "simpson": simpson}
+
+
+@pytest.mark.slow
+def test_a_run_stopped_after_training_is_completed_not_retrained(tmp_path: Path) -> None:
+    from paper.experiments import experiments
+    from paper.runs import run_experiment
+
+    exp = next(e for e in experiments("smoke") if e.key == "fc_mnist")
+    logged: list[str] = []
+    first = run_experiment(exp, tmp_path, "cpu", logged.append, reuse=True)
+    run_dir = first.run_dir
+    assert (run_dir / "train.json").is_file() and not first.resumed
+    full = np.concatenate([r for _, r in LcaStore.open(first.store).iter_lca("train")])
+    # A process stopped while computing: no run.json, the second half of the rows not done.
+    (run_dir / "run.json").unlink()
+    store = LcaStore.open(first.store, "r+")
+    n = store.n_pairs
+    for s in store.sets:
+        store.array(s, "done")[n // 2 :] = False
+    ckpt = run_dir / "step_00000000.safetensors"
+    mtime = ckpt.stat().st_mtime_ns
+    again = run_experiment(exp, tmp_path, "cpu", logged.append, reuse=True)
+    assert again.resumed and ckpt.stat().st_mtime_ns == mtime  # not trained again
+    assert any("completing its store" in line for line in logged)
+    assert LcaStore.open(again.store).done().all()
+    np.testing.assert_array_equal(np.concatenate([r for _, r in LcaStore.open(again.store).iter_lca("train")]), full)
+    assert '"resumed": true' in (run_dir / "run.json").read_text()
+    # Without --reuse a run is trained afresh whatever is there.
+    fresh = run_experiment(exp, tmp_path, "cpu", logged.append, reuse=False)
+    assert not fresh.resumed and ckpt.stat().st_mtime_ns != mtime

@@ -75,12 +75,21 @@ def header_section(found: Findings, mode: Mode, device: str, total_s: float) -> 
             + "."
         )
     w(f"- **Date:** {date}. **Hardware:** {hardware()}. **Device used:** {device}.")
-    run_total = sum(r.train_s + r.compute_s for r in runs.values())
-    own = total_s - sum(r.train_s + r.compute_s for r in runs.values() if not r.reused)
+    # a resumed run's training time may be unknown (NaN) and its LCA time is the last process's part only
+    run_total = sum(_known(r.train_s) + r.compute_s for r in runs.values())
+    own = total_s - sum(_known(r.train_s) + r.compute_s for r in runs.values() if not r.reused)
+    resumed = [k for k, r in runs.items() if r.resumed]
     w(
         f"- **Time:** {run_total / 60:.0f} min of training and LCA over all runs (per run in the Setup table; "
         f"measured when each run was made, on a machine shared with other jobs), and {own / 60:.1f} min for "
-        "this page's own work (the method-accuracy runs unless reused, analysis, figures).\n"
+        "this page's own work (the method-accuracy runs unless reused, analysis, figures)"
+        + (
+            f"; {', '.join(resumed)} resumed after a stopped process, whose time before it stopped is not "
+            "included (the Setup table marks them)"
+            if resumed
+            else ""
+        )
+        + ".\n"
     )
     if mode.name == "quick":
         w(
@@ -116,10 +125,11 @@ def setup_section(found: Findings) -> list[str]:
         tr = r.exp.config.train
         lay = layers[k]
         sets = ", ".join(r.exp.config.data)
+        lca_s = f"{r.compute_s:.0f}" + ("+ (resumed)" if r.resumed else "")
         w(
             f"| {k} | {r.exp.network} | {r.exp.data} | `{r.exp.source}` | {tr['iterations']} | "
             f"{tr.get('batch_size', 250)} | {tr.get('lr')} | {r.exp.eval_size} ({sets}) | "
-            f"{tol_text(r.exp.compute)}, {NETWORK_DTYPE['dtype']} | {r.train_s:.0f} | {r.compute_s:.0f} | "
+            f"{tol_text(r.exp.compute)}, {NETWORK_DTYPE['dtype']} | {_secs(r.train_s)} | {lca_s} | "
             f"{lay['loss0']:.3f} -> {lay['loss_end']:.3f} | {r.flagged} | {f(lay['error'])} | "
             f"{f(lay['conservation'])} |"
         )
@@ -223,6 +233,16 @@ def modes_section() -> list[str]:
         "the repository. `--threads 1` is much faster on a CPU shared with other jobs.\n"
     )
     return lines
+
+
+def _known(x: float) -> float:
+    """``x``, or 0 for NaN (a time not recorded)."""
+    return 0.0 if x != x else x
+
+
+def _secs(x: float) -> str:
+    """Whole seconds, or ``n/a`` when not recorded (NaN)."""
+    return "n/a" if x != x else f"{x:.0f}"
 
 
 def hardware() -> str:
