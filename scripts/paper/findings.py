@@ -3,11 +3,12 @@
 1. noise: helped / zero / hurt shares of all parameters per iteration, the helped fraction without zeros,
    per-parameter fractions and the concentration of learning;
 2. layers that hurt: per-layer totals against the run's integration error, when each layer learned, and the
-   freeze-the-last-layer experiment on the FC net (over several seeds);
+   freeze-the-last-layer experiments (the FC net over several seeds, the ResNet-20 stand-in);
 3. synchronisation of per-layer learning peaks against circular shifts and a step-size-controlled baseline;
 4. method accuracy: first order, Simpson and adaptive Simpson against a float64 32-interval reference.
 
-Each finding is a plain dict of numbers (finding 4's is saved as JSON for ``--reuse``).
+Each finding is a plain dict of numbers (finding 4's is saved as JSON for ``--reuse``); the verdicts and the
+checks a reader makes on them (conventions, noise floor, seeds, transient, windows) are in ``checks``.
 """
 
 from __future__ import annotations
