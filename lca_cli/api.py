@@ -268,6 +268,36 @@ class Group:
                 concentration=concentration, min_abs=min_abs,
             )  # fmt: skip
 
+    def compare(
+        self,
+        other: Group,
+        by: str = "layer",
+        steps: Steps = None,
+        set: str | None = None,  # the CLI's --set
+        *,
+        labels: tuple[str, str] = ("A", "B"),
+        min_abs: float | None = None,
+    ) -> dict[str, Any]:
+        """Compare with ``other``: per row and statistic, this group's (A) and its (B) mean / sd / n, and B − A ± se.
+
+        The numbers of one set of ``lca report A1 A2 --vs B1 B2``'s page
+        (:func:`lca_cli.analysis.groups.compare_groups`; the rule is its ``difference_rule``).
+
+        Returns:
+            ``{"labels", "stores", "set", "by", "difference_rule", "sd_rule", "stats", "rows"}``.
+
+        Raises:
+            UsageError: Groups whose layers or sets differ, or a bad option.
+
+        """
+        from lca_cli.analysis.groups import check_comparable, compare_groups
+
+        with _speaking_arguments():
+            check_comparable([self.stores[0].lca_store, other.stores[0].lca_store], layers_only=True)
+            a = self.summarize(by=by, steps=steps, set=set, min_abs=min_abs)
+            b = other.summarize(by=by, steps=steps, set=set, min_abs=min_abs)
+            return compare_groups(a, b, labels)
+
 
 def open_group(paths: Sequence[StoreLike]) -> Group:
     """Open several stores of one condition (seeds of one configuration) as a group.
@@ -350,10 +380,15 @@ def report(
     png_dir: str | Path | None = None,
     views: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    vs: Sequence[StoreLike] | None = None,
+    min_abs: float | None = None,
+    figures: str = "png",
 ) -> ReportResult:
     """Write a self-contained HTML report (and PNG figures) of one store, or compare two (``[a, b]``).
 
-    Needs matplotlib (``pip install 'lca-cli[report]'``).
+    With ``vs``, compare two seed groups instead (``lca report A1 A2 A3 --vs B1 B2 B3``): ``store`` is group A
+    (one store or a list), ``vs`` group B; per layer and set, each group's mean / sd / n and B − A with its
+    standard error. Needs matplotlib (``pip install 'lca-cli[report]'``).
 
     Args:
         store: One store, or a list of two to compare side by side.
@@ -364,12 +399,17 @@ def report(
         png_dir: Where the PNG figures go (default ``<out stem>_files/``).
         views: Draw only these views of a one-store report (``loss``, ``composition``, ...; default all).
         progress: Called with one-line progress messages.
+        vs: Group B of a group comparison (``--vs``).
+        min_abs: A noise floor for the helped / hurt counts (``--min-abs``; :mod:`lca_cli.analysis.floor`).
+        figures: ``png`` (default), or ``svg`` / ``pdf``: also a vector copy of every figure beside its PNG
+            (``.vectors``).
 
     Returns:
         The page written (``.html``), its figures (``.pngs``) and headline numbers (``.numbers``).
 
     Raises:
-        UsageError: More than two stores, labels not one per store, views with a comparison, a bad window.
+        UsageError: More than two stores without ``vs``, labels not one per store (group), views with a
+            comparison, stores of a group comparison that are not comparable, a bad window.
         LcaError: If matplotlib is not installed.
 
     """
@@ -377,8 +417,23 @@ def report(
         window = _window(steps)
         stores: list[StoreLike] = list(store) if isinstance(store, list | tuple) else [store]  # type: ignore[list-item]
         paths = [s.path if isinstance(s, Store) else Path(s) for s in stores]
+        if vs is not None:
+            if views:
+                raise UsageError("--view applies to the report of one store, not to a comparison")
+            from lca_cli.reporting.groups import write_group_comparison
+            from lca_cli.reporting.plots import vector_figures
+
+            with vector_figures(figures):
+                return write_group_comparison(
+                    paths, [s.path if isinstance(s, Store) else Path(s) for s in vs], out, labels=labels,
+                    set_names=[sets] if isinstance(sets, str) else sets, steps=window, png_dir=png_dir,
+                    progress=progress, min_abs=min_abs,
+                )  # fmt: skip
         if not paths or len(paths) > 2:
-            raise UsageError(f"lca report takes one store, or two to compare (got {len(paths)})")
+            raise UsageError(
+                f"lca report takes one store, or two to compare (got {len(paths)}); for seed groups give "
+                "group B with --vs, as in `lca report A1 A2 A3 --vs B1 B2 B3`"
+            )
         if labels and len(labels) != len(paths):
             raise UsageError(f"--label: give one per store ({len(paths)}), got {len(labels)}")
         if views and len(paths) == 2:
@@ -386,16 +441,18 @@ def report(
         set_names = [sets] if isinstance(sets, str) else (list(sets) if sets else None)
         if len(paths) == 2:
             from lca_cli.reporting.compare import write_comparison
+            from lca_cli.reporting.plots import vector_figures
 
-            return write_comparison(
-                paths[0], paths[1], out, labels=list(labels) if labels else None, set_names=set_names,
-                steps=(window.start, window.stop), png_dir=png_dir, progress=progress,
-            )  # fmt: skip
+            with vector_figures(figures):
+                return write_comparison(
+                    paths[0], paths[1], out, labels=list(labels) if labels else None, set_names=set_names,
+                    steps=(window.start, window.stop), png_dir=png_dir, progress=progress, min_abs=min_abs,
+                )  # fmt: skip
         from lca_cli.reporting.report import write_report
 
         return write_report(
             paths[0], out, set_names=set_names, steps=(window.start, window.stop), png_dir=png_dir,
-            progress=progress, views=list(views) if views else None,
+            progress=progress, views=list(views) if views else None, min_abs=min_abs, figures=figures,
         )  # fmt: skip
 
 

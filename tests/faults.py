@@ -120,7 +120,12 @@ def count_writes(fn: Callable[[], Any], log: Path) -> list[tuple[str, str]]:
     return [tuple(json.loads(line)) for line in log.read_text().splitlines()]  # type: ignore[misc]
 
 
-def tree(root: Path, skip_root_attrs: tuple[str, ...] = ("created", "updated", "device")) -> dict[str, bytes]:
+#: Root attributes that say when, where and in which calls a store was computed, not what it holds: they may differ
+#: between stores with the same rows (``l1_scale_calls`` lists the rows each call computed).
+CIRCUMSTANCE_ATTRS = ("created", "updated", "device", "l1_scale_calls")
+
+
+def tree(root: Path, skip_root_attrs: tuple[str, ...] = CIRCUMSTANCE_ATTRS) -> dict[str, bytes]:
     """Every file under ``root`` by relative path with its bytes; the root's ``zarr.json`` without the
     attributes that record when and where (they differ between two runs that store the same rows)."""
     out = {}
@@ -136,9 +141,9 @@ def tree(root: Path, skip_root_attrs: tuple[str, ...] = ("created", "updated", "
     return out
 
 
-def assert_same_tree(a: Path, b: Path, skip_root_attrs: tuple[str, ...] = ("created", "updated", "device")) -> None:
+def assert_same_tree(a: Path, b: Path, skip_root_attrs: tuple[str, ...] = CIRCUMSTANCE_ATTRS) -> None:
     """Two stores hold the same files with the same bytes (bit-identical rows and metadata); the root
-    attributes ``skip_root_attrs`` may differ (when and where it was computed)."""
+    attributes ``skip_root_attrs`` may differ (when and where it was computed, by which calls)."""
     ta, tb = tree(a, skip_root_attrs), tree(b, skip_root_attrs)
     assert sorted(ta) == sorted(tb), sorted(set(ta) ^ set(tb))
     for k in ta:

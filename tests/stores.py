@@ -30,10 +30,14 @@ def make_store(
     step_size: int = 2,
     residual_scale: float = 1e-8,
     shapes: list[tuple[str, tuple[int, ...]]] | None = None,
+    values: np.ndarray | None = None,
+    dtype: str | None = None,
 ) -> tuple[LcaStore, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """A store with random LCA rows, consistent small arrays, exact zeros in column 0.
 
-    ``residual_scale`` sets the size of the per-pair residuals (the integration error).
+    ``residual_scale`` sets the size of the per-pair residuals (the integration error). ``values``: ``(n_pairs,
+    P)`` LCA rows to store in every set instead of random ones (a constructed store whose answers are known);
+    ``dtype``: the run's dtype recorded in the store's evaluation details.
     Returns the store, the full ``lca`` per set and the loss per set.
     """
     layout = Layout.from_shapes(SHAPES if shapes is None else shapes)
@@ -43,7 +47,8 @@ def make_store(
         layout=layout,
         sets=sets,
         steps=steps,
-        attrs={"method": "rk4", "tolerance": 1e-7, "rtol": 1e-4, "max_splits": 32},
+        attrs={"method": "rk4", "tolerance": 1e-7, "rtol": 1e-4, "max_splits": 32}
+        | ({"evaluation": {"dtype": dtype}} if dtype else {}),
         rows_per_chunk=rows_per_chunk,
     )
     rng = np.random.default_rng(seed)
@@ -53,6 +58,8 @@ def make_store(
         lca = (rng.normal(size=(n_pairs, layout.size)) * 1e-3 - 1e-4 * (si + 1)).astype(np.float32)
         lca[:, 0] = 0.0  # a parameter that never moves the loss
         lca[3, 5] = 0.0
+        if values is not None:
+            lca = np.asarray(values, dtype=np.float32).copy()
         res = rng.normal(size=n_pairs) * residual_scale
         buf = np.zeros(n_pairs)
         loss = np.empty(n_pairs + 1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,16 +106,25 @@ def _first_difference(a: Sequence[Any], b: Sequence[Any]) -> str:
 
 
 def check_comparable(stores: Sequence[LcaStore], layers_only: bool = False) -> None:
-    """Refuse stores that are not one experiment's seeds: other tensors (names, shapes) or other evaluation sets.
+    """Refuse stores that are not one experiment's seeds: the same store twice, other tensors or evaluation sets.
 
     Args:
         stores: The stores (the first is the reference).
         layers_only: Compare layer names instead of tensors (two groups compared: a frozen layer keeps its name).
 
     Raises:
-        UsageError: Naming the first store that differs from the first one, and how.
+        UsageError: Naming the first store that differs from the first one, and how, or a store given twice.
 
     """
+    seen: set[Path] = set()
+    for s in stores:
+        where = Path(s.path).resolve()
+        if where in seen:
+            raise UsageError(
+                f"{s.path} is given twice; the stores of a group must be distinct runs (a store counted twice "
+                "would shrink the group's sd)"
+            )
+        seen.add(where)
     ref = stores[0]
     for s in stores[1:]:
         if layers_only:

@@ -15,6 +15,7 @@ import numpy as np
 
 __all__ = [
     "ACTIVE_SHARE",
+    "FEW_COINCIDENCES",
     "MIN_SYNC_LAYERS",
     "MIN_SYNC_PEAKS",
     "PEAK_K_SD",
@@ -24,6 +25,7 @@ __all__ = [
     "SyncAnalysis",
     "SyncResult",
     "active_window",
+    "coinciding_iterations",
     "detect_peaks",
     "peak_overlap",
     "step_size_controlled",
@@ -49,6 +51,9 @@ MIN_SYNC_PEAKS = 3
 #: peaks cluster early in training, and shifts over the whole run would spread them over quiet iterations
 #: where no peak could be, making any coincidence look significant.
 ACTIVE_SHARE = 0.95
+#: A synchronisation result resting on fewer iterations than this on which two or more layers peak together is
+#: fragile: a handful of shared peaks can make p small, and the page says so.
+FEW_COINCIDENCES = 10
 
 
 def detect_peaks(x: np.ndarray, k_sd: float = 1.0, window: int | None = None, min_size: float = 0.0) -> np.ndarray:
@@ -319,6 +324,25 @@ def active_window(peaks: Sequence[np.ndarray], n: int, share: float = ACTIVE_SHA
     widths = pooled[need - 1 :] - pooled[: pooled.size - need + 1]
     i = int(np.argmin(widths))
     return int(pooled[i]), int(pooled[i + need - 1]) + 1
+
+
+def coinciding_iterations(peaks: Sequence[np.ndarray], span: tuple[int, int]) -> int:
+    """Iterations in ``[first, stop)`` on which two or more layers peak (what a synchronisation result rests on).
+
+    Args:
+        peaks: Peak indices per layer.
+        span: ``(first, stop)`` window.
+
+    Returns:
+        The number of such iterations.
+
+    """
+    a, b = int(span[0]), int(span[1])
+    counts = np.zeros(max(b - a, 0), dtype=np.int64)
+    for p in peaks:
+        q = np.asarray(p, dtype=np.int64)
+        counts[q[(q >= a) & (q < b)] - a] += 1
+    return int((counts >= 2).sum())
 
 
 def windowed_synchronisation(

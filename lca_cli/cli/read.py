@@ -110,14 +110,40 @@ def summarize(
         click.echo(render_summary(summary), nl=False)
 
 
+class _GroupsCommand(click.Command):
+    """A command whose ``--vs`` takes every path after it: ``--vs B1 B2 B3`` is ``--vs B1 --vs B2 --vs B3``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Spell ``--vs B1 B2 ...`` as repeated options (the values run up to the next option), then parse."""
+        out: list[str] = []
+        rest = iter(args)
+        vs = False
+        for arg in rest:
+            if arg == "--":  # everything after is positional: leave it alone
+                out += [arg, *rest]
+                break
+            if arg.startswith("-"):
+                vs = arg == "--vs"
+                if vs:
+                    continue
+                out.append(arg)
+            elif vs:
+                out += ["--vs", arg]
+            else:
+                out.append(arg)
+        return super().parse_args(ctx, out)
+
+
 @click.command(
+    cls=_GroupsCommand,
     epilog=epilog(
         "lca report runs/exp1/lca.zarr --out exp1.html",
         "lca report runs/exp1/lca.zarr --out early.html --steps :200 --set train",
         "lca report a.zarr b.zarr --out cmp.html --label normal --label frozen",
+        "lca report a1.zarr a2.zarr a3.zarr --vs b1.zarr b2.zarr b3.zarr --out g.html",
         exit_codes=(0, 1, *READ_EXIT_CODES[1:]),
         notes={1: "matplotlib missing: pip install 'lca-cli[report]'"},
-    )
+    ),
 )
 @click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="HTML page to write.")
@@ -135,6 +161,15 @@ def summarize(
               help="Draw only this view (repeat for several): loss, composition, helped_hist, values, layers, "
               "layer_shares, cumulative, milestones, concentration, heatmaps, input_maps, trajectories, sync "
               "[default: all].")  # fmt: skip
+@click.option("--vs", "vs", multiple=True, type=click.Path(path_type=Path), metavar="B1 B2 ...",
+              help="Compare two seed groups: the STORES (group A) against these stores (group B): per layer "
+              "and set, each group's mean / sd / n and B - A with its standard error.")  # fmt: skip
+@click.option("--min-abs", type=float, metavar="X",
+              help="Noise floor: |LCA| <= X counts as zero in the helped / hurt counts and shares (totals "
+              "unchanged); the numbers add the share of entries below float resolution.")  # fmt: skip
+@click.option("--figures", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True,
+              help="Also write every figure as SVG or PDF beside its PNG (vector figures for a paper); the page "
+              "embeds the PNGs.")  # fmt: skip
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
 def report(
     stores: tuple[Path, ...],
@@ -144,13 +179,18 @@ def report(
     labels: tuple[str, ...],
     png_dir: Path | None,
     views: tuple[str, ...],
+    vs: tuple[Path, ...],
+    min_abs: float | None,
+    figures: str,
     quiet: bool,
 ) -> None:
     """Write a self-contained HTML report (and PNG figures) of one LCA store, or compare two.
 
-    One store: true vs reconstructed loss; helped / zero / hurt shares per iteration with the loss; the
-    helped fraction's histograms; all LCA values on a log scale; per-layer totals with the integration
-    error, helped shares, concentration and when each layer learned; cumulative LCA per layer; neuron x
+    One store: a table of verdicts against the paper (each computed by a stated rule, per set and
+    convention) and the layer totals without the starting transient and per phase; true vs reconstructed
+    loss; helped / zero / hurt shares per iteration with the loss; the helped fraction's histograms; all
+    LCA values on a log scale; per-layer totals with each layer's error estimate, helped shares,
+    concentration and when each layer learned; cumulative LCA per layer; neuron x
     iteration maps (rows sorted, output units by class) and first-layer input maps for image nets;
     single-parameter trajectories; synchronisation of per-layer learning peaks with two baselines. Every
     evaluation set side by side (train beside held-out). Captions are computed from the run ("paper: X;
@@ -159,6 +199,10 @@ def report(
     Two stores (A B): the runs side by side per layer (matched by name; unmatched layers are listed) and
     over time, e.g. normal training vs the last layer frozen. The page needs no network to open. Needs
     matplotlib: pip install 'lca-cli[report]'.
+
+    Seed groups (A1 A2 A3 --vs B1 B2 B3): every store of a group must have the same tensors and sets, and
+    the two groups the same layers and sets; per layer and set, each group's mean, sample sd (ddof = 1) and
+    n, and B - A with its standard error sqrt(sd_A²/n_A + sd_B²/n_B), on every set.
     """
     from lca_cli.analysis.reduce import parse_window
     from lca_cli.api import flag_spelling
@@ -167,7 +211,8 @@ def report(
     with flag_spelling():
         result = write(
             list(stores), out, sets=set_names or None, steps=parse_window(steps), labels=labels or None,
-            png_dir=png_dir, views=views or None, progress=None if quiet else err,
+            png_dir=png_dir, views=views or None, progress=None if quiet else err, vs=list(vs) or None, figures=figures,
+            **({"min_abs": min_abs} if min_abs is not None else {}),
         )  # fmt: skip
     click.echo(str(result.html))
 

@@ -136,8 +136,9 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
             f"{_pct(h['zero_share_mean'])} · hurt {_pct(h['hurt_share_mean'])}"
         )
     if h["helped_fraction_mean"] is not None:
+        excluded = "exact zeros" if h.get("min_abs") is None else f"|lca| <= {h['min_abs']:g}"
         lines.append(
-            f"helped fraction, exact zeros excluded: {h['helped_fraction_mean']:.3f} ± {h['helped_fraction_sd']:.3f}"
+            f"helped fraction, {excluded} excluded: {h['helped_fraction_mean']:.3f} ± {h['helped_fraction_sd']:.3f}"
         )
     if h.get("columns", h["parameters"]) != h["parameters"]:  # --granularity / --params
         lines.append(
@@ -224,7 +225,8 @@ def _group_table(summary: Summary, width: int) -> list[str]:
     # counts behind --by layer and tensor were taken from every parameter when the rows were computed.
     neurons = h.get("granularity") == "neuron"
     counted = "neurons" if neurons and h.get("by") == "neuron" else "parameters"
-    out.append(f"h/0/h %: helped / zero / hurt, % of {counted} x iterations; help≠0: no zeros")
+    zeros = "no zeros" if h.get("min_abs") is None else f"|lca| <= {h['min_abs']:g} excluded"
+    out.append(f"h/0/h %: helped / zero / hurt, % of {counted} x iterations; help≠0: {zeros}")
     if milestones:
         out.append("50/90% at: step by which the group had done 50% / 90% of its net learning")
     if conc:

@@ -84,11 +84,11 @@ class ComputeOptions:
             None: :data:`DEFAULT_L1_TOL` for ``"local"``, 0 (off) for ``"doubling"``.
         l1_scope: What ``l1_tol`` is relative to with ``"local"`` (:data:`L1_SCOPES`): ``"run"`` (default) budgets
             each pair ``l1_tol * max(||lca||_1, S)`` where S, the run's scale, is 0.8 times its mean ``||lca||_1``
-            (estimated once, when the store is created, from a few pairs spread over the run, and recorded in the
-            store; :func:`lca_cli.computation.scale.measure_l1_scales`), so the run as a whole meets ``l1_tol`` and
-            pairs that hardly move are not refined for their own sake; ``"pair"`` holds every pair to ``l1_tol`` of
-            its own row. Resolved to ``"pair"`` where nothing is refined against ``l1_tol`` (``"doubling"``,
-            ``"euler"``, ``max_splits`` 2, ``l1_tol`` 0).
+            (estimated when the store is created, and again as the run grows, from a few pairs spread over the run,
+            and recorded in the store; :func:`lca_cli.computation.scale.survey_run`), so the run as a whole meets
+            ``l1_tol`` and pairs that hardly move are not refined for their own sake; ``"pair"`` holds every pair
+            to ``l1_tol`` of its own row. Resolved to ``"pair"`` where nothing is refined against ``l1_tol``
+            (``"doubling"``, ``"euler"``, ``max_splits`` 2, ``l1_tol`` 0).
         max_splits: Cap on sub-intervals (power of two >= 2); 2 is plain Simpson with no refinement.
         batch_size: Evaluation chunk size (samples per forward pass).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:i"``.

@@ -29,7 +29,7 @@ import torch
 from lca_cli.computation.config import Config, build_model, call_factory, config_loss
 from lca_cli.core.columns import Columns
 from lca_cli.core.evalset import EvalSet, make_chunks
-from lca_cli.core.integrate import Evaluation, PairResult, integrate_pair
+from lca_cli.core.integrate import JUMP_FACTOR, Evaluation, PairResult, integrate_pair
 from lca_cli.core.layout import Layout
 from lca_cli.core.model import interpolated_buffer_names, prepare_model
 from lca_cli.core.objective import Objective
@@ -295,6 +295,8 @@ class PairEngine:
         l1_scales: Per set, the run's scale of ``||lca||_1`` that ``l1_tol`` is also relative to
             (``l1_scope="run"``: :func:`~lca_cli.computation.scale.measure_l1_scales`, read from the store); a set
             absent here: none.
+        first_factors: Per set, the local scheme's first-panel factor calibrated on the run (read from the
+            store, :mod:`lca_cli.computation.scale`); a set absent here: the fixed ``JUMP_FACTOR``.
 
     """
 
@@ -310,6 +312,7 @@ class PairEngine:
     refine: str = "local"
     columns: ColumnReducer | None = None
     l1_scales: dict[str, float] = field(default_factory=dict)
+    first_factors: dict[str, float] = field(default_factory=dict)
     _bounds: list[tuple[int, int]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -430,6 +433,7 @@ class PairEngine:
                 l1_scale=self.l1_scales.get(s, 0.0),
                 loss_rounding=obj.loss_rounding,  # known once the start and end were evaluated
                 label=f"{label} (set {s})",
+                first_factor=self.first_factors.get(s, JUMP_FACTOR),
             )
             results.append((s, res))
             grads += calls[0] + 1

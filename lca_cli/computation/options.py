@@ -46,7 +46,7 @@ METHODS = ("rk4", "euler")
 #: is large, or double them all.
 REFINES = ("local", "doubling")
 #: What ``l1_tol`` is relative to (``refine="local"``): ``"run"``, each pair's own ``||lca||_1`` or the run's scale
-#: (a fraction of its mean one, measured once, when the store is created, and recorded in it), whichever is
+#: (a fraction of its mean one, measured when the store is created and as the run grows, recorded in it), whichever is
 #: larger; ``"pair"``, each pair's own.
 L1_SCOPES = ("run", "pair")
 DTYPES = ("auto", "float32", "float64")
@@ -155,7 +155,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "l1_scope", str, "run", "What --l1-tol is relative to. run: a pair's own L1 norm or the run's scale, "
         "whichever is larger ({SCALE_FRACTION:g} x the mean L1 norm of {SCALE_PAIRS} pairs spread over the run, "
-        "measured when the store is created and recorded in it), so pairs that hardly move are not refined for "
+        "measured when the store is created and again as the run grows, recorded in it), so pairs that hardly "
+        "move are not refined for "
         "their own sake; pair: every pair to its own row (costlier on ReLU nets) [default: {default}].", L1_SCOPES,
     ),
     Option(

@@ -14,8 +14,9 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 import torch
 
 from lca_cli.computation.config import Config
@@ -26,7 +27,7 @@ from lca_cli.computation.opening import Target, open_helper, prepare
 from lca_cli.computation.options import SCALE_PAIRS
 from lca_cli.computation.plan import ComputePlan, Hooks, Schedule, build_plan, default_out, environment
 from lca_cli.computation.result import ComputeResult, NoteFn, ProgressFn, ProgressReporter
-from lca_cli.computation.scale import measure_l1_scales
+from lca_cli.computation.scale import RESURVEY_GROWTH, Survey, needs_survey, survey_attrs, survey_run
 from lca_cli.computation.work import Crew, run_work
 from lca_cli.core.vectors import split_state
 from lca_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, Interrupted, PeerFailed, StoreBusyError, UsageError
@@ -46,7 +47,7 @@ def store_attrs(
     details: dict[str, Any],
     device: torch.device,
     tied: Mapping[str, str] | None = None,
-    l1_scales: Mapping[str, float] | None = None,
+    survey: Survey | None = None,
     loss_rounding: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Attributes of a new store: the settings, evaluation details and run scales its numbers depend on.
@@ -56,7 +57,7 @@ def store_attrs(
         details: The evaluation details :func:`~lca_cli.computation.engine.build_engine` returned.
         device: The compute device.
         tied: Tied parameters (alias -> owner).
-        l1_scales: The run scales measured for the store (``l1_scope="run"``), or None.
+        survey: The run's survey for the store (``l1_scope="run"``: scales, first-panel factors), or None.
         loss_rounding: Per set, the relative rounding bound of its losses.
 
     Returns:
@@ -64,7 +65,7 @@ def store_attrs(
 
     """
     opts = config.compute
-    scale = {"l1_scale": dict(l1_scales), "l1_scale_pairs": SCALE_PAIRS} if l1_scales is not None else {}
+    scale = survey_attrs(survey) if survey is not None else {}
     return {
         **scale,
         # Per set, the relative rounding bound of its losses: a residual within it times |L0| + |L1| is rounding.
@@ -265,25 +266,51 @@ class _Runner:
 
     # -- the store --------------------------------------------------------------------------------------
 
-    def _run_scales(self) -> tuple[bool, dict[str, float] | None]:
-        """A new store's run scale, measured now from the checkpoints on disk: ``(stopped, scales)``."""
+    def _run_scales(self) -> tuple[bool, Survey | None]:
+        """A new store's survey (scale, first-panel factor), made now from the checkpoints on disk."""
         plan, built = self.plan, self.built
         assert plan is not None and built is not None
         if plan.options.l1_scope != "run" or not (self.overwrite or inspect_path(self.out, deep=False).kind != "store"):
             return False, None
         refs = plan.refs
-        scales = measure_l1_scales(built.engine, lambda i: built.point(refs[i]), len(refs) - 1, self.say, self.stop)
-        if scales is None:
-            return True, None
-        if len(refs) - 1 < SCALE_PAIRS:
+        survey = survey_run(built.engine, lambda i: built.point(refs[i]), len(refs) - 1, self.say, self.stop)
+        if survey is not None and len(refs) - 1 < SCALE_PAIRS:
             self.say(
                 f"the run scale of --l1-tol (--l1-scope run) is measured over the {len(refs) - 1} pair(s) on "
-                "disk and kept by every append; if the run will grow far beyond them, pass --l1-scope pair to "
-                "hold every pair to its own row"
+                f"disk, and again by a later call once the run has {RESURVEY_GROWTH:g} times as many; if every "
+                "pair must meet the target on its own, pass --l1-scope pair to hold every pair to its own row"
             )
-        return False, scales
+        return survey is None, survey
 
-    def _prepare(self, scales: dict[str, float] | None) -> Target:
+    def _resurvey(self, target: Target) -> None:
+        """An existing store whose run has grown since its last survey is surveyed again, before anyone computes.
+
+        Pairs the store holds count with their stored rows' norms (no gradient); the others, and the probes, are
+        evaluated. Stopped part-way, the store keeps its last survey.
+        """
+        plan, built = self.plan, self.built
+        assert plan is not None and built is not None
+        store = target.store
+        refs = target.alignment.refs
+        if target.read_only or not needs_survey(store, len(refs) - 1, plan.options.l1_scope):
+            return
+        done = store.done()
+        rows = None if built.engine.columns is not None else store  # column stores hold no parameter rows
+
+        def stored(s: str, t: int) -> float | None:
+            if rows is None or not done[t]:
+                return None
+            return float(np.abs(np.asarray(rows.array(s, "lca")[t], dtype=np.float64)).sum())
+
+        def read(i: int) -> Point | None:
+            ref = refs[i]
+            return None if ref is None else built.point(cast(CheckpointRef, ref))
+
+        survey = survey_run(built.engine, read, len(refs) - 1, self.say, self.stop, stored)
+        if survey is not None:
+            store.update_attrs(survey_attrs(survey))
+
+    def _prepare(self, scales: Survey | None) -> Target:
         plan, built = self.plan, self.built
         assert plan is not None and built is not None
         engine, config = built.engine, plan.config
@@ -309,6 +336,8 @@ class _Runner:
         while True:
             try:
                 target = self._prepare(scales)
+                if scales is None:  # an existing store: surveyed again when its run has grown
+                    self._resurvey(target)
             except StoreBusyError as exc:
                 held = read_claim(store_lock_path(self.out))
                 owned = held is not None and held[1] and held[0] is not None

@@ -1,28 +1,88 @@
-"""The run scale of ``l1_tol`` (``l1_scope="run"``): measured once, when a store is created, and recorded in it.
+"""The run's survey (``l1_scope="run"``): the scale of ``l1_tol`` and the first panel's factor, as the run grows.
 
 A pair's accuracy budget is ``l1_tol * max(||lca||_1, S)``, where S is :data:`SCALE_FRACTION` of the run's mean
-``||lca||_1``, estimated from the Euler rows of :data:`SCALE_PAIRS` pairs spread over the run. Recording it in
-the store keeps every row a function of its pair and the store alone (a resumed or extended run uses the same).
+``||lca||_1``, estimated from :data:`SCALE_PAIRS` pairs spread over the run: the Euler row's norm
+``||Δ ⊙ ∇L(v_t)||_1`` (one gradient), or, for a pair the store already holds, its stored row's norm (no gradient).
+On runs of at least ``MIN_PROBES * PAIRS_PER_PROBE`` (200) pairs, some of those pairs are also *probes*: refined once
+(four more gradients each) to calibrate the local scheme's first-panel factor on this run
+(:mod:`lca_cli.core.calibration`).
+
+The survey is made when a store is created and made again by a later call (an append, a nightly cron call, a
+``--follow`` that has seen the run grow) once the run has :data:`RESURVEY_GROWTH` times the pairs the last one
+saw, so that a store begun on a run's first, nearly flat iterations (a learning-rate warm-up, a cron job's first
+night) does not hold the rest of the run to their scale. Each survey is recorded in the store (``l1_scale``,
+``first_factor``, ``l1_scale_over``) and so are the rows computed under it (``l1_scale_calls``: which scale and
+factor each row met); every process of one call (helpers, torchrun ranks) reads the same from the store.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from lca_cli.computation.engine import PairEngine, Point
 from lca_cli.computation.options import SCALE_FRACTION, SCALE_PAIRS
+from lca_cli.core.calibration import MIN_PROBES, Probe, first_panel_factor
+from lca_cli.core.integrate import JUMP_FACTOR
 from lca_cli.errors import StoreError
 from lca_cli.store.lcastore import LcaStore
 
-__all__ = ["SCALE_FRACTION", "SCALE_PAIRS", "SLOW_SCALE_SECONDS", "l1_scales_of", "measure_l1_scales", "scale_pairs"]
+__all__ = [
+    "CALLS_ATTR",
+    "PAIRS_PER_PROBE",
+    "RESURVEY_GROWTH",
+    "SCALE_FRACTION",
+    "SCALE_PAIRS",
+    "SLOW_SCALE_SECONDS",
+    "Survey",
+    "first_factors_of",
+    "l1_scales_of",
+    "measure_l1_scales",
+    "needs_survey",
+    "probe_count",
+    "record_rows",
+    "row_scales",
+    "scale_pairs",
+    "survey_attrs",
+    "survey_run",
+]
 
-#: A run scale expected to take longer than this is announced in a note.
+#: A survey expected to take longer than this is announced in a note.
 SLOW_SCALE_SECONDS = 5.0
+#: A store's survey is made again once the run has this many times the pairs the last one saw.
+RESURVEY_GROWTH = 1.5
+#: One probe per this many pairs (at most :data:`SCALE_PAIRS`): four gradients each, at most 0.08 per pair. With
+#: one per 25 (8 probes on 200 pairs, 0.16 per pair) the probes cost more than they saved on three of the five
+#: bench runs measured (BENCHMARKS.md, *Cost per accuracy*); four on 200 pairs gave the same factors but one.
+PAIRS_PER_PROBE = 50
+#: The store attribute listing, per survey, the rows computed under it.
+CALLS_ATTR = "l1_scale_calls"
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What a survey measured, per evaluation set.
+
+    Attributes:
+        scales: ``{set: S}`` in loss units.
+        over: Pairs of the run when it was made.
+        factors: ``{set: first-panel factor}`` for the sets it calibrated (the others use ``JUMP_FACTOR``).
+        calibration: ``{set: {"rho", "kappa", "probes"}}``: how each factor came about.
+        gradients: Gradients it evaluated.
+
+    """
+
+    scales: dict[str, float]
+    over: int
+    factors: dict[str, float] = field(default_factory=dict)
+    calibration: dict[str, dict[str, float]] = field(default_factory=dict)
+    gradients: int = 0
 
 
 def scale_pairs(n_pairs: int, count: int = SCALE_PAIRS) -> list[int]:
@@ -40,6 +100,102 @@ def scale_pairs(n_pairs: int, count: int = SCALE_PAIRS) -> list[int]:
     return [((2 * j + 1) * n_pairs) // (2 * m) for j in range(m)]
 
 
+def probe_count(n_pairs: int) -> int:
+    """Probe pairs of a run of ``n_pairs``: one per :data:`PAIRS_PER_PROBE`, none below ``MIN_PROBES``."""
+    k = min(SCALE_PAIRS, n_pairs // PAIRS_PER_PROBE)
+    return k if k >= MIN_PROBES else 0
+
+
+def _probe(obj: Any, v0: torch.Tensor, fixed0: Any, delta: torch.Tensor, g0: torch.Tensor) -> Probe:
+    """Plain Simpson and one split on one pair: the first panel's indicator, ``||S_2 - S_4||_1``, ``||S_2||_1``."""
+    g = {s: obj.value_and_grad(torch.add(v0, delta, alpha=s), fixed0)[1] for s in (0.25, 0.5, 0.75, 1.0)}
+    ends = g0 + g[1.0]  # (D,) float64
+    indicator = float(torch.add(ends, g[0.5], alpha=-2.0).mul_(delta).abs_().sum()) / 12.0
+    s2 = torch.add(ends, g[0.5], alpha=4.0).mul_(delta).div_(6.0)  # (D,) plain Simpson's row
+    s4 = torch.add(ends, g[0.5], alpha=2.0).add_(g[0.25] + g[0.75], alpha=4.0).mul_(delta).div_(12.0)  # one split
+    return Probe(indicator, float(torch.dist(s2, s4, 1)), float(s2.abs().sum()))
+
+
+def survey_run(
+    engine: PairEngine,
+    read: Callable[[int], Point | None],
+    n_pairs: int,
+    note: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
+    stored: Callable[[str, int], float | None] | None = None,
+) -> Survey | None:
+    """Survey a run: its scale per set and, with enough pairs, the first panel's factor (module docstring).
+
+    The scale is :data:`SCALE_FRACTION` of the mean norm over :func:`scale_pairs`; the Euler row's norm was
+    0.95-1.13 times the mean plain-Simpson ``||lca||_1`` on the bench's runs (1.82 on one SGD CNN, where a few
+    pairs are far larger than the rest; a larger scale loosens the budget of the smaller pairs only;
+    BENCHMARKS.md). The probes are the first :func:`probe_count` of those pairs' spread, refined once.
+
+    Args:
+        engine: The pair engine (its objectives evaluate the gradients; its ``l1_tol`` is the target).
+        read: ``i -> (point vector, fixed buffers)`` of checkpoint ``i``, on the engine's device; None when its
+            file is gone (a followed run's used checkpoints): the pair is left out unless the store holds it.
+        n_pairs: Pairs of the run.
+        note: Told, when the first gradient says the rest will take more than :data:`SLOW_SCALE_SECONDS`, what
+            is being done (before the progress display starts, a big model would otherwise sit silent).
+        stop: When set, the survey ends before its next gradient (a big model's take minutes).
+        stored: ``(set, t) -> ||lca_t||_1`` of a pair the store holds (None: not held); its norm then stands for
+            the Euler row's. None: every sampled pair costs a gradient.
+
+    Returns:
+        The survey (scale 0.0 when the run has no pair; pairs whose norm is not finite are left out); None when
+        stopped.
+
+    """
+    sets = list(engine.objectives)
+    norms: dict[str, list[float]] = {s: [] for s in sets}
+    probes: dict[str, list[Probe]] = {s: [] for s in sets}
+    picked = scale_pairs(n_pairs)
+    probed = {picked[i] for i in scale_pairs(len(picked), probe_count(n_pairs))}  # spread over the picked pairs
+    t0, done = time.perf_counter(), 0
+    planned = sum(4 * (t in probed) + 1 for t in picked) * len(sets)
+    for t in picked:
+        known = {s: stored(s, t) for s in sets} if stored is not None else {}
+        held = t not in probed and all(known.get(s) is not None for s in sets)
+        start, end = (None, None) if held else (read(t), read(t + 1))
+        if start is None or end is None:  # held in the store, or its checkpoints are gone
+            for s in sets:
+                if known.get(s) is not None:
+                    norms[s].append(float(known[s]))  # type: ignore[arg-type]
+            continue
+        (v0, fixed0), (v1, _) = start, end
+        delta = v1 - v0  # (D,) float64
+        for s, obj in engine.objectives.items():
+            if stop is not None and stop.is_set():
+                return None
+            grad = obj.value_and_grad(v0, fixed0)[1]  # (D,) float64
+            norm = known.get(s)
+            norm = float(torch.linalg.vector_norm(delta * grad, 1)) if norm is None else norm
+            if np.isfinite(norm):  # a diverged checkpoint is the pair loop's to report, in one line
+                norms[s].append(norm)
+            done += 1
+            if note is not None and done == 1:
+                rest = (time.perf_counter() - t0) * (planned - 1)
+                if rest > SLOW_SCALE_SECONDS:
+                    note(
+                        f"measuring the run scale of --l1-tol on {len(picked)} pair(s) ({planned} gradients, about "
+                        f"{rest:.0f} s more; when a store is made and as its run grows, --l1-scope pair skips it)"
+                    )
+            if t in probed:
+                probe = _probe(obj, v0, fixed0, delta, grad)
+                done += 4
+                if np.isfinite([probe.indicator, probe.diff, probe.norm]).all():
+                    probes[s].append(probe)
+    scales = {s: SCALE_FRACTION * float(np.mean(v)) if v else 0.0 for s, v in norms.items()}
+    factors, calibration = {}, {}
+    for s in sets:
+        got = first_panel_factor(probes[s], engine.l1_tol, scales[s], JUMP_FACTOR)
+        if got is not None:
+            factors[s] = got[0]
+            calibration[s] = {"rho": got[1], "kappa": got[2], "probes": float(len(probes[s]))}
+    return Survey(scales, n_pairs, factors, calibration, done)
+
+
 def measure_l1_scales(
     engine: PairEngine,
     read: Callable[[int], Point],
@@ -47,49 +203,40 @@ def measure_l1_scales(
     note: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
 ) -> dict[str, float] | None:
-    """Per set, a run's scale of ``||lca||_1``: a fraction of the mean of ``||Δ ⊙ ∇L(v_t)||_1`` over a few pairs.
+    """The scales alone of :func:`survey_run` (``{set: scale}``; None when stopped)."""
+    survey = survey_run(engine, read, n_pairs, note, stop)
+    return None if survey is None else survey.scales
 
-    :data:`SCALE_FRACTION` of the mean over :func:`scale_pairs`. That norm is the Euler row's, one gradient per
-    sampled pair; its mean was 0.95-1.13 times the mean plain-Simpson ``||lca||_1`` on the bench's runs (1.82 on
-    one SGD CNN, where a few pairs are far larger than the rest; a larger scale loosens the budget of the
-    smaller pairs only; BENCHMARKS.md). It is measured once, when the store is created, and recorded in it, so
-    every row depends only on its pair and the store.
+
+def survey_attrs(survey: Survey) -> dict[str, Any]:
+    """The store attributes that record a survey (the current one: later calls read it)."""
+    return {
+        "l1_scale": dict(survey.scales),
+        "l1_scale_pairs": SCALE_PAIRS,
+        "l1_scale_over": survey.over,
+        "first_factor": dict(survey.factors),
+        "calibration": {s: dict(c) for s, c in survey.calibration.items()},
+    }
+
+
+def needs_survey(store: LcaStore, n_pairs: int, scope: str) -> bool:
+    """Whether a call on an existing store surveys the run again: it has grown by :data:`RESURVEY_GROWTH`.
 
     Args:
-        engine: The pair engine (its objectives evaluate the gradients).
-        read: ``i -> (point vector, fixed buffers)`` of checkpoint ``i``, on the engine's device.
-        n_pairs: Pairs of the run.
-        note: Told, when the first gradient says the rest will take more than :data:`SLOW_SCALE_SECONDS`, what
-            is being done (before the progress display starts, a big model would otherwise sit silent).
-        stop: When set, the measurement ends before its next gradient (a big model's take minutes).
+        store: The store (its attributes say what the last survey saw; for a store made before surveys were
+            repeated, its done pairs stand for it).
+        n_pairs: Pairs of the run now.
+        scope: The store's ``l1_scope``.
 
     Returns:
-        ``{set: scale}`` in loss units (0.0 when the run has no pair; pairs whose norm is not finite are left out);
-        None when stopped.
+        True when the run is to be surveyed again.
 
     """
-    norms: dict[str, list[float]] = {s: [] for s in engine.objectives}
-    picked = scale_pairs(n_pairs)
-    t0, done = time.perf_counter(), 0
-    for t in picked:
-        v0, fixed0 = read(t)
-        delta = read(t + 1)[0] - v0  # (D,) float64
-        for s, obj in engine.objectives.items():
-            if stop is not None and stop.is_set():
-                return None
-            grad = obj.value_and_grad(v0, fixed0)[1]  # (D,) float64
-            norm = float(torch.linalg.vector_norm(delta * grad, 1))
-            if np.isfinite(norm):  # a diverged checkpoint is the pair loop's to report, in one line
-                norms[s].append(norm)
-            done += 1
-            if note is not None and done == 1:
-                rest = (time.perf_counter() - t0) * (len(picked) * len(norms) - 1)
-                if rest > SLOW_SCALE_SECONDS:
-                    note(
-                        f"measuring the run scale of --l1-tol on {len(picked)} pair(s) ({len(picked) * len(norms)} "
-                        f"gradients, about {rest:.0f} s more; once per store, --l1-scope pair skips it)"
-                    )
-    return {s: SCALE_FRACTION * float(np.mean(v)) if v else 0.0 for s, v in norms.items()}
+    if scope != "run":
+        return False
+    recorded = store.attrs.get("l1_scale_over")
+    over = int(recorded) if recorded is not None else int(store.done().sum())
+    return n_pairs > over and n_pairs >= RESURVEY_GROWTH * over
 
 
 def l1_scales_of(store: LcaStore, scope: str) -> dict[str, float]:
@@ -115,3 +262,57 @@ def l1_scales_of(store: LcaStore, scope: str) -> dict[str, float]:
             "--overwrite, or pass --l1-scope pair to a new store"
         )
     return {str(k): float(v) for k, v in recorded.items()}
+
+
+def first_factors_of(store: LcaStore) -> dict[str, float]:
+    """The first-panel factors a store's last survey calibrated, per set (sets absent: the fixed factor)."""
+    recorded = store.attrs.get("first_factor")
+    return {str(k): float(v) for k, v in recorded.items()} if isinstance(recorded, dict) else {}
+
+
+def _ranges(mask: np.ndarray) -> list[list[int]]:
+    """``[[start, stop), ...]`` of the runs of True in a boolean ``(T,)`` mask."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return [[int(a), int(b)] for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def record_rows(
+    store: LcaStore, rows: np.ndarray, scales: Mapping[str, float], factors: Mapping[str, float], over: int
+) -> None:
+    """Record that ``rows`` were computed under these scales and factors (``l1_scale_calls``).
+
+    Args:
+        store: The store (owned: its attributes are written).
+        rows: bool ``(T,)``: the rows.
+        scales: ``{set: S}`` they met.
+        factors: ``{set: first-panel factor}`` they met (absent: the fixed one).
+        over: Pairs the survey behind them saw.
+
+    """
+    if not rows.any():
+        return
+    entry = {"scale": dict(scales), "first_factor": dict(factors), "over": int(over), "rows": _ranges(rows)}
+    calls = list(store.attrs.get(CALLS_ATTR) or [])
+    store.update_attrs({CALLS_ATTR: [*calls, entry]})
+
+
+def row_scales(store: LcaStore, set_name: str) -> np.ndarray:
+    """The scale each row met, from ``l1_scale_calls`` (rows it does not name: the store's ``l1_scale``).
+
+    Args:
+        store: The store.
+        set_name: The evaluation set.
+
+    Returns:
+        float64 ``(T,)``.
+
+    """
+    out = np.full(store.n_pairs, float((store.attrs.get("l1_scale") or {}).get(set_name, 0.0)))
+    named = np.zeros(store.n_pairs, dtype=bool)
+    for entry in reversed(store.attrs.get(CALLS_ATTR) or []):  # the latest call that computed a row wins
+        for a, b in entry["rows"]:
+            b = min(b, store.n_pairs)
+            fresh = ~named[a:b]
+            out[a:b][fresh] = float(entry["scale"].get(set_name, 0.0))
+            named[a:b] = True
+    return out

@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -37,13 +38,20 @@ from lca_cli.computation.result import (
     ProgressReporter,
     accuracy_of,
 )
-from lca_cli.computation.scale import l1_scales_of
+from lca_cli.computation.scale import (
+    first_factors_of,
+    l1_scales_of,
+    needs_survey,
+    record_rows,
+    survey_attrs,
+    survey_run,
+)
 from lca_cli.computation.staging import MISSING_ATTR, missing_rows, record_missing
 from lca_cli.computation.tuning import ThreadTuner, model_point, usable_cores
 from lca_cli.computation.writer import BlockBuffers, RowWriter
-from lca_cli.core.vectors import ColumnReducer
+from lca_cli.core.vectors import ColumnReducer, split_state
 from lca_cli.errors import PeerFailed
-from lca_cli.sources import CheckpointSource, ModelSpec
+from lca_cli.sources import CheckpointRef, CheckpointSource, ModelSpec
 from lca_cli.sources.base import listing
 
 __all__ = ["Crew", "run_work"]
@@ -149,6 +157,7 @@ class _Work:
         self.store = target.store
         self.scope: Scope = plan.schedule.window
         self.skipped = int(self.store.done().sum())
+        self.done_before = self.store.done().copy()  # rows computed under the survey in force are those done since
         self.counts = {"done": 0, "gradients": 0, "flagged": 0, "total": 0}
         self.mine: list[range] = []  # rows this process computed (strict judges this call's pairs)
         self.t0 = time.perf_counter()
@@ -323,6 +332,7 @@ class _Work:
                     return interrupted, None if interrupted else more
                 target.refresh(more, self.plan.run_dir)
                 loader.set_refs(target.alignment.refs)
+                self._resurvey()
                 if self.pruner is not None:
                     self.pruner.update(target.alignment)
                 self.queue.extend()
@@ -331,6 +341,54 @@ class _Work:
         finally:
             loader.close()
             writer.close()
+
+    def _record_rows(self) -> None:
+        """Record the rows done since the survey in force began, and which scale and factor they met."""
+        if not self.engine.l1_scales:
+            return
+        done = self.store.done()
+        before = np.zeros_like(done)
+        before[: len(self.done_before)] = self.done_before[: len(done)]
+        record_rows(
+            self.store, done & ~before, self.engine.l1_scales, self.engine.first_factors,
+            int(self.store.attrs.get("l1_scale_over") or 0),
+        )  # fmt: skip
+        self.done_before = done
+
+    def _resurvey(self) -> None:
+        """Following: once the run has grown enough, survey it again; later pairs meet the new scale and factor.
+
+        Only this process computes into a followed store, so changing the engine between chunks is safe. Pairs
+        the store holds count with their stored rows (their checkpoints may be gone); stopped part-way, the
+        survey in force stays.
+        """
+        store, engine, refs = self.store, self.engine, self.target.alignment.refs
+        if not engine.l1_scales or not needs_survey(store, len(refs) - 1, self.plan.options.l1_scope):
+            return
+        done = store.done()
+        device = self.plan.device
+
+        def read(i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+            ref = refs[i]
+            return (
+                None if ref is None else split_state(self.source.read(cast(CheckpointRef, ref)), engine.vlayout, device)
+            )
+
+        def stored(s: str, t: int) -> float | None:
+            if engine.columns is not None or not done[t]:
+                return None
+            return float(np.abs(np.asarray(store.array(s, "lca")[t], dtype=np.float64)).sum())
+
+        survey = survey_run(engine, read, len(refs) - 1, self.say, self.stop, stored)
+        if survey is None:
+            return
+        self._record_rows()  # the rows so far met the survey in force until now
+        store.update_attrs(survey_attrs(survey))
+        engine.l1_scales, engine.first_factors = dict(survey.scales), dict(survey.factors)
+        self.say(
+            f"--follow: the run has grown to {survey.over} pairs: its scale of --l1-tol is now "
+            + ", ".join(f"{s} {v:.3g}" for s, v in survey.scales.items())
+        )
 
     def _settled(self) -> np.ndarray:
         """``(T,)`` rows that need nothing more from this call: done, or out of its scope."""
@@ -388,7 +446,11 @@ class _Work:
         # done and changed the store: any change (a write, an append) dropped it, so it is never trusted
         # while one runs. A finished store on a read-only file system is left as it is; helpers never write
         # metadata.
+        if crew.role == "owner" and not target.read_only:
+            self._record_rows()
         if crew.role == "owner" and not target.read_only and not store.has_consolidated():
+            if computed:  # rows were written: ``updated`` becomes this compute's end (the first write's was its start)
+                store.update_attrs({"updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             store.consolidate()
         new = np.zeros(store.n_pairs, dtype=bool)
         for a, b in mine:
@@ -449,6 +511,8 @@ def run_work(
     store = target.store
     # The run scale every row is held to, as the store recorded it when it was made (owner and helpers alike).
     engine.l1_scales = l1_scales_of(store, plan.options.l1_scope)
+    # The first panel's factor its last survey calibrated on the run (none: the fixed factor).
+    engine.first_factors = first_factors_of(store) if engine.l1_scales else {}
     if engine.columns is not None:
         # Neuron or tensor columns are summed as the store recorded them when it was made.
         engine.columns = ColumnReducer(store.columns, store.layout)

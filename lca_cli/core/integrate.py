@@ -17,6 +17,9 @@ With a run scale ``S`` (``l1_scale``, a fraction of the run's mean ``||lca||_1``
 ``l1_tol max(|lca_2|_1, S)``: the run's summed error stays about ``l1_tol`` of its summed ``||lca||_1``, and
 pairs that hardly move (late in training) keep plain Simpson, whose absolute error there is small, instead of
 being refined to their own row.
+The first panel (the whole pair: plain Simpson) may take another factor, calibrated on the run
+(``first_factor``; :mod:`lca_cli.core.calibration`): where a run's probes show plain Simpson's summed error within
+its target, pairs a little over their own budget keep plain Simpson; deeper panels keep :data:`JUMP_FACTOR`.
 On ReLU networks, whose gradient jumps wherever a unit changes sign along the segment, Simpson converges only
 at first order; the residual, in which errors of opposite sign cancel, understates their per-parameter error
 5-10 times, so refining on it either stops too early or runs to the cap. The indicator tracks it (BENCHMARKS.md)
@@ -215,6 +218,7 @@ def integrate_pair(
     l1_scale: float = 0.0,
     loss_rounding: float = 0.0,
     label: str = "pair",
+    first_factor: float = JUMP_FACTOR,
 ) -> PairResult:
     """Allocate one pair's loss change to the coordinates of ``Δ``.
 
@@ -238,6 +242,8 @@ def integrate_pair(
             residual within ``loss_rounding (|L(a)| + |L(b)|)`` of zero does not enter the per-parameter estimate
             and never flags (explicit residual tolerances still refine as given).
         label: Names the pair in error messages (e.g. ``"steps 4 -> 5"``).
+        first_factor: ``"local"`` only: the indicator's factor on the first panel (plain Simpson), calibrated on
+            the run (:func:`lca_cli.core.calibration.first_panel_factor`); deeper panels use :data:`JUMP_FACTOR`.
 
     Returns:
         The pair's result, including the end evaluation for reuse.
@@ -255,8 +261,9 @@ def integrate_pair(
         raise ValueError(f"unknown method {method!r}")
     if method == "rk4" and refine == "local":
         return _integrate_local(
-            point, delta, start, end, loss0, loss1, max_splits, tolerance, rtol, l1_tol, l1_scale, loss_rounding, label
-        )
+            point, delta, start, end, loss0, loss1, max_splits, tolerance, rtol, l1_tol, l1_scale, loss_rounding, label,
+            first_factor,
+        )  # fmt: skip
     if refine not in REFINE_SCHEMES:
         raise ValueError(f"unknown refine scheme {refine!r}")
     noise = _rounding(loss_rounding, loss0, loss1)  # what the residual may be from rounding the two losses
@@ -371,6 +378,7 @@ def _integrate_local(
     l1_scale: float,
     loss_rounding: float,
     label: str,
+    first_factor: float = JUMP_FACTOR,
 ) -> PairResult:
     """Local adaptive Simpson, depth first (see the module docstring).
 
@@ -403,7 +411,9 @@ def _integrate_local(
         ends = left.grad + right.grad  # (D,)
         # (D,) Δ (g_a + g_b - 2 g_m): the trapezoid rule on the halves minus Simpson, times 12 / width.
         second = torch.add(ends, centre.grad, alpha=-2.0).mul_(delta)
-        indicator = JUMP_FACTOR * float(second.abs_().sum()) * w / 12.0
+        # The run-calibrated factor on the whole pair's panel (budget still None there), the fixed one below it.
+        factor = first_factor if budget is None else JUMP_FACTOR
+        indicator = factor * float(second.abs_().sum()) * w / 12.0
         del second
         # (D,) the panel's row: (g_a + 4 g_m + g_b) Δ w / 6 (w is dyadic: the product by w is exact)
         row = ends.add_(centre.grad, alpha=4.0).mul_(delta)

@@ -9,6 +9,8 @@ the captions can be read and tested without matplotlib.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from lca_cli.analysis.verdicts import (
@@ -26,7 +28,7 @@ from lca_cli.analysis.verdicts import (
     per_parameter_verdict,
     whole_vs_late,
 )
-from lca_cli.reporting.findings import random_sign_changes, robustness, set_findings, sync_window_text
+from lca_cli.reporting.findings import random_sign_changes, robustness, set_findings, steps_text, sync_window_text
 from lca_cli.reporting.gather import InputImage, ReportData, SetData
 from lca_cli.reporting.numbers import input_pixels, nanmean
 from lca_cli.reporting.plots import fmt, highlighted_layers
@@ -132,24 +134,35 @@ def helped_hist_caption(r: ReportData) -> str:
 
 
 def values_caption(r: ReportData) -> str:
-    """Caption of the distribution of all LCA values by magnitude."""
+    """Caption of the distribution of all LCA values by magnitude, with each set's spread and top-1% share."""
 
     def describe(d: SetData) -> str:
         h = d.stats.histogram
-        m = h.negative + h.positive
+        m = h.negative + h.positive  # (bins,) counts by |value|
         if not m[1:].any():
             return "no nonzero values"
         cdf = np.cumsum(m) / m.sum()
-        med = h.EDGES[int(np.searchsorted(cdf, 0.5)) + 1]
-        p99 = h.EDGES[int(np.searchsorted(cdf, 0.99)) + 1]
+        upper = h.EDGES[1:]  # each bin's upper edge
+        p01, med, p99 = (float(upper[int(np.searchsorted(cdf, q))]) for q in (0.01, 0.5, 0.99))
+        # The share of Σ|LCA| the largest 1% of nonzero values carry, each value at its bin's upper edge.
+        desc, up = m[::-1].astype(np.float64), upper[::-1]  # largest magnitudes first
+        before = np.cumsum(desc) - desc  # values in larger bins
+        take = np.clip(0.01 * m.sum() - before, 0.0, desc)  # of each bin, the values among the largest 1%
+        total = float((desc * up).sum())
+        top_share = float((take * up).sum()) / total if total > 0 else float("nan")
+        span = math.log10(p99 / p01) if p01 > 0 else float("nan")
         zeros = pct(h.zeros / max(h.total, 1))
-        return f"median |LCA| about {fmt(float(med), 2)}, 99% below {fmt(float(p99), 2)}, {zeros} exactly 0"
+        return (
+            f"median |LCA| about {fmt(med, 2)}, 99% below {fmt(p99, 2)}, {fmt(span, 2)} orders of magnitude "
+            f"between the 1st and 99th percentile, the largest 1% carry about {pct(top_share)} of Σ|LCA|, "
+            f"{zeros} exactly 0"
+        )
 
     return (
         "Every LCA value of the window (one per parameter and iteration) by magnitude on a log scale, helped "
-        "(blue) and hurt (red) apart; exact zeros are counted separately in the titles. Values span many "
-        "orders of magnitude, so a few large allocations carry most of each iteration's loss change while most "
-        "are tiny. This run: " + by_set(r.sets, describe) + "."
+        "(blue) and hurt (red) apart; exact zeros are counted separately in the titles. The wider the spread, "
+        "the more a few large allocations carry each iteration's loss change. Magnitudes are to within a bin of "
+        "the histogram. This run: " + by_set(r.sets, describe) + "."
     )
 
 
@@ -170,11 +183,15 @@ def layers_caption(r: ReportData) -> str:
         if unclear:
             text += f"; within error (no sign can be given): {', '.join(unclear)}"
         rob = robustness(d)
-        flips = rob.sentences()
-        text += (f"; starting transient of {rob.transient} iteration(s)" if rob.transient else "") + (
-            "; verdicts that flip: " + "; ".join(flips)
-            if flips
-            else "; no verdict flips without the transient or per phase"
+        if rob.transient:
+            lab = f"without first {rob.transient}"
+            moved = [n for n, labs in rob.flips.items() if lab in labs]
+            text += f"; without the starting transient ({rob.transient} iteration(s)) the verdict flips for " + (
+                ", ".join(f"{n} ({rob.verdicts[lab][d.layer_names.index(n)]})" for n in moved) if moved else "no layer"
+            )
+        phase = [n for n, labs in rob.flips.items() if any(x in ("early", "middle", "late") for x in labs)]
+        text += f"; {len(phase)} layer(s) flip between the thirds of the window" + (
+            f" ({', '.join(phase[:8])}{', …' if len(phase) > 8 else ''}; see the tables above)" if phase else ""
         )
         f = first_last_verdict(d.layer_names, v, "whole window", d.name)
         return text + f" — first and last layer hurting: {f.verdict}"
@@ -396,12 +413,14 @@ def sync_caption(r: ReportData) -> str:
         act = d.sync.active
         text = f"shifts over the whole run: {sync_window_text(s)}; step-size controlled: {sync_window_text(c)}"
         if act is not None:
+            text += f"; 95% of the peaks lie in {pct((act.span[1] - act.span[0]) / max(d.sel.n, 1))} of the window"
             text += (
-                f"; shifts within iterations {act.span[0]}-{act.span[1] - 1} (95% of the peaks): "
+                f"; shifts within {steps_text(d, act.span)} (95% of the peaks): "
                 f"{sync_window_text(act.raw)}, step-size controlled {sync_window_text(act.controlled)}"
             )
         f = set_findings(r, d)[-1]
-        return text + f" — {f.verdict}"
+        rests = f.summary.rsplit("; ", 1)[-1] if "peaking together" in f.summary else ""
+        return text + (f"; {rests}" if rests else "") + f" — {f.verdict}"
 
     return (
         "Top: each layer's learning on each iteration (−LCA of the layer: up = the layer lowered the loss), "
@@ -413,8 +432,8 @@ def sync_caption(r: ReportData) -> str:
         "spacing): they test alignment beyond chance, but not beyond the one driver all layers share, the "
         "optimizer's step, which makes every layer learn much on the same large-step iterations. The "
         "step-size-controlled test removes that: each layer's learning minus its least-squares fit on the "
-        "summed learning of all other layers on the same iteration, then the same peaks and shifts. Peaks "
-        "cluster early in training, so shifts over the whole run put them on quiet iterations and make any "
+        "summed learning of all other layers on the same iteration, then the same peaks and shifts. Where the "
+        "peaks cluster in part of the run, shifts over the whole run put them on quiet iterations and make any "
         "coincidence look significant: the verdict uses shifts within the window holding 95% of the peaks, "
         "and the table below repeats both tests within each third of the run. Effect = (observed − baseline "
         "mean) / baseline sd. p at its floor is shown as p < 1/(1 + shuffles). "

@@ -37,6 +37,7 @@ from lca_cli.reporting.plots import (
     save_png,
     step_axis,
     thinned,
+    vector_copies,
 )
 from lca_cli.reporting.text import pct
 from lca_cli.store import LcaStore
@@ -130,6 +131,7 @@ def write_comparison(
     steps: tuple[int | None, int | None] | None = None,
     png_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    min_abs: float | None = None,
 ) -> ReportResult:
     """Write an HTML page comparing two runs (and its figures as PNG files).
 
@@ -142,6 +144,8 @@ def write_comparison(
         steps: Window ``(A, B)`` over start steps, applied to both runs.
         png_dir: Where the PNGs go (default ``<out_html stem>_files/``).
         progress: Called with one-line messages.
+        min_abs: A noise floor for the helped / hurt shares (``--min-abs``); ``per_set[set]["floor"]`` then
+            gives each run's floor and share of entries below float resolution.
 
     Returns:
         The paths written and the numbers (per set: per-layer totals of both runs, matched and unmatched
@@ -161,7 +165,7 @@ def write_comparison(
         say(f"note: {a.path} is compared with itself")
     sets = _common_sets(a, b, set_names)
     t0 = time.perf_counter()
-    pairs = [(gather_set(a, s, steps), gather_set(b, s, steps)) for s in sets]
+    pairs = [(gather_set(a, s, steps, min_abs), gather_set(b, s, steps, min_abs)) for s in sets]
     match = match_layers(pairs[0][0].layer_names, pairs[0][1].layer_names)
     out, pdir = output_folders(out_html, png_dir)
     say(f"comparing {la} ({a.path}) with {lb} ({b.path}) on set(s) {', '.join(sets)}")
@@ -176,7 +180,8 @@ def write_comparison(
     numbers["seconds"] = round(time.perf_counter() - t0, 3)
     out.write_text(_page(a, b, la, lb, pairs, match, numbers, views), encoding="utf-8")
     say(f"wrote {out} ({len(views)} figures in {pdir})")
-    return ReportResult(out, [v.png for v in views if v.png is not None], numbers)
+    pngs = [v.png for v in views if v.png is not None]
+    return ReportResult(out, pngs, numbers, vector_copies(pngs))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -194,6 +199,7 @@ def _numbers(a: LcaStore, b: LcaStore, la: str, lb: str, pairs: Pairs, match: La
             "delta_loss": [float(da.curves.delta_loss.sum()), float(db.curves.delta_loss.sum())],
             "integration_error": [da.error, db.error],
             "helped_share_mean": [float(da.comp.shares()[0].mean()), float(db.comp.shares()[0].mean())],
+            **({"floor": [da.floor, db.floor]} if da.floor else {}),
             "layer_totals": {
                 n: [None if np.isnan(x) else float(x), None if np.isnan(y) else float(y)]
                 for n, x, y in zip(match.names, ta, tb, strict=True)
@@ -381,6 +387,17 @@ def _view_shares(pdir: Path, pairs: Pairs, la: str, lb: str) -> View:
         f"{lb} {pct(float(db.comp.shares()[0].mean()))}"
         for da, db in pairs
     )
+    floor = pairs[0][0].floor
+    if floor:  # --min-abs: the counts are above the floor; say so, and what is below resolution
+        below = "; ".join(
+            f"{da.name}: {la} {pct(da.floor['below_resolution_share'])}, {lb} {pct(db.floor['below_resolution_share'])}"
+            for da, db in pairs
+            if da.floor and db.floor
+        )
+        run += (
+            f". Noise floor {floor['min_abs']:g}: |LCA| <= {floor['min_abs']:g} counts as zero (dotted includes it); "
+            f"entries below {floor['dtype']} resolution (0 < |LCA| <= eps x the iteration's largest): {below}"
+        )
     caption = (
         "The share of all parameters that helped on each iteration (solid) and that were exactly zero (dotted), "
         f"both runs ({la} dark, {lb} orange). A frozen layer's parameters are exactly zero on every iteration. "

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lca_cli.analysis.sync import PhaseSync, SyncResult
+from lca_cli.analysis.sync import FEW_COINCIDENCES, PhaseSync, SyncResult, coinciding_iterations
 from lca_cli.analysis.verdicts import (
     ERROR_RULE,
     TRANSIENT_SHARE,
@@ -39,6 +39,7 @@ __all__ = [
     "random_sign_changes",
     "robustness",
     "set_findings",
+    "steps_text",
     "sync_window_text",
 ]
 
@@ -62,6 +63,14 @@ def random_sign_changes(traj: np.ndarray, kinds: list[str]) -> tuple[list[float]
             flips.append(float(np.mean(np.sign(nz[1:]) != np.sign(nz[:-1]))))
             hurts.append(float(np.mean(nz > 0)))
     return flips, hurts
+
+
+def steps_text(d: SetData, span: tuple[int, int]) -> str:
+    """Positions ``[a, b)`` of a set's iterations as the steps they cover: ``steps 40-2000``."""
+    a, b = span
+    if b <= a:
+        return "no iterations"
+    return f"steps {int(d.sel.start_steps[a])}-{int(d.sel.end_steps[b - 1])}"
 
 
 def robustness(d: SetData) -> LayerRobustness:
@@ -120,8 +129,12 @@ def set_findings(r: ReportData, d: SetData) -> list[Finding]:
         reason = act.raw.reason if act is not None else "no test"
         out.append(sync_verdict(None, None, reason, d.name))
     else:
-        span = f"iterations {act.span[0]}-{act.span[1] - 1}"
+        span = steps_text(d, act.span)
         detail = f"{span}: raw {sync_window_text(act.raw)}; step-size controlled {sync_window_text(act.controlled)}"
+        k = coinciding_iterations(d.sync.peaks, act.span)
+        detail += f"; {k} iterations with two or more layers peaking together" + (
+            f" (fewer than {FEW_COINCIDENCES}: a fragile result)" if k < FEW_COINCIDENCES else ""
+        )
         ctrl = act.controlled.passes if act.controlled.tested else None
         out.append(sync_verdict(act.raw.passes, ctrl, detail, d.name))
     return out
@@ -185,7 +198,7 @@ def findings_html(r: ReportData) -> str:
         rob = robustness(d)
         can = cancellation_of(d)
         labels = list(rob.windows)
-        head = ["layer"] + [f"{lab} [{a}, {b})" for lab, (a, b) in rob.windows.items()]
+        head = ["layer"] + [f"{lab} ({steps_text(d, w)})" for lab, w in rob.windows.items()]
         head += ["error estimate", "Σpos / |Σneg|", "iterations hurt"]
         body = []
         for j, name in enumerate(d.layer_names):

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from lca_cli.analysis.floor import floor_header, require_full_columns, tensor_counts
 from lca_cli.analysis.parameters import (
     Concentration,
     concentration,
@@ -90,6 +91,9 @@ class SetSummary:
         lcomp: Helped / zero / hurt counts per layer.
         error: Integration error ``sum |residual|`` of the window.
         milestones: int64 ``(2, L)`` positions at which each layer had done 50% / 90% of its learning.
+        floor: With a noise floor (``--min-abs``): :func:`lca_cli.analysis.floor.floor_header`'s keys (the floor,
+            its rule, the share of entries below float resolution), and ``comp`` and ``lcomp`` count above it;
+            empty without one.
 
     """
 
@@ -102,6 +106,7 @@ class SetSummary:
     lcomp: LayerComposition
     error: float
     milestones: np.ndarray
+    floor: dict[str, Any] = field(default_factory=dict, kw_only=True)
 
     @property
     def totals(self) -> np.ndarray:
@@ -236,13 +241,15 @@ def resolve_sets(store: LcaStore, set_names: Sequence[str] | str | None) -> tupl
     return ordered, False
 
 
-def gather_set(store: LcaStore, set_name: str, steps: Steps) -> SetSummary:
+def gather_set(store: LcaStore, set_name: str, steps: Steps, min_abs: float | None = None) -> SetSummary:
     """The small-array numbers of one set (no streaming): loss curves, layer series, counts, milestones.
 
     Args:
         store: The store.
         set_name: Evaluation set.
         steps: Window ``(A, B)`` over start steps.
+        min_abs: A noise floor: the helped / hurt counts are taken above it, from one streaming pass over
+            ``lca`` (:func:`lca_cli.analysis.floor.tensor_counts`), and ``floor`` says so.
 
     Returns:
         The set's summary.
@@ -254,21 +261,36 @@ def gather_set(store: LcaStore, set_name: str, steps: Steps) -> SetSummary:
     """
     sel = select_rows(store, set_name, steps)
     names, per_layer = layer_series(store, sel)
+    comp, lcomp, floor = composition(store, sel), layer_composition(store, sel), {}
+    if min_abs is not None:
+        require_full_columns(store, "--min-abs")
+        mask = np.zeros(store.n_pairs, dtype=bool)
+        mask[sel.rows] = True
+        counts = tensor_counts(store, set_name, mask, min_abs)
+        floor = floor_header(counts, mask, store.layout.size)
+        helped, hurt = counts.helped[sel.rows], counts.hurt[sel.rows]  # (n, K)
+        comp = Composition(helped.sum(axis=1), hurt.sum(axis=1), store.layout.size)
+        idx = [i for _, i in store.layout.layers()]
+        lcomp = LayerComposition(
+            lcomp.names, lcomp.params, np.array([helped[:, i].sum() for i in idx], dtype=np.int64),
+            np.array([hurt[:, i].sum() for i in idx], dtype=np.int64), sel.n,
+        )  # fmt: skip
     return SetSummary(
         name=set_name,
         sel=sel,
         curves=loss_curves(store, sel),
         layer_names=names,
         per_layer=per_layer,
-        comp=composition(store, sel),
-        lcomp=layer_composition(store, sel),
+        comp=comp,
+        lcomp=lcomp,
         error=integration_error(store, sel),
         milestones=learning_milestones(per_layer, (0.5, 0.9)),
+        floor=floor,
     )
 
 
 def gather_sets(
-    store: LcaStore, set_names: Sequence[str] | str | None, steps: Steps
+    store: LcaStore, set_names: Sequence[str] | str | None, steps: Steps, min_abs: float | None = None
 ) -> tuple[list[SetSummary], dict[str, str]]:
     """The summaries of the sets to show (:func:`resolve_sets`), and the sets left out with the reason.
 
@@ -279,6 +301,7 @@ def gather_sets(
         store: The store.
         set_names: Sets asked for (None: every set).
         steps: Window ``(A, B)`` over start steps.
+        min_abs: A noise floor for the helped / hurt counts (:func:`gather_set`).
 
     Returns:
         The summaries, headline first, and ``{set: why it is not shown}``.
@@ -293,7 +316,7 @@ def gather_sets(
     notes: dict[str, str] = {}
     for i, s in enumerate(sets):
         try:
-            summaries.append(gather_set(store, s, steps))
+            summaries.append(gather_set(store, s, steps, min_abs))
         except (StoreError, UsageError) as exc:
             if i == 0 or chosen:
                 raise
@@ -426,6 +449,7 @@ def _set_data(s: SetSummary, p: _FirstPass, traj: np.ndarray, maps: list[NeuronM
         lcomp=s.lcomp,
         error=s.error,
         milestones=s.milestones,
+        floor=s.floor,
         stats=p.stats,
         conc=p.conc,
         layer_neg=p.layer_neg,

@@ -19,7 +19,7 @@ from typing import Any
 from lca_cli import __version__
 from lca_cli.analysis.selection import Selection
 from lca_cli.errors import UsageError
-from lca_cli.reporting.findings import findings_html, sync_window_text
+from lca_cli.reporting.findings import findings_html, steps_text, sync_window_text
 from lca_cli.reporting.gather import ReportData, SetData
 from lca_cli.reporting.plots import HELPED_COLOR, HURT_COLOR, SCALE, ZERO_COLOR, fmt, png_info
 from lca_cli.reporting.text import pct
@@ -214,7 +214,7 @@ def sync_table(data: Sequence[SetData]) -> str:
             )
         for w in d.sync.windows:
             where = "95% of the peaks" if w.label == "active" else f"{w.label} third"
-            span = f"iterations {w.span[0]}-{w.span[1] - 1} ({where})"
+            span = f"{steps_text(d, w.span)} ({where})"
             rows.append((f"{d.name}: shifts within {span}", sync_window_text(w.raw)))
             rows.append((f"{d.name}: step-size controlled, within {span}", sync_window_text(w.controlled)))
     return table(rows)
@@ -343,11 +343,17 @@ def _summary_rows(per: Sequence[dict[str, Any]]) -> list[tuple[str, list[str]]]:
         row("helped fraction, exact zeros excluded", lambda x: pct(x["helped_fraction_mean"])),
         row("parameters doing 50% · 90% of the learning",
             lambda x: f"{pct(x['concentration_50'])} · {pct(x['concentration_90'])}"),
-        row("layers hurting beyond the integration error", lambda x: ", ".join(x["layers_hurting"]) or "none"),
+        row("layers hurting beyond their error estimate", lambda x: ", ".join(x["layers_hurting"]) or "none"),
         row("layers with a positive total", lambda x: ", ".join(x["layers_positive"]) or "none"),
         row("synchronisation (circular shifts)", lambda x: sync_line(x, "sync")),
         row("synchronisation (step-size controlled)", lambda x: sync_line(x, "sync_controlled")),
     ]  # fmt: skip
+    if per and per[0].get("floor"):  # --min-abs: the helped / hurt counts above are taken above the floor
+        at = next((i + 1 for i, r in enumerate(rows) if r[0].startswith("helped fraction")), len(rows))
+        rows.insert(at, row("noise floor (--min-abs) · entries below float resolution", lambda x: (
+            f"|LCA| <= {x['floor']['min_abs']:g} counts as zero in helped / hurt · "
+            f"{100 * x['floor']['below_resolution_share']:.3g}% below {x['floor']['dtype']} resolution "
+            "(0 < |LCA| <= eps x the iteration's largest |LCA|)")))  # fmt: skip
     return rows
 
 

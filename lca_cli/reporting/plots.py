@@ -133,6 +133,12 @@ def vector_figures(kind: str | None) -> Iterator[None]:
         _VECTOR.reset(token)
 
 
+def vector_copies(pngs: Sequence[Path]) -> list[Path]:
+    """The vector copies :func:`save_png` writes beside ``pngs`` inside :func:`vector_figures` (else none)."""
+    kind = _VECTOR.get()
+    return [p.with_suffix(f".{kind}") for p in pngs] if kind else []
+
+
 def require_matplotlib() -> Any:
     """Import matplotlib (Agg canvas), or raise an :class:`~lca_cli.errors.LcaError` saying how to install it."""
     try:

@@ -136,6 +136,7 @@ def write_report(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     views: Sequence[str] | None = None,
+    min_abs: float | None = None,
     figures: str = "png",
 ) -> ReportResult:
     """Write the HTML report of a store (and its figures as PNG files, with vector copies if asked).
@@ -152,6 +153,8 @@ def write_report(
         progress: Called with one-line messages while working.
         views: Keys of the views to draw (:data:`VIEWS`; default all). The numbers are computed in full
             either way; a view that does not apply (input maps of a conv net) keeps its number with a note why.
+        min_abs: A noise floor for the helped / hurt counts (``--min-abs``); ``numbers["floor"]`` then gives,
+            per set, the floor and the share of entries below float resolution.
         figures: ``png`` (default), or ``svg`` / ``pdf``: also a vector copy of every figure beside its PNG.
 
     Returns:
@@ -177,10 +180,14 @@ def write_report(
     store = open_store(store_path)
     t_start = time.perf_counter()
     # Sets and window are checked on the small arrays before any folder is made or any pass runs.
-    summaries, notes = gather_sets(store, set_names, steps)
+    summaries, notes = gather_sets(store, set_names, steps, min_abs)
     out, pdir = output_folders(out_html, png_dir)
     report = gather_report(store, summaries, notes, heatmap_layers=heatmap_layers, seed=seed, progress=say)
     numbers = report_numbers(store, report)
+    if min_abs is not None:  # the page's summary table states the floor per set (html._summary_rows)
+        numbers["floor"] = {s.name: s.floor for s in report.sets}
+        for s in report.sets:
+            numbers["per_set"][s.name]["floor"] = s.floor
     drawn: list[View] = []
     with mpl.rc_context(STYLE), vector_figures(figures):
         say("drawing")

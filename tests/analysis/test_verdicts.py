@@ -139,3 +139,28 @@ def test_active_window_and_a_baseline_within_it() -> None:
     assert whole.passes and not inside.passes
     assert inside.effect_size < whole.effect_size
     assert active_window([np.zeros(0, np.int64)] * 3, 10) == (0, 10)
+
+
+def test_apportioned_errors_take_the_larger_of_the_residual_share_and_the_l1_estimate() -> None:
+    from lca_cli.analysis.verdicts import apportion_errors, cancellation
+
+    layer_abs = np.array([[3.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
+    res = np.array([0.4, 0.2, 0.1])
+    plain = apportion_errors(res, None, layer_abs)
+    assert plain.ravel().tolist() == pytest.approx([0.3, 0.1, 0.1, 0.1, 0.05, 0.05])  # nothing moved: shared evenly
+    assert plain.sum(axis=1) == pytest.approx(res)
+    l1 = np.array([0.01, np.nan, 0.2])  # the L1 estimate is larger on the last pair only
+    assert apportion_errors(res, l1, layer_abs).ravel().tolist() == pytest.approx([0.3, 0.1, 0.1, 0.1, 0.2, 0.2])
+    c = cancellation(np.array([[-1.0, 0.5], [-1.0, -0.5]]), np.array([-3.0, -1.0]), np.array([1.0, 1.0]),
+                     np.array([4.0, 3.0]), np.array([-0.5, -1.5]))  # fmt: skip
+    assert c["pos_over_neg"].tolist() == pytest.approx([1 / 3, 1.0])
+    assert c["hurt_iterations"].tolist() == [0.0, 0.5]
+    assert c["abs_over_delta_median"] == pytest.approx(5.0) and c["abs_over_delta_window"] == pytest.approx(3.5)
+
+
+def test_coinciding_iterations_count_where_two_layers_peak_together() -> None:
+    from lca_cli.analysis.sync import coinciding_iterations
+
+    peaks = [np.array([1, 5, 9]), np.array([5, 9, 12]), np.array([9, 20])]
+    assert coinciding_iterations(peaks, (0, 30)) == 2  # 5 and 9
+    assert coinciding_iterations(peaks, (0, 8)) == 1 and coinciding_iterations(peaks, (10, 30)) == 0

@@ -32,7 +32,14 @@ from safetensors.torch import load_file, save_file
 from lca_cli.computation.config import Config, FactorySpec, load_config
 from lca_cli.computation.result import ComputeResult, ProgressInfo
 from lca_cli.computation.runner import compute
-from lca_cli.computation.scale import SCALE_FRACTION, SCALE_PAIRS, l1_scales_of, scale_pairs
+from lca_cli.computation.scale import (
+    RESURVEY_GROWTH,
+    SCALE_FRACTION,
+    SCALE_PAIRS,
+    l1_scales_of,
+    row_scales,
+    scale_pairs,
+)
 from lca_cli.core.integrate import residual_budget
 from lca_cli.errors import CheckpointError, NumericalError, RunDirError, StoreError
 from lca_cli.store.lcastore import LcaStore
@@ -119,9 +126,12 @@ def check_conservation(store: LcaStore, set_name: str = "train") -> None:
         dl - tensor_lca.sum(1) - store.read(set_name, "buffer_lca"), residual, rtol=0, atol=1e-12
     )
     l1 = np.abs(lca).sum(1)
-    scale = float((a.get("l1_scale") or {}).get(set_name, 0.0))  # l1_scope "run": the run's recorded scale
+    scales = row_scales(store, set_name)  # l1_scope "run": the scale each row met (0 without one)
     allowed = np.array(
-        [residual_budget(d, n, a["tolerance"], a["rtol"], a["l1_tol"], scale) for d, n in zip(dl, l1, strict=True)]
+        [
+            residual_budget(d, n, a["tolerance"], a["rtol"], a["l1_tol"], sc)
+            for d, n, sc in zip(dl, l1, scales, strict=True)
+        ]
     )
     # The budget of a local store scales with ||lca||_1, known here from the float32 rows: half an ulp per entry.
     slack = a["l1_tol"] * F32_ROUNDING * l1 if a.get("refine") == "local" else np.zeros_like(l1)
@@ -414,9 +424,10 @@ def test_append_new_checkpoints(runs: RunCache, tmp_path: Path) -> None:
     assert third.computed == 0 and third.skipped == n_pairs  # nothing finished is ever recomputed
 
 
-def test_run_scale_is_measured_once_and_recorded(runs: RunCache, tmp_path: Path) -> None:
+def test_run_scale_is_recorded_and_follows_the_run(runs: RunCache, tmp_path: Path) -> None:
     """--l1-scope run (the default): a new store records, per set, SCALE_FRACTION of the mean ||Δ ⊙ ∇L(v_t)||_1
-    over the pairs scale_pairs spreads over the run; an append keeps it, and every row is held to it."""
+    over the pairs scale_pairs spreads over the run; an append that grows the run enough measures it again, and
+    every row is held to (and records) the scale it met."""
     run_dir, config = runs.run("relu_mlp")
     names = sorted(p.name for p in run_dir.glob("*.safetensors"))
     part = copy_run(run_dir, tmp_path / "part", files=names[:10])
@@ -436,11 +447,28 @@ def test_run_scale_is_measured_once_and_recorded(runs: RunCache, tmp_path: Path)
         delta = torch.cat([(states[t + 1][k] - states[t][k]).reshape(-1) for k in names_p]).numpy()
         norms.append(np.abs(delta * grad).sum())
     assert scale == pytest.approx(SCALE_FRACTION * float(np.mean(norms)), rel=1e-5)  # a float32 network
-    # The rest of the run arrives: the store keeps the scale it was made with (its rows depend on it).
+    # The rest of the run arrives (16 pairs: over RESURVEY_GROWTH x 9): the run is surveyed again before any pair
+    # is computed. Pairs the store holds count with their stored rows' norms (no gradient), the others with
+    # their Euler rows'; each row keeps the record of the scale it met.
     copy_run(run_dir, part)
     second, store = run_compute(part, config, tmp_path / "s.zarr")
-    assert second.computed == store.n_pairs - 9 and store.attrs["l1_scale"] == {"train": scale}
-    check_conservation(store)  # budgets with the recorded scale
+    assert second.computed == store.n_pairs - 9 and store.attrs["l1_scale_over"] == 16 > RESURVEY_GROWTH * 9
+    states = [{k: v.double() for k, v in st.items()} for st in load_states(part)]
+    lca = np.asarray(store.array("train", "lca")[:], dtype=np.float64)
+    norms = []
+    for t in scale_pairs(16):
+        if t < 9:
+            norms.append(np.abs(lca[t]).sum())
+            continue
+        _, grad = reference._loss_and_grad(net, states[t], x.double(), y, reference.ref_loss("cross_entropy"))
+        delta = torch.cat([(states[t + 1][k] - states[t][k]).reshape(-1) for k in names_p]).numpy()
+        norms.append(np.abs(delta * grad).sum())
+    rescaled = store.attrs["l1_scale"]["train"]
+    assert rescaled == pytest.approx(SCALE_FRACTION * float(np.mean(norms)), rel=1e-5) and rescaled != scale
+    assert row_scales(store, "train").tolist() == [scale] * 9 + [rescaled] * 7
+    check_conservation(store)  # every row's budget with the scale it met
+    third, _ = run_compute(part, config, tmp_path / "s.zarr")  # nothing new: no survey, nothing recorded
+    assert third.computed == 0 and len(LcaStore.open(tmp_path / "s.zarr").attrs["l1_scale_calls"]) == 2
     # A store without its recorded scale is refused in one line, not computed with another one.
     store.attrs.pop("l1_scale")
     with pytest.raises(StoreError, match="records no run scale"):

@@ -522,3 +522,26 @@ def test_loss_rounding_leaves_real_errors_to_refine_and_flag() -> None:
 def test_unknown_refine_scheme() -> None:
     with pytest.raises(ValueError, match="unknown refine"):
         run(exp_objective(), refine="bisect")
+
+
+def test_first_factor_decides_plain_simpson_only() -> None:
+    """The run-calibrated factor applies to the whole pair's panel; deeper panels keep JUMP_FACTOR.
+
+    Two coordinates whose gradients jump (1 -> 2 at s = 0.3) in opposite directions: the residual is 0 (their
+    errors cancel), so only the indicator decides. Plain Simpson's indicator is 2/12 = 0.167, the row's norm 3.67,
+    and with l1_tol 0.05 the budget 0.183: JUMP_FACTOR (1.4) refines, a calibrated factor of 1.0 accepts.
+    """
+
+    def point(s: float) -> tuple[torch.Tensor, torch.Tensor]:
+        j = 1.0 if s < 0.3 else 2.0
+        return torch.tensor(0.0, dtype=torch.float64), torch.tensor([j, -j], dtype=torch.float64)
+
+    delta = torch.ones(2, dtype=torch.float64)
+    start, end = Evaluation(*point(0.0)), Evaluation(*point(1.0))
+    fixed = integrate_pair(point, delta, start, end, l1_tol=0.05)
+    calibrated = integrate_pair(point, delta, start, end, l1_tol=0.05, first_factor=1.0)
+    assert fixed.splits > 2 and calibrated.splits == 2 and not calibrated.flagged
+    assert calibrated.l1_change == pytest.approx(2 / 12 / (2 * 11 / 6))  # the estimate uses the factor it met
+    # A larger first factor refines the first panel as the fixed one does; below it, the panels are the same.
+    larger = integrate_pair(point, delta, start, end, l1_tol=0.05, first_factor=10.0)
+    assert larger.splits == fixed.splits and torch.equal(larger.lca, fixed.lca)

@@ -58,3 +58,15 @@ def test_run_labels() -> None:
     assert run_labels(Path("out/a.zarr"), Path("out/b.zarr")) == ("a.zarr", "b.zarr")
     assert run_labels(Path("x/out/lca.zarr"), Path("y/out/lca.zarr")) == ("A: out", "B: out")
     assert run_labels(Path("a.zarr"), Path("b.zarr"), ["one", "two"]) == ("one", "two")
+
+
+def test_comparison_writes_and_lists_vector_figures(tmp_path: Path) -> None:
+    """``lca report A B --figures svg``: every PNG of the comparison gets an SVG copy, and the result lists them."""
+    from lca_cli.api import report
+
+    a, _, _ = make_store(tmp_path / "a" / "lca.zarr")
+    b, _, _ = make_store(tmp_path / "b" / "lca.zarr", seed=1)
+    result = report([a.path, b.path], tmp_path / "c.html", figures="svg")
+    assert len(result.vectors) == len(result.pngs) == 5
+    assert [v.with_suffix(".png") for v in result.vectors] == result.pngs
+    assert all(v.is_file() and "<svg" in v.read_text(encoding="utf-8") for v in result.vectors)

@@ -1,0 +1,115 @@
+"""The run-calibrated factor of the local scheme's first panel: when plain Simpson is already good enough.
+
+The local scheme (:mod:`lca_cli.core.integrate`) accepts a pair at plain Simpson when ``factor × indicator``
+fits its budget, the indicator being ``||Δ (g(0) + g(1) - 2 g(1/2))||_1 / 12``. How plain Simpson's real error
+relates to that indicator depends on the run: 0.42-0.74 on SGD runs, 1.44-2.07 on Adam runs (BENCHMARKS.md),
+so one fixed factor (:data:`~lca_cli.core.integrate.JUMP_FACTOR`, 1.4) refines pairs that plain Simpson already
+had within the run's contract on some runs. A few *probe* pairs, spread over the run, are refined once more
+(``S_4``: four more gradients each) and give, per probe ``t``:
+
+* ``indicator_t``: the first panel's indicator, without factor;
+* ``diff_t = ||S_2 - S_4||_1``: what one split moves the row, which overstated plain Simpson's real error by only
+  7-15% on nine ReLU runs (:data:`DIFF_OVERSTATES`);
+* ``norm_t = ||S_2||_1`` and the pair's budget ``l1_tol max(norm_t, S)``.
+
+From them, :func:`first_panel_factor`: the run's honest ratio ``ρ = Σ diff / Σ indicator``, and a pooling
+multiplier ``κ >= 1``: the largest for which the probes' predicted error, plain Simpson where ``ρ indicator_t <=
+κ budget_t`` and a refined pair's share otherwise, stays within :data:`POOL_MARGIN` of the run's target
+``l1_tol Σ norm_t``. The first panel's factor is ``ρ / κ``, clipped to ``[FACTOR_FLOOR, JUMP_FACTOR]``: where the
+probes show that plain Simpson's errors, summed, meet the run's target with room to spare, a pair whose own
+estimate is a little over its budget keeps plain Simpson (the run's target is a sum); elsewhere the factor
+follows the run's real ratio. Deeper panels keep :data:`~lca_cli.core.integrate.JUMP_FACTOR`, and the
+residual stays an exact lower bound of every panel's error. Numbers only (no torch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "DIFF_OVERSTATES",
+    "FACTOR_FLOOR",
+    "KAPPA_MAX",
+    "MIN_PROBES",
+    "POOL_MARGIN",
+    "REFINED_SHARE",
+    "Probe",
+    "first_panel_factor",
+]
+
+#: ``||S_2 - S_4||_1`` over plain Simpson's real error: 1.07-1.15 on nine ReLU runs (BENCHMARKS.md).
+DIFF_OVERSTATES = 1.1
+#: The probes' predicted error may be at most this fraction of the run's target before pooling stops.
+POOL_MARGIN = 0.6
+#: A probe that the factor would refine counts with this fraction of its budget (refinement stops below it).
+REFINED_SHARE = 0.5
+#: The largest pooling multiplier.
+KAPPA_MAX = 8.0
+#: The first panel's factor is never below this: the safety margin against a few probes that happen to be
+#: smooth. At 0.2, four probes of the bench's SGD ReLU MLP (plain Simpson 9.9e-4, at the contract) pooled fully
+#: and the run came out at 9.1e-4; its ratio over the whole run is 0.59, and on the SGD CNN 0.42-0.48.
+FACTOR_FLOOR = 0.5
+#: Fewer probes than this give no calibration (the fixed factor is used).
+MIN_PROBES = 4
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one probe pair measured (per evaluation set; loss units).
+
+    Attributes:
+        indicator: ``||Δ (g(0) + g(1) - 2 g(1/2))||_1 / 12``: the first panel's indicator without its factor.
+        diff: ``||S_2 - S_4||_1``: how much one split moved the row.
+        norm: ``||S_2||_1``: the plain-Simpson row's L1 norm.
+
+    """
+
+    indicator: float
+    diff: float
+    norm: float
+
+
+def first_panel_factor(
+    probes: Sequence[Probe], l1_tol: float, scale: float, ceiling: float
+) -> tuple[float, float, float] | None:
+    """The first panel's factor for a run, from its probes (see the module docstring).
+
+    Args:
+        probes: The probes' measurements (finite ones only).
+        l1_tol: The per-parameter target.
+        scale: The run scale ``S`` (0: none): a pair's budget is ``l1_tol max(norm, S)``.
+        ceiling: The largest factor (the fixed one, :data:`~lca_cli.core.integrate.JUMP_FACTOR`).
+
+    Returns:
+        ``(factor, ρ, κ)``, or None when there are fewer than :data:`MIN_PROBES` probes, no target, or no
+        indicator to calibrate (a run that did not move): the fixed factor then applies.
+
+    """
+    if len(probes) < MIN_PROBES or l1_tol <= 0:
+        return None
+    indicator = sum(p.indicator for p in probes)
+    if not indicator > 0:
+        return None
+    rho = sum(p.diff for p in probes) / indicator
+    target = POOL_MARGIN * l1_tol * sum(p.norm for p in probes)
+    kappa = 1.0
+    # Candidates: the multipliers at which a probe switches from refined to plain Simpson (the predicted error
+    # only changes there), largest last; the largest whose prediction fits wins.
+    switches = sorted(
+        {1.0, KAPPA_MAX}
+        | {
+            rho * p.indicator / (l1_tol * max(p.norm, scale))
+            for p in probes
+            if max(p.norm, scale) > 0 and 1.0 < rho * p.indicator / (l1_tol * max(p.norm, scale)) < KAPPA_MAX
+        }
+    )
+    for k in switches:
+        predicted = 0.0
+        for p in probes:
+            budget = l1_tol * max(p.norm, scale)
+            error = p.diff / DIFF_OVERSTATES  # plain Simpson's real error, as the split shows it
+            predicted += error if rho * p.indicator <= k * budget else min(error, REFINED_SHARE * budget)
+        if predicted <= target:
+            kappa = k
+    return min(ceiling, max(FACTOR_FLOOR, rho / kappa)), rho, kappa
