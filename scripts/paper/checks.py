@@ -23,7 +23,7 @@ import numpy as np
 from lca_cli.analysis.floor import RESOLUTION_RULE, tensor_counts
 from lca_cli.analysis.groups import stat
 from lca_cli.analysis.selection import Selection
-from lca_cli.analysis.sync import SyncAnalysis
+from lca_cli.analysis.sync import FEW_COINCIDENCES, SyncAnalysis, coinciding_iterations
 from lca_cli.analysis.verdicts import (
     AGREES,
     ERROR_RULE,
@@ -41,10 +41,6 @@ from lca_cli.store import LcaStore
 
 #: Noise floors of finding 1: |LCA| at or below X counts as zero (``lca summarize --min-abs X``).
 FLOORS = (1e-12, 1e-10)
-
-#: The synchronisation verdict of a run is called fragile when it rests on fewer iterations than this on which
-#: two or more layers peak together (within the window the test used).
-FEW_COINCIDENCES = 10
 
 
 def _layer_sums(per_tensor: np.ndarray, layers: Sequence[tuple[str, list[int]]]) -> np.ndarray:
@@ -247,14 +243,7 @@ def sync_windows(sa: SyncAnalysis) -> dict[str, Any]:
         :class:`~lca_cli.analysis.sync.PhaseSync`, None without one).
 
     """
-    coincide = {}
-    for w in sa.windows:
-        a, b = w.span
-        counts = np.zeros(max(b - a, 0), dtype=np.int64)
-        for p in sa.peaks:
-            q = p[(p >= a) & (p < b)] - a
-            counts[q] += 1
-        coincide[w.label] = int((counts >= 2).sum())
+    coincide = {w.label: coinciding_iterations(sa.peaks, w.span) for w in sa.windows}
     act = sa.active
     if act is None or not act.raw.tested:
         verdict = sync_verdict(None, None, act.raw.reason if act is not None else "no windows", "train")
