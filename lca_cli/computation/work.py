@@ -39,6 +39,7 @@ from lca_cli.computation.result import (
     accuracy_of,
 )
 from lca_cli.computation.scale import (
+    deep_factors_of,
     first_factors_of,
     l1_scales_of,
     needs_survey,
@@ -385,6 +386,7 @@ class _Work:
         self._record_rows()  # the rows so far met the survey in force until now
         store.update_attrs(survey_attrs(survey))
         engine.l1_scales, engine.first_factors = dict(survey.scales), dict(survey.factors)
+        engine.deep_factors = dict(survey.deep_factors)
         self.say(
             f"--follow: the run has grown to {survey.over} pairs: its scale of --l1-tol is now "
             + ", ".join(f"{s} {v:.3g}" for s, v in survey.scales.items())
@@ -513,6 +515,7 @@ def run_work(
     engine.l1_scales = l1_scales_of(store, plan.options.l1_scope)
     # The first panel's factor its last survey calibrated on the run (none: the fixed factor).
     engine.first_factors = first_factors_of(store) if engine.l1_scales else {}
+    engine.deep_factors = deep_factors_of(store) if engine.l1_scales else {}
     if engine.columns is not None:
         # Neuron or tensor columns are summed as the store recorded them when it was made.
         engine.columns = ColumnReducer(store.columns, store.layout)
