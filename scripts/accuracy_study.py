@@ -11,6 +11,12 @@ and each run's relative L1 error is taken against composite Simpson on all ``K``
     python scripts/accuracy_study.py record --dir /tmp/lca-study    # 6 x 200 x 33 float64 gradients: ~2 GB
     python scripts/accuracy_study.py rules --dir /tmp/lca-study --fractions 0,0.8,1
     python scripts/accuracy_study.py calibrate --dir /tmp/lca-study --factors 1,1.25
+    python scripts/accuracy_study.py oracle --dir /tmp/lca-study
+
+``oracle`` computes each run's oracle minimum (issue 23; :mod:`oracle`, as ``bench.py --cost-per-accuracy``
+does from a fresh grid): the fewest gradients per pair with which some allocation of dyadic Simpson panel trees
+over the run's pairs meets the per-run contract, beside the per-pair oracle (every pair within ``l1_tol`` of its
+own norm) and the library's scheme replayed at the default scale.
 
 ``calibrate`` measures an alternative that was not built: the first panel's indicator factor taken from the run
 (``c`` times the ratio ``||S_2 - S_4||_1 / ||Δ (g_0 + g_1 - 2 g_m)||_1 / 12`` over the scale's pairs, clipped to
@@ -33,6 +39,7 @@ SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
 
 import bench  # noqa: E402  (the --accuracy cases)
+import oracle  # noqa: E402  (the oracle minimum)
 
 
 def record(case: str, folder: Path, points: int, pairs: int) -> Path:
@@ -214,10 +221,25 @@ def calibrate(path: Path, factors: list[float], floor: float, l1_tol: float, cap
     return cells
 
 
+def oracle_row(path: Path, l1_tol: float, cap: int) -> str:
+    """One table row of ``oracle``: the oracle minimum of a recorded run beside the library's replayed scheme."""
+    from lca_cli.computation.scale import SCALE_FRACTION
+
+    grid = load_grid(path, cap)
+    grads, _, steps = grid
+    curves = [oracle.pair_curve(grads[t], steps[t])[0] for t in range(len(steps))]
+    alloc = oracle.allocate(curves, l1_tol)
+    plain = sum(c.errors[0] for c in curves) / sum(c.norm for c in curves)
+    rel, _, used, flagged = replay(grid, SCALE_FRACTION, l1_tol)
+    return (f"| {path.stem} | {len(curves)} | {alloc.gradients_per_pair:.2f} ({alloc.lower_bound:.2f}) -> "
+            f"{alloc.rel_l1:.2e} | {oracle.per_pair_minimum(curves, l1_tol):.2f} | {plain:.2e} | {used:.2f} -> "
+            f"{rel:.2e} ({flagged} flagged) | {used / alloc.gradients_per_pair:.2f} |")  # fmt: skip
+
+
 def main() -> int:
-    """Command line: ``record``, ``rules`` or ``calibrate``."""
+    """Command line: ``record``, ``rules``, ``calibrate`` or ``oracle``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("record", "rules", "calibrate"))
+    p.add_argument("what", choices=("record", "rules", "calibrate", "oracle"))
     p.add_argument("--dir", type=Path, required=True, help="where runs and gradient grids are kept")
     p.add_argument("--cases", default=",".join(bench.ACCURACY_CASES), help="comma-separated --accuracy cases")
     p.add_argument("--points", type=int, default=32, help="sub-intervals of the grid (the cap and the reference)")
@@ -240,6 +262,13 @@ def main() -> int:
         for case in cases:
             print(f"{case}: " + " | ".join(calibrate(args.dir / f"{case}.npz", factors, args.floor, args.l1_tol,
                                                      args.cap)), flush=True)  # fmt: skip
+        return 0
+    if args.what == "oracle":
+        print("| run | pairs | oracle minimum (lower bound) -> its relative L1 | per-pair oracle | plain Simpson "
+              "| the library's scheme replayed | scheme / oracle |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|")
+        for case in cases:
+            print(oracle_row(args.dir / f"{case}.npz", args.l1_tol, args.cap), flush=True)
         return 0
     fractions = [float(f) for f in args.fractions.split(",")]
     print("| run | " + " | ".join(f"f = {f:g}" if f else "per pair" for f in fractions) + " |")

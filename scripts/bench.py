@@ -515,6 +515,13 @@ def summarize_case(case: Case) -> dict[str, Any]:
     if "default" in per_pair:
         out["default_gradients_per_pair"] = statistics.mean(r["gradients_per_pair"] for r in case.rounds["default"])
         out["default_threads"] = sorted({r["threads"] for r in case.rounds["default"]})
+        if "floor" in per_pair:  # issue 23's overhead target: time per gradient, the floor's being 2 per pair
+            per_gradient = [
+                (d / r["gradients_per_pair"]) / (f / 2)
+                for d, r, f in zip(per_pair["default"], case.rounds["default"], per_pair["floor"], strict=True)
+            ]
+            out["default_per_gradient_over_floor"] = statistics.median(per_gradient)
+            out["default_per_gradient_over_floor_rounds"] = per_gradient
     for kind in ("compute", "default"):
         for base in ("floor", "naive"):
             if kind in per_pair and base in per_pair:
@@ -1008,7 +1015,16 @@ def machine() -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
+    rest = list(sys.argv[1:] if argv is None else argv)
+    if "--model-sizes" in rest:  # the model-size sweep has its own options: hand them all to it
+        rest.remove("--model-sizes")
+        from bench_sizes import main as model_sizes
+
+        return model_sizes(rest)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--model-sizes", action="store_true", help="only: the model-size sweep, scripts/bench_sizes.py (its options)"
+    )
     p.add_argument("--sizes", default="small,mnist_fc,resnet20", help=f"comma-separated, of {', '.join(SIZES)}")
     p.add_argument("--pairs", type=int, default=0, help="pairs per size (default: per size; 3 with --quick)")
     p.add_argument("--rounds", type=int, default=0, help="timing rounds (default 5; 1 with --quick)")
@@ -1046,7 +1062,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="only: the defaults against the float64 reference on ordinary runs (--cases; --pairs, default 200)",
     )
-    p.add_argument("--cases", default=",".join(ACCURACY_CASES), help="--accuracy cases, comma-separated")
+    p.add_argument(
+        "--cost-per-accuracy",
+        action="store_true",
+        help="only: default gradients per pair beside the oracle minimum, and the overhead per gradient "
+        "(scripts/oracle.py; --cases of its runs, --pairs, --rounds, --quick)",
+    )
+    p.add_argument("--l1-tol", type=float, default=1e-3, help="--cost-per-accuracy: the per-run contract")
+    p.add_argument("--cases", default="", help="--accuracy / --cost-per-accuracy cases, comma-separated (default: all)")
     p.add_argument("--keep", type=Path, help="generate runs here and keep them (default: a temp dir, deleted)")
     p.add_argument(
         "--scaling",
@@ -1068,6 +1091,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child:
         child_main(args)
         return 0
+    if args.cost_per_accuracy:
+        import oracle  # scripts/oracle.py (imports this module)
+
+        args.rounds = args.rounds or (1 if args.quick else 2)
+        return oracle.main(args)
     args.rounds = args.rounds or (1 if args.quick else 5)
 
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
@@ -1139,6 +1167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = f", loop only {s['compute_loop_s_per_pair']:.4f} s/pair" if "compute_loop_s_per_pair" in s else ""
         res = f", max |residual| {s['max_abs_residual']:.2e}" if "max_abs_residual" in s else ""
         print(f"{s['size']}: {SIZES[s['size']].description}{extra}{res}")
+        if "default_per_gradient_over_floor" in s:
+            rounds_ = s["default_per_gradient_over_floor_rounds"]
+            print(f"  default per gradient / floor per gradient: {s['default_per_gradient_over_floor']:.3f} (median "
+                  f"of rounds; {min(rounds_):.3f}-{max(rounds_):.3f}; {s['default_gradients_per_pair']:.2f} "
+                  "gradients per pair)")  # fmt: skip
         for k in ABLATIONS:
             if f"{k}_over_compute" in s:
                 print(f"  {k}/compute: {s[f'{k}_over_compute']:.3f} (median {s[f'{k}_over_compute_median']:.3f})")
@@ -1175,7 +1208,7 @@ def accuracy_main(args: argparse.Namespace) -> int:
     assert root is not None
     rows: list[dict[str, Any]] = []
     try:
-        for name in [c.strip() for c in args.cases.split(",") if c.strip()]:
+        for name in [c.strip() for c in (args.cases or ",".join(ACCURACY_CASES)).split(",") if c.strip()]:
             if name not in ACCURACY_CASES:
                 raise SystemExit(f"unknown case {name!r}; known: {', '.join(ACCURACY_CASES)}")
             rows += accuracy_case(name, root, args.pairs or (4 if args.quick else 200), args.threads or "auto")

@@ -18,7 +18,11 @@
 #   6. --compile on MNIST-FC;
 #   7. one library gradient vs one floor gradient, alternated (MNIST-FC, 55k samples, 1,024-sample chunks);
 #   8. scaling: lca compute with 1 process against torchrun with one process per GPU (2 per GPU on a
-#      one-GPU machine: what sharing a GPU gives) and cooperating processes, MNIST-FC on 55k samples.
+#      one-GPU machine: what sharing a GPU gives) and cooperating processes, MNIST-FC on 55k samples;
+#   9. the model-size sweep of issue 26 (scripts/bench_sizes.py): ReLU MLPs of GPU_SIZES parameters (default
+#      16M,64M; add 256M on a card with room: memory per parameter decides what fits) on a barely-moving run,
+#      lca compute (default options) against a minimal Simpson script: time per gradient, peak host RSS and
+#      peak allocated device memory, gradients per pair. Runs second, after the tests.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-gpu-results}}"
@@ -55,6 +59,9 @@ step() {  # step NAME TIMEOUT_S CMD...: run, log, never abort the script
 B="$PY scripts/bench.py --device cuda --no-peak"
 
 step gpu_tests 90 "$PY" -m pytest -q -m gpu tests
+# 9. (second: issue 26) the model-size sweep; fresh children, one at a time; no lock on a machine of its own
+step model_sizes 180 "$PY" scripts/bench_sizes.py --device cuda --sizes "${GPU_SIZES:-16M,64M}" --rounds 1 \
+    --threads 8 --lock none --json "$OUT_DIR/model_sizes.json"
 # 2. MNIST-FC, 55k samples: one chunk (what a GPU wants), then the default chunk size
 step mnist55k_one_chunk 150 $B --sizes mnist_fc --samples 55000 --batch-size 55000 --pairs 600 --rounds 3 \
     --kinds floor,compute,naive,compute-noprefetch,compute-syncwrite --json "$OUT_DIR/mnist55k_one_chunk.json"

@@ -11,12 +11,18 @@ Every network is trained with :func:`lca_cli.training.train.train_run` from a co
 reductions of :mod:`lca_cli.analysis` (helped fractions, per-layer series, peak detection and the
 synchronisation statistic):
 
-1. noise: helped / zero / hurt shares of all parameters per iteration, the helped fraction without zeros,
-   per-parameter fractions and the concentration of learning;
-2. layers that hurt: per-layer totals against the run's integration error, when each layer learned, and the
-   freeze-the-last-layer experiment on the FC net (over 3 seeds in ``--cpu-scale``);
-3. synchronisation of per-layer learning peaks against circular shifts and a step-size-controlled baseline;
+1. noise: both of the paper's helped claims (share per iteration, fraction per parameter) under each convention
+   (all entries, nonzero entries, above a noise floor) with the share of entries below float resolution, over
+   the FC net's seeds (mean ± sd, n);
+2. layers that hurt: per-layer totals against per-layer error estimates, with and without the starting
+   transient and per third of the run, the cancellation statistics, and the freeze-the-last-layer experiments
+   on the FC net (over 3 seeds in ``--cpu-scale``) and on the ResNet-20 stand-in;
+3. synchronisation of per-layer learning peaks against circular shifts over the run, within the window holding
+   the peaks and per third, beside the step-size-controlled test;
 4. method accuracy: first order, Simpson and adaptive Simpson against a float64 32-interval reference.
+
+Every verdict is computed by the rules of :mod:`lca_cli.analysis.verdicts` (``paper/checks.py``), and the page
+ends with each finding's verdict and the list of where the runs disagree with the paper.
 
 ``--only KEYS`` trains and computes some runs into ``--work`` (parallel processes can share it); ``--reuse``
 takes finished runs (and the accuracy runs) with the same config as they are, with the times measured when
@@ -39,12 +45,14 @@ from pathlib import Path
 import torch
 
 from lca_cli import LcaError
+from lca_cli.analysis.selection import select_rows
 from lca_cli.store import LcaStore
 
 SCRIPTS = Path(__file__).resolve().parent
 if str(SCRIPTS) not in sys.path:  # the paper/ package beside this script, also when it is loaded by file path
     sys.path.insert(0, str(SCRIPTS))
 
+from paper.checks import FLOORS, floor_check, layer_check, noise_verdicts, seed_noise, sync_windows  # noqa: E402
 from paper.experiments import FREEZE_SEEDS, MODES, Experiment, Mode, experiments  # noqa: E402
 from paper.figures import make_figures  # noqa: E402
 from paper.findings import (  # noqa: E402
@@ -131,17 +139,38 @@ def compute_only(exps: list[Experiment], only: str, mode: Mode, work: Path, devi
 
 
 def measure(runs: dict[str, RunResult], mode: Mode, work: Path, device: str, reuse: bool, argv: list[str]) -> Findings:
-    """The four findings of every run, by role (figures not drawn yet)."""
+    """The four findings of every run, by role, and the checks on them (figures not drawn yet)."""
     noise, layers, sync = {}, {}, {}
+    found = Findings(mode.name, argv, runs, noise, layers, sync)
+    seed_keys = [k for k, r in runs.items() if k == "fc_mnist" or "seed" in r.exp.roles]
     for k, r in runs.items():
         store = LcaStore.open(r.store)
         layers[k] = layer_finding(store)
-        if "noise" in r.exp.roles:
-            noise[k] = noise_finding(store)
-        if "sync" in r.exp.roles:
-            sync[k] = sync_finding(layers[k], mode.shuffles)
-    found = Findings(mode.name, argv, runs, noise, layers, sync)
+        wants_noise = "noise" in r.exp.roles or k in seed_keys
+        sel = select_rows(store, "train")
+        found.floors[k] = floor_check(store, sel, FLOORS if wants_noise else ())
+        found.layer_checks[k] = layer_check(layers[k], found.floors[k])
+        if wants_noise:
+            nz = noise_finding(store)
+            if "noise" in r.exp.roles:
+                noise[k] = nz
+            found.noise_checks[k] = noise_verdicts(found.floors[k], nz["params"], nz["param_helped"], nz["param_hurt"])
+        if "sync" in r.exp.roles or k in seed_keys:
+            s = sync_finding(layers[k], mode.shuffles)
+            if "sync" in r.exp.roles:
+                sync[k] = s
+            found.sync_checks[k] = sync_windows(s["analysis"])
+    if len(seed_keys) > 1:
+        found.seeds = {
+            "keys": seed_keys,
+            "noise": seed_noise(
+                {k: found.noise_checks[k] for k in seed_keys}, {k: found.floors[k] for k in seed_keys},
+                LcaStore.open(runs[seed_keys[0]].store).layout.size,
+            ),
+            "sync": {k: found.sync_checks[k] for k in seed_keys},
+        }  # fmt: skip
     found.freeze = freeze_finding(runs, layers, FREEZE_SEEDS.get(mode.name, (0,)))
+    found.freeze_resnet = freeze_finding(runs, layers, (0,), "resnet20_standin", "resnet20_standin_frozen")
     acc_run = next((r for r in runs.values() if "acc" in r.exp.roles), None)
     if acc_run is not None:
         found.accuracy = accuracy_finding(acc_run, work, mode.accuracy_pairs, device, log, reuse=reuse)

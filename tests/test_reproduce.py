@@ -50,13 +50,32 @@ def test_smoke_run_writes_every_finding(tmp_path: Path, capsys: pytest.CaptureFi
     # The frozen layer's LCA is exactly zero, and the reference row of finding 4 is there.
     assert "max |LCA| over its parameters, all seeds = 0." in text
     # both conventions of finding 1, the integration error of finding 2, both baselines of finding 3
-    assert "all parameters: helped / zero / hurt" in text and "zeros excluded" in text
+    assert "(a) all entries" in text and "(a) nonzero entries" in text and "zeros excluded" in text
     assert "integration error" in text and "| helps |" in text
-    assert "circular shifts: observed vs baseline" in text and "step-size controlled" in text
+    assert "raw: observed vs baseline" in text and "step-size controlled: observed vs baseline" in text
     assert "reference (float64, n = 32 on every pair)" in text
     assert not (out / "figures").exists()  # --no-figures
     # Runs and stores stay in --work.
     assert (work / "fc_mnist" / "lca.zarr").is_dir()
+    # The checks a reader makes: noise floor, transient, windowed sync, both freeze experiments, the verdict list.
+    parts = ("(a) floor 1e-12", "entries below resolution", "(b) per parameter", "transient k =",
+             "Σpos / abs(Σneg)", "| | active (", "of the ResNet-20 stand-in at initialisation",
+             "## The paper's findings and this page's verdicts", "### Where this disagrees with the paper")  # fmt: skip
+    for part in parts:
+        assert part in text, part
+
+    # With figures (the runs reused): every figure numbered in page order, "Figure N" beside figN_NAME.png, and
+    # figures of an earlier page (numbered or from before numbering) gone.
+    (out / "figures").mkdir()
+    for stale in ("fig9_gone.png", "helped_fraction.png"):
+        (out / "figures" / stale).write_bytes(b"")
+    assert rp.main([*base, "--out", str(out)]) == 0
+    assert not (out / "figures" / "fig9_gone.png").exists() and not (out / "figures" / "helped_fraction.png").exists()
+    text = (out / "paper.md").read_text(encoding="utf-8")
+    figs = re.findall(r"!\[[^\]]*\]\(figures/fig(\d+)_(\w+)\.png\)\n\n\*Figure (\d+)\. ", text)
+    assert [int(n) for n, _, _ in figs] == list(range(1, len(figs) + 1)) and len(figs) >= 5
+    assert all(n == m for n, _, m in figs)
+    assert {p.name for p in (out / "figures").glob("fig*.png")} == {f"fig{n}_{name}.png" for n, name, _ in figs}
 
 
 def test_committed_figures_exist_are_true_colour_and_small() -> None:

@@ -134,8 +134,8 @@ def _stop_signals(stop: threading.Event, received: list[int]) -> Iterator[None]:
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="Print the plan (pairs, gradients per pair, a time estimate from one measured gradient, disk sizes) "
-    "and exit; nothing is written.",
+    help="Compute the first pairs (up to 3, 60 s) into a temporary store and print what was measured (gradients "
+    "per pair, time per pair, peak memory), the store's size and a time estimate; nothing is kept.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON result object on stdout (for scripts).")
 @click.option(

@@ -92,10 +92,12 @@ class ComputeOptions:
         max_splits: Cap on sub-intervals (power of two >= 2); 2 is plain Simpson with no refinement.
         batch_size: Evaluation chunk size (samples per forward pass).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:i"``.
-        dtype: dtype the network runs in (sums are always accumulated in float64). ``"auto"``: the checkpoints'
+        dtype: dtype the network runs in (losses are always reduced in float64). ``"auto"``: the checkpoints'
             dtype (float64 when every floating tensor of the first checkpoint is float64, else float32), on every
             device: a float32 network gave the same per-parameter error as a float64 one on every net measured,
             at about half the cost on CPU.
+        accumulate: ``"auto"`` (float32 gradients and rows where :mod:`lca_cli.computation.precision`'s bound
+            allows it, float64 otherwise) or ``"float64"`` (always).
         bn_mode: ``"batch"`` (statistics of each evaluation chunk, as in the paper) or ``"running"``
             (the checkpoints' running statistics, interpolated along the segment and allocated separately).
         allow_tf32: Allow TF32 matmuls/convolutions on GPU (faster, less accurate; off by default).
@@ -123,6 +125,7 @@ class ComputeOptions:
     batch_size: int = default_of("batch_size")
     device: str = default_of("device")
     dtype: str = default_of("dtype")
+    accumulate: str = default_of("accumulate")
     bn_mode: str = default_of("bn_mode")
     allow_tf32: bool = default_of("allow_tf32")
     compile: bool = default_of("compile")

@@ -1,10 +1,16 @@
-"""``lca compute --dry-run``: what a compute would do and cost, before a long run; nothing is written.
+"""``lca compute --dry-run``: what a compute would do and cost, measured on a few real pairs; nothing is kept.
 
-It takes compute's own plan (:func:`~lca_cli.computation.plan.build_plan`), builds the model and evaluation
-sets, times a few full-set gradients at the newest checkpoint (after one warm-up), reads an existing store's
-done rows and sub-interval counts, and reports the pairs to compute (within ``--steps`` / ``--shard``), the
-gradients per pair expected, a time estimate, and the disk the checkpoints take and the store will take once
-complete.
+It takes compute's own plan (:func:`~lca_cli.computation.plan.build_plan`) and runs compute itself
+(:func:`~lca_cli.computation.runner.compute`: the same engine, estimator, reader, writer and store) on the first
+pairs still to compute (up to :data:`PROBE_PAIRS`, or fewer once :data:`PROBE_SECONDS` have passed) into a
+temporary store (in ``$TMPDIR``, deleted afterwards). From that call it reports what it measured: seconds per
+pair and per gradient, gradients per pair (the adaptive estimator's own count on those pairs), the call's
+start-up, and the process's peak memory during the call (VmHWM, reset before it; on CUDA also the peak allocated
+device memory). The store size is the temporary store's, complete (every array, the coordinates and metadata
+included; :mod:`lca_cli.store.sizing`); a later call that surveys a grown run adds its record to the metadata
+(a few hundred bytes). What it cannot know is said: how many gradients the other pairs need
+(refinement adapts per pair, so a run whose pairs differ needs a different count) and how memory grows with
+the rows of a full chunk.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,47 +28,34 @@ from typing import Any
 import numpy as np
 import torch
 
-from lca_cli.computation.engine import build_engine, preflight
-from lca_cli.computation.plan import ComputePlan, environment
-from lca_cli.core.columns import Columns
-from lca_cli.core.vectors import split_state
+from lca_cli.computation.distributed import Scope
+from lca_cli.computation.plan import ComputePlan, Schedule
+from lca_cli.computation.runner import compute
+from lca_cli.computation.scale import CALLS_ATTR
 from lca_cli.errors import RunDirError
-from lca_cli.sources import CheckpointSource, describe_folder
+from lca_cli.sources import describe_folder
 from lca_cli.store import LcaStore, choose_rows_per_chunk
+from lca_cli.store.chunks import CHECKSUM_BYTES
 from lca_cli.store.identity import align
 from lca_cli.store.placement import inspect_path
+from lca_cli.store.sizing import complete_size
 
-__all__ = ["DryRun", "dry_run", "store_bytes"]
+__all__ = ["PROBE_PAIRS", "PROBE_SECONDS", "DryRun", "dry_run"]
 
-#: Gradients timed per evaluation set (the fastest counts: the first calls warm caches up).
-TIMED_CALLS = 3
-#: Bytes per row of the per-row arrays of one set besides ``lca`` and the per-tensor arrays: loss, loss_end,
-#: residual, l1_change, buffer_lca (float64), splits (int32), flagged, done (bool).
-_ROW_BYTES = 5 * 8 + 4 + 2
-#: Bytes per row and tensor: tensor_lca (float64), tensor_helped and tensor_hurt (int64).
-_TENSOR_BYTES = 3 * 8
-
-
-def store_bytes(n_pairs: int, columns: int, tensors: int, sets: int, rows_per_chunk: int) -> tuple[int, int]:
-    """Disk a complete store takes: ``(all arrays, lca alone)``, chunk padding included (chunks are uncompressed).
-
-    Args:
-        n_pairs: Pairs T.
-        columns: Columns of ``lca`` (P, or fewer with ``--granularity`` / ``--params``).
-        tensors: Parameter tensors K.
-        sets: Evaluation sets.
-        rows_per_chunk: Rows per chunk.
-
-    """
-    rows = math.ceil(n_pairs / rows_per_chunk) * rows_per_chunk
-    lca = rows * columns * 4
-    per_set = lca + rows * (_ROW_BYTES + tensors * _TENSOR_BYTES)
-    return sets * per_set, sets * lca
+#: Pairs a dry run computes (fewer when the run has fewer to compute).
+PROBE_PAIRS = 3
+#: After this many seconds a dry run starts no further pair (it always finishes its first).
+PROBE_SECONDS = 60.0
 
 
 @dataclass
 class DryRun:
-    """What ``lca compute`` would do (see the module docstring); sizes in bytes, times in seconds."""
+    """What ``lca compute`` would do (see the module docstring); sizes in bytes, times in seconds.
+
+    ``gradients_per_pair``, ``seconds_per_pair``, ``seconds_per_gradient``, ``startup_seconds``, ``peak_*`` and
+    ``threads`` were measured on the ``measured_pairs`` pairs ``measured_steps`` (0 and empty: nothing was
+    measured, the store being complete); ``peak_rss_bytes`` is None where the platform cannot reset or read it.
+    """
 
     run: Path
     store: Path
@@ -81,9 +76,14 @@ class DryRun:
     store_bytes: int
     lca_bytes: int
     parameter_store_bytes: int
-    gradients_per_pair: dict[str, float]
-    gradients_basis: str
-    seconds_per_gradient: dict[str, float]
+    measured_pairs: int
+    measured_steps: str
+    gradients_per_pair: float
+    seconds_per_pair: float
+    seconds_per_gradient: float
+    startup_seconds: float
+    peak_rss_bytes: int | None
+    peak_device_bytes: int | None
     device: str
     dtype: str
     threads: int
@@ -98,32 +98,33 @@ class DryRun:
 
     def lines(self) -> list[str]:
         """The human-readable plan."""
-        grads = ", ".join(f"{s} {1000 * t:.3g} ms" for s, t in self.seconds_per_gradient.items())
-        per_pair = ", ".join(f"{s} {g:.3g}" for s, g in self.gradients_per_pair.items())
         smaller = (
             f" (per-parameter rows would take {_size(self.parameter_store_bytes)})"
             if self.parameter_store_bytes != self.store_bytes
             else ""
         )
-        # Before any pair is done the time is known only at plain Simpson's 2 gradients per pair: say so.
-        minimum = self.gradients_basis.startswith("the minimum")
-        duration = _duration(self.estimate_seconds)
-        if minimum:
-            duration = "at least " + duration.removeprefix("about ")
-        more = "; ReLU nets often need 3-5 gradients per pair with the default refinement" if minimum else ""
         out = [
             f"run        {self.run}: {self.checkpoints} checkpoints, steps {self.first_step}..{self.last_step}, "
             f"{_size(self.checkpoint_bytes)} on disk",
             f"store      {self.store} ({self.store_state}): {self.pairs:,} pairs x {self.columns:,} columns "
             f"({self.granularity}; {self.parameters:,} parameters) x {len(self.sets)} set(s): "
-            f"{_size(self.store_bytes)} when complete, lca {_size(self.lca_bytes)}{smaller}",
+            f"{_size(self.store_bytes)} when complete (every array), lca {_size(self.lca_bytes)}{smaller}",
             f"pairs      {self.pairs:,} in total, {self.done:,} done, {self.to_compute:,} to compute ({self.scope}: "
             f"{self.in_scope:,} pairs)",
-            f"gradients  per pair and set: {per_pair} ({self.gradients_basis})",
-            f"timing     one full-set gradient: {grads} (on {self.device}, {self.dtype}, {self.threads} thread(s); "
-            "measured at the first checkpoint)",
-            f"estimate   {duration} for {self.to_compute:,} pairs in one process "
-            f"(start-up not included{more}; N processes or GPUs take about 1/N of it)",
+        ]
+        if not self.measured_pairs:
+            return [*out, "measured   nothing: no pair to compute"] + [f"note       {n}" for n in self.notes]
+        peak = "" if self.peak_rss_bytes is None else f"; peak memory {_size(self.peak_rss_bytes)}"
+        if self.peak_device_bytes is not None:
+            peak += f", {_size(self.peak_device_bytes)} allocated on {self.device}"
+        out += [
+            f"measured   {self.measured_pairs} pair(s) ({self.measured_steps}) computed as compute does: "
+            f"{self.gradients_per_pair:.3g} gradients per pair (all sets), {_seconds(self.seconds_per_pair)} per "
+            f"pair, {_seconds(self.seconds_per_gradient)} per gradient; start-up {_seconds(self.startup_seconds)}"
+            f"{peak} (on {self.device}, {self.dtype}, {self.threads} thread(s))",
+            f"estimate   {_duration(self.estimate_seconds)} for {self.to_compute:,} pairs in one process, start-up "
+            "included, if the other pairs need as many gradients as these (refinement adapts per pair); N "
+            "processes or GPUs take about 1/N of the pairs' time",
         ]
         return out + [f"note       {n}" for n in self.notes]
 
@@ -136,6 +137,10 @@ def _size(n: float) -> str:
     return f"{n:.3g} TB"
 
 
+def _seconds(s: float) -> str:
+    return f"{1000 * s:.3g} ms" if s < 1 else f"{s:.3g} s"
+
+
 def _duration(seconds: float) -> str:
     if seconds < 60:
         return f"about {seconds:.2g} s"
@@ -144,104 +149,183 @@ def _duration(seconds: float) -> str:
     return f"about {seconds / 3600:.3g} h"
 
 
-def _time_gradient(obj: Any, v: torch.Tensor, fixed: Any, device: torch.device) -> float:
-    best = math.inf
-    for k in range(TIMED_CALLS + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        obj.value_and_grad(v, fixed)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if k:  # the first call warms up
-            best = min(best, time.perf_counter() - t0)
-    return best
+def _reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux ``/proc/self/clear_refs``); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int | None:
+    """Peak resident memory of this process (VmHWM) in bytes, or None where it cannot be read."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """What compute did on the probe's pairs (see :class:`DryRun` for the fields)."""
+
+    pairs: int
+    steps: str
+    gradients: int
+    seconds: float
+    startup: float
+    peak_rss: int | None
+    peak_device: int | None
+    threads: int
+    flagged: int
+
+
+def _probe(plan: ComputePlan, out: Path, first: int, count: int) -> _Probe:
+    """Compute pairs ``first .. first + count - 1`` into a new store at ``out``, as ``compute`` would."""
+    steps, device = plan.steps, plan.device
+    stop, t0 = threading.Event(), time.perf_counter()
+
+    def budget(done: int, total: int) -> None:  # after each pair: start no further one past the budget
+        if time.perf_counter() - t0 > PROBE_SECONDS:
+            stop.set()
+
+    measure_rss = _reset_peak_rss()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    hooks = plan.hooks
+    res = compute(
+        plan.run_dir, plan.config, out, schedule=Schedule(Scope(start=steps[first], stop=steps[first + count])),
+        progress=budget, stop=stop, flush_seconds=hooks.flush_seconds, durable=hooks.durable,
+        unsafe_pickle=plan.unsafe_pickle, read_ahead=hooks.read_ahead, sync_writes=hooks.sync_writes,
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    last = steps[first + max(1, res.computed)]
+    return _Probe(
+        pairs=res.computed,
+        steps=f"steps {steps[first]} -> {last}",
+        gradients=round(res.gradients_per_pair * res.computed),
+        seconds=res.seconds,
+        startup=max(0.0, wall - res.seconds),
+        peak_rss=_peak_rss() if measure_rss else None,
+        peak_device=int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
+        threads=res.threads,
+        flagged=sum(len(v) for v in res.flagged.values()),
+    )
+
+
+def _per_parameter_bytes(probe: LcaStore, total: int, lca: int, coordinate: int, n_pairs: int, requested: int) -> int:
+    """What the store would take with one column per parameter: ``lca`` and its int32 coordinate replaced."""
+    if probe.columns.full:
+        return total
+    p = probe.layout.size
+    rows = choose_rows_per_chunk(p, requested, n_pairs)
+    cols = min(p, 1 << 22)  # format.MAX_CHUNK_COLS and COORD_COLS
+    grid = math.ceil(max(1, n_pairs) / rows) * math.ceil(p / cols)
+    per_set = grid * (rows * cols * 4 + CHECKSUM_BYTES) + math.ceil(p / cols) * (cols * 4 + CHECKSUM_BYTES)
+    return total - lca - coordinate + len(probe.sets) * per_set
 
 
 def dry_run(plan: ComputePlan) -> DryRun:
-    """Measure and describe what ``compute`` would do with a plan; nothing is written, nothing is locked.
-
-    The plan is the one ``compute`` builds (:func:`~lca_cli.computation.plan.build_plan`): the same checkpoints,
-    device, dtype (``auto``: the checkpoints' own), tolerances and columns, so the timing is of what compute runs.
+    """Measure and describe what ``compute`` would do with a plan; nothing is kept, the store is not locked.
 
     Args:
-        plan: The call's plan.
+        plan: The call's plan (:func:`~lca_cli.computation.plan.build_plan`).
 
     Returns:
         What compute would do and cost.
 
     Raises:
-        LcaError: The errors ``lca compute`` would raise before its first pair (config, checkpoints, store).
+        LcaError: The errors ``lca compute`` would raise on its first pairs (config, checkpoints, evaluation sets).
 
     """
-    run, out_path, refs, device, opts = plan.run_dir, plan.out, list(plan.refs), plan.device, plan.options
+    run, out_path, refs, opts = plan.run_dir, plan.out, list(plan.refs), plan.options
     if len(refs) < 2:  # beside a store (rotation): compute has nothing to do, and there is nothing to time
         raise RunDirError(f"{run} holds {len(refs)} checkpoint(s); LCA needs at least two ({describe_folder(run)})")
     notes: list[str] = []
-    with environment(opts, plan.config.base_dir):
-        engine, _, expected = build_engine(plan.config, device)
-        key = opts.state_dict_key or None
-        source = CheckpointSource(expected, state_dict_key=key, unsafe_pickle=plan.unsafe_pickle)
-        v, fixed = preflight(engine, lambda ref: split_state(source.read(ref), engine.vlayout, device), refs)
-        timing = {s: _time_gradient(obj, v, fixed, device) for s, obj in engine.objectives.items()}
-        threads = torch.get_num_threads()
-    layout = engine.layout
-    columns = Columns.build(layout, opts.granularity, opts.params)
-    sets = list(engine.objectives)
     steps = [r.step for r in refs]
     done = np.zeros(len(steps) - 1, dtype=bool)
-    state = inspect_path(out_path, deep=False).kind
-    splits: dict[str, np.ndarray] = {}
-    rows_per_chunk = choose_rows_per_chunk(columns.size, opts.rows_per_chunk)
-    if state == "store":
-        store = LcaStore.open(out_path)
-        al = align(store.steps, refs, out_path, run)
-        steps = al.steps
-        done = np.concatenate([store.done(), np.zeros(len(steps) - 1 - store.n_pairs, dtype=bool)])
-        rows_per_chunk = store.rows_per_chunk
-        if store.columns.size != columns.size or store.sets != sets:
-            notes.append("the store was made with other settings: compute would refuse it (use --overwrite or --out)")
-        for s in store.sets:
-            splits[s] = store.read(s, "splits")[store.done()]
-        store_state = f"exists: {int(done.sum())} of {store.n_pairs} pairs done" + (
-            f", {len(steps) - 1 - store.n_pairs} new checkpoint(s) to append" if len(steps) - 1 > store.n_pairs else ""
+    existing: LcaStore | None = None
+    if inspect_path(out_path, deep=False).kind == "store" and not plan.overwrite:
+        existing = LcaStore.open(out_path)
+        steps = align(existing.steps, refs, out_path, run).steps
+        done = np.concatenate([existing.done(), np.zeros(len(steps) - 1 - existing.n_pairs, dtype=bool)])
+        store_state = f"exists: {int(done.sum())} of {existing.n_pairs} pairs done" + (
+            f", {len(steps) - 1 - existing.n_pairs} new checkpoint(s) to append"
+            if len(steps) - 1 > existing.n_pairs
+            else ""
         )
+        if done.any():
+            splits = {s: existing.read(s, "splits")[existing.done()] for s in existing.sets}
+            mean = ", ".join(f"{s} {float(np.mean(v)):.3g}" for s, v in splits.items() if len(v))
+            notes.append(f"the {int(done.sum())} pairs done used {mean} sub-intervals per pair on average")
     else:
+        state = inspect_path(out_path, deep=False).kind
         store_state = "new" if state in ("missing", "empty", "half") else f"cannot be used: {state}"
+        if state == "store":
+            store_state = "exists: replaced once the first new rows are written (--overwrite)"
     n_pairs = len(steps) - 1
     scope = plan.schedule.window
+    if existing is not None:
+        candidates = scope.mask(np.asarray(steps), existing.rows_per_chunk)
+    else:  # a new store's chunks are not known before the probe creates one: a shard's pairs by steps alone
+        candidates = dataclasses.replace(scope, shard=0, shards=1).mask(np.asarray(steps), max(1, n_pairs))
+    todo = np.flatnonzero(candidates & ~done)
+    measured = None
+    size = None
+    with tempfile.TemporaryDirectory(prefix="lca-dry-run-") as tmp:
+        probe_path = Path(tmp) / "probe.lca.zarr"
+        if len(todo) or existing is None:
+            first = int(todo[0]) if len(todo) else 0
+            measured = _probe(plan, probe_path, first, min(PROBE_PAIRS, n_pairs - first))
+            probe = LcaStore.open(probe_path, "r+")
+            calls = probe.attrs.get(CALLS_ATTR)
+            if calls:  # complete under this survey, the store's record names every row, not the probe's few
+                probe.update_attrs({CALLS_ATTR: [{**calls[-1], "rows": [[0, n_pairs]]}]})
+                probe.consolidate()  # as a finished compute leaves it
+        else:
+            probe = existing
+        size = complete_size(probe.path)
+        rows_per_chunk = existing.rows_per_chunk if existing is not None else probe.rows_per_chunk
+        coordinate = sum(v for k, v in size.arrays.items() if k.rsplit("/", 1)[-1] in ("parameter_tensor", "neuron"))
+        per_param = _per_parameter_bytes(probe, size.total, size.lca, coordinate, n_pairs, opts.rows_per_chunk)
+        columns, sets, parameters = probe.columns, list(probe.sets), probe.layout.size
+    if existing is not None and (existing.columns.size != columns.size or existing.sets != sets):
+        notes.append("the store was made with other settings: compute would refuse it (use --overwrite or --out)")
     in_scope = scope.mask(np.asarray(steps), rows_per_chunk)
     to_compute = int((in_scope & ~done).sum())
-    gpp, basis = _gradients_per_pair(opts.method, opts.max_splits, sets, splits)
-    estimate = to_compute * sum(gpp[s] * timing[s] for s in sets)
-    total, lca = store_bytes(n_pairs, columns.size, len(layout.params), len(sets), rows_per_chunk)
-    per_param, _ = store_bytes(
-        n_pairs, layout.size, len(layout.params), len(sets), choose_rows_per_chunk(layout.size, opts.rows_per_chunk)
-    )
+    if plan.schedule.follow:
+        notes.append("--follow: the store grows by whole chunks as checkpoints arrive; the size is of the pairs now")
+    gpp = spp = spg = startup = estimate = 0.0
+    if measured is not None and measured.pairs:
+        n_sets = len(sets)
+        # The first pair of a call also evaluates its start point (once per set): not a per-pair cost.
+        gpp = (measured.gradients - n_sets) / measured.pairs
+        spg = measured.seconds / max(1, measured.gradients)
+        spp, startup = measured.seconds / measured.pairs, measured.startup
+        estimate = startup + spg * (gpp * to_compute + n_sets) if to_compute else 0.0
+        notes.append(
+            "peak memory is of the measured pairs; a full chunk holds up to "
+            f"{rows_per_chunk} rows x {columns.size:,} columns x 4 B ({_size(rows_per_chunk * columns.size * 4)}) "
+            "per set in each of the two blocks in flight"
+        )
+        if measured.flagged:
+            notes.append(f"{measured.flagged} of the measured pairs stayed over tolerance at --max-splits")
     ckpt_bytes = 0
     for ref in refs:
         for f in ref.weight_files:
             with contextlib.suppress(OSError):  # deleted meanwhile
                 ckpt_bytes += f.stat().st_size
+    m = measured
     return DryRun(
         run, out_path, store_state, len(refs), refs[0].step, refs[-1].step, ckpt_bytes, n_pairs, int(done.sum()),
-        int(in_scope.sum()), to_compute, scope.describe(), columns.granularity, columns.size, layout.size, sets,
-        total, lca, per_param, gpp, basis, timing, str(device), opts.dtype, threads, estimate, notes,
+        int(in_scope.sum()), to_compute, scope.describe(), columns.granularity, columns.size, parameters, sets,
+        size.total, size.lca, per_param, m.pairs if m else 0, m.steps if m else "", gpp, spp, spg, startup,
+        m.peak_rss if m else None, m.peak_device if m else None, str(plan.device), opts.dtype,
+        m.threads if m else 0, estimate, notes,
     )  # fmt: skip
-
-
-def _gradients_per_pair(
-    method: str, max_splits: int, sets: list[str], splits: dict[str, np.ndarray]
-) -> tuple[dict[str, float], str]:
-    """Gradients per pair and set a compute is expected to take, and what that is based on."""
-    if method == "euler":
-        return dict.fromkeys(sets, 1.0), "--method euler: one gradient per pair"
-    if any(len(x) for x in splits.values()):
-        gpp = {s: float(np.mean(splits[s])) if len(splits.get(s, ())) else 2.0 for s in sets}
-        return gpp, "the mean sub-intervals of the pairs already done, about one gradient each"
-    if max_splits == 2:
-        return dict.fromkeys(sets, 2.0), "plain Simpson, --max-splits 2: exactly 2, the end gradient being reused"
-    return dict.fromkeys(sets, 2.0), (
-        f"the minimum: plain Simpson with the end gradient reused; refinement adds more where needed, up to "
-        f"{max_splits}: 2 to about 10 on the nets of the README's Accuracy table"
-    )

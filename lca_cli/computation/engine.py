@@ -7,8 +7,10 @@ are contiguous. Checkpoints are read ahead in a background thread (:class:`Check
 two gradients per pair dominate the time. Finished rows are handed to an ``emit`` callback every
 ``flush_seconds`` and when a block ends, early or not (:mod:`lca_cli.computation.writer` writes them).
 
-Memory is bounded by a few point vectors (``(P + B,)`` float64), the gradient sums of the integrator, one
-block of float32 rows and the evaluation set: never all checkpoints, never all rows.
+Memory is bounded by a few point vectors, the gradients and rows of the integrator, two blocks of float32 rows
+and the evaluation set: never all checkpoints, never all rows. :data:`MEMORY_BUDGET` lists every parameter-sized
+buffer; parameter-sized work vectors come from one :class:`~lca_cli.core.vectors.BufferPool`, so that no pair and
+no gradient allocates (and page-faults in) a fresh one.
 
 For benchmarks of the loop alone, :func:`preload_points` and :func:`run_pairs` run every pair of a run with
 nothing read during the loop and nothing written.
@@ -31,15 +33,17 @@ from lca_cli.core.columns import Columns
 from lca_cli.core.evalset import EvalSet, make_chunks
 from lca_cli.core.integrate import DEEP_FACTOR, JUMP_FACTOR, Evaluation, PairResult, integrate_pair
 from lca_cli.core.layout import Layout
-from lca_cli.core.model import interpolated_buffer_names, prepare_model
-from lca_cli.core.objective import Objective
-from lca_cli.core.vectors import ColumnReducer, split_state
+from lca_cli.core.model import bind_parameters, interpolated_buffer_names, prepare_model
+from lca_cli.core.objective import SCRATCH, Objective
+from lca_cli.core.vectors import BufferPool, ColumnReducer, split_state, sum64
 from lca_cli.sources import CheckpointRef, CheckpointSource, ModelSpec, check_state_dict, read_checkpoint
 from lca_cli.store.lcastore import BlockRows
 
 __all__ = [
     "FLUSH_SECONDS",
+    "MEMORY_BUDGET",
     "READ_AHEAD",
+    "READ_AHEAD_BYTES",
     "STOP_GRACE_SECONDS",
     "CheckpointLoader",
     "PairEngine",
@@ -57,8 +61,27 @@ FLUSH_SECONDS = 30.0
 #: After a stop request (Ctrl-C, SIGTERM, SIGHUP), a pair still running this much later is abandoned (it is
 #: recomputed by the next run), so that stopping fits in a scheduler's grace period even for a large model.
 STOP_GRACE_SECONDS = 5.0
-#: Checkpoints read ahead of the one in use, by default.
+#: Checkpoints read ahead of the one in use, by default, within :data:`READ_AHEAD_BYTES`.
 READ_AHEAD = 2
+#: Point vectors read ahead hold at most this many bytes (at least one is always read ahead, so that reading
+#: overlaps the gradients; one is enough wherever a pair takes longer than a read): two for small models, one
+#: from about 8M float32 parameters up.
+READ_AHEAD_BYTES = 64 << 20
+
+#: Every parameter-sized buffer of the pair loop, in bytes per parameter (``D = P + B``) with float32 checkpoints
+#: and network: ``a`` is the accumulation dtype's size (4 for float32 accumulation, 8 for float64), ``k`` the
+#: gradients a pair holds at once (3 for plain Simpson, 2 more per level of refinement depth). README.md, *What it
+#: costs*, gives the measured totals.
+MEMORY_BUDGET = {
+    "checkpoints v0, v1 (point vectors in the checkpoints' dtype, float32 or float64)": "2 x 4",
+    "read-ahead (READ_AHEAD_BYTES: one point vector from 8M parameters up), the checkpoint being read": "4 + 4",
+    "delta = v1 - v0 (accumulation dtype)": "a",
+    "the point v0 + s delta, in the network's dtype (the model's own parameters point into it)": "4",
+    "gradients held by the integrator (pooled, accumulation dtype)": "k x a",
+    "gradients autograd returns for one evaluation chunk (as in any backward pass)": "4",
+    "the running row and the panel temporaries (pooled, accumulation dtype)": "2-3 x a",
+    "the stored float32 row: the block being computed and the block being written": "2 x 4 x rows per block / P",
+}
 
 #: A checkpoint as the engine uses it: the point vector ``(P + B,)`` and the fixed (not interpolated) tensors.
 Point = tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -134,6 +157,16 @@ class CheckpointLoader:
         self.ahead = ahead
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lca-read")
         self._futures: dict[int, Future[Point]] = {}
+        self._point_bytes = 0  # of the last point read: read-ahead is bounded in bytes (READ_AHEAD_BYTES)
+        self._host = BufferPool()  # point vectors the pair loop let go, refilled (used by the reader thread only)
+
+    @property
+    def window(self) -> int:
+        """Checkpoints read ahead now: ``ahead``, cut to :data:`READ_AHEAD_BYTES` (at least one when ``ahead``)."""
+        if self.ahead <= 0:
+            return 0
+        size = self._point_bytes or 4 * self.vlayout.size  # float32 until the first point says otherwise
+        return max(1, min(self.ahead, READ_AHEAD_BYTES // size))
 
     def _load(self, i: int) -> Point:
         ref = self.refs[i]
@@ -144,7 +177,10 @@ class CheckpointLoader:
             state = read_checkpoint(ref)
             check_state_dict(state, self.expected, ref.path)
         # On CUDA, split_state flattens into pinned memory and copies asynchronously (this thread's queue).
-        return split_state(state, self.vlayout, self.device)
+        v, fixed = split_state(state, self.vlayout, self.device, self._host)
+        del state  # the checkpoint as read: gone before the point is handed over
+        self._point_bytes = v.nbytes + sum(t.nbytes for t in fixed.values())
+        return v, fixed
 
     def get(self, i: int) -> Point:
         """Point vector and fixed tensors of checkpoint ``i``; schedules the next ones.
@@ -156,11 +192,12 @@ class CheckpointLoader:
             ``(v, fixed)`` on the compute device.
 
         """
-        for j in range(i, min(len(self.refs), i + 1 + self.ahead)):
+        ahead = self.window
+        for j in range(i, min(len(self.refs), i + 1 + ahead)):
             if j not in self._futures and (j == i or self.refs[j] is not None):  # None: deleted (rotation)
                 self._futures[j] = self._pool.submit(self._load, j)
         # Only the window ahead of i is kept: a process that moves on to a chunk elsewhere (claims) drops the rest.
-        for j in [j for j in self._futures if j < i or j > i + self.ahead]:
+        for j in [j for j in self._futures if j < i or j > i + ahead]:
             self._futures.pop(j).cancel()
         return self._futures.pop(i).result()
 
@@ -239,7 +276,7 @@ class _BlockRows:
             torch.from_numpy(self.rows32[s][i]).copy_(row)
             r = self.per_pair[s]
             r["tensor"].append(reductions)
-            r["buffer"].append(res.lca[n_params:].sum())
+            r["buffer"].append(sum64(res.lca[n_params:]))
             r["loss"].append(res.loss1)
             r["residual"].append(res.residual)
             r["splits"].append(res.splits)
@@ -298,6 +335,7 @@ class PairEngine:
         first_factors: Per set, the local scheme's first-panel factor calibrated on the run (read from the
             store, :mod:`lca_cli.computation.scale`); a set absent here: the fixed ``JUMP_FACTOR``.
         deep_factors: Per set, the deeper panels' factor calibrated on the run; absent: ``DEEP_FACTOR``.
+        pool: The parameter-sized work vectors of the objectives and the integrator.
 
     """
 
@@ -315,11 +353,24 @@ class PairEngine:
     l1_scales: dict[str, float] = field(default_factory=dict)
     first_factors: dict[str, float] = field(default_factory=dict)
     deep_factors: dict[str, float] = field(default_factory=dict)
+    pool: BufferPool = field(default_factory=BufferPool)
     _bounds: list[tuple[int, int]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Column ranges of the tensors, for per-tensor sums over each block of rows at once.
         self._bounds = [(p.offset, p.stop) for p in self.layout.params]
+
+    @property
+    def accumulate(self) -> torch.dtype:
+        """The dtype gradients and rows are accumulated in (:mod:`lca_cli.computation.precision` decides it)."""
+        return next(iter(self.objectives.values())).accumulate if self.objectives else torch.float64
+
+    @accumulate.setter
+    def accumulate(self, dtype: torch.dtype) -> None:
+        if dtype != self.accumulate:
+            self.pool.clear()  # buffers of the other dtype are not reused: let them go
+        for obj in self.objectives.values():
+            obj.accumulate = dtype
 
     @property
     def width(self) -> int:
@@ -383,6 +434,7 @@ class PairEngine:
                 results, grads, flagged = self._pair(cache, v1, fixed1, clock, f"steps {steps[t]} -> {steps[t + 1]}")
                 rows.add(i, results)
                 cache = _Cache(t + 1, v1, fixed1, {s: res.end for s, res in results})
+                del results, v1, fixed1  # rows copied out: their vectors go back to the pool before the next pair
                 if on_pair is not None:
                     on_pair(grads + grads_start, flagged)
                 grads_start = 0
@@ -402,7 +454,7 @@ class PairEngine:
         self, cache: _Cache, v1: torch.Tensor, fixed1: dict[str, torch.Tensor], clock: _StopClock, label: str
     ) -> tuple[list[tuple[str, PairResult]], int, int]:
         """One pair in every set: ``(results per set, gradients computed, 1 if flagged in any set)``."""
-        delta = v1 - cache.v  # (D,) float64, exact difference of the stored values
+        delta = self.delta(cache.v, v1)  # (D,) accumulation dtype
         results: list[tuple[str, PairResult]] = []
         grads = flagged = 0
         for s, obj in self.objectives.items():
@@ -418,7 +470,7 @@ class PairEngine:
             ) -> Any:
                 clock.check()
                 calls[0] += 1
-                return obj.value_and_grad(torch.add(v0, d, alpha=x), fx)  # one (D,) temporary, not two
+                return obj.value_and_grad_at(v0, d, x, fx)  # v0 + x d written into the point buffer in place
 
             clock.check()
             res = integrate_pair(
@@ -437,11 +489,27 @@ class PairEngine:
                 label=f"{label} (set {s})",
                 first_factor=self.first_factors.get(s, JUMP_FACTOR),
                 deep_factor=self.deep_factors.get(s, DEEP_FACTOR),
+                work=self.pool.like,
             )
             results.append((s, res))
             grads += calls[0] + 1
             flagged |= int(bool(res.flagged))
         return results, grads, flagged
+
+    def delta(self, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+        """``v1 - v0`` in the accumulation dtype, in a pooled buffer.
+
+        In float64 it is exact (the points hold float32 or float64 values); in float32 it is rounded once. A
+        float32 ``v0`` is widened block by block: a mixed-dtype subtraction would make a float64 copy of it.
+        """
+        delta = self.pool.take(v1.numel(), self.accumulate, v1.device).copy_(v1)
+        if v0.dtype == delta.dtype or delta.device.type != "cpu":  # GPU kernels cast on the fly, without a copy
+            return delta.sub_(v0)
+        scratch = self.pool.take(min(v0.numel(), SCRATCH), delta.dtype, delta.device)
+        for a in range(0, v0.numel(), SCRATCH):
+            b = min(v0.numel(), a + SCRATCH)
+            delta[a:b].sub_(scratch[: b - a].copy_(v0[a:b]))
+        return delta
 
     def tensor_reductions(self, lca_p: torch.Tensor) -> torch.Tensor:
         """``(3, K)`` float64: per-tensor sum of the row, count of entries < 0 and count of entries > 0.
@@ -457,11 +525,19 @@ class PairEngine:
             The sums, helped and hurt counts per tensor.
 
         """
-        sign = torch.sign(lca_p)
-        sums = torch.stack([lca_p[a:b].sum() for a, b in self._bounds])
-        net = torch.stack([sign[a:b].sum() for a, b in self._bounds])
+        sign = torch.sign(lca_p, out=self.pool.like(lca_p))
+        sums = torch.stack([sum64(lca_p[a:b]) for a, b in self._bounds])  # float64 sums, also of float32 rows
+        net = torch.stack([_count_sum(sign[a:b]) for a, b in self._bounds])
         moved = torch.stack([torch.count_nonzero(sign[a:b]) for a, b in self._bounds]).to(sums.dtype)
         return torch.stack([sums, (moved - net) / 2, (moved + net) / 2])
+
+
+def _count_sum(signs: torch.Tensor) -> torch.Tensor:
+    """``Σ signs`` (entries -1, 0, 1) exactly, as a float64 scalar: float32 holds integers only up to 2**24."""
+    step = 1 << 24
+    if signs.dtype == torch.float64 or signs.numel() <= step:
+        return signs.sum().double()
+    return torch.stack([signs[a : a + step].sum() for a in range(0, signs.numel(), step)]).double().sum()
 
 
 def build_engine(config: Config, device: torch.device) -> tuple[PairEngine, dict[str, Any], ModelSpec]:
@@ -497,10 +573,13 @@ def build_engine(config: Config, device: torch.device) -> tuple[PairEngine, dict
 
         forward = torch.compile(lambda tensors, args, kwargs: functional_call(model, dict(tensors), args, kwargs))
     objectives, evaluation = {}, {}
+    # One point buffer for every set, and the model's own parameters point into it (no dead copy of them).
+    pool, point = BufferPool(), torch.empty(vlayout.size, dtype=dtype, device=device)
+    bind_parameters(model, vlayout, point)
     for name, spec in config.data.items():
         data = call_factory(spec, config.base_dir, f"[data.{name}]")
         evalset: EvalSet = make_chunks(name, data, opts.batch_size, device, dtype, loss_fn)
-        objectives[name] = Objective(model, vlayout, evalset, loss_fn, dtype, forward)
+        objectives[name] = Objective(model, vlayout, evalset, loss_fn, dtype, forward, pool, point)
         sizes = evalset.chunk_sizes
         evaluation[name] = {
             "n_samples": evalset.n_samples,
@@ -512,7 +591,7 @@ def build_engine(config: Config, device: torch.device) -> tuple[PairEngine, dict
     columns = Columns.build(layout, opts.granularity, opts.params)
     engine = PairEngine(
         layout, vlayout, objectives, opts.method, opts.max_splits, opts.tolerance, opts.rtol, device, opts.l1_tol,
-        opts.refine, None if columns.full else ColumnReducer(columns, layout),
+        opts.refine, None if columns.full else ColumnReducer(columns, layout), pool=pool,
     )  # fmt: skip
     details = {
         "sets": evaluation,

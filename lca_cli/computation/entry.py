@@ -238,7 +238,7 @@ def compute_run(
 def plan_run(
     run_dir: str | Path, out: str | Path | None = None, *, config: str | Path | Config | None = None, **options: Any
 ) -> DryRun:
-    """What :func:`compute_run` would do and cost (``lca compute --dry-run``); nothing is written.
+    """What :func:`compute_run` would do and cost (``lca compute --dry-run``), measured on the first pairs.
 
     Args:
         run_dir: Directory of checkpoints.

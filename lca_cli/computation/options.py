@@ -20,6 +20,7 @@ from typing import Any
 from lca_cli.core.columns import GRANULARITIES
 
 __all__ = [
+    "ACCUMULATIONS",
     "BN_MODES",
     "COMPUTE_KEYS",
     "DEFAULT_ATOL",
@@ -50,6 +51,8 @@ REFINES = ("local", "doubling")
 #: larger; ``"pair"``, each pair's own.
 L1_SCOPES = ("run", "pair")
 DTYPES = ("auto", "float32", "float64")
+#: How gradients and rows are accumulated: float32 where the run's recorded bound allows it, or float64 always.
+ACCUMULATIONS = ("auto", "float64")
 BN_MODES = ("batch", "running")
 #: Per-parameter accuracy target of ``refine="local"``: the estimated L1 error of each row relative to its L1 norm,
 #: or to the run's scale when that is larger (``l1_scope``), so that the run's relative L1 error per parameter is
@@ -175,8 +178,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("batch_size", int, 1024, "Evaluation chunk size in samples [default: {default}]."),
     Option("device", str, "auto", "auto (CUDA when present), cpu, cuda or cuda:N [default: {default}]."),
     Option(
-        "dtype", str, "auto", "Network dtype; sums are float64 either way [default: {default}: the checkpoints' "
-        "dtype].", DTYPES,
+        "dtype", str, "auto", "Network dtype; losses are reduced in float64 either way [default: {default}: the "
+        "checkpoints' dtype].", DTYPES,
+    ),
+    Option(
+        "accumulate", str, "auto", "Gradients and rows: auto = float32 where a bound measured on the run (chunk "
+        "count, cancellation, float32's unit roundoff) keeps its error under 1% of --l1-tol, float64 otherwise; "
+        "float64 = always (the choice and the bound are recorded in the store) [default: {default}].",
+        ACCUMULATIONS,
     ),
     Option(
         "bn_mode", str, "batch", "BatchNorm: batch = statistics of each evaluation chunk (the paper); running = "

@@ -26,6 +26,7 @@ from lca_cli.computation.follow import Follower
 from lca_cli.computation.opening import Target, open_helper, prepare
 from lca_cli.computation.options import SCALE_PAIRS
 from lca_cli.computation.plan import ComputePlan, Hooks, Schedule, build_plan, default_out, environment
+from lca_cli.computation.precision import accumulation_of, choose_accumulation
 from lca_cli.computation.result import ComputeResult, NoteFn, ProgressFn, ProgressReporter
 from lca_cli.computation.scale import RESURVEY_GROWTH, Survey, needs_survey, survey_attrs, survey_run
 from lca_cli.computation.work import Crew, run_work
@@ -33,6 +34,7 @@ from lca_cli.core.vectors import split_state
 from lca_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, Interrupted, PeerFailed, StoreBusyError, UsageError
 from lca_cli.sources import CheckpointRef, CheckpointSource
 from lca_cli.store.claims import read_claim, store_lock_path
+from lca_cli.store.format import choose_rows_per_chunk
 from lca_cli.store.placement import inspect_path, new_token
 
 __all__ = ["compute", "store_attrs"]
@@ -294,6 +296,8 @@ class _Runner:
         refs = target.alignment.refs
         if target.read_only or not needs_survey(store, len(refs) - 1, plan.options.l1_scope):
             return
+        # The survey's gradients in the dtype the store's rows use (recorded when it was made).
+        built.engine.accumulate = accumulation_of(store, plan.options.accumulate)
         done = store.done()
         rows = None if built.engine.columns is not None else store  # column stores hold no parameter rows
 
@@ -310,17 +314,37 @@ class _Runner:
         if survey is not None:
             store.update_attrs(survey_attrs(survey))
 
-    def _prepare(self, scales: Survey | None) -> Target:
+    def _accumulation(self) -> dict[str, Any] | None:
+        """A new store's accumulation dtype and its bound (:mod:`lca_cli.computation.precision`); None: kept."""
+        plan, built = self.plan, self.built
+        assert plan is not None and built is not None
+        if not (self.overwrite or inspect_path(self.out, deep=False).kind != "store"):
+            return None
+        opts, refs = plan.options, plan.refs
+        assert opts.l1_tol is not None
+        return choose_accumulation(
+            built.engine, lambda i: built.point(refs[i]), len(refs) - 1, requested=opts.accumulate,
+            network_dtype=opts.dtype, l1_tol=opts.l1_tol, max_splits=opts.max_splits,
+            explicit_tolerance=opts.tolerance is not None or opts.rtol is not None,
+        )  # fmt: skip
+
+    def _prepare(self, scales: Survey | None, accumulation: dict[str, Any] | None) -> Target:
         plan, built = self.plan, self.built
         assert plan is not None and built is not None
         engine, config = built.engine, plan.config
+        details = built.details if accumulation is None else {**built.details, "accumulation": accumulation["dtype"]}
         attrs = store_attrs(
-            config, built.details, plan.device, built.expected.aliases, scales,
+            config, details, plan.device, built.expected.aliases, scales,
             {s: o.loss_rounding for s, o in engine.objectives.items()},
         )  # fmt: skip
+        if accumulation is not None:
+            attrs["accumulation"] = accumulation
+        rows = config.compute.rows_per_chunk
+        if not rows and self.schedule.follow:  # a followed run grows: chunks for the run to come, not fitted to T
+            rows = choose_rows_per_chunk(engine.width)
         return prepare(
             self.out, self.run_dir, list(plan.refs), identity=config.identity(), layout=engine.layout,
-            sets=list(engine.objectives), attrs=attrs, rows_per_chunk=config.compute.rows_per_chunk,
+            sets=list(engine.objectives), attrs=attrs, rows_per_chunk=rows,
             overwrite=self.overwrite, repair=self.repair, device=str(plan.device), durable=plan.hooks.durable,
             columns=None if engine.columns is None else engine.columns.columns, busy=self.board.busy,
             purpose="lca compute --follow" if self.schedule.follow else "lca compute",
@@ -330,12 +354,14 @@ class _Runner:
         """Own the store (lock, prepare) or, when allowed and it is busy, join its owner; None when stopped."""
         if self.stop.is_set():  # a signal during start-up: stop now, nothing created
             return None
+        # The accumulation dtype first: the run scale's gradients then use the pair loop's dtype and buffers.
+        accumulation = self._accumulation()
         stopped, scales = self._run_scales()
         if stopped:
             return None
         while True:
             try:
-                target = self._prepare(scales)
+                target = self._prepare(scales, accumulation)
                 if scales is None:  # an existing store: surveyed again when its run has grown
                     self._resurvey(target)
             except StoreBusyError as exc:

@@ -112,7 +112,7 @@ def probe_count(n_pairs: int) -> int:
 def _probe(obj: Any, v0: torch.Tensor, fixed0: Any, delta: torch.Tensor, g0: torch.Tensor) -> Probe:
     """Plain Simpson and one split on one pair: the first panel's indicator, ``||S_2 - S_4||_1``, ``||S_2||_1``."""
     g = {s: obj.value_and_grad(torch.add(v0, delta, alpha=s), fixed0)[1] for s in (0.25, 0.5, 0.75, 1.0)}
-    ends = g0 + g[1.0]  # (D,) float64
+    ends = g0 + g[1.0]  # (D,) accumulation dtype
     indicator = float(torch.add(ends, g[0.5], alpha=-2.0).mul_(delta).abs_().sum()) / 12.0
     s2 = torch.add(ends, g[0.5], alpha=4.0).mul_(delta).div_(6.0)  # (D,) plain Simpson's row
     s4 = torch.add(ends, g[0.5], alpha=2.0).add_(g[0.25] + g[0.75], alpha=4.0).mul_(delta).div_(12.0)  # one split
@@ -167,11 +167,11 @@ def survey_run(
                     norms[s].append(float(known[s]))  # type: ignore[arg-type]
             continue
         (v0, fixed0), (v1, _) = start, end
-        delta = v1 - v0  # (D,) float64
+        delta = engine.delta(v0, v1)  # (D,) accumulation dtype (exact in float64), a pooled buffer
         for s, obj in engine.objectives.items():
             if stop is not None and stop.is_set():
                 return None
-            grad = obj.value_and_grad(v0, fixed0)[1]  # (D,) float64
+            grad = obj.value_and_grad(v0, fixed0)[1]  # (D,) accumulation dtype
             norm = known.get(s)
             norm = float(torch.linalg.vector_norm(delta * grad, 1)) if norm is None else norm
             if np.isfinite(norm):  # a diverged checkpoint is the pair loop's to report, in one line
@@ -292,6 +292,8 @@ def record_rows(
 ) -> None:
     """Record that ``rows`` were computed under these scales and factors (``l1_scale_calls``).
 
+    Rows computed under the same survey as the last entry's join that entry.
+
     Args:
         store: The store (owned: its attributes are written).
         rows: bool ``(T,)``: the rows.
@@ -302,9 +304,16 @@ def record_rows(
     """
     if not rows.any():
         return
-    entry = {"scale": dict(scales), "first_factor": dict(factors), "over": int(over), "rows": _ranges(rows)}
+    entry = {"scale": dict(scales), "first_factor": dict(factors), "over": int(over)}
     calls = list(store.attrs.get(CALLS_ATTR) or [])
-    store.update_attrs({CALLS_ATTR: [*calls, entry]})
+    if calls and {k: calls[-1].get(k) for k in entry} == entry:
+        # The same survey as the last call's (a resume, a shard, a --follow block): one entry grows, so that the
+        # record stays one entry per survey and its size does not grow with the number of calls.
+        rows = rows.copy()
+        for a, b in calls[-1]["rows"]:
+            rows[a : min(b, rows.size)] = True
+        calls.pop()
+    store.update_attrs({CALLS_ATTR: [*calls, {**entry, "rows": _ranges(rows)}]})
 
 
 def row_scales(store: LcaStore, set_name: str) -> np.ndarray:

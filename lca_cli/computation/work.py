@@ -30,6 +30,7 @@ from lca_cli.computation.engine import CheckpointLoader, PairEngine, _Cache
 from lca_cli.computation.follow import Follower, Pruner
 from lca_cli.computation.opening import Target
 from lca_cli.computation.plan import ComputePlan
+from lca_cli.computation.precision import accumulation_of
 from lca_cli.computation.result import (
     ComputeResult,
     NoteFn,
@@ -516,6 +517,8 @@ def run_work(
     # The first panel's factor its last survey calibrated on the run (none: the fixed factor).
     engine.first_factors = first_factors_of(store) if engine.l1_scales else {}
     engine.deep_factors = deep_factors_of(store) if engine.l1_scales else {}
+    # Gradients and rows in the dtype the store chose when it was made (its recorded bound), or forced float64.
+    engine.accumulate = accumulation_of(store, plan.options.accumulate)
     if engine.columns is not None:
         # Neuron or tensor columns are summed as the store recorded them when it was made.
         engine.columns = ColumnReducer(store.columns, store.layout)

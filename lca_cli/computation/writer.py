@@ -15,7 +15,11 @@ import numpy as np
 
 from lca_cli.store.lcastore import BlockRows, LcaStore
 
-__all__ = ["BlockBuffers", "RowWriter"]
+__all__ = ["FREE_BYTES", "BlockBuffers", "RowWriter"]
+
+#: Written block arrays kept for reuse hold at most this many bytes, besides the one the next block takes: a few
+#: blocks of a small model's rows, one row of a large model's (a 64M-parameter row is 256 MB).
+FREE_BYTES = 64 << 20
 
 #: A write request: rows per set, arrays to give back once written, a callback once written.
 _Item = tuple[dict[str, BlockRows], list[np.ndarray], Callable[[], None] | None]
@@ -26,7 +30,9 @@ class BlockBuffers:
 
     A fresh multi-MiB array per block makes the allocator keep several freed ones around (measured: peak RSS
     +60 MiB after 300 MNIST-FC pairs with 16 MiB chunks, against +4 MiB when arrays are reused), so peak memory
-    would grow with the run's length for a while; with reuse it is a fixed few blocks.
+    would grow with the run's length for a while; with reuse it is a fixed few blocks. The arrays kept free are
+    bounded in bytes (:data:`FREE_BYTES`, and always one), not in count: with the two blocks :class:`RowWriter`
+    holds at most (one being written, one being computed), the rows take ``3 x rows x P x 4`` bytes at most.
     """
 
     def __init__(self) -> None:
@@ -45,7 +51,7 @@ class BlockBuffers:
         """Give an array (or a view of one) back once it is written."""
         base = array.base if isinstance(array.base, np.ndarray) else array
         with self._lock:
-            if len(self._free) < 8:  # two blocks per set in use at most (see RowWriter); a bound all the same
+            if not self._free or sum(a.nbytes for a in self._free) + base.nbytes <= FREE_BYTES:
                 self._free.append(base)
 
 

@@ -53,6 +53,7 @@ from fractions import Fraction
 import torch
 
 from lca_cli.core.quadrature import new_points, split_points
+from lca_cli.core.vectors import sum64
 from lca_cli.errors import NumericalError
 
 __all__ = [
@@ -245,6 +246,7 @@ def integrate_pair(
     label: str = "pair",
     first_factor: float = JUMP_FACTOR,
     deep_factor: float = DEEP_FACTOR,
+    work: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> PairResult:
     """Allocate one pair's loss change to the coordinates of ``Δ``.
 
@@ -272,6 +274,9 @@ def integrate_pair(
             the run (:func:`lca_cli.core.calibration.first_panel_factor`).
         deep_factor: ``"local"`` only: the indicator's factor on every deeper panel
             (:func:`lca_cli.core.calibration.deep_panel_factor`; :data:`DEEP_FACTOR` when uncalibrated).
+        work: ``x -> a free buffer like x`` for the ``"local"`` scheme's ``(D,)`` rows and temporaries (e.g.
+            :meth:`~lca_cli.core.vectors.BufferPool.like`: no allocation per panel); fresh tensors when None.
+            The arithmetic runs in the dtype of ``delta`` and the gradients, and is the same either way.
 
     Returns:
         The pair's result, including the end evaluation for reuse.
@@ -290,7 +295,7 @@ def integrate_pair(
     if method == "rk4" and refine == "local":
         return _integrate_local(
             point, delta, start, end, loss0, loss1, max_splits, tolerance, rtol, l1_tol, l1_scale, loss_rounding, label,
-            first_factor, deep_factor,
+            work or torch.empty_like, first_factor, deep_factor,
         )  # fmt: skip
     if refine not in REFINE_SCHEMES:
         raise ValueError(f"unknown refine scheme {refine!r}")
@@ -326,7 +331,7 @@ def _integrate_euler(
     ends = start.grad + end.grad  # (D,) weight-1 points
     coarse = torch.mul(delta, ends).div_(2.0)  # (D,) trapezoid rule: the comparison for Euler
     lca = delta * start.grad
-    residual = dl - float(lca.sum())
+    residual = dl - float(sum64(lca))
     change = _l1_change(lca, coarse)
     budget = residual_budget(dl, float(torch.linalg.vector_norm(lca, 1)), tolerance, rtol, l1_tol)
     ok = abs(residual) - noise <= budget and (l1_tol <= 0 or change <= l1_tol)
@@ -373,7 +378,7 @@ def _integrate_doubling(
         if even is not None:
             weighted.add_(even, alpha=2.0)
         lca = weighted.mul_(delta).div_(3.0 * n)
-        residual = dl - float(lca.sum())
+        residual = dl - float(sum64(lca))
         change = _l1_change(lca, coarse)
         l1_ok = l1_tol <= 0 or change <= l1_tol
         ok = within_tolerance(residual, dl, atol_d, rtol_d) and l1_ok  # the tolerance as given: refines to the cap
@@ -406,6 +411,7 @@ def _integrate_local(
     l1_scale: float,
     loss_rounding: float,
     label: str,
+    work: Callable[[torch.Tensor], torch.Tensor],
     first_factor: float = JUMP_FACTOR,
     deep_factor: float = DEEP_FACTOR,
 ) -> PairResult:
@@ -438,9 +444,9 @@ def _integrate_local(
         left, centre, right = stack.pop()
         width = right.s - left.s
         w = float(width)
-        ends = left.grad + right.grad  # (D,)
+        ends = torch.add(left.grad, right.grad, out=work(left.grad))  # (D,)
         # (D,) Δ (g_a + g_b - 2 g_m): the trapezoid rule on the halves minus Simpson, times 12 / width.
-        second = torch.add(ends, centre.grad, alpha=-2.0).mul_(delta)
+        second = torch.add(ends, centre.grad, alpha=-2.0, out=work(ends)).mul_(delta)
         # The run-calibrated factors: the whole pair's panel (budget still None there) and the deeper ones.
         factor = first_factor if budget is None else deep_factor
         indicator = factor * float(second.abs_().sum()) * w / 12.0
@@ -448,13 +454,13 @@ def _integrate_local(
         # (D,) the panel's row: (g_a + 4 g_m + g_b) Δ w / 6 (w is dyadic: the product by w is exact)
         row = ends.add_(centre.grad, alpha=4.0).mul_(delta)
         row = row.div_(6.0) if width == 1 else row.mul_(w).div_(6.0)
-        row_sum = float(row.sum())
+        row_sum = float(sum64(row))  # float64 sums of float32 rows: the residual's bookkeeping stays exact
         panel_res = abs((right.loss - left.loss) - row_sum)
         # In the estimate, only the residual beyond what rounding the two losses can explain (all of it for exact
         # losses); an explicit residual tolerance is held as given.
         proven = max(0.0, panel_res - _rounding(loss_rounding, left.loss, right.loss))
         if budget is None:
-            row_norm = float(row.abs().sum())
+            row_norm = float(torch.abs(row, out=work(row)).sum())
             budget = l1_tol * max(row_norm, l1_scale) if l1_tol > 0 else float("inf")
         est = max(indicator, proven)
         # Shares of the width's square root sum to more than the budget over a pair's panels: the summed estimate
@@ -484,7 +490,7 @@ def _integrate_local(
     if splits == 2:  # plain Simpson: the sums of its only panel
         residual, norm = dl - row_sum, row_norm
     else:
-        residual, norm = dl - float(lca.sum()), float(lca.abs().sum())
+        residual, norm = dl - float(sum64(lca)), float(torch.abs(lca, out=work(lca)).sum())
     flagged = abs(residual) - _rounding(loss_rounding, loss0, loss1) > residual_budget(
         dl, norm, tolerance, rtol, l1_tol, l1_scale
     )

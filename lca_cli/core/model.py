@@ -10,7 +10,9 @@ import types
 
 import torch
 
-__all__ = ["BN_TYPES", "interpolated_buffer_names", "prepare_model"]
+from lca_cli.core.layout import Layout
+
+__all__ = ["BN_TYPES", "bind_parameters", "interpolated_buffer_names", "prepare_model"]
 
 #: The BatchNorm modules whose statistics ``bn_mode`` governs.
 BN_TYPES = (torch.nn.modules.batchnorm._BatchNorm,)
@@ -65,3 +67,28 @@ def interpolated_buffer_names(model: torch.nn.Module, bn_mode: str) -> list[str]
     if bn_mode != "running":
         return []
     return [n for n, b in model.named_buffers() if b.is_floating_point()]
+
+
+def bind_parameters(model: torch.nn.Module, vlayout: Layout, flat: torch.Tensor) -> None:
+    """Make the model's parameters (and interpolated buffers) views of ``flat``, the objectives' point buffer.
+
+    The model's own tensors are never read (every evaluation swaps in the point's views), so their memory is
+    otherwise a dead copy of the parameters: 4 bytes per parameter for a float32 network.
+
+    Args:
+        model: The prepared model.
+        vlayout: Layout of the point vector (parameters, then interpolated buffers).
+        flat: ``(P + B,)`` in the model's dtype, on its device.
+
+    """
+    spans = {p.name: p for p in vlayout.params}
+    for name, param in model.named_parameters():
+        if name in spans:
+            span = spans[name]
+            param.data = flat[span.offset : span.stop].view(span.shape).copy_(param.data)
+    for name, buf in list(model.named_buffers()):
+        if name in spans:
+            owner_name, _, leaf = name.rpartition(".")
+            owner = model.get_submodule(owner_name) if owner_name else model
+            span = spans[name]
+            owner._buffers[leaf] = flat[span.offset : span.stop].view(span.shape).copy_(buf)

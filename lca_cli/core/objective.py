@@ -9,6 +9,13 @@ The point being evaluated is one flat vector ``v = [θ (P); b (B)]``: θ the par
 ``named_parameters()`` order, ``b`` the floating-point BatchNorm running statistics when ``bn_mode`` is
 ``"running"`` (empty otherwise). Keeping buffers in the same vector lets the integrator treat them like
 parameters, so their share of the loss change is allocated (to them) instead of landing in the residual.
+
+Memory per gradient (the budget is in README.md, *What it costs*): the point is written, in the network's dtype,
+into one preallocated ``(P + B,)`` buffer (shared by every objective of a model, and the model's own parameters
+point into it: :func:`~lca_cli.core.model.bind_parameters`), ``v0 + s Δ`` in place, with a fixed-size float64
+scratch block; the gradient is accumulated into a buffer of the accumulation dtype taken from a
+:class:`~lca_cli.core.vectors.BufferPool`. Nothing parameter-sized is allocated per gradient besides what
+autograd itself returns for each chunk.
 """
 
 from __future__ import annotations
@@ -25,10 +32,14 @@ from lca_cli.core.integrate import loss_rounding_of
 from lca_cli.core.layout import Layout
 from lca_cli.core.losses import IGNORE_INDEX, BuiltinLoss, LossFn, check_targets, model_outputs
 from lca_cli.core.model import BN_TYPES
-from lca_cli.core.vectors import unflatten
+from lca_cli.core.vectors import BufferPool, unflatten
 from lca_cli.errors import ConfigError, one_line
 
-__all__ = ["Objective"]
+__all__ = ["SCRATCH", "Objective"]
+
+#: Elements of the float64 scratch block through which ``v0 + s Δ`` is written into a float32 point: the sum is
+#: rounded once from float64, as a whole-vector float64 sum and cast would round it, without a ``(D,)`` temporary.
+SCRATCH = 1 << 16
 
 
 class Objective:
@@ -42,6 +53,13 @@ class Objective:
         dtype: dtype the network runs in.
         forward: Optional replacement for ``functional_call``, ``(tensors, args, kwargs) -> outputs`` (for
             ``torch.compile``).
+        pool: Where gradient and scratch buffers come from (shared with the integrator); a new one when None.
+        point: The ``(P + B,)`` buffer, of ``dtype`` on the model's device, that points are written into (shared
+            by the objectives of one model); made at the first evaluation when None.
+
+    Attributes:
+        accumulate: dtype the gradient is accumulated and returned in (float64 unless the run's bound allows
+            float32: :mod:`lca_cli.computation.precision`). Losses are always reduced in float64.
 
     """
 
@@ -53,8 +71,13 @@ class Objective:
         loss_fn: LossFn,
         dtype: torch.dtype = torch.float32,
         forward: Callable[[Mapping[str, torch.Tensor], tuple[Any, ...], dict[str, Any]], Any] | None = None,
+        pool: BufferPool | None = None,
+        point: torch.Tensor | None = None,
     ) -> None:
         self.model = model
+        self.pool = BufferPool() if pool is None else pool
+        self.point = point
+        self.accumulate = torch.float64
         self.vlayout = vlayout
         self.evalset = evalset
         self.loss_fn = loss_fn
@@ -96,7 +119,11 @@ class Objective:
         """
         kept = self.evalset.chunks[: max(1, chunks)]
         subset = EvalSet(self.evalset.name, kept, sum(batch_len(x) for x, _ in kept))
-        return Objective(self.model, self.vlayout, subset, self.loss_fn, self.dtype, self._custom_forward)
+        head = Objective(
+            self.model, self.vlayout, subset, self.loss_fn, self.dtype, self._custom_forward, self.pool, self.point
+        )
+        head.accumulate = self.accumulate
+        return head
 
     def _state(self, flat: torch.Tensor, fixed: Mapping[str, torch.Tensor], leaves: bool) -> dict[str, torch.Tensor]:
         # Floating buffers follow the network's dtype (a float32 checkpoint in a float64 network, or back);
@@ -215,40 +242,93 @@ class Objective:
         except Exception as exc:  # autograd errors of a custom loss or model
             raise ConfigError(f"{head}: the backward pass failed: {one_line(exc)}") from exc
 
-    def value_and_grad(self, v: torch.Tensor, fixed: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _point_buffer(self, device: torch.device) -> torch.Tensor:
+        if self.point is None:
+            self.point = torch.empty(self.vlayout.size, dtype=self.dtype, device=device)
+        return self.point
+
+    def value_and_grad(
+        self, v: torch.Tensor, fixed: Mapping[str, torch.Tensor], magnitude: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and gradient at one point.
 
         Args:
-            v: Point vector, shape ``(P + B,)``, any floating dtype, on the model's device.
+            v: Point vector, shape ``(P + B,)``, any floating dtype, on the model's device (copied, cast to the
+                network's dtype, into the point buffer; never mutated).
             fixed: Remaining state_dict entries (buffers not in ``v``), on the device; never mutated.
+            magnitude: Optional ``(P + B,)`` buffer that receives ``Σ_c |w_c g_c|`` (the chunks' weighted gradients
+                in absolute value; the bound of :mod:`lca_cli.computation.precision` measures cancellation with it).
 
         Returns:
-            ``(loss, grad)``: a float64 scalar tensor and a float64 ``(P + B,)`` tensor, on the device
-            (no host synchronisation happens here).
+            ``(loss, grad)``: a float64 scalar tensor and a ``(P + B,)`` tensor of :attr:`accumulate`, on the
+            device (no host synchronisation happens here). The gradient's buffer comes from the pool: it is the
+            caller's until the caller drops it.
 
         """
-        flat = v.detach().to(self.dtype)
-        if flat is v:
-            flat = flat.clone()  # never hand out views of the caller's vector
-        tensors = self._state(flat, fixed, leaves=True)
+        point = self._point_buffer(v.device)
+        if v is not point:
+            point.copy_(v.detach())  # exact cast to the network's dtype, as ``v.to(dtype)`` rounds
+        return self._value_and_grad(point, fixed, magnitude)
+
+    def value_and_grad_at(
+        self, v0: torch.Tensor, delta: torch.Tensor, s: float, fixed: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and gradient at ``v0 + s Δ``, the point written in place (see :meth:`value_and_grad`).
+
+        The sum is formed in the wider of ``delta``'s dtype and the network's and rounded once to the network's
+        dtype: for a float64 ``Δ`` and a float32 network, block by block through a :data:`SCRATCH`-element
+        float64 buffer, with the bits of ``(v0.double() + s * delta).float()``.
+
+        Args:
+            v0: Start point ``(P + B,)``, any floating dtype.
+            delta: ``v1 - v0``, ``(P + B,)``.
+            s: Position on the segment.
+            fixed: Remaining state_dict entries.
+
+        Returns:
+            ``(loss, grad)`` as :meth:`value_and_grad` returns them.
+
+        """
+        point = self._point_buffer(v0.device)
+        if delta.dtype == point.dtype:
+            point.copy_(v0).add_(delta, alpha=s)
+        elif point.device.type != "cpu":
+            torch.add(v0, delta, alpha=s, out=point)  # GPU kernels cast on the fly: no temporary, one launch
+        else:  # on CPU a mixed-dtype op would allocate (D,) float64 temporaries
+            n = point.numel()
+            scratch = self.pool.take(min(n, SCRATCH), delta.dtype, delta.device)  # (S,) float64
+            for a in range(0, n, SCRATCH):
+                b = min(n, a + SCRATCH)
+                point[a:b].copy_(scratch[: b - a].copy_(v0[a:b]).add_(delta[a:b], alpha=s))
+            del scratch
+        return self._value_and_grad(point, fixed, None)
+
+    def _value_and_grad(
+        self, point: torch.Tensor, fixed: Mapping[str, torch.Tensor], magnitude: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        tensors = self._state(point, fixed, leaves=True)
         leaves = [tensors[name] for name in self.vlayout.names]
-        grad = torch.zeros(flat.shape, dtype=torch.float64, device=flat.device)
-        grad_views = list(unflatten(self.vlayout, grad).values())  # float64 views, one per leaf
+        grad = self.pool.take(point.numel(), self.accumulate, point.device).zero_()
+        grad_views = list(unflatten(self.vlayout, grad).values())  # views of the accumulator, one per leaf
+        mag_views = None if magnitude is None else list(unflatten(self.vlayout, magnitude.zero_()).values())
         chunk_losses: list[torch.Tensor] = []
 
         def accumulate(out: torch.Tensor, y: torch.Tensor, w: float) -> None:
             chunk_loss = self.loss_fn(out, y)
             gs = torch.autograd.grad(chunk_loss, leaves, materialize_grads=True)
-            # Weight in float64 after the cast (the add promotes, exactly like adding g.double()): scaling in
-            # float32 would round each chunk's contribution. One fused multi-tensor add, no (D,) temporaries.
+            # Weight in the accumulator's dtype after the cast (for float64 the add promotes, exactly like adding
+            # g.double()): scaling in float32 first would round each chunk's contribution once more. One fused
+            # multi-tensor add, no (D,) temporaries.
             torch._foreach_add_(grad_views, gs, alpha=w)
+            if mag_views is not None:
+                torch._foreach_add_(mag_views, torch._foreach_abs(gs), alpha=w)
             # The loss is weighted and summed once per point below: three scalar ops per chunk here measured
             # ~2% of an MNIST-FC gradient on CPU at 2 threads (nothing measurable at 1 thread).
             chunk_losses.append(chunk_loss.detach().reshape(()))  # a (1,)-shaped custom loss must not broadcast
 
-        self._each_chunk(tensors, accumulate, flat.device)
+        self._each_chunk(tensors, accumulate, point.device)
         self.loss_dtype = chunk_losses[0].dtype
-        loss = (torch.stack(chunk_losses).double() * self._weight_tensor(flat.device)).sum()
+        loss = (torch.stack(chunk_losses).double() * self._weight_tensor(point.device)).sum()
         return loss, grad
 
     @property

@@ -144,12 +144,18 @@ def column_counts(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return helped, hurt
 
 
-def choose_rows_per_chunk(n_params: int, requested: int = 0) -> int:
-    """Rows per ``lca`` chunk: ``requested`` when given, else about :data:`CHUNK_BYTES` per chunk.
+def choose_rows_per_chunk(n_params: int, requested: int = 0, n_rows: int = 0) -> int:
+    """Rows per ``lca`` chunk: ``requested`` when given, else about :data:`CHUNK_BYTES` per chunk, at most ``n_rows``.
+
+    Chunks are stored whole (the last one padded), so an automatic chunk of far more rows than the store has
+    would take its full size on disk for a few rows: a neuron store of 5 pairs x 200 columns wrote 1,024-row
+    chunks (800 KB a set for 4 KB of rows). Fitted to ``n_rows`` it takes what its rows take. A store that will
+    grow (``--follow``) passes ``n_rows=0``: its chunks are sized for the run to come, not its first pairs.
 
     Args:
         n_params: Number of parameters P (row length).
         requested: Explicit choice (0 = automatic), capped at :data:`MAX_CHUNK_BYTES` per chunk.
+        n_rows: The store's rows T when it is not expected to grow (0: unknown or growing, no fit).
 
     Returns:
         A positive row count.
@@ -159,7 +165,8 @@ def choose_rows_per_chunk(n_params: int, requested: int = 0) -> int:
     if requested > 0:
         # Capped: a store whose chunks claim more than MAX_CHUNK_BYTES is refused as damaged when opened.
         return min(requested, MAX_CHUNK_BYTES // row_bytes)
-    return int(min(1024, max(1, CHUNK_BYTES // row_bytes)))
+    rows = int(min(1024, max(1, CHUNK_BYTES // row_bytes)))
+    return min(rows, n_rows) if n_rows > 0 else rows
 
 
 def check_format_version(path: Path, attrs: Mapping[str, Any]) -> int:

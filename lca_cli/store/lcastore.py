@@ -161,7 +161,7 @@ class LcaStore:
             sets: Evaluation set names.
             steps: Checkpoint steps, length T + 1.
             attrs: Extra attributes (method, tolerance, config, evaluation details...).
-            rows_per_chunk: Rows per ``lca`` chunk (0 = automatic); every per-row array uses the same.
+            rows_per_chunk: Rows per ``lca`` chunk (0 = automatic, at most T); every per-row array uses the same.
             fingerprints: uint8 ``(T + 1, 16)`` checkpoint fingerprints (None: unknown, stored as zeros).
             durable: fsync every file of the new store, and later each block before it is marked done.
             columns: What ``lca``'s columns hold (:mod:`lca_cli.core.columns`); None: one per parameter.
@@ -182,7 +182,7 @@ class LcaStore:
         if p.exists():
             raise StoreError(f"{p} already exists; LcaStore.create never writes over anything")
         columns = columns or Columns.build(layout)
-        rows = choose_rows_per_chunk(columns.size, rows_per_chunk)
+        rows = choose_rows_per_chunk(columns.size, rows_per_chunk, len(steps) - 1)  # fitted to T rows
         all_attrs = root_attrs({**attrs, SCHEME_ATTR: SCHEME}, layout, sets, len(steps), rows, columns)
         fps = np.zeros((len(steps), FINGERPRINT_BYTES), np.uint8) if fingerprints is None else fingerprints
         if fps.shape != (len(steps), FINGERPRINT_BYTES):

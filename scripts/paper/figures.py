@@ -50,6 +50,9 @@ README_VIEWS = {
     "sync": "13_sync.png",
 }
 
+#: The page's figures as they were named before they were numbered (removed when the page is redrawn).
+UNNUMBERED = ("helped_fraction", "cumulative_layer_lca", "layer_totals", "layer_learning_peaks", "freeze_last_layer")
+
 #: Figures larger than this are worth a warning (the tests allow 500 KB per committed figure).
 LARGE_FIGURE = 450_000
 
@@ -77,23 +80,24 @@ def make_figures(found: Findings, figdir: Path, work: Path, log: Log) -> dict[st
         log(f"  {exc}: no figures")
         return {}
     figdir.mkdir(parents=True, exist_ok=True)
+    # A figure of an earlier page that this one does not draw would stay linked to nothing under a stale number.
+    for old in [*figdir.glob("fig[0-9]*_*.png"), *(figdir / f"{name}.png" for name in UNNUMBERED)]:
+        old.unlink(missing_ok=True)
     out: dict[str, str] = {}
+    found.figure_numbers = {}
     with mpl.rc_context(STYLE):
-        for name, draw in (
-            ("helped_fraction", helped_fraction_figure),
-            ("cumulative_layer_lca", cumulative_figure),
-            ("layer_totals", layer_totals_figure),
-            ("layer_learning_peaks", peaks_figure),
-            ("freeze_last_layer", freeze_figure),
-        ):
+        for name, draw in PAGE_FIGURES:
             fig = draw(found)
             if fig is not None:
-                save_png(fig, figdir / f"{name}.png")
-                out[name] = f"figures/{name}.png"
+                # numbered in page order over the figures drawn, so "Figure N" and figN_NAME.png stay in step
+                n = len(found.figure_numbers) + 1
+                save_png(fig, figdir / figure_file(n, name))
+                out[name] = f"figures/{figure_file(n, name)}"
+                found.figure_numbers[name] = n
     if found.mode in ("cpu-scale", "full"):  # the README's pictures come from the committed page's runs
         out.update(report_figures(found.runs, figdir, work, log))
-    for name in out:
-        size = (figdir / f"{name}.png").stat().st_size
+    for name, rel in out.items():
+        size = (figdir.parent / rel).stat().st_size
         if size > LARGE_FIGURE:
             log(f"  warning: figure {name} is {size // 1000} KB")
     return out
@@ -151,19 +155,20 @@ def cumulative_figure(found: Findings) -> Any:
 
 
 def layer_totals_figure(found: Findings) -> Any:
-    """Finding 2: per-layer totals with the integration error, for the run with most layers."""
+    """Finding 2: per-layer totals with each layer's error estimate, for the run with most layers."""
     layers = found.layers
     k = max(layers, key=lambda q: (len(layers[q]["names"]), q in found.noise))
-    lay = layers[k]
+    lay, lc = layers[k], found.layer_checks[k]
+    verdicts, errors = lc["robust"].verdicts["whole"], lc["errors"]  # per-layer error estimates, (L,)
     n_l = len(lay["names"])
     fig = figure(6.5, 0.18 * n_l + 1.2)
     ax = fig.subplots()
     y = np.arange(n_l)
-    colors = [HURT_COLOR if v == "hurts" else HELPED_COLOR if v == "helps" else NEUTRAL_COLOR for v in lay["verdicts"]]
-    ax.barh(y, lay["totals"], color=colors, height=0.7, xerr=lay["error"], error_kw={"lw": 0.8, "capsize": 1.5})
+    colors = [HURT_COLOR if v == "hurts" else HELPED_COLOR if v == "helps" else NEUTRAL_COLOR for v in verdicts]
+    ax.barh(y, lay["totals"], color=colors, height=0.7, xerr=errors, error_kw={"lw": 0.8, "capsize": 1.5})
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y, lay["names"], fontsize=6.5 if n_l > 20 else 8)
-    for lab, v in zip(ax.get_yticklabels(), lay["verdicts"], strict=True):
+    for lab, v in zip(ax.get_yticklabels(), verdicts, strict=True):
         if v == "within error":
             lab.set_color(NEUTRAL_COLOR)
             lab.set_fontstyle("italic")
@@ -171,8 +176,8 @@ def layer_totals_figure(found: Findings) -> Any:
             lab.set_color(HURT_COLOR)
     ax.set_ylim(n_l - 0.5, -0.5)
     ax.grid(axis="y", visible=False)
-    ax.set_xlabel(f"total LCA over the run ± integration error Σ|residual| = {lay['error']:.2g}")
-    ax.set_title(f"{k}: per-layer totals (grey italic: within the integration error)", fontsize=9)
+    ax.set_xlabel("total LCA over the run ± the layer's error estimate")
+    ax.set_title(f"{k}: per-layer totals (grey italic: within the layer's error)", fontsize=9)
     return fig
 
 
@@ -204,12 +209,26 @@ def peaks_figure(found: Findings) -> Any:
     return fig
 
 
+def figure_file(n: int, name: str) -> str:
+    """The file of the page's figure ``n``: ``figN_NAME.png``."""
+    return f"fig{n}_{name}.png"
+
+
 def freeze_figure(found: Findings) -> Any:
+    """Freezing the last layer of the FC net (None without the runs)."""
+    return freeze_pair_figure(found.freeze)
+
+
+def freeze_resnet_figure(found: Findings) -> Any:
+    """Freezing the last layer of the ResNet-20 stand-in (None without the runs)."""
+    return freeze_pair_figure(found.freeze_resnet)
+
+
+def freeze_pair_figure(fz: dict[str, Any]) -> Any:
     """Freezing the last layer: final loss per seed and per-layer totals (mean ± sd over seeds); None without it."""
-    fz = found.freeze
     if not fz:
         return None
-    fig = figure(8.5, 2.8)
+    fig = figure(8.5, max(2.8, 0.16 * len(fz["names"]) + 1.0))  # one row per layer (ResNet-20: 22)
     a1, a2 = fig.subplots(1, 2, width_ratios=[1, 1.6])
     seeds = fz["seeds"]
     xs = np.arange(len(seeds))
@@ -224,7 +243,7 @@ def freeze_figure(found: Findings) -> Any:
         sd = tot.std(axis=0, ddof=1) if len(seeds) > 1 else np.zeros(tot.shape[1])
         a2.barh(yl + dy, tot.mean(axis=0), height=0.38, color=color, xerr=sd,
                 error_kw={"lw": 0.9, "capsize": 2}, label=lab)  # fmt: skip
-    a2.set_yticks(yl, fz["names"])
+    a2.set_yticks(yl, fz["names"], fontsize=6.5 if len(yl) > 12 else 8)
     a2.set_ylim(len(yl) - 0.5, -0.5)
     a2.axvline(0, color="black", lw=0.8)
     a2.set_xlabel(f"total LCA, mean ± sd over {len(seeds)} seed(s)")
@@ -232,6 +251,17 @@ def freeze_figure(found: Findings) -> Any:
     a2.grid(axis="y", visible=False)
     a2.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7.5)
     return fig
+
+
+#: The page's figures in page order (each drawing function returns None when it has nothing to draw).
+PAGE_FIGURES = (
+    ("helped_fraction", helped_fraction_figure),
+    ("cumulative_layer_lca", cumulative_figure),
+    ("layer_totals", layer_totals_figure),
+    ("freeze_last_layer", freeze_figure),
+    ("freeze_resnet", freeze_resnet_figure),
+    ("layer_learning_peaks", peaks_figure),
+)
 
 
 def report_figures(runs: dict[str, RunResult], figdir: Path, work: Path, log: Log) -> dict[str, str]:

@@ -3,11 +3,12 @@
 1. noise: helped / zero / hurt shares of all parameters per iteration, the helped fraction without zeros,
    per-parameter fractions and the concentration of learning;
 2. layers that hurt: per-layer totals against the run's integration error, when each layer learned, and the
-   freeze-the-last-layer experiment on the FC net (over several seeds);
+   freeze-the-last-layer experiments (the FC net over several seeds, the ResNet-20 stand-in);
 3. synchronisation of per-layer learning peaks against circular shifts and a step-size-controlled baseline;
 4. method accuracy: first order, Simpson and adaptive Simpson against a float64 32-interval reference.
 
-Each finding is a plain dict of numbers (finding 4's is saved as JSON for ``--reuse``).
+Each finding is a plain dict of numbers (finding 4's is saved as JSON for ``--reuse``); the verdicts and the
+checks a reader makes on them (conventions, noise floor, seeds, transient, windows) are in ``checks``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from lca_cli.analysis.passes import scan_parameters
 from lca_cli.analysis.selection import select_rows
 from lca_cli.analysis.series import composition, integration_error, layer_series, learning_milestones, significance
 from lca_cli.analysis.sync import sync_analysis
+from lca_cli.analysis.verdicts import overfitting
 from lca_cli.store import LcaStore
 
 from .experiments import NETWORK_DTYPE, tol_text
@@ -53,9 +55,17 @@ class Findings:
         noise: Finding 1 per run with the ``noise`` role.
         layers: Finding 2 per run.
         sync: Finding 3 per run with the ``sync`` role.
-        freeze: The freeze-the-last-layer comparison (empty without the runs).
+        freeze: The freeze-the-last-layer comparison on the FC net (empty without the runs).
         accuracy: Finding 4 (None without a run with the ``acc`` role).
         figures: ``{name: path relative to the page}`` of the figures drawn.
+        freeze_resnet: The same comparison on the ResNet-20 stand-in (empty without the runs).
+        floors: :func:`paper.checks.floor_check` per run.
+        noise_checks: :func:`paper.checks.noise_verdicts` per run of finding 1 (and per seed run).
+        layer_checks: :func:`paper.checks.layer_check` per run.
+        sync_checks: :func:`paper.checks.sync_windows` per run of finding 3 (and per seed run).
+        seeds: Findings 1 and 3 over the seeds of the FC MNIST net (empty with one seed): ``keys``, ``noise``
+            (:func:`paper.checks.seed_noise`) and ``sync`` (``{key: sync check}``).
+        figure_numbers: ``{name: N}``: figure N of the page, drawn into ``figures/figN_NAME.png``.
 
     """
 
@@ -68,6 +78,13 @@ class Findings:
     freeze: dict[str, Any] = field(default_factory=dict)
     accuracy: dict[str, Any] | None = None
     figures: dict[str, str] = field(default_factory=dict)
+    freeze_resnet: dict[str, Any] = field(default_factory=dict)
+    floors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    noise_checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    layer_checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sync_checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seeds: dict[str, Any] = field(default_factory=dict)
+    figure_numbers: dict[str, int] = field(default_factory=dict)
 
 
 def noise_finding(store: LcaStore) -> dict[str, Any]:
@@ -122,6 +139,8 @@ def noise_finding(store: LcaStore) -> dict[str, Any]:
         "shares": np.stack([helped, zero, hurt], axis=1),
         "iter_fracs": frac,
         "param_fracs": pf,
+        "param_helped": stats.helped,
+        "param_hurt": stats.hurt,
     }
 
 
@@ -151,6 +170,11 @@ def layer_finding(store: LcaStore) -> dict[str, Any]:
         vl = store.read("val", "loss")
         val_loss = (float(vl[0]), float(vl[-1]))
     return {
+        "residual": residual,
+        "l1_change": store.read("train", "l1_change")[sel.rows],
+        "dl": dl,
+        "train_loss": loss,
+        "val_curve": store.read("val", "loss") if "val" in store.sets else None,
         "conservation": float(np.abs(residual).sum() / max(float(np.abs(dl).sum()), 1e-300)),
         "names": names,
         "sizes": sizes,
@@ -199,23 +223,32 @@ def sync_finding(layers: dict[str, Any], shuffles: int) -> dict[str, Any]:
     }
 
 
-def freeze_finding(runs: dict[str, RunResult], layers: dict[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
+def freeze_finding(
+    runs: dict[str, RunResult],
+    layers: dict[str, Any],
+    seeds: Sequence[int],
+    base_key: str = "fc_mnist",
+    frozen_key: str = "fc_mnist_frozen",
+) -> dict[str, Any]:
     """The freeze-the-last-layer comparison over seeds.
 
     Args:
         runs: Every run, by key.
         layers: :func:`layer_finding` per run.
-        seeds: Freeze seeds of the mode (runs ``fc_mnist[_sN]`` and ``fc_mnist_frozen[_sN]``).
+        seeds: Seeds of the mode (runs ``BASE[_sN]`` and ``FROZEN[_sN]``).
+        base_key: Key of the normal runs (seed 0).
+        frozen_key: Key of the runs with the last layer frozen (seed 0).
 
     Returns:
-        Final losses, per-layer totals and integration errors per seed (normal and frozen), held-out losses, and
-        the largest |LCA| of the frozen layer (exactly 0 expected); empty when no seed has both runs.
+        Final losses, per-layer totals and integration errors per seed (normal and frozen), held-out losses, the
+        overfitting fact of seed 0 (None without a held-out set), and the largest |LCA| of the frozen layer
+        (exactly 0 expected); empty when no seed has both runs.
 
     """
     pairs = []
     for seed in seeds:
         sfx = f"_s{seed}" if seed else ""
-        base, frozen = f"fc_mnist{sfx}", f"fc_mnist_frozen{sfx}"
+        base, frozen = f"{base_key}{sfx}", f"{frozen_key}{sfx}"
         if base in layers and frozen in layers:
             pairs.append((seed, base, frozen))
     if not pairs:
@@ -241,6 +274,12 @@ def freeze_finding(runs: dict[str, RunResult], layers: dict[str, Any], seeds: Se
         "base_error": np.array([layers[b]["error"] for _, b, _ in pairs]),
         "frozen_error": np.array([layers[f]["error"] for _, _, f in pairs]),
         "val": val,
+        "overfit": {
+            which: overfitting(layers[key]["train_loss"], layers[key]["val_curve"])
+            for which, key in (("normal", pairs[0][1]), ("frozen", pairs[0][2]))
+            if layers[key]["val_curve"] is not None
+        },
+        "config": runs[pairs[0][2]].exp.source,
         "max_abs_frozen": _max_abs_layer(runs, layers, [f for _, _, f in pairs], last),
     }
 

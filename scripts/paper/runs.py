@@ -37,6 +37,8 @@ class RunResult:
         finished: When it finished (``YYYY-MM-DD HH:MM``).
         threads: Torch CPU threads it used (0 when not recorded).
         reused: Taken from an earlier process with ``--reuse``.
+        resumed: Its training (and part of its LCA) came from an earlier process that stopped: ``compute_s`` is
+            the last process's part only.
 
     """
 
@@ -51,6 +53,7 @@ class RunResult:
     finished: str = ""
     threads: int = 0
     reused: bool = False
+    resumed: bool = False
 
 
 def command_line(argv: list[str]) -> str:
@@ -84,7 +87,8 @@ def run_experiment(
     """Train ``exp`` into ``work/KEY`` and compute its store ``work/KEY/lca.zarr``.
 
     With ``reuse``, a run finished earlier with the same config (``work/KEY/run.json``, written last) is
-    taken as it is, with the times measured when it was made; anything else is trained and computed afresh.
+    taken as it is, with the times measured when it was made; a run whose process stopped after training
+    (``work/KEY/train.json``) is completed; anything else is trained and computed afresh.
 
     Args:
         exp: The experiment.
@@ -106,7 +110,7 @@ def run_experiment(
         if reused is not None:
             return reused
         log(f"  {exp.key}: {record} is from another config; recomputing")
-    return _train_and_compute(exp, run_dir, device, fp, log, command)
+    return _train_and_compute(exp, run_dir, device, fp, log, command, resume=reuse)
 
 
 def _reusable_run(exp: Experiment, run_dir: Path, fp: dict[str, Any], log: Log) -> RunResult | None:
@@ -118,27 +122,60 @@ def _reusable_run(exp: Experiment, run_dir: Path, fp: dict[str, Any], log: Log) 
     return RunResult(
         exp, run_dir, run_dir / "lca.zarr", saved["train_s"], saved["compute_s"], saved["flagged"],
         saved["max_abs_residual"], saved.get("command", ""), saved["finished"], saved.get("threads", 0), True,
+        bool(saved.get("resumed", False)),
     )  # fmt: skip
 
 
+def _trained(exp: Experiment, run_dir: Path, fp: dict[str, Any]) -> float | None:
+    """Seconds of training of a run in ``run_dir`` whose training finished with fingerprint ``fp``, else None.
+
+    Training finished when ``lca.end`` is there with every checkpoint and ``train.json`` (written after training)
+    has the same fingerprint; its seconds are NaN when it was recorded without them.
+    """
+    record = run_dir / "train.json"
+    if not (run_dir / "lca.end").is_file() or not record.is_file():
+        return None
+    if len(list(run_dir.glob("step_*.safetensors"))) != int(exp.config.train["iterations"]) + 1:
+        return None
+    saved = json.loads(record.read_text(encoding="utf-8"))
+    return float(saved.get("train_s", float("nan"))) if saved.get("fingerprint") == fp else None
+
+
 def _train_and_compute(
-    exp: Experiment, run_dir: Path, device: str, fp: dict[str, Any], log: Log, command: str
+    exp: Experiment, run_dir: Path, device: str, fp: dict[str, Any], log: Log, command: str, resume: bool = False
 ) -> RunResult:
-    """Train and compute ``exp`` afresh, then write ``run_dir/run.json`` (last, so it marks a finished run)."""
+    """Train and compute ``exp``, then write ``run_dir/run.json`` (last, so it marks a finished run).
+
+    With ``resume`` (``--reuse``), a run whose training finished with the same fingerprint (``train.json``) is
+    not trained again, and its store, if a process was stopped while computing it, is completed rather than
+    recomputed (``lca compute`` resumes); ``compute_s`` is then only this process's part and the run is marked
+    ``resumed``.
+    """
     t0 = time.perf_counter()
-    train_run(exp.config, run_dir, device=device, overwrite=True)
+    train_s = _trained(exp, run_dir, fp) if resume else None
+    resumed = train_s is not None
+    if train_s is None:
+        train_run(exp.config, run_dir, device=device, overwrite=True)
+        train_s = time.perf_counter() - t0
+        (run_dir / "train.json").write_text(json.dumps({"fingerprint": fp, "train_s": train_s}), encoding="utf-8")
     t1 = time.perf_counter()
-    res = compute_store(run_dir, main_config(exp, device), run_dir / "lca.zarr")
+    store = run_dir / "lca.zarr"
+    if resumed and store.exists():
+        log(f"  {exp.key}: training finished earlier; completing its store {store}")
+        res = compute_run(run_dir, store, config=main_config(exp, device), overwrite=False)
+    else:
+        res = compute_store(run_dir, main_config(exp, device), store)
     t2 = time.perf_counter()
     flagged = sum(len(v) for v in res.flagged.values())
     log(
-        f"  {exp.key}: trained {exp.config.train['iterations']} iterations in {t1 - t0:.1f} s, "
-        f"LCA in {t2 - t1:.1f} s ({flagged} pairs over tolerance at the cap)"
+        f"  {exp.key}: trained {exp.config.train['iterations']} iterations in {train_s:.1f} s, "
+        f"LCA in {t2 - t1:.1f} s{' (this process; resumed)' if resumed else ''} ({flagged} pairs over "
+        "tolerance at the cap)"
     )
     finished = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     result = RunResult(
-        exp, run_dir, run_dir / "lca.zarr", t1 - t0, t2 - t1, flagged, res.max_abs_residual["train"], command,
-        finished, torch.get_num_threads(),
+        exp, run_dir, store, train_s, t2 - t1, flagged, res.max_abs_residual["train"], command, finished,
+        torch.get_num_threads(), resumed=resumed,
     )  # fmt: skip
     record = {
         "fingerprint": fp,
@@ -149,6 +186,7 @@ def _train_and_compute(
         "flagged": flagged,
         "max_abs_residual": result.max_abs_residual,
         "threads": torch.get_num_threads(),
+        "resumed": resumed,
     }
     (run_dir / "run.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     return result

@@ -56,7 +56,8 @@ def test_compute_json_is_one_document_whatever_user_code_prints(chatty_run: Path
 
 
 def test_dry_run_json_and_plain_calls_keep_stdout_for_data(chatty_run: Path) -> None:
-    proc = lca("compute", chatty_run, "--dry-run", "--json")
+    # Into a new store: the dry run computes its first pairs (a complete store's dry run builds nothing).
+    proc = lca("compute", chatty_run, "--dry-run", "--json", "--out", chatty_run.parent / "dry.zarr")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["pairs"] == 3
     assert "data factory says hello" in proc.stderr

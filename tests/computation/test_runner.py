@@ -363,7 +363,10 @@ def test_store_attributes(runs: RunCache, tmp_path: Path) -> None:
     assert a["sets"] == ["train"]
     ev = a["evaluation"]
     assert ev["sets"]["train"] == {"n_samples": 200, "batch_size": 64, "n_chunks": 4, "last_chunk": 8}
-    assert ev["bn_mode"] == "batch" and ev["dtype"] == "float32" and ev["accumulation"] == "float64"
+    assert ev["bn_mode"] == "batch" and ev["dtype"] == "float32"
+    # Float32 accumulation where the run's bound allows it (lca_cli.computation.precision), recorded with the bound.
+    assert ev["accumulation"] == a["accumulation"]["dtype"] == "float32"
+    assert a["accumulation"]["bound"] <= a["accumulation"]["limit"] and a["accumulation"]["chunks"] == {"train": 4}
     assert a["identity"]["model"] == {"factory": "reference:tanh_mlp", "kwargs": {"seed": 0}}
     assert a["identity"]["compute"]["batch_size"] == 64
     assert [p["name"] for p in a["params"]] == [n for n, _ in reference.tanh_mlp().named_parameters()]
@@ -718,7 +721,7 @@ def test_an_error_at_pair_k_keeps_the_pairs_before_it(runs: RunCache, tmp_path: 
         compute(part, config, out, progress=Reporter())
     assert len(ends) == 1 and ends[0].failed and ends[0].done == 4  # its last line says so, not "finished"
     store = LcaStore.open(out)
-    assert store.rows_per_chunk > store.n_pairs and store.done().tolist()[:6] == [True] * 4 + [False] * 2
+    assert store.rows_per_chunk >= store.n_pairs and store.done().tolist()[:6] == [True] * 4 + [False] * 2
     shutil.copy2(run_dir / path.name, path)  # fixed: the rerun continues the block where it stopped
     result, store = run_compute(part, config, out)
     assert result.skipped == 4
@@ -736,7 +739,7 @@ def test_rows_become_visible_while_a_block_runs(runs: RunCache, tmp_path: Path) 
             seen.append(int(LcaStore.open(out).done().sum()))
 
     compute(run_dir, config, out, progress=progress, flush_seconds=0.0)
-    assert LcaStore.open(out).rows_per_chunk > 16  # all in one block
+    assert LcaStore.open(out).rows_per_chunk >= 16  # all in one block
     assert seen[-1] >= 14 and seen == sorted(seen), seen
     _, full = run_compute(run_dir, config, tmp_path / "full.zarr")  # flushing changes no byte
     assert_same_store(LcaStore.open(out), full)

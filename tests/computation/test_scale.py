@@ -22,6 +22,7 @@ from conftest import copy_run, load_states
 from test_runner import check_conservation
 
 from lca_cli.computation.config import load_config
+from lca_cli.computation.distributed import Scope
 from lca_cli.computation.follow import END_MARKER
 from lca_cli.computation.plan import Schedule
 from lca_cli.computation.runner import compute
@@ -200,3 +201,13 @@ def test_follow_surveys_the_run_again_as_it_grows(tmp_path: Path) -> None:
     splits = store.read("train", "splits").mean()
     assert splits <= APPEND_COST * LcaStore.open(tmp_path / "one.zarr").read("train", "splits").mean(), splits
     assert one.computed == steps
+
+
+def test_calls_under_one_survey_share_one_record(tmp_path: Path) -> None:
+    """A stopped call and its resume, under the survey made when the store was, are one entry of rows."""
+    run = warmup_run(tmp_path / "run", steps=12, warmup=4)
+    config = load_config(run / "lca.toml")
+    compute(run, config, run / "lca.zarr", schedule=Schedule(Scope(stop=5)))
+    compute(run, config, run / "lca.zarr")
+    calls = LcaStore.open(run / "lca.zarr").attrs["l1_scale_calls"]
+    assert [(c["over"], c["rows"]) for c in calls] == [(12, [[0, 12]])]

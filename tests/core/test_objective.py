@@ -177,6 +177,7 @@ def test_running_mode_matches_eval_forward_and_keeps_buffers_fixed() -> None:
 def test_running_mode_buffer_gradient_matches_finite_differences() -> None:
     model = trained_bn_model()
     obj, v, fixed = build_objective(copy.deepcopy(model), DATA, 16, torch.float64, bn_mode="running")
+    v = v.double()  # steps of 1e-6 need a float64 point (split_state keeps a float32 checkpoint in float32)
     _, grad = obj.value_and_grad(v, fixed)
     n_params = Layout.from_module(model).size
     h = 1e-6

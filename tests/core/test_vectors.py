@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lca_cli.core.layout import Layout
-from lca_cli.core.vectors import flatten, split_state, unflatten
+from lca_cli.core.vectors import BufferPool, flatten, split_state, unflatten
 
 CPU = torch.device("cpu")
 
@@ -58,6 +58,33 @@ def test_split_state() -> None:
     state = model.state_dict()
     layout = Layout.from_module(model)
     v, fixed = split_state(state, layout, CPU)
-    assert v.dtype == torch.float64 and v.shape == (layout.size,)
-    assert torch.equal(v, torch.cat([p.detach().reshape(-1).double() for p in model.parameters()]))
+    # A float32 checkpoint stays float32 (exact, half the bytes of float64); a float64 one stays float64.
+    assert v.dtype == torch.float32 and v.shape == (layout.size,)
+    assert torch.equal(v, torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
     assert set(fixed) == {"1.running_mean", "1.running_var", "1.num_batches_tracked"}
+    wide = split_state({k: t.double() if t.is_floating_point() else t for k, t in state.items()}, layout, CPU)[0]
+    assert wide.dtype == torch.float64 and torch.equal(wide, v.double())
+
+
+def test_buffer_pool_reuses_only_what_nothing_holds() -> None:
+    # The pool hands a buffer out again only when no name, view or autograd node holds it: a gradient the
+    # integrator still holds is never overwritten, and a pair's temporaries are reused instead of allocated.
+    pool = BufferPool()
+    a = pool.take(8, torch.float32, CPU)
+    b = pool.take(8, torch.float32, CPU)
+    assert a.data_ptr() != b.data_ptr()
+    ptr = a.data_ptr()
+    del a
+    assert pool.take(8, torch.float32, CPU).data_ptr() == ptr  # free again: reused
+    c = pool.take(8, torch.float32, CPU)
+    view = c[2:4]
+    del c
+    d = pool.take(8, torch.float32, CPU)
+    assert d.data_ptr() != view.data_ptr() - 2 * 4  # a view still holds it
+    alias = d
+    del d
+    assert pool.take(8, torch.float32, CPU).data_ptr() != alias.data_ptr()  # a second name still holds it
+    assert pool.take(8, torch.float64, CPU).dtype == torch.float64  # another dtype: another buffer
+    nbytes = pool.nbytes
+    pool.clear()
+    assert pool.nbytes == 0 and nbytes > 0

@@ -11,7 +11,7 @@ from test_store import make_format1_store, make_rows, new_store
 from lca_cli import __version__
 from lca_cli.cli.app import main
 from lca_cli.errors import EXIT_CODES, StoreError
-from lca_cli.store import FORMAT_VERSION, READABLE_VERSIONS, choose_rows_per_chunk, column_counts
+from lca_cli.store import FORMAT_VERSION, READABLE_VERSIONS, LcaStore, choose_rows_per_chunk, column_counts
 from lca_cli.store.format import CHUNK_BYTES, check_format_version, required_arrays
 
 
@@ -79,3 +79,38 @@ def test_choose_rows_per_chunk() -> None:
     assert choose_rows_per_chunk(CHUNK_BYTES // 4) == 1  # a row of one chunk's size: one row per chunk
     assert choose_rows_per_chunk(1 << 16) == CHUNK_BYTES // (4 << 16)
     assert choose_rows_per_chunk(1 << 30) == 1
+    # Fitted to the store's rows when it will not grow: never a chunk of far more rows than the store has.
+    assert choose_rows_per_chunk(10, 0, 5) == 5 and choose_rows_per_chunk(1 << 16, 0, 1000) == 32
+    assert choose_rows_per_chunk(10, 7, 5) == 7  # an explicit choice is the user's
+
+
+def test_a_neuron_store_of_a_few_rows_takes_about_its_rows_on_disk(tmp_path: Path) -> None:
+    # Chunks were 1,024 rows whatever the store held: 5 rows x 15 neuron columns (300 B) took a 61 KB chunk.
+    from runs import make_tiny_run
+
+    from lca_cli.computation.config import load_config
+    from lca_cli.computation.runner import compute
+
+    run = make_tiny_run(tmp_path, steps=5)
+    config = load_config(run / "lca.toml").with_overrides(threads=1, granularity="neuron", l1_scope="pair")
+    compute(run, config, run / "lca.zarr")
+    lca = run / "lca.zarr" / "train" / "lca"
+    on_disk = sum(p.stat().st_size for p in lca.rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert on_disk == 5 * 15 * 4 + 4  # the rows and one chunk's CRC-32C
+
+
+def test_a_followed_store_keeps_chunks_for_the_run_to_come(tmp_path: Path) -> None:
+    # --follow creates the store from the first checkpoints of a growing run: fitted to them, every later block
+    # would be a chunk of 1-2 rows (a write and fsyncs each).
+    from runs import make_tiny_run
+
+    from lca_cli.computation.config import load_config
+    from lca_cli.computation.plan import Schedule
+    from lca_cli.computation.runner import compute
+
+    run = make_tiny_run(tmp_path, steps=3)  # ended (lca.end): following computes the 3 pairs and stops
+    config = load_config(run / "lca.toml").with_overrides(threads=1, l1_scope="pair")
+    result = compute(run, config, run / "lca.zarr", schedule=Schedule(follow=True, poll=0.05))
+    assert result.computed == 3 and result.ended is not None
+    store = LcaStore.open(run / "lca.zarr")
+    assert store.rows_per_chunk == choose_rows_per_chunk(123) == 1024
