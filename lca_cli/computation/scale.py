@@ -288,7 +288,12 @@ def _ranges(mask: np.ndarray) -> list[list[int]]:
 
 
 def record_rows(
-    store: LcaStore, rows: np.ndarray, scales: Mapping[str, float], factors: Mapping[str, float], over: int
+    store: LcaStore,
+    rows: np.ndarray,
+    scales: Mapping[str, float],
+    factors: Mapping[str, float],
+    over: int,
+    deep_factors: Mapping[str, float] | None = None,
 ) -> None:
     """Record that ``rows`` were computed under these scales and factors (``l1_scale_calls``).
 
@@ -300,11 +305,14 @@ def record_rows(
         scales: ``{set: S}`` they met.
         factors: ``{set: first-panel factor}`` they met (absent: the fixed one).
         over: Pairs the survey behind them saw.
+        deep_factors: ``{set: deeper panels' factor}`` they met (absent: ``DEEP_FACTOR``); None: not recorded.
 
     """
     if not rows.any():
         return
-    entry = {"scale": dict(scales), "first_factor": dict(factors), "over": int(over)}
+    entry: dict[str, Any] = {"scale": dict(scales), "first_factor": dict(factors), "over": int(over)}
+    if deep_factors is not None:
+        entry["deep_factor"] = dict(deep_factors)
     calls = list(store.attrs.get(CALLS_ATTR) or [])
     if calls and {k: calls[-1].get(k) for k in entry} == entry:
         # The same survey as the last call's (a resume, a shard, a --follow block): one entry grows, so that the

@@ -353,7 +353,7 @@ class _Work:
         before[: len(self.done_before)] = self.done_before[: len(done)]
         record_rows(
             self.store, done & ~before, self.engine.l1_scales, self.engine.first_factors,
-            int(self.store.attrs.get("l1_scale_over") or 0),
+            int(self.store.attrs.get("l1_scale_over") or 0), self.engine.deep_factors,
         )  # fmt: skip
         self.done_before = done
 

@@ -108,6 +108,7 @@ def test_a_warmup_run_appended_in_three_calls_costs_what_one_call_does(tmp_path:
     recorded = store.attrs["l1_scale_calls"]
     assert [c["over"] for c in recorded] == [10, 20, 60]
     assert [c["rows"] for c in recorded] == [[[0, 10]], [[10, 20]], [[20, 60]]]
+    assert [c["deep_factor"] for c in recorded] == [{}, {}, {}]  # under 200 pairs: uncalibrated (DEEP_FACTOR)
     scales = row_scales(store, "train")
     assert scales.tolist() == [
         c["scale"]["train"] for c, n in zip(recorded, (10, 10, 40), strict=True) for _ in range(n)
