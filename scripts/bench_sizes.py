@@ -67,6 +67,10 @@ try:  # the lca_cli on PYTHONPATH (another worktree's, to compare) wins; else th
     import lca_cli  # noqa: F401
 except ImportError:
     sys.path.insert(0, str(REPO))
+if str(SCRIPTS) not in sys.path:  # imported by file path (the tests): scripts/bench.py beside it
+    sys.path.insert(0, str(SCRIPTS))
+
+from bench import _peak_rss_mib, _sync  # noqa: E402  (one way to read peak memory and sync a device)
 
 KINDS = ("script", "lca")
 IN_DIM = 512  # input features
@@ -185,19 +189,6 @@ def make_run(width: int, run_dir: Path, data_path: Path, pairs: int, train: str 
 
 # --------------------------------------------------------------------------------------------------------
 # the two measurements (each in a fresh child)
-
-
-def _peak_rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run_script(width: int, run_dir: Path, data_path: Path, device: torch.device) -> dict[str, Any]:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
+from load_scripts import load_script
 from torch.func import functional_call
 
 from lca_cli.computation.config import Config
@@ -37,12 +37,7 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
 def _load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_lca_{name}", SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(name)
 
 
 def plain_value_and_grad(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import shutil
@@ -12,18 +11,14 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from load_scripts import load_script
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
 @pytest.fixture(scope="module")
 def sizes() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("_lca_bench_sizes", SCRIPTS / "bench_sizes.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench_sizes")
 
 
 @pytest.mark.parametrize("text", ["1M", "4M", "16M", "64M", "250k"])

@@ -10,26 +10,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from load_scripts import load_script
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
 @pytest.fixture(scope="module")
 def oracle() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("_lca_oracle", SCRIPTS / "oracle.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
+    return load_script("oracle")
 
 
 def _quartic_error(panels: int) -> float:
@@ -99,12 +93,7 @@ def test_cost_per_accuracy_on_a_quadratic_loss_is_two(oracle: ModuleType, tmp_pa
 
 
 def _script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_lca_{name}", SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(name)
 
 
 def test_accuracy_study_oracle_row_on_a_recorded_grid(tmp_path: Path) -> None:

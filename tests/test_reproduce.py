@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from load_scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "reproduce_paper.py"
 
 
 def _load_script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("reproduce_paper", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce_paper"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("reproduce_paper", "reproduce_paper")
 
 
 @pytest.mark.slow

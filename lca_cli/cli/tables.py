@@ -17,6 +17,7 @@ from typing import Any
 
 from lca_cli.analysis.groups import GroupSummary
 from lca_cli.analysis.reduce import Summary
+from lca_cli.reporting.text import pct
 
 __all__ = ["render_summary"]
 
@@ -40,7 +41,8 @@ def _g(digits: int) -> Callable[[Any], str]:
 
 
 def _pct(v: Any) -> str:
-    return "-" if v is None else f"{100 * float(v):.1f}%"
+    # The report's percentages: a nonzero share never reads 0.0% (a share below 0.05% gets a significant digit).
+    return "-" if v is None else pct(float(v))
 
 
 def _shares(row: dict[str, Any]) -> str:

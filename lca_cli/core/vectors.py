@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 
 from lca_cli.core.columns import OTHER, Columns
@@ -36,15 +37,14 @@ def flatten(layout: Layout, tensors: Mapping[str, torch.Tensor], dtype: torch.dt
     return torch.cat([tensors[p.name].reshape(-1).to(dtype) for p in layout.params])
 
 
-#: Elements per block of :func:`sum64` (an 8 MB float64 temporary at most: the allocator reuses it).
-SUM_BLOCK = 1 << 20
-
-
 def sum64(x: torch.Tensor) -> torch.Tensor:
-    """``Σ x`` accumulated in float64, as a float64 scalar tensor (no host synchronisation).
+    """``Σ x`` accumulated in float64, as a float64 scalar tensor (no host synchronisation off the CPU).
 
-    ``x.sum(dtype=torch.float64)`` on CPU first makes a float64 copy of the whole of ``x``; block by block the copy
-    is one block. For a float64 ``x`` it is ``x.sum()``, bit for bit.
+    On CPU, ``x.sum(dtype=torch.float64)`` first makes a float64 copy of ``x`` (page faults on every call for a
+    big row), and blocks of it were slower still: 250 ms for a 16M-entry float32 row in 1M blocks at 2 threads,
+    against 12 ms for NumPy's reduction, which casts through a small buffer and sums pairwise in float64
+    (measured on the 2-core machine of BENCHMARKS.md; it was a quarter of the pair loop's time at 16M
+    parameters). On a GPU the kernel casts on the fly. For a float64 ``x`` it is ``x.sum()``, bit for bit.
 
     Args:
         x: A 1-d tensor.
@@ -55,9 +55,9 @@ def sum64(x: torch.Tensor) -> torch.Tensor:
     """
     if x.dtype == torch.float64:
         return x.sum()
-    if x.numel() <= SUM_BLOCK:
+    if x.device.type != "cpu":
         return x.sum(dtype=torch.float64)
-    return torch.stack([x[a : a + SUM_BLOCK].sum(dtype=torch.float64) for a in range(0, x.numel(), SUM_BLOCK)]).sum()
+    return torch.tensor(float(np.add.reduce(x.detach().numpy(), dtype=np.float64)), dtype=torch.float64)
 
 
 def unflatten(layout: Layout, flat: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -32,7 +32,7 @@ def pct(x: float | None, digits: int = 1) -> str:
     """``x`` as a percentage with ``digits`` decimals (``0.123`` -> ``12.3%``); ``n/a`` for None or non-finite.
 
     A nonzero share too small for ``digits`` decimals gets one significant digit (``0.00002`` -> ``0.002%``),
-    never ``0.0%``.
+    never ``0.0%``; a share short of 1 by less than that shows the gap (``0.9996`` -> ``99.96%``), never ``100.0%``.
 
     Args:
         x: A share in ``[0, 1]`` (or None).
@@ -47,6 +47,9 @@ def pct(x: float | None, digits: int = 1) -> str:
     v = 100 * x
     if v != 0 and abs(v) < 0.5 * 10.0**-digits:  # would print as 0.0%: show one significant digit instead
         return f"{v:.{max(digits, -math.floor(math.log10(abs(v))))}f}%"
+    gap = 100 - abs(v)
+    if 0 < gap < 0.5 * 10.0**-digits:  # would print as 100.0%: as many decimals as show the gap
+        return f"{v:.{max(digits, -math.floor(math.log10(gap)))}f}%"
     return f"{v:.{digits}f}%"
 
 

@@ -102,3 +102,11 @@ def test_shorten_middle_keeps_names_distinct() -> None:
     short = shorten_middle(names, 12)
     assert all(len(s) <= 12 and "…" in s for s in short) and len(set(short)) == 3, short
     assert shorten_middle(["fc1", "fc2"], 16) == ["fc1", "fc2"]
+
+
+def test_table_percentages_never_print_a_nonzero_share_as_zero() -> None:
+    """A layer with 0.02% of the entries helped reads 0.02%, not 0.0% (the report's rule, issue 24 item 8)."""
+    header = {**HEADER, "helped_share_mean": 2e-4, "zero_share_mean": 0.9996, "hurt_share_mean": 2e-4}
+    text = render_summary(Summary({**header, "by": "layer"}, ["name"], []))
+    assert "helped 0.02% · zero 99.96% · hurt 0.02%" in text
+    assert "0.0%" not in text  # neither 0.0% nor 100.0%

@@ -41,6 +41,7 @@ def test_pct_never_prints_a_nonzero_share_as_zero() -> None:
             text = pct(sign * 1.3 * 10.0**e)
             assert float(text.rstrip("%")) != 0, text
     assert pct(0.123) == "12.3%" and pct(0.0) == "0.0%" and pct(2e-5) == "0.002%"
+    assert pct(1.0) == "100.0%" and pct(0.9996) == "99.96%" and pct(1 - 2e-6) == "99.9998%"
 
 
 def _report(path: Path, seed: int = 0) -> ReportData:
