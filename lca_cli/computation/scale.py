@@ -28,8 +28,8 @@ import torch
 
 from lca_cli.computation.engine import PairEngine, Point
 from lca_cli.computation.options import SCALE_FRACTION, SCALE_PAIRS
-from lca_cli.core.calibration import MIN_PROBES, Probe, first_panel_factor
-from lca_cli.core.integrate import JUMP_FACTOR
+from lca_cli.core.calibration import MIN_PROBES, Probe, deep_panel_factor, first_panel_factor
+from lca_cli.core.integrate import DEEP_FACTOR, JUMP_FACTOR
 from lca_cli.errors import StoreError
 from lca_cli.store.lcastore import LcaStore
 
@@ -41,6 +41,7 @@ __all__ = [
     "SCALE_PAIRS",
     "SLOW_SCALE_SECONDS",
     "Survey",
+    "deep_factors_of",
     "first_factors_of",
     "l1_scales_of",
     "measure_l1_scales",
@@ -75,6 +76,7 @@ class Survey:
         factors: ``{set: first-panel factor}`` for the sets it calibrated (the others use ``JUMP_FACTOR``).
         calibration: ``{set: {"rho", "kappa", "probes"}}``: how each factor came about.
         gradients: Gradients it evaluated.
+        deep_factors: ``{set: deeper panels' factor}`` for the sets it calibrated (the others use ``DEEP_FACTOR``).
 
     """
 
@@ -83,6 +85,7 @@ class Survey:
     factors: dict[str, float] = field(default_factory=dict)
     calibration: dict[str, dict[str, float]] = field(default_factory=dict)
     gradients: int = 0
+    deep_factors: dict[str, float] = field(default_factory=dict)
 
 
 def scale_pairs(n_pairs: int, count: int = SCALE_PAIRS) -> list[int]:
@@ -187,13 +190,14 @@ def survey_run(
                 if np.isfinite([probe.indicator, probe.diff, probe.norm]).all():
                     probes[s].append(probe)
     scales = {s: SCALE_FRACTION * float(np.mean(v)) if v else 0.0 for s, v in norms.items()}
-    factors, calibration = {}, {}
+    factors, calibration, deep = {}, {}, {}
     for s in sets:
         got = first_panel_factor(probes[s], engine.l1_tol, scales[s], JUMP_FACTOR)
         if got is not None:
             factors[s] = got[0]
+            deep[s] = deep_panel_factor(got[1], JUMP_FACTOR, DEEP_FACTOR)
             calibration[s] = {"rho": got[1], "kappa": got[2], "probes": float(len(probes[s]))}
-    return Survey(scales, n_pairs, factors, calibration, done)
+    return Survey(scales, n_pairs, factors, calibration, done, deep)
 
 
 def measure_l1_scales(
@@ -215,6 +219,7 @@ def survey_attrs(survey: Survey) -> dict[str, Any]:
         "l1_scale_pairs": SCALE_PAIRS,
         "l1_scale_over": survey.over,
         "first_factor": dict(survey.factors),
+        "deep_factor": dict(survey.deep_factors),
         "calibration": {s: dict(c) for s, c in survey.calibration.items()},
     }
 
@@ -264,6 +269,12 @@ def l1_scales_of(store: LcaStore, scope: str) -> dict[str, float]:
     return {str(k): float(v) for k, v in recorded.items()}
 
 
+def deep_factors_of(store: LcaStore) -> dict[str, float]:
+    """The deeper panels' factors a store's last survey calibrated, per set (sets absent: ``DEEP_FACTOR``)."""
+    recorded = store.attrs.get("deep_factor")
+    return {str(k): float(v) for k, v in recorded.items()} if isinstance(recorded, dict) else {}
+
+
 def first_factors_of(store: LcaStore) -> dict[str, float]:
     """The first-panel factors a store's last survey calibrated, per set (sets absent: the fixed factor)."""
     recorded = store.attrs.get("first_factor")
@@ -277,7 +288,12 @@ def _ranges(mask: np.ndarray) -> list[list[int]]:
 
 
 def record_rows(
-    store: LcaStore, rows: np.ndarray, scales: Mapping[str, float], factors: Mapping[str, float], over: int
+    store: LcaStore,
+    rows: np.ndarray,
+    scales: Mapping[str, float],
+    factors: Mapping[str, float],
+    over: int,
+    deep_factors: Mapping[str, float] | None = None,
 ) -> None:
     """Record that ``rows`` were computed under these scales and factors (``l1_scale_calls``).
 
@@ -289,11 +305,14 @@ def record_rows(
         scales: ``{set: S}`` they met.
         factors: ``{set: first-panel factor}`` they met (absent: the fixed one).
         over: Pairs the survey behind them saw.
+        deep_factors: ``{set: deeper panels' factor}`` they met (absent: ``DEEP_FACTOR``); None: not recorded.
 
     """
     if not rows.any():
         return
-    entry = {"scale": dict(scales), "first_factor": dict(factors), "over": int(over)}
+    entry: dict[str, Any] = {"scale": dict(scales), "first_factor": dict(factors), "over": int(over)}
+    if deep_factors is not None:
+        entry["deep_factor"] = dict(deep_factors)
     calls = list(store.attrs.get(CALLS_ATTR) or [])
     if calls and {k: calls[-1].get(k) for k in entry} == entry:
         # The same survey as the last call's (a resume, a shard, a --follow block): one entry grows, so that the

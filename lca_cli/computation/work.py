@@ -40,6 +40,7 @@ from lca_cli.computation.result import (
     accuracy_of,
 )
 from lca_cli.computation.scale import (
+    deep_factors_of,
     first_factors_of,
     l1_scales_of,
     needs_survey,
@@ -352,7 +353,7 @@ class _Work:
         before[: len(self.done_before)] = self.done_before[: len(done)]
         record_rows(
             self.store, done & ~before, self.engine.l1_scales, self.engine.first_factors,
-            int(self.store.attrs.get("l1_scale_over") or 0),
+            int(self.store.attrs.get("l1_scale_over") or 0), self.engine.deep_factors,
         )  # fmt: skip
         self.done_before = done
 
@@ -386,6 +387,7 @@ class _Work:
         self._record_rows()  # the rows so far met the survey in force until now
         store.update_attrs(survey_attrs(survey))
         engine.l1_scales, engine.first_factors = dict(survey.scales), dict(survey.factors)
+        engine.deep_factors = dict(survey.deep_factors)
         self.say(
             f"--follow: the run has grown to {survey.over} pairs: its scale of --l1-tol is now "
             + ", ".join(f"{s} {v:.3g}" for s, v in survey.scales.items())
@@ -514,6 +516,7 @@ def run_work(
     engine.l1_scales = l1_scales_of(store, plan.options.l1_scope)
     # The first panel's factor its last survey calibrated on the run (none: the fixed factor).
     engine.first_factors = first_factors_of(store) if engine.l1_scales else {}
+    engine.deep_factors = deep_factors_of(store) if engine.l1_scales else {}
     # Gradients and rows in the dtype the store chose when it was made (its recorded bound), or forced float64.
     engine.accumulate = accumulation_of(store, plan.options.accumulate)
     if engine.columns is not None:

@@ -11,15 +11,20 @@ per-parameter error indicator that costs no gradient, :data:`JUMP_FACTOR` times 
 between Simpson and the trapezoid rule on its halves, ``|Δ (2 g(m) - g(a) - g(b))|_1 (b - a) / 12``, and an
 exact lower bound of its per-parameter L1 error, the panel's residual ``|L(b) - L(a) - Σ_i lca_i|``. The larger
 of the two is the panel's estimate. A panel is accepted when its estimate fits its share
-``(b - a) l1_tol |lca_2|_1`` of the pair's budget (``lca_2`` the plain-Simpson row) plus what earlier panels
-left unused; otherwise it is split into its halves (two new gradients) down to width ``2 / max_splits``.
+``0.9 (b - a)^(1/2) l1_tol |lca_2|_1`` of the pair's budget (``lca_2`` the plain-Simpson row;
+:data:`SHARE_SCALE`, :data:`SHARE_EXPONENT`) plus what earlier panels left unused, and the panels' summed
+residuals (exact lower bounds) still fit the whole budget; otherwise it is split into its halves (two new
+gradients) down to width ``2 / max_splits``. The share shrinks with the square root of the width, not the width:
+on ReLU nets a split only halves a panel's error (first-order convergence), so shares proportional to the width
+made most panels below a failed one fail too, down to the cap (BENCHMARKS.md, *The estimator and the scale*).
 With a run scale ``S`` (``l1_scale``, a fraction of the run's mean ``||lca||_1``), the budget is
 ``l1_tol max(|lca_2|_1, S)``: the run's summed error stays about ``l1_tol`` of its summed ``||lca||_1``, and
 pairs that hardly move (late in training) keep plain Simpson, whose absolute error there is small, instead of
 being refined to their own row.
 The first panel (the whole pair: plain Simpson) may take another factor, calibrated on the run
 (``first_factor``; :mod:`lca_cli.core.calibration`): where a run's probes show plain Simpson's summed error within
-its target, pairs a little over their own budget keep plain Simpson; deeper panels keep :data:`JUMP_FACTOR`.
+its target, pairs a little over their own budget keep plain Simpson. Deeper panels take ``deep_factor``, also from
+the run's probes (:func:`lca_cli.core.calibration.deep_panel_factor`), :data:`DEEP_FACTOR` when uncalibrated.
 On ReLU networks, whose gradient jumps wherever a unit changes sign along the segment, Simpson converges only
 at first order; the residual, in which errors of opposite sign cancel, understates their per-parameter error
 5-10 times, so refining on it either stops too early or runs to the cap. The indicator tracks it (BENCHMARKS.md)
@@ -52,7 +57,11 @@ from lca_cli.core.vectors import sum64
 from lca_cli.errors import NumericalError
 
 __all__ = [
+    "DEEP_FACTOR",
+    "PAIR_CEILING",
     "REFINE_SCHEMES",
+    "SHARE_EXPONENT",
+    "SHARE_SCALE",
     "Evaluation",
     "PairResult",
     "integrate_pair",
@@ -67,6 +76,22 @@ __all__ = [
 #: on eight ReLU runs (BENCHMARKS.md), real error / difference was 1.0-1.4 after refinement, so with 1.4 the
 #: run's relative L1 error per parameter came out at or below ``l1_tol``.
 JUMP_FACTOR = 1.4
+
+#: The deeper panels' factor when the run is not calibrated, and the largest calibrated one. Below the first
+#: panel a jump dominates ever more of a panel's error: real error over indicator measured 1.8-2.1 on the
+#: deeper panels of three Adam ReLU runs (1.2-2.0 on an SGD one), above :data:`JUMP_FACTOR`; 1.8 with
+#: :data:`SHARE_SCALE` 0.9 kept every one of seven replayed runs within the target (BENCHMARKS.md).
+DEEP_FACTOR = 1.8
+
+#: A panel of width ``w`` (a fraction of the pair) gets ``SHARE_SCALE w ** SHARE_EXPONENT`` of the pair's budget.
+SHARE_EXPONENT = 0.5
+#: See :data:`SHARE_EXPONENT`: the margin that the larger shares of deeper panels need (1.0 left one replayed run
+#: at 1.02e-3 where the target was 1e-3).
+SHARE_SCALE = 0.9
+#: Shares of ``w ** 0.5`` sum to more than the budget when a pair is split deep (``2^(d/2)`` times at depth ``d``):
+#: an accepted pair's summed estimate is held to this multiple of its budget, bounding what a run whose every pair
+#: is refined deep can reach. At 2 it cost 0.1 gradients per pair or less on seven replayed runs.
+PAIR_CEILING = 2.0
 
 #: How sub-intervals are refined: split only the panels whose error estimate is large, or double them all.
 REFINE_SCHEMES = ("local", "doubling")
@@ -220,6 +245,7 @@ def integrate_pair(
     loss_rounding: float = 0.0,
     label: str = "pair",
     first_factor: float = JUMP_FACTOR,
+    deep_factor: float = DEEP_FACTOR,
     work: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> PairResult:
     """Allocate one pair's loss change to the coordinates of ``Δ``.
@@ -245,7 +271,9 @@ def integrate_pair(
             and never flags (explicit residual tolerances still refine as given).
         label: Names the pair in error messages (e.g. ``"steps 4 -> 5"``).
         first_factor: ``"local"`` only: the indicator's factor on the first panel (plain Simpson), calibrated on
-            the run (:func:`lca_cli.core.calibration.first_panel_factor`); deeper panels use :data:`JUMP_FACTOR`.
+            the run (:func:`lca_cli.core.calibration.first_panel_factor`).
+        deep_factor: ``"local"`` only: the indicator's factor on every deeper panel
+            (:func:`lca_cli.core.calibration.deep_panel_factor`; :data:`DEEP_FACTOR` when uncalibrated).
         work: ``x -> a free buffer like x`` for the ``"local"`` scheme's ``(D,)`` rows and temporaries (e.g.
             :meth:`~lca_cli.core.vectors.BufferPool.like`: no allocation per panel); fresh tensors when None.
             The arithmetic runs in the dtype of ``delta`` and the gradients, and is the same either way.
@@ -267,7 +295,7 @@ def integrate_pair(
     if method == "rk4" and refine == "local":
         return _integrate_local(
             point, delta, start, end, loss0, loss1, max_splits, tolerance, rtol, l1_tol, l1_scale, loss_rounding, label,
-            work or torch.empty_like, first_factor,
+            work or torch.empty_like, first_factor, deep_factor,
         )  # fmt: skip
     if refine not in REFINE_SCHEMES:
         raise ValueError(f"unknown refine scheme {refine!r}")
@@ -385,6 +413,7 @@ def _integrate_local(
     label: str,
     work: Callable[[torch.Tensor], torch.Tensor],
     first_factor: float = JUMP_FACTOR,
+    deep_factor: float = DEEP_FACTOR,
 ) -> PairResult:
     """Local adaptive Simpson, depth first (see the module docstring).
 
@@ -407,6 +436,7 @@ def _integrate_local(
     lca: torch.Tensor | None = None  # (D,) running sum of the accepted panels' rows
     budget: float | None = None  # l1_tol max(|lca_2|_1, l1_scale), fixed by the plain-Simpson row (first panel)
     bank = res_bank = 0.0  # budget left unused by the panels accepted so far
+    proven_sum = 0.0  # the accepted panels' proven errors: together they must fit the budget (no flag)
     estimate = 0.0
     splits = 0
     row_sum = row_norm = 0.0  # of the first panel, reused when it is the only one
@@ -417,8 +447,8 @@ def _integrate_local(
         ends = torch.add(left.grad, right.grad, out=work(left.grad))  # (D,)
         # (D,) Δ (g_a + g_b - 2 g_m): the trapezoid rule on the halves minus Simpson, times 12 / width.
         second = torch.add(ends, centre.grad, alpha=-2.0, out=work(ends)).mul_(delta)
-        # The run-calibrated factor on the whole pair's panel (budget still None there), the fixed one below it.
-        factor = first_factor if budget is None else JUMP_FACTOR
+        # The run-calibrated factors: the whole pair's panel (budget still None there) and the deeper ones.
+        factor = first_factor if budget is None else deep_factor
         indicator = factor * float(second.abs_().sum()) * w / 12.0
         del second
         # (D,) the panel's row: (g_a + 4 g_m + g_b) Δ w / 6 (w is dyadic: the product by w is exact)
@@ -433,12 +463,21 @@ def _integrate_local(
             row_norm = float(torch.abs(row, out=work(row)).sum())
             budget = l1_tol * max(row_norm, l1_scale) if l1_tol > 0 else float("inf")
         est = max(indicator, proven)
-        share, res_share = budget * w, res_tol * w
-        ok = est <= share + bank and panel_res <= res_share + res_bank
+        # Shares of the width's square root sum to more than the budget over a pair's panels: the summed estimate
+        # is held to PAIR_CEILING budgets, the residuals (exact lower bounds) to one, so that no accepted pair is
+        # ever flagged.
+        share, res_share = SHARE_SCALE * budget * w**SHARE_EXPONENT, res_tol * w
+        ok = (
+            est <= share + bank
+            and estimate + est <= PAIR_CEILING * budget
+            and proven_sum + proven <= budget
+            and panel_res <= res_share + res_bank
+        )
         if ok or width <= min_width:
             lca = row if lca is None else lca.add_(row)
             splits += 2
             estimate += est
+            proven_sum += proven
             if ok:
                 bank += share - est
                 res_bank += res_share - panel_res

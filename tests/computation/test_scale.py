@@ -26,8 +26,9 @@ from lca_cli.computation.distributed import Scope
 from lca_cli.computation.follow import END_MARKER
 from lca_cli.computation.plan import Schedule
 from lca_cli.computation.runner import compute
-from lca_cli.computation.scale import RESURVEY_GROWTH, needs_survey, probe_count, row_scales
-from lca_cli.core.calibration import FACTOR_FLOOR, MIN_PROBES, Probe, first_panel_factor
+from lca_cli.computation.scale import RESURVEY_GROWTH, Survey, needs_survey, probe_count, row_scales, survey_attrs
+from lca_cli.core.calibration import DEEP_GROWTH, FACTOR_FLOOR, MIN_PROBES, Probe, deep_panel_factor, first_panel_factor
+from lca_cli.core.integrate import DEEP_FACTOR, JUMP_FACTOR
 from lca_cli.store.lcastore import LcaStore
 from lca_cli.training.record import CheckpointWriter
 
@@ -107,6 +108,7 @@ def test_a_warmup_run_appended_in_three_calls_costs_what_one_call_does(tmp_path:
     recorded = store.attrs["l1_scale_calls"]
     assert [c["over"] for c in recorded] == [10, 20, 60]
     assert [c["rows"] for c in recorded] == [[[0, 10]], [[10, 20]], [[20, 60]]]
+    assert [c["deep_factor"] for c in recorded] == [{}, {}, {}]  # under 200 pairs: uncalibrated (DEEP_FACTOR)
     scales = row_scales(store, "train")
     assert scales.tolist() == [
         c["scale"]["train"] for c, n in zip(recorded, (10, 10, 40), strict=True) for _ in range(n)
@@ -155,6 +157,16 @@ def test_first_panel_factor_pools_only_what_the_probes_show() -> None:
     # Too few probes, or nothing to calibrate: the fixed factor applies.
     assert first_panel_factor(calm[:3], 1e-3, 0.0, 1.4) is None
     assert first_panel_factor([Probe(0.0, 0.0, 0.0)] * 4, 1e-3, 0.0, 1.4) is None
+
+
+def test_deep_panel_factor_follows_the_probes_ratio_within_its_bounds() -> None:
+    """The deeper panels' factor: the probes' first-panel ratio times DEEP_GROWTH, clipped; recorded per set."""
+    assert deep_panel_factor(1.3, JUMP_FACTOR, DEEP_FACTOR) == pytest.approx(DEEP_GROWTH * 1.3)
+    assert deep_panel_factor(0.3, JUMP_FACTOR, DEEP_FACTOR) == JUMP_FACTOR  # smooth first panels: the former factor
+    assert deep_panel_factor(5.0, JUMP_FACTOR, DEEP_FACTOR) == DEEP_FACTOR
+    assert deep_panel_factor(float("nan"), JUMP_FACTOR, DEEP_FACTOR) == DEEP_FACTOR
+    attrs = survey_attrs(Survey({"train": 1.0}, 200, {"train": 0.5}, {}, 24, {"train": 1.6}))
+    assert attrs["deep_factor"] == {"train": 1.6} and attrs["first_factor"] == {"train": 0.5}
 
 
 @pytest.mark.slow

@@ -11,8 +11,17 @@ import pytest
 import reference
 import torch
 
+from lca_cli.core import integrate
 from lca_cli.core.evalset import make_chunks
-from lca_cli.core.integrate import Evaluation, integrate_pair, loss_rounding_of, residual_budget, within_tolerance
+from lca_cli.core.integrate import (
+    JUMP_FACTOR,
+    PAIR_CEILING,
+    Evaluation,
+    integrate_pair,
+    loss_rounding_of,
+    residual_budget,
+    within_tolerance,
+)
 from lca_cli.core.layout import Layout
 from lca_cli.core.losses import builtin_loss
 from lca_cli.core.model import prepare_model
@@ -421,8 +430,9 @@ def test_run_scale_loosens_small_pairs_only() -> None:
     below = integrate_pair(point, delta, start, **kw, l1_scale=0.5 * plain_norm)
     assert below.splits == own.splits and torch.equal(below.lca, own.lca)
     # A pair that is small against the run (its own norm 1/1000 of the scale, here) is held to l1_tol of the
-    # scale: plain Simpson's estimated error, l1_change times its norm, fits that budget and nothing is split.
-    scale = plain.l1_change * plain_norm / 1e-4 * 1.01
+    # scale: plain Simpson's estimated error, l1_change times its norm, fits that budget's first-panel share
+    # (SHARE_SCALE of it) and nothing is split.
+    scale = plain.l1_change * plain_norm / 1e-4 / integrate.SHARE_SCALE * 1.01
     loose = integrate_pair(point, delta, start, **kw, l1_scale=scale)
     assert loose.splits == 2 and own.splits > 2 and torch.equal(loose.lca, plain.lca)
     assert not loose.flagged
@@ -525,11 +535,12 @@ def test_unknown_refine_scheme() -> None:
 
 
 def test_first_factor_decides_plain_simpson_only() -> None:
-    """The run-calibrated factor applies to the whole pair's panel; deeper panels keep JUMP_FACTOR.
+    """The run-calibrated factor applies to the whole pair's panel only (deeper panels take ``deep_factor``).
 
     Two coordinates whose gradients jump (1 -> 2 at s = 0.3) in opposite directions: the residual is 0 (their
     errors cancel), so only the indicator decides. Plain Simpson's indicator is 2/12 = 0.167, the row's norm 3.67,
-    and with l1_tol 0.05 the budget 0.183: JUMP_FACTOR (1.4) refines, a calibrated factor of 1.0 accepts.
+    and with l1_tol 0.06 the first panel's share 0.9 x 0.22 = 0.198: JUMP_FACTOR (1.4) refines, a calibrated
+    factor of 1.0 accepts.
     """
 
     def point(s: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -538,10 +549,77 @@ def test_first_factor_decides_plain_simpson_only() -> None:
 
     delta = torch.ones(2, dtype=torch.float64)
     start, end = Evaluation(*point(0.0)), Evaluation(*point(1.0))
-    fixed = integrate_pair(point, delta, start, end, l1_tol=0.05)
-    calibrated = integrate_pair(point, delta, start, end, l1_tol=0.05, first_factor=1.0)
+    fixed = integrate_pair(point, delta, start, end, l1_tol=0.06)
+    calibrated = integrate_pair(point, delta, start, end, l1_tol=0.06, first_factor=1.0)
     assert fixed.splits > 2 and calibrated.splits == 2 and not calibrated.flagged
     assert calibrated.l1_change == pytest.approx(2 / 12 / (2 * 11 / 6))  # the estimate uses the factor it met
     # A larger first factor refines the first panel as the fixed one does; below it, the panels are the same.
-    larger = integrate_pair(point, delta, start, end, l1_tol=0.05, first_factor=10.0)
+    larger = integrate_pair(point, delta, start, end, l1_tol=0.06, first_factor=10.0)
     assert larger.splits == fixed.splits and torch.equal(larger.lca, fixed.lca)
+
+
+def _opposite_jumps(s: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two coordinates whose gradients jump (1 -> 2 at s = 0.3) in opposite directions: the residual is 0."""
+    j = 1.0 if s < 0.3 else 2.0
+    return torch.tensor(0.0, dtype=torch.float64), torch.tensor([j, -j], dtype=torch.float64)
+
+
+def test_deep_factor_decides_the_deeper_panels_only() -> None:
+    """``deep_factor`` (calibrated per run) weighs the indicator of every panel below the first, not the first."""
+    delta = torch.ones(2, dtype=torch.float64)
+    start, end = Evaluation(*_opposite_jumps(0.0)), Evaluation(*_opposite_jumps(1.0))
+
+    def splits(**kw: float) -> int:
+        return integrate_pair(_opposite_jumps, delta, start, end, l1_tol=0.05, **kw).splits
+
+    # The first panel is refined (JUMP_FACTOR); a negligible deeper factor accepts both halves at once.
+    assert splits(deep_factor=1e-3) == 4
+    assert splits(deep_factor=10.0) > splits() > 4
+    # A first panel that is accepted never looks at the deeper factor.
+    assert splits(first_factor=0.5, deep_factor=10.0) == splits(first_factor=0.5, deep_factor=1e-3) == 2
+
+
+def _many_jumps(
+    dim: int = 64,
+) -> tuple[Callable[[float], tuple[torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor]:
+    """A ReLU-like pair: each coordinate's gradient jumps from ``a_i`` to ``b_i`` at its own place ``u_i``.
+
+    Simpson converges at first order there (a split only halves a panel's error); the loss is exact, and so is
+    the allocation ``a_i u_i + b_i (1 - u_i)`` (returned third, ``(dim,)``, with ``Δ = 1``).
+    """
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(dim, generator=gen, dtype=torch.float64), torch.randn(dim, generator=gen, dtype=torch.float64)
+    u = torch.rand(dim, generator=gen, dtype=torch.float64)
+
+    def point(s: float) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.tensor(s, dtype=torch.float64)
+        loss = (a * torch.clamp(t, max=u) + b * torch.clamp(t - u, min=0.0)).sum()
+        return loss, torch.where(t < u, a, b)
+
+    return point, torch.ones(dim, dtype=torch.float64), a * u + b * (1 - u)
+
+
+def test_shares_of_the_square_root_of_the_width_stop_sooner_within_the_ceiling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a jump-dominated pair, shares ``0.9 w^0.5`` refine less than shares ``w`` (the former rule).
+
+    With shares proportional to the width, a panel whose error only halves per split fails again below a failed
+    one; with ``w^0.5`` the halves fit. The pair's summed estimate stays within ``PAIR_CEILING`` budgets, its
+    summed residual within one (never flagged), and its true error against the exact allocation within the
+    ceiling too (the contract is per run: a pair may spend more than its own budget).
+    """
+    point, delta, exact = _many_jumps()
+    start = Evaluation(*point(0.0))
+    plain = integrate_pair(point, delta, start, max_splits=2)
+    budget = 2e-2 * float(plain.lca.abs().sum())  # l1_tol times the plain-Simpson row's norm (no run scale)
+    new = integrate_pair(point, delta, start, l1_tol=2e-2)
+    assert 2 < new.splits < 32 and not new.flagged  # 32: the cap (16 panels)
+    assert new.l1_change * float(new.lca.abs().sum()) <= PAIR_CEILING * budget * (1 + 1e-12)
+    assert abs(new.residual) <= budget
+    assert float((new.lca - exact).abs().sum()) <= PAIR_CEILING * budget
+    monkeypatch.setattr(integrate, "SHARE_EXPONENT", 1.0)
+    monkeypatch.setattr(integrate, "SHARE_SCALE", 1.0)
+    monkeypatch.setattr(integrate, "PAIR_CEILING", 1.0)
+    former = integrate_pair(point, delta, start, l1_tol=2e-2, deep_factor=JUMP_FACTOR)
+    assert former.splits > new.splits
