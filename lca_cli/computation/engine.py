@@ -31,7 +31,7 @@ import torch
 from lca_cli.computation.config import Config, build_model, call_factory, config_loss
 from lca_cli.core.columns import Columns
 from lca_cli.core.evalset import EvalSet, make_chunks
-from lca_cli.core.integrate import DEEP_FACTOR, JUMP_FACTOR, Evaluation, PairResult, integrate_pair
+from lca_cli.core.integrate import JUMP_FACTOR, Evaluation, PairResult, integrate_pair
 from lca_cli.core.layout import Layout
 from lca_cli.core.model import bind_parameters, interpolated_buffer_names, prepare_model
 from lca_cli.core.objective import SCRATCH, Objective
@@ -334,7 +334,8 @@ class PairEngine:
             absent here: none.
         first_factors: Per set, the local scheme's first-panel factor calibrated on the run (read from the
             store, :mod:`lca_cli.computation.scale`); a set absent here: the fixed ``JUMP_FACTOR``.
-        deep_factors: Per set, the deeper panels' factor calibrated on the run; absent: ``DEEP_FACTOR``.
+        deep_factors: Per set, the deeper panels' factor calibrated on the run; absent: uncalibrated (the fixed
+            ``JUMP_FACTOR`` and shares proportional to the width).
         pool: The parameter-sized work vectors of the objectives and the integrator.
 
     """
@@ -488,7 +489,7 @@ class PairEngine:
                 loss_rounding=obj.loss_rounding,  # known once the start and end were evaluated
                 label=f"{label} (set {s})",
                 first_factor=self.first_factors.get(s, JUMP_FACTOR),
-                deep_factor=self.deep_factors.get(s, DEEP_FACTOR),
+                deep_factor=self.deep_factors.get(s),
                 work=self.pool.like,
             )
             results.append((s, res))

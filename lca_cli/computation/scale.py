@@ -76,7 +76,7 @@ class Survey:
         factors: ``{set: first-panel factor}`` for the sets it calibrated (the others use ``JUMP_FACTOR``).
         calibration: ``{set: {"rho", "kappa", "probes"}}``: how each factor came about.
         gradients: Gradients it evaluated.
-        deep_factors: ``{set: deeper panels' factor}`` for the sets it calibrated (the others use ``DEEP_FACTOR``).
+        deep_factors: ``{set: deeper panels' factor}`` for the sets it calibrated (the others: uncalibrated).
 
     """
 
@@ -270,7 +270,7 @@ def l1_scales_of(store: LcaStore, scope: str) -> dict[str, float]:
 
 
 def deep_factors_of(store: LcaStore) -> dict[str, float]:
-    """The deeper panels' factors a store's last survey calibrated, per set (sets absent: ``DEEP_FACTOR``)."""
+    """The deeper panels' factors a store's last survey calibrated, per set (sets absent: uncalibrated)."""
     recorded = store.attrs.get("deep_factor")
     return {str(k): float(v) for k, v in recorded.items()} if isinstance(recorded, dict) else {}
 
@@ -305,7 +305,7 @@ def record_rows(
         scales: ``{set: S}`` they met.
         factors: ``{set: first-panel factor}`` they met (absent: the fixed one).
         over: Pairs the survey behind them saw.
-        deep_factors: ``{set: deeper panels' factor}`` they met (absent: ``DEEP_FACTOR``); None: not recorded.
+        deep_factors: ``{set: deeper panels' factor}`` they met (absent: uncalibrated); None: not recorded.
 
     """
     if not rows.any():

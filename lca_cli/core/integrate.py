@@ -10,13 +10,17 @@ it as its s = 0 gradient: plain Simpson then costs two new gradients per pair. T
 per-parameter error indicator that costs no gradient, :data:`JUMP_FACTOR` times the L1 norm of the difference
 between Simpson and the trapezoid rule on its halves, ``|Δ (2 g(m) - g(a) - g(b))|_1 (b - a) / 12``, and an
 exact lower bound of its per-parameter L1 error, the panel's residual ``|L(b) - L(a) - Σ_i lca_i|``. The larger
-of the two is the panel's estimate. A panel is accepted when its estimate fits its share
-``0.9 (b - a)^(1/2) l1_tol |lca_2|_1`` of the pair's budget (``lca_2`` the plain-Simpson row;
-:data:`SHARE_SCALE`, :data:`SHARE_EXPONENT`) plus what earlier panels left unused, and the panels' summed
-residuals (exact lower bounds) still fit the whole budget; otherwise it is split into its halves (two new
-gradients) down to width ``2 / max_splits``. The share shrinks with the square root of the width, not the width:
-on ReLU nets a split only halves a panel's error (first-order convergence), so shares proportional to the width
+of the two is the panel's estimate. A panel is accepted when its estimate fits its share ``(b - a) l1_tol
+|lca_2|_1`` of the pair's budget (``lca_2`` the plain-Simpson row) plus what earlier panels left unused;
+otherwise it is split into its halves (two new gradients) down to width ``2 / max_splits``. On a run whose probes
+calibrated a deeper panels' factor (``deep_factor``, runs of 200 pairs and more), the share is
+``0.9 (b - a)^(1/2) l1_tol |lca_2|_1`` instead (:data:`SHARE_SCALE`, :data:`SHARE_EXPONENT`), a pair's summed
+estimate is held to :data:`PAIR_CEILING` budgets and its panels' summed residuals (exact lower bounds) to one: on
+ReLU nets a split only halves a panel's error (first-order convergence), so shares proportional to the width
 made most panels below a failed one fail too, down to the cap (BENCHMARKS.md, *The estimator and the scale*).
+Without the probes (shorter runs, direct calls) the shares stay proportional to the width: the larger ones
+rest on the calibrated factor, and uncalibrated they cost short runs more gradients (measured: the tests' 12-pair
+ReLU CNN 3.83 -> 4.17, a 5-pair 1M-parameter barely-moving run 3.0 -> 3.8).
 With a run scale ``S`` (``l1_scale``, a fraction of the run's mean ``||lca||_1``), the budget is
 ``l1_tol max(|lca_2|_1, S)``: the run's summed error stays about ``l1_tol`` of its summed ``||lca||_1``, and
 pairs that hardly move (late in training) keep plain Simpson, whose absolute error there is small, instead of
@@ -24,7 +28,7 @@ being refined to their own row.
 The first panel (the whole pair: plain Simpson) may take another factor, calibrated on the run
 (``first_factor``; :mod:`lca_cli.core.calibration`): where a run's probes show plain Simpson's summed error within
 its target, pairs a little over their own budget keep plain Simpson. Deeper panels take ``deep_factor``, also from
-the run's probes (:func:`lca_cli.core.calibration.deep_panel_factor`), :data:`DEEP_FACTOR` when uncalibrated.
+the run's probes (:func:`lca_cli.core.calibration.deep_panel_factor`), :data:`JUMP_FACTOR` when uncalibrated.
 On ReLU networks, whose gradient jumps wherever a unit changes sign along the segment, Simpson converges only
 at first order; the residual, in which errors of opposite sign cancel, understates their per-parameter error
 5-10 times, so refining on it either stops too early or runs to the cap. The indicator tracks it (BENCHMARKS.md)
@@ -77,9 +81,9 @@ __all__ = [
 #: run's relative L1 error per parameter came out at or below ``l1_tol``.
 JUMP_FACTOR = 1.4
 
-#: The deeper panels' factor when the run is not calibrated, and the largest calibrated one. Below the first
-#: panel a jump dominates ever more of a panel's error: real error over indicator measured 1.8-2.1 on the
-#: deeper panels of three Adam ReLU runs (1.2-2.0 on an SGD one), above :data:`JUMP_FACTOR`; 1.8 with
+#: The largest calibrated factor of the deeper panels (:func:`lca_cli.core.calibration.deep_panel_factor`).
+#: Below the first panel a jump dominates ever more of a panel's error: real error over indicator measured
+#: 1.8-2.1 on the deeper panels of three Adam ReLU runs (1.2-2.0 on an SGD one), above :data:`JUMP_FACTOR`; 1.8 with
 #: :data:`SHARE_SCALE` 0.9 kept every one of seven replayed runs within the target (BENCHMARKS.md).
 DEEP_FACTOR = 1.8
 
@@ -245,7 +249,7 @@ def integrate_pair(
     loss_rounding: float = 0.0,
     label: str = "pair",
     first_factor: float = JUMP_FACTOR,
-    deep_factor: float = DEEP_FACTOR,
+    deep_factor: float | None = None,
     work: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> PairResult:
     """Allocate one pair's loss change to the coordinates of ``Δ``.
@@ -272,8 +276,9 @@ def integrate_pair(
         label: Names the pair in error messages (e.g. ``"steps 4 -> 5"``).
         first_factor: ``"local"`` only: the indicator's factor on the first panel (plain Simpson), calibrated on
             the run (:func:`lca_cli.core.calibration.first_panel_factor`).
-        deep_factor: ``"local"`` only: the indicator's factor on every deeper panel
-            (:func:`lca_cli.core.calibration.deep_panel_factor`; :data:`DEEP_FACTOR` when uncalibrated).
+        deep_factor: ``"local"`` only: the indicator's factor on every deeper panel, calibrated on the run
+            (:func:`lca_cli.core.calibration.deep_panel_factor`), with the calibrated shares (module docstring);
+            None (uncalibrated): :data:`JUMP_FACTOR` and shares proportional to the width.
         work: ``x -> a free buffer like x`` for the ``"local"`` scheme's ``(D,)`` rows and temporaries (e.g.
             :meth:`~lca_cli.core.vectors.BufferPool.like`: no allocation per panel); fresh tensors when None.
             The arithmetic runs in the dtype of ``delta`` and the gradients, and is the same either way.
@@ -413,7 +418,7 @@ def _integrate_local(
     label: str,
     work: Callable[[torch.Tensor], torch.Tensor],
     first_factor: float = JUMP_FACTOR,
-    deep_factor: float = DEEP_FACTOR,
+    deep_factor: float | None = None,
 ) -> PairResult:
     """Local adaptive Simpson, depth first (see the module docstring).
 
@@ -448,7 +453,7 @@ def _integrate_local(
         # (D,) Δ (g_a + g_b - 2 g_m): the trapezoid rule on the halves minus Simpson, times 12 / width.
         second = torch.add(ends, centre.grad, alpha=-2.0, out=work(ends)).mul_(delta)
         # The run-calibrated factors: the whole pair's panel (budget still None there) and the deeper ones.
-        factor = first_factor if budget is None else deep_factor
+        factor = first_factor if budget is None else (JUMP_FACTOR if deep_factor is None else deep_factor)
         indicator = factor * float(second.abs_().sum()) * w / 12.0
         del second
         # (D,) the panel's row: (g_a + 4 g_m + g_b) Δ w / 6 (w is dyadic: the product by w is exact)
@@ -463,16 +468,21 @@ def _integrate_local(
             row_norm = float(torch.abs(row, out=work(row)).sum())
             budget = l1_tol * max(row_norm, l1_scale) if l1_tol > 0 else float("inf")
         est = max(indicator, proven)
-        # Shares of the width's square root sum to more than the budget over a pair's panels: the summed estimate
-        # is held to PAIR_CEILING budgets, the residuals (exact lower bounds) to one, so that no accepted pair is
-        # ever flagged.
-        share, res_share = SHARE_SCALE * budget * w**SHARE_EXPONENT, res_tol * w
-        ok = (
-            est <= share + bank
-            and estimate + est <= PAIR_CEILING * budget
-            and proven_sum + proven <= budget
-            and panel_res <= res_share + res_bank
-        )
+        res_share = res_tol * w
+        if deep_factor is None:  # uncalibrated: shares proportional to the width
+            share = budget * w
+            ok = est <= share + bank and panel_res <= res_share + res_bank
+        else:
+            # Shares of the width's square root sum to more than the budget over a pair's panels: the summed
+            # estimate is held to PAIR_CEILING budgets, the residuals (exact lower bounds) to one, so that no
+            # accepted pair is ever flagged.
+            share = SHARE_SCALE * budget * w**SHARE_EXPONENT
+            ok = (
+                est <= share + bank
+                and estimate + est <= PAIR_CEILING * budget
+                and proven_sum + proven <= budget
+                and panel_res <= res_share + res_bank
+            )
         if ok or width <= min_width:
             lca = row if lca is None else lca.add_(row)
             splits += 2

@@ -11,10 +11,9 @@ import pytest
 import reference
 import torch
 
-from lca_cli.core import integrate
 from lca_cli.core.evalset import make_chunks
 from lca_cli.core.integrate import (
-    JUMP_FACTOR,
+    DEEP_FACTOR,
     PAIR_CEILING,
     Evaluation,
     integrate_pair,
@@ -430,9 +429,8 @@ def test_run_scale_loosens_small_pairs_only() -> None:
     below = integrate_pair(point, delta, start, **kw, l1_scale=0.5 * plain_norm)
     assert below.splits == own.splits and torch.equal(below.lca, own.lca)
     # A pair that is small against the run (its own norm 1/1000 of the scale, here) is held to l1_tol of the
-    # scale: plain Simpson's estimated error, l1_change times its norm, fits that budget's first-panel share
-    # (SHARE_SCALE of it) and nothing is split.
-    scale = plain.l1_change * plain_norm / 1e-4 / integrate.SHARE_SCALE * 1.01
+    # scale: plain Simpson's estimated error, l1_change times its norm, fits that budget and nothing is split.
+    scale = plain.l1_change * plain_norm / 1e-4 * 1.01
     loose = integrate_pair(point, delta, start, **kw, l1_scale=scale)
     assert loose.splits == 2 and own.splits > 2 and torch.equal(loose.lca, plain.lca)
     assert not loose.flagged
@@ -539,8 +537,8 @@ def test_first_factor_decides_plain_simpson_only() -> None:
 
     Two coordinates whose gradients jump (1 -> 2 at s = 0.3) in opposite directions: the residual is 0 (their
     errors cancel), so only the indicator decides. Plain Simpson's indicator is 2/12 = 0.167, the row's norm 3.67,
-    and with l1_tol 0.06 the first panel's share 0.9 x 0.22 = 0.198: JUMP_FACTOR (1.4) refines, a calibrated
-    factor of 1.0 accepts.
+    and with l1_tol 0.06 the first panel's share 0.22 (0.198 with a calibrated deeper factor): JUMP_FACTOR (1.4)
+    refines, a calibrated factor of 1.0 accepts.
     """
 
     def point(s: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -599,10 +597,8 @@ def _many_jumps(
     return point, torch.ones(dim, dtype=torch.float64), a * u + b * (1 - u)
 
 
-def test_shares_of_the_square_root_of_the_width_stop_sooner_within_the_ceiling(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """On a jump-dominated pair, shares ``0.9 w^0.5`` refine less than shares ``w`` (the former rule).
+def test_shares_of_the_square_root_of_the_width_stop_sooner_within_the_ceiling() -> None:
+    """On a jump-dominated pair, shares ``0.9 w^0.5`` (calibrated runs) refine less than shares ``w`` (uncalibrated).
 
     With shares proportional to the width, a panel whose error only halves per split fails again below a failed
     one; with ``w^0.5`` the halves fit. The pair's summed estimate stays within ``PAIR_CEILING`` budgets, its
@@ -613,13 +609,10 @@ def test_shares_of_the_square_root_of_the_width_stop_sooner_within_the_ceiling(
     start = Evaluation(*point(0.0))
     plain = integrate_pair(point, delta, start, max_splits=2)
     budget = 2e-2 * float(plain.lca.abs().sum())  # l1_tol times the plain-Simpson row's norm (no run scale)
-    new = integrate_pair(point, delta, start, l1_tol=2e-2)
+    new = integrate_pair(point, delta, start, l1_tol=2e-2, deep_factor=DEEP_FACTOR)  # a calibrated run's rule
     assert 2 < new.splits < 32 and not new.flagged  # 32: the cap (16 panels)
     assert new.l1_change * float(new.lca.abs().sum()) <= PAIR_CEILING * budget * (1 + 1e-12)
     assert abs(new.residual) <= budget
     assert float((new.lca - exact).abs().sum()) <= PAIR_CEILING * budget
-    monkeypatch.setattr(integrate, "SHARE_EXPONENT", 1.0)
-    monkeypatch.setattr(integrate, "SHARE_SCALE", 1.0)
-    monkeypatch.setattr(integrate, "PAIR_CEILING", 1.0)
-    former = integrate_pair(point, delta, start, l1_tol=2e-2, deep_factor=JUMP_FACTOR)
+    former = integrate_pair(point, delta, start, l1_tol=2e-2)  # uncalibrated: shares w, JUMP_FACTOR
     assert former.splits > new.splits
