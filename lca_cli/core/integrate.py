@@ -468,21 +468,14 @@ def _integrate_local(
             row_norm = float(torch.abs(row, out=work(row)).sum())
             budget = l1_tol * max(row_norm, l1_scale) if l1_tol > 0 else float("inf")
         est = max(indicator, proven)
+        # Uncalibrated: shares proportional to the width. Calibrated: shares of the width's square root, which sum
+        # to more than the budget over a pair's panels, so the summed estimate is held to PAIR_CEILING budgets and
+        # the residuals (exact lower bounds) to one: no accepted pair is ever flagged.
+        share = budget * w if deep_factor is None else SHARE_SCALE * budget * w**SHARE_EXPONENT
         res_share = res_tol * w
-        if deep_factor is None:  # uncalibrated: shares proportional to the width
-            share = budget * w
-            ok = est <= share + bank and panel_res <= res_share + res_bank
-        else:
-            # Shares of the width's square root sum to more than the budget over a pair's panels: the summed
-            # estimate is held to PAIR_CEILING budgets, the residuals (exact lower bounds) to one, so that no
-            # accepted pair is ever flagged.
-            share = SHARE_SCALE * budget * w**SHARE_EXPONENT
-            ok = (
-                est <= share + bank
-                and estimate + est <= PAIR_CEILING * budget
-                and proven_sum + proven <= budget
-                and panel_res <= res_share + res_bank
-            )
+        ok = est <= share + bank and panel_res <= res_share + res_bank
+        if deep_factor is not None:
+            ok = ok and estimate + est <= PAIR_CEILING * budget and proven_sum + proven <= budget
         if ok or width <= min_width:
             lca = row if lca is None else lca.add_(row)
             splits += 2
