@@ -42,7 +42,7 @@ from lca_cli.reporting.plots import (
 from lca_cli.reporting.text import pct
 from lca_cli.store import LcaStore
 
-__all__ = ["LayerMatch", "match_layers", "run_labels", "write_comparison"]
+__all__ = ["LayerMatch", "frozen_premises", "match_layers", "run_labels", "write_comparison"]
 
 #: Per evaluation set compared, the two runs' summaries (A, B).
 Pairs = list[tuple[SetSummary, SetSummary]]
@@ -170,9 +170,11 @@ def write_comparison(
     out, pdir = output_folders(out_html, png_dir)
     say(f"comparing {la} ({a.path}) with {lb} ({b.path}) on set(s) {', '.join(sets)}")
     numbers = _numbers(a, b, la, lb, pairs, match)
+    premises = frozen_premises(pairs, la, lb)
+    numbers["premise"] = [p["sentence"] for p in premises]
     views: list[View] = []
     with mpl.rc_context(STYLE):
-        views.append(_view_loss(pdir, pairs, la, lb))
+        views.append(_view_loss(pdir, pairs, la, lb, " ".join(numbers["premise"])))
         views.append(_view_layers(pdir, pairs, match, la, lb))
         views.append(_view_cumulative(pdir, pairs, match, la, lb))
         views.append(_view_shares(pdir, pairs, la, lb))
@@ -235,7 +237,50 @@ def _legend_runs(fig: Any, la: str, lb: str, extra: Sequence[Any] = ()) -> None:
     fig.legend(handles=[*handles, *extra], loc="outside lower center", ncol=2 + len(extra))
 
 
-def _view_loss(pdir: Path, pairs: Pairs, la: str, lb: str) -> View:
+def frozen_premises(pairs: Pairs, la: str, lb: str) -> list[dict[str, Any]]:
+    """The freeze experiment's premise, computed: each layer frozen in one run and what it did in the other.
+
+    A layer is *frozen* in a run when its LCA is exactly 0 on every iteration of the window (its parameters never
+    moved) while the other run's same layer moved. The paper froze a last layer that hurt overall; whether the
+    comparison is that situation is the other run's verdict on the layer (helps / hurts / within its
+    integration error, :func:`lca_cli.analysis.series.significance`).
+
+    Args:
+        pairs: ``(A's set, B's set)`` summaries, one pair per evaluation set.
+        la: Label of run A.
+        lb: Label of run B.
+
+    Returns:
+        Per frozen layer and set: ``set``, ``layer``, ``frozen_in``, ``verdict`` in the other run, ``total``,
+        ``error`` and the ``sentence`` said on the page (none when no layer is frozen).
+
+    """
+    out: list[dict[str, Any]] = []
+    for da, db in pairs:
+        for x, y, lx, ly in ((da, db, la, lb), (db, da, lb, la)):
+            verdicts = x.verdicts
+            for j, name in enumerate(y.layer_names):
+                if name not in x.layer_names or np.any(y.per_layer[:, j] != 0):
+                    continue
+                i = x.layer_names.index(name)
+                if not np.any(x.per_layer[:, i] != 0):
+                    continue  # frozen in both: nothing to compare
+                total, verdict = float(x.totals[i]), verdicts[i]
+                situation = (
+                    "the situation the paper froze a layer in"
+                    if verdict == "hurts"
+                    else "not the paper's situation (it froze a last layer that hurt overall)"
+                )
+                sentence = (
+                    f"Premise, set '{x.name}': {name} is frozen in {ly} (its LCA is exactly 0 on every iteration); "
+                    f"in {lx} it {verdict} (total {fmt(total)}, integration error {fmt(x.error)}): {situation}."
+                )
+                out.append({"set": x.name, "layer": name, "frozen_in": ly, "verdict": verdict, "total": total,
+                            "error": x.error, "sentence": sentence})  # fmt: skip
+    return out
+
+
+def _view_loss(pdir: Path, pairs: Pairs, la: str, lb: str, premise: str = "") -> View:
     n = len(pairs)
     fig = figure(4.2 * n + 1.0, 3.4)
     axes = list(np.atleast_1d(fig.subplots(1, n, squeeze=False)[0]))
@@ -255,6 +300,7 @@ def _view_loss(pdir: Path, pairs: Pairs, la: str, lb: str) -> View:
     caption = (
         "The loss on each evaluation set at every checkpoint of both runs. Paper: the authors froze the last "
         f"layer at its initial values to study a last layer that hurt overall. This comparison: {run}."
+        + (f" {premise}" if premise else " No layer is frozen (exactly 0 on every iteration) in either run.")
     )
     return View("loss", "Loss of both runs", png, caption)
 

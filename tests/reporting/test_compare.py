@@ -70,3 +70,25 @@ def test_comparison_writes_and_lists_vector_figures(tmp_path: Path) -> None:
     assert len(result.vectors) == len(result.pngs) == 5
     assert [v.with_suffix(".png") for v in result.vectors] == result.pngs
     assert all(v.is_file() and "<svg" in v.read_text(encoding="utf-8") for v in result.vectors)
+
+
+def test_the_freeze_premise_is_computed_from_the_runs(tmp_path: Path) -> None:
+    """A layer whose LCA is exactly 0 on every iteration of B is frozen there; the page says what it did in A."""
+    n, p = 30, sum(int(np.prod(s)) if s else 1 for _, s in SHAPES)
+    rows = np.full((n, p), -1e-3, dtype=np.float32)  # every parameter helps in A
+    rows[:, 30:] = 1e-3  # fc2 and scale hurt in A (fc1: the first 30 entries)
+    frozen = rows.copy()
+    frozen[:, 30:48] = 0.0  # fc2 (weight 18 + bias 3 = entries 30-50) frozen in B: exactly 0 everywhere
+    frozen[:, 48:51] = 0.0
+    a, _, _ = make_store(tmp_path / "normal" / "lca.zarr", n_pairs=n, values=rows)
+    b, _, _ = make_store(tmp_path / "frozen" / "lca.zarr", n_pairs=n, values=frozen)
+    result = write_comparison(a.path, b.path, tmp_path / "cmp" / "c.html")
+    premise = result.numbers["premise"]
+    assert len(premise) == 1 and "fc2 is frozen in frozen" in premise[0]
+    assert "in normal it hurts" in premise[0] and "the situation the paper froze a layer in" in premise[0]
+    assert premise[0].replace("'", "&#x27;") in result.html.read_text(encoding="utf-8")
+    # Two runs that both move every layer: no premise, and the caption says so.
+    c, _, _ = make_store(tmp_path / "other" / "lca.zarr", n_pairs=n, values=rows * 2)
+    plain = write_comparison(a.path, c.path, tmp_path / "cmp2" / "c.html")
+    assert plain.numbers["premise"] == []
+    assert "No layer is frozen" in plain.html.read_text(encoding="utf-8")
