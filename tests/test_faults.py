@@ -484,7 +484,12 @@ def test_a_store_deleted_under_a_running_compute_stops_it_and_is_not_re_created(
     deadline = time.time() + 60
     while not (out / "train" / "done" / "c").exists() and time.time() < deadline:  # rows are being written
         time.sleep(0.02)
-    shutil.rmtree(out)
+    for _ in range(100):  # as a user's `rm -rf`, repeated when a file appeared between its listing and its rmdir
+        try:
+            shutil.rmtree(out)
+            break
+        except OSError:
+            time.sleep(0.01)
     assert fork_wait(pid) == 6, err.read_text()
     lines = err.read_text().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "deleted" in lines[0], lines
