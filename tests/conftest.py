@@ -25,6 +25,7 @@ if str(TESTS_DIR) not in sys.path:
 
 import reference  # noqa: E402
 
+from lca_cli.cli.app import main  # noqa: E402
 from lca_cli.computation.config import Config, load_config  # noqa: E402
 from lca_cli.training.record import CheckpointWriter  # noqa: E402
 
@@ -33,6 +34,15 @@ DEFAULT_STEPS = 16
 # The models are tiny: intra-op threads only add overhead (and, on a busy 2-core machine, 10x slowdowns from
 # oversubscription). One thread also keeps every float reduction in a fixed order.
 torch.set_num_threads(1)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    """``lca ARGS`` in this process: its exit status (as Python's ``SystemExit`` gives it), stdout and stderr."""
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    code = info.value.code
+    return (0 if code is None else code if isinstance(code, int) else 1), out, err
 
 
 def train_run(run_dir: Path, kind: str, steps: int | None = None, seed: int = 0, background: bool = True) -> Path:

@@ -10,20 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from runs import make_tiny_run
 from safetensors.torch import load_file, save_file
 
 from lca_cli.cli.app import main
 from lca_cli.errors import EXIT_CODES
 from lca_cli.store.lcastore import LcaStore
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    code = info.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from stores import make_store
 
 import lca_cli
-from lca_cli.cli.app import main
 from lca_cli.errors import UsageError
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    code = info.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 @pytest.fixture(scope="module")

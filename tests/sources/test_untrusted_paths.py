@@ -13,18 +13,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from runs import make_tiny_run
 from safetensors.torch import load_file, save_file
 
-from lca_cli.cli import main
 from lca_cli.errors import EXIT_CODES
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
 
 
 def one_line(code: int, err: str, expected: str, *needles: str) -> str:

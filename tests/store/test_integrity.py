@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from faults import assert_same_tree
 from runs import make_tiny_run
 
@@ -16,13 +17,6 @@ from lca_cli.store.integrity import quick_check, verify
 from lca_cli.store.lcastore import LcaStore
 
 ROWS = ["--rows-per-chunk", "4", "--threads", "1"]
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
 
 
 @pytest.fixture(scope="module")
