@@ -108,7 +108,7 @@ def test_a_warmup_run_appended_in_three_calls_costs_what_one_call_does(tmp_path:
     recorded = store.attrs["l1_scale_calls"]
     assert [c["over"] for c in recorded] == [10, 20, 60]
     assert [c["rows"] for c in recorded] == [[[0, 10]], [[10, 20]], [[20, 60]]]
-    assert [c["deep_factor"] for c in recorded] == [{}, {}, {}]  # under 200 pairs: uncalibrated (DEEP_FACTOR)
+    assert [c["deep_factor"] for c in recorded] == [{}, {}, {}]  # under 200 pairs: uncalibrated
     scales = row_scales(store, "train")
     assert scales.tolist() == [
         c["scale"]["train"] for c, n in zip(recorded, (10, 10, 40), strict=True) for _ in range(n)
@@ -212,3 +212,35 @@ def test_calls_under_one_survey_share_one_record(tmp_path: Path) -> None:
     compute(run, config, run / "lca.zarr")
     calls = LcaStore.open(run / "lca.zarr").attrs["l1_scale_calls"]
     assert [(c["over"], c["rows"]) for c in calls] == [(12, [[0, 12]])]
+
+
+@pytest.mark.slow
+def test_a_run_appended_into_calibration_keeps_the_contract(tmp_path: Path) -> None:
+    """Default flags on a run that grows from 120 pairs (too few probes: uncalibrated) to 200 (calibrated).
+
+    The second call surveys the run again with probes: its rows meet the calibrated first- and deeper-panel
+    factors and the deeper panels' shares of the width's square root, the first call's rows the former rule; the
+    store records which rule each row met, and the whole store keeps the per-run contract against the float64
+    reference.
+    """
+    steps = 200
+    full = warmup_run(tmp_path / "full", steps, warmup=25)
+    config = load_config(full / "lca.toml")
+    ref_lca, _ = reference.reference_run(
+        reference.relu_mlp(), load_states(full), *reference.blobs(n=1000), reference.ref_loss("cross_entropy"), 32
+    )
+    names = sorted(p.name for p in full.glob("*.safetensors"))
+    grown, out = tmp_path / "grown", tmp_path / "grown.zarr"
+    for upto in (120, steps):
+        copy_run(full, grown, files=names[: upto + 1])
+        compute(grown, config, out)
+    store = LcaStore.open(out)
+    recorded = store.attrs["l1_scale_calls"]
+    assert [(c["over"], c["rows"]) for c in recorded] == [(120, [[0, 120]]), (200, [[120, 200]])]
+    assert recorded[0]["deep_factor"] == {} and set(recorded[1]["deep_factor"]) == {"train"}
+    assert JUMP_FACTOR <= recorded[1]["deep_factor"]["train"] <= DEEP_FACTOR
+    assert set(recorded[1]["first_factor"]) == {"train"}
+    lca = np.asarray(store.array("train", "lca")[:], dtype=np.float64)
+    assert reference.relative_l1(lca, ref_lca) <= CONTRACT_L1
+    assert not store.read("train", "flagged").any()
+    check_conservation(store)
