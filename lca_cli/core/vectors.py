@@ -40,11 +40,12 @@ def flatten(layout: Layout, tensors: Mapping[str, torch.Tensor], dtype: torch.dt
 def sum64(x: torch.Tensor) -> torch.Tensor:
     """``Σ x`` accumulated in float64, as a float64 scalar tensor (no host synchronisation off the CPU).
 
-    On CPU, ``x.sum(dtype=torch.float64)`` first makes a float64 copy of ``x`` (page faults on every call for a
-    big row), and blocks of it were slower still: 250 ms for a 16M-entry float32 row in 1M blocks at 2 threads,
-    against 12 ms for NumPy's reduction, which casts through a small buffer and sums pairwise in float64
-    (measured on the 2-core machine of BENCHMARKS.md; it was a quarter of the pair loop's time at 16M
-    parameters). On a GPU the kernel casts on the fly. For a float64 ``x`` it is ``x.sum()``, bit for bit.
+    On CPU, ``x.sum(dtype=torch.float64)`` first makes a float64 copy of ``x``, in a parallel kernel that stalls
+    when another process holds a core: for a 16M-entry float32 row in 1M blocks at 2 threads, 16 ms alone, 29 ms
+    beside a busy loop and 250 ms on the loaded machine where it was a quarter of the pair loop at 16M
+    parameters; NumPy's reduction, which casts through a small buffer and sums pairwise in float64 on one core,
+    took 10-17 ms either way (the 2-core machine of BENCHMARKS.md). On a GPU the kernel casts on the fly. For a
+    float64 ``x`` it is ``x.sum()``, bit for bit.
 
     Args:
         x: A 1-d tensor.
