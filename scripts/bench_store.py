@@ -22,6 +22,7 @@ Usage::
     python scripts/bench_store.py                       # codecs x chunk sizes, ~2 minutes
     python scripts/bench_store.py --quick               # seconds
     python scripts/bench_store.py --summarize           # 10^9 values (4 GB in /tmp, deleted)
+    python scripts/bench_store.py --row-writes          # 64 MB rows: direct chunk writes vs Zarr's, CPU per row
 """
 
 from __future__ import annotations
@@ -347,6 +348,69 @@ def summarize_mode(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _busy_seconds() -> float:
+    """CPU seconds every core of the machine spent busy so far (``/proc/stat``: all but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def row_writes_mode(args: argparse.Namespace) -> dict[str, Any]:
+    """Durable row writes of a wide ``lca`` array: chunks made by lca and written directly, against Zarr's write.
+
+    Both write the same rows (one row per chunk row, as lca stores a model this wide) into an array of a real
+    store and fsync the chunk files; the two alternate round by round. Timed per row: wall time, this process's
+    CPU time (user and system, every thread: Zarr's I/O threads included) and the machine's busy CPU time
+    (``/proc/stat``: the kernel's writeback threads too).
+    """
+    import resource
+
+    from lca_cli.store.chunks import write_chunks
+    from lca_cli.store.fencing import FencedStore
+    from lca_cli.store.placement import fsync_paths
+
+    cols, n = int(args.row_params), args.rows
+    base = Path(tempfile.mkdtemp(prefix="lca-rowwrites-", dir=args.dir))
+    rows = lca_like(1, cols, args.zeros, 0)
+    stores = {
+        kind: make_store(base / f"{kind}.zarr", cols, n * args.rounds, None, 4 * cols) for kind in ("direct", "zarr")
+    }
+    out: dict[str, list[dict[str, float]]] = {k: [] for k in stores}
+    try:
+        for r in range(args.rounds):
+            for kind in ("direct", "zarr") if r % 2 == 0 else ("zarr", "direct"):
+                store = stores[kind]
+                arr = store.array("train", "lca")
+                put = FencedStore(store.path).put_file
+                t0, busy0, ru0 = time.perf_counter(), _busy_seconds(), resource.getrusage(resource.RUSAGE_SELF)
+                for i in range(r * n, (r + 1) * n):
+                    if kind == "direct":
+                        assert write_chunks(arr, "train/lca", slice(i, i + 1), rows, put, store._stage)
+                    else:
+                        arr[i : i + 1] = rows
+                    fsync_paths(store.chunk_files("train/lca", [i]))
+                ru1 = resource.getrusage(resource.RUSAGE_SELF)
+                out[kind].append({
+                    "wall_s": (time.perf_counter() - t0) / n,
+                    "user_s": (ru1.ru_utime - ru0.ru_utime) / n,
+                    "system_s": (ru1.ru_stime - ru0.ru_stime) / n,
+                    "machine_busy_s": (_busy_seconds() - busy0) / n,
+                })  # fmt: skip
+        for kind in stores:  # the bytes are the same: both read back as the rows written
+            assert np.array_equal(stores[kind].array("train", "lca")[n * args.rounds - 1], rows[0])
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    med = {k: {m: float(np.median([v[m] for v in runs])) for m in runs[0]} for k, runs in out.items()}
+    print(f"# row writes: {cols:,} float32 columns ({4 * cols / MB:.0f} MB a row), {n} rows x {args.rounds} rounds, "
+          f"fsynced; medians of the rounds, seconds per row", file=sys.stderr)  # fmt: skip
+    print(f"{'':8} {'wall':>7} {'user':>7} {'system':>7} {'machine':>8}")
+    for kind, m in med.items():
+        print(f"{kind:8} {m['wall_s']:7.3f} {m['user_s']:7.3f} {m['system_s']:7.3f} {m['machine_busy_s']:8.3f}")
+    cpu = {k: m["user_s"] + m["system_s"] for k, m in med.items()}
+    print(f"CPU per row, direct / zarr: {cpu['direct'] / cpu['zarr']:.2f}; machine busy: "
+          f"{med['direct']['machine_busy_s'] / med['zarr']['machine_busy_s']:.2f}")  # fmt: skip
+    return {"row_writes": out, "medians": med}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -361,6 +425,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--summarize", action="store_true", help="the large streaming pass instead of the grid")
     p.add_argument("--values", type=float, default=1e9, help="values of the --summarize store")
     p.add_argument("--read-mib", default="", help="--summarize: also stream with these read request sizes (MiB)")
+    p.add_argument("--row-writes", action="store_true", help="durable writes of wide rows: lca's direct chunks vs Zarr")
+    p.add_argument("--row-params", type=float, default=16e6, help="--row-writes: columns of a row (16M: 64 MB)")
+    p.add_argument("--rows", type=int, default=5, help="--row-writes: rows per round")
+    p.add_argument("--rounds", type=int, default=3, help="--row-writes: rounds, alternating which goes first")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--child-stream", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -373,7 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# lca bench_store {time.strftime('%Y-%m-%d')}, zarr {__import__('zarr').__version__}, "
           f"defaults: CHUNK_BYTES={store_mod.CHUNK_BYTES}, LCA_COMPRESSORS={store_mod.LCA_COMPRESSORS}",
           file=sys.stderr)  # fmt: skip
-    if args.summarize:
+    if args.row_writes:
+        res = row_writes_mode(args)
+    elif args.summarize:
         res = summarize_mode(args)
         print(json.dumps(res, indent=1))
     else:

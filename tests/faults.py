@@ -17,7 +17,7 @@ import subprocess
 import sys
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,13 +174,18 @@ def cli(*args: object) -> None:
     main([str(a) for a in args])
 
 
-def reference_run(root: Path, steps: int, *flags: str) -> tuple[Path, Path]:
-    """A tiny run of ``steps`` pairs under ``root`` and its store computed by one uninterrupted CLI process."""
+def reference_run(
+    root: Path, steps: int, *flags: str, hidden: int = 12, lr: float = 0.3, rows: Sequence[str] = ROWS
+) -> tuple[Path, Path]:
+    """A tiny run of ``steps`` pairs under ``root`` and its store computed by one uninterrupted CLI process.
+
+    ``rows`` are the flags the store's rows are computed with (:data:`ROWS` unless given), then ``flags``.
+    """
     from runs import make_tiny_run
 
-    run = make_tiny_run(root, steps=steps)
+    run = make_tiny_run(root, steps=steps, hidden=hidden, lr=lr)
     ref = root / "ref.zarr"
-    assert fork_call(lambda: cli("compute", run, "--out", ref, "--quiet", *ROWS, *flags)) == 0
+    assert fork_call(lambda: cli("compute", run, "--out", ref, "--quiet", *rows, *flags)) == 0
     return run, ref
 
 

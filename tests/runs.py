@@ -33,7 +33,7 @@ class Fail(torch.nn.Module):
     def forward(self, x):
         return x * float("nan")
 
-def model(hidden=12, features=6, classes=3):
+def model(hidden=12, features=6, classes=3, scale=0.5):
     g = torch.Generator().manual_seed(0)
     net = torch.nn.Sequential()
     if os.environ.get("LCA_TEST_PAUSE"):
@@ -45,7 +45,7 @@ def model(hidden=12, features=6, classes=3):
     net.add_module("fc2", torch.nn.Linear(hidden, classes))
     with torch.no_grad():
         for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
     return net
 
 def data(n=150, features=6, classes=3, seed=1):
@@ -56,7 +56,7 @@ def data(n=150, features=6, classes=3, seed=1):
 """
 
 
-def make_tiny_run(root: Path, steps: int = 12, lr: float = 0.3, name: str = "run") -> Path:
+def make_tiny_run(root: Path, steps: int = 12, lr: float = 0.3, name: str = "run", hidden: int = 12) -> Path:
     """Train a 6-12-3 tanh MLP for ``steps`` SGD steps, a checkpoint per step, and write lca.toml.
 
     Args:
@@ -64,6 +64,8 @@ def make_tiny_run(root: Path, steps: int = 12, lr: float = 0.3, name: str = "run
         steps: Number of training steps (checkpoints = steps + 1).
         lr: Learning rate (momentum 0.9).
         name: Run directory name.
+        hidden: Hidden width (10 parameters each): 12 by default; 100,000 makes 4 MB rows. A wider net starts
+            with weights scaled down by ``sqrt(12 / hidden)``, so that its logits and its steps stay as small.
 
     Returns:
         The run directory.
@@ -73,12 +75,15 @@ def make_tiny_run(root: Path, steps: int = 12, lr: float = 0.3, name: str = "run
     (run / "tinyfactories.py").write_text(FACTORIES)
     namespace: dict[str, object] = {}
     exec(compile(FACTORIES, "tinyfactories", "exec"), namespace)
-    net = namespace["model"]()  # type: ignore[operator]
+    kwargs = {} if hidden == 12 else {"hidden": hidden, "scale": 0.5 * (12 / hidden) ** 0.5}
+    net = namespace["model"](**kwargs)  # type: ignore[operator]
     x, y = namespace["data"]()  # type: ignore[operator]
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     g = torch.Generator().manual_seed(2)
     with CheckpointWriter(run) as writer:
-        writer.write_config(model="tinyfactories:model", data="tinyfactories:data", loss="cross_entropy")
+        writer.write_config(
+            model="tinyfactories:model", model_kwargs=kwargs, data="tinyfactories:data", loss="cross_entropy"
+        )
         writer.save(net, 0)
         for step in range(1, steps + 1):
             idx = torch.randint(0, x.shape[0], (32,), generator=g)

@@ -80,6 +80,45 @@ def test_kill_at_every_kind_of_step_then_resume_is_bit_identical(tiny: tuple[Pat
         shutil.rmtree(out)
 
 
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 4-pair run of a 1M-parameter MLP (4 MB rows: lca chunks of 8 MB, written around the page cache) and its
+    store computed with the defaults in one uninterrupted CLI run."""
+    return reference_run(tmp_path_factory.mktemp("wide"), 4, hidden=100_000, lr=0.02, rows=["--threads", "1"])
+
+
+def test_kill_while_a_big_chunk_is_written_then_resume_is_bit_identical(
+    wide: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Killed with an lca chunk's aligned head on disk but not its tail, before its rename, and just after."""
+    run, ref = wide
+    out = tmp_path / "s.zarr"
+
+    def job() -> None:
+        cli("compute", run, "--out", out, "--quiet", "--threads", "1")
+
+    steps = count_writes(job, tmp_path / "writes.log")
+    assert_same_tree(out, ref)
+    shutil.rmtree(out)
+    renames: dict[str, list[int]] = {}  # chunk file -> its renames out of the fence (the first finds no folder)
+    for i, (name, p) in enumerate(steps, 1):
+        if name == "rename" and "/tmp-" in p and "/train/lca/c/" in p:
+            renames.setdefault(p.split(" -> ")[1], []).append(i)
+    assert len(renames) == 2  # 4 rows in chunks of 2
+    first, second = renames.values()
+    # steps[k - 1] is the k-th call. The first chunk: before its head's pwrite, before its tail's, before the
+    # rename that lands it; the second: just after its rename.
+    points = [first[0] - 2, first[0] - 1, first[-1], second[-1] + 1]
+    assert [steps[k - 1][0] for k in points[:2]] == ["pwrite", "pwrite"]
+    for k in points:
+        assert fork_call(job, kill_at=k) == -signal.SIGKILL, k
+        err = tmp_path / f"resume{k}.err"
+        assert fork_call(job, stderr=err) == 0, (k, steps[k - 1], err.read_text())
+        assert_same_tree(out, ref)
+        assert leftovers(tmp_path, {"s.zarr", "writes.log"} | {f"resume{j}.err" for j in points}) == [], k
+        shutil.rmtree(out)
+
+
 def test_kill_during_append_then_resume_is_bit_identical(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     run, _ = tiny
     part = tmp_path / "run"
@@ -265,6 +304,27 @@ def test_disk_full_is_one_line_and_resumable(tiny: tuple[Path, Path], tmp_path: 
         subprocess.run(["mount", "-o", "remount,size=4m", str(tmpfs)], check=True)
     assert fork_call(lambda: cli("compute", run, "--out", out, "--quiet", *ROWS)) == 0
     assert_same_tree(out, ref)
+
+
+def test_a_disk_that_fills_during_a_big_chunk_is_one_line_and_resumable(
+    wide: tuple[Path, Path], tmp_path: Path, tmpfs: Path | None
+) -> None:
+    """The store is created (4 MB of coordinates), then its first 8 MB chunk, written directly, meets a full disk."""
+    if tmpfs is None:
+        pytest.skip("cannot mount a tmpfs here")
+    run, ref = wide
+    subprocess.run(["mount", "-o", "remount,size=9m", str(tmpfs)], check=True)
+    out = tmpfs / "s.zarr"
+    err = tmp_path / "full.err"
+    assert fork_call(lambda: cli("compute", run, "--out", out, "--quiet", "--threads", "1"), stderr=err) == 10
+    lines = err.read_text().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "disk is full" in lines[0], lines
+    lca = out / "train" / "lca"
+    assert (lca / "zarr.json").is_file() and not [p for p in lca.rglob("c/*/*") if p.is_file()]  # created; no chunk
+    subprocess.run(["mount", "-o", "remount,size=64m", str(tmpfs)], check=True)
+    assert fork_call(lambda: cli("compute", run, "--out", out, "--quiet", "--threads", "1")) == 0
+    assert_same_tree(out, ref)
+    assert leftovers(tmpfs, {"s.zarr"}) == []
 
 
 def test_read_only_finished_store_is_a_no_op(tiny: tuple[Path, Path], tmp_path: Path, tmpfs: Path | None) -> None:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec
 from zarr.core.sync import sync as zarr_sync
 
 from lca_cli.errors import LcaError, StoreError
+from lca_cli.store.direct import ALIGN, DIRECT_MIN_BYTES, SplitBytes, Stage
 
 __all__ = [
     "Encoding",
@@ -40,6 +41,7 @@ __all__ = [
     "reading",
     "stream_rows",
     "write_all",
+    "write_chunks",
 ]
 
 #: Bytes of the checksum at the end of every chunk file.
@@ -386,3 +388,59 @@ def write_all(writes: Sequence[tuple[zarr.Array, slice, np.ndarray]]) -> None:
     for result in zarr_sync(gather()):
         if isinstance(result, BaseException):
             raise result
+
+
+def write_chunks(
+    arr: zarr.Array, node: str, rows: slice, values: np.ndarray, put: Callable[[str, SplitBytes], None], stage: Stage
+) -> bool:
+    """Write the rows ``rows`` of a 2-d raw array as whole chunk files made here, or say it cannot (False).
+
+    The bytes are Zarr's own for these chunks (C order, the stored byte order, padded with the fill value past
+    the array's edges, then the CRC-32C), but made without Zarr's copies (it extracts each chunk, then appends
+    the checksum to a copy) and written by :mod:`lca_cli.store.direct` around the page cache. Only chunks of at
+    least :data:`~lca_cli.store.direct.DIRECT_MIN_BYTES` are written this way, and only when the rows cover
+    every chunk they touch from its first row (to its last, or to the array's end): a chunk partly written
+    before must be merged with what is on disk, which Zarr does.
+
+    Args:
+        arr: The array (raw chunks with a checksum at Zarr's default keys; anything else returns False).
+        node: Its path in the store (``"train/lca"``).
+        rows: The rows written, ``start`` and ``stop`` given.
+        values: Their values, ``(stop - start, arr.shape[1])``.
+        put: Writes one file of the store by its key (:meth:`lca_cli.store.fencing.FencedStore.put_file`).
+        stage: The page-aligned buffer each chunk is made in.
+
+    Returns:
+        True when every chunk was written; False when nothing was (the caller writes through Zarr).
+
+    Raises:
+        OSError: What the file system raised; the chunks before the failing one are written.
+
+    """
+    enc = Encoding.of(arr)
+    if arr.ndim != 2 or not (enc.raw and enc.checksum and enc.default_keys):
+        return False
+    r, c = (int(n) for n in arr.chunks)
+    n_rows, width = (int(n) for n in arr.shape)
+    nbytes = r * c * enc.dtype.itemsize
+    a, b = int(rows.start), int(rows.stop)
+    if nbytes < DIRECT_MIN_BYTES or a % r or (b % r and b != n_rows) or not 0 <= a < b <= n_rows:
+        return False
+    values = np.asarray(values)
+    if values.shape != (b - a, width):
+        return False
+    fill = np.asarray(arr.fill_value, dtype=enc.dtype)
+    head = nbytes // ALIGN * ALIGN  # the aligned part: all of it for 4-byte values in chunks of 1,024 and more
+    with stage.use(nbytes) as buf:
+        chunk = buf[:nbytes].view(enc.dtype).reshape(r, c)  # (r, c): one chunk as stored
+        for i in range(a // r, -(-b // r)):
+            block = values[i * r - a : min((i + 1) * r, b) - a]  # (<= r, width): this chunk row's values
+            for j in range(col_chunks(arr)):
+                part = block[:, j * c : (j + 1) * c]  # (<= r, <= c)
+                chunk[: part.shape[0], : part.shape[1]] = part
+                chunk[part.shape[0] :] = fill  # past the array's last row or column, as Zarr pads
+                chunk[:, part.shape[1] :] = fill
+                checksum = int(google_crc32c.value(chunk)).to_bytes(CHECKSUM_BYTES, "little")
+                tail = buf[head:nbytes].tobytes() + checksum
+                put(f"{node}/{arr.metadata.encode_chunk_key((i, j))}", SplitBytes(buf[:head].data, tail))
+    return True

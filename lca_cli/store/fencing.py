@@ -44,6 +44,7 @@ from zarr.core.buffer import Buffer
 from zarr.storage import LocalStore
 
 from lca_cli.errors import StoreBusyError, StoreError
+from lca_cli.store.direct import SplitBytes, write_file
 from lca_cli.store.placement import exchange
 
 __all__ = ["Fence", "FencedStore", "fence_folder", "fenced", "retire_fences"]
@@ -188,7 +189,7 @@ class Fence:
 
         Args:
             dest: The file.
-            data: Its bytes (any buffer).
+            data: Its bytes (any buffer, or a :class:`~lca_cli.store.direct.SplitBytes`).
             exclusive: Never replace an existing file.
             parents: Called when ``dest``'s folder is missing, to create it (then the rename is tried again,
                 without writing the bytes again).
@@ -201,8 +202,10 @@ class Fence:
         """
         fd, temp = self._open_temp()
         try:
-            with open(fd, "wb", closefd=True) as f:
-                f.write(data)
+            try:
+                write_file(fd, data)
+            finally:
+                os.close(fd)
             for attempt in range(2):
                 try:
                     if exclusive:
@@ -301,17 +304,22 @@ class FencedStore(LocalStore):
                     os.mkdir(made)
 
     def _put(self, key: str, value: Buffer, exclusive: bool = False) -> None:
+        self._put_bytes(key, value.as_buffer_like(), exclusive)
+
+    def _put_bytes(self, key: str, data: Any, exclusive: bool = False) -> None:
         dest = self.root / key
-        data = value.as_buffer_like()
         for attempt in range(2):
             try:
                 if self.fence is not None:
                     self.fence.write(dest, data, exclusive=exclusive, parents=lambda: self._parents(dest))
                     return
                 temp = dest.with_name(f"{dest.name}.{uuid.uuid4().hex}.partial")
-                with open(temp, "xb") as f:
-                    f.write(data)
+                fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
                 try:
+                    try:
+                        write_file(fd, data)
+                    finally:
+                        os.close(fd)
                     if exclusive:
                         os.link(temp, dest)
                     else:
@@ -324,6 +332,18 @@ class FencedStore(LocalStore):
                 if attempt:
                     raise
                 self._parents(dest)  # then once more
+
+    def put_file(self, key: str, data: SplitBytes) -> None:
+        """Write one file of the store (fenced) from bytes made outside Zarr (``chunks.write_chunks``).
+
+        Args:
+            key: Its key (``"train/lca/c/3/0"``).
+            data: Its bytes.
+
+        """
+        self._ensure_open_sync()
+        self._check_writable()
+        self._put_bytes(key, data)
 
     def set_sync(self, key: str, value: Buffer) -> None:
         """Write a key (fenced)."""

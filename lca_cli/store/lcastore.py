@@ -41,8 +41,9 @@ from lca_cli.core.columns import Columns
 from lca_cli.core.layout import Layout
 from lca_cli.errors import StoreError
 from lca_cli.store import format as store_format
-from lca_cli.store.chunks import chunk_files, chunk_size, read_rows, reading, stream_rows, write_all
+from lca_cli.store.chunks import chunk_files, chunk_size, read_rows, reading, stream_rows, write_all, write_chunks
 from lca_cli.store.coordinates import write_coordinates, write_step_coordinates
+from lca_cli.store.direct import Stage
 from lca_cli.store.fencing import Fence, FencedStore, fenced
 from lca_cli.store.format import (
     CACHE_BYTES,
@@ -131,6 +132,7 @@ class LcaStore:
         # paid once per array instead of on every write of a block (11 lookups) or read. A handle stays valid
         # across ``resize``, which updates its metadata in place.
         self._nodes: dict[str, zarr.Array] = {}
+        self._stage = Stage()  # where write_block makes big lca chunks (lca_cli.store.direct)
 
     # -- creation and opening -------------------------------------------------------------------------
 
@@ -677,12 +679,18 @@ class LcaStore:
         if b == self.n_pairs:  # the run's last checkpoint: no later block starts there (yet)
             loss = ("loss", slice(a, b + 1), rows.loss)
             extra = self.chunk_files(f"{set_name}/loss", [b // step])
-        writes = [("lca", rows_, rows.lca), loss, ("loss_end", rows_, rows.loss[1:])]
+        writes = [loss, ("loss_end", rows_, rows.loss[1:])]
         writes += [(name, rows_, getattr(rows, name)) for name in ("residual", "splits", "flagged", "buffer_lca")]
         writes += [(name, rows_, getattr(rows, name)) for name in PER_TENSOR]
         l1 = np.full(rows.count, np.nan) if rows.l1_change is None else rows.l1_change
         writes.append(("l1_change", rows_, l1))
         with storage_errors(f"writing {self.path}"), fenced(self.fence):
+            # lca's rows first, as whole chunks made here when they are big (lca_cli.store.direct); else in
+            # Zarr's round trip with the rest.
+            lca, store = self.array(set_name, "lca"), self.group.store
+            put = store.put_file if isinstance(store, FencedStore) else None
+            if put is None or not write_chunks(lca, f"{set_name}/lca", rows_, rows.lca, put, self._stage):
+                writes.append(("lca", rows_, rows.lca))
             write_all([(self.array(set_name, name), where, np.asarray(v)) for name, where, v in writes])
             if self.durable:
                 fsync_paths([*extra, *(f for n in written for f in self.chunk_files(f"{set_name}/{n}", chunks))])

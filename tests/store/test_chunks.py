@@ -20,7 +20,10 @@ from lca_cli.store.chunks import (
     list_chunks,
     read_rows,
     write_all,
+    write_chunks,
 )
+from lca_cli.store.direct import Stage
+from lca_cli.store.fencing import FencedStore
 
 
 def test_checksum_ok_is_zarrs_check(tmp_path: Path) -> None:
@@ -87,3 +90,63 @@ def test_write_all_finishes_every_write_before_raising(tmp_path: Path) -> None:
         write_all([(read_only, slice(0, 3), np.ones(3)), (good, slice(0, 6), np.arange(6.0))])
     np.testing.assert_array_equal(good[:], np.arange(6.0))  # the other write ended, and landed
     assert np.all(read_only[:] == 0)
+
+
+def _pair_of_arrays(root: Path, shape: tuple[int, int], chunks: tuple[int, int]) -> list[zarr.Array]:
+    group = zarr.create_group(FencedStore(root))
+    return [
+        group.create_array(
+            name,
+            shape=shape,
+            chunks=chunks,
+            dtype="float32",
+            fill_value=0.0,
+            compressors=codecs(),
+            config={"write_empty_chunks": True},
+        )
+        for name in ("direct", "zarr")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunks", "rows"),
+    [
+        ((5, 600_000), (1, 262_144), (1, 3)),  # column chunks, the last one padded
+        ((7, 300_000), (3, 300_000), (3, 7)),  # a full chunk, then the array's last row in a padded chunk
+        ((7, 300_000), (3, 300_000), (0, 3)),
+    ],
+)
+def test_chunks_made_here_are_zarrs_bytes(
+    tmp_path: Path, shape: tuple[int, int], chunks: tuple[int, int], rows: tuple[int, int]
+) -> None:
+    root = tmp_path / "s.zarr"
+    root.mkdir()
+    direct, via_zarr = _pair_of_arrays(root, shape, chunks)
+    values = np.random.default_rng(0).standard_normal((rows[1] - rows[0], shape[1])).astype(np.float32)
+    put = FencedStore(root).put_file
+    assert write_chunks(direct, "direct", slice(*rows), values, put, Stage())
+    via_zarr[rows[0] : rows[1]] = values
+    made = sorted((root / "direct").rglob("c/**/*"))
+    want = sorted((root / "zarr").rglob("c/**/*"))
+    assert [p.relative_to(root / "direct") for p in made] == [p.relative_to(root / "zarr") for p in want]
+    for a, b in zip(made, want, strict=True):
+        assert a.is_dir() or a.read_bytes() == b.read_bytes(), a
+    np.testing.assert_array_equal(direct[rows[0] : rows[1]], values)  # and Zarr reads them back
+    assert [p.name for p in root.rglob("*.partial")] == []
+
+
+def test_chunks_zarr_must_merge_or_small_ones_are_left_to_zarr(tmp_path: Path) -> None:
+    root = tmp_path / "s.zarr"
+    root.mkdir()
+    big, _ = _pair_of_arrays(root, (7, 300_000), (3, 300_000))
+    put, stage = FencedStore(root).put_file, Stage()
+    values = np.ones((2, 300_000), dtype=np.float32)
+    assert not write_chunks(big, "direct", slice(1, 3), values, put, stage)  # starts inside a chunk
+    assert not write_chunks(big, "direct", slice(3, 5), values, put, stage)  # ends inside one, not at the end
+    small = zarr.create_array(str(tmp_path / "small.zarr"), shape=(4, 1000), chunks=(2, 1000), dtype="float32",
+                              compressors=codecs())  # fmt: skip
+    assert not write_chunks(small, "small", slice(0, 2), values[:, :1000], put, stage)  # 8 KB chunks
+    packed = zarr.create_array(str(tmp_path / "z.zarr"), shape=(4, 300_000), chunks=(1, 300_000),
+                               dtype="float32", compressors=[ZstdCodec(), *codecs()])  # fmt: skip
+    assert not write_chunks(packed, "z", slice(0, 1), values[:1], put, stage)  # compressed: not raw bytes
+    assert not any((root / "direct").rglob("c/**/*"))  # nothing was written
