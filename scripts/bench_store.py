@@ -372,7 +372,8 @@ def row_writes_mode(args: argparse.Namespace) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="lca-rowwrites-", dir=args.dir))
     rows = lca_like(1, cols, args.zeros, 0)
     stores = {
-        kind: make_store(base / f"{kind}.zarr", cols, n * args.rounds, None, 4 * cols) for kind in ("direct", "zarr")
+        kind: make_store(base / f"{kind}.zarr", cols, n * args.rounds, None, 4 * min(cols, store_mod.MAX_CHUNK_COLS))
+        for kind in ("direct", "zarr")
     }
     out: dict[str, list[dict[str, float]]] = {k: [] for k in stores}
     try:

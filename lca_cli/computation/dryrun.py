@@ -4,13 +4,14 @@ It takes compute's own plan (:func:`~lca_cli.computation.plan.build_plan`) and r
 (:func:`~lca_cli.computation.runner.compute`: the same engine, estimator, reader, writer and store) on the first
 pairs still to compute (up to :data:`PROBE_PAIRS`, or fewer once :data:`PROBE_SECONDS` have passed) into a
 temporary store (in ``$TMPDIR``, deleted afterwards). From that call it reports what it measured: seconds per
-pair and per gradient, gradients per pair (the adaptive estimator's own count on those pairs), the call's
-start-up, and the process's peak memory during the call (VmHWM, reset before it; on CUDA also the peak allocated
-device memory). The store size is the temporary store's, complete (every array, the coordinates and metadata
-included; :mod:`lca_cli.store.sizing`); a later call that surveys a grown run adds its record to the metadata
-(a few hundred bytes). What it cannot know is said: how many gradients the other pairs need
-(refinement adapts per pair, so a run whose pairs differ needs a different count) and how memory grows with
-the rows of a full chunk.
+gradient at the loop's steady rate (from the end of the first pair on) and per pair at that rate, gradients per
+pair (the adaptive estimator's own count on those pairs), the call's start-up (all the call's time that rate does
+not explain: building, the run's survey, the first pair's warm-up), and the process's peak memory during the call
+(VmHWM, reset before it; on CUDA also the peak allocated device memory). The store size is the temporary store's,
+complete (every array, the coordinates and metadata included; :mod:`lca_cli.store.sizing`); a later call that
+surveys a grown run adds its record to the metadata (a few hundred bytes). What it cannot know is said: how many
+gradients the other pairs need (refinement adapts per pair, so a run whose pairs differ needs a different count)
+and how memory grows with the rows of a full chunk.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 
 from lca_cli.computation.distributed import Scope
 from lca_cli.computation.plan import ComputePlan, Schedule
+from lca_cli.computation.result import ProgressInfo
 from lca_cli.computation.runner import compute
 from lca_cli.computation.scale import CALLS_ATTR
 from lca_cli.errors import RunDirError
@@ -179,6 +181,7 @@ class _Probe:
     steps: str
     gradients: int
     seconds: float
+    seconds_per_gradient: float
     startup: float
     peak_rss: int | None
     peak_device: int | None
@@ -186,14 +189,41 @@ class _Probe:
     flagged: int
 
 
+class _Clock:
+    """After each pair of the probe: when it ended and the gradients so far; no pair starts past the budget."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop, self.t0 = stop, time.perf_counter()
+        self.ends: list[tuple[float, int]] = []  # (seconds into the pair loop, gradients so far) per pair
+
+    def start(self, info: ProgressInfo) -> None:
+        pass
+
+    def update(self, info: ProgressInfo) -> None:
+        self.ends.append((info.elapsed, info.gradients))
+        if time.perf_counter() - self.t0 > PROBE_SECONDS:
+            self.stop.set()
+
+    def finish(self, info: ProgressInfo) -> None:
+        pass
+
+    def seconds_per_gradient(self, seconds: float, gradients: int) -> float:
+        """The loop's steady rate: from the end of the first pair on, when there is more than one.
+
+        The first pair of a process pays for its warm-up (the allocator's first buffers, the thread pool, the
+        first touch of every activation): on a 1M-parameter MLP its gradients took twice as long as the later
+        ones, which made a 3-pair probe's average 1.5x the rate of a 9-pair call.
+        """
+        if len(self.ends) >= 2 and self.ends[-1][1] > self.ends[0][1]:
+            return (self.ends[-1][0] - self.ends[0][0]) / (self.ends[-1][1] - self.ends[0][1])
+        return seconds / max(1, gradients)
+
+
 def _probe(plan: ComputePlan, out: Path, first: int, count: int) -> _Probe:
     """Compute pairs ``first .. first + count - 1`` into a new store at ``out``, as ``compute`` would."""
     steps, device = plan.steps, plan.device
-    stop, t0 = threading.Event(), time.perf_counter()
-
-    def budget(done: int, total: int) -> None:  # after each pair: start no further one past the budget
-        if time.perf_counter() - t0 > PROBE_SECONDS:
-            stop.set()
+    stop = threading.Event()
+    clock = _Clock(stop)
 
     measure_rss = _reset_peak_rss()
     if device.type == "cuda":
@@ -201,17 +231,21 @@ def _probe(plan: ComputePlan, out: Path, first: int, count: int) -> _Probe:
     hooks = plan.hooks
     res = compute(
         plan.run_dir, plan.config, out, schedule=Schedule(Scope(start=steps[first], stop=steps[first + count])),
-        progress=budget, stop=stop, flush_seconds=hooks.flush_seconds, durable=hooks.durable,
+        progress=clock, stop=stop, flush_seconds=hooks.flush_seconds, durable=hooks.durable,
         unsafe_pickle=plan.unsafe_pickle, read_ahead=hooks.read_ahead, sync_writes=hooks.sync_writes,
     )  # fmt: skip
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - clock.t0
     last = steps[first + max(1, res.computed)]
+    gradients = round(res.gradients_per_pair * res.computed)
+    spg = clock.seconds_per_gradient(res.seconds, gradients)
     return _Probe(
         pairs=res.computed,
         steps=f"steps {steps[first]} -> {last}",
-        gradients=round(res.gradients_per_pair * res.computed),
+        gradients=gradients,
         seconds=res.seconds,
-        startup=max(0.0, wall - res.seconds),
+        seconds_per_gradient=spg,
+        # What the steady rate does not explain: building, the survey, the first pair's warm-up, closing.
+        startup=max(0.0, wall - spg * gradients),
         peak_rss=_peak_rss() if measure_rss else None,
         peak_device=int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
         threads=res.threads,
@@ -306,8 +340,8 @@ def dry_run(plan: ComputePlan) -> DryRun:
         n_sets = len(sets)
         # The first pair of a call also evaluates its start point (once per set): not a per-pair cost.
         gpp = (measured.gradients - n_sets) / measured.pairs
-        spg = measured.seconds / max(1, measured.gradients)
-        spp, startup = measured.seconds / measured.pairs, measured.startup
+        spg = measured.seconds_per_gradient
+        spp, startup = spg * gpp, measured.startup  # a pair at the steady rate
         estimate = startup + spg * (gpp * to_compute + n_sets) if to_compute else 0.0
         notes.append(
             "peak memory is of the measured pairs; a full chunk holds up to "
