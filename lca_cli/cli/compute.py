@@ -287,6 +287,8 @@ def _result_json(result: Any) -> dict[str, Any]:
         "settings": result.settings,
         "threads": result.threads,
         "seconds": round(result.seconds, 3),
+        "gradients": result.gradients,
+        "gradients_per_pair": round(result.gradients_per_pair, 4),
         "device": result.device,
         "interrupted": result.interrupted,
         "repaired": result.repaired,

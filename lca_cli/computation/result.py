@@ -77,6 +77,8 @@ class ComputeResult:
         device: Device used.
         gradients_per_pair: Full-evaluation-set gradients per pair this process computed, every set together
             (0.0 when it computed none).
+        gradients: Every full-evaluation-set gradient this process computed in the call, every set together:
+            the pair loop's and those before it (the run's survey, the accumulation probe, the pre-flight).
         interrupted: True when stopped early (Ctrl-C, SIGTERM, SIGHUP); finished rows are saved.
         repaired: Damaged rows marked for recomputation (``repair``), summed over sets.
         processes: Processes of this call (the ``torchrun`` job's size; 1 otherwise).
@@ -101,6 +103,7 @@ class ComputeResult:
     seconds: float
     device: str
     gradients_per_pair: float = 0.0
+    gradients: int = 0
     interrupted: bool = False
     repaired: int = 0
     processes: int = 1

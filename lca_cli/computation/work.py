@@ -478,7 +478,7 @@ class _Work:
             interrupted=interrupted, repaired=sum(len(r) for r in target.repaired.values()), processes=processes,
             by_others=by_others, role=crew.role, pruned=0 if self.pruner is None else self.pruner.deleted,
             ended=ended, scope=self.plan.schedule.scope.describe(), accuracy=accuracy, settings=settings,
-            threads=self.threads_used,
+            threads=self.threads_used, gradients=sum(o.gradients for o in self.engine.objectives.values()),
         )  # fmt: skip
 
 

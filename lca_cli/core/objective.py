@@ -60,6 +60,8 @@ class Objective:
     Attributes:
         accumulate: dtype the gradient is accumulated and returned in (float64 unless the run's bound allows
             float32: :mod:`lca_cli.computation.precision`). Losses are always reduced in float64.
+        gradients: Gradients over the whole evaluation set this objective computed (every caller: the pair
+            loop, the run's survey, the accumulation probe, the pre-flight), for what a call reports it cost.
 
     """
 
@@ -78,6 +80,7 @@ class Objective:
         self.pool = BufferPool() if pool is None else pool
         self.point = point
         self.accumulate = torch.float64
+        self.gradients = 0
         self.vlayout = vlayout
         self.evalset = evalset
         self.loss_fn = loss_fn
@@ -306,6 +309,7 @@ class Objective:
     def _value_and_grad(
         self, point: torch.Tensor, fixed: Mapping[str, torch.Tensor], magnitude: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.gradients += 1
         tensors = self._state(point, fixed, leaves=True)
         leaves = [tensors[name] for name in self.vlayout.names]
         grad = self.pool.take(point.numel(), self.accumulate, point.device).zero_()

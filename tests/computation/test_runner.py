@@ -819,3 +819,26 @@ def test_the_pair_loop_overlaps_the_previous_chunks_write(
     result = compute(run_dir, config, tmp_path / "s.zarr", progress=progress)
     assert waited == [True]
     assert result.computed == result.n_pairs > 5
+
+
+def test_the_result_counts_every_full_set_gradient_of_the_call(runs: RunCache, tmp_path: Path) -> None:
+    """``gradients``: the loop's and those before it (the run's survey, the accumulation probe), counted here
+    independently as forward passes of the model with gradients on: a gradient is one per evaluation chunk, and
+    the pre-flight checks the first chunk once."""
+    run, config = runs.run("relu_mlp")
+    config = config.with_overrides(threads=1, batch_size=50)  # one thread: no timing probes; chunks of 50
+    chunks = -(-reference.blobs()[0].shape[0] // 50)
+    forwards = [0]
+
+    def count(module: torch.nn.Module, args: object, out: torch.Tensor) -> None:
+        if module is not None and type(module).__name__ == "Sequential" and out.requires_grad:
+            forwards[0] += 1
+
+    handle = torch.nn.modules.module.register_module_forward_hook(count)
+    try:
+        res = compute(run, config, tmp_path / "s.zarr")
+    finally:
+        handle.remove()
+    loop = round(res.gradients_per_pair * res.computed)
+    assert chunks == 4 and res.gradients == (forwards[0] - 1) / chunks
+    assert res.gradients > loop  # the run scale's survey and the accumulation probe come before the loop
