@@ -118,11 +118,14 @@ def test_bench_summary_gives_time_per_gradient_over_the_floors() -> None:
     case.rounds = {
         "floor": [{"seconds": 1.0, "pairs": 10, "cpu_seconds": 1.0}, {"seconds": 2.0, "pairs": 10, "cpu_seconds": 2.0}],
         "default": [
-            {"seconds": 3.3, "pairs": 10, "cpu_seconds": 3.3, "gradients_per_pair": 6.0, "threads": 2},
-            {"seconds": 4.0, "pairs": 10, "cpu_seconds": 4.0, "gradients_per_pair": 4.0, "threads": 2},
+            # Every gradient of the call counts (the survey's too): 60 and 40, against 55 and 38 in the loop.
+            {"seconds": 3.3, "pairs": 10, "cpu_seconds": 3.3, "gradients_per_pair": 5.5, "gradients": 60, "threads": 2},
+            {"seconds": 4.0, "pairs": 10, "cpu_seconds": 4.0, "gradients_per_pair": 3.8, "gradients": 40, "threads": 2},
         ],
     }
     s = bench.summarize_case(case)
-    # per round: (3.3 / 6) / (1.0 / 2) = 1.1 and (4.0 / 4) / (2.0 / 2) = 1.0
+    # per round: (3.3 / 6) / (1.0 / 2) = 1.1 and (4.0 / 4) / (2.0 / 2) = 1.0: 6 and 4 gradients per pair in the call
     assert s["default_per_gradient_over_floor_rounds"] == pytest.approx([1.1, 1.0])
     assert s["default_per_gradient_over_floor"] == pytest.approx(1.05)
+    assert s["default_call_gradients_per_pair"] == pytest.approx(5.0)
+    assert s["default_gradients_per_pair"] == pytest.approx(4.65)

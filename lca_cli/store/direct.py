@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import mmap
 import os
 import threading
@@ -67,6 +66,8 @@ def _set_direct(fd: int, on: bool) -> bool:
     """Turn ``O_DIRECT`` on or off for an open file; False when the file system refuses it."""
     if not _O_DIRECT:
         return False
+    import fcntl  # where O_DIRECT exists (Linux), so does fcntl; not on Windows, where this module still imports
+
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     try:
         fcntl.fcntl(fd, fcntl.F_SETFL, (flags | _O_DIRECT) if on else (flags & ~_O_DIRECT))
