@@ -82,15 +82,16 @@ def test_kill_at_every_kind_of_step_then_resume_is_bit_identical(tiny: tuple[Pat
 
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A 4-pair run of a 1M-parameter MLP (4 MB rows: lca chunks of 8 MB, written around the page cache) and its
-    store computed with the defaults in one uninterrupted CLI run."""
-    return reference_run(tmp_path_factory.mktemp("wide"), 4, hidden=100_000, lr=0.02, rows=["--threads", "1"])
+    """A 4-pair run of a 400k-parameter MLP (1.6 MB rows: one lca chunk of 6.4 MB, written around the page cache)
+    and its store computed with the defaults in one uninterrupted CLI run."""
+    return reference_run(tmp_path_factory.mktemp("wide"), 4, hidden=40_000, lr=0.02, rows=["--threads", "1"])
 
 
 def test_kill_while_a_big_chunk_is_written_then_resume_is_bit_identical(
     wide: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """Killed with an lca chunk's aligned head on disk but not its tail, before its rename, and just after."""
+    """Killed before an lca chunk's head is written, with its head on disk but not its tail, before the rename that
+    lands it, and just after."""
     run, ref = wide
     out = tmp_path / "s.zarr"
 
@@ -104,11 +105,11 @@ def test_kill_while_a_big_chunk_is_written_then_resume_is_bit_identical(
     for i, (name, p) in enumerate(steps, 1):
         if name == "rename" and "/tmp-" in p and "/train/lca/c/" in p:
             renames.setdefault(p.split(" -> ")[1], []).append(i)
-    assert len(renames) == 2  # 4 rows in chunks of 2
-    first, second = renames.values()
-    # steps[k - 1] is the k-th call. The first chunk: before its head's pwrite, before its tail's, before the
-    # rename that lands it; the second: just after its rename.
-    points = [first[0] - 2, first[0] - 1, first[-1], second[-1] + 1]
+    assert len(renames) == 1  # 4 rows in one chunk
+    (chunk,) = renames.values()
+    # steps[k - 1] is the k-th call: the head's pwrite, the tail's, the rename that lands it (the first one finds no
+    # folder yet), the call after it.
+    points = [chunk[0] - 2, chunk[0] - 1, chunk[-1], chunk[-1] + 1]
     assert [steps[k - 1][0] for k in points[:2]] == ["pwrite", "pwrite"]
     for k in points:
         assert fork_call(job, kill_at=k) == -signal.SIGKILL, k
@@ -309,11 +310,11 @@ def test_disk_full_is_one_line_and_resumable(tiny: tuple[Path, Path], tmp_path: 
 def test_a_disk_that_fills_during_a_big_chunk_is_one_line_and_resumable(
     wide: tuple[Path, Path], tmp_path: Path, tmpfs: Path | None
 ) -> None:
-    """The store is created (4 MB of coordinates), then its first 8 MB chunk, written directly, meets a full disk."""
+    """The store is created (1.6 MB of coordinates), then its 6.4 MB chunk, written directly, meets a full disk."""
     if tmpfs is None:
         pytest.skip("cannot mount a tmpfs here")
     run, ref = wide
-    subprocess.run(["mount", "-o", "remount,size=9m", str(tmpfs)], check=True)
+    subprocess.run(["mount", "-o", "remount,size=4m", str(tmpfs)], check=True)
     out = tmpfs / "s.zarr"
     err = tmp_path / "full.err"
     assert fork_call(lambda: cli("compute", run, "--out", out, "--quiet", "--threads", "1"), stderr=err) == 10
