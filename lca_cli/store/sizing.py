@@ -16,10 +16,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import zarr
 
-from lca_cli.store.chunks import CHECKSUM_BYTES
+from lca_cli.store.chunks import chunk_size
 
 __all__ = ["StoreSize", "complete_size"]
 
@@ -64,12 +63,12 @@ def complete_size(path: str | Path) -> StoreSize:
             if isinstance(member, zarr.Group):
                 walk(member, key + "/")
                 continue
-            dtype = np.dtype(member.dtype) if not isinstance(member.dtype, np.dtype) else member.dtype
-            if dtype.kind in "OUT" or dtype.itemsize == 0:  # variable-length strings: written whole at creation
+            size = chunk_size(member)  # every chunk file's bytes, for raw chunks (every fixed-size array lca makes)
+            if size is None:  # variable-length strings: written whole at creation
                 arrays[key] = _files_bytes(root_path / key)
                 continue
             grid = math.prod(math.ceil(n / c) for n, c in zip(member.shape, member.chunks, strict=True))
-            arrays[key] = grid * (math.prod(member.chunks) * dtype.itemsize + CHECKSUM_BYTES)
+            arrays[key] = grid * size
 
     walk(root, "")
     metadata = sum(p.stat().st_size for p in root_path.rglob("zarr.json"))
