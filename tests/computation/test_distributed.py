@@ -245,6 +245,21 @@ def test_torchrun_two_processes_give_the_one_process_store(tiny: tuple[Path, Pat
 
 
 @pytest.mark.slow
+def test_torchrun_writes_big_chunks_as_one_process_does(tmp_path: Path) -> None:
+    """A 400k-parameter MLP's chunks (1.6 MB rows, over 1 MiB a chunk) are written around the page cache, rank 1's
+    without the lock's fence (temporary files beside their targets): the store is the one-process store."""
+    run, ref = reference_run(tmp_path / "wide", 6, hidden=40_000, lr=0.02, rows=["--threads", "1"])
+    out = tmp_path / "s.zarr"
+    done = _torchrun([str(run), "--out", str(out), "--json", "--threads", "1"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["processes"] == 2 and result["computed"] == 6
+    assert LcaStore.open(out).rows_per_chunk == 5  # two chunks: 5 rows, then 1 in a padded chunk
+    assert_same_tree(out, ref)
+    assert leftovers(tmp_path, {"s.zarr", "wide"}) == [] and not list(out.rglob("*.partial"))
+
+
+@pytest.mark.slow
 def test_torchrun_a_failing_rank_stops_every_rank_and_keeps_finished_rows(
     tiny: tuple[Path, Path], tmp_path: Path
 ) -> None:
