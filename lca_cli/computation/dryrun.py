@@ -211,8 +211,8 @@ class _Clock:
         """The loop's steady rate: from the end of the first pair on, when there is more than one.
 
         The first pair of a process pays for its warm-up (the allocator's first buffers, the thread pool, the
-        first touch of every activation): on a 1M-parameter MLP its gradients took twice as long as the later
-        ones, which made a 3-pair probe's average 1.5x the rate of a 9-pair call.
+        first touch of every activation): on a 1M-parameter MLP a 3-pair probe's average was 0.41 s per
+        gradient against 0.22-0.27 s in a 9-pair call of the same run.
         """
         if len(self.ends) >= 2 and self.ends[-1][1] > self.ends[0][1]:
             return (self.ends[-1][0] - self.ends[0][0]) / (self.ends[-1][1] - self.ends[0][1])

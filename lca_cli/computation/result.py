@@ -78,7 +78,8 @@ class ComputeResult:
         gradients_per_pair: Full-evaluation-set gradients per pair this process computed, every set together
             (0.0 when it computed none).
         gradients: Every full-evaluation-set gradient this process computed in the call, every set together:
-            the pair loop's and those before it (the run's survey, the accumulation probe, the pre-flight).
+            the pair loop's and those before it (the run's survey, the accumulation probe); not the pre-flight's
+            one-chunk check nor ``--threads auto``'s one-chunk timings.
         interrupted: True when stopped early (Ctrl-C, SIGTERM, SIGHUP); finished rows are saved.
         repaired: Damaged rows marked for recomputation (``repair``), summed over sets.
         processes: Processes of this call (the ``torchrun`` job's size; 1 otherwise).

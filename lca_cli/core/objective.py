@@ -61,7 +61,8 @@ class Objective:
         accumulate: dtype the gradient is accumulated and returned in (float64 unless the run's bound allows
             float32: :mod:`lca_cli.computation.precision`). Losses are always reduced in float64.
         gradients: Gradients over the whole evaluation set this objective computed (every caller: the pair
-            loop, the run's survey, the accumulation probe, the pre-flight), for what a call reports it cost.
+            loop, the run's survey, the accumulation probe), for what a call reports it cost. The pre-flight
+            check (one chunk, :meth:`check`) and :meth:`head`'s objectives (their own counts) are not in it.
 
     """
 

@@ -396,8 +396,11 @@ def write_chunks(
     """Write the rows ``rows`` of a 2-d raw array as whole chunk files made here, or say it cannot (False).
 
     The bytes are Zarr's own for these chunks (C order, the stored byte order, padded with the fill value past
-    the array's edges, then the CRC-32C), but made without Zarr's copies (it extracts each chunk, then appends
-    the checksum to a copy) and written by :mod:`lca_cli.store.direct` around the page cache. Only chunks of at
+    the array's edges, then the CRC-32C), but made without Zarr's copies (it extracts each chunk into a new
+    array, then ``np.append``s the checksum to another) and written by :mod:`lca_cli.store.direct` around the
+    page cache. Made here rather than by sending Zarr's own bytes around the page cache: that was measured too
+    (16M-column rows, 14:10), 0.058 s of CPU per 64 MB row against 0.029 s here and 0.23 s through the page
+    cache; the copies land in fresh memory at every chunk. Only chunks of at
     least :data:`~lca_cli.store.direct.DIRECT_MIN_BYTES` are written this way, and only when the rows cover
     every chunk they touch from its first row (to its last, or to the array's end): a chunk partly written
     before must be merged with what is on disk, which Zarr does.

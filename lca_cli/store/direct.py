@@ -2,16 +2,17 @@
 
 Writing a file through the page cache costs the writing process kernel time to allocate and fill a cache page
 for every 4 KiB. With a 16M-parameter model that is a 64 MB ``lca`` row per pair: on the 2-core VM lca is
-benchmarked on, 0.13-0.19 s of system CPU per row. It is spent in the writer thread, but that thread shares the
-cores with the threads computing gradients, and the pair loop was 1.3x slower than a script that
+benchmarked on, 0.13-0.22 s of system CPU per row. It is spent in the writer thread, but that thread shares the
+cores with the threads computing gradients, and the pair loop was 1.13-1.32x slower than a script that
 computes the same gradients. Written with ``O_DIRECT`` from a reused, page-aligned staging buffer, the same
-row cost 0.005-0.007 s of system time (0.03 s of CPU in all, with the staging copy and the checksum); the rest
+row cost 0.005-0.008 s of system time (0.03 s of CPU in all, with the staging copy and the checksum); the rest
 is the disk's time, spent waiting (``python scripts/bench_store.py --row-writes``).
 
-Only a file's aligned head is written this way; its last, partial block and the chunk's checksum go through
-the page cache as before. A file system that refuses ``O_DIRECT`` (tmpfs, some network file systems) gets the
-whole file through the page cache: the bytes are the same either way, only the cost differs. Durability is
-unchanged: the store's writes are fsynced (which also flushes the disk's own cache) before rows are marked done.
+Only a file's aligned head is written this way; its last, partial block and the chunk's checksum go through the
+page cache as before. A file system that refuses ``O_DIRECT`` (tmpfs on older kernels, though Linux 6.18 here takes
+it; some network and FUSE file systems) gets the whole file through the page cache: the bytes are the same either
+way, only the cost differs. Durability is unchanged: the store's writes are fsynced (which also flushes the disk's
+own cache) before rows are marked done.
 """
 
 from __future__ import annotations
@@ -50,9 +51,6 @@ class SplitBytes:
 
     head: memoryview
     tail: bytes
-
-    def __len__(self) -> int:
-        return len(self.head) + len(self.tail)
 
 
 def _write_at(fd: int, data: memoryview, offset: int) -> None:

@@ -33,7 +33,7 @@ def _split(stage: Stage, payload: bytes) -> Iterator[SplitBytes]:
 def test_an_aligned_head_goes_around_the_page_cache_and_the_file_holds_every_byte(tmp_path: Path, size: int) -> None:
     payload = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
     for data in _split(Stage(), payload):
-        assert _write(tmp_path / "f", data)  # this file system (ext4 here; tmpfs on Linux 6.6+) takes O_DIRECT
+        assert _write(tmp_path / "f", data)  # this file system takes O_DIRECT (ext4 here; tmpfs too on this Linux 6.18)
     assert (tmp_path / "f").read_bytes() == payload
 
 
