@@ -120,6 +120,30 @@ def test_kill_while_a_big_chunk_is_written_then_resume_is_bit_identical(
         shutil.rmtree(out)
 
 
+def test_a_followed_store_appended_into_a_big_chunk_equals_one_made_in_one_go(tmp_path: Path) -> None:
+    """A followed store's chunks are sized for the run to come (5 rows of 1.6 MB): the first call writes its 3 rows
+    as a padded chunk around the page cache, the append merges 2 more into it through Zarr and writes the next
+    chunk directly again. Each pair held to its own row (``--l1-scope pair``), so the two stores can be equal."""
+    from runs import make_tiny_run
+
+    run = make_tiny_run(tmp_path, steps=6, hidden=40_000, lr=0.02)
+    part = tmp_path / "part"
+    part.mkdir()
+    for p in run.iterdir():
+        first = p.suffix != ".safetensors" or int(p.stem.split("_")[1]) <= 3
+        if first and p.name != "lca.end":  # the first 3 pairs, the run still going
+            shutil.copy2(p, part / p.name)
+    flags = ["--quiet", "--threads", "1", *PER_PAIR]
+    out, ref = tmp_path / "s.zarr", tmp_path / "ref.zarr"
+    assert fork_call(lambda: cli("compute", part, "--out", out, "--follow", "--until", "3", *flags)) == 0
+    assert LcaStore.open(out).rows_per_chunk == 5 and LcaStore.open(out).n_pairs == 3
+    for p in run.iterdir():
+        shutil.copy2(p, part / p.name)  # checkpoints 4..6 arrive, and the end marker
+    assert fork_call(lambda: cli("compute", part, "--out", out, *flags)) == 0
+    assert fork_call(lambda: cli("compute", part, "--out", ref, "--follow", *flags)) == 0
+    assert_same_tree(out, ref)
+
+
 def test_kill_during_append_then_resume_is_bit_identical(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     run, _ = tiny
     part = tmp_path / "run"
