@@ -38,6 +38,7 @@ from lca_cli.errors import RunDirError
 from lca_cli.sources import describe_folder
 from lca_cli.store import LcaStore, choose_rows_per_chunk
 from lca_cli.store.chunks import CHECKSUM_BYTES
+from lca_cli.store.format import COORD_COLS, MAX_CHUNK_COLS
 from lca_cli.store.identity import align
 from lca_cli.store.placement import inspect_path
 from lca_cli.store.sizing import complete_size
@@ -259,9 +260,10 @@ def _per_parameter_bytes(probe: LcaStore, total: int, lca: int, coordinate: int,
         return total
     p = probe.layout.size
     rows = choose_rows_per_chunk(p, requested, n_pairs)
-    cols = min(p, 1 << 22)  # format.MAX_CHUNK_COLS and COORD_COLS
+    cols, coord_cols = min(p, MAX_CHUNK_COLS), min(p, COORD_COLS)  # lca's chunks, parameter_tensor's
     grid = math.ceil(max(1, n_pairs) / rows) * math.ceil(p / cols)
-    per_set = grid * (rows * cols * 4 + CHECKSUM_BYTES) + math.ceil(p / cols) * (cols * 4 + CHECKSUM_BYTES)
+    coordinate_chunks = math.ceil(p / coord_cols) * (coord_cols * 4 + CHECKSUM_BYTES)
+    per_set = grid * (rows * cols * 4 + CHECKSUM_BYTES) + coordinate_chunks
     return total - lca - coordinate + len(probe.sets) * per_set
 
 
