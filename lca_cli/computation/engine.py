@@ -44,11 +44,13 @@ __all__ = [
     "MEMORY_BUDGET",
     "READ_AHEAD",
     "READ_AHEAD_BYTES",
+    "REUSE_BYTES",
     "STOP_GRACE_SECONDS",
     "CheckpointLoader",
     "PairEngine",
     "Point",
     "Points",
+    "ProbeReuse",
     "build_engine",
     "plan_blocks",
     "preflight",
@@ -68,6 +70,10 @@ READ_AHEAD = 2
 #: from about 8M float32 parameters up.
 READ_AHEAD_BYTES = 64 << 20
 
+#: The gradients a survey's probe pairs evaluated are kept for the pair loop within this many bytes (a run's probes at
+#: most: four gradients each per evaluation set; a probe that does not fit is not kept and the loop evaluates it).
+REUSE_BYTES = 64 << 20
+
 #: Every parameter-sized buffer of the pair loop, in bytes per parameter (``D = P + B``) with float32 checkpoints
 #: and network: ``a`` is the accumulation dtype's size (4 for float32 accumulation, 8 for float64), ``k`` the
 #: gradients a pair holds at once (3 for plain Simpson, 2 more per level of refinement depth). README.md, *What it
@@ -81,6 +87,7 @@ MEMORY_BUDGET = {
     "gradients autograd returns for one evaluation chunk (as in any backward pass)": "4",
     "the running row and the panel temporaries (pooled, accumulation dtype)": "2-3 x a",
     "the stored float32 row: the block being computed and the block being written": "2 x 4 x rows per block / P",
+    "the probes' gradients kept for the loop (ProbeReuse), until their pair is computed": "REUSE_BYTES at most",
 }
 
 #: A checkpoint as the engine uses it: the point vector ``(P + B,)`` and the fixed (not interpolated) tensors.
@@ -212,6 +219,74 @@ class CheckpointLoader:
         self._pool.shutdown(wait=True)
 
 
+class ProbeReuse:
+    """The gradients the run's survey evaluated on its probe pairs, kept for the pair loop (each taken once).
+
+    A probe (:mod:`lca_cli.computation.scale`) evaluates its pair at ``s = 1/4, 1/2, 3/4`` and at the end
+    checkpoint: the points of plain Simpson and of its first split. Without them the loop evaluates the same
+    points again: 8-16 gradients on a run of 100-400 pairs (BENCHMARKS.md, *Cost per accuracy*). Both evaluate them
+    the same way (:meth:`~lca_cli.core.objective.Objective.value_and_grad_at` inside the pair, ``value_and_grad``
+    at its end) on the same checkpoints, dtype and thread count, so a kept gradient has the bits a new one would: a
+    store is the same whether its probe pairs were taken from here or evaluated again (tested), as they are by a
+    process that did not survey (a helper, another torchrun rank). A fingerprint of the pair (the sums of its
+    start point and its difference, the accumulation dtype, the thread count) must match, or the entry is dropped.
+
+    Args:
+        limit_bytes: Gradient bytes kept at most (:data:`REUSE_BYTES`); 0 keeps nothing.
+
+    """
+
+    def __init__(self, limit_bytes: int = REUSE_BYTES) -> None:
+        self.limit_bytes = limit_bytes
+        self.nbytes = 0
+        self._kept: dict[tuple[int, str], tuple[tuple[Any, ...], dict[float, Evaluation]]] = {}
+
+    @staticmethod
+    def fingerprint(v0: torch.Tensor, delta: torch.Tensor) -> tuple[Any, ...]:
+        """What must be equal for a kept evaluation of pair ``v0 -> v0 + delta`` to be the loop's."""
+        return (
+            float(v0.sum(dtype=torch.float64)), float(delta.sum(dtype=torch.float64)), delta.dtype,
+            torch.get_num_threads(),
+        )  # fmt: skip
+
+    def keep(self, t: int, name: str, mark: tuple[Any, ...], points: Mapping[float, Evaluation]) -> bool:
+        """Keep pair ``t``'s evaluations in set ``name`` (copies: the objectives' pooled buffers go back).
+
+        Args:
+            t: The pair.
+            name: The evaluation set.
+            mark: :meth:`fingerprint` of the pair.
+            points: ``{s: evaluation}``; ``s = 1.0`` is the end checkpoint's.
+
+        Returns:
+            True when kept; False when they would take the kept bytes over the limit.
+
+        """
+        size = sum(e.grad.nbytes for e in points.values())
+        if self.nbytes + size > self.limit_bytes:
+            return False
+        self.nbytes += size
+        self._kept[(t, name)] = (mark, {s: Evaluation(e.loss, e.grad.clone()) for s, e in points.items()})
+        return True
+
+    def pending(self, t: int) -> bool:
+        """Whether anything is kept for pair ``t``."""
+        return any(key[0] == t for key in self._kept)
+
+    def take(self, t: int, name: str, mark: tuple[Any, ...]) -> dict[float, Evaluation]:
+        """Pair ``t``'s kept evaluations in set ``name``, removed from here; empty when none or not matching."""
+        kept = self._kept.pop((t, name), None)
+        if kept is None:
+            return {}
+        self.nbytes -= sum(e.grad.nbytes for e in kept[1].values())
+        return kept[1] if kept[0] == mark else {}
+
+    def clear(self) -> None:
+        """Drop everything kept."""
+        self._kept.clear()
+        self.nbytes = 0
+
+
 @dataclass
 class _Cache:
     """The end of the last pair computed: reused as the start of the next one when contiguous."""
@@ -337,6 +412,7 @@ class PairEngine:
         deep_factors: Per set, the deeper panels' factor calibrated on the run; absent: uncalibrated (the fixed
             ``JUMP_FACTOR`` and shares proportional to the width).
         pool: The parameter-sized work vectors of the objectives and the integrator.
+        reuse: The survey's probe evaluations, taken by the pairs they belong to.
 
     """
 
@@ -355,6 +431,7 @@ class PairEngine:
     first_factors: dict[str, float] = field(default_factory=dict)
     deep_factors: dict[str, float] = field(default_factory=dict)
     pool: BufferPool = field(default_factory=BufferPool)
+    reuse: ProbeReuse = field(default_factory=ProbeReuse)
     _bounds: list[tuple[int, int]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -432,7 +509,8 @@ class PairEngine:
                 rows.per_pair[s]["loss"].append(float(cache.evals[s].loss))
             for i, t in enumerate(block):
                 v1, fixed1 = loader.get(t + 1)
-                results, grads, flagged = self._pair(cache, v1, fixed1, clock, f"steps {steps[t]} -> {steps[t + 1]}")
+                label = f"steps {steps[t]} -> {steps[t + 1]}"
+                results, grads, flagged = self._pair(cache, v1, fixed1, clock, label, t)
                 rows.add(i, results)
                 cache = _Cache(t + 1, v1, fixed1, {s: res.end for s, res in results})
                 del results, v1, fixed1  # rows copied out: their vectors go back to the pool before the next pair
@@ -452,14 +530,22 @@ class PairEngine:
         return rows.count, cache
 
     def _pair(
-        self, cache: _Cache, v1: torch.Tensor, fixed1: dict[str, torch.Tensor], clock: _StopClock, label: str
+        self,
+        cache: _Cache,
+        v1: torch.Tensor,
+        fixed1: dict[str, torch.Tensor],
+        clock: _StopClock,
+        label: str,
+        t: int = -1,
     ) -> tuple[list[tuple[str, PairResult]], int, int]:
-        """One pair in every set: ``(results per set, gradients computed, 1 if flagged in any set)``."""
+        """Pair ``t`` in every set: ``(results per set, gradients computed, 1 if flagged in any set)``."""
         delta = self.delta(cache.v, v1)  # (D,) accumulation dtype
+        mark = ProbeReuse.fingerprint(cache.v, delta) if self.reuse.pending(t) else None
         results: list[tuple[str, PairResult]] = []
         grads = flagged = 0
         for s, obj in self.objectives.items():
             calls = [0]
+            kept = {} if mark is None else self.reuse.take(t, s, mark)  # a probe pair: the survey's points
 
             def point(
                 x: float,
@@ -468,17 +554,25 @@ class PairEngine:
                 d: torch.Tensor = delta,
                 fx: Any = cache.fixed,
                 calls: list[int] = calls,
+                kept: dict[float, Evaluation] = kept,
             ) -> Any:
                 clock.check()
+                got = kept.pop(x, None)
+                if got is not None:
+                    return got.loss, got.grad
                 calls[0] += 1
                 return obj.value_and_grad_at(v0, d, x, fx)  # v0 + x d written into the point buffer in place
 
             clock.check()
+            end = kept.pop(1.0, None)
+            if end is None:
+                calls[0] += 1
+                end = self._evaluate(s, v1, fixed1)
             res = integrate_pair(
                 point,
                 delta,
                 cache.evals[s],
-                self._evaluate(s, v1, fixed1),
+                end,
                 method=self.method,
                 refine=self.refine,
                 max_splits=self.max_splits,
@@ -492,8 +586,9 @@ class PairEngine:
                 deep_factor=self.deep_factors.get(s),
                 work=self.pool.like,
             )
+            kept.clear()  # points the pair did not need (it kept plain Simpson): not held any longer
             results.append((s, res))
-            grads += calls[0] + 1
+            grads += calls[0]
             flagged |= int(bool(res.flagged))
         return results, grads, flagged
 

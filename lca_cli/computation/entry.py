@@ -229,6 +229,7 @@ def compute_run(
             stop=stop, flush_seconds=hooks.flush_seconds, durable=hooks.durable, unsafe_pickle=call.unsafe_pickle,
             note=None if note is None else (lambda message: note(speak_arguments(message, _ALIASES))),
             schedule=call.schedule, read_ahead=hooks.read_ahead, sync_writes=hooks.sync_writes,
+            reuse_probes=hooks.reuse_probes,
         )  # fmt: skip
         if call.strict:
             check_strict(result)

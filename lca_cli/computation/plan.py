@@ -115,6 +115,8 @@ class Hooks:
         sync_writes: Write rows in the pair loop's thread instead of a background writer (no overlap).
         durable: fsync rows before marking them done (off only for benchmarks of the loop).
         flush_seconds: Write a block's finished rows at least this often.
+        reuse_probes: Let the pair loop take the survey's probe gradients (off: it evaluates them again; the
+            store is the same either way).
 
     """
 
@@ -122,6 +124,7 @@ class Hooks:
     sync_writes: bool = False
     durable: bool = True
     flush_seconds: float = FLUSH_SECONDS
+    reuse_probes: bool = True
 
 
 @dataclass(frozen=True)

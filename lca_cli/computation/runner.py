@@ -29,7 +29,8 @@ from lca_cli.computation.plan import ComputePlan, Hooks, Schedule, build_plan, d
 from lca_cli.computation.precision import accumulation_of, choose_accumulation
 from lca_cli.computation.result import ComputeResult, NoteFn, ProgressFn, ProgressReporter
 from lca_cli.computation.scale import RESURVEY_GROWTH, Survey, needs_survey, survey_attrs, survey_run
-from lca_cli.computation.work import Crew, run_work
+from lca_cli.computation.tuning import ThreadTuner
+from lca_cli.computation.work import Crew, choose_threads, run_work
 from lca_cli.core.vectors import split_state
 from lca_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, Interrupted, PeerFailed, StoreBusyError, UsageError
 from lca_cli.sources import CheckpointRef, CheckpointSource
@@ -133,6 +134,8 @@ class _Runner:
         self.overwrite, self.repair, self.unsafe_pickle = overwrite, repair, unsafe_pickle
         self.progress, self.stop, self.hooks = progress, stop, hooks
         self.schedule, self.team = schedule, team
+        self.tuner: ThreadTuner | None = None
+        self.tuned = False
         self.lead = team is None or team.rank == 0
         # Other ranks of a torchrun job are quiet: rank 0 says what is to be said.
         self.say: NoteFn = (note if self.lead else None) or (lambda message: None)
@@ -200,6 +203,8 @@ class _Runner:
         """Build the engine and (rank 0, a process alone) own or join the store; False when stopped."""
         assert self.plan is not None
         self.built = _Built(self.plan, self.say)
+        if not self.hooks.reuse_probes:
+            self.built.engine.reuse.limit_bytes = 0
         if self.plan.refs and self.lead:
             preflight(self.built.engine, self.built.point, self.plan.refs)
         return not self.lead or self._open() is not None
@@ -224,7 +229,7 @@ class _Runner:
         try:
             return run_work(
                 self.plan, self.built.engine, self.target, crew, self.built.source, stop=self.stop, say=self.say,
-                progress=self.progress, follower=self.follower,
+                progress=self.progress, follower=self.follower, tuner=self.tuner if self.tuned else False,
             )  # fmt: skip
         except BaseException as exc:
             self._abort(exc)
@@ -268,6 +273,21 @@ class _Runner:
 
     # -- the store --------------------------------------------------------------------------------------
 
+    def _tune(self) -> None:
+        """``--threads auto``: choose the thread count before the call's first gradients, not before the pair loop.
+
+        The accumulation probe and the survey then run at the loop's count, and the probes' gradients have the
+        loop's bits (the loop takes them: :class:`~lca_cli.computation.engine.ProbeReuse`).
+        """
+        if self.tuned:
+            return
+        assert self.plan is not None and self.built is not None
+        local = self.team.local_size if self.team is not None else 1
+        self.tuner = choose_threads(
+            self.built.engine, self.plan.options.threads, self.say, self.built.source.spec, local
+        )
+        self.tuned = True
+
     def _run_scales(self) -> tuple[bool, Survey | None]:
         """A new store's survey (scale, first-panel factor), made now from the checkpoints on disk."""
         plan, built = self.plan, self.built
@@ -275,7 +295,9 @@ class _Runner:
         if plan.options.l1_scope != "run" or not (self.overwrite or inspect_path(self.out, deep=False).kind != "store"):
             return False, None
         refs = plan.refs
-        survey = survey_run(built.engine, lambda i: built.point(refs[i]), len(refs) - 1, self.say, self.stop)
+        survey = survey_run(
+            built.engine, lambda i: built.point(refs[i]), len(refs) - 1, self.say, self.stop, reuse=built.engine.reuse
+        )
         if survey is not None and len(refs) - 1 < SCALE_PAIRS:
             self.say(
                 f"the run scale of --l1-tol (--l1-scope run) is measured over the {len(refs) - 1} pair(s) on "
@@ -296,6 +318,7 @@ class _Runner:
         refs = target.alignment.refs
         if target.read_only or not needs_survey(store, len(refs) - 1, plan.options.l1_scope):
             return
+        self._tune()
         # The survey's gradients in the dtype the store's rows use (recorded when it was made).
         built.engine.accumulate = accumulation_of(store, plan.options.accumulate)
         done = store.done()
@@ -310,7 +333,7 @@ class _Runner:
             ref = refs[i]
             return None if ref is None else built.point(cast(CheckpointRef, ref))
 
-        survey = survey_run(built.engine, read, len(refs) - 1, self.say, self.stop, stored)
+        survey = survey_run(built.engine, read, len(refs) - 1, self.say, self.stop, stored, built.engine.reuse)
         if survey is not None:
             store.update_attrs(survey_attrs(survey))
 
@@ -322,6 +345,7 @@ class _Runner:
             return None
         opts, refs = plan.options, plan.refs
         assert opts.l1_tol is not None
+        self._tune()
         return choose_accumulation(
             built.engine, lambda i: built.point(refs[i]), len(refs) - 1, requested=opts.accumulate,
             network_dtype=opts.dtype, l1_tol=opts.l1_tol, max_splits=opts.max_splits,
@@ -442,6 +466,7 @@ def compute(
     schedule: Schedule | None = None,
     read_ahead: int = READ_AHEAD,
     sync_writes: bool = False,
+    reuse_probes: bool = True,
 ) -> ComputeResult:
     """Compute (or resume, or extend, or repair) the LCA store of a run, from a loaded config.
 
@@ -467,6 +492,8 @@ def compute(
         schedule: Which pairs, with whom, and whether to follow the run (default: every pair, alone).
         read_ahead: Checkpoints read ahead in a background thread (0: each one when needed; a benchmark hook).
         sync_writes: Write rows in the pair loop's thread, not a background writer (a benchmark hook).
+        reuse_probes: Let the pair loop take the survey's probe gradients (a benchmark and test hook: off, it
+            evaluates them again and writes the same store).
 
     Returns:
         What was done.
@@ -481,7 +508,10 @@ def compute(
     schedule = schedule or Schedule()
     team = Team.from_env()
     schedule.check(overwrite=overwrite, repair=repair, team=team)
-    hooks = Hooks(read_ahead=read_ahead, sync_writes=sync_writes, durable=durable, flush_seconds=flush_seconds)
+    hooks = Hooks(
+        read_ahead=read_ahead, sync_writes=sync_writes, durable=durable, flush_seconds=flush_seconds,
+        reuse_probes=reuse_probes,
+    )  # fmt: skip
     job = _Runner(
         Path(run_dir), config, out, overwrite=overwrite, repair=repair, progress=progress,
         stop=stop if stop is not None else threading.Event(), hooks=hooks, unsafe_pickle=unsafe_pickle, note=note,

@@ -3,9 +3,9 @@
 A pair's accuracy budget is ``l1_tol * max(||lca||_1, S)``, where S is :data:`SCALE_FRACTION` of the run's mean
 ``||lca||_1``, estimated from :data:`SCALE_PAIRS` pairs spread over the run: the Euler row's norm
 ``||Δ ⊙ ∇L(v_t)||_1`` (one gradient), or, for a pair the store already holds, its stored row's norm (no gradient).
-On runs of at least ``MIN_PROBES * PAIRS_PER_PROBE`` (200) pairs, some of those pairs are also *probes*: refined once
-(four more gradients each) to calibrate the local scheme's first-panel factor on this run
-(:mod:`lca_cli.core.calibration`).
+On runs of at least :data:`MIN_PROBED_PAIRS` (100) pairs, some of those pairs are also *probes*: refined once
+(four more gradients each, which the pair loop then takes instead of evaluating them again) to calibrate the local
+scheme's first-panel factor on this run (:mod:`lca_cli.core.calibration`).
 
 The survey is made when a store is created and made again by a later call (an append, a nightly cron call, a
 ``--follow`` that has seen the run grow) once the run has :data:`RESURVEY_GROWTH` times the pairs the last one
@@ -26,15 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from lca_cli.computation.engine import PairEngine, Point
+from lca_cli.computation.engine import PairEngine, Point, ProbeReuse
 from lca_cli.computation.options import SCALE_FRACTION, SCALE_PAIRS
 from lca_cli.core.calibration import MIN_PROBES, Probe, deep_panel_factor, first_panel_factor
-from lca_cli.core.integrate import DEEP_FACTOR, JUMP_FACTOR
+from lca_cli.core.integrate import DEEP_FACTOR, JUMP_FACTOR, Evaluation
 from lca_cli.errors import StoreError
 from lca_cli.store.lcastore import LcaStore
 
 __all__ = [
     "CALLS_ATTR",
+    "MIN_PROBED_PAIRS",
     "PAIRS_PER_PROBE",
     "RESURVEY_GROWTH",
     "SCALE_FRACTION",
@@ -62,6 +63,11 @@ RESURVEY_GROWTH = 1.5
 #: one per 25 (8 probes on 200 pairs, 0.16 per pair) the probes cost more than they saved on three of the five
 #: bench runs measured (BENCHMARKS.md, *Cost per accuracy*); four on 200 pairs gave the same factors but one.
 PAIRS_PER_PROBE = 50
+#: Runs of this many pairs and more are probed (:data:`~lca_cli.core.calibration.MIN_PROBES` probes up to 200 pairs).
+#: On 100-199 pairs the probes cost 8-16 gradients, most of which the loop takes back (:class:`ProbeReuse`), against
+#: 0.3-0.5 gradients per pair saved on the recorded runs cut to 100-150 pairs and 0.8 on the bench's MNIST-FC
+#: (BENCHMARKS.md, *Cost per accuracy*); shorter runs (the tests' runs, a nightly job's first nights) are not probed.
+MIN_PROBED_PAIRS = 100
 #: The store attribute listing, per survey, the rows computed under it.
 CALLS_ATTR = "l1_scale_calls"
 
@@ -104,19 +110,33 @@ def scale_pairs(n_pairs: int, count: int = SCALE_PAIRS) -> list[int]:
 
 
 def probe_count(n_pairs: int) -> int:
-    """Probe pairs of a run of ``n_pairs``: one per :data:`PAIRS_PER_PROBE`, none below ``MIN_PROBES``."""
-    k = min(SCALE_PAIRS, n_pairs // PAIRS_PER_PROBE)
-    return k if k >= MIN_PROBES else 0
+    """Probe pairs of a run of ``n_pairs``: one per :data:`PAIRS_PER_PROBE`, at most :data:`SCALE_PAIRS`.
+
+    From :data:`MIN_PROBED_PAIRS` pairs on there are at least ``MIN_PROBES``; shorter runs get none.
+    """
+    if n_pairs < MIN_PROBED_PAIRS:
+        return 0
+    return min(SCALE_PAIRS, max(MIN_PROBES, n_pairs // PAIRS_PER_PROBE))
 
 
-def _probe(obj: Any, v0: torch.Tensor, fixed0: Any, delta: torch.Tensor, g0: torch.Tensor) -> Probe:
-    """Plain Simpson and one split on one pair: the first panel's indicator, ``||S_2 - S_4||_1``, ``||S_2||_1``."""
-    g = {s: obj.value_and_grad(torch.add(v0, delta, alpha=s), fixed0)[1] for s in (0.25, 0.5, 0.75, 1.0)}
+def _probe(
+    obj: Any, start: Point, end: Point, delta: torch.Tensor, g0: torch.Tensor
+) -> tuple[Probe, dict[float, Evaluation]]:
+    """Plain Simpson and one split on one pair: the first panel's indicator, ``||S_2 - S_4||_1``, ``||S_2||_1``.
+
+    The points are evaluated as the pair loop evaluates them (inside the pair at ``v0 + s Δ``, the end at its own
+    checkpoint), so that the loop can take them instead (:class:`~lca_cli.computation.engine.ProbeReuse`); they
+    are returned with the probe.
+    """
+    (v0, fixed0), (v1, fixed1) = start, end
+    points = {s: Evaluation(*obj.value_and_grad_at(v0, delta, s, fixed0)) for s in (0.25, 0.5, 0.75)}
+    points[1.0] = Evaluation(*obj.value_and_grad(v1, fixed1))
+    g = {s: e.grad for s, e in points.items()}
     ends = g0 + g[1.0]  # (D,) accumulation dtype
     indicator = float(torch.add(ends, g[0.5], alpha=-2.0).mul_(delta).abs_().sum()) / 12.0
     s2 = torch.add(ends, g[0.5], alpha=4.0).mul_(delta).div_(6.0)  # (D,) plain Simpson's row
     s4 = torch.add(ends, g[0.5], alpha=2.0).add_(g[0.25] + g[0.75], alpha=4.0).mul_(delta).div_(12.0)  # one split
-    return Probe(indicator, float(torch.dist(s2, s4, 1)), float(s2.abs().sum()))
+    return Probe(indicator, float(torch.dist(s2, s4, 1)), float(s2.abs().sum())), points
 
 
 def survey_run(
@@ -126,6 +146,7 @@ def survey_run(
     note: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
     stored: Callable[[str, int], float | None] | None = None,
+    reuse: ProbeReuse | None = None,
 ) -> Survey | None:
     """Survey a run: its scale per set and, with enough pairs, the first panel's factor (module docstring).
 
@@ -144,6 +165,8 @@ def survey_run(
         stop: When set, the survey ends before its next gradient (a big model's take minutes).
         stored: ``(set, t) -> ||lca_t||_1`` of a pair the store holds (None: not held); its norm then stands for
             the Euler row's. None: every sampled pair costs a gradient.
+        reuse: Receives the probes' evaluations for the pair loop (the engine's
+            :class:`~lca_cli.computation.engine.ProbeReuse`; what it held before is dropped); None: not kept.
 
     Returns:
         The survey (scale 0.0 when the run has no pair; pairs whose norm is not finite are left out); None when
@@ -156,6 +179,8 @@ def survey_run(
     picked = scale_pairs(n_pairs)
     probed = {picked[i] for i in scale_pairs(len(picked), probe_count(n_pairs))}  # spread over the picked pairs
     t0, done = time.perf_counter(), 0
+    if reuse is not None:
+        reuse.clear()  # an earlier survey's probes: this one's replace them
     planned = sum(4 * (t in probed) + 1 for t in picked) * len(sets)
     for t in picked:
         known = {s: stored(s, t) for s in sets} if stored is not None else {}
@@ -168,6 +193,7 @@ def survey_run(
             continue
         (v0, fixed0), (v1, _) = start, end
         delta = engine.delta(v0, v1)  # (D,) accumulation dtype (exact in float64), a pooled buffer
+        mark = ProbeReuse.fingerprint(v0, delta) if reuse is not None and t in probed else None
         for s, obj in engine.objectives.items():
             if stop is not None and stop.is_set():
                 return None
@@ -185,10 +211,13 @@ def survey_run(
                         f"{rest:.0f} s more; when a store is made and as its run grows, --l1-scope pair skips it)"
                     )
             if t in probed:
-                probe = _probe(obj, v0, fixed0, delta, grad)
+                probe, points = _probe(obj, start, end, delta, grad)
                 done += 4
                 if np.isfinite([probe.indicator, probe.diff, probe.norm]).all():
                     probes[s].append(probe)
+                    if reuse is not None and mark is not None and not (stored is not None and known.get(s) is not None):
+                        reuse.keep(t, s, mark, points)  # the loop takes them (a pair the store holds: not needed)
+                del points
     scales = {s: SCALE_FRACTION * float(np.mean(v)) if v else 0.0 for s, v in norms.items()}
     factors, calibration, deep = {}, {}, {}
     for s in sets:

@@ -151,6 +151,7 @@ class _Work:
         say: NoteFn,
         progress: ProgressFn | ProgressReporter | None,
         follower: Follower | None,
+        tuner: ThreadTuner | bool | None = False,
     ) -> None:
         self.plan, self.engine, self.target, self.crew = plan, engine, target, crew
         self.source, self.stop, self.say, self.follower = source, stop, say, follower
@@ -164,7 +165,8 @@ class _Work:
         self.mine: list[range] = []  # rows this process computed (strict judges this call's pairs)
         self.t0 = time.perf_counter()
         self.last_pair = self.t0
-        self.tuner: ThreadTuner | None = None
+        self.tuned = tuner is not False  # chosen before the survey (ThreadTuner or None: a fixed count)
+        self.tuner: ThreadTuner | None = tuner if isinstance(tuner, ThreadTuner) else None
         self.cache: _Cache | None = None
         self.threads_used = 0
         owner = crew.role == "owner"
@@ -271,7 +273,7 @@ class _Work:
         if crew.team is not None:
             watcher = _AbortWatcher(crew.board, crew.job, self.stop, self.plan.schedule.poll)
         self._say_empty_window()
-        if self.counts["total"] and not target.read_only:
+        if self.counts["total"] and not target.read_only and not self.tuned:
             local = crew.team.local_size if crew.team is not None else 1
             self.tuner = choose_threads(self.engine, self.plan.options.threads, self.say, self.source.spec, local)
         self.last_pair = time.perf_counter()
@@ -381,7 +383,7 @@ class _Work:
                 return None
             return float(np.abs(np.asarray(store.array(s, "lca")[t], dtype=np.float64)).sum())
 
-        survey = survey_run(engine, read, len(refs) - 1, self.say, self.stop, stored)
+        survey = survey_run(engine, read, len(refs) - 1, self.say, self.stop, stored, engine.reuse)
         if survey is None:
             return
         self._record_rows()  # the rows so far met the survey in force until now
@@ -493,6 +495,7 @@ def run_work(
     say: NoteFn,
     progress: ProgressFn | ProgressReporter | None = None,
     follower: Follower | None = None,
+    tuner: ThreadTuner | bool | None = False,
 ) -> ComputeResult:
     """Compute a call's pairs into the store it owns or joined, and say what was done.
 
@@ -506,6 +509,8 @@ def run_work(
         say: Receives one-line notes.
         progress: Called after every pair with ``(done, total)``, or a :class:`ProgressReporter`.
         follower: Watches the run for new checkpoints (``follow``), or None.
+        tuner: The thread count the call already chose (before its survey: a :class:`ThreadTuner` for
+            ``--threads auto`` on CPU, None for a fixed count); False: chosen here, before the first pair.
 
     Returns:
         The call's result.
@@ -522,4 +527,4 @@ def run_work(
     if engine.columns is not None:
         # Neuron or tensor columns are summed as the store recorded them when it was made.
         engine.columns = ColumnReducer(store.columns, store.layout)
-    return _Work(plan, engine, target, crew, source, stop, say, progress, follower).run()
+    return _Work(plan, engine, target, crew, source, stop, say, progress, follower, tuner).run()

@@ -19,14 +19,23 @@ import pytest
 import reference
 import torch
 from conftest import copy_run, load_states
-from test_runner import check_conservation
+from test_runner import assert_same_store, check_conservation
 
 from lca_cli.computation.config import load_config
 from lca_cli.computation.distributed import Scope
 from lca_cli.computation.follow import END_MARKER
 from lca_cli.computation.plan import Schedule
 from lca_cli.computation.runner import compute
-from lca_cli.computation.scale import RESURVEY_GROWTH, Survey, needs_survey, probe_count, row_scales, survey_attrs
+from lca_cli.computation.scale import (
+    MIN_PROBED_PAIRS,
+    RESURVEY_GROWTH,
+    Survey,
+    needs_survey,
+    probe_count,
+    row_scales,
+    scale_pairs,
+    survey_attrs,
+)
 from lca_cli.core.calibration import DEEP_GROWTH, FACTOR_FLOOR, MIN_PROBES, Probe, deep_panel_factor, first_panel_factor
 from lca_cli.core.integrate import DEEP_FACTOR, JUMP_FACTOR
 from lca_cli.store.lcastore import LcaStore
@@ -132,7 +141,8 @@ def test_resurvey_policy_and_probe_count() -> None:
     # A store made before surveys were repeated: its done pairs stand for what its survey saw.
     assert not needs_survey(Attrs(None, done=10), 10, "run") and needs_survey(Attrs(None, done=10), 15, "run")  # type: ignore[arg-type]
     assert RESURVEY_GROWTH == 1.5
-    assert probe_count(199) == 0 and probe_count(200) == MIN_PROBES and probe_count(10_000) == 8
+    assert probe_count(MIN_PROBED_PAIRS - 1) == 0 and probe_count(MIN_PROBED_PAIRS) == MIN_PROBES == 4
+    assert probe_count(199) == probe_count(200) == MIN_PROBES and probe_count(300) == 6 and probe_count(10_000) == 8
 
 
 def test_first_panel_factor_pools_only_what_the_probes_show() -> None:
@@ -216,7 +226,7 @@ def test_calls_under_one_survey_share_one_record(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_run_appended_into_calibration_keeps_the_contract(tmp_path: Path) -> None:
-    """Default flags on a run that grows from 120 pairs (too few probes: uncalibrated) to 200 (calibrated).
+    """Default flags on a run that grows from 80 pairs (too few for probes: uncalibrated) to 200 (calibrated).
 
     The second call surveys the run again with probes: its rows meet the calibrated first- and deeper-panel
     factors and the deeper panels' shares of the width's square root, the first call's rows the former rule; the
@@ -231,12 +241,13 @@ def test_a_run_appended_into_calibration_keeps_the_contract(tmp_path: Path) -> N
     )
     names = sorted(p.name for p in full.glob("*.safetensors"))
     grown, out = tmp_path / "grown", tmp_path / "grown.zarr"
-    for upto in (120, steps):
+    first = MIN_PROBED_PAIRS - 20
+    for upto in (first, steps):
         copy_run(full, grown, files=names[: upto + 1])
         compute(grown, config, out)
     store = LcaStore.open(out)
     recorded = store.attrs["l1_scale_calls"]
-    assert [(c["over"], c["rows"]) for c in recorded] == [(120, [[0, 120]]), (200, [[120, 200]])]
+    assert [(c["over"], c["rows"]) for c in recorded] == [(first, [[0, first]]), (200, [[first, 200]])]
     assert recorded[0]["deep_factor"] == {} and set(recorded[1]["deep_factor"]) == {"train"}
     assert JUMP_FACTOR <= recorded[1]["deep_factor"]["train"] <= DEEP_FACTOR
     assert set(recorded[1]["first_factor"]) == {"train"}
@@ -244,3 +255,22 @@ def test_a_run_appended_into_calibration_keeps_the_contract(tmp_path: Path) -> N
     assert reference.relative_l1(lca, ref_lca) <= CONTRACT_L1
     assert not store.read("train", "flagged").any()
     check_conservation(store)
+
+
+def test_the_loop_takes_the_probes_gradients_and_writes_the_same_store(tmp_path: Path) -> None:
+    """A run just long enough to be probed, default flags: the pair loop takes the gradients the survey's probes
+    evaluated (a probe pair kept at plain Simpson saves two, one refined further four) and writes, bit for bit, the
+    store of a call whose loop evaluates them again."""
+    n = MIN_PROBED_PAIRS
+    run = warmup_run(tmp_path / "run", n, warmup=10)
+    config = load_config(run / "lca.toml")
+    kept = compute(run, config, tmp_path / "kept.zarr")
+    again = compute(run, config, tmp_path / "again.zarr", reuse_probes=False)
+    assert kept.threads == again.threads  # the same arithmetic in both calls, or bits could differ for that alone
+    store = LcaStore.open(tmp_path / "kept.zarr")
+    assert_same_store(store, LcaStore.open(tmp_path / "again.zarr"))
+    picked = scale_pairs(n)
+    probed = [picked[i] for i in scale_pairs(len(picked), probe_count(n))]
+    splits = store.read("train", "splits")[probed]
+    assert len(probed) == MIN_PROBES and store.attrs["calibration"]["train"]["probes"] == MIN_PROBES
+    assert again.gradients - kept.gradients == sum(2 if k == 2 else 4 for k in splits) > 0
