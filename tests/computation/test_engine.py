@@ -1,0 +1,50 @@
+"""The pair engine's store of the survey's probe evaluations (:class:`~lca_cli.computation.engine.ProbeReuse`)."""
+
+from __future__ import annotations
+
+import torch
+
+from lca_cli.computation.engine import ProbeReuse
+from lca_cli.core.integrate import Evaluation
+
+
+def _points(d: int, dtype: torch.dtype = torch.float64) -> dict[float, Evaluation]:
+    return {s: Evaluation(torch.tensor(s, dtype=torch.float64), torch.full((d,), s, dtype=dtype)) for s in (0.5, 1.0)}
+
+
+def test_kept_points_are_taken_once_and_only_for_the_same_pair() -> None:
+    v0, delta = torch.arange(6, dtype=torch.float32), torch.linspace(-1, 1, 6, dtype=torch.float64)
+    mark = ProbeReuse.fingerprint(v0, delta)
+    reuse = ProbeReuse(limit_bytes=1 << 20)
+    points = _points(6)
+    assert reuse.keep(3, "train", mark, points) and reuse.pending(3) and not reuse.pending(4)
+    points[0.5].grad.fill_(7.0)  # the caller's pooled buffer is reused: what was kept is a copy
+    got = reuse.take(3, "train", mark)
+    assert sorted(got) == [0.5, 1.0] and torch.equal(got[0.5].grad, torch.full((6,), 0.5, dtype=torch.float64))
+    assert reuse.take(3, "train", mark) == {} and not reuse.pending(3) and reuse.nbytes == 0
+
+
+def test_a_pair_that_differs_is_evaluated_again() -> None:
+    """Another start point, another difference or another thread count: the kept points are dropped, not used."""
+    v0, delta = torch.zeros(4), torch.ones(4, dtype=torch.float64)
+    reuse = ProbeReuse(limit_bytes=1 << 20)
+    reuse.keep(0, "train", ProbeReuse.fingerprint(v0, delta), _points(4))
+    reuse.keep(1, "train", ProbeReuse.fingerprint(v0, delta), _points(4))
+    assert reuse.take(0, "train", ProbeReuse.fingerprint(v0 + 1, delta)) == {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(2 if before == 1 else 1)
+    try:
+        assert reuse.take(1, "train", ProbeReuse.fingerprint(v0, delta)) == {}
+    finally:
+        torch.set_num_threads(before)
+    assert reuse.nbytes == 0 and not reuse.pending(0) and not reuse.pending(1)
+
+
+def test_nothing_is_kept_past_the_byte_limit() -> None:
+    mark = ProbeReuse.fingerprint(torch.zeros(8), torch.ones(8, dtype=torch.float64))
+    reuse = ProbeReuse(limit_bytes=2 * 8 * 8)  # two float64 (8,) gradients: one probe's pair of points
+    assert reuse.keep(0, "train", mark, _points(8))
+    assert not reuse.keep(1, "train", mark, _points(8)) and not reuse.pending(1)
+    assert not ProbeReuse(limit_bytes=0).keep(0, "train", mark, _points(8))
+    reuse.clear()
+    assert reuse.nbytes == 0 and not reuse.pending(0)
