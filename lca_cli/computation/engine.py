@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from lca_cli.computation.config import Config, build_model, call_factory, config_loss
+from lca_cli.computation.reuse import ProbeReuse
 from lca_cli.core.columns import Columns
 from lca_cli.core.evalset import EvalSet, make_chunks
 from lca_cli.core.integrate import JUMP_FACTOR, Evaluation, PairResult, integrate_pair
@@ -44,13 +45,11 @@ __all__ = [
     "MEMORY_BUDGET",
     "READ_AHEAD",
     "READ_AHEAD_BYTES",
-    "REUSE_BYTES",
     "STOP_GRACE_SECONDS",
     "CheckpointLoader",
     "PairEngine",
     "Point",
     "Points",
-    "ProbeReuse",
     "build_engine",
     "plan_blocks",
     "preflight",
@@ -70,10 +69,6 @@ READ_AHEAD = 2
 #: from about 8M float32 parameters up.
 READ_AHEAD_BYTES = 64 << 20
 
-#: The gradients a survey's probe pairs evaluated are kept for the pair loop within this many bytes (a run's probes at
-#: most: four gradients each per evaluation set; a probe that does not fit is not kept and the loop evaluates it).
-REUSE_BYTES = 64 << 20
-
 #: Every parameter-sized buffer of the pair loop, in bytes per parameter (``D = P + B``) with float32 checkpoints
 #: and network: ``a`` is the accumulation dtype's size (4 for float32 accumulation, 8 for float64), ``k`` the
 #: gradients a pair holds at once (3 for plain Simpson, 2 more per level of refinement depth). README.md, *What it
@@ -87,7 +82,7 @@ MEMORY_BUDGET = {
     "gradients autograd returns for one evaluation chunk (as in any backward pass)": "4",
     "the running row and the panel temporaries (pooled, accumulation dtype)": "2-3 x a",
     "the stored float32 row: the block being computed and the block being written": "2 x 4 x rows per block / P",
-    "the probes' gradients kept for the loop (ProbeReuse), until their pair is computed": "REUSE_BYTES at most",
+    "the probes' gradients kept for the loop (ProbeReuse), until their pair is computed": "reuse.REUSE_BYTES at most",
 }
 
 #: A checkpoint as the engine uses it: the point vector ``(P + B,)`` and the fixed (not interpolated) tensors.
@@ -217,74 +212,6 @@ class CheckpointLoader:
         for f in self._futures.values():
             f.cancel()
         self._pool.shutdown(wait=True)
-
-
-class ProbeReuse:
-    """The gradients the run's survey evaluated on its probe pairs, kept for the pair loop (each taken once).
-
-    A probe (:mod:`lca_cli.computation.scale`) evaluates its pair at ``s = 1/4, 1/2, 3/4`` and at the end
-    checkpoint: the points of plain Simpson and of its first split. Without them the loop evaluates the same
-    points again: 8-16 gradients on a run of 100-400 pairs (BENCHMARKS.md, *Cost per accuracy*). Both evaluate them
-    the same way (:meth:`~lca_cli.core.objective.Objective.value_and_grad_at` inside the pair, ``value_and_grad``
-    at its end) on the same checkpoints, dtype and thread count, so a kept gradient has the bits a new one would: a
-    store is the same whether its probe pairs were taken from here or evaluated again (tested), as they are by a
-    process that did not survey (a helper, another torchrun rank). A fingerprint of the pair (the sums of its
-    start point and its difference, the accumulation dtype, the thread count) must match, or the entry is dropped.
-
-    Args:
-        limit_bytes: Gradient bytes kept at most (:data:`REUSE_BYTES`); 0 keeps nothing.
-
-    """
-
-    def __init__(self, limit_bytes: int = REUSE_BYTES) -> None:
-        self.limit_bytes = limit_bytes
-        self.nbytes = 0
-        self._kept: dict[tuple[int, str], tuple[tuple[Any, ...], dict[float, Evaluation]]] = {}
-
-    @staticmethod
-    def fingerprint(v0: torch.Tensor, delta: torch.Tensor) -> tuple[Any, ...]:
-        """What must be equal for a kept evaluation of pair ``v0 -> v0 + delta`` to be the loop's."""
-        return (
-            float(v0.sum(dtype=torch.float64)), float(delta.sum(dtype=torch.float64)), delta.dtype,
-            torch.get_num_threads(),
-        )  # fmt: skip
-
-    def keep(self, t: int, name: str, mark: tuple[Any, ...], points: Mapping[float, Evaluation]) -> bool:
-        """Keep pair ``t``'s evaluations in set ``name`` (copies: the objectives' pooled buffers go back).
-
-        Args:
-            t: The pair.
-            name: The evaluation set.
-            mark: :meth:`fingerprint` of the pair.
-            points: ``{s: evaluation}``; ``s = 1.0`` is the end checkpoint's.
-
-        Returns:
-            True when kept; False when they would take the kept bytes over the limit.
-
-        """
-        size = sum(e.grad.nbytes for e in points.values())
-        if self.nbytes + size > self.limit_bytes:
-            return False
-        self.nbytes += size
-        self._kept[(t, name)] = (mark, {s: Evaluation(e.loss, e.grad.clone()) for s, e in points.items()})
-        return True
-
-    def pending(self, t: int) -> bool:
-        """Whether anything is kept for pair ``t``."""
-        return any(key[0] == t for key in self._kept)
-
-    def take(self, t: int, name: str, mark: tuple[Any, ...]) -> dict[float, Evaluation]:
-        """Pair ``t``'s kept evaluations in set ``name``, removed from here; empty when none or not matching."""
-        kept = self._kept.pop((t, name), None)
-        if kept is None:
-            return {}
-        self.nbytes -= sum(e.grad.nbytes for e in kept[1].values())
-        return kept[1] if kept[0] == mark else {}
-
-    def clear(self) -> None:
-        """Drop everything kept."""
-        self._kept.clear()
-        self.nbytes = 0
 
 
 @dataclass
@@ -530,13 +457,7 @@ class PairEngine:
         return rows.count, cache
 
     def _pair(
-        self,
-        cache: _Cache,
-        v1: torch.Tensor,
-        fixed1: dict[str, torch.Tensor],
-        clock: _StopClock,
-        label: str,
-        t: int = -1,
+        self, cache: _Cache, v1: torch.Tensor, fixed1: dict[str, torch.Tensor], clock: _StopClock, label: str, t: int
     ) -> tuple[list[tuple[str, PairResult]], int, int]:
         """Pair ``t`` in every set: ``(results per set, gradients computed, 1 if flagged in any set)``."""
         delta = self.delta(cache.v, v1)  # (D,) accumulation dtype

@@ -277,7 +277,7 @@ class _Runner:
         """``--threads auto``: choose the thread count before the call's first gradients, not before the pair loop.
 
         The accumulation probe and the survey then run at the loop's count, and the probes' gradients have the
-        loop's bits (the loop takes them: :class:`~lca_cli.computation.engine.ProbeReuse`).
+        loop's bits (the loop takes them: :class:`~lca_cli.computation.reuse.ProbeReuse`).
         """
         if self.tuned:
             return

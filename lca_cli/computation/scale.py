@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lca_cli.computation.engine import PairEngine, Point, ProbeReuse
+from lca_cli.computation.engine import PairEngine, Point
 from lca_cli.computation.options import SCALE_FRACTION, SCALE_PAIRS
+from lca_cli.computation.reuse import ProbeReuse
 from lca_cli.core.calibration import MIN_PROBES, Probe, deep_panel_factor, first_panel_factor
 from lca_cli.core.integrate import DEEP_FACTOR, JUMP_FACTOR, Evaluation
 from lca_cli.errors import StoreError
@@ -125,7 +126,7 @@ def _probe(
     """Plain Simpson and one split on one pair: the first panel's indicator, ``||S_2 - S_4||_1``, ``||S_2||_1``.
 
     The points are evaluated as the pair loop evaluates them (inside the pair at ``v0 + s Δ``, the end at its own
-    checkpoint), so that the loop can take them instead (:class:`~lca_cli.computation.engine.ProbeReuse`); they
+    checkpoint), so that the loop can take them instead (:class:`~lca_cli.computation.reuse.ProbeReuse`); they
     are returned with the probe.
     """
     (v0, fixed0), (v1, fixed1) = start, end
@@ -166,7 +167,7 @@ def survey_run(
         stored: ``(set, t) -> ||lca_t||_1`` of a pair the store holds (None: not held); its norm then stands for
             the Euler row's. None: every sampled pair costs a gradient.
         reuse: Receives the probes' evaluations for the pair loop (the engine's
-            :class:`~lca_cli.computation.engine.ProbeReuse`; what it held before is dropped); None: not kept.
+            :class:`~lca_cli.computation.reuse.ProbeReuse`; what it held before is dropped); None: not kept.
 
     Returns:
         The survey (scale 0.0 when the run has no pair; pairs whose norm is not finite are left out); None when

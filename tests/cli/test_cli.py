@@ -98,11 +98,11 @@ def test_compute_reports_progress_on_stderr(capsys: pytest.CaptureFixture[str], 
     assert code == 0 and out == ""
     assert "4 pair(s) computed" in err
     lines = err.strip().splitlines()  # stderr is not a terminal here: plain lines, start and end
+    # --threads auto says once which count it chose (a note, before the run's survey: it runs at that count).
+    assert [line for line in lines if line.startswith("Note: threads: ")] == lines[0:1]
     # A new store with fewer pairs than the run scale's survey says where its scale came from, and what to do.
-    assert lines[0].startswith("Note: the run scale of --l1-tol (--l1-scope run) is measured over the 4 pair(s)")
-    assert lines[0].endswith("pass --l1-scope pair to hold every pair to its own row")
-    # --threads auto says once which count it chose (a note, before the pairs).
-    assert [line for line in lines if line.startswith("Note: threads: ")] == lines[1:2]
+    assert lines[1].startswith("Note: the run scale of --l1-tol (--l1-scope run) is measured over the 4 pair(s)")
+    assert lines[1].endswith("pass --l1-scope pair to hold every pair to its own row")
     lines = lines[2:]
     stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d "  # each plain line starts with the local time
     assert re.match(stamp + re.escape("lca compute: 4 pair(s) to compute (0 already done)"), lines[0]), lines[0]

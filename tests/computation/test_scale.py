@@ -258,19 +258,29 @@ def test_a_run_appended_into_calibration_keeps_the_contract(tmp_path: Path) -> N
 
 
 def test_the_loop_takes_the_probes_gradients_and_writes_the_same_store(tmp_path: Path) -> None:
-    """A run just long enough to be probed, default flags: the pair loop takes the gradients the survey's probes
-    evaluated (a probe pair kept at plain Simpson saves two, one refined further four) and writes, bit for bit, the
-    store of a call whose loop evaluates them again."""
+    """A run just long enough to be probed: the pair loop takes the gradients the survey's probes evaluated (a
+    probe pair kept at plain Simpson saves two, one refined further four), with the default ``--threads auto`` too
+    (chosen before the survey), and writes, bit for bit, the store of a call whose loop evaluates them again."""
     n = MIN_PROBED_PAIRS
     run = warmup_run(tmp_path / "run", n, warmup=10)
     config = load_config(run / "lca.toml")
-    kept = compute(run, config, tmp_path / "kept.zarr")
-    again = compute(run, config, tmp_path / "again.zarr", reuse_probes=False)
-    assert kept.threads == again.threads  # the same arithmetic in both calls, or bits could differ for that alone
-    store = LcaStore.open(tmp_path / "kept.zarr")
-    assert_same_store(store, LcaStore.open(tmp_path / "again.zarr"))
     picked = scale_pairs(n)
     probed = [picked[i] for i in scale_pairs(len(picked), probe_count(n))]
-    splits = store.read("train", "splits")[probed]
-    assert len(probed) == MIN_PROBES and store.attrs["calibration"]["train"]["probes"] == MIN_PROBES
-    assert again.gradients - kept.gradients == sum(2 if k == 2 else 4 for k in splits) > 0
+    assert len(probed) == MIN_PROBES
+
+    def saved(out: Path) -> int:
+        splits = LcaStore.open(out).read("train", "splits")
+        return sum(2 if k == 2 else 4 for k in splits[probed])
+
+    # Defaults: the loop's own gradients are its pairs' sub-intervals and its first start point, less those taken.
+    got = compute(run, config, tmp_path / "auto.zarr")
+    splits = LcaStore.open(tmp_path / "auto.zarr").read("train", "splits")
+    assert round(got.gradients_per_pair * got.computed) == int(splits.sum()) + 1 - saved(tmp_path / "auto.zarr")
+    # Bits compared across two calls: one thread in both (--threads auto may choose differently in each).
+    one = config.with_overrides(threads=1)
+    kept = compute(run, one, tmp_path / "kept.zarr")
+    again = compute(run, one, tmp_path / "again.zarr", reuse_probes=False)
+    store = LcaStore.open(tmp_path / "kept.zarr")
+    assert_same_store(store, LcaStore.open(tmp_path / "again.zarr"))
+    assert store.attrs["calibration"]["train"]["probes"] == MIN_PROBES
+    assert again.gradients - kept.gradients == saved(tmp_path / "kept.zarr") > 0

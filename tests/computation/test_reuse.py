@@ -1,10 +1,10 @@
-"""The pair engine's store of the survey's probe evaluations (:class:`~lca_cli.computation.engine.ProbeReuse`)."""
+"""The survey's probe evaluations kept for the pair loop (:class:`~lca_cli.computation.reuse.ProbeReuse`)."""
 
 from __future__ import annotations
 
 import torch
 
-from lca_cli.computation.engine import ProbeReuse
+from lca_cli.computation.reuse import ProbeReuse
 from lca_cli.core.integrate import Evaluation
 
 
