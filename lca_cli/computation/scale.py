@@ -3,9 +3,10 @@
 A pair's accuracy budget is ``l1_tol * max(||lca||_1, S)``, where S is :data:`SCALE_FRACTION` of the run's mean
 ``||lca||_1``, estimated from :data:`SCALE_PAIRS` pairs spread over the run: the Euler row's norm
 ``||Δ ⊙ ∇L(v_t)||_1`` (one gradient), or, for a pair the store already holds, its stored row's norm (no gradient).
-On runs of at least :data:`MIN_PROBED_PAIRS` (100) pairs, some of those pairs are also *probes*: refined once
+On runs of at least :data:`MIN_CALIBRATED_PAIRS` (100) pairs, some of those pairs are also *probes*: refined once
 (four more gradients each, which the pair loop then takes instead of evaluating them again) to calibrate the local
-scheme's first-panel factor on this run (:mod:`lca_cli.core.calibration`).
+scheme's first-panel factor on this run (:mod:`lca_cli.core.calibration`). Runs of 50-99 pairs are probed too, but
+their probes may only raise the first panel's factor (:func:`~lca_cli.core.calibration.careful_first_factor`).
 
 The survey is made when a store is created and made again by a later call (an append, a nightly cron call, a
 ``--follow`` that has seen the run grow) once the run has :data:`RESURVEY_GROWTH` times the pairs the last one
@@ -29,13 +30,14 @@ import torch
 from lca_cli.computation.engine import PairEngine, Point
 from lca_cli.computation.options import SCALE_FRACTION, SCALE_PAIRS
 from lca_cli.computation.reuse import ProbeReuse
-from lca_cli.core.calibration import MIN_PROBES, Probe, deep_panel_factor, first_panel_factor
+from lca_cli.core.calibration import MIN_PROBES, Probe, careful_first_factor, deep_panel_factor, first_panel_factor
 from lca_cli.core.integrate import DEEP_FACTOR, JUMP_FACTOR, Evaluation
 from lca_cli.errors import StoreError
 from lca_cli.store.lcastore import LcaStore
 
 __all__ = [
     "CALLS_ATTR",
+    "MIN_CALIBRATED_PAIRS",
     "MIN_PROBED_PAIRS",
     "PAIRS_PER_PROBE",
     "RESURVEY_GROWTH",
@@ -67,8 +69,12 @@ PAIRS_PER_PROBE = 50
 #: Runs of this many pairs and more are probed (:data:`~lca_cli.core.calibration.MIN_PROBES` probes up to 200 pairs).
 #: On 100-199 pairs the probes cost 8-16 gradients, most of which the loop takes back (:class:`ProbeReuse`), against
 #: 0.3-0.5 gradients per pair saved on the recorded runs cut to 100-150 pairs and 0.8 on the bench's MNIST-FC
-#: (BENCHMARKS.md, *Cost per accuracy*); shorter runs (the tests' runs, a nightly job's first nights) are not probed.
-MIN_PROBED_PAIRS = 100
+#: (BENCHMARKS.md, *Cost per accuracy*).
+MIN_CALIBRATED_PAIRS = 100
+#: Shorter runs from this many pairs on are probed too, but their probes may only raise the first panel's factor
+#: (:func:`~lca_cli.core.calibration.careful_first_factor`); runs under it (the tests' runs, a nightly job's first
+#: nights) are not probed.
+MIN_PROBED_PAIRS = 50
 #: The store attribute listing, per survey, the rows computed under it.
 CALLS_ATTR = "l1_scale_calls"
 
@@ -222,6 +228,12 @@ def survey_run(
     scales = {s: SCALE_FRACTION * float(np.mean(v)) if v else 0.0 for s, v in norms.items()}
     factors, calibration, deep = {}, {}, {}
     for s in sets:
+        if n_pairs < MIN_CALIBRATED_PAIRS:  # too short to pool: the probes may only make the first panel careful
+            careful = careful_first_factor(probes[s], JUMP_FACTOR, DEEP_FACTOR)
+            if careful is not None:
+                factors[s] = careful[0]
+                calibration[s] = {"rho": careful[1], "kappa": 1.0, "probes": float(len(probes[s])), "careful": 1.0}
+            continue
         got = first_panel_factor(probes[s], engine.l1_tol, scales[s], JUMP_FACTOR)
         if got is not None:
             factors[s] = got[0]

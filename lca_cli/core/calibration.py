@@ -44,6 +44,7 @@ __all__ = [
     "POOL_MARGIN",
     "REFINED_SHARE",
     "Probe",
+    "careful_first_factor",
     "deep_panel_factor",
     "first_panel_factor",
 ]
@@ -143,3 +144,31 @@ def deep_panel_factor(rho: float, floor: float, ceiling: float) -> float:
     if not math.isfinite(rho):
         return ceiling
     return min(ceiling, max(floor, DEEP_GROWTH * rho))
+
+
+def careful_first_factor(probes: Sequence[Probe], floor: float, ceiling: float) -> tuple[float, float] | None:
+    """The first panel's factor on a run too short to pool: the probes may only make it more careful.
+
+    Pooling and the deeper panels' calibration rest on a run's probes standing for its pairs; on a short run (under
+    :data:`~lca_cli.computation.scale.MIN_CALIBRATED_PAIRS` pairs) they do not safely: four probes on the first 50
+    pairs of a ReLU CNN took the calibrated rule over the contract (1.10e-3) in a replay. What they do show is a run
+    whose plain-Simpson error the fixed factor under-estimates: a ReLU MLP of 50 pairs, real ratio 1.66, kept 49 of
+    its pairs at plain Simpson with 1.4 and came out at 1.05e-3 (BENCHMARKS.md). So the factor is the honest ratio
+    ``ρ / DIFF_OVERSTATES``, never below the fixed one.
+
+    Args:
+        probes: The probes' measurements (finite ones only).
+        floor: The fixed factor (:data:`~lca_cli.core.integrate.JUMP_FACTOR`): never less.
+        ceiling: The largest (:data:`~lca_cli.core.integrate.DEEP_FACTOR`).
+
+    Returns:
+        ``(factor, ρ)``, or None when there are fewer than :data:`MIN_PROBES` probes or no indicator.
+
+    """
+    if len(probes) < MIN_PROBES:
+        return None
+    indicator = sum(p.indicator for p in probes)
+    if not indicator > 0:
+        return None
+    rho = sum(p.diff for p in probes) / indicator
+    return min(ceiling, max(floor, rho / DIFF_OVERSTATES)), rho

@@ -27,6 +27,7 @@ from lca_cli.computation.follow import END_MARKER
 from lca_cli.computation.plan import Schedule
 from lca_cli.computation.runner import compute
 from lca_cli.computation.scale import (
+    MIN_CALIBRATED_PAIRS,
     MIN_PROBED_PAIRS,
     RESURVEY_GROWTH,
     Survey,
@@ -36,7 +37,16 @@ from lca_cli.computation.scale import (
     scale_pairs,
     survey_attrs,
 )
-from lca_cli.core.calibration import DEEP_GROWTH, FACTOR_FLOOR, MIN_PROBES, Probe, deep_panel_factor, first_panel_factor
+from lca_cli.core.calibration import (
+    DEEP_GROWTH,
+    DIFF_OVERSTATES,
+    FACTOR_FLOOR,
+    MIN_PROBES,
+    Probe,
+    careful_first_factor,
+    deep_panel_factor,
+    first_panel_factor,
+)
 from lca_cli.core.integrate import DEEP_FACTOR, JUMP_FACTOR
 from lca_cli.store.lcastore import LcaStore
 from lca_cli.training.record import CheckpointWriter
@@ -142,7 +152,8 @@ def test_resurvey_policy_and_probe_count() -> None:
     assert not needs_survey(Attrs(None, done=10), 10, "run") and needs_survey(Attrs(None, done=10), 15, "run")  # type: ignore[arg-type]
     assert RESURVEY_GROWTH == 1.5
     assert probe_count(MIN_PROBED_PAIRS - 1) == 0 and probe_count(MIN_PROBED_PAIRS) == MIN_PROBES == 4
-    assert probe_count(199) == probe_count(200) == MIN_PROBES and probe_count(300) == 6 and probe_count(10_000) == 8
+    assert probe_count(MIN_CALIBRATED_PAIRS) == probe_count(199) == probe_count(200) == MIN_PROBES
+    assert probe_count(300) == 6 and probe_count(10_000) == 8
 
 
 def test_first_panel_factor_pools_only_what_the_probes_show() -> None:
@@ -167,6 +178,18 @@ def test_first_panel_factor_pools_only_what_the_probes_show() -> None:
     # Too few probes, or nothing to calibrate: the fixed factor applies.
     assert first_panel_factor(calm[:3], 1e-3, 0.0, 1.4) is None
     assert first_panel_factor([Probe(0.0, 0.0, 0.0)] * 4, 1e-3, 0.0, 1.4) is None
+
+
+def test_a_short_runs_probes_only_make_its_first_panel_more_careful() -> None:
+    """Under MIN_CALIBRATED_PAIRS pairs: the honest ratio where it is above the fixed factor, never below it."""
+    rough = [Probe(indicator=1.0, diff=1.66 * DIFF_OVERSTATES, norm=1000.0)] * 4
+    assert careful_first_factor(rough, JUMP_FACTOR, DEEP_FACTOR) == (pytest.approx(1.66), pytest.approx(1.826))
+    calm = [Probe(indicator=1.0, diff=0.11, norm=1000.0)] * 4  # pooling would take this to the floor: not here
+    assert careful_first_factor(calm, JUMP_FACTOR, DEEP_FACTOR) == (JUMP_FACTOR, pytest.approx(0.11))
+    wild = [Probe(indicator=1.0, diff=9.0, norm=1000.0)] * 4
+    assert careful_first_factor(wild, JUMP_FACTOR, DEEP_FACTOR) == (DEEP_FACTOR, pytest.approx(9.0))
+    assert careful_first_factor(rough[:3], JUMP_FACTOR, DEEP_FACTOR) is None
+    assert careful_first_factor([Probe(0.0, 0.0, 0.0)] * 4, JUMP_FACTOR, DEEP_FACTOR) is None
 
 
 def test_deep_panel_factor_follows_the_probes_ratio_within_its_bounds() -> None:
@@ -226,7 +249,7 @@ def test_calls_under_one_survey_share_one_record(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_run_appended_into_calibration_keeps_the_contract(tmp_path: Path) -> None:
-    """Default flags on a run that grows from 80 pairs (too few for probes: uncalibrated) to 200 (calibrated).
+    """Default flags on a run that grows from 80 pairs (too few to pool: only a careful first panel) to 200.
 
     The second call surveys the run again with probes: its rows meet the calibrated first- and deeper-panel
     factors and the deeper panels' shares of the width's square root, the first call's rows the former rule; the
@@ -241,7 +264,7 @@ def test_a_run_appended_into_calibration_keeps_the_contract(tmp_path: Path) -> N
     )
     names = sorted(p.name for p in full.glob("*.safetensors"))
     grown, out = tmp_path / "grown", tmp_path / "grown.zarr"
-    first = MIN_PROBED_PAIRS - 20
+    first = MIN_CALIBRATED_PAIRS - 20
     for upto in (first, steps):
         copy_run(full, grown, files=names[: upto + 1])
         compute(grown, config, out)
@@ -249,6 +272,7 @@ def test_a_run_appended_into_calibration_keeps_the_contract(tmp_path: Path) -> N
     recorded = store.attrs["l1_scale_calls"]
     assert [(c["over"], c["rows"]) for c in recorded] == [(first, [[0, first]]), (200, [[first, 200]])]
     assert recorded[0]["deep_factor"] == {} and set(recorded[1]["deep_factor"]) == {"train"}
+    assert recorded[0]["first_factor"]["train"] >= JUMP_FACTOR  # a short run's probes never loosen its first panel
     assert JUMP_FACTOR <= recorded[1]["deep_factor"]["train"] <= DEEP_FACTOR
     assert set(recorded[1]["first_factor"]) == {"train"}
     lca = np.asarray(store.array("train", "lca")[:], dtype=np.float64)
