@@ -25,6 +25,7 @@ from lca_cli.computation.config import load_config
 from lca_cli.computation.distributed import Board, ChunkQueue, Scope, Team, choose_chunk, claims_path, parse_shard
 from lca_cli.computation.plan import Schedule
 from lca_cli.computation.runner import compute
+from lca_cli.computation.scale import MIN_PROBED_PAIRS
 from lca_cli.errors import UsageError
 from lca_cli.store.lcastore import LcaStore
 
@@ -183,6 +184,28 @@ def test_two_cooperating_processes_never_compute_a_pair_twice(tiny: tuple[Path, 
     assert ra["computed"] + rb["computed"] == ra["pairs"] == 24  # every pair computed exactly once
     assert_same_tree(out, ref)
     assert leftovers(tmp_path, {"s.zarr", "a.out", "b.out"}) == []
+
+
+@pytest.mark.slow
+def test_a_probed_run_shared_by_two_processes_is_the_one_process_store(tmp_path: Path) -> None:
+    """A run long enough for the survey's probes: the owner's loop takes the probes' gradients for the pairs it
+    computes, a helper evaluates them again for the pairs it claims, and the store is the one-process store."""
+    run, ref = reference_run(tmp_path / "probed", MIN_PROBED_PAIRS)
+    assert LcaStore.open(ref).attrs["calibration"]["train"]["probes"] == 4
+    out = tmp_path / "s.zarr"
+    logs = [tmp_path / "a.out", tmp_path / "b.out"]
+    os.environ["LCA_TEST_PAUSE"] = "0.03"  # both processes get work
+    try:
+        a = fork_start(lambda: cli("compute", run, "--out", out, "--json", "-q", "--cooperate", *ROWS), stderr=logs[0])
+        time.sleep(0.5)
+        b = fork_start(lambda: cli("compute", run, "--out", out, "--json", "-q", "--cooperate", *ROWS), stderr=logs[1])
+        codes = [fork_wait(a), fork_wait(b)]
+    finally:
+        del os.environ["LCA_TEST_PAUSE"]
+    assert codes == [0, 0], [p.read_text() for p in logs]
+    ra, rb = _json(logs[0]), _json(logs[1])
+    assert ra["computed"] > 0 and rb["computed"] > 0 and ra["computed"] + rb["computed"] == MIN_PROBED_PAIRS
+    assert_same_tree(out, ref)
 
 
 def test_a_killed_helper_s_chunk_is_taken_over(tiny: tuple[Path, Path], tmp_path: Path) -> None:
