@@ -253,6 +253,28 @@ def test_tied_weights(tmp_path: Path) -> None:
     assert header["tied"] == {"head.weight": "emb.weight"}
 
 
+def test_tied_weights_on_a_probed_run(tmp_path: Path) -> None:
+    """The same tied-weights model over enough pairs for the survey's probes, ``lca compute --json`` with the
+    defaults: the pair loop takes the probes' gradients (its own count is its pairs' sub-intervals less them), the
+    JSON on stdout stays parseable, and the run keeps the contract's conservation."""
+    from lca_cli.computation.scale import MIN_PROBED_PAIRS, probe_count, scale_pairs
+    from lca_cli.store.lcastore import LcaStore
+
+    n = MIN_PROBED_PAIRS
+    run = train_plain(tmp_path / "tied", TIED, steps=n)
+    done = lca("compute", run, "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    store = LcaStore.open(run / "lca.zarr")
+    assert store.attrs["calibration"]["train"]["probes"] == probe_count(n)
+    picked = scale_pairs(n)
+    splits = store.read("train", "splits")
+    saved = sum(2 if k == 2 else 4 for k in splits[[picked[i] for i in scale_pairs(len(picked), probe_count(n))]])
+    assert result["computed"] == n and result["gradients_per_pair"] * n == pytest.approx(splits.sum() + 1 - saved)
+    header, _ = compute_and_summarize(run)  # a second call: nothing left to compute, the summary's checks
+    assert header["tied"] == {"head.weight": "emb.weight"} and header["iterations"] == n
+
+
 def test_batchnorm_cnn(tmp_path: Path) -> None:
     """A BatchNorm CNN (the default ``--bn-mode batch``: each chunk's statistics)."""
     header, _ = compute_and_summarize(train_plain(tmp_path / "bn", BATCHNORM_CNN))

@@ -25,12 +25,13 @@ class ProbeReuse:
 
     A probe (:mod:`lca_cli.computation.scale`) evaluates its pair at ``s = 1/4, 1/2, 3/4`` and at the end
     checkpoint: the points of plain Simpson and of its first split. Without them the loop evaluates the same
-    points again: 8-16 gradients on a run of 100-400 pairs (BENCHMARKS.md, *Cost per accuracy*). Both evaluate them
-    the same way (:meth:`~lca_cli.core.objective.Objective.value_and_grad_at` inside the pair, ``value_and_grad``
-    at its end) on the same checkpoints, dtype and thread count, so a kept gradient has the bits a new one would: a
-    store is the same whether its probe pairs were taken from here or evaluated again (tested), as they are by a
-    process that did not survey (a helper, another torchrun rank). A fingerprint of the pair (the sums of its
-    start point and its difference, the accumulation dtype, the thread count) must match, or the entry is dropped.
+    points again: 2-4 per probe and evaluation set, 8-14 a call on seven 200-pair runs (BENCHMARKS.md, *Cost per
+    accuracy*). Both evaluate them the same way (:meth:`~lca_cli.core.objective.Objective.value_and_grad_at`
+    inside the pair, ``value_and_grad`` at its end) on the same checkpoints, dtype and thread count, so a kept
+    gradient has the bits a new one would: a store is the same whether its probe pairs were taken from here or
+    evaluated again (tested), as they are by a process that did not survey (a ``--cooperate`` helper, tested;
+    torchrun's other ranks join as helpers too). A fingerprint of the pair (the sums of its start point and its
+    difference, the accumulation dtype, the thread count) must match, or the entry is dropped.
 
     Args:
         limit_bytes: Gradient bytes kept at most (:data:`REUSE_BYTES`); 0 keeps nothing.

@@ -229,7 +229,7 @@ class _Runner:
         try:
             return run_work(
                 self.plan, self.built.engine, self.target, crew, self.built.source, stop=self.stop, say=self.say,
-                progress=self.progress, follower=self.follower, tuner=self.tuner if self.tuned else False,
+                progress=self.progress, follower=self.follower, tune=self._tune,
             )  # fmt: skip
         except BaseException as exc:
             self._abort(exc)
@@ -273,26 +273,34 @@ class _Runner:
 
     # -- the store --------------------------------------------------------------------------------------
 
-    def _tune(self) -> None:
-        """``--threads auto``: choose the thread count before the call's first gradients, not before the pair loop.
+    def _tune(self) -> ThreadTuner | None:
+        """``--threads auto``: the call's thread count, chosen once, before its first full-set gradient.
 
-        The accumulation probe and the survey then run at the loop's count, and the probes' gradients have the
-        loop's bits (the loop takes them: :class:`~lca_cli.computation.reuse.ProbeReuse`).
+        A call that makes or surveys a store chooses it before the accumulation probe and the survey, so that
+        they run at the loop's count and the probes' gradients have the loop's bits (the loop takes them:
+        :class:`~lca_cli.computation.reuse.ProbeReuse`); any other call, before its first pair (``run_work``).
+
+        Returns:
+            The tuner (None for a fixed count).
+
         """
-        if self.tuned:
-            return
-        assert self.plan is not None and self.built is not None
-        local = self.team.local_size if self.team is not None else 1
-        self.tuner = choose_threads(
-            self.built.engine, self.plan.options.threads, self.say, self.built.source.spec, local
-        )
-        self.tuned = True
+        if not self.tuned:
+            assert self.plan is not None and self.built is not None
+            local = self.team.local_size if self.team is not None else 1
+            opts, built = self.plan.options, self.built
+            self.tuner = choose_threads(built.engine, opts.threads, self.say, built.source.spec, local)
+            self.tuned = True
+        return self.tuner
+
+    def _makes_store(self) -> bool:
+        """Whether this call makes a new store (nothing there yet, or ``--overwrite``)."""
+        return self.overwrite or inspect_path(self.out, deep=False).kind != "store"
 
     def _run_scales(self) -> tuple[bool, Survey | None]:
         """A new store's survey (scale, first-panel factor), made now from the checkpoints on disk."""
         plan, built = self.plan, self.built
         assert plan is not None and built is not None
-        if plan.options.l1_scope != "run" or not (self.overwrite or inspect_path(self.out, deep=False).kind != "store"):
+        if plan.options.l1_scope != "run" or not self._makes_store():
             return False, None
         refs = plan.refs
         survey = survey_run(
@@ -341,11 +349,10 @@ class _Runner:
         """A new store's accumulation dtype and its bound (:mod:`lca_cli.computation.precision`); None: kept."""
         plan, built = self.plan, self.built
         assert plan is not None and built is not None
-        if not (self.overwrite or inspect_path(self.out, deep=False).kind != "store"):
+        if not self._makes_store():
             return None
         opts, refs = plan.options, plan.refs
         assert opts.l1_tol is not None
-        self._tune()
         return choose_accumulation(
             built.engine, lambda i: built.point(refs[i]), len(refs) - 1, requested=opts.accumulate,
             network_dtype=opts.dtype, l1_tol=opts.l1_tol, max_splits=opts.max_splits,
@@ -378,7 +385,9 @@ class _Runner:
         """Own the store (lock, prepare) or, when allowed and it is busy, join its owner; None when stopped."""
         if self.stop.is_set():  # a signal during start-up: stop now, nothing created
             return None
-        # The accumulation dtype first: the run scale's gradients then use the pair loop's dtype and buffers.
+        if self._makes_store():
+            self._tune()  # the thread count first: the probe's and the survey's gradients run at the loop's
+        # The accumulation dtype next: the run scale's gradients then use the pair loop's dtype and buffers.
         accumulation = self._accumulation()
         stopped, scales = self._run_scales()
         if stopped:

@@ -67,9 +67,10 @@ RESURVEY_GROWTH = 1.5
 #: bench runs measured (BENCHMARKS.md, *Cost per accuracy*); four on 200 pairs gave the same factors but one.
 PAIRS_PER_PROBE = 50
 #: Runs of this many pairs and more are probed (:data:`~lca_cli.core.calibration.MIN_PROBES` probes up to 200 pairs).
-#: On 100-199 pairs the probes cost 8-16 gradients, most of which the loop takes back (:class:`ProbeReuse`), against
-#: 0.3-0.5 gradients per pair saved on the recorded runs cut to 100-150 pairs and 0.8 on the bench's MNIST-FC
-#: (BENCHMARKS.md, *Cost per accuracy*).
+#: On 100-199 pairs the probes evaluate 16 gradients, of which the loop takes back 8-16 (:class:`ProbeReuse`). In a
+#: replay of ten recorded runs cut to 100-150 pairs they saved gradients on 25 of 40 cuts (up to 1.5 per pair) and
+#: cost some on 12 (up to 0.24); on the bench's 100-pair MNIST-FC the call went from 3.25 to 2.63 gradients per pair
+#: (BENCHMARKS.md, *The probes' gradients taken by the loop*).
 MIN_CALIBRATED_PAIRS = 100
 #: Shorter runs from this many pairs on are probed too, but their probes may only raise the first panel's factor
 #: (:func:`~lca_cli.core.calibration.careful_first_factor`); runs under it (the tests' runs, a nightly job's first
@@ -222,8 +223,8 @@ def survey_run(
                 done += 4
                 if np.isfinite([probe.indicator, probe.diff, probe.norm]).all():
                     probes[s].append(probe)
-                    if reuse is not None and mark is not None and not (stored is not None and known.get(s) is not None):
-                        reuse.keep(t, s, mark, points)  # the loop takes them (a pair the store holds: not needed)
+                    if reuse is not None and mark is not None and known.get(s) is None:  # not a pair the store holds
+                        reuse.keep(t, s, mark, points)  # the loop takes them
                 del points
     scales = {s: SCALE_FRACTION * float(np.mean(v)) if v else 0.0 for s, v in norms.items()}
     factors, calibration, deep = {}, {}, {}

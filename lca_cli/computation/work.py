@@ -19,6 +19,7 @@ import functools
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -151,7 +152,7 @@ class _Work:
         say: NoteFn,
         progress: ProgressFn | ProgressReporter | None,
         follower: Follower | None,
-        tuner: ThreadTuner | bool | None = False,
+        tune: Callable[[], ThreadTuner | None] | None = None,
     ) -> None:
         self.plan, self.engine, self.target, self.crew = plan, engine, target, crew
         self.source, self.stop, self.say, self.follower = source, stop, say, follower
@@ -165,8 +166,8 @@ class _Work:
         self.mine: list[range] = []  # rows this process computed (strict judges this call's pairs)
         self.t0 = time.perf_counter()
         self.last_pair = self.t0
-        self.tuned = tuner is not False  # chosen before the survey (ThreadTuner or None: a fixed count)
-        self.tuner: ThreadTuner | None = tuner if isinstance(tuner, ThreadTuner) else None
+        self.tune = tune
+        self.tuner: ThreadTuner | None = None
         self.cache: _Cache | None = None
         self.threads_used = 0
         owner = crew.role == "owner"
@@ -273,9 +274,12 @@ class _Work:
         if crew.team is not None:
             watcher = _AbortWatcher(crew.board, crew.job, self.stop, self.plan.schedule.poll)
         self._say_empty_window()
-        if self.counts["total"] and not target.read_only and not self.tuned:
-            local = crew.team.local_size if crew.team is not None else 1
-            self.tuner = choose_threads(self.engine, self.plan.options.threads, self.say, self.source.spec, local)
+        if self.counts["total"] and not target.read_only:
+            if self.tune is not None:  # the call's choice (made already when it surveyed the run)
+                self.tuner = self.tune()
+            else:
+                local = crew.team.local_size if crew.team is not None else 1
+                self.tuner = choose_threads(self.engine, self.plan.options.threads, self.say, self.source.spec, local)
         self.last_pair = time.perf_counter()
         if self.reporter is not None:
             self.reporter.start(self.info())
@@ -495,7 +499,7 @@ def run_work(
     say: NoteFn,
     progress: ProgressFn | ProgressReporter | None = None,
     follower: Follower | None = None,
-    tuner: ThreadTuner | bool | None = False,
+    tune: Callable[[], ThreadTuner | None] | None = None,
 ) -> ComputeResult:
     """Compute a call's pairs into the store it owns or joined, and say what was done.
 
@@ -509,8 +513,8 @@ def run_work(
         say: Receives one-line notes.
         progress: Called after every pair with ``(done, total)``, or a :class:`ProgressReporter`.
         follower: Watches the run for new checkpoints (``follow``), or None.
-        tuner: The thread count the call already chose (before its survey: a :class:`ThreadTuner` for
-            ``--threads auto`` on CPU, None for a fixed count); False: chosen here, before the first pair.
+        tune: Chooses the call's thread count once and returns its tuner (None for a fixed count): the call may
+            have chosen it before its survey. None: chosen here, before the first pair.
 
     Returns:
         The call's result.
@@ -527,4 +531,4 @@ def run_work(
     if engine.columns is not None:
         # Neuron or tensor columns are summed as the store recorded them when it was made.
         engine.columns = ColumnReducer(store.columns, store.layout)
-    return _Work(plan, engine, target, crew, source, stop, say, progress, follower, tuner).run()
+    return _Work(plan, engine, target, crew, source, stop, say, progress, follower, tune).run()

@@ -84,6 +84,14 @@ class Probe:
     norm: float
 
 
+def _ratio(probes: Sequence[Probe]) -> float | None:
+    """``ρ = Σ diff / Σ indicator`` over the probes; None with fewer than :data:`MIN_PROBES` or no indicator."""
+    if len(probes) < MIN_PROBES:
+        return None
+    indicator = sum(p.indicator for p in probes)
+    return sum(p.diff for p in probes) / indicator if indicator > 0 else None
+
+
 def first_panel_factor(
     probes: Sequence[Probe], l1_tol: float, scale: float, ceiling: float
 ) -> tuple[float, float, float] | None:
@@ -100,12 +108,9 @@ def first_panel_factor(
         indicator to calibrate (a run that did not move): the fixed factor then applies.
 
     """
-    if len(probes) < MIN_PROBES or l1_tol <= 0:
+    rho = _ratio(probes)
+    if rho is None or l1_tol <= 0:
         return None
-    indicator = sum(p.indicator for p in probes)
-    if not indicator > 0:
-        return None
-    rho = sum(p.diff for p in probes) / indicator
     target = POOL_MARGIN * l1_tol * sum(p.norm for p in probes)
     kappa = 1.0
     # Candidates: the multipliers at which a probe switches from refined to plain Simpson (the predicted error
@@ -165,10 +170,5 @@ def careful_first_factor(probes: Sequence[Probe], floor: float, ceiling: float) 
         ``(factor, ρ)``, or None when there are fewer than :data:`MIN_PROBES` probes or no indicator.
 
     """
-    if len(probes) < MIN_PROBES:
-        return None
-    indicator = sum(p.indicator for p in probes)
-    if not indicator > 0:
-        return None
-    rho = sum(p.diff for p in probes) / indicator
-    return min(ceiling, max(floor, rho / DIFF_OVERSTATES)), rho
+    rho = _ratio(probes)
+    return None if rho is None else (min(ceiling, max(floor, rho / DIFF_OVERSTATES)), rho)

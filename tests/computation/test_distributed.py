@@ -164,11 +164,13 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text().strip().splitlines()[-1])
 
 
-def test_two_cooperating_processes_never_compute_a_pair_twice(tiny: tuple[Path, Path], tmp_path: Path) -> None:
-    run, ref = tiny
-    out = tmp_path / "s.zarr"
+def _two_cooperating(run: Path, out: Path, tmp_path: Path) -> tuple[dict, dict]:
+    """Two ``--cooperate`` processes on one store, the second started 0.5 s after the first; their JSON results.
+
+    Slower pairs (``LCA_TEST_PAUSE``), the same numbers: both processes get work. Their stderr goes to ``a.out``
+    and ``b.out`` in ``tmp_path``; both must succeed.
+    """
     logs = [tmp_path / "a.out", tmp_path / "b.out"]
-    # Slower pairs, the same numbers: both processes get work (about 3 s of pairs; the second starts at 0.5 s).
     os.environ["LCA_TEST_PAUSE"] = "0.03"
     try:
         a = fork_start(lambda: cli("compute", run, "--out", out, "--json", "-q", "--cooperate", *ROWS), stderr=logs[0])
@@ -178,7 +180,13 @@ def test_two_cooperating_processes_never_compute_a_pair_twice(tiny: tuple[Path, 
     finally:
         del os.environ["LCA_TEST_PAUSE"]
     assert codes == [0, 0], [p.read_text() for p in logs]
-    ra, rb = _json(logs[0]), _json(logs[1])
+    return _json(logs[0]), _json(logs[1])
+
+
+def test_two_cooperating_processes_never_compute_a_pair_twice(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    run, ref = tiny
+    out = tmp_path / "s.zarr"
+    ra, rb = _two_cooperating(run, out, tmp_path)
     assert {ra["role"], rb["role"]} == {"owner", "helper"}
     assert ra["computed"] > 0 and rb["computed"] > 0
     assert ra["computed"] + rb["computed"] == ra["pairs"] == 24  # every pair computed exactly once
@@ -193,17 +201,7 @@ def test_a_probed_run_shared_by_two_processes_is_the_one_process_store(tmp_path:
     run, ref = reference_run(tmp_path / "probed", MIN_PROBED_PAIRS)
     assert LcaStore.open(ref).attrs["calibration"]["train"]["probes"] == 4
     out = tmp_path / "s.zarr"
-    logs = [tmp_path / "a.out", tmp_path / "b.out"]
-    os.environ["LCA_TEST_PAUSE"] = "0.03"  # both processes get work
-    try:
-        a = fork_start(lambda: cli("compute", run, "--out", out, "--json", "-q", "--cooperate", *ROWS), stderr=logs[0])
-        time.sleep(0.5)
-        b = fork_start(lambda: cli("compute", run, "--out", out, "--json", "-q", "--cooperate", *ROWS), stderr=logs[1])
-        codes = [fork_wait(a), fork_wait(b)]
-    finally:
-        del os.environ["LCA_TEST_PAUSE"]
-    assert codes == [0, 0], [p.read_text() for p in logs]
-    ra, rb = _json(logs[0]), _json(logs[1])
+    ra, rb = _two_cooperating(run, out, tmp_path)
     assert ra["computed"] > 0 and rb["computed"] > 0 and ra["computed"] + rb["computed"] == MIN_PROBED_PAIRS
     assert_same_tree(out, ref)
 

@@ -267,8 +267,17 @@ def test_a_run_appended_into_calibration_keeps_the_contract(tmp_path: Path) -> N
     first = MIN_CALIBRATED_PAIRS - 20
     for upto in (first, steps):
         copy_run(full, grown, files=names[: upto + 1])
-        compute(grown, config, out)
+        appended = compute(grown, config, out)
     store = LcaStore.open(out)
+    # The append's survey probed pairs the store held (their rows stand in; nothing to keep for the loop) and new
+    # ones, whose gradients its loop took: its own gradients are its pairs' sub-intervals, less two for a probe
+    # pair kept at plain Simpson and four for one refined further, plus its first start point.
+    picked = scale_pairs(steps)
+    new_probes = [t for t in (picked[i] for i in scale_pairs(len(picked), probe_count(steps))) if t >= first]
+    splits = store.read("train", "splits")
+    saved = sum(2 if k == 2 else 4 for k in splits[new_probes])
+    assert new_probes and len(new_probes) < MIN_PROBES and saved > 0
+    assert round(appended.gradients_per_pair * appended.computed) == int(splits[first:].sum()) + 1 - saved
     recorded = store.attrs["l1_scale_calls"]
     assert [(c["over"], c["rows"]) for c in recorded] == [(first, [[0, first]]), (200, [[first, 200]])]
     assert recorded[0]["deep_factor"] == {} and set(recorded[1]["deep_factor"]) == {"train"}
