@@ -255,7 +255,7 @@ def test_tied_weights(tmp_path: Path) -> None:
 
 def test_tied_weights_on_a_probed_run(tmp_path: Path) -> None:
     """The same tied-weights model over enough pairs for the survey's probes, ``lca compute --json`` with the
-    defaults: the pair loop takes the probes' gradients (its own count is its pairs' sub-intervals less them), the
+    defaults: the pair loop takes the survey's gradients (its own count is its pairs' sub-intervals less them), the
     JSON on stdout stays parseable, and the run keeps the contract's conservation."""
     from lca_cli.computation.scale import MIN_PROBED_PAIRS, probe_count, scale_pairs
     from lca_cli.store.lcastore import LcaStore
@@ -269,7 +269,8 @@ def test_tied_weights_on_a_probed_run(tmp_path: Path) -> None:
     assert store.attrs["calibration"]["train"]["probes"] == probe_count(n)
     picked = scale_pairs(n)
     splits = store.read("train", "splits")
-    saved = sum(2 if k == 2 else 4 for k in splits[[picked[i] for i in scale_pairs(len(picked), probe_count(n))]])
+    probed = [picked[i] for i in scale_pairs(len(picked), probe_count(n))]
+    saved = sum(2 if k == 2 else 4 for k in splits[probed]) + len(picked)  # and every sampled pair's start
     assert result["computed"] == n and result["gradients_per_pair"] * n == pytest.approx(splits.sum() + 1 - saved)
     header, _ = compute_and_summarize(run)  # a second call: nothing left to compute, the summary's checks
     assert header["tied"] == {"head.weight": "emb.weight"} and header["iterations"] == n

@@ -82,7 +82,7 @@ MEMORY_BUDGET = {
     "gradients autograd returns for one evaluation chunk (as in any backward pass)": "4",
     "the running row and the panel temporaries (pooled, accumulation dtype)": "2-3 x a",
     "the stored float32 row: the block being computed and the block being written": "2 x 4 x rows per block / P",
-    "the probes' gradients kept for the loop (ProbeReuse), until their pair is computed": "reuse.REUSE_BYTES at most",
+    "the survey's gradients kept for the loop (ProbeReuse), until their pair is computed": "reuse.REUSE_BYTES at most",
 }
 
 #: A checkpoint as the engine uses it: the point vector ``(P + B,)`` and the fixed (not interpolated) tensors.
@@ -382,8 +382,10 @@ class PairEngine:
         """Columns of a stored row: P, or the reduced column count."""
         return self.layout.size if self.columns is None else self.columns.size
 
-    def _evaluate(self, name: str, v: torch.Tensor, fixed: Mapping[str, torch.Tensor]) -> Evaluation:
-        return Evaluation(*self.objectives[name].value_and_grad(v, fixed))
+    def _at_checkpoint(self, i: int, name: str, v: torch.Tensor, fixed: Mapping[str, Any]) -> tuple[Evaluation, int]:
+        """Set ``name``'s evaluation at checkpoint ``i``: the survey's, or a new one; 1 when it was computed."""
+        kept = self.reuse.take_checkpoint(i, name, v, self.accumulate)
+        return (kept, 0) if kept is not None else (Evaluation(*self.objectives[name].value_and_grad(v, fixed)), 1)
 
     def run_block(
         self,
@@ -430,8 +432,9 @@ class PairEngine:
             grads_start = 0
             if cache is None or cache.index != block.start:
                 v0, fixed0 = loader.get(block.start)
-                cache = _Cache(block.start, v0, fixed0, {s: self._evaluate(s, v0, fixed0) for s in self.objectives})
-                grads_start = len(self.objectives)
+                starts = {s: self._at_checkpoint(block.start, s, v0, fixed0) for s in self.objectives}
+                cache = _Cache(block.start, v0, fixed0, {s: e for s, (e, _) in starts.items()})
+                grads_start = sum(computed for _, computed in starts.values())
             for s in self.objectives:
                 rows.per_pair[s]["loss"].append(float(cache.evals[s].loss))
             for i, t in enumerate(block):
@@ -487,8 +490,8 @@ class PairEngine:
             clock.check()
             end = kept.pop(1.0, None)
             if end is None:
-                calls[0] += 1
-                end = self._evaluate(s, v1, fixed1)
+                end, computed = self._at_checkpoint(t + 1, s, v1, fixed1)
+                calls[0] += computed
             res = integrate_pair(
                 point,
                 delta,

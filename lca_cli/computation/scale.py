@@ -205,7 +205,9 @@ def survey_run(
         for s, obj in engine.objectives.items():
             if stop is not None and stop.is_set():
                 return None
-            grad = obj.value_and_grad(v0, fixed0)[1]  # (D,) accumulation dtype
+            loss, grad = obj.value_and_grad(v0, fixed0)  # grad: (D,) accumulation dtype
+            if reuse is not None and known.get(s) is None:  # the loop computes pair t: it takes its start
+                reuse.keep_checkpoint(t, s, v0, Evaluation(loss, grad))
             norm = known.get(s)
             norm = float(torch.linalg.vector_norm(delta * grad, 1)) if norm is None else norm
             if np.isfinite(norm):  # a diverged checkpoint is the pair loop's to report, in one line

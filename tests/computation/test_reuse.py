@@ -48,3 +48,23 @@ def test_nothing_is_kept_past_the_byte_limit() -> None:
     assert not ProbeReuse(limit_bytes=0).keep(0, "train", mark, _points(8))
     reuse.clear()
     assert reuse.nbytes == 0 and not reuse.pending(0)
+
+
+def test_a_checkpoint_gradient_is_taken_once_for_the_same_checkpoint_and_dtype() -> None:
+    """The survey's gradient at a sampled pair's start: taken once under its checkpoint's fingerprint, dropped when
+    the checkpoint or the accumulation dtype differs, within the same byte limit as the probes' points."""
+    v = torch.arange(5, dtype=torch.float32)
+    evaluation = Evaluation(torch.tensor(0.25, dtype=torch.float64), torch.full((5,), 3.0, dtype=torch.float64))
+    reuse = ProbeReuse(limit_bytes=2 * 5 * 8)
+    assert reuse.keep_checkpoint(7, "train", v, evaluation) and not reuse.pending(7)  # not a probe pair's points
+    evaluation.grad.zero_()  # the caller's pooled buffer is reused: what was kept is a copy
+    assert reuse.take_checkpoint(6, "train", v, torch.float64) is None
+    got = reuse.take_checkpoint(7, "train", v, torch.float64)
+    assert got is not None and torch.equal(got.grad, torch.full((5,), 3.0, dtype=torch.float64))
+    assert reuse.take_checkpoint(7, "train", v, torch.float64) is None and reuse.nbytes == 0
+    reuse.keep_checkpoint(1, "train", v, evaluation)
+    reuse.keep_checkpoint(2, "train", v, evaluation)
+    assert not reuse.keep_checkpoint(3, "train", v, evaluation)  # over the limit
+    assert reuse.take_checkpoint(1, "train", v + 1, torch.float64) is None  # another checkpoint
+    assert reuse.take_checkpoint(2, "train", v, torch.float32) is None  # another accumulation dtype
+    assert reuse.nbytes == 0

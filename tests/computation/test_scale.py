@@ -271,11 +271,12 @@ def test_a_run_appended_into_calibration_keeps_the_contract(tmp_path: Path) -> N
     store = LcaStore.open(out)
     # The append's survey probed pairs the store held (their rows stand in; nothing to keep for the loop) and new
     # ones, whose gradients its loop took: its own gradients are its pairs' sub-intervals, less two for a probe
-    # pair kept at plain Simpson and four for one refined further, plus its first start point.
+    # pair kept at plain Simpson and four for one refined further, less the start point of every new pair the
+    # survey sampled, plus its first start point.
     picked = scale_pairs(steps)
     new_probes = [t for t in (picked[i] for i in scale_pairs(len(picked), probe_count(steps))) if t >= first]
     splits = store.read("train", "splits")
-    saved = sum(2 if k == 2 else 4 for k in splits[new_probes])
+    saved = sum(2 if k == 2 else 4 for k in splits[new_probes]) + sum(t >= first for t in picked)
     assert new_probes and len(new_probes) < MIN_PROBES and saved > 0
     assert round(appended.gradients_per_pair * appended.computed) == int(splits[first:].sum()) + 1 - saved
     recorded = store.attrs["l1_scale_calls"]
@@ -291,9 +292,10 @@ def test_a_run_appended_into_calibration_keeps_the_contract(tmp_path: Path) -> N
 
 
 def test_the_loop_takes_the_probes_gradients_and_writes_the_same_store(tmp_path: Path) -> None:
-    """A run just long enough to be probed: the pair loop takes the gradients the survey's probes evaluated (a
-    probe pair kept at plain Simpson saves two, one refined further four), with the default ``--threads auto`` too
-    (chosen before the survey), and writes, bit for bit, the store of a call whose loop evaluates them again."""
+    """A run just long enough to be probed: the pair loop takes the gradients the survey evaluated (a probe pair
+    kept at plain Simpson saves two, one refined further four, and the start checkpoint of every sampled pair one),
+    with the default ``--threads auto`` too (chosen before the survey), and writes, bit for bit, the store of a call
+    whose loop evaluates them again."""
     n = MIN_PROBED_PAIRS
     run = warmup_run(tmp_path / "run", n, warmup=10)
     config = load_config(run / "lca.toml")
@@ -303,7 +305,7 @@ def test_the_loop_takes_the_probes_gradients_and_writes_the_same_store(tmp_path:
 
     def saved(out: Path) -> int:
         splits = LcaStore.open(out).read("train", "splits")
-        return sum(2 if k == 2 else 4 for k in splits[probed])
+        return sum(2 if k == 2 else 4 for k in splits[probed]) + len(picked)
 
     # Defaults: the loop's own gradients are its pairs' sub-intervals and its first start point, less those taken.
     got = compute(run, config, tmp_path / "auto.zarr")
