@@ -86,7 +86,8 @@ def test_cost_per_accuracy_on_a_quadratic_loss_is_two(oracle: ModuleType, tmp_pa
     row = oracle.measure(run, tmp_path, 3, True, 1, 1e-3)
     assert row["pairs"] == 3 and row["oracle"] == 2.0 and row["oracle_lower_bound"] == 2.0
     assert row["per_pair_oracle"] == 2.0 and row["plain_simpson_rel_l1"] < 1e-12
-    assert row["default"] >= 2.0 and row["ratio"] == row["default"] / 2.0
+    # The call's gradients (its survey's among them) per pair, beside the pairs' sub-intervals: none refined.
+    assert row["sub_intervals"] == 2.0 and row["default"] >= 2.0 and row["ratio"] == row["default"] / 2.0
     assert row["rel_l1"] < 1e-5 and row["flagged"] == 0  # float32 rows against the float64 reference
     assert row["overhead_per_gradient"] > 0
     assert "| quadratic | 3 (8) | 2.00 (2.00; 2.00) |" in oracle.table([row])
