@@ -234,6 +234,10 @@ def _probe(plan: ComputePlan, out: Path, first: int, count: int) -> _Probe:
         plan.run_dir, plan.config, out, schedule=Schedule(Scope(start=steps[first], stop=steps[first + count])),
         progress=clock, stop=stop, flush_seconds=hooks.flush_seconds, durable=hooks.durable,
         unsafe_pickle=plan.unsafe_pickle, read_ahead=hooks.read_ahead, sync_writes=hooks.sync_writes,
+        # The measured pairs evaluate every gradient they use, so that their count and rate stand for the run's
+        # other pairs: a real call's loop takes back the few its survey evaluated on the pairs it sampled, which
+        # on 3 measured pairs can be a third of their gradients.
+        reuse_probes=False,
     )  # fmt: skip
     wall = time.perf_counter() - clock.t0
     last = steps[first + max(1, res.computed)]

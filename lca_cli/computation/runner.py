@@ -501,8 +501,9 @@ def compute(
         schedule: Which pairs, with whom, and whether to follow the run (default: every pair, alone).
         read_ahead: Checkpoints read ahead in a background thread (0: each one when needed; a benchmark hook).
         sync_writes: Write rows in the pair loop's thread, not a background writer (a benchmark hook).
-        reuse_probes: Let the pair loop take the survey's probe gradients (a benchmark and test hook: off, it
-            evaluates them again and writes the same store).
+        reuse_probes: Let the pair loop take the survey's gradients (its sampled pairs' starts, its probes'
+            points; a benchmark, test and ``--dry-run`` hook: off, it evaluates them again and writes the same
+            store).
 
     Returns:
         What was done.
