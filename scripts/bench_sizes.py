@@ -20,7 +20,8 @@ and the ratio lca/script, peak RSS (VmHWM) of each and the ratio, minor page fau
 the child over the pair loop, the scope of the time per gradient: lca's run scale, accumulation probe and
 pre-flight gradients are outside it, as they are outside its gradients; the whole child's faults per gradient are
 in ``--json`` as ``call_faults_per_grad``) and the ratio, lca's gradients
-per pair, and peak bytes per parameter (also above a bare child's RSS: torch and lca imported, nothing built).
+per pair (the whole call's, over all of its gradients as the call's time per gradient is), and peak bytes per
+parameter (also above a bare child's RSS: torch and lca imported, nothing built).
 
 Memory: never two children at once (the parent is small; the run's checkpoints are written by a child too).
 On a shared machine each child runs under ``flock LOCK`` (``--lock``, default ``/work/tools/bench.lock`` where it
@@ -306,8 +307,10 @@ def run_lca(
         "loop_seconds": res.seconds,
         "loop_minflt": faults.end_faults - faults.start_faults,
         "pairs": res.computed,
-        "gradients": res.gradients_per_pair * res.computed,
-        "gradients_per_pair": res.gradients_per_pair,
+        "gradients": res.gradients_per_pair * res.computed,  # the loop's (the scope of loop_seconds)
+        # The call's, per pair: its survey's and accumulation probe's too, less what the loop took back from them.
+        "call_gradients": res.gradients,
+        "gradients_per_pair": res.gradients / max(1, res.computed),
         "threads": res.threads,
         "flagged": sum(len(v) for v in res.flagged.values()),
     }
@@ -404,7 +407,7 @@ def summarize(size: str, width: int, rounds: dict[str, list[dict[str, Any]]], ba
         rs = rounds[kind]
         med = {
             "grad_s": statistics.median(r["loop_seconds"] / r["gradients"] for r in rs),
-            "call_grad_s": statistics.median(r["seconds"] / r["gradients"] for r in rs),
+            "call_grad_s": statistics.median(r["seconds"] / r.get("call_gradients", r["gradients"]) for r in rs),
             "peak_mib": max(r["peak_rss_mib"] for r in rs),
             "faults_per_grad": statistics.median(r["loop_minflt"] / r["gradients"] for r in rs),
             "call_faults_per_grad": statistics.median(r["minflt"] / r["gradients"] for r in rs),

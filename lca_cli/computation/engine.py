@@ -433,8 +433,8 @@ class PairEngine:
             if cache is None or cache.index != block.start:
                 v0, fixed0 = loader.get(block.start)
                 starts = {s: self._at_checkpoint(block.start, s, v0, fixed0) for s in self.objectives}
-                cache = _Cache(block.start, v0, fixed0, {s: e for s, (e, _) in starts.items()})
                 grads_start = sum(computed for _, computed in starts.values())
+                cache = _Cache(block.start, v0, fixed0, {s: starts.pop(s)[0] for s in list(starts)})  # held once
             for s in self.objectives:
                 rows.per_pair[s]["loss"].append(float(cache.evals[s].loss))
             for i, t in enumerate(block):
