@@ -434,7 +434,7 @@ class PairEngine:
                 v0, fixed0 = loader.get(block.start)
                 starts = {s: self._at_checkpoint(block.start, s, v0, fixed0) for s in self.objectives}
                 grads_start = sum(computed for _, computed in starts.values())
-                cache = _Cache(block.start, v0, fixed0, {s: starts.pop(s)[0] for s in list(starts)})  # held once
+                cache = _Cache(block.start, v0, fixed0, {s: starts.pop(s)[0] for s in list(starts)})  # one holder
             for s in self.objectives:
                 rows.per_pair[s]["loss"].append(float(cache.evals[s].loss))
             for i, t in enumerate(block):

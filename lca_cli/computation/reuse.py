@@ -16,8 +16,9 @@ from lca_cli.core.integrate import Evaluation
 
 __all__ = ["REUSE_BYTES", "ProbeReuse"]
 
-#: The gradients a survey's probe pairs evaluated are kept for the pair loop within this many bytes (a run's probes at
-#: most: four gradients each per evaluation set; a probe that does not fit is not kept and the loop evaluates it).
+#: The gradients a survey evaluated are kept for the pair loop within this many bytes (at most one per sampled pair
+#: and four per probe, per evaluation set; what does not fit is not kept and the loop evaluates it). A sampled
+#: pair's start comes first: kept, each of its bytes saves a gradient's, a probe's up to half of them do not.
 REUSE_BYTES = 64 << 20
 
 
