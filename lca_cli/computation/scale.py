@@ -240,7 +240,9 @@ def survey_run(
         got = first_panel_factor(probes[s], engine.l1_tol, scales[s], JUMP_FACTOR)
         if got is not None:
             factors[s] = got[0]
-            deep[s] = deep_panel_factor(got[1], JUMP_FACTOR, DEEP_FACTOR)
+            deep_factor = deep_panel_factor(got[1], JUMP_FACTOR, DEEP_FACTOR)
+            if deep_factor is not None:  # jumps from the first panel on (else: uncalibrated below it)
+                deep[s] = deep_factor
             calibration[s] = {"rho": got[1], "kappa": got[2], "probes": float(len(probes[s]))}
     return Survey(scales, n_pairs, factors, calibration, done, deep)
 

@@ -13,12 +13,14 @@ exact lower bound of its per-parameter L1 error, the panel's residual ``|L(b) - 
 of the two is the panel's estimate. A panel is accepted when its estimate fits its share ``(b - a) l1_tol
 |lca_2|_1`` of the pair's budget (``lca_2`` the plain-Simpson row) plus what earlier panels left unused;
 otherwise it is split into its halves (two new gradients) down to width ``2 / max_splits``. On a run whose probes
-calibrated a deeper panels' factor (``deep_factor``, runs of 200 pairs and more), the share is
+calibrated a deeper panels' factor (``deep_factor``: runs of 100 pairs and more whose probes show jumps from
+the first panel on, as Adam runs do), the share is
 ``0.9 (b - a)^(1/2) l1_tol |lca_2|_1`` instead (:data:`SHARE_SCALE`, :data:`SHARE_EXPONENT`), a pair's summed
 estimate is held to :data:`PAIR_CEILING` budgets and its panels' summed residuals (exact lower bounds) to one: on
 ReLU nets a split only halves a panel's error (first-order convergence), so shares proportional to the width
 made most panels below a failed one fail too, down to the cap (BENCHMARKS.md, *The estimator and the scale*).
-Without the probes (shorter runs, direct calls) the shares stay proportional to the width: the larger ones
+Without that factor (shorter runs, smooth first panels, direct calls) the shares stay proportional to the width
+(on an SGD CNN whose deeper panels' ratio grows to 2, the larger shares left the contract): the larger ones
 rest on the calibrated factor, and uncalibrated they cost short runs more gradients (measured: the tests' 12-pair
 ReLU CNN 3.83 -> 4.17, a 5-pair 1M-parameter barely-moving run 3.0 -> 3.8).
 With a run scale ``S`` (``l1_scale``, a fraction of the run's mean ``||lca||_1``), the budget is

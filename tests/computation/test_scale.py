@@ -57,12 +57,13 @@ APPEND_COST = 1.30
 CONTRACT_L1 = 1e-3
 
 
-def warmup_run(run_dir: Path, steps: int, warmup: int, lr: float = 0.1) -> Path:
-    """The tests' ReLU MLP on 1,000 blob samples, SGD with momentum, one cycle: the learning rate ramped up
-    (quadratically) over ``warmup`` steps, then down (cosine) to 1% of its peak at the last step."""
+def warmup_run(run_dir: Path, steps: int, warmup: int, lr: float = 0.1, adam: bool = False) -> Path:
+    """The tests' ReLU MLP on 1,000 blob samples, SGD with momentum (Adam with ``adam``), one cycle: the learning
+    rate ramped up (quadratically) over ``warmup`` steps, then down (cosine) to 1% of its peak at the last step."""
     model = reference.relu_mlp()
     x, y = reference.blobs(n=1000)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    params = model.parameters()
+    opt = torch.optim.Adam(params, lr=lr) if adam else torch.optim.SGD(params, lr=lr, momentum=0.9)
     g = torch.Generator().manual_seed(1)
     with CheckpointWriter(run_dir, background=False) as ckpt:
         ckpt.write_config(
@@ -195,7 +196,10 @@ def test_a_short_runs_probes_only_make_its_first_panel_more_careful() -> None:
 def test_deep_panel_factor_follows_the_probes_ratio_within_its_bounds() -> None:
     """The deeper panels' factor: the probes' first-panel ratio times DEEP_GROWTH, clipped; recorded per set."""
     assert deep_panel_factor(1.3, JUMP_FACTOR, DEEP_FACTOR) == pytest.approx(DEEP_GROWTH * 1.3)
-    assert deep_panel_factor(0.3, JUMP_FACTOR, DEEP_FACTOR) == JUMP_FACTOR  # smooth first panels: the former factor
+    # Smooth first panels (SGD): no calibrated factor nor shares below them (the SGD CNN left the contract with).
+    assert deep_panel_factor(0.3, JUMP_FACTOR, DEEP_FACTOR) is None
+    assert deep_panel_factor(JUMP_FACTOR / DEEP_GROWTH, JUMP_FACTOR, DEEP_FACTOR) is None
+    assert deep_panel_factor(1.2, JUMP_FACTOR, DEEP_FACTOR) == pytest.approx(DEEP_GROWTH * 1.2)
     assert deep_panel_factor(5.0, JUMP_FACTOR, DEEP_FACTOR) == DEEP_FACTOR
     assert deep_panel_factor(float("nan"), JUMP_FACTOR, DEEP_FACTOR) == DEEP_FACTOR
     attrs = survey_attrs(Survey({"train": 1.0}, 200, {"train": 0.5}, {}, 24, {"train": 1.6}))
@@ -248,16 +252,18 @@ def test_calls_under_one_survey_share_one_record(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_run_appended_into_calibration_keeps_the_contract(tmp_path: Path) -> None:
+@pytest.mark.parametrize("adam", [False, True], ids=["sgd", "adam"])
+def test_a_run_appended_into_calibration_keeps_the_contract(tmp_path: Path, adam: bool) -> None:
     """Default flags on a run that grows from 80 pairs (too few to pool: only a careful first panel) to 200.
 
-    The second call surveys the run again with probes: its rows meet the calibrated first- and deeper-panel
-    factors and the deeper panels' shares of the width's square root, the first call's rows the former rule; the
-    store records which rule each row met, and the whole store keeps the per-run contract against the float64
-    reference.
+    The second call surveys the run again with probes: its rows meet the calibrated first-panel factor and, on the
+    Adam run (jumps from the first panel on), the calibrated deeper panels' factor and shares of the width's square
+    root; the SGD run's smooth first panels keep its deeper panels uncalibrated. The first call's rows meet the
+    former rule; the store records which rule each row met, and the whole store keeps the per-run contract against
+    the float64 reference.
     """
     steps = 200
-    full = warmup_run(tmp_path / "full", steps, warmup=25)
+    full = warmup_run(tmp_path / "full", steps, warmup=25, lr=3e-3 if adam else 0.1, adam=adam)
     config = load_config(full / "lca.toml")
     ref_lca, _ = reference.reference_run(
         reference.relu_mlp(), load_states(full), *reference.blobs(n=1000), reference.ref_loss("cross_entropy"), 32
@@ -281,9 +287,11 @@ def test_a_run_appended_into_calibration_keeps_the_contract(tmp_path: Path) -> N
     assert round(appended.gradients_per_pair * appended.computed) == int(splits[first:].sum()) + 1 - saved
     recorded = store.attrs["l1_scale_calls"]
     assert [(c["over"], c["rows"]) for c in recorded] == [(first, [[0, first]]), (200, [[first, 200]])]
-    assert recorded[0]["deep_factor"] == {} and set(recorded[1]["deep_factor"]) == {"train"}
+    rho = store.attrs["calibration"]["train"]["rho"]
+    assert (DEEP_GROWTH * rho > JUMP_FACTOR) == adam  # the Adam run's probes show jumps, the SGD run's do not
+    assert recorded[0]["deep_factor"] == {} and set(recorded[1]["deep_factor"]) == ({"train"} if adam else set())
     assert recorded[0]["first_factor"]["train"] >= JUMP_FACTOR  # a short run's probes never loosen its first panel
-    assert JUMP_FACTOR <= recorded[1]["deep_factor"]["train"] <= DEEP_FACTOR
+    assert JUMP_FACTOR < recorded[1]["deep_factor"].get("train", DEEP_FACTOR) <= DEEP_FACTOR
     assert set(recorded[1]["first_factor"]) == {"train"}
     lca = np.asarray(store.array("train", "lca")[:], dtype=np.float64)
     assert reference.relative_l1(lca, ref_lca) <= CONTRACT_L1
