@@ -270,7 +270,9 @@ def test_tied_weights_on_a_probed_run(tmp_path: Path) -> None:
     picked = scale_pairs(n)
     splits = store.read("train", "splits")
     probed = [picked[i] for i in scale_pairs(len(picked), probe_count(n))]
-    saved = sum(2 if k == 2 else 4 for k in splits[probed]) + len(picked)  # and every sampled pair's start
+    # and every sampled pair's start, and the accumulation probe's two (checkpoints 0 and 1, float32 chosen)
+    assert store.attrs["accumulation"]["dtype"] == "float32" and min(picked) > 1
+    saved = sum(2 if k == 2 else 4 for k in splits[probed]) + len(picked) + 2
     assert result["computed"] == n and result["gradients_per_pair"] * n == pytest.approx(splits.sum() + 1 - saved)
     header, _ = compute_and_summarize(run)  # a second call: nothing left to compute, the summary's checks
     assert header["tied"] == {"head.weight": "emb.weight"} and header["iterations"] == n

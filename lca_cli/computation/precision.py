@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from lca_cli.computation.engine import PairEngine, Point
+from lca_cli.core.integrate import Evaluation
 from lca_cli.store.lcastore import LcaStore
 
 __all__ = [
@@ -93,7 +94,10 @@ def measure_cancellation(engine: PairEngine, read: Callable[[int], Point]) -> di
 
     Args:
         engine: The pair engine (its objectives accumulate in float32 afterwards: the pooled float32 buffers the
-            probe touched are the ones the run scale and the pair loop then reuse, when float32 is chosen).
+            probe touched are the ones the run scale and the pair loop then reuse, when float32 is chosen). Its
+            :class:`~lca_cli.computation.reuse.ProbeReuse` keeps the two gradients: they are the pair loop's at
+            checkpoints 0 and 1 when float32 is chosen (the magnitudes are summed beside the gradient, which
+            is accumulated as without them), and :func:`choose_accumulation` drops them otherwise.
         read: ``i -> (point vector, fixed buffers)`` of checkpoint ``i``.
 
     Returns:
@@ -106,10 +110,12 @@ def measure_cancellation(engine: PairEngine, read: Callable[[int], Point]) -> di
     out: dict[str, float] = {}
     for s, obj in engine.objectives.items():
         mag = engine.pool.like(absd)  # (D,) Σ_c |w_c g_c| at one end, then the other
-        g0 = obj.value_and_grad(v0, fixed0, magnitude=mag)[1]
+        loss0, g0 = obj.value_and_grad(v0, fixed0, magnitude=mag)
         magnitudes = float(torch.dot(absd, mag))
-        g1 = obj.value_and_grad(v1, fixed1, magnitude=mag)[1]
+        loss1, g1 = obj.value_and_grad(v1, fixed1, magnitude=mag)
         magnitudes += float(torch.dot(absd, mag))
+        engine.reuse.keep_checkpoint(0, s, v0, Evaluation(loss0, g0))  # copies, before g0 is summed into
+        engine.reuse.keep_checkpoint(1, s, v1, Evaluation(loss1, g1))
         signed = float(torch.dot(absd, g0.add_(g1).abs_()))
         del g0, g1, mag
         if not (math.isfinite(magnitudes) and math.isfinite(signed)):
@@ -173,6 +179,8 @@ def choose_accumulation(
         )  # fmt: skip
         record["dtype"] = "float32" if bound <= limit else "float64"
         record["reason"] = f"bound {bound:.3g} {'<=' if bound <= limit else '>'} {SHARE:g} x l1_tol = {limit:.3g}"
+        if record["dtype"] != "float32":
+            engine.reuse.clear()  # the probe's float32 gradients are not the loop's
     engine.accumulate = _DTYPES[record["dtype"]]
     return record
 

@@ -37,7 +37,9 @@ class ProbeReuse:
 
     The survey also evaluates the gradient at the start checkpoint of every pair it samples for the run scale (8
     a call): the loop takes it as the end of the pair before (or the start of a block), under the checkpoint's own
-    fingerprint (:meth:`checkpoint_mark`): 8 gradients a call, 0.08 per pair on a 100-pair run.
+    fingerprint (:meth:`checkpoint_mark`): 8 gradients a call, 0.08 per pair on a 100-pair run. So are the
+    accumulation probe's two, at checkpoints 0 and 1 (:func:`~lca_cli.computation.precision.measure_cancellation`),
+    when the loop accumulates in float32 as the probe did.
 
     Args:
         limit_bytes: Gradient bytes kept at most (:data:`REUSE_BYTES`); 0 keeps nothing.
@@ -82,6 +84,7 @@ class ProbeReuse:
             True when kept; False when it would take the kept bytes over the limit.
 
         """
+        self.take_checkpoint(i, name, v, evaluation.grad.dtype)  # one entry per checkpoint: an earlier one goes
         size = evaluation.grad.nbytes
         if self.nbytes + size > self.limit_bytes:
             return False
@@ -137,6 +140,11 @@ class ProbeReuse:
             return {}
         self.nbytes -= sum(e.grad.nbytes for e in kept[1].values())
         return kept[1] if kept[0] == mark else {}
+
+    def clear_probes(self) -> None:
+        """Drop the probes' points (the checkpoints' gradients stay)."""
+        self.nbytes -= sum(e.grad.nbytes for _, points in self._kept.values() for e in points.values())
+        self._kept.clear()
 
     def clear(self) -> None:
         """Drop everything kept."""

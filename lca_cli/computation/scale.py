@@ -188,7 +188,7 @@ def survey_run(
     probed = {picked[i] for i in scale_pairs(len(picked), probe_count(n_pairs))}  # spread over the picked pairs
     t0, done = time.perf_counter(), 0
     if reuse is not None:
-        reuse.clear()  # an earlier survey's probes: this one's replace them
+        reuse.clear_probes()  # an earlier survey's probes: this one's replace them (checkpoints stay: still valid)
     planned = sum(4 * (t in probed) + 1 for t in picked) * len(sets)
     for t in picked:
         known = {s: stored(s, t) for s in sets} if stored is not None else {}

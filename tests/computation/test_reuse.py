@@ -62,6 +62,10 @@ def test_a_checkpoint_gradient_is_taken_once_for_the_same_checkpoint_and_dtype()
     got = reuse.take_checkpoint(7, "train", v, torch.float64)
     assert got is not None and torch.equal(got.grad, torch.full((5,), 3.0, dtype=torch.float64))
     assert reuse.take_checkpoint(7, "train", v, torch.float64) is None and reuse.nbytes == 0
+    reuse.keep_checkpoint(7, "train", v, evaluation)
+    assert reuse.keep_checkpoint(7, "train", v, evaluation) and reuse.nbytes == 5 * 8  # replaced, not added
+    reuse.clear_probes()  # a new survey's: the checkpoints' gradients stay
+    assert reuse.take_checkpoint(7, "train", v, torch.float64) is not None and reuse.nbytes == 0
     reuse.keep_checkpoint(1, "train", v, evaluation)
     reuse.keep_checkpoint(2, "train", v, evaluation)
     assert not reuse.keep_checkpoint(3, "train", v, evaluation)  # over the limit

@@ -301,7 +301,8 @@ def test_a_run_appended_into_calibration_keeps_the_contract(tmp_path: Path, adam
 
 def test_the_loop_takes_the_probes_gradients_and_writes_the_same_store(tmp_path: Path) -> None:
     """A run just long enough to be probed: the pair loop takes the gradients the survey evaluated (a probe pair
-    kept at plain Simpson saves two, one refined further four, and the start checkpoint of every sampled pair one),
+    kept at plain Simpson saves two, one refined further four, the start checkpoint of every sampled pair one, and
+    the accumulation probe's two),
     with the default ``--threads auto`` too (chosen before the survey), and writes, bit for bit, the store of a call
     whose loop evaluates them again."""
     n = MIN_PROBED_PAIRS
@@ -313,7 +314,9 @@ def test_the_loop_takes_the_probes_gradients_and_writes_the_same_store(tmp_path:
 
     def saved(out: Path) -> int:
         splits = LcaStore.open(out).read("train", "splits")
-        return sum(2 if k == 2 else 4 for k in splits[probed]) + len(picked)
+        # and the accumulation probe's two, at checkpoints 0 and 1 (float32 chosen, as the store records)
+        assert LcaStore.open(out).attrs["accumulation"]["dtype"] == "float32" and min(picked) > 1
+        return sum(2 if k == 2 else 4 for k in splits[probed]) + len(picked) + 2
 
     # Defaults: the loop's own gradients are its pairs' sub-intervals and its first start point, less those taken.
     got = compute(run, config, tmp_path / "auto.zarr")
