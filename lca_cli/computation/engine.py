@@ -469,7 +469,7 @@ class PairEngine:
         grads = flagged = 0
         for s, obj in self.objectives.items():
             calls = [0]
-            kept = {} if mark is None else self.reuse.take(t, s, mark)  # a probe pair: the survey's points
+            kept = {} if mark is None else self.reuse.take(t, s, mark)  # a probe pair: the survey's inner points
 
             def point(
                 x: float,
@@ -488,10 +488,8 @@ class PairEngine:
                 return obj.value_and_grad_at(v0, d, x, fx)  # v0 + x d written into the point buffer in place
 
             clock.check()
-            end = kept.pop(1.0, None)
-            if end is None:
-                end, computed = self._at_checkpoint(t + 1, s, v1, fixed1)
-                calls[0] += computed
+            end, computed = self._at_checkpoint(t + 1, s, v1, fixed1)
+            calls[0] += computed
             res = integrate_pair(
                 point,
                 delta,

@@ -17,8 +17,9 @@ from lca_cli.core.integrate import Evaluation
 __all__ = ["REUSE_BYTES", "ProbeReuse"]
 
 #: The gradients a survey evaluated are kept for the pair loop within this many bytes (at most one per sampled pair
-#: and four per probe, per evaluation set; what does not fit is not kept and the loop evaluates it). A sampled
-#: pair's start comes first: kept, each of its bytes saves a gradient's, a probe's up to half of them do not.
+#: and four per probe, per evaluation set, and the accumulation probe's two; what does not fit is not kept and the
+#: loop evaluates it). The survey keeps them pair by pair in the order it evaluates them: a kept checkpoint
+#: gradient always saves one, a probe's inner points save one or three of their three.
 REUSE_BYTES = 64 << 20
 
 
@@ -26,7 +27,8 @@ class ProbeReuse:
     """The gradients the run's survey evaluated, kept for the pair loop (each taken once).
 
     A probe (:mod:`lca_cli.computation.scale`) evaluates its pair at ``s = 1/4, 1/2, 3/4`` and at the end
-    checkpoint: the points of plain Simpson and of its first split. Without them the loop evaluates the same
+    checkpoint: the points of plain Simpson and of its first split (the end is kept as a checkpoint's gradient,
+    below; the inner points under the pair's fingerprint). Without them the loop evaluates the same
     points again: 2-4 per probe and evaluation set, 8-14 a call on seven 200-pair runs (BENCHMARKS.md, *Cost per
     accuracy*). Both evaluate them the same way (:meth:`~lca_cli.core.objective.Objective.value_and_grad_at`
     inside the pair, ``value_and_grad`` at its end) on the same checkpoints, dtype and thread count, so a kept
@@ -85,10 +87,8 @@ class ProbeReuse:
 
         """
         self.take_checkpoint(i, name, v, evaluation.grad.dtype)  # one entry per checkpoint: an earlier one goes
-        size = evaluation.grad.nbytes
-        if self.nbytes + size > self.limit_bytes:
+        if not self._admit(evaluation.grad.nbytes):
             return False
-        self.nbytes += size
         mark = self.checkpoint_mark(v, evaluation.grad.dtype)
         self._checkpoints[(i, name)] = (mark, Evaluation(evaluation.loss, evaluation.grad.clone()))
         return True
@@ -116,17 +116,22 @@ class ProbeReuse:
             t: The pair.
             name: The evaluation set.
             mark: :meth:`fingerprint` of the pair.
-            points: ``{s: evaluation}``; ``s = 1.0`` is the end checkpoint's.
+            points: ``{s: evaluation}`` inside the pair (its end checkpoint's goes to :meth:`keep_checkpoint`).
 
         Returns:
             True when kept; False when they would take the kept bytes over the limit.
 
         """
-        size = sum(e.grad.nbytes for e in points.values())
+        if not self._admit(sum(e.grad.nbytes for e in points.values())):
+            return False
+        self._kept[(t, name)] = (mark, {s: Evaluation(e.loss, e.grad.clone()) for s, e in points.items()})
+        return True
+
+    def _admit(self, size: int) -> bool:
+        """Count ``size`` more bytes as kept, unless that would take them over the limit."""
         if self.nbytes + size > self.limit_bytes:
             return False
         self.nbytes += size
-        self._kept[(t, name)] = (mark, {s: Evaluation(e.loss, e.grad.clone()) for s, e in points.items()})
         return True
 
     def pending(self, t: int) -> bool:

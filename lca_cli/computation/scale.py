@@ -225,8 +225,9 @@ def survey_run(
                 done += 4
                 if np.isfinite([probe.indicator, probe.diff, probe.norm]).all():
                     probes[s].append(probe)
-                    if reuse is not None and mark is not None and known.get(s) is None:  # not a pair the store holds
-                        reuse.keep(t, s, mark, points)  # the loop takes them
+                    if reuse is not None and mark is not None and known.get(s) is None:  # not held: the loop's
+                        reuse.keep_checkpoint(t + 1, s, v1, points.pop(1.0))  # the end, as a checkpoint's
+                        reuse.keep(t, s, mark, points)  # the inner points
                 del points
     scales = {s: SCALE_FRACTION * float(np.mean(v)) if v else 0.0 for s, v in norms.items()}
     factors, calibration, deep = {}, {}, {}

@@ -152,7 +152,7 @@ class _Work:
         say: NoteFn,
         progress: ProgressFn | ProgressReporter | None,
         follower: Follower | None,
-        tune: Callable[[], ThreadTuner | None] | None = None,
+        tune: Callable[[], ThreadTuner | None],
     ) -> None:
         self.plan, self.engine, self.target, self.crew = plan, engine, target, crew
         self.source, self.stop, self.say, self.follower = source, stop, say, follower
@@ -275,11 +275,7 @@ class _Work:
             watcher = _AbortWatcher(crew.board, crew.job, self.stop, self.plan.schedule.poll)
         self._say_empty_window()
         if self.counts["total"] and not target.read_only:
-            if self.tune is not None:  # the call's choice (made already when it surveyed the run)
-                self.tuner = self.tune()
-            else:
-                local = crew.team.local_size if crew.team is not None else 1
-                self.tuner = choose_threads(self.engine, self.plan.options.threads, self.say, self.source.spec, local)
+            self.tuner = self.tune()  # the call's choice (made already when it surveyed the run)
         self.last_pair = time.perf_counter()
         if self.reporter is not None:
             self.reporter.start(self.info())
@@ -499,7 +495,7 @@ def run_work(
     say: NoteFn,
     progress: ProgressFn | ProgressReporter | None = None,
     follower: Follower | None = None,
-    tune: Callable[[], ThreadTuner | None] | None = None,
+    tune: Callable[[], ThreadTuner | None],
 ) -> ComputeResult:
     """Compute a call's pairs into the store it owns or joined, and say what was done.
 
@@ -513,8 +509,8 @@ def run_work(
         say: Receives one-line notes.
         progress: Called after every pair with ``(done, total)``, or a :class:`ProgressReporter`.
         follower: Watches the run for new checkpoints (``follow``), or None.
-        tune: Chooses the call's thread count once and returns its tuner (None for a fixed count): the call may
-            have chosen it before its survey. None: chosen here, before the first pair.
+        tune: Chooses the call's thread count once (:func:`choose_threads`) and returns its tuner (None for a
+            fixed count): the call may have chosen it before its survey; called here before the first pair.
 
     Returns:
         The call's result.

@@ -56,7 +56,7 @@ __all__ = [
 #: ``||S_2 - S_4||_1`` over plain Simpson's real error: 1.07-1.15 on nine ReLU runs (BENCHMARKS.md).
 DIFF_OVERSTATES = 1.1
 #: The probes' predicted error may be at most this fraction of the run's target before pooling stops. 0.7 would
-#: take the small Adam ReLU MLP (predicted 0.67, real 0.71) from 1.37x the oracle's gradients to 1.03x, but the bench's
+#: take the small Adam ReLU MLP (predicted 0.67, real 0.71) from 1.35x the oracle's gradients to 1.03x, but the bench's
 #: Adam CNN at two threads (rounding alone moved one probe) was predicted at 0.70 where pooling gave 1.13e-3, over
 #: the contract: four probes cannot tell the two apart (BENCHMARKS.md, *Cost per accuracy*).
 POOL_MARGIN = 0.6
