@@ -274,6 +274,7 @@ def test_tied_weights_on_a_probed_run(tmp_path: Path) -> None:
     assert store.attrs["accumulation"]["dtype"] == "float32" and min(picked) > 1
     saved = sum(2 if k == 2 else 4 for k in splits[probed]) + len(picked) + 2
     assert result["computed"] == n and result["gradients_per_pair"] * n == pytest.approx(splits.sum() + 1 - saved)
+    assert result["reused"] == saved
     header, _ = compute_and_summarize(run)  # a second call: nothing left to compute, the summary's checks
     assert header["tied"] == {"head.weight": "emb.weight"} and header["iterations"] == n
 

@@ -289,6 +289,7 @@ def _result_json(result: Any) -> dict[str, Any]:
         "seconds": round(result.seconds, 3),
         "gradients": result.gradients,
         "gradients_per_pair": round(result.gradients_per_pair, 4),
+        "reused": result.reused,
         "device": result.device,
         "interrupted": result.interrupted,
         "repaired": result.repaired,

@@ -58,6 +58,8 @@ class DryRun:
     ``gradients_per_pair``, ``seconds_per_pair``, ``seconds_per_gradient``, ``startup_seconds``, ``peak_*`` and
     ``threads`` were measured on the ``measured_pairs`` pairs ``measured_steps`` (0 and empty: nothing was
     measured, the store being complete); ``peak_rss_bytes`` is None where the platform cannot reset or read it.
+    ``reused``: the gradients the survey keeps for the loop over the pairs to compute (at least; the estimate does
+    not count them).
     """
 
     run: Path
@@ -90,6 +92,7 @@ class DryRun:
     device: str
     dtype: str
     threads: int
+    reused: float
     estimate_seconds: float
     notes: list[str] = field(default_factory=list)
 
@@ -126,8 +129,9 @@ class DryRun:
             f"pair, {_seconds(self.seconds_per_gradient)} per gradient; start-up {_seconds(self.startup_seconds)}"
             f"{peak} (on {self.device}, {self.dtype}, {self.threads} thread(s))",
             f"estimate   {_duration(self.estimate_seconds)} for {self.to_compute:,} pairs in one process, start-up "
-            "included, if the other pairs need as many gradients as these (refinement adapts per pair); N "
-            "processes or GPUs take about 1/N of the pairs' time",
+            f"included, less {self.reused:.3g} gradients the run's survey keeps for the loop, if the other pairs "
+            "need as many gradients as these (refinement adapts per pair); N processes or GPUs take about 1/N of "
+            "the pairs' time",
         ]
         return out + [f"note       {n}" for n in self.notes]
 
@@ -181,6 +185,8 @@ class _Probe:
     pairs: int
     steps: str
     gradients: int
+    reused: int
+    reuse_entries: int
     seconds: float
     seconds_per_gradient: float
     startup: float
@@ -234,19 +240,17 @@ def _probe(plan: ComputePlan, out: Path, first: int, count: int) -> _Probe:
         plan.run_dir, plan.config, out, schedule=Schedule(Scope(start=steps[first], stop=steps[first + count])),
         progress=clock, stop=stop, flush_seconds=hooks.flush_seconds, durable=hooks.durable,
         unsafe_pickle=plan.unsafe_pickle, read_ahead=hooks.read_ahead, sync_writes=hooks.sync_writes,
-        # The measured pairs evaluate every gradient they use, so that their count and rate stand for the run's
-        # other pairs: a real call's loop takes back the few its survey evaluated on the pairs it sampled, which
-        # on 3 measured pairs can be a third of their gradients.
-        reuse_probes=False,
     )  # fmt: skip
     wall = time.perf_counter() - clock.t0
     last = steps[first + max(1, res.computed)]
-    gradients = round(res.gradients_per_pair * res.computed)
+    gradients = round(res.gradients_per_pair * res.computed)  # those the loop evaluated
     spg = clock.seconds_per_gradient(res.seconds, gradients)
     return _Probe(
         pairs=res.computed,
         steps=f"steps {steps[first]} -> {last}",
         gradients=gradients,
+        reused=res.reused,
+        reuse_entries=res.reuse_entries,
         seconds=res.seconds,
         seconds_per_gradient=spg,
         # What the steady rate does not explain: building, the survey, the first pair's warm-up, closing.
@@ -341,14 +345,19 @@ def dry_run(plan: ComputePlan) -> DryRun:
     to_compute = int((in_scope & ~done).sum())
     if plan.schedule.follow:
         notes.append("--follow: the store grows by whole chunks as checkpoints arrive; the size is of the pairs now")
-    gpp = spp = spg = startup = estimate = 0.0
+    gpp = spp = spg = startup = estimate = reused = 0.0
     if measured is not None and measured.pairs:
         n_sets = len(sets)
-        # The first pair of a call also evaluates its start point (once per set): not a per-pair cost.
-        gpp = (measured.gradients - n_sets) / measured.pairs
+        # The gradients the measured pairs used: those the loop evaluated and those it took from the survey (its
+        # sampled pairs' starts, its probes' points; on 3 measured pairs a third of them can be taken). The first
+        # pair of a call also evaluates its start point (once per set): not a per-pair cost.
+        gpp = (measured.gradients + measured.reused - n_sets) / measured.pairs
         spg = measured.seconds_per_gradient
-        spp, startup = spg * gpp, measured.startup  # a pair at the steady rate
-        estimate = startup + spg * (gpp * to_compute + n_sets) if to_compute else 0.0
+        spp, startup = spg * gpp, measured.startup  # a pair at the steady rate, evaluating all it uses
+        # The survey (its time is in the start-up) kept gradients for the loop over every pair; a call takes
+        # back those of its pairs, at least one per entry (README, *What it costs*).
+        reused = measured.reuse_entries * to_compute / max(1, n_pairs)
+        estimate = startup + spg * max(0.0, gpp * to_compute + n_sets - reused) if to_compute else 0.0
         notes.append(
             "peak memory is of the measured pairs; a full chunk holds up to "
             f"{rows_per_chunk} rows x {columns.size:,} columns x 4 B ({_size(rows_per_chunk * columns.size * 4)}) "
@@ -367,5 +376,5 @@ def dry_run(plan: ComputePlan) -> DryRun:
         int(in_scope.sum()), to_compute, scope.describe(), columns.granularity, columns.size, parameters, sets,
         size.total, size.lca, per_param, m.pairs if m else 0, m.steps if m else "", gpp, spp, spg, startup,
         m.peak_rss if m else None, m.peak_device if m else None, str(plan.device), opts.dtype,
-        m.threads if m else 0, estimate, notes,
+        m.threads if m else 0, reused, estimate, notes,
     )  # fmt: skip

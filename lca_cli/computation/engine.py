@@ -470,6 +470,7 @@ class PairEngine:
         for s, obj in self.objectives.items():
             calls = [0]
             kept = {} if mark is None else self.reuse.take(t, s, mark)  # a probe pair: the survey's inner points
+            taken = len(kept)  # those of them the pair used, counted below
 
             def point(
                 x: float,
@@ -508,6 +509,7 @@ class PairEngine:
                 deep_factor=self.deep_factors.get(s),
                 work=self.pool.like,
             )
+            self.reuse.count_used(taken - len(kept))
             kept.clear()  # points the pair did not need (it kept plain Simpson): not held any longer
             results.append((s, res))
             grads += calls[0]

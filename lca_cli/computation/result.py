@@ -80,6 +80,10 @@ class ComputeResult:
         gradients: Every full-evaluation-set gradient this process computed in the call, every set together:
             the pair loop's and those before it (the run's survey, the accumulation probe); not the pre-flight's
             one-chunk check nor ``--threads auto``'s one-chunk timings.
+        reused: Gradients the pair loop took from the run's survey and the accumulation probe instead of
+            evaluating them again (:class:`~lca_cli.computation.reuse.ProbeReuse`; not in ``gradients``).
+        reuse_entries: What the survey kept for the loop, as entries (a checkpoint's gradient, or a probe pair's
+            inner points in one set): the gradients a loop over every pair the survey saw saves at least.
         interrupted: True when stopped early (Ctrl-C, SIGTERM, SIGHUP); finished rows are saved.
         repaired: Damaged rows marked for recomputation (``repair``), summed over sets.
         processes: Processes of this call (the ``torchrun`` job's size; 1 otherwise).
@@ -105,6 +109,8 @@ class ComputeResult:
     device: str
     gradients_per_pair: float = 0.0
     gradients: int = 0
+    reused: int = 0
+    reuse_entries: int = 0
     interrupted: bool = False
     repaired: int = 0
     processes: int = 1

@@ -51,6 +51,10 @@ class ProbeReuse:
     def __init__(self, limit_bytes: int = REUSE_BYTES) -> None:
         self.limit_bytes = limit_bytes
         self.nbytes = 0
+        #: Gradients the pair loop took from here and used (checkpoints' as taken, inner points by
+        #: :meth:`count_used`), over the object's life.
+        self.used = 0
+        self._handed = 0  # entries handed to the loop (or dropped there as not matching)
         self._kept: dict[tuple[int, str], tuple[tuple[Any, ...], dict[float, Evaluation]]] = {}
         self._checkpoints: dict[tuple[int, str], tuple[tuple[Any, ...], Evaluation]] = {}
 
@@ -86,7 +90,9 @@ class ProbeReuse:
             True when kept; False when it would take the kept bytes over the limit.
 
         """
-        self.take_checkpoint(i, name, v, evaluation.grad.dtype)  # one entry per checkpoint: an earlier one goes
+        old = self._checkpoints.pop((i, name), None)  # one entry per checkpoint: an earlier one goes
+        if old is not None:
+            self.nbytes -= old[1].grad.nbytes
         if not self._admit(evaluation.grad.nbytes):
             return False
         mark = self.checkpoint_mark(v, evaluation.grad.dtype)
@@ -107,7 +113,11 @@ class ProbeReuse:
         if kept is None:
             return None
         self.nbytes -= kept[1].grad.nbytes
-        return kept[1] if kept[0] == self.checkpoint_mark(v, dtype) else None
+        self._handed += 1
+        if kept[0] != self.checkpoint_mark(v, dtype):
+            return None
+        self.used += 1  # the loop uses every checkpoint gradient it takes
+        return kept[1]
 
     def keep(self, t: int, name: str, mark: tuple[Any, ...], points: Mapping[float, Evaluation]) -> bool:
         """Keep pair ``t``'s evaluations in set ``name`` (copies: the objectives' pooled buffers go back).
@@ -144,7 +154,21 @@ class ProbeReuse:
         if kept is None:
             return {}
         self.nbytes -= sum(e.grad.nbytes for e in kept[1].values())
+        self._handed += 1
         return kept[1] if kept[0] == mark else {}
+
+    def count_used(self, n: int) -> None:
+        """Count ``n`` of a probe pair's inner points (:meth:`take`) that the loop used instead of evaluating them."""
+        self.used += n
+
+    @property
+    def entries(self) -> int:
+        """Entries kept now or handed to the loop: what a loop over every pair saves at least, in gradients.
+
+        A checkpoint's gradient saves one where the loop computes a pair that starts or ends there; a probe
+        pair's inner points (one entry per set) save one, its midpoint, or three where the pair splits.
+        """
+        return len(self._checkpoints) + len(self._kept) + self._handed
 
     def clear_probes(self) -> None:
         """Drop the probes' points (the checkpoints' gradients stay)."""
@@ -156,3 +180,4 @@ class ProbeReuse:
         self._kept.clear()
         self._checkpoints.clear()
         self.nbytes = 0
+        self._handed = 0

@@ -481,6 +481,7 @@ class _Work:
             by_others=by_others, role=crew.role, pruned=0 if self.pruner is None else self.pruner.deleted,
             ended=ended, scope=self.plan.schedule.scope.describe(), accuracy=accuracy, settings=settings,
             threads=self.threads_used, gradients=sum(o.gradients for o in self.engine.objectives.values()),
+            reused=self.engine.reuse.used, reuse_entries=self.engine.reuse.entries,
         )  # fmt: skip
 
 

@@ -18,6 +18,7 @@ from lca_cli.computation.distributed import Scope
 from lca_cli.computation.dryrun import dry_run
 from lca_cli.computation.plan import Schedule, build_plan
 from lca_cli.computation.runner import compute
+from lca_cli.computation.scale import scale_pairs
 from lca_cli.store.lcastore import LcaStore
 
 
@@ -78,8 +79,11 @@ def test_dry_run_writes_nothing_and_measures_what_compute_does(
     assert doc["store_bytes"] < doc["parameter_store_bytes"]  # neuron rows: less disk
     assert doc["measured_pairs"] == 3 and doc["measured_steps"] == "steps 0 -> 3"
     assert doc["gradients_per_pair"] >= 2 and doc["seconds_per_pair"] > 0 and doc["peak_rss_bytes"] > 0
+    # The survey's gradients the loop takes (every sampled pair's start, the accumulation probe's two) are not
+    # counted twice.
+    assert doc["reused"] == len(set(scale_pairs(12)) | {0, 1})
     assert doc["estimate_seconds"] == pytest.approx(
-        doc["startup_seconds"] + doc["seconds_per_gradient"] * (doc["gradients_per_pair"] * 12 + 1)
+        doc["startup_seconds"] + doc["seconds_per_gradient"] * (doc["gradients_per_pair"] * 12 + 1 - doc["reused"])
     )
     # The store once computed takes what the plan said, to the byte: every array, coordinates and metadata.
     config = load_config(run / "lca.toml").with_overrides(threads=1, granularity="neuron")

@@ -322,10 +322,15 @@ def test_the_loop_takes_the_probes_gradients_and_writes_the_same_store(tmp_path:
     got = compute(run, config, tmp_path / "auto.zarr")
     splits = LcaStore.open(tmp_path / "auto.zarr").read("train", "splits")
     assert round(got.gradients_per_pair * got.computed) == int(splits.sum()) + 1 - saved(tmp_path / "auto.zarr")
+    assert got.reused == saved(tmp_path / "auto.zarr")  # the result counts what was taken, as used
+    # Entries: each checkpoint gradient kept (sampled starts, probe ends, the accumulation probe's two) and each
+    # probe's inner points; the dry run's forecast counts on them.
+    assert got.reuse_entries == len(set(picked) | {t + 1 for t in probed} | {0, 1}) + len(probed)
     # Bits compared across two calls: one thread in both (--threads auto may choose differently in each).
     one = config.with_overrides(threads=1)
     kept = compute(run, one, tmp_path / "kept.zarr")
     again = compute(run, one, tmp_path / "again.zarr", reuse_probes=False)
+    assert again.reused == 0 < kept.reused
     store = LcaStore.open(tmp_path / "kept.zarr")
     assert_same_store(store, LcaStore.open(tmp_path / "again.zarr"))
     assert store.attrs["calibration"]["train"]["probes"] == MIN_PROBES
