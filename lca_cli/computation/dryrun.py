@@ -275,6 +275,20 @@ def _per_parameter_bytes(probe: LcaStore, total: int, lca: int, coordinate: int,
     return total - lca - coordinate + len(probe.sets) * per_set
 
 
+def _forecast(measured: _Probe, n_sets: int, to_compute: int, n_pairs: int) -> tuple[float, float, float, float, float]:
+    """``(gradients per pair, seconds per gradient, start-up, gradients reused, estimate)`` from the probe."""
+    # The gradients the measured pairs used: those the loop evaluated and those it took from the survey (its
+    # sampled pairs' starts, its probes' points; on 3 measured pairs a third of them can be taken). The first
+    # pair of a call also evaluates its start point (once per set): not a per-pair cost.
+    gpp = (measured.gradients + measured.reused - n_sets) / measured.pairs
+    spg = measured.seconds_per_gradient
+    # The survey (its time is in the start-up) kept gradients for the loop over every pair; a call takes back
+    # those of its pairs, at least one per entry.
+    reused = measured.reuse_entries * to_compute / max(1, n_pairs)
+    estimate = measured.startup + spg * max(0.0, gpp * to_compute + n_sets - reused) if to_compute else 0.0
+    return gpp, spg, measured.startup, reused, estimate
+
+
 def dry_run(plan: ComputePlan) -> DryRun:
     """Measure and describe what ``compute`` would do with a plan; nothing is kept, the store is not locked.
 
@@ -347,17 +361,8 @@ def dry_run(plan: ComputePlan) -> DryRun:
         notes.append("--follow: the store grows by whole chunks as checkpoints arrive; the size is of the pairs now")
     gpp = spp = spg = startup = estimate = reused = 0.0
     if measured is not None and measured.pairs:
-        n_sets = len(sets)
-        # The gradients the measured pairs used: those the loop evaluated and those it took from the survey (its
-        # sampled pairs' starts, its probes' points; on 3 measured pairs a third of them can be taken). The first
-        # pair of a call also evaluates its start point (once per set): not a per-pair cost.
-        gpp = (measured.gradients + measured.reused - n_sets) / measured.pairs
-        spg = measured.seconds_per_gradient
-        spp, startup = spg * gpp, measured.startup  # a pair at the steady rate, evaluating all it uses
-        # The survey (its time is in the start-up) kept gradients for the loop over every pair; a call takes
-        # back those of its pairs, at least one per entry (README, *What it costs*).
-        reused = measured.reuse_entries * to_compute / max(1, n_pairs)
-        estimate = startup + spg * max(0.0, gpp * to_compute + n_sets - reused) if to_compute else 0.0
+        gpp, spg, startup, reused, estimate = _forecast(measured, len(sets), to_compute, n_pairs)
+        spp = spg * gpp  # a pair at the steady rate, evaluating all it uses
         notes.append(
             "peak memory is of the measured pairs; a full chunk holds up to "
             f"{rows_per_chunk} rows x {columns.size:,} columns x 4 B ({_size(rows_per_chunk * columns.size * 4)}) "
