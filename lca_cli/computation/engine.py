@@ -470,7 +470,6 @@ class PairEngine:
         for s, obj in self.objectives.items():
             calls = [0]
             kept = {} if mark is None else self.reuse.take(t, s, mark)  # a probe pair: the survey's inner points
-            taken = len(kept)  # those of them the pair used, counted below
 
             def point(
                 x: float,
@@ -482,8 +481,8 @@ class PairEngine:
                 kept: dict[float, Evaluation] = kept,
             ) -> Any:
                 clock.check()
-                got = kept.pop(x, None)
-                if got is not None:
+                if (got := kept.pop(x, None)) is not None:
+                    self.reuse.count_used(1)
                     return got.loss, got.grad
                 calls[0] += 1
                 return obj.value_and_grad_at(v0, d, x, fx)  # v0 + x d written into the point buffer in place
@@ -509,7 +508,6 @@ class PairEngine:
                 deep_factor=self.deep_factors.get(s),
                 work=self.pool.like,
             )
-            self.reuse.count_used(taken - len(kept))
             kept.clear()  # points the pair did not need (it kept plain Simpson): not held any longer
             results.append((s, res))
             grads += calls[0]
@@ -520,10 +518,12 @@ class PairEngine:
         """``v1 - v0`` in the accumulation dtype, in a pooled buffer.
 
         In float64 it is exact (the points hold float32 or float64 values); in float32 it is rounded once. A
-        float32 ``v0`` is widened block by block: a mixed-dtype subtraction would make a float64 copy of it.
+        float32 ``v0`` is widened block by block on CPU: a mixed-dtype subtraction would make a float64 copy of it.
         """
-        delta = self.pool.take(v1.numel(), self.accumulate, v1.device).copy_(v1)
-        if v0.dtype == delta.dtype or delta.device.type != "cpu":  # GPU kernels cast on the fly, without a copy
+        delta = self.pool.take(v1.numel(), self.accumulate, v1.device)
+        if v0.dtype == v1.dtype == delta.dtype:
+            return torch.sub(v1, v0, out=delta)
+        if v0.dtype == delta.copy_(v1).dtype or delta.device.type != "cpu":
             return delta.sub_(v0)
         scratch = self.pool.take(min(v0.numel(), SCRATCH), delta.dtype, delta.device)
         for a in range(0, v0.numel(), SCRATCH):

@@ -158,7 +158,7 @@ class ProbeReuse:
         return kept[1] if kept[0] == mark else {}
 
     def count_used(self, n: int) -> None:
-        """Count ``n`` of a probe pair's inner points (:meth:`take`) that the loop used instead of evaluating them."""
+        """Count ``n`` of a probe pair's inner points (from :meth:`take`) the loop used instead of evaluating them."""
         self.used += n
 
     @property

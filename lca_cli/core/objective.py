@@ -294,7 +294,9 @@ class Objective:
 
         """
         point = self._point_buffer(v0.device)
-        if delta.dtype == point.dtype:
+        if delta.dtype == point.dtype == v0.dtype:  # one pass, the bits of ``copy_(v0).add_(delta, alpha=s)``
+            torch.add(v0, delta, alpha=s, out=point)
+        elif delta.dtype == point.dtype:
             point.copy_(v0).add_(delta, alpha=s)
         elif point.device.type != "cpu":
             torch.add(v0, delta, alpha=s, out=point)  # GPU kernels cast on the fly: no temporary, one launch
