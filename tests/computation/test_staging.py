@@ -6,6 +6,7 @@ the newest three (``save_total_limit=3``), while ``lca compute --follow`` runs b
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -96,13 +97,15 @@ def test_follow_beside_a_rotating_trainer_stores_every_pair(tmp_path: Path) -> N
     run = _run(tmp_path)
     steps = 20
     lca = subprocess.Popen(
-        [str(Path(sys.executable).parent / "lca"), "compute", str(run), "--follow", "--until", str(steps)],
+        [str(Path(sys.executable).parent / "lca"), "compute", str(run), "--follow", "--until", str(steps), "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     trainer = _trainer(tmp_path, run, steps, 0.3)
-    _, err = lca.communicate(timeout=300)
+    out, err = lca.communicate(timeout=300)
     assert trainer.wait(timeout=60) == 0
     assert lca.returncode == 0, err
+    # The survey of the first checkpoints kept gradients that the loop took, the checkpoints held for it.
+    assert json.loads(out)["reused"] >= 1, out
     store = LcaStore.open(run / "lca.zarr")
     assert list(store.steps) == list(range(steps + 1))
     assert bool(store.done().all()) and store.n_pairs == steps  # pairs stored == pairs trained
