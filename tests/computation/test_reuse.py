@@ -72,3 +72,25 @@ def test_a_checkpoint_gradient_is_taken_once_for_the_same_checkpoint_and_dtype()
     assert reuse.take_checkpoint(1, "train", v + 1, torch.float64) is None  # another checkpoint
     assert reuse.take_checkpoint(2, "train", v, torch.float32) is None  # another accumulation dtype
     assert reuse.nbytes == 0
+
+
+def test_entries_and_used_count_what_the_loop_can_take_and_took() -> None:
+    """``entries`` (the dry run's lower bound of the gradients a call saves) counts each kept checkpoint once, however
+    often it is kept again, and each probe pair's points once; ``used`` counts only what matched."""
+    v = torch.arange(5, dtype=torch.float32)
+    evaluation = Evaluation(torch.tensor(0.25, dtype=torch.float64), torch.full((5,), 3.0, dtype=torch.float64))
+    mark = ProbeReuse.fingerprint(v, torch.ones(5, dtype=torch.float64))
+    reuse = ProbeReuse(limit_bytes=1 << 20)
+    reuse.keep_checkpoint(0, "train", v, evaluation)
+    reuse.keep_checkpoint(0, "train", v, evaluation)  # the accumulation probe's, then the survey's: one entry
+    reuse.keep_checkpoint(1, "train", v, evaluation)
+    reuse.keep(4, "train", mark, _points(5))
+    assert reuse.entries == 3 and reuse.used == 0
+    assert reuse.take_checkpoint(0, "train", v, torch.float64) is not None  # used
+    assert reuse.take_checkpoint(1, "train", v + 1, torch.float64) is None  # handed over, not matching: not used
+    reuse.count_used(len(reuse.take(4, "train", mark)) - 1)  # the pair used one of its two points
+    assert reuse.entries == 3 and reuse.used == 2
+    off = ProbeReuse(limit_bytes=0)  # reuse off: nothing kept, nothing to count on
+    assert not off.keep_checkpoint(0, "train", v, evaluation) and off.entries == 0
+    reuse.clear()
+    assert reuse.entries == 0
