@@ -69,10 +69,9 @@ READ_AHEAD = 2
 #: from about 8M float32 parameters up.
 READ_AHEAD_BYTES = 64 << 20
 
-#: Every parameter-sized buffer of the pair loop, in bytes per parameter (``D = P + B``) with float32 checkpoints
-#: and network: ``a`` is the accumulation dtype's size (4 for float32 accumulation, 8 for float64), ``k`` the
-#: gradients a pair holds at once (3 for plain Simpson, 2 more per level of refinement depth). README.md, *What it
-#: costs*, gives the measured totals.
+#: Every parameter-sized buffer of the pair loop, in bytes per parameter (``D = P + B``), float32 checkpoints and
+#: network: ``a`` is the accumulation dtype's size (4 or 8), ``k`` the gradients a pair holds at once (3 for plain
+#: Simpson, 2 more per level of refinement depth). README.md, *What it costs*, gives the measured totals.
 MEMORY_BUDGET = {
     "checkpoints v0, v1 (point vectors in the checkpoints' dtype, float32 or float64)": "2 x 4",
     "read-ahead (READ_AHEAD_BYTES: one point vector from 8M parameters up), the checkpoint being read": "4 + 4",
@@ -523,7 +522,8 @@ class PairEngine:
         delta = self.pool.take(v1.numel(), self.accumulate, v1.device)
         if v0.dtype == v1.dtype == delta.dtype:
             return torch.sub(v1, v0, out=delta)
-        if v0.dtype == delta.copy_(v1).dtype or delta.device.type != "cpu":
+        delta.copy_(v1)  # cast exactly (a float32 point into a float64 difference)
+        if v0.dtype == delta.dtype or delta.device.type != "cpu":  # GPU kernels cast on the fly, without a copy
             return delta.sub_(v0)
         scratch = self.pool.take(min(v0.numel(), SCRATCH), delta.dtype, delta.device)
         for a in range(0, v0.numel(), SCRATCH):
