@@ -33,7 +33,7 @@ from lca_cli.computation.distributed import Scope
 from lca_cli.computation.plan import ComputePlan, Schedule
 from lca_cli.computation.result import ProgressInfo
 from lca_cli.computation.runner import compute
-from lca_cli.computation.scale import CALLS_ATTR
+from lca_cli.computation.scale import CALLS_ATTR, needs_survey
 from lca_cli.errors import RunDirError
 from lca_cli.sources import describe_folder
 from lca_cli.store import LcaStore, choose_rows_per_chunk
@@ -58,8 +58,8 @@ class DryRun:
     ``gradients_per_pair``, ``seconds_per_pair``, ``seconds_per_gradient``, ``startup_seconds``, ``peak_*`` and
     ``threads`` were measured on the ``measured_pairs`` pairs ``measured_steps`` (0 and empty: nothing was
     measured, the store being complete); ``peak_rss_bytes`` is None where the platform cannot reset or read it.
-    ``reused``: the gradients the survey keeps for the loop over the pairs to compute (at least; the estimate does
-    not count them).
+    ``reused``: the gradients the run's survey keeps for the loop over the pairs to compute (about: one per entry,
+    in proportion to those pairs; 0 where the call does not survey); the estimate does not count them.
     """
 
     run: Path
@@ -185,6 +185,7 @@ class _Probe:
     pairs: int
     steps: str
     gradients: int
+    before_loop: int
     reused: int
     reuse_entries: int
     seconds: float
@@ -249,6 +250,7 @@ def _probe(plan: ComputePlan, out: Path, first: int, count: int) -> _Probe:
         pairs=res.computed,
         steps=f"steps {steps[first]} -> {last}",
         gradients=gradients,
+        before_loop=res.gradients - gradients,  # the run's survey and the accumulation probe (a new store's)
         reused=res.reused,
         reuse_entries=res.reuse_entries,
         seconds=res.seconds,
@@ -275,15 +277,24 @@ def _per_parameter_bytes(probe: LcaStore, total: int, lca: int, coordinate: int,
     return total - lca - coordinate + len(probe.sets) * per_set
 
 
-def _forecast(measured: _Probe, n_sets: int, to_compute: int, n_pairs: int) -> tuple[float, float, float, float, float]:
-    """``(gradients per pair, seconds per gradient, start-up, gradients reused, estimate)`` from the probe."""
+def _forecast(
+    measured: _Probe, n_sets: int, to_compute: int, n_pairs: int, surveys: bool
+) -> tuple[float, float, float, float, float]:
+    """``(gradients per pair, seconds per gradient, start-up, gradients reused, estimate)`` from the probe.
+
+    The probe made a new store: it surveyed the run and probed the accumulation. A call on an existing store that
+    does not survey again (``surveys`` False) does neither: their gradients leave its start-up, and it takes none.
+    """
     # The gradients the measured pairs used: those the loop evaluated and those it took from the survey (its
     # sampled pairs' starts, its probes' points; on 3 measured pairs a third of them can be taken). The first
     # pair of a call also evaluates its start point (once per set): not a per-pair cost.
     gpp = (measured.gradients + measured.reused - n_sets) / measured.pairs
     spg = measured.seconds_per_gradient
-    # The survey (its time is in the start-up) kept gradients for the loop over every pair; a call takes back
-    # those of its pairs, at least one per entry.
+    if not surveys:
+        startup = max(0.0, measured.startup - spg * measured.before_loop)
+        return gpp, spg, startup, 0.0, startup + spg * (gpp * to_compute + n_sets) if to_compute else 0.0
+    # The survey (its time is in the start-up) kept gradients for the loop over every pair it sampled; a call
+    # takes back those of its pairs (one gradient an entry at least), about in proportion to the pairs it computes.
     reused = measured.reuse_entries * to_compute / max(1, n_pairs)
     estimate = measured.startup + spg * max(0.0, gpp * to_compute + n_sets - reused) if to_compute else 0.0
     return gpp, spg, measured.startup, reused, estimate
@@ -361,7 +372,8 @@ def dry_run(plan: ComputePlan) -> DryRun:
         notes.append("--follow: the store grows by whole chunks as checkpoints arrive; the size is of the pairs now")
     gpp = spp = spg = startup = estimate = reused = 0.0
     if measured is not None and measured.pairs:
-        gpp, spg, startup, reused, estimate = _forecast(measured, len(sets), to_compute, n_pairs)
+        surveys = existing is None or needs_survey(existing, n_pairs, opts.l1_scope)
+        gpp, spg, startup, reused, estimate = _forecast(measured, len(sets), to_compute, n_pairs, surveys)
         spp = spg * gpp  # a pair at the steady rate, evaluating all it uses
         notes.append(
             "peak memory is of the measured pairs; a full chunk holds up to "

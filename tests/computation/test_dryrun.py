@@ -153,6 +153,21 @@ def test_dry_run_time_forecast_is_within_30_percent_of_the_call(tmp_path: Path) 
     assert 0.7 < wall / doc["estimate_seconds"] < 1.3, {**seen, "forecast": {k: doc[k] for k in keys}}
 
 
+def test_dry_run_of_an_append_counts_no_survey_the_call_will_not_make(tmp_path: Path) -> None:
+    """A store made from half the run, then the other half appended, with the defaults: the append does not
+    survey again (the run has not grown 1.5x since), so the loop takes no survey gradient and the forecast's
+    start-up leaves out the survey its own probe (into a new store) made; it counted both before (0.79-0.91x the
+    call, 1M-parameter MLP, fresh processes; now 0.93x)."""
+    run = make_tiny_run(tmp_path, steps=24)
+    config = load_config(run / "lca.toml")
+    compute(run, config, run / "lca.zarr", schedule=Schedule(Scope(stop=12)))
+    new = dry_run(build_plan(run, config, None))
+    fresh = dry_run(build_plan(run, config, tmp_path / "new.zarr"))  # a new store's call surveys
+    assert new.to_compute == 12 and new.reused == 0 and fresh.reused > 0
+    appended = compute(run, config, run / "lca.zarr")
+    assert appended.computed == 12 and appended.reused == 0
+
+
 def test_dry_run_of_data_that_does_not_fit_is_compute_s_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
