@@ -119,6 +119,21 @@ class ProbeReuse:
         self.used += 1  # the loop uses every checkpoint gradient it takes
         return kept[1]
 
+    def peek_checkpoint(self, i: int, name: str, v: torch.Tensor, dtype: torch.dtype) -> Evaluation | None:
+        """Checkpoint ``i``'s kept evaluation in set ``name``, left in place; None when none or not matching.
+
+        The survey's second look starts its probes from the gradients its first pass kept for the loop.
+
+        Args:
+            i: The checkpoint.
+            name: The evaluation set.
+            v: The point vector read for it.
+            dtype: The accumulation dtype.
+
+        """
+        kept = self._checkpoints.get((i, name))
+        return kept[1] if kept is not None and kept[0] == self.checkpoint_mark(v, dtype) else None
+
     def keep(self, t: int, name: str, mark: tuple[Any, ...], points: Mapping[float, Evaluation]) -> bool:
         """Keep pair ``t``'s evaluations in set ``name`` (copies: the objectives' pooled buffers go back).
 

@@ -30,7 +30,15 @@ import torch
 from lca_cli.computation.engine import PairEngine, Point
 from lca_cli.computation.options import SCALE_FRACTION, SCALE_PAIRS
 from lca_cli.computation.reuse import ProbeReuse
-from lca_cli.core.calibration import MIN_PROBES, Probe, careful_first_factor, deep_panel_factor, first_panel_factor
+from lca_cli.core.calibration import (
+    MIN_PROBES,
+    Probe,
+    careful_first_factor,
+    deep_panel_factor,
+    first_panel_factor,
+    full_pooling_factor,
+    wants_second_look,
+)
 from lca_cli.core.integrate import DEEP_FACTOR, JUMP_FACTOR, Evaluation
 from lca_cli.errors import StoreError
 from lca_cli.store.lcastore import LcaStore
@@ -88,7 +96,8 @@ class Survey:
         scales: ``{set: S}`` in loss units.
         over: Pairs of the run when it was made.
         factors: ``{set: first-panel factor}`` for the sets it calibrated (the others use ``JUMP_FACTOR``).
-        calibration: ``{set: {"rho", "kappa", "probes"}}``: how each factor came about.
+        calibration: ``{set: {"rho", "kappa", "probes"}}``: how each factor came about (``"second_look"``: the
+            probes a second look had, where it was taken; ``"careful"``: a short run's).
         gradients: Gradients it evaluated.
         deep_factors: ``{set: deeper panels' factor}`` for the sets it calibrated (the others: uncalibrated).
 
@@ -161,7 +170,10 @@ def survey_run(
     The scale is :data:`SCALE_FRACTION` of the mean norm over :func:`scale_pairs`; the Euler row's norm was
     0.95-1.13 times the mean plain-Simpson ``||lca||_1`` on the bench's runs (1.82 on one SGD CNN, where a few
     pairs are far larger than the rest; a larger scale loosens the budget of the smaller pairs only;
-    BENCHMARKS.md). The probes are the first :func:`probe_count` of those pairs' spread, refined once.
+    BENCHMARKS.md). The probes are the first :func:`probe_count` of those pairs' spread, refined once; where
+    they would pool further at a wider margin (:func:`~lca_cli.core.calibration.wants_second_look`), the rest of
+    the sampled pairs are probed too, and the run keeps plain Simpson if all the probes show it may
+    (:func:`~lca_cli.core.calibration.full_pooling_factor`).
 
     Args:
         engine: The pair engine (its objectives evaluate the gradients; its ``l1_tol`` is the target).
@@ -230,22 +242,105 @@ def survey_run(
                         reuse.keep(t, s, mark, points)  # the inner points
                 del points
     scales = {s: SCALE_FRACTION * float(np.mean(v)) if v else 0.0 for s, v in norms.items()}
+    first = {s: list(v) for s, v in probes.items()}
+    looking = [] if n_pairs < MIN_CALIBRATED_PAIRS else [
+        s for s in sets if wants_second_look(probes[s], engine.l1_tol, scales[s], JUMP_FACTOR)
+    ]  # fmt: skip
+    more = _second_look(engine, read, [t for t in picked if t not in probed], looking, probes, stop, stored, reuse)
+    if more is None:
+        return None
+    factors, calibration, deep = _calibrate(engine.l1_tol, n_pairs, first, probes, looking, scales)
+    return Survey(scales, n_pairs, factors, calibration, done + more, deep)
+
+
+def _second_look(
+    engine: PairEngine,
+    read: Callable[[int], Point | None],
+    pairs: list[int],
+    looking: list[str],
+    probes: dict[str, list[Probe]],
+    stop: threading.Event | None,
+    stored: Callable[[str, int], float | None] | None,
+    reuse: ProbeReuse | None,
+) -> int | None:
+    """Probe ``pairs`` (the sampled pairs not probed yet) in the sets ``looking``, adding to ``probes``.
+
+    A pair's start gradient is the one the survey kept for the loop where it was (the same bits: same checkpoint,
+    dtype and threads), else evaluated again. The points go to ``reuse`` as the first probes' do.
+
+    Returns:
+        The gradients evaluated; None when stopped.
+
+    """
+    done = 0
+    for t in pairs if looking else []:
+        start, end = read(t), read(t + 1)
+        if start is None or end is None:  # its checkpoints are gone (a followed run's used ones)
+            continue
+        (v0, fixed0), (v1, _) = start, end
+        delta = engine.delta(v0, v1)  # (D,) accumulation dtype, a pooled buffer
+        mark = ProbeReuse.fingerprint(v0, delta) if reuse is not None else None
+        for s in looking:
+            if stop is not None and stop.is_set():
+                return None
+            obj = engine.objectives[s]
+            kept = reuse.peek_checkpoint(t, s, v0, delta.dtype) if reuse is not None else None
+            if kept is None:
+                kept = Evaluation(*obj.value_and_grad(v0, fixed0))
+                done += 1
+            probe, points = _probe(obj, start, end, delta, kept.grad)
+            done += 4
+            if np.isfinite([probe.indicator, probe.diff, probe.norm]).all():
+                probes[s].append(probe)
+                if reuse is not None and mark is not None and (stored is None or stored(s, t) is None):
+                    reuse.keep_checkpoint(t + 1, s, v1, points.pop(1.0))  # the loop computes pair t: it takes them
+                    reuse.keep(t, s, mark, points)
+            del points, kept
+    return done
+
+
+def _calibrate(
+    l1_tol: float,
+    n_pairs: int,
+    first: dict[str, list[Probe]],
+    probes: dict[str, list[Probe]],
+    looked: list[str],
+    scales: dict[str, float],
+) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, float]]:
+    """Each set's first-panel factor, its calibration record and its deeper panels' factor, from its probes.
+
+    Args:
+        l1_tol: The per-parameter target.
+        n_pairs: Pairs of the run.
+        first: The first probes of each set.
+        probes: Every probe of each set (the second look's too, for the sets in ``looked``).
+        looked: The sets that took a second look.
+        scales: Each set's run scale.
+
+    Returns:
+        ``(factors, calibration, deep factors)`` for the sets calibrated (the others keep the fixed factor).
+
+    """
     factors, calibration, deep = {}, {}, {}
-    for s in sets:
+    for s, mine in first.items():
         if n_pairs < MIN_CALIBRATED_PAIRS:  # too short to pool: the probes may only make the first panel careful
-            careful = careful_first_factor(probes[s], JUMP_FACTOR, DEEP_FACTOR)
+            careful = careful_first_factor(mine, JUMP_FACTOR, DEEP_FACTOR)
             if careful is not None:
                 factors[s] = careful[0]
-                calibration[s] = {"rho": careful[1], "kappa": 1.0, "probes": float(len(probes[s])), "careful": 1.0}
+                calibration[s] = {"rho": careful[1], "kappa": 1.0, "probes": float(len(mine)), "careful": 1.0}
             continue
-        got = first_panel_factor(probes[s], engine.l1_tol, scales[s], JUMP_FACTOR)
+        pooled = full_pooling_factor(probes[s], l1_tol, scales[s], JUMP_FACTOR) if s in looked else None
+        used = probes[s] if pooled is not None else mine
+        got = pooled or first_panel_factor(mine, l1_tol, scales[s], JUMP_FACTOR)
         if got is not None:
             factors[s] = got[0]
             deep_factor = deep_panel_factor(got[1], JUMP_FACTOR, DEEP_FACTOR)
             if deep_factor is not None:  # jumps from the first panel on (else: uncalibrated below it)
                 deep[s] = deep_factor
-            calibration[s] = {"rho": got[1], "kappa": got[2], "probes": float(len(probes[s]))}
-    return Survey(scales, n_pairs, factors, calibration, done, deep)
+            calibration[s] = {"rho": got[1], "kappa": got[2], "probes": float(len(used))}
+            if s in looked:
+                calibration[s]["second_look"] = float(len(probes[s]))
+    return factors, calibration, deep
 
 
 def measure_l1_scales(

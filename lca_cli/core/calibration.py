@@ -20,6 +20,14 @@ probes show that plain Simpson's errors, summed, meet the run's target with room
 estimate is a little over its budget keeps plain Simpson (the run's target is a sum); elsewhere the factor
 follows the run's real ratio. The residual stays an exact lower bound of every panel's error.
 
+Four probes can miss the few large early pairs that hold most of a run's error (BENCHMARKS.md, *Pooling*), so
+pooling stops at :data:`POOL_MARGIN` of the target. Where the four would pool further at
+:data:`SECOND_LOOK_MARGIN` (:func:`wants_second_look`), the survey probes the rest of its sampled pairs too (eight
+in all) and :func:`full_pooling_factor` keeps plain Simpson on the whole run only if all of them, at plain Simpson,
+fit that margin: the prediction is then plain Simpson's own measured error, with no model of what refined pairs
+would reach (that model put a CNN pooled at ``κ = 2`` at 0.70 of the target where it came out at 1.13). Otherwise
+the four probes' factor stands.
+
 Deeper panels take :func:`deep_panel_factor`: ``ρ`` times :data:`DEEP_GROWTH`, clipped to ``[floor, ceiling]``
 (:data:`~lca_cli.core.integrate.JUMP_FACTOR` and :data:`~lca_cli.core.integrate.DEEP_FACTOR`). Below the first
 panel, jumps of the gradient (ReLU units changing sign) dominate more and more of a panel's error, so the honest
@@ -47,10 +55,13 @@ __all__ = [
     "MIN_PROBES",
     "POOL_MARGIN",
     "REFINED_SHARE",
+    "SECOND_LOOK_MARGIN",
     "Probe",
     "careful_first_factor",
     "deep_panel_factor",
     "first_panel_factor",
+    "full_pooling_factor",
+    "wants_second_look",
 ]
 
 #: ``||S_2 - S_4||_1`` over plain Simpson's real error: 1.07-1.15 on nine ReLU runs (BENCHMARKS.md).
@@ -60,6 +71,11 @@ DIFF_OVERSTATES = 1.1
 #: Adam CNN at two threads (rounding alone moved one probe) was predicted at 0.70 where pooling gave 1.13e-3, over
 #: the contract: four probes cannot tell the two apart (BENCHMARKS.md, *Cost per accuracy*).
 POOL_MARGIN = 0.6
+#: The margin of the second look (:func:`wants_second_look`, :func:`full_pooling_factor`): the eight probes' plain
+#: Simpson error, summed, may be at most this fraction of their target for the whole run to keep plain Simpson. On
+#: the small Adam ReLU MLP the eight predict 0.73 (real 0.71); on four more runs they were 0.02 under to 0.16 over
+#: the real error, none of them under 0.9 (BENCHMARKS.md).
+SECOND_LOOK_MARGIN = 0.8
 #: A probe that the factor would refine counts with this fraction of its budget (refinement stops below it).
 REFINED_SHARE = 0.5
 #: The largest pooling multiplier.
@@ -100,7 +116,7 @@ def _ratio(probes: Sequence[Probe]) -> float | None:
 
 
 def first_panel_factor(
-    probes: Sequence[Probe], l1_tol: float, scale: float, ceiling: float
+    probes: Sequence[Probe], l1_tol: float, scale: float, ceiling: float, margin: float = POOL_MARGIN
 ) -> tuple[float, float, float] | None:
     """The first panel's factor for a run, from its probes (see the module docstring).
 
@@ -109,6 +125,7 @@ def first_panel_factor(
         l1_tol: The per-parameter target.
         scale: The run scale ``S`` (0: none): a pair's budget is ``l1_tol max(norm, S)``.
         ceiling: The largest factor (the fixed one, :data:`~lca_cli.core.integrate.JUMP_FACTOR`).
+        margin: The fraction of the run's target the probes' predicted error may reach (:data:`POOL_MARGIN`).
 
     Returns:
         ``(factor, ρ, κ)``, or None when there are fewer than :data:`MIN_PROBES` probes, no target, or no
@@ -118,7 +135,7 @@ def first_panel_factor(
     rho = _ratio(probes)
     if rho is None or l1_tol <= 0:
         return None
-    target = POOL_MARGIN * l1_tol * sum(p.norm for p in probes)
+    target = margin * l1_tol * sum(p.norm for p in probes)
     kappa = 1.0
     # Candidates: the multipliers at which a probe switches from refined to plain Simpson (the predicted error
     # only changes there), largest last; the largest whose prediction fits wins.
@@ -139,6 +156,47 @@ def first_panel_factor(
         if predicted <= target:
             kappa = k
     return min(ceiling, max(FACTOR_FLOOR, rho / kappa)), rho, kappa
+
+
+def wants_second_look(probes: Sequence[Probe], l1_tol: float, scale: float, ceiling: float) -> bool:
+    """Whether the probes would pool further at :data:`SECOND_LOOK_MARGIN` than at :data:`POOL_MARGIN`.
+
+    Args:
+        probes: The first probes' measurements (finite ones only).
+        l1_tol: As for :func:`first_panel_factor`.
+        scale: As for :func:`first_panel_factor`.
+        ceiling: As for :func:`first_panel_factor`.
+
+    Returns:
+        True when more probes could let the run keep plain Simpson (module docstring).
+
+    """
+    near = first_panel_factor(probes, l1_tol, scale, ceiling)
+    wide = first_panel_factor(probes, l1_tol, scale, ceiling, SECOND_LOOK_MARGIN)
+    return near is not None and wide is not None and wide[0] < near[0]
+
+
+def full_pooling_factor(
+    probes: Sequence[Probe], l1_tol: float, scale: float, ceiling: float
+) -> tuple[float, float, float] | None:
+    """The first panel's factor after a second look: full pooling, or None (the first probes' factor stands).
+
+    Args:
+        probes: Every probe's measurements, the second look's included (finite ones only).
+        l1_tol: As for :func:`first_panel_factor`.
+        scale: As for :func:`first_panel_factor`.
+        ceiling: As for :func:`first_panel_factor`.
+
+    Returns:
+        ``(factor, ρ, κ)`` of :func:`first_panel_factor` at :data:`SECOND_LOOK_MARGIN` (``κ`` =
+        :data:`KAPPA_MAX`) when the probes' plain-Simpson errors, summed, fit that margin of their target; None
+        otherwise (or with fewer than :data:`MIN_PROBES` probes).
+
+    """
+    plain = sum(p.diff for p in probes) / DIFF_OVERSTATES  # every probe at plain Simpson, its measured error
+    if len(probes) < MIN_PROBES or plain > SECOND_LOOK_MARGIN * l1_tol * sum(p.norm for p in probes):
+        return None
+    return first_panel_factor(probes, l1_tol, scale, ceiling, SECOND_LOOK_MARGIN)
 
 
 def deep_panel_factor(rho: float, floor: float, ceiling: float) -> float | None:

@@ -94,3 +94,19 @@ def test_entries_and_used_count_what_the_loop_can_take_and_took() -> None:
     assert not off.keep_checkpoint(0, "train", v, evaluation) and off.entries == 0
     reuse.clear()
     assert reuse.entries == 0
+
+
+def test_a_peeked_checkpoint_gradient_stays_for_the_loop() -> None:
+    """The survey's second look starts a probe from a kept checkpoint gradient without taking it from the loop."""
+    v = torch.arange(5, dtype=torch.float32)
+    evaluation = Evaluation(torch.tensor(0.5, dtype=torch.float64), torch.full((5,), 2.0, dtype=torch.float64))
+    reuse = ProbeReuse(limit_bytes=1 << 20)
+    assert reuse.peek_checkpoint(4, "train", v, torch.float64) is None  # nothing kept
+    reuse.keep_checkpoint(4, "train", v, evaluation)
+    assert reuse.peek_checkpoint(4, "train", v + 1, torch.float64) is None  # another checkpoint
+    assert reuse.peek_checkpoint(4, "train", v, torch.float32) is None  # another accumulation dtype
+    peeked = reuse.peek_checkpoint(4, "train", v, torch.float64)
+    assert peeked is not None and torch.equal(peeked.grad, evaluation.grad)
+    assert reuse.entries == 1 and reuse.used == 0  # still there, not counted as used
+    taken = reuse.take_checkpoint(4, "train", v, torch.float64)
+    assert taken is not None and reuse.used == 1 and reuse.nbytes == 0

@@ -41,11 +41,16 @@ from lca_cli.core.calibration import (
     DEEP_GROWTH,
     DIFF_OVERSTATES,
     FACTOR_FLOOR,
+    KAPPA_MAX,
     MIN_PROBES,
+    POOL_MARGIN,
+    SECOND_LOOK_MARGIN,
     Probe,
     careful_first_factor,
     deep_panel_factor,
     first_panel_factor,
+    full_pooling_factor,
+    wants_second_look,
 )
 from lca_cli.core.integrate import DEEP_FACTOR, JUMP_FACTOR
 from lca_cli.store.lcastore import LcaStore
@@ -181,6 +186,25 @@ def test_first_panel_factor_pools_only_what_the_probes_show() -> None:
     assert first_panel_factor([Probe(0.0, 0.0, 0.0)] * 4, 1e-3, 0.0, 1.4) is None
 
 
+def test_a_second_look_pools_a_run_only_where_every_probe_keeps_plain_simpson() -> None:
+    """Four probes that would pool further at the wider margin ask for more; full pooling needs all of them."""
+    # Plain Simpson's errors at 0.65e-3 of each row: over the first margin (0.6), within the wider one (0.8).
+    near = [Probe(indicator=1.0, diff=0.65e-3 * 1000.0 * DIFF_OVERSTATES, norm=1000.0)] * 4
+    assert first_panel_factor(near, 1e-3, 0.0, 1.4) == (pytest.approx(0.715), pytest.approx(0.715), 1.0)
+    assert wants_second_look(near, 1e-3, 0.0, 1.4)
+    pooled = full_pooling_factor(near * 2, 1e-3, 0.0, 1.4)
+    assert pooled is not None and pooled[2] == KAPPA_MAX and pooled[0] == FACTOR_FLOOR
+    # The second look's probes show a larger error (the run's early pairs): the sum is over the wider margin, so no
+    # full pooling.
+    early = [Probe(indicator=1.0, diff=1.4e-3 * 1000.0 * DIFF_OVERSTATES, norm=1000.0)] * 4
+    assert full_pooling_factor(near + early, 1e-3, 0.0, 1.4) is None
+    # Errors well within the first margin pool at once; errors over the wider margin ask for nothing.
+    calm = [Probe(indicator=1.0, diff=0.11, norm=1000.0)] * 4
+    assert not wants_second_look(calm, 1e-3, 0.0, 1.4) and not wants_second_look(early, 1e-3, 0.0, 1.4)
+    assert not wants_second_look(near[:3], 1e-3, 0.0, 1.4) and full_pooling_factor(near[:3], 1e-3, 0.0, 1.4) is None
+    assert POOL_MARGIN < SECOND_LOOK_MARGIN < 1.0
+
+
 def test_a_short_runs_probes_only_make_its_first_panel_more_careful() -> None:
     """Under MIN_CALIBRATED_PAIRS pairs: the honest ratio where it is above the fixed factor, never below it."""
     rough = [Probe(indicator=1.0, diff=1.66 * DIFF_OVERSTATES, norm=1000.0)] * 4
@@ -279,11 +303,16 @@ def test_a_run_appended_into_calibration_keeps_the_contract(tmp_path: Path, adam
     # ones, whose gradients its loop took: its own gradients are its pairs' sub-intervals, less two for a probe
     # pair kept at plain Simpson and four for one refined further, less the start point of every new pair the
     # survey sampled, plus its first start point.
+    # On the Adam run the four probes would pool further at a wider margin: the survey probes the other four
+    # sampled pairs too (a second look), whose points the loop takes as well.
     picked = scale_pairs(steps)
-    new_probes = [t for t in (picked[i] for i in scale_pairs(len(picked), probe_count(steps))) if t >= first]
+    probed = [picked[i] for i in scale_pairs(len(picked), probe_count(steps))]
+    looked = "second_look" in store.attrs["calibration"]["train"]
+    assert looked == adam
+    new_probes = [t for t in (picked if looked else probed) if t >= first]
     splits = store.read("train", "splits")
     saved = sum(2 if k == 2 else 4 for k in splits[new_probes]) + sum(t >= first for t in picked)
-    assert new_probes and len(new_probes) < MIN_PROBES and saved > 0
+    assert new_probes and len([t for t in probed if t >= first]) < MIN_PROBES and saved > 0
     assert round(appended.gradients_per_pair * appended.computed) == int(splits[first:].sum()) + 1 - saved
     recorded = store.attrs["l1_scale_calls"]
     assert [(c["over"], c["rows"]) for c in recorded] == [(first, [[0, first]]), (200, [[first, 200]])]
