@@ -37,6 +37,7 @@ from lca_cli.core.calibration import (
     deep_panel_factor,
     first_panel_factor,
     full_pooling_factor,
+    plain_error_share,
     wants_second_look,
 )
 from lca_cli.core.integrate import DEEP_FACTOR, JUMP_FACTOR, Evaluation
@@ -96,8 +97,9 @@ class Survey:
         scales: ``{set: S}`` in loss units.
         over: Pairs of the run when it was made.
         factors: ``{set: first-panel factor}`` for the sets it calibrated (the others use ``JUMP_FACTOR``).
-        calibration: ``{set: {"rho", "kappa", "probes"}}``: how each factor came about (``"second_look"``: the
-            probes a second look had, where it was taken; ``"careful"``: a short run's).
+        calibration: ``{set: {"rho", "kappa", "probes", "plain"}}``: how each factor came about (``"plain"``: the
+            probes' plain-Simpson error over their target; ``"second_look"``: the probes a second look had, where
+            it was taken; ``"careful"``: a short run's).
         gradients: Gradients it evaluated.
         deep_factors: ``{set: deeper panels' factor}`` for the sets it calibrated (the others: uncalibrated).
 
@@ -246,7 +248,9 @@ def survey_run(
     looking = [] if n_pairs < MIN_CALIBRATED_PAIRS else [
         s for s in sets if wants_second_look(probes[s], engine.l1_tol, scales[s], JUMP_FACTOR)
     ]  # fmt: skip
-    more = _second_look(engine, read, [t for t in picked if t not in probed], looking, probes, stop, stored, reuse)
+    pace = (note, (time.perf_counter() - t0) / max(1, done))  # to announce a slow second look as the survey
+    others = [t for t in picked if t not in probed]
+    more = _second_look(engine, read, others, looking, probes, stop, stored, reuse, pace)
     if more is None:
         return None
     factors, calibration, deep = _calibrate(engine.l1_tol, n_pairs, first, probes, looking, scales)
@@ -262,16 +266,25 @@ def _second_look(
     stop: threading.Event | None,
     stored: Callable[[str, int], float | None] | None,
     reuse: ProbeReuse | None,
+    pace: tuple[Callable[[str], None] | None, float] = (None, 0.0),
 ) -> int | None:
     """Probe ``pairs`` (the sampled pairs not probed yet) in the sets ``looking``, adding to ``probes``.
 
     A pair's start gradient is the one the survey kept for the loop where it was (the same bits: same checkpoint,
-    dtype and threads), else evaluated again. The points go to ``reuse`` as the first probes' do.
+    dtype and threads), else evaluated again. The points go to ``reuse`` as the first probes' do. ``pace`` is the
+    survey's note function and its seconds per gradient: a second look expected to take longer than
+    :data:`SLOW_SCALE_SECONDS` is announced.
 
     Returns:
         The gradients evaluated; None when stopped.
 
     """
+    note, seconds = pace[0], pace[1] * 5 * len(pairs) * len(looking)
+    if note is not None and seconds > SLOW_SCALE_SECONDS:  # a big model's take minutes
+        note(
+            f"probing {len(pairs)} more pair(s) of the survey (up to {5 * len(pairs) * len(looking)} gradients, about "
+            f"{seconds:.0f} s): the first probes would let the run keep plain Simpson if more of them confirm it"
+        )
     done = 0
     for t in pairs if looking else []:
         start, end = read(t), read(t + 1)
@@ -334,10 +347,11 @@ def _calibrate(
         got = pooled or first_panel_factor(mine, l1_tol, scales[s], JUMP_FACTOR)
         if got is not None:
             factors[s] = got[0]
-            deep_factor = deep_panel_factor(got[1], JUMP_FACTOR, DEEP_FACTOR)
+            plain = plain_error_share(used, l1_tol)
+            deep_factor = deep_panel_factor(got[1], JUMP_FACTOR, DEEP_FACTOR, plain)
             if deep_factor is not None:  # jumps from the first panel on (else: uncalibrated below it)
                 deep[s] = deep_factor
-            calibration[s] = {"rho": got[1], "kappa": got[2], "probes": float(len(used))}
+            calibration[s] = {"rho": got[1], "kappa": got[2], "probes": float(len(used)), "plain": plain}
             if s in looked:
                 calibration[s]["second_look"] = float(len(probes[s]))
     return factors, calibration, deep

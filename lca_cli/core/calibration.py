@@ -37,7 +37,10 @@ jumps from the first panel on, get the deeper panels' measured ratio, about 2, a
 width's square root) below the first panel. Runs whose first panel is smooth (SGD: ``DEEP_GROWTH ρ`` at or under
 the floor) get neither: their probes do not bound the deeper panels' ratio, which grows to 2 on the SGD CNN, and
 the calibrated shares with the floor's 1.4 took that run over the contract (1.36e-3, BENCHMARKS.md); below the
-first panel they keep the fixed factor and shares proportional to the width.
+first panel they keep the fixed factor and shares proportional to the width, unless their probes show plain
+Simpson near the target (:data:`NEAR_TARGET`): a pair is then refined rarely and shallowly, so the deeper panels'
+growing ratio weighs little, and they take the shares of the width's square root with the fixed factor (the
+first panel keeping its whole budget; the deeper factor is then exactly the floor).
 Numbers only (no torch).
 """
 
@@ -53,6 +56,7 @@ __all__ = [
     "FACTOR_FLOOR",
     "KAPPA_MAX",
     "MIN_PROBES",
+    "NEAR_TARGET",
     "POOL_MARGIN",
     "REFINED_SHARE",
     "SECOND_LOOK_MARGIN",
@@ -61,6 +65,7 @@ __all__ = [
     "deep_panel_factor",
     "first_panel_factor",
     "full_pooling_factor",
+    "plain_error_share",
     "wants_second_look",
 ]
 
@@ -87,6 +92,13 @@ FACTOR_FLOOR = 0.5
 #: The deeper panels' factor is this multiple of the probes' first-panel ratio ``ρ`` (then clipped): the growth
 #: of the honest ratio from the first panel to the next levels on the Adam runs measured (1.04-1.25; 1.6 on SGD).
 DEEP_GROWTH = 1.25
+#: A run whose first panel is smooth gets the shares of the width's square root below it (with the fixed factor)
+#: where its probes' plain-Simpson error, summed, is at most this fraction of their target: the SGD ReLU MLP
+#: (0.60 predicted, 0.99 real) from 1.35x to 1.20x its oracle, MNIST-FC from 1.24x to 1.19x, in a replay of eleven
+#: runs and 70 cuts that left none over the contract; the SGD CNN, whose deeper panels' ratio grows to 2 and which
+#: the larger shares took over it, predicts 5.4-5.6 (BENCHMARKS.md, *Square-root shares where plain Simpson is near
+#: the target*).
+NEAR_TARGET = 1.0
 #: Fewer probes than this give no calibration (the fixed factor is used).
 MIN_PROBES = 4
 
@@ -199,23 +211,40 @@ def full_pooling_factor(
     return first_panel_factor(probes, l1_tol, scale, ceiling, SECOND_LOOK_MARGIN)
 
 
-def deep_panel_factor(rho: float, floor: float, ceiling: float) -> float | None:
+def plain_error_share(probes: Sequence[Probe], l1_tol: float) -> float:
+    """The probes' plain-Simpson error, summed, as a fraction of their target ``l1_tol Σ norm`` (inf: no target).
+
+    Args:
+        probes: The probes' measurements (finite ones only).
+        l1_tol: The per-parameter target.
+
+    """
+    target = l1_tol * sum(p.norm for p in probes)
+    return sum(p.diff for p in probes) / DIFF_OVERSTATES / target if target > 0 else math.inf
+
+
+def deep_panel_factor(rho: float, floor: float, ceiling: float, plain: float = math.inf) -> float | None:
     """The deeper panels' factor for a run whose probes measured the first-panel ratio ``rho``.
 
     Args:
         rho: ``Σ diff / Σ indicator`` over the probes (the second item of :func:`first_panel_factor`).
         floor: The least factor (:data:`~lca_cli.core.integrate.JUMP_FACTOR`).
         ceiling: The largest (:data:`~lca_cli.core.integrate.DEEP_FACTOR`).
+        plain: The probes' :func:`plain_error_share` (inf: unknown).
 
     Returns:
-        ``DEEP_GROWTH rho`` clipped to ``[floor, ceiling]``; ``ceiling`` when ``rho`` is not finite; None when
-        ``DEEP_GROWTH rho <= floor``: a smooth first panel, the deeper panels stay uncalibrated (module docstring).
+        ``DEEP_GROWTH rho`` clipped to ``[floor, ceiling]``; ``ceiling`` when ``rho`` is not finite. For a smooth
+        first panel (``DEEP_GROWTH rho <= floor``): ``floor`` where ``plain`` is at most :data:`NEAR_TARGET` (the
+        shares of the width's square root with the fixed factor, the first panel keeping its whole budget), else
+        None: the deeper panels stay uncalibrated (module docstring).
 
     """
     if not math.isfinite(rho):
         return ceiling
     grown = DEEP_GROWTH * rho
-    return None if grown <= floor else min(ceiling, grown)
+    if grown <= floor:
+        return floor if plain <= NEAR_TARGET else None
+    return min(ceiling, grown)
 
 
 def careful_first_factor(probes: Sequence[Probe], floor: float, ceiling: float) -> tuple[float, float] | None:

@@ -19,7 +19,10 @@ the first panel on, as Adam runs do), the share is
 estimate is held to :data:`PAIR_CEILING` budgets and its panels' summed residuals (exact lower bounds) to one: on
 ReLU nets a split only halves a panel's error (first-order convergence), so shares proportional to the width
 made most panels below a failed one fail too, down to the cap (BENCHMARKS.md, *The estimator and the scale*).
-Without that factor (shorter runs, smooth first panels, direct calls) the shares stay proportional to the width
+A run whose probes show a smooth first panel but plain Simpson near its target gets ``deep_factor`` =
+:data:`JUMP_FACTOR` (:data:`lca_cli.core.calibration.NEAR_TARGET`): the same shares and bounds below the first
+panel, which keeps its whole budget. Without a deeper factor (shorter runs, smooth first panels elsewhere, direct
+calls) the shares stay proportional to the width
 (on an SGD CNN whose deeper panels' ratio grows to 2, the larger shares left the contract): the larger ones
 rest on the calibrated factor, and uncalibrated they cost short runs more gradients (measured: the tests' 12-pair
 ReLU CNN 3.83 -> 4.17, a 5-pair 1M-parameter barely-moving run 3.0 -> 3.8).
@@ -279,8 +282,9 @@ def integrate_pair(
         first_factor: ``"local"`` only: the indicator's factor on the first panel (plain Simpson), calibrated on
             the run (:func:`lca_cli.core.calibration.first_panel_factor`).
         deep_factor: ``"local"`` only: the indicator's factor on every deeper panel, calibrated on the run
-            (:func:`lca_cli.core.calibration.deep_panel_factor`), with the calibrated shares (module docstring);
-            None (uncalibrated): :data:`JUMP_FACTOR` and shares proportional to the width.
+            (:func:`lca_cli.core.calibration.deep_panel_factor`), with the calibrated shares (module docstring;
+            at :data:`JUMP_FACTOR` the first panel keeps its whole budget); None (uncalibrated): :data:`JUMP_FACTOR`
+            and shares proportional to the width.
         work: ``x -> a free buffer like x`` for the ``"local"`` scheme's ``(D,)`` rows and temporaries (e.g.
             :meth:`~lca_cli.core.vectors.BufferPool.like`: no allocation per panel); fresh tensors when None.
             The arithmetic runs in the dtype of ``delta`` and the gradients, and is the same either way.
@@ -404,6 +408,19 @@ class _Point:
     grad: torch.Tensor
 
 
+def _share(budget: float, w: float, deep_factor: float | None) -> float:
+    """A panel's share of its pair's budget: ``w`` uncalibrated, ``SHARE_SCALE w^SHARE_EXPONENT`` calibrated.
+
+    A run held at the fixed factor below a smooth first panel (``deep_factor == JUMP_FACTOR``: plain Simpson near
+    its target) gives its first panel (``w = 1``) the whole budget, as uncalibrated runs do.
+    """
+    if deep_factor is None:
+        return budget * w
+    if w == 1.0 and deep_factor <= JUMP_FACTOR:
+        return budget
+    return SHARE_SCALE * budget * w**SHARE_EXPONENT
+
+
 def _integrate_local(
     point: PointFn,
     delta: torch.Tensor,
@@ -470,10 +487,10 @@ def _integrate_local(
             row_norm = float(torch.abs(row, out=work(row)).sum())
             budget = l1_tol * max(row_norm, l1_scale) if l1_tol > 0 else float("inf")
         est = max(indicator, proven)
-        # Uncalibrated: shares proportional to the width. Calibrated: shares of the width's square root, which sum
-        # to more than the budget over a pair's panels, so the summed estimate is held to PAIR_CEILING budgets and
-        # the residuals (exact lower bounds) to one: no accepted pair is ever flagged.
-        share = budget * w if deep_factor is None else SHARE_SCALE * budget * w**SHARE_EXPONENT
+        # Calibrated shares (of the width's square root) sum to more than the budget over a pair's panels, so the
+        # summed estimate is held to PAIR_CEILING budgets and the residuals (exact lower bounds) to one: no
+        # accepted pair is ever flagged.
+        share = _share(budget, w, deep_factor)
         res_share = res_tol * w
         ok = est <= share + bank and panel_res <= res_share + res_bank
         if deep_factor is not None:

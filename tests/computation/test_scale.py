@@ -30,7 +30,9 @@ from lca_cli.computation.scale import (
     MIN_CALIBRATED_PAIRS,
     MIN_PROBED_PAIRS,
     RESURVEY_GROWTH,
+    SLOW_SCALE_SECONDS,
     Survey,
+    _second_look,
     needs_survey,
     probe_count,
     row_scales,
@@ -43,6 +45,7 @@ from lca_cli.core.calibration import (
     FACTOR_FLOOR,
     KAPPA_MAX,
     MIN_PROBES,
+    NEAR_TARGET,
     POOL_MARGIN,
     SECOND_LOOK_MARGIN,
     Probe,
@@ -50,6 +53,7 @@ from lca_cli.core.calibration import (
     deep_panel_factor,
     first_panel_factor,
     full_pooling_factor,
+    plain_error_share,
     wants_second_look,
 )
 from lca_cli.core.integrate import DEEP_FACTOR, JUMP_FACTOR
@@ -205,6 +209,19 @@ def test_a_second_look_pools_a_run_only_where_every_probe_keeps_plain_simpson() 
     assert POOL_MARGIN < SECOND_LOOK_MARGIN < 1.0
 
 
+def test_a_slow_second_look_is_announced() -> None:
+    """At the survey's measured pace, a second look over SLOW_SCALE_SECONDS says what it does and for how long."""
+    said: list[str] = []
+    gone = _second_look(None, lambda i: None, [12, 62], ["train"], {}, None, None, None, (said.append, 1.0))  # type: ignore[arg-type]
+    assert gone == 0  # the pairs' checkpoints are gone: nothing probed, nothing evaluated
+    assert said == [
+        "probing 2 more pair(s) of the survey (up to 10 gradients, about 10 s): the first probes would let the run "
+        "keep plain Simpson if more of them confirm it"
+    ]
+    _second_look(None, lambda i: None, [12, 62], ["train"], {}, None, None, None, (said.append, 0.1))  # type: ignore[arg-type]
+    assert len(said) == 1 and 0.1 * 10 < SLOW_SCALE_SECONDS < 1.0 * 10
+
+
 def test_a_short_runs_probes_only_make_its_first_panel_more_careful() -> None:
     """Under MIN_CALIBRATED_PAIRS pairs: the honest ratio where it is above the fixed factor, never below it."""
     rough = [Probe(indicator=1.0, diff=1.66 * DIFF_OVERSTATES, norm=1000.0)] * 4
@@ -220,8 +237,14 @@ def test_a_short_runs_probes_only_make_its_first_panel_more_careful() -> None:
 def test_deep_panel_factor_follows_the_probes_ratio_within_its_bounds() -> None:
     """The deeper panels' factor: the probes' first-panel ratio times DEEP_GROWTH, clipped; recorded per set."""
     assert deep_panel_factor(1.3, JUMP_FACTOR, DEEP_FACTOR) == pytest.approx(DEEP_GROWTH * 1.3)
-    # Smooth first panels (SGD): no calibrated factor nor shares below them (the SGD CNN left the contract with).
+    # Smooth first panels (SGD): no calibrated factor nor shares below them (the SGD CNN left the contract with),
+    # unless plain Simpson is near the target: the shares with the fixed factor.
     assert deep_panel_factor(0.3, JUMP_FACTOR, DEEP_FACTOR) is None
+    assert deep_panel_factor(0.3, JUMP_FACTOR, DEEP_FACTOR, plain=5.6) is None
+    assert deep_panel_factor(0.3, JUMP_FACTOR, DEEP_FACTOR, plain=NEAR_TARGET) == JUMP_FACTOR
+    assert deep_panel_factor(1.3, JUMP_FACTOR, DEEP_FACTOR, plain=0.2) == pytest.approx(DEEP_GROWTH * 1.3)
+    probes = [Probe(indicator=1.0, diff=0.5e-3 * 1000.0 * DIFF_OVERSTATES, norm=1000.0)] * 4
+    assert plain_error_share(probes, 1e-3) == pytest.approx(0.5) and plain_error_share(probes, 0.0) == float("inf")
     assert deep_panel_factor(JUMP_FACTOR / DEEP_GROWTH, JUMP_FACTOR, DEEP_FACTOR) is None
     assert deep_panel_factor(1.2, JUMP_FACTOR, DEEP_FACTOR) == pytest.approx(DEEP_GROWTH * 1.2)
     assert deep_panel_factor(5.0, JUMP_FACTOR, DEEP_FACTOR) == DEEP_FACTOR
@@ -318,9 +341,14 @@ def test_a_run_appended_into_calibration_keeps_the_contract(tmp_path: Path, adam
     assert [(c["over"], c["rows"]) for c in recorded] == [(first, [[0, first]]), (200, [[first, 200]])]
     rho = store.attrs["calibration"]["train"]["rho"]
     assert (DEEP_GROWTH * rho > JUMP_FACTOR) == adam  # the Adam run's probes show jumps, the SGD run's do not
-    assert recorded[0]["deep_factor"] == {} and set(recorded[1]["deep_factor"]) == ({"train"} if adam else set())
+    # The SGD run's probes show plain Simpson near its target: the deeper panels take the shares of the width's
+    # square root with the fixed factor (recorded as that factor), the first panel its whole budget.
+    plain = store.attrs["calibration"]["train"]["plain"]
+    assert adam or plain <= NEAR_TARGET
+    assert recorded[0]["deep_factor"] == {} and set(recorded[1]["deep_factor"]) == {"train"}
     assert recorded[0]["first_factor"]["train"] >= JUMP_FACTOR  # a short run's probes never loosen its first panel
-    assert JUMP_FACTOR < recorded[1]["deep_factor"].get("train", DEEP_FACTOR) <= DEEP_FACTOR
+    deep = recorded[1]["deep_factor"]["train"]
+    assert JUMP_FACTOR < deep <= DEEP_FACTOR if adam else deep == JUMP_FACTOR
     assert set(recorded[1]["first_factor"]) == {"train"}
     lca = np.asarray(store.array("train", "lca")[:], dtype=np.float64)
     assert reference.relative_l1(lca, ref_lca) <= CONTRACT_L1

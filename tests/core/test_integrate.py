@@ -14,6 +14,7 @@ import torch
 from lca_cli.core.evalset import make_chunks
 from lca_cli.core.integrate import (
     DEEP_FACTOR,
+    JUMP_FACTOR,
     PAIR_CEILING,
     Evaluation,
     integrate_pair,
@@ -616,3 +617,25 @@ def test_shares_of_the_square_root_of_the_width_stop_sooner_within_the_ceiling()
     assert float((new.lca - exact).abs().sum()) <= PAIR_CEILING * budget
     former = integrate_pair(point, delta, start, l1_tol=2e-2)  # uncalibrated: shares w, JUMP_FACTOR
     assert former.splits > new.splits
+
+
+def test_a_deeper_factor_at_the_fixed_one_keeps_the_first_panels_whole_budget() -> None:
+    """``deep_factor = JUMP_FACTOR`` (a smooth first panel near its target): square-root shares below the first
+    panel, which keeps its whole budget; a calibrated (larger) deeper factor gives the first panel 0.9 of it.
+
+    Opposite jumps: the first panel's estimate is 1.25 × 2/12 = 0.208 against a budget of 0.06 × 3.67 = 0.22.
+    """
+    delta = torch.ones(2, dtype=torch.float64)
+    start, end = Evaluation(*_opposite_jumps(0.0)), Evaluation(*_opposite_jumps(1.0))
+
+    def splits(**kw: float) -> int:
+        return integrate_pair(_opposite_jumps, delta, start, end, l1_tol=0.06, first_factor=1.25, **kw).splits
+
+    assert splits() == splits(deep_factor=JUMP_FACTOR) == 2  # within the whole budget
+    assert splits(deep_factor=JUMP_FACTOR + 0.1) > 2  # over 0.9 of it
+    # Below the first panel the shares are the square root's, as for a calibrated run: fewer splits than width
+    # shares on a jump-dominated pair.
+    point, many, _ = _many_jumps()
+    first = Evaluation(*point(0.0))
+    near = integrate_pair(point, many, first, l1_tol=2e-2, deep_factor=JUMP_FACTOR)
+    assert 2 < near.splits < integrate_pair(point, many, first, l1_tol=2e-2).splits and not near.flagged
