@@ -351,7 +351,9 @@ def _calibrate(
             deep_factor = deep_panel_factor(got[1], JUMP_FACTOR, DEEP_FACTOR, plain)
             if deep_factor is not None:  # jumps from the first panel on (else: uncalibrated below it)
                 deep[s] = deep_factor
-            calibration[s] = {"rho": got[1], "kappa": got[2], "probes": float(len(used)), "plain": plain}
+            calibration[s] = {"rho": got[1], "kappa": got[2], "probes": float(len(used))}
+            if np.isfinite(plain):  # the store's attributes are JSON
+                calibration[s]["plain"] = plain
             if s in looked:
                 calibration[s]["second_look"] = float(len(probes[s]))
     return factors, calibration, deep

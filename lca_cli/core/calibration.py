@@ -79,7 +79,7 @@ POOL_MARGIN = 0.6
 #: The margin of the second look (:func:`wants_second_look`, :func:`full_pooling_factor`): the eight probes' plain
 #: Simpson error, summed, may be at most this fraction of their target for the whole run to keep plain Simpson. On
 #: the small Adam ReLU MLP the eight predict 0.73 (real 0.71); on four more runs they were 0.02 under to 0.16 over
-#: the real error, none of them under 0.9 (BENCHMARKS.md).
+#: the real error, and none of those predictions was under 0.9 (BENCHMARKS.md).
 SECOND_LOOK_MARGIN = 0.8
 #: A probe that the factor would refine counts with this fraction of its budget (refinement stops below it).
 REFINED_SHARE = 0.5

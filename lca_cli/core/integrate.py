@@ -283,8 +283,8 @@ def integrate_pair(
             the run (:func:`lca_cli.core.calibration.first_panel_factor`).
         deep_factor: ``"local"`` only: the indicator's factor on every deeper panel, calibrated on the run
             (:func:`lca_cli.core.calibration.deep_panel_factor`), with the calibrated shares (module docstring;
-            at :data:`JUMP_FACTOR` the first panel keeps its whole budget); None (uncalibrated): :data:`JUMP_FACTOR`
-            and shares proportional to the width.
+            at :data:`JUMP_FACTOR` or under it the first panel keeps its whole budget); None (uncalibrated):
+            :data:`JUMP_FACTOR` and shares proportional to the width.
         work: ``x -> a free buffer like x`` for the ``"local"`` scheme's ``(D,)`` rows and temporaries (e.g.
             :meth:`~lca_cli.core.vectors.BufferPool.like`: no allocation per panel); fresh tensors when None.
             The arithmetic runs in the dtype of ``delta`` and the gradients, and is the same either way.
@@ -411,8 +411,8 @@ class _Point:
 def _share(budget: float, w: float, deep_factor: float | None) -> float:
     """A panel's share of its pair's budget: ``w`` uncalibrated, ``SHARE_SCALE w^SHARE_EXPONENT`` calibrated.
 
-    A run held at the fixed factor below a smooth first panel (``deep_factor == JUMP_FACTOR``: plain Simpson near
-    its target) gives its first panel (``w = 1``) the whole budget, as uncalibrated runs do.
+    A run held at the fixed factor below a smooth first panel (``deep_factor`` at :data:`JUMP_FACTOR`, or under it:
+    plain Simpson near its target) gives its first panel (``w = 1``) the whole budget, as uncalibrated runs do.
     """
     if deep_factor is None:
         return budget * w
