@@ -239,9 +239,8 @@ def survey_run(
                 done += 4
                 if np.isfinite([probe.indicator, probe.diff, probe.norm]).all():
                     probes[s].append(probe)
-                    if reuse is not None and mark is not None and known.get(s) is None:  # not held: the loop's
-                        reuse.keep_checkpoint(t + 1, s, v1, points.pop(1.0))  # the end, as a checkpoint's
-                        reuse.keep(t, s, mark, points)  # the inner points
+                    if known.get(s) is None:  # not held: the loop computes pair t and takes the points
+                        _keep_probe(reuse, t, s, mark, v1, points)
                 del points
     scales = {s: SCALE_FRACTION * float(np.mean(v)) if v else 0.0 for s, v in norms.items()}
     first = {s: list(v) for s, v in probes.items()}
@@ -255,6 +254,20 @@ def survey_run(
         return None
     factors, calibration, deep = _calibrate(engine.l1_tol, n_pairs, first, probes, looking, scales)
     return Survey(scales, n_pairs, factors, calibration, done + more, deep)
+
+
+def _keep_probe(
+    reuse: ProbeReuse | None,
+    t: int,
+    name: str,
+    mark: tuple[Any, ...] | None,
+    v1: torch.Tensor,
+    points: dict[float, Evaluation],
+) -> None:
+    """Keep a probe's points of pair ``t`` in set ``name`` for the loop: its end as checkpoint ``t + 1``'s."""
+    if reuse is not None and mark is not None:
+        reuse.keep_checkpoint(t + 1, name, v1, points.pop(1.0))
+        reuse.keep(t, name, mark, points)  # the inner points
 
 
 def _second_look(
@@ -305,9 +318,8 @@ def _second_look(
             done += 4
             if np.isfinite([probe.indicator, probe.diff, probe.norm]).all():
                 probes[s].append(probe)
-                if reuse is not None and mark is not None and (stored is None or stored(s, t) is None):
-                    reuse.keep_checkpoint(t + 1, s, v1, points.pop(1.0))  # the loop computes pair t: it takes them
-                    reuse.keep(t, s, mark, points)
+                if stored is None or stored(s, t) is None:  # not held: the loop computes pair t
+                    _keep_probe(reuse, t, s, mark, v1, points)
             del points, kept
     return done
 

@@ -205,8 +205,7 @@ def full_pooling_factor(
         otherwise (or with fewer than :data:`MIN_PROBES` probes).
 
     """
-    plain = sum(p.diff for p in probes) / DIFF_OVERSTATES  # every probe at plain Simpson, its measured error
-    if len(probes) < MIN_PROBES or plain > SECOND_LOOK_MARGIN * l1_tol * sum(p.norm for p in probes):
+    if len(probes) < MIN_PROBES or plain_error_share(probes, l1_tol) > SECOND_LOOK_MARGIN:
         return None
     return first_panel_factor(probes, l1_tol, scale, ceiling, SECOND_LOOK_MARGIN)
 
